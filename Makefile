@@ -1,0 +1,31 @@
+# Two commands do all set-up (see README): `make ablation` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip --disable-pip-version-check
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k models -x"`.
+PYTEST_ARGS ?=
+
+.PHONY: venv test ablation bench clean
+
+venv: $(STAMP)
+
+# Re-install only when the declared or pinned dependencies change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+ablation: $(STAMP)
+	$(BIN)/python -m experiments.ablation_bn_dropout
+
+bench: $(STAMP)
+	$(PIP) install -q -c constraints.txt -e ".[dev,torch]"
+	$(BIN)/python -m benchmarks.throughput
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
