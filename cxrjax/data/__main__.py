@@ -1,0 +1,187 @@
+"""Command line for datasets.
+
+  python -m cxrjax.data prepare NAME [--manual-dir DIR] --data-dir DIR [--json] [options]
+      Prepares NAME once (array_record files under DIR) and prints per-split, per-class
+      counts, skipped files (with reasons) and duplicate groups; --json prints one JSON
+      object {"dataset", "class_names", "splits", "skipped", "duplicate_groups"}.
+  python -m cxrjax.data show NAME --data-dir DIR --out grid.png [--split S] [--masks]
+      Writes a labelled grid of prepared samples per class.
+  python -m cxrjax.data info NAME
+      Where to download NAME, the layout it expects, and its options.
+
+Options (each applies to the datasets whose options have it; see `info`):
+  --image-size N --seed N --validation-fraction F --test-fraction F
+  --near-duplicate-distance D --num-train N --num-validation N --num-test N
+  --shortcut-marker --shortcut-strength P --severity-range LO HI --noise-std S
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+from typing import Any
+
+from cxrjax.data.builders import DATASETS
+from cxrjax.data.dataset import get_builder, load_prepared, prepare
+from cxrjax.data.decode import DecodeError
+from cxrjax.data.layouts import LayoutError
+
+JSON_KEYS = ("dataset", "class_names", "splits", "skipped", "duplicate_groups")
+_DEFAULT_DATA_DIR = os.environ.get("CXRJAX_DATA_DIR", "data")
+# CLI flag -> option field; type; help.
+_OPTION_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("image_size", dict(type=int, help="side of the stored square images (default 256)")),
+    ("seed", dict(type=int, help="seed of the split / the phantom stream (default 0)")),
+    ("validation_fraction", dict(type=float, help="validation share (default 0.2)")),
+    ("test_fraction", dict(type=float, help="test share when no test/ is given (default 0.1)")),
+    ("near_duplicate_distance", dict(type=int, help="max Hamming distance of 256-bit dHashes "
+                                     "of near-duplicates (default 10; -1: identical files only)")),
+    ("num_train", dict(type=int, help="phantoms in train (default 2000)")),
+    ("num_validation", dict(type=int, help="phantoms in validation (default 400)")),
+    ("num_test", dict(type=int, help="phantoms in test (default 400)")),
+    ("shortcut_marker", dict(action="store_const", const=True,
+                             help="phantoms: draw the class-correlated corner marker")),
+    ("shortcut_strength", dict(type=float, help="phantoms: P(marker corner = class)")),
+    ("severity_range", dict(type=float, nargs=2, metavar=("LO", "HI"),
+                            help="phantoms: severity drawn uniformly in [LO, HI]")),
+    ("noise_std", dict(type=float, help="phantoms: quantum noise std on [0, 1]")),
+]
+
+
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("preparation options (part of the prepared folder name)")
+    for field, kwargs in _OPTION_FLAGS:
+        group.add_argument("--" + field.replace("_", "-"), dest=field, default=None, **kwargs)
+
+
+def _options_from(args: argparse.Namespace) -> dict[str, Any] | None:
+    given = {field: getattr(args, field) for field, _ in _OPTION_FLAGS
+             if getattr(args, field) is not None}
+    if "severity_range" in given:
+        given["severity_range"] = tuple(given["severity_range"])
+    return given or None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cxrjax.data",
+                                     description="Prepare and inspect cxrjax datasets.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    names = sorted(DATASETS)
+
+    p = commands.add_parser("prepare", help="prepare a dataset and print its report")
+    p.add_argument("name", choices=names)
+    p.add_argument("--manual-dir", default=None,
+                   help="the unzipped manual download (not needed for cxr_phantoms)")
+    p.add_argument("--data-dir", default=_DEFAULT_DATA_DIR,
+                   help=f"where prepared files go (default: $CXRJAX_DATA_DIR or "
+                        f"{_DEFAULT_DATA_DIR!r})")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--overwrite", action="store_true",
+                   help="prepare again even if prepared files exist for these options")
+    _add_options(p)
+
+    s = commands.add_parser("show", help="write a labelled grid of samples per class")
+    s.add_argument("name", choices=names)
+    s.add_argument("--data-dir", default=_DEFAULT_DATA_DIR)
+    s.add_argument("--out", required=True, help="PNG file to write")
+    s.add_argument("--split", default="train")
+    s.add_argument("--per-class", type=int, default=6)
+    s.add_argument("--masks", action="store_true", help="outline lung (cyan) / lesion (red) masks")
+    _add_options(s)
+
+    i = commands.add_parser("info", help="download instructions, layout and options")
+    i.add_argument("name", choices=names)
+    return parser
+
+
+def json_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The report reduced to the documented JSON shape of `prepare --json`."""
+    return {key: report[key] for key in JSON_KEYS}
+
+
+def format_report(report: dict[str, Any], data_path: str | None = None) -> str:
+    """Human-readable report: counts table, lung masks, skipped files, duplicate groups."""
+    classes = report["class_names"]
+    splits = report["splits"]
+    lines = [f"{report['dataset']}  (config {report.get('config', '?')})"]
+    if data_path:
+        lines.append(f"prepared in: {data_path}")
+    if report.get("source"):
+        lines.append(f"source: {report['source']}  (layout: {report.get('layout', '?')})")
+    width = max([len(c) for c in classes] + [10])
+    header = f"{'':<12}" + "".join(f"{c:>{width + 2}}" for c in classes) + f"{'total':>9}"
+    lines += ["", header]
+    totals = [0] * len(classes)
+    for split, counts in splits.items():
+        row = [counts.get(c, 0) for c in classes]
+        totals = [a + b for a, b in zip(totals, row)]
+        lines.append(f"{split:<12}" + "".join(f"{n:>{width + 2}}" for n in row)
+                     + f"{sum(row):>9}")
+    lines.append(f"{'total':<12}" + "".join(f"{n:>{width + 2}}" for n in totals)
+                 + f"{sum(totals):>9}")
+    if "lung_masks" in report:
+        masks = report["lung_masks"]
+        lines.append(f"\nlung masks: {masks['with_mask']} images with one, "
+                     f"{masks['without_mask']} without")
+    skipped = report["skipped"]
+    lines.append(f"\nskipped: {len(skipped)}")
+    lines += [f"  {entry['file']}: {entry['reason']}" for entry in skipped]
+    groups = report.get("duplicates", [])
+    lines.append(f"\nduplicate groups: {report['duplicate_groups']}")
+    for group in groups:
+        where = ", ".join(group.get("splits", [])) or "dropped"
+        lines.append(f"  [{group['kind']}] {' = '.join(group['files'])}  -> {where}"
+                     + (f"  (classes: {', '.join(group['classes'])})"
+                        if len(group["classes"]) > 1 else ""))
+    return "\n".join(lines)
+
+
+def _info(name: str) -> str:
+    cls = DATASETS[name]
+    fields = dataclasses.fields(cls.OPTIONS_CLASS)
+    defaults = cls.OPTIONS_CLASS()
+    lines = [f"{name}: {cls.DESCRIPTION}", "", (cls.__doc__ or "").strip(), ""]
+    lines.append(cls.MANUAL_DOWNLOAD_INSTRUCTIONS or "No manual download needed.")
+    lines.append("options (--flag: default):")
+    lines += [f"  --{f.name.replace('_', '-')}: {getattr(defaults, f.name)}" for f in fields]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "info":
+            print(_info(args.name))
+            return 0
+        options = _options_from(args)
+        if args.command == "prepare":
+            # TFDS prints progress to stdout; keep stdout for the report (and clean JSON).
+            with contextlib.redirect_stdout(sys.stderr):
+                report = prepare(args.name, data_dir=args.data_dir, manual_dir=args.manual_dir,
+                                 options=options, overwrite=args.overwrite)
+            if args.json:
+                print(json.dumps(json_summary(report)))
+            else:
+                builder = get_builder(args.name, data_dir=args.data_dir, options=options)
+                print(format_report(report, str(builder.data_path)))
+            return 0
+        if args.command == "show":
+            from cxrjax.data.grid import sample_grid
+
+            dataset = load_prepared(args.name, data_dir=args.data_dir, options=options)
+            out = sample_grid(dataset, args.out, split=args.split, per_class=args.per_class,
+                              masks=args.masks)
+            print(f"wrote {out} ({dataset.name}/{args.split}, {args.per_class} per class, "
+                  f"from {dataset.data_path})")
+            return 0
+    except (LayoutError, DecodeError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

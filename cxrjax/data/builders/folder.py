@@ -1,0 +1,261 @@
+"""Preparation shared by the builders that read a folder of radiographs.
+
+Two passes over the files, both parallel over threads (PIL's decoders, resizing and
+hashlib release the GIL):
+
+1. check: read each file once, SHA-256 its bytes, decode it at the preparation size
+   (anything undecodable is skipped with its reason), compute its dHash and a 16x16
+   thumbnail, and check its lung mask if it has one. Then duplicate groups
+   (`duplicates.find_duplicates`) and the split plan (`splits.stratified_group_split`),
+   and the report.
+2. generate (TFDS writes each split): decode again, verify the bytes did not change
+   since pass 1, and emit the example. Decoding twice costs less than keeping 21k
+   decoded images in memory.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import itertools
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import tensorflow_datasets as tfds
+from tqdm.auto import tqdm
+
+from cxrjax.data import duplicates as dup
+from cxrjax.data.builders.base import (CxrBuilder, common_features, counts_by_class,
+                                      mask_feature)
+from cxrjax.data.builders.options import CarveOptions, SplitOptions
+from cxrjax.data.decode import DecodeError, decode_grayscale, decode_mask
+from cxrjax.data.layouts import LayoutError, ScannedTree, SourceImage
+from cxrjax.data.splits import SPLIT_ORDER, stratified_group_split
+
+# Given splits win over carved ones when a duplicate group straddles them: the copy in
+# the most "held-out" split is kept (test > validation > train).
+_PRIORITY = {"test": 0, "validation": 1, "train": 2}
+
+
+def num_threads() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def ordered_map(fn: Callable, items: Iterable, workers: int, window: int = 64) -> Iterator:
+    """map(fn, items) over a thread pool, in order, with at most `window` in flight."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    iterator = iter(items)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending = collections.deque(pool.submit(fn, item)
+                                    for item in itertools.islice(iterator, window))
+        while pending:
+            future = pending.popleft()
+            for item in itertools.islice(iterator, 1):
+                pending.append(pool.submit(fn, item))
+            yield future.result()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Check:
+    """Outcome of pass 1 for one file."""
+
+    error: str | None = None
+    digest: str = ""
+    dhash: np.ndarray | None = None
+    thumbnail: np.ndarray | None = None
+    mask_error: str | None = None
+
+
+def _check_one(image: SourceImage, size: int) -> _Check:
+    try:
+        data = image.path.read_bytes()
+    except OSError as error:
+        return _Check(error=f"cannot read file ({error})")
+    try:
+        pixels = decode_grayscale(data, size=size, source=image.relpath).pixels
+    except DecodeError as error:
+        return _Check(error=str(error).removeprefix(f"{image.relpath}: "))
+    mask_error = None
+    if image.mask_path is not None:
+        try:
+            decode_mask(image.mask_path.read_bytes(), size=size, source=image.relpath)
+        except (OSError, DecodeError) as error:
+            mask_error = str(error).removeprefix(f"{image.relpath}: ")
+    return _Check(digest=dup.sha256_bytes(data), dhash=dup.dhash(pixels),
+                  thumbnail=dup.thumbnail(pixels), mask_error=mask_error)
+
+
+class FolderBuilder(CxrBuilder, skip_registration=True):
+    """A builder over a manual-download folder; subclasses provide `_scan(root)`."""
+
+    OPTIONS_CLASS: ClassVar[type] = SplitOptions
+    HAS_LUNG_MASK: ClassVar[bool] = False
+
+    def _scan(self, root: Path) -> ScannedTree:
+        raise NotImplementedError
+
+    def _features(self):
+        features = common_features(self.options.image_size)
+        if self.HAS_LUNG_MASK:
+            features["lung_mask"] = mask_feature(self.options.image_size)
+            features["has_lung_mask"] = tfds.features.Scalar(dtype=np.bool_)
+        return features
+
+    # ------------------------------------------------------------------ pass 1 + plan
+
+    def _split_generators(self, dl_manager):
+        root = Path(dl_manager.manual_dir)
+        tree = self._scan(root)
+        self.info.features["label"].names = list(tree.class_names)
+        size = self.options.image_size
+        images = sorted(tree.images, key=lambda im: im.relpath)  # listing-order independent
+        checks = list(tqdm(ordered_map(lambda im: _check_one(im, size), images, num_threads()),
+                           total=len(images), desc=f"{self.name}: checking images",
+                           unit=" img", leave=False))
+        skipped = list(tree.skipped)
+        kept, kept_checks = [], []
+        for image, check in zip(images, checks):
+            if check.error is not None:
+                skipped.append({"file": image.relpath, "reason": check.error})
+                continue
+            if check.mask_error is not None:
+                skipped.append({"file": image.mask_path.relative_to(tree.root).as_posix(),
+                                "reason": f"lung mask not readable ({check.mask_error}); "
+                                          "image kept without a mask"})
+                image = dataclasses.replace(image, mask_path=None)
+            kept.append(image)
+            kept_checks.append(check)
+        class_index = {name: i for i, name in enumerate(tree.class_names)}
+        labels = np.array([class_index[im.class_name] for im in kept], np.int64)
+        self._require_every_class(tree, kept)
+
+        hashes = (np.stack([c.dhash for c in kept_checks]) if kept_checks
+                  else np.zeros((0, dup.DHASH_WORDS), np.uint64))
+        thumbs = (np.stack([c.thumbnail for c in kept_checks]) if kept_checks
+                  else np.zeros((0, dup.THUMBNAIL_SIZE ** 2), np.float32))
+        group_of, groups = dup.find_duplicates(
+            [c.digest for c in kept_checks], hashes, thumbs,
+            max_distance=self.options.near_duplicate_distance)
+        assignment, dropped = self._plan(kept, labels, group_of)
+        for index, reason in dropped:
+            skipped.append({"file": kept[index].relpath, "reason": reason})
+        split_of = {i: split for split, members in assignment.items() for i in members}
+
+        class_names = list(tree.class_names)
+        self._report = {
+            "dataset": self.name,
+            "class_names": class_names,
+            "splits": counts_by_class({s: labels[m].tolist() for s, m in assignment.items()
+                                       if len(m)}, class_names),
+            "skipped": sorted(skipped, key=lambda e: e["file"]),
+            "duplicate_groups": len(groups),
+            "duplicates": [{
+                "kind": group.kind,
+                "files": [kept[i].relpath for i in group.members],
+                "classes": sorted({kept[i].class_name for i in group.members}),
+                "splits": sorted({split_of[i] for i in group.members if i in split_of},
+                                 key=SPLIT_ORDER.index),
+            } for group in groups],
+            "source": str(tree.root),
+            "layout": tree.layout,
+            "files_considered": len(images),
+        }
+        if self.HAS_LUNG_MASK:
+            used = [kept[i] for members in assignment.values() for i in members]
+            with_mask = sum(im.mask_path is not None for im in used)
+            self._report["lung_masks"] = {"with_mask": with_mask,
+                                          "without_mask": len(used) - with_mask}
+        digests = [c.digest for c in kept_checks]
+        return {split: self._generate_examples(
+                    items=[(kept[i], int(labels[i]), digests[i]) for i in members])
+                for split, members in assignment.items() if len(members)}
+
+    def _require_every_class(self, tree: ScannedTree, kept: list[SourceImage]) -> None:
+        present = collections.Counter(im.class_name for im in kept)
+        for name in tree.class_names:
+            if present[name] == 0:
+                folders = sorted({str(im.path.parent) for im in tree.images
+                                  if im.class_name == name})
+                raise LayoutError(
+                    f"{', '.join(folders)}: no readable image in class {name!r} (every "
+                    "file was skipped as unreadable); fix or remove the class folder.")
+
+    def _plan(self, kept: list[SourceImage], labels: np.ndarray, group_of: np.ndarray,
+              ) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
+        """Split membership per split (indices into kept), plus dropped (index, reason)."""
+        options = self.options
+        given = [im.given_split for im in kept]
+        dropped: list[tuple[int, str]] = []
+        if all(g is None for g in given):
+            return stratified_group_split(labels, group_of, options.fractions,
+                                          options.seed), dropped
+        # Given splits: a duplicate group that straddles them keeps only the copies in
+        # its most held-out split; the others are dropped (reported).
+        members: dict[int, list[int]] = collections.defaultdict(list)
+        for index, group in enumerate(group_of):
+            members[int(group)].append(index)
+        keep = np.ones(len(kept), bool)
+        for group in members.values():
+            splits = {given[i] for i in group}
+            if len(splits) > 1:
+                winner = min(splits, key=_PRIORITY.__getitem__)
+                witness = next(kept[i].relpath for i in group if given[i] == winner)
+                for i in group:
+                    if given[i] != winner:
+                        keep[i] = False
+                        dropped.append((i, f"duplicate of {witness} in the given {winner} "
+                                           f"split; dropped from {given[i]} so no image is "
+                                           "in two splits"))
+        assignment = {s: np.array([i for i in range(len(kept)) if keep[i] and given[i] == s],
+                                  np.int64) for s in SPLIT_ORDER}
+        carve = {"validation": options.validation_fraction}
+        if isinstance(options, SplitOptions):
+            carve["test"] = options.test_fraction
+        carve = {s: f for s, f in carve.items() if not len(assignment[s])}
+        pool = assignment["train"]
+        if carve and len(pool):
+            fractions = {"train": 1.0 - sum(carve.values()), **carve}
+            parts = stratified_group_split(labels[pool], group_of[pool], fractions,
+                                           options.seed)
+            for split, local in parts.items():
+                assignment[split] = pool[local]
+        return {s: m for s, m in assignment.items() if len(m)}, dropped
+
+    # ------------------------------------------------------------------ pass 2
+
+    def _generate_examples(self, items: list[tuple[SourceImage, int, str]]):
+        size = self.options.image_size
+        has_mask_feature = self.HAS_LUNG_MASK
+
+        def build(item: tuple[SourceImage, int, str]) -> tuple[str, dict[str, Any]]:
+            image, label, digest = item
+            data = image.path.read_bytes()
+            if dup.sha256_bytes(data) != digest:
+                raise RuntimeError(f"{image.path}: file changed during preparation; "
+                                   "prepare again once the folder is stable.")
+            decoded = decode_grayscale(data, size=size, source=str(image.path))
+            example = {"image": decoded.pixels[..., None], "label": label,
+                       "file_name": image.relpath,
+                       "original_size": np.asarray(decoded.original_size, np.int32)}
+            if has_mask_feature:
+                if image.mask_path is not None:
+                    mask = decode_mask(image.mask_path.read_bytes(), size=size,
+                                       source=str(image.mask_path))
+                else:
+                    mask = np.zeros((size, size), np.uint8)
+                example["lung_mask"] = mask[..., None]
+                example["has_lung_mask"] = image.mask_path is not None
+            return image.relpath, example
+
+        yield from ordered_map(build, items, num_threads())
+
+
+class CarveFolderBuilder(FolderBuilder, skip_registration=True):
+    """A folder builder whose options carve only validation (test/ is given)."""
+
+    OPTIONS_CLASS: ClassVar[type] = CarveOptions

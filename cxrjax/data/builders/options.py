@@ -1,0 +1,167 @@
+"""Preparation options of each builder, and the directory name derived from them.
+
+Every option changes the prepared files, so every option is part of the TFDS
+BuilderConfig name, i.e. of the directory the files live in:
+`DATA_DIR/<dataset>/<config name>/<version>/`. Changing any option therefore prepares
+into a new directory instead of silently reusing files made with other options.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from cxrjax.data.duplicates import DEFAULT_MAX_DISTANCE
+
+# Short keys for the config name; any field not listed uses its own name.
+_ABBREVIATIONS = {
+    "image_size": "s",
+    "validation_fraction": "val",
+    "test_fraction": "test",
+    "near_duplicate_distance": "dup",
+    "num_train": "train",
+    "num_validation": "val",
+    "num_test": "test",
+    "shortcut_marker": "marker",
+    "shortcut_strength": "strength",
+    "severity_range": "severity",
+    "noise_std": "noise",
+}
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        return "-".join(_format(v) for v in value)
+    return str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparationOptions:
+    """Options shared by every builder.
+
+    image_size: side of the square uint8 images that are stored (default 256). The
+      input pipeline resizes again to each model's input size; 256 keeps every model of
+      the studies (32..224 px) a downscale.
+    seed: seeds everything random in preparation (splits; phantom content).
+    """
+
+    image_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 8 <= int(self.image_size) <= 4096:
+            raise ValueError(f"image_size must be in [8, 4096], got {self.image_size}")
+        if int(self.seed) < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+    def config_name(self) -> str:
+        """Directory-safe name encoding every field, e.g. 's256_seed0_val0.2_test0.1_dup4'."""
+        return "_".join(f"{_ABBREVIATIONS.get(f.name, f.name)}{_format(getattr(self, f.name))}"
+                        for f in dataclasses.fields(self))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class CarveOptions(PreparationOptions):
+    """For folders whose test split is given (DP): validation is carved from train/.
+
+    validation_fraction: share of train/ moved to validation (S3: 20%).
+    near_duplicate_distance: max Hamming distance of two 256-bit dHashes for a
+      near-duplicate candidate (see `cxrjax.data.duplicates`); -1 = byte-identical only.
+    """
+
+    validation_fraction: float = 0.2
+    near_duplicate_distance: int = DEFAULT_MAX_DISTANCE
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(
+                f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if not -1 <= int(self.near_duplicate_distance) <= 256:
+            raise ValueError("near_duplicate_distance must be in [-1, 256], got "
+                             f"{self.near_duplicate_distance}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitOptions(CarveOptions):
+    """For folders without a given split (D4, D3, image_folder): train/validation/test
+    fractions of the whole (default 70/20/10, as S4; S0's 80/20 is test_fraction=0).
+    For an image_folder that already has train/ but no test/, both are carved from it.
+    """
+
+    test_fraction: float = 0.1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        if self.validation_fraction + self.test_fraction >= 1.0:
+            raise ValueError("validation_fraction + test_fraction must leave a train split, "
+                             f"got {self.validation_fraction} + {self.test_fraction}")
+
+    @property
+    def fractions(self) -> dict[str, float]:
+        train = 1.0 - self.validation_fraction - self.test_fraction
+        return {"train": train, "validation": self.validation_fraction,
+                "test": self.test_fraction}
+
+
+@dataclasses.dataclass(frozen=True)
+class PhantomDatasetOptions(PreparationOptions):
+    """The synthetic dataset: split sizes plus `cxrjax.data.phantoms.PhantomOptions`.
+
+    Split k holds phantoms with indices [offset_k, offset_k + num_k) of one seeded
+    stream (train first), so splits never share an image and growing a later split
+    leaves the earlier ones unchanged. Classes are balanced per block of 4 indices.
+    """
+
+    num_train: int = 2000
+    num_validation: int = 400
+    num_test: int = 400
+    shortcut_marker: bool = False
+    shortcut_strength: float = 0.9
+    severity_range: tuple[float, float] = (0.0, 1.0)
+    noise_std: float = 0.02
+
+    def __post_init__(self):
+        super().__post_init__()
+        if int(self.num_train) < 1 or int(self.num_validation) < 0 or int(self.num_test) < 0:
+            raise ValueError("need num_train >= 1, num_validation >= 0, num_test >= 0; got "
+                             f"{self.num_train}, {self.num_validation}, {self.num_test}")
+        object.__setattr__(self, "severity_range",
+                           tuple(float(v) for v in self.severity_range))
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        return {"train": int(self.num_train), "validation": int(self.num_validation),
+                "test": int(self.num_test)}
+
+
+OptionsT = TypeVar("OptionsT", bound=PreparationOptions)
+
+
+def make_options(cls: type[OptionsT], options: OptionsT | Mapping[str, Any] | None,
+                 dataset: str) -> OptionsT:
+    """Options from None (defaults), an instance, or a dict (unknown keys are an error)."""
+    if options is None:
+        return cls()
+    if isinstance(options, cls):
+        return options
+    if dataclasses.is_dataclass(options) and not isinstance(options, type):
+        options = dataclasses.asdict(options)
+    if not isinstance(options, Mapping):
+        raise TypeError(f"{dataset} options must be a dict or {cls.__name__}, "
+                        f"got {type(options).__name__}")
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for {dataset}; valid options: {valid}")
+    return cls(**dict(options))

@@ -1,0 +1,229 @@
+"""`load` and `prepare`: the one way the rest of cxrjax gets a dataset.
+
+    ds = load("cxr_phantoms", data_dir="data", options={"num_train": 500})
+    ds.class_names, ds.num_classes, ds.splits["train"][0], ds.report
+
+Preparation runs once per (dataset, options) into
+`data_dir/<dataset>/<config name from the options>/<version>/` (array_record files,
+TFDS metadata and `preparation_report.json`); later calls open the same files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import tensorflow_datasets as tfds
+
+from cxrjax.data.builders import DATASETS, REPORT_FILE, CxrBuilder
+from cxrjax.data.builders.base import quiet_tfds
+from cxrjax.data.layouts import LayoutError
+
+
+class RecordSource(Sequence):
+    """Random-access records of one prepared split (wraps TFDS's ArrayRecordDataSource).
+
+    Records are dicts of NumPy arrays and Python scalars; `file_name` is returned as
+    `str` (TFDS gives bytes). Picklable, so grain workers can use it.
+    """
+
+    def __init__(self, source: Any, split: str):
+        self._source = source
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        if not isinstance(index, int) and hasattr(index, "__index__"):
+            index = int(index)
+        if not isinstance(index, int):
+            raise TypeError(f"RecordSource indices must be integers, got {type(index).__name__}")
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for split {self.split!r} "
+                             f"of {len(self)} records")
+        return _clean(self._source[index])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        return [_clean(r) for r in self._source.__getitems__([int(i) for i in indices])]
+
+    def __repr__(self) -> str:
+        return f"RecordSource(split={self.split!r}, len={len(self)})"
+
+
+def _clean(record: dict[str, Any]) -> dict[str, Any]:
+    record = dict(record)
+    name = record.get("file_name")
+    if isinstance(name, bytes):
+        record["file_name"] = name.decode("utf-8")
+    return record
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedDataset:
+    """A prepared dataset opened for random access.
+
+    name: dataset name (a key of DATASETS).
+    class_names: from the data, stored with it; label i <-> class_names[i].
+    splits: {"train": RecordSource, "validation": ..., "test": ...} (only non-empty ones).
+    builder: the TFDS builder (data_path, info, options).
+    report: the preparation report (counts, skipped files, duplicate groups, options).
+    """
+
+    name: str
+    class_names: list[str]
+    splits: dict[str, RecordSource]
+    builder: CxrBuilder
+    report: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.builder.data_path)
+
+    @property
+    def options(self):
+        return self.builder.options
+
+
+def builder_class(name: str) -> type[CxrBuilder]:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}") from None
+
+
+def get_builder(name: str, *, data_dir: str | Path, options: Any = None) -> CxrBuilder:
+    """The builder for `name` with these options (nothing is prepared or read yet)."""
+    return builder_class(name)(data_dir=Path(data_dir).expanduser(), options=options)
+
+
+def prepare(name: str, *, data_dir: str | Path, manual_dir: str | Path | None = None,
+            options: Any = None, overwrite: bool = False) -> dict[str, Any]:
+    """Prepares `name` under data_dir if needed and returns its preparation report.
+
+    Real datasets need `manual_dir` (the user's unzipped download; see
+    `DATASETS[name].MANUAL_DOWNLOAD_INSTRUCTIONS`); `cxr_phantoms` needs none.
+    overwrite: prepare again even if prepared files exist for these options.
+    """
+    builder = get_builder(name, data_dir=data_dir, options=options)
+    _prepare(builder, manual_dir, overwrite)
+    return builder.read_report()
+
+
+def _prepare(builder: CxrBuilder, manual_dir: str | Path | None, overwrite: bool) -> None:
+    needs_manual = builder.MANUAL_DOWNLOAD_INSTRUCTIONS is not None
+    if builder.is_prepared() and not overwrite:
+        if needs_manual and manual_dir is not None:
+            _check_same_source(builder, manual_dir)
+        return
+    # REUSE_CACHE_IF_EXISTS overwrites the prepared files (there is no download cache).
+    mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
+            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+    download_config = tfds.download.DownloadConfig(download_mode=mode)
+    if needs_manual:
+        if manual_dir is None:
+            raise LayoutError(
+                f"{builder.name} is not prepared in {builder.data_path}; pass the folder "
+                f"of your download as manual_dir (--manual-dir). "
+                f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        manual_path = Path(manual_dir).expanduser()
+        if not manual_path.is_dir():
+            raise LayoutError(f"{manual_path}: manual dir does not exist or is not a folder. "
+                              f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        download_config = dataclasses.replace(download_config,
+                                              manual_dir=str(manual_path.resolve()))
+    Path(builder.data_dir_root).mkdir(parents=True, exist_ok=True)
+    # Nothing is downloaded; a throw-away download dir keeps data_dir free of TFDS's
+    # empty downloads/ folder.
+    with quiet_tfds(), tempfile.TemporaryDirectory(prefix="cxrjax-tfds-") as scratch:
+        # The file format (array_record) was set when the builder was made.
+        builder.download_and_prepare(download_dir=scratch, download_config=download_config)
+
+
+def _check_same_source(builder: CxrBuilder, manual_dir: str | Path) -> None:
+    """Refuses to reuse files prepared from another folder under the same options."""
+    source = builder.read_report().get("source")
+    requested = Path(manual_dir).expanduser()
+    requested = requested.resolve() if requested.exists() else requested
+    # The scan may have descended into a single wrapper folder, so accept either.
+    if source and not (Path(source) == requested or requested in Path(source).parents):
+        raise ValueError(
+            f"{builder.data_path} was prepared from {source}, not from {requested}. "
+            "Use another data_dir for this folder, omit manual_dir to use the prepared "
+            "files, or prepare with overwrite=True (--overwrite) to replace them.")
+
+
+def load(name: str, *, data_dir: str | Path, manual_dir: str | Path | None = None,
+         options: Any = None) -> PreparedDataset:
+    """Prepares `name` if needed (with progress bars), then opens every split for
+    random access (array_record through TFDS's data source; no TensorFlow)."""
+    builder = get_builder(name, data_dir=data_dir, options=options)
+    _prepare(builder, manual_dir, overwrite=False)
+    return open_prepared(builder)
+
+
+def open_prepared(builder: CxrBuilder) -> PreparedDataset:
+    """Opens an already prepared builder."""
+    with quiet_tfds():
+        sources = builder.as_data_source()
+    class_names = list(builder.info.features["label"].names)
+    report = builder.read_report()
+    if report.get("class_names") and report["class_names"] != class_names:
+        raise ValueError(f"{builder.data_path}: class names in the report "
+                         f"{report['class_names']} differ from the stored features "
+                         f"{class_names}; the folder is inconsistent, prepare it again.")
+    splits = {str(split): RecordSource(source, str(split))
+              for split, source in sources.items()}
+    order = {"train": 0, "validation": 1, "test": 2}
+    splits = dict(sorted(splits.items(), key=lambda kv: order.get(kv[0], 3)))
+    builder.verify_prepared(splits)
+    return PreparedDataset(name=builder.name, class_names=class_names, splits=splits,
+                           builder=builder, report=report)
+
+
+def prepared_reports(name: str, data_dir: str | Path) -> list[dict[str, Any]]:
+    """Reports of every prepared configuration of `name` under data_dir (any options)."""
+    root = Path(data_dir).expanduser() / builder_class(name).name
+    reports = []
+    for path in sorted(root.glob(f"*/*/{REPORT_FILE}")):
+        try:
+            reports.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return reports
+
+
+def load_prepared(name: str, *, data_dir: str | Path,
+                  options: Mapping[str, Any] | None = None) -> PreparedDataset:
+    """Opens a prepared dataset without preparing anything.
+
+    options None: the default configuration if prepared, else the only prepared one;
+    with several prepared configurations, options must say which.
+    """
+    if options is not None:
+        builder = get_builder(name, data_dir=data_dir, options=options)
+    else:
+        builder = get_builder(name, data_dir=data_dir)
+        if not builder.is_prepared():
+            reports = prepared_reports(name, data_dir)
+            if len(reports) != 1:
+                configs = [r.get("config") for r in reports]
+                raise LayoutError(
+                    f"{name} is not prepared with default options under {data_dir}"
+                    + (f"; prepared configurations: {configs}. Pass the options of one."
+                       if configs else "; prepare it first (python -m cxrjax.data prepare "
+                       f"{name} --data-dir {data_dir} ...)."))
+            builder = get_builder(name, data_dir=data_dir, options=reports[0]["options"])
+    if not builder.is_prepared():
+        raise LayoutError(f"{name} is not prepared in {builder.data_path}; prepare it first "
+                          f"(python -m cxrjax.data prepare {name} --data-dir {data_dir} ...).")
+    return open_prepared(builder)
