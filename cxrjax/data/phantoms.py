@@ -14,7 +14,9 @@ thorax and shoulders with a soft-tissue thickness profile, neck and trachea, two
 fields with rounded apices and sharp costophrenic angles, mediastinum, heart shadow
 bulging into the left lung, aortic knob, hila with branching vessel markings, posterior
 and anterior ribs, clavicles, spine, diaphragm domes with a gastric air bubble, quantum
-noise and a random global tone curve (brightness, contrast, gamma) and patient pose.
+arms, quantum noise, a random global tone curve (brightness, contrast) and a random
+patient build and position (scale, shift; no in-plane rotation, which the training
+augmentation adds).
 
 Findings (only inside the lung mask; severity ~ U(options.severity_range)):
   Normal           none.
@@ -23,8 +25,9 @@ Findings (only inside the lung mask; severity ~ U(options.severity_range)):
   Lung_Opacity     one focal, dense, irregular consolidation in one lung.
 
 Everything is computed on coordinate grids at the requested size (no oversized canvas
-that is then downsized); smooth random fields are drawn on small grids and upsampled with
-PIL, which keeps one 256 px image at a few milliseconds on one core.
+that is then downsized), mostly as sums and products of 1-D row and column profiles;
+smooth random fields are drawn on small grids and B-spline upsampled. One 256 px image
+costs about 100 image-sized numpy operations (a few milliseconds on one core).
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 # The D4 (COVID-19 Radiography Database v4+) class folder names, in sorted order, so a
 # model trained on phantoms shares the real dataset's class list and label ids.
@@ -77,8 +79,8 @@ class PhantomOptions:
                 f"PhantomOptions.shortcut_strength must be in [0, 1], got {self.shortcut_strength}")
         lo, hi = self.severity_range
         if not 0.0 <= lo <= hi:
-            raise ValueError(
-                f"PhantomOptions.severity_range must satisfy 0 <= lo <= hi, got {self.severity_range}")
+            raise ValueError("PhantomOptions.severity_range must satisfy 0 <= lo <= hi, "
+                             f"got {self.severity_range}")
         # Lists from JSON configs become tuples so the options stay hashable.
         object.__setattr__(self, "severity_range", (float(lo), float(hi)))
 
@@ -301,7 +303,8 @@ def _render(rng: np.random.Generator, label: int, opts: PhantomOptions):
     lung_soft *= _ramp(-d_heart, 3.0 * eps)
     # darkest in the mid zones; lighter at the apex (muscle, bone) and over the lower
     # lateral zones (breasts, pectorals); plus a little patchy thickness variation.
-    depth = 0.06 * _smooth_noise(rng, 4, S)
+    coarse = _smooth_noise(rng, 4, S)  # reused below: each field costs as much as 10 ops
+    depth = 0.06 * coarse
     depth += (0.8 + 0.2 * np.clip(1.0 - (1.5 * v) ** 2, 0.0, 1.0))[:, None]
     depth -= (soft_lower / lung_dark) * np.clip((v - 0.0) * 3.0, 0.0, 1.0)[:, None] \
         * np.clip((t - 0.25) * 3.0, 0.0, 1.0)[None, :]
@@ -379,7 +382,7 @@ def _render(rng: np.random.Generator, label: int, opts: PhantomOptions):
     # ribs sit a little closer in the projection.
     vr = v - 0.015 * v * v
     r = ((vr - rib_b0) / rib_sp)[:, None] + ((0.12 * t - 0.75 * t * t) / rib_sp)[None, :]
-    r += 0.12 * _smooth_noise(rng, 5, S)  # no two ribs alike
+    r += 0.12 * coarse  # no two patients' ribs alike
     phase = r - np.floor(r)
     dist = np.minimum(phase, 0.40 - phase)  # > 0 inside the bone, in rib spacings
     rib = _ramp(-dist, eps / rib_sp)
@@ -393,7 +396,8 @@ def _render(rng: np.random.Generator, label: int, opts: PhantomOptions):
     rib *= np.clip((v - rib_b0) * 20.0, 0.0, 1.0)[:, None] * (0.045 * lateral)[None, :]
     dens += rib
     # anterior ribs: fainter, running down towards the sternum
-    ra = (v / (rib_sp * 1.05))[:, None] + ((0.55 * t - 0.20 * t * t + 0.9) / (rib_sp * 1.05))[None, :]
+    sp_a = rib_sp * 1.05
+    ra = (v / sp_a)[:, None] + ((0.55 * t - 0.20 * t * t + 0.9) / sp_a)[None, :]
     phase = ra - np.floor(ra)
     ant = _ramp(-np.minimum(phase, 0.30 - phase), eps / rib_sp)
     ant *= (np.clip((0.35 - v) * 4.0, 0.0, 1.0) * np.clip((v + 0.6) * 4.0, 0.0, 1.0))[:, None] \
@@ -407,12 +411,13 @@ def _render(rng: np.random.Generator, label: int, opts: PhantomOptions):
     dens[rs] += clav
     # spine: a column behind the mediastinum with vertebral banding
     cs = _cols(u, -0.09, 0.09)
-    dens[:, cs] += (0.07 + 0.025 * np.cos(v * (2 * np.pi / 0.085)))[:, None] * _ramp(t[cs] - 0.065, 2 * eps)[None, :]
+    vertebrae = 0.07 + 0.025 * np.cos(v * (2 * np.pi / 0.085))
+    dens[:, cs] += vertebrae[:, None] * _ramp(t[cs] - 0.065, 2 * eps)[None, :]
 
     # --- detector: quantum noise, mottle, then a film-like tone curve that compresses
     #     dense regions, with random brightness, contrast and gamma.
     dens += opts.noise_std * _grain(rng, S)
-    dens += 0.015 * _smooth_noise(rng, 6, S)
+    dens += 0.015 * coarse
     # tone: y = offset + gain * (x + c x (1 - x)); c > 0 lifts the mid-tones like film.
     contrast, gain, offset = uni(0.2, 0.9), uni(0.9, 1.15), uni(-0.05, 0.05)
     np.clip(dens, 0.0, 1.0, out=dens)

@@ -291,8 +291,8 @@ class _Example:
         if self.scale != 1.0:
             x *= np.float32(self.scale)
         x = x[..., None]
-        if cfg.channels == 3:
-            x = np.repeat(x, 3, axis=-1)
+        if cfg.channels == 3:  # a view; batching writes the 3 copies into the batch array
+            x = np.broadcast_to(x, (*x.shape[:2], 3))
         out = {"image": x, "label": np.int32(rec["label"])}
         if self.with_mask:
             out["mask"] = np.True_
