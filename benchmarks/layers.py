@@ -1,0 +1,234 @@
+"""Per-layer forward / backward profile of a registered model on the current backend.
+
+    python -m benchmarks.layers --model s4_exp4 [--image-size 128] [--batch-size 32]
+        [--repeats 5] [--formulations xla,pad_valid] [--layers conv3,pool3] [--json FILE]
+
+For every convolution, dense layer and max-pooling of the model (found by intercepting
+``cxrjax.models.layers.Conv`` / ``Dense`` / ``MaxPool`` while tracing the model, so the
+shapes are the real ones), it compiles and times, in isolation:
+- ``fwd``: the layer's output;
+- ``dx``: the input gradient (vjp with respect to the input; for a pooling whose
+  gradient needs the forward output, that forward is included, as in training);
+- ``dw``: the weight gradient (vjp with respect to kernel and bias; not for poolings).
+Each is timed ``--repeats`` times after a warm-up (``block_until_ready``) and the median
+is printed in milliseconds. Convolutions with padding are timed once per formulation of
+``cxrjax.models.layers.conv2d`` ("xla": padding inside the conv, the reference; and
+"pad_valid": explicit pad + VALID conv), poolings once per formulation of
+``layers.max_pool`` ("xla": reduce_window / select-and-scatter, the reference; "mask");
+``*`` marks the formulation the models use on this backend ("auto"). That is how the
+CPU cliffs of issue 6 were found: a formulation whose ``dw`` or ``dx`` is many times
+slower than another's for the same layer. Timings are wall-clock medians: on a shared
+machine, compare ratios taken in the same run rather than absolute numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cxrjax import models
+from cxrjax.models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCall:
+    """One conv / dense layer of a model as it is called: path, config, input shape."""
+
+    path: str
+    kind: str  # "conv" | "dense" | "pool"
+    in_shape: tuple[int, ...]
+    features: int
+    kernel_size: int = 0
+    padding: int = 0
+    dtype: Any = jnp.float32
+
+
+def model_layers(name: str, *, image_size: int | None = None, batch_size: int = 32,
+                 channels: int | None = None, num_classes: int = 4,
+                 dtype: Any = jnp.float32) -> list[LayerCall]:
+    """Every Conv/Dense call of ``name`` at this input, in call order (traced, not run)."""
+    spec = models.MODELS[name]
+    model = models.create(name, num_classes=num_classes, channels=channels, dtype=dtype)
+    size = image_size or spec.image_size
+    x = jax.ShapeDtypeStruct((batch_size, size, size, model.channels), jnp.float32)
+    calls: list[LayerCall] = []
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name == "__call__" and isinstance(module, (layers.Conv, layers.Dense, layers.MaxPool)):
+            path = "/".join(module.path) if module.path else module.name
+            if path not in {c.path for c in calls}:
+                shape = tuple(args[0].shape)
+                if isinstance(module, layers.Conv):
+                    calls.append(LayerCall(path, "conv", shape, module.features,
+                                           module.kernel_size, module.padding, module.dtype))
+                elif isinstance(module, layers.Dense):
+                    calls.append(LayerCall(path, "dense", shape, module.features, dtype=module.dtype))
+                else:
+                    calls.append(LayerCall(path, "pool", shape, shape[-1], dtype=dtype))
+        return next_fun(*args, **kwargs)
+
+    def init(x):
+        with nn.intercept_methods(interceptor):
+            return model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False)
+
+    jax.eval_shape(init, x)
+    return calls
+
+
+def _normal(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> jax.Array:
+    # Host-side: jax.random would compile an RNG kernel per shape, for nothing.
+    return jnp.asarray(np.random.default_rng(seed).normal(0.0, scale, shape), jnp.float32)
+
+
+def layer_functions(call: LayerCall, formulation: str) -> tuple[Callable, tuple]:
+    """(f(x, kernel, bias) -> y, example (x, kernel, bias)) for one layer."""
+    x = _normal(call.in_shape, 0)
+    cin = call.in_shape[-1]
+    if call.kind == "conv":
+        kernel = _normal((call.kernel_size, call.kernel_size, cin, call.features), 1, 0.05)
+        dt, pad = call.dtype, call.padding
+
+        def f(x, kernel, bias):
+            y = layers.conv2d(x.astype(dt), kernel.astype(dt), pad, formulation)
+            return y + bias.astype(dt)
+    else:
+        kernel = _normal((cin, call.features), 1, 0.05)
+        dt = call.dtype
+
+        def f(x, kernel, bias):
+            return x.astype(dt) @ kernel.astype(dt) + bias.astype(dt)
+
+    bias = _normal((call.features,), 2, 0.05)
+    return f, (x, kernel, bias)
+
+
+def pool_function(call: LayerCall, formulation: str) -> tuple[Callable, jax.Array]:
+    """(f(x) -> y, example x) for one max-pooling; x is post-ReLU-like (many zeros, ties)."""
+    x = jnp.maximum(_normal(call.in_shape, 0), 0).astype(call.dtype)
+    return (lambda x: layers.max_pool(x, formulation)), x
+
+
+def _median_ms(fn: Callable, args: tuple, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile + warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def time_layer(call: LayerCall, formulation: str, repeats: int) -> dict[str, float]:
+    """Median ms of forward, input gradient and weight gradient (NaN: none) of one layer."""
+    if call.kind == "pool":
+        f, x = pool_function(call, formulation)
+        dy = jnp.ones(jax.eval_shape(f, x).shape, x.dtype)
+        dx = jax.jit(lambda x, dy: jax.vjp(f, x)[1](dy)[0])
+        return {"fwd_ms": _median_ms(jax.jit(f), (x,), repeats),
+                "dx_ms": _median_ms(dx, (x, dy), repeats), "dw_ms": float("nan")}
+    f, (x, kernel, bias) = layer_functions(call, formulation)
+    dy = jnp.ones(jax.eval_shape(f, x, kernel, bias).shape, call.dtype)
+    fwd = jax.jit(f)
+    dx = jax.jit(lambda x, k, b, dy: jax.vjp(lambda x: f(x, k, b), x)[1](dy)[0])
+    dw = jax.jit(lambda x, k, b, dy: jax.vjp(lambda k, b: f(x, k, b), k, b)[1](dy))
+    return {
+        "fwd_ms": _median_ms(fwd, (x, kernel, bias), repeats),
+        "dx_ms": _median_ms(dx, (x, kernel, bias, dy), repeats),
+        "dw_ms": _median_ms(dw, (x, kernel, bias, dy), repeats),
+    }
+
+
+def profile(name: str, *, image_size: int | None, batch_size: int, repeats: int,
+            formulations: tuple[str, ...], dtype: Any = jnp.float32, progress: bool = True,
+            only: tuple[str, ...] | None = None) -> list[dict]:
+    """One record per (layer, formulation): shapes, the auto choice, and median ms.
+
+    ``only``: restrict to these layer paths (e.g. ("conv3", "pool3")).
+    """
+    records = []
+    calls = model_layers(name, image_size=image_size, batch_size=batch_size, dtype=dtype)
+    if only:
+        unknown = sorted(set(only) - {c.path for c in calls})
+        if unknown:
+            raise ValueError(f"{name} has no layer(s) {unknown}; its layers: {[c.path for c in calls]}")
+        calls = [c for c in calls if c.path in only]
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        tqdm = None
+    def candidates(c: LayerCall) -> tuple[str, ...]:
+        if c.kind == "conv" and c.padding:
+            return formulations
+        return layers.POOL_FORMULATIONS[1:] if c.kind == "pool" else ("xla",)
+
+    work = [(c, fm) for c in calls for fm in candidates(c)]
+    bar = tqdm(work, desc=f"{name} layers", file=sys.stderr, disable=not progress) if tqdm else work
+    for call, formulation in bar:
+        auto = ""
+        if call.kind == "conv":
+            auto = "pad_valid" if layers.conv_cliff(call.kernel_size, call.padding) else "xla"
+        elif call.kind == "pool":
+            auto = "mask" if layers.pool_cliff() else "xla"
+        records.append({
+            "model": name, "layer": call.path, "kind": call.kind, "in_shape": list(call.in_shape),
+            "features": call.features, "kernel_size": call.kernel_size, "padding": call.padding,
+            "formulation": formulation, "auto": auto, "backend": jax.default_backend(),
+            **time_layer(call, formulation, repeats),
+        })
+    return records
+
+
+def format_table(records: list[dict]) -> str:
+    """Markdown table: one row per (layer, formulation), '*' marks the auto choice."""
+    head = "| layer | input | k/p | formulation | fwd ms | dx ms | dw ms |\n|---|---|---|---|---:|---:|---:|"
+    rows = []
+    for r in records:
+        kp = {"conv": f"{r['kernel_size']}/{r['padding']}", "dense": "dense", "pool": "pool 2"}[r["kind"]]
+        mark = "*" if r["auto"] and r["formulation"] == r["auto"] else ""
+        shape = "x".join(str(d) for d in r["in_shape"])
+        dw = "-" if r["dw_ms"] != r["dw_ms"] else f"{r['dw_ms']:.2f}"  # NaN: no weights
+        rows.append(f"| {r['layer']} | {shape} | {kp} | {r['formulation']}{mark} | "
+                    f"{r['fwd_ms']:.2f} | {r['dx_ms']:.2f} | {dw} |")
+    return "\n".join([head, *rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.layers", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, choices=sorted(models.MODELS))
+    p.add_argument("--image-size", type=int, default=None, help="default: the model's study size")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--formulations", default="xla,pad_valid",
+                   help=f"comma-separated, timed for every padded conv; of {layers.FORMULATIONS[1:]}")
+    p.add_argument("--layers", default="", help="comma-separated layer names to profile (default: all)")
+    p.add_argument("--json", default=None, help="also write the records to this file")
+    args = p.parse_args(argv)
+    formulations = tuple(f for f in args.formulations.split(",") if f)
+    bad = [f for f in formulations if f not in layers.FORMULATIONS[1:]]
+    if bad:
+        p.error(f"unknown formulation(s) {bad}; choose from {layers.FORMULATIONS[1:]}")
+    records = profile(args.model, image_size=args.image_size, batch_size=args.batch_size,
+                      repeats=args.repeats, formulations=formulations, dtype=jnp.dtype(args.dtype),
+                      only=tuple(n for n in args.layers.split(",") if n) or None)
+    print(f"{args.model} on {jax.default_backend()} ({jax.devices()[0].device_kind}), "
+          f"batch {args.batch_size}, median of {args.repeats}; * = the formulation the model uses")
+    print(format_table(records))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(records, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""Environment metadata and the markdown rendering of throughput records.
+
+Kept apart from the runner so the JSON schema and its human-readable form live in one
+small file: the markdown is generated from the JSON records only (``python -m
+benchmarks.throughput --from-json FILE --markdown OUT`` re-renders a saved run).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+from typing import Any
+
+SCHEMA = "cxrjax.benchmarks.throughput/1"
+
+
+def environment() -> dict[str, Any]:
+    """Where and with what a run happened: written into every record."""
+    import jax
+
+    try:
+        import torch
+
+        torch_version: str | None = torch.__version__
+    except ImportError:
+        torch_version = None
+    devices = jax.local_devices()
+    return {
+        "device_kind": devices[0].device_kind,
+        "platform": devices[0].platform,
+        "device_count": jax.device_count(),
+        "local_device_count": len(devices),
+        "jax_version": jax.__version__,
+        "torch_version": torch_version,
+        "host_cpus": os.cpu_count(),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _fmt(value: Any, spec: str = ".3g", none: str = "-") -> str:
+    if value is None:
+        return none
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f}"
+
+
+def markdown_table(records: list[dict[str, Any]]) -> str:
+    """One row per configuration; failed configurations show their error."""
+    if not records:
+        return "(no records)\n"
+    env = records[0]
+    head = [
+        f"Device: **{env['device_kind']}** ({env['platform']}) x{env['local_device_count']}, "
+        f"jax {env['jax_version']}, torch {env.get('torch_version') or 'not installed'}, "
+        f"{env['date']}, host CPUs {env.get('host_cpus')}.",
+        "",
+        "| model | px | dtype | parallel | dev | batch/dev | compile s | step ms (p10-p90) "
+        "| img/s | GFLOP/step | TFLOP/s | MFU | XLA MiB/dev | peak MiB | eval img/s "
+        "| torch img/s | torch setup | jax/torch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for r in records:
+        prefix = (
+            f"| {r['model']} | {r['image_size']} | {r['dtype']} | {r['parallel']} | {r['num_devices']} "
+            f"| {r['per_device_batch']} "
+        )
+        if r.get("error"):
+            rows.append(prefix + f"| failed: {r['error'][:80]} |" + " |" * 11)
+            continue
+        step = r["train_step_s"]
+        torch = r.get("torch") or {}
+        rows.append(
+            prefix
+            + f"| {r['compile_s']:.1f} "
+            + f"| {1e3 * step['median_s']:.1f} ({1e3 * step['p10_s']:.1f}-{1e3 * step['p90_s']:.1f}) "
+            + f"| {r['images_per_s']:.1f} "
+            + f"| {_fmt(r['flops_per_step'] / 1e9 if r.get('flops_per_step') else None)} "
+            + f"| {_fmt(r.get('achieved_tflops'))} "
+            + f"| {_fmt(r['mfu'] * 100 if r.get('mfu') is not None else None, '.1f')}{'%' if r.get('mfu') is not None else ''} "
+            + f"| {_mib(r.get('xla_memory_bytes_per_device'))} | {_mib(r.get('peak_device_memory_bytes'))} "
+            + f"| {r['eval_images_per_s']:.1f} "
+            + f"| {_fmt(torch.get('images_per_s'), '.1f')} | {torch.get('setup', '-')} "
+            + f"| {_fmt(r.get('jax_over_torch'), '.2f')} |"
+        )
+    peaks = sorted({r["peak_basis"] for r in records if r.get("peak_basis") and r.get("peak_tflops")})
+    notes = [
+        "",
+        "step ms: median over the timed steps (10th-90th percentile); img/s = global batch / median.",
+        "GFLOP/step and TFLOP/s: XLA cost analysis of the compiled train step, all devices.",
+        "jax/torch: JAX img/s per device / PyTorch img/s on one device at the same per-device batch.",
+        "XLA MiB/dev: compiled executable's arguments + outputs + temporaries (memory analysis); "
+        "peak MiB: backend's process-wide high-water mark so far (GPU only).",
+    ]
+    if peaks:
+        notes.append("MFU peaks used: " + "; ".join(peaks) + ".")
+    return "\n".join(head + rows + notes) + "\n"
+
+
+def overhead_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown for the data-parallel overhead comparison (``--devices``)."""
+    if not rows:
+        return ""
+    lines = [
+        "",
+        "### Data-parallel overhead (forced host devices)",
+        "",
+        "| model | px | dtype | parallel | batch/dev | N | step ms, 1 dev | step ms, N dev "
+        "| N dev / 1 dev | step ms, 1 dev x N batch | N dev / (1 dev, N batch) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['image_size']} | {r['dtype']} | {r['parallel']} | {r['per_device_batch']} "
+            f"| {r['num_devices']} | {_fmt(r['step_ms_1'], '.1f')} | {_fmt(r['step_ms_n'], '.1f')} "
+            f"| {_fmt(r['ratio_same_per_device_batch'], '.2f')} | {_fmt(r['step_ms_1_same_total'], '.1f')} "
+            f"| {_fmt(r['ratio_same_total_batch'], '.2f')} |"
+        )
+    lines += [
+        "",
+        "N forced CPU devices share the same cores, so N devices at the same per-device batch do N "
+        "times the work of 1 device: the first ratio is ~N when there is no overhead. The last "
+        "column compares equal total work (1 device running the whole global batch): what is "
+        "above 1.0 there is the cost of splitting the batch, dispatching N programs and the "
+        "gradient all-reduce.",
+    ]
+    return "\n".join(lines) + "\n"

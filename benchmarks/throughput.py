@@ -1,0 +1,482 @@
+"""Train-step and eval-step throughput of cxrjax's models, side by side with PyTorch.
+
+    python -m benchmarks.throughput [--models lenet5 s4_exp4@224 ...] [--batch-sizes 8,32]
+        [--dtypes float32,bfloat16] [--parallel shard_map,pmap] [--steps N] [--warmup N]
+        [--json FILE] [--markdown FILE] [--no-torch] [--torch-compile auto|always|never]
+        [--num-devices N] [--devices 1,4]
+
+For every (model@size, dtype, parallel mode, per-device batch) it reports: compile time;
+median and spread of N individually timed train steps after warm-up; images/s; FLOPs
+per step from XLA's cost analysis of the compiled step; achieved TFLOP/s and, on a
+known GPU, MFU against its dense peak (see benchmarks/peaks.py); XLA's memory estimate
+and the backend's peak memory where reported; eval images/s; and the same train/eval
+steps in PyTorch (benchmarks/torch_reference.py) on the same inputs, with
+``jax_over_torch`` = JAX images/s per device / PyTorch images/s on one device.
+
+``--devices 1,4`` measures data-parallel overhead instead: it re-runs itself in
+subprocesses with ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` and compares
+the step time on N devices with 1 device at the same per-device batch (and with 1
+device running the whole N x batch).
+
+The JAX train step is the training engine's per-replica step (cxrjax.train.steps), compiled
+per-replica step: forward, CE, grads, pmean, Adam, BatchNorm stats, donated state).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+CPU_DEFAULT_STEPS, CPU_DEFAULT_WARMUP = 10, 2
+GPU_DEFAULT_STEPS, GPU_DEFAULT_WARMUP = 50, 5
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """A model at one input size, with the per-device batches swept on CPU and on GPU.
+
+    ``cpu_steps``/``cpu_warmup`` cap the step counts on CPU for models whose step takes
+    seconds there (VGG16), so the default CPU run stays around ten minutes.
+    """
+
+    model: str
+    image_size: int
+    cpu_batches: tuple[int, ...]
+    gpu_batches: tuple[int, ...]
+    cpu_steps: int | None = None
+    cpu_warmup: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}@{self.image_size}"
+
+
+# The studies' models at their sizes (issue 6).
+DEFAULT_CASES: tuple[BenchCase, ...] = (
+    BenchCase("lenet5", 32, (32, 128), (256, 1024, 4096)),
+    BenchCase("s0_a", 150, (8, 32), (64, 128, 256)),
+    BenchCase("s4_exp4", 128, (8, 32), (64, 128, 256)),
+    BenchCase("s4_exp4", 224, (8, 32), (32, 64, 128), cpu_steps=5, cpu_warmup=1),
+    BenchCase("vgg16", 224, (4,), (32, 64, 128), cpu_steps=3, cpu_warmup=1),
+    BenchCase("vgg16_bn", 224, (4,), (32, 64, 128), cpu_steps=3, cpu_warmup=1),
+)
+
+
+@dataclass
+class BenchOptions:
+    """Everything one run needs; the CLI fills it, tests build it directly."""
+
+    cases: list[BenchCase] = field(default_factory=lambda: list(DEFAULT_CASES))
+    batch_sizes: tuple[int, ...] | None = None  # None -> each case's sweep for the platform
+    dtypes: tuple[str, ...] | None = None  # None -> float32 on CPU, float32+bfloat16 on GPU
+    parallel: tuple[str, ...] = ("shard_map",)
+    steps: int | None = None  # None -> platform default (capped per case on CPU)
+    warmup: int | None = None
+    torch: bool = True
+    torch_compile: str = "auto"
+    num_devices: int | None = None
+    num_classes: int = 4
+    overrides: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+    # Called with the records so far after every configuration (the CLI rewrites its
+    # JSON, so a long sweep that is interrupted keeps what it measured).
+    on_record: Callable[[list[dict[str, Any]]], None] | None = None
+
+
+def parse_case(text: str) -> BenchCase:
+    """"name" (its default cases, or the registry size) or "name@size"."""
+    from cxrjax import models
+
+    name, _, size = text.partition("@")
+    if name not in models.MODELS:
+        raise SystemExit(f"benchmarks.throughput: unknown model {name!r}; registered: {sorted(models.MODELS)}")
+    for case in DEFAULT_CASES:
+        if case.model == name and (not size or case.image_size == int(size)):
+            return case
+    image_size = int(size) if size else models.MODELS[name].image_size
+    return BenchCase(name, image_size, (8, 32), (64, 128, 256))
+
+
+def expand_cases(texts: list[str]) -> list[BenchCase]:
+    """CLI model list -> cases; a bare name that has several default sizes gets all of them."""
+    cases: list[BenchCase] = []
+    for text in texts:
+        if "@" not in text:
+            matching = [c for c in DEFAULT_CASES if c.model == text]
+            if matching:
+                cases += matching
+                continue
+        cases.append(parse_case(text))
+    return cases
+
+
+def _stats_json(times: Any) -> dict[str, float]:
+    return times.to_json()
+
+
+def _torch_json(result: Any, batch: int) -> dict[str, Any]:
+    return {
+        "setup": result.setup,
+        "images_per_s": batch / result.train.median_s,
+        "train_step_s": _stats_json(result.train),
+        "eval_images_per_s": batch / result.eval.median_s,
+        "eval_step_s": _stats_json(result.eval),
+        "compile_s": result.compile_s,
+        "parameters": result.parameters,
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "alternatives_median_s": result.alternatives,
+        "notes": result.notes,
+    }
+
+
+def run_jax_config(cfg: Any, *, warmup: int, steps: int, env: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """Compile and time one JAX configuration; returns (record without torch, host batch)."""
+    import jax
+    import numpy as np
+
+    from benchmarks import jax_step, peaks
+    from benchmarks.timing import time_steps
+
+    compiled = jax_step.build_steps(cfg)
+    n = compiled.num_devices
+    global_batch = cfg.per_device_batch * n
+    batch = compiled.batch
+    train_times, state = time_steps(
+        lambda s: compiled.train(s, batch)[0], compiled.state, warmup=warmup, steps=steps, sync=jax.block_until_ready
+    )
+    eval_times, _ = time_steps(
+        lambda _: compiled.eval(state, batch), None, warmup=max(1, warmup), steps=steps, sync=jax.block_until_ready
+    )
+    flops_dev = compiled.train_flops_per_device
+    achieved_dev = flops_dev / train_times.median_s / 1e12 if flops_dev else None
+    peak, basis = peaks.peak_tflops(env["device_kind"], cfg.dtype)
+    params = sum(int(a.size) for a in jax.tree.leaves(state.params)) // (n if cfg.parallel == "pmap" else 1)
+    record = {
+        **env,
+        "model": cfg.model,
+        "image_size": cfg.image_size,
+        "dtype": cfg.dtype,
+        "parallel": cfg.parallel,
+        "num_devices": n,
+        "per_device_batch": cfg.per_device_batch,
+        "global_batch": global_batch,
+        "num_classes": cfg.num_classes,
+        "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.overrides.items()},
+        "parameters": params,
+        "warmup": warmup,
+        "compile_s": compiled.train_compile_s,
+        "eval_compile_s": compiled.eval_compile_s,
+        "train_step_s": _stats_json(train_times),
+        "images_per_s": global_batch / train_times.median_s,
+        "flops_per_step": flops_dev * n if flops_dev else None,
+        "flops_per_step_per_device": flops_dev,
+        "flops_source": "xla_cost_analysis" if flops_dev else None,
+        "achieved_tflops": achieved_dev * n if achieved_dev else None,
+        "achieved_tflops_per_device": achieved_dev,
+        "peak_tflops": peak,
+        "peak_basis": basis,
+        "mfu": peaks.mfu(achieved_dev, peak),
+        "xla_memory_bytes_per_device": compiled.train_memory_bytes,
+        "peak_device_memory_bytes": jax_step.peak_device_memory_bytes(),
+        "eval_step_s": _stats_json(eval_times),
+        "eval_images_per_s": global_batch / eval_times.median_s,
+        "eval_flops_per_step_per_device": compiled.eval_flops_per_device,
+        "torch": None,
+        "jax_over_torch": None,
+        "eval_jax_over_torch": None,
+        "error": None,
+    }
+    host_images = np.asarray(jax.device_get(batch["image"])).reshape(global_batch, *batch["image"].shape[-3:])
+    host_labels = np.asarray(jax.device_get(batch["label"])).reshape(global_batch)
+    del compiled, state, batch
+    return record, (host_images, host_labels)
+
+
+def attach_torch(record: dict[str, Any], torch_result: dict[str, Any] | None) -> None:
+    """Put PyTorch's numbers and the ratios into a JAX record (per-device comparison)."""
+    record["torch"] = torch_result
+    if not torch_result or record.get("error"):
+        return
+    n = record["num_devices"]
+    record["jax_over_torch"] = record["images_per_s"] / n / torch_result["images_per_s"]
+    record["eval_jax_over_torch"] = record["eval_images_per_s"] / n / torch_result["eval_images_per_s"]
+
+
+def run(options: BenchOptions) -> list[dict[str, Any]]:
+    """Run every configuration of `options`; one record per configuration."""
+    import jax
+    from tqdm import tqdm
+
+    from benchmarks import jax_step
+    from benchmarks.report import environment
+
+    env = environment()
+    on_cpu = env["platform"] == "cpu"
+    dtypes = options.dtypes or (("float32",) if on_cpu else ("float32", "bfloat16"))
+    plan = []
+    for case in options.cases:
+        batches = options.batch_sizes or (case.cpu_batches if on_cpu else case.gpu_batches)
+        steps = options.steps or (case.cpu_steps or CPU_DEFAULT_STEPS if on_cpu else GPU_DEFAULT_STEPS)
+        warmup = options.warmup if options.warmup is not None else (
+            (case.cpu_warmup if case.cpu_warmup is not None else CPU_DEFAULT_WARMUP) if on_cpu else GPU_DEFAULT_WARMUP
+        )
+        for dtype in dtypes:
+            for batch in batches:
+                for parallel in options.parallel:
+                    plan.append((case, dtype, batch, parallel, steps, warmup))
+    records: list[dict[str, Any]] = []
+    torch_cache: dict[tuple, dict[str, Any] | None] = {}
+    eager_won: set[tuple] = set()  # (model, size, dtype) where eager beat compile on CPU
+    bar = tqdm(plan, desc="throughput", disable=not options.progress)
+    for case, dtype, batch, parallel, steps, warmup in bar:
+        bar.set_postfix_str(f"{case.label} {dtype} b{batch} {parallel}")
+        cfg = jax_step.JaxStepConfig(
+            model=case.model,
+            image_size=case.image_size,
+            per_device_batch=batch,
+            dtype=dtype,
+            parallel=parallel,
+            num_devices=options.num_devices,
+            num_classes=options.num_classes,
+            overrides=dict(options.overrides),
+        )
+        try:
+            record, (images, labels) = run_jax_config(cfg, warmup=warmup, steps=steps, env=env)
+        except Exception as e:  # e.g. out of memory at a large batch: record it and go on
+            record = {
+                **env, "model": case.model, "image_size": case.image_size, "dtype": dtype,
+                "parallel": parallel, "num_devices": options.num_devices or jax.local_device_count(),
+                "per_device_batch": batch, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                "torch": None, "jax_over_torch": None, "eval_jax_over_torch": None,
+            }
+            records.append(record)
+            if options.on_record:
+                options.on_record(records)
+            continue
+        finally:
+            gc.collect()
+        key = (case.model, case.image_size, dtype, batch)
+        if options.torch and key not in torch_cache:
+            torch_cache[key] = run_torch(case, dtype, batch, images[:batch], labels[:batch], steps=steps,
+                                         warmup=warmup, options=options, on_cpu=on_cpu, eager_won=eager_won)
+        attach_torch(record, torch_cache.get(key))
+        records.append(record)
+        if options.on_record:
+            options.on_record(records)
+    return records
+
+
+def run_torch(case: BenchCase, dtype: str, batch: int, images: Any, labels: Any, *, steps: int, warmup: int,
+              options: BenchOptions, on_cpu: bool, eager_won: set[tuple]) -> dict[str, Any] | None:
+    """PyTorch at the per-device batch on one device; None (with a message) without torch.
+
+    On CPU with ``--torch-compile auto``, compilation (tens of seconds per shape there) is
+    only retried for a model's larger batches while it keeps beating eager.
+    """
+    try:
+        from benchmarks import torch_reference
+    except ImportError as e:
+        print(f"benchmarks.throughput: PyTorch reference skipped ({e}); install the extra: pip install -e .[torch]",
+              file=sys.stderr)
+        options.torch = False
+        return None
+    compile_mode = options.torch_compile
+    group = (case.model, case.image_size, dtype)
+    note = None
+    if on_cpu and compile_mode == "auto" and group in eager_won:
+        compile_mode, note = "never", "torch.compile not retried: eager was faster at a smaller batch"
+    cfg = torch_reference.TorchConfig(
+        model=case.model, image_size=case.image_size, batch=batch, dtype=dtype,
+        num_classes=options.num_classes, compile=compile_mode, overrides=dict(options.overrides),
+    )
+    result = torch_reference.benchmark(cfg, images, labels, warmup=warmup, steps=steps)
+    if "eager" in result.setup and len(result.alternatives) > 1:
+        eager_won.add(group)
+    out = _torch_json(result, batch)
+    if note:
+        out["notes"].append(note)
+    gc.collect()
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Data-parallel overhead: re-run in subprocesses with N forced host devices
+# --------------------------------------------------------------------------------------
+
+
+def _forced_env(n: int) -> dict[str, str]:
+    env = dict(os.environ)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
+    env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    return env
+
+
+def run_devices(argv: list[str], device_counts: list[int], options: BenchOptions) -> tuple[list[dict], list[dict]]:
+    """Run this CLI once per device count (1 device also at N x batch); join the step times."""
+    base = _strip_args(argv, ("--devices", "--json", "--markdown", "--num-devices", "--batch-sizes"))
+    batches = options.batch_sizes or (8,)
+    runs: dict[int, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sorted(set(device_counts) | {1}):
+            wanted = sorted({b * (m if n == 1 else 1) for b in batches for m in device_counts}) if n == 1 else batches
+            out = Path(tmp) / f"devices{n}.json"
+            cmd = [sys.executable, "-m", "benchmarks.throughput", *base, "--no-torch", "--num-devices", str(n),
+                   "--batch-sizes", ",".join(map(str, wanted)), "--json", str(out)]
+            print(f"[devices={n}] {' '.join(cmd[1:])}", file=sys.stderr)
+            subprocess.run(cmd, env=_forced_env(n), check=True)
+            runs[n] = json.loads(out.read_text())["records"]
+    records = [r for n in sorted(runs) for r in runs[n]]
+    return records, overhead_rows(runs, batches)
+
+
+def overhead_rows(runs: dict[int, list[dict]], batches: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Per (model, size, dtype, parallel, batch, N): 1-device vs N-device step times."""
+
+    def index(recs: list[dict]) -> dict[tuple, dict]:
+        return {(r["model"], r["image_size"], r["dtype"], r["parallel"], r["per_device_batch"]): r
+                for r in recs if not r.get("error")}
+
+    one = index(runs.get(1, []))
+    rows = []
+    for n, recs in sorted(runs.items()):
+        if n == 1:
+            continue
+        for key, r in index(recs).items():
+            if key[-1] not in batches or key not in one:
+                continue
+            t1 = one[key]["train_step_s"]["median_s"]
+            tn = r["train_step_s"]["median_s"]
+            total = one.get((*key[:-1], key[-1] * n))
+            t1_total = total["train_step_s"]["median_s"] if total else None
+            rows.append({
+                "model": key[0], "image_size": key[1], "dtype": key[2], "parallel": key[3],
+                "per_device_batch": key[4], "num_devices": n,
+                "step_ms_1": 1e3 * t1, "step_ms_n": 1e3 * tn, "ratio_same_per_device_batch": tn / t1,
+                "step_ms_1_same_total": 1e3 * t1_total if t1_total else None,
+                "ratio_same_total_batch": tn / t1_total if t1_total else None,
+            })
+    return rows
+
+
+def _strip_args(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """argv without the named options (both "--x v" and "--x=v" forms)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in names:
+            skip = True
+            continue
+        if any(a.startswith(n + "=") for n in names):
+            continue
+        out.append(a)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(t) for t in text.split(",") if t)
+
+
+def _strs(text: str) -> tuple[str, ...]:
+    return tuple(t for t in text.split(",") if t)
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists -> tuples, recursively (Flax module options must be hashable)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=None,
+                   help="names or name@size (default: " + " ".join(c.label for c in DEFAULT_CASES) + ")")
+    p.add_argument("--batch-sizes", type=_ints, default=None, help="per-device batches, e.g. 8,32 (default: per model)")
+    p.add_argument("--dtypes", type=_strs, default=None, help="float32,bfloat16 (default: float32 on CPU, both on GPU)")
+    p.add_argument("--parallel", type=_strs, default=("shard_map",), help="shard_map,pmap (default: shard_map)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default: 10 on CPU, 3 for VGG; 50 on GPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 2 on CPU, 5 on GPU)")
+    p.add_argument("--num-devices", type=int, default=None, help="use the first N local devices (default: all)")
+    p.add_argument("--devices", type=_ints, default=None,
+                   help="data-parallel overhead mode: e.g. 1,4 re-runs with N forced CPU devices each")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    p.add_argument("--torch-compile", choices=("auto", "always", "never"), default="auto",
+                   help="auto: time eager and torch.compile, keep the faster (on CPU, compile is not "
+                        "retried for a model's larger batches once eager won)")
+    p.add_argument("--num-classes", type=int, default=4)
+    p.add_argument("--overrides", type=json.loads, default={},
+                   help='model options as JSON for both frameworks, e.g. \'{"features": [4, 4, 4, 4]}\'')
+    p.add_argument("--json", type=Path, default=None, help="write the records here")
+    p.add_argument("--markdown", type=Path, default=None, help="write the markdown table here")
+    p.add_argument("--from-json", type=Path, default=None, help="re-render a saved JSON instead of running")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from benchmarks.report import SCHEMA, markdown_table, overhead_table
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    # JAX would otherwise reserve 75% of GPU memory at start-up and leave PyTorch, timed
+    # in the same process, too little; on demand, each framework holds what it used.
+    # (No effect when jax was imported before, e.g. under pytest, and none on CPU.)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if args.from_json:
+        result = json.loads(args.from_json.read_text())
+    else:
+        options = BenchOptions(
+            cases=expand_cases(args.models) if args.models else list(DEFAULT_CASES),
+            batch_sizes=args.batch_sizes,
+            dtypes=args.dtypes,
+            parallel=args.parallel,
+            steps=args.steps,
+            warmup=args.warmup,
+            torch=not args.no_torch,
+            torch_compile=args.torch_compile,
+            num_devices=args.num_devices,
+            num_classes=args.num_classes,
+            overrides=_tuples(args.overrides),
+            progress=not args.no_progress,
+        )
+        result = {"schema": SCHEMA, "records": [], "data_parallel_overhead": []}
+        if args.json:
+            options.on_record = lambda records: _write(args.json, json.dumps({**result, "records": records}, indent=1))
+        if args.devices:
+            result["records"], result["data_parallel_overhead"] = run_devices(argv, list(args.devices), options)
+        else:
+            result["records"] = run(options)
+    text = markdown_table(result["records"]) + overhead_table(result.get("data_parallel_overhead", []))
+    if args.json:
+        _write(args.json, json.dumps(result, indent=1))
+    if args.markdown:
+        _write(args.markdown, text)
+    print(text)
+    return result
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

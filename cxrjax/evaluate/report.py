@@ -1,0 +1,296 @@
+"""Evaluate one or several trained runs on a prepared dataset, and write the reports.
+
+For each run: metrics (``cxrjax.train.metrics.classification_report``) on every example
+of the split, confusion / ROC / precision-recall plots, the per-example probabilities,
+and, where the dataset carries the masks, the shortcut probes:
+- lung-masked evaluation (lung masks: D4, phantoms): accuracy with only the lungs
+  visible and with the lungs blanked, next to the normal one, with a verdict in words;
+- the Grad-CAM pointing game (lesion masks: phantoms).
+Several runs make an ensemble by averaging their probabilities (``ensemble.py``); its
+metrics (and its lung-masked probe) are reported next to each member's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from cxrjax.evaluate import runs as R
+from cxrjax.evaluate.ensemble import average_probabilities, check_members_aligned
+from cxrjax.evaluate.plots import precision_recall_png
+from cxrjax.explain import probes
+
+CHECKPOINTS = ("best", "latest", "evaluated")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What to evaluate and how (the CLI's options, typed)."""
+
+    workdirs: tuple[str, ...]
+    dataset: str | None = None          # None: the (first) run's training dataset
+    data_dir: str | None = None         # None: the run's config.data_dir
+    manual_dir: str | None = None
+    dataset_options: Mapping[str, Any] | None = None  # on top of the run's, for its own dataset
+    split: str = "test"
+    checkpoint: str = "best"
+    batch_size: int = R.DEFAULT_BATCH_SIZE
+    probes: bool = True                 # lung-masked probe when the dataset has lung masks
+    pointing_game: bool = True          # Grad-CAM pointing game when it has lesion masks
+    layer: str | None = None            # Grad-CAM layer (default: the model's last conv stage)
+    out: str | None = None              # ensemble report folder (default: the first workdir)
+    progress: bool = True
+
+    def __post_init__(self):
+        if not self.workdirs:
+            raise ValueError("give at least one --workdir")
+        if self.checkpoint not in CHECKPOINTS:
+            raise ValueError(f"checkpoint={self.checkpoint!r}: choose one of {CHECKPOINTS}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class MemberResult:
+    """One run's evaluation: the JSON-ready report and the arrays behind it."""
+
+    run: Any
+    report: dict[str, Any]
+    predictions: R.SplitPredictions
+    masked_probs: dict[str, np.ndarray] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def output_stem(run: Any, ds: Any, request: Mapping[str, Any], split: str) -> str:
+    """``eval_<dataset>_<split>``; with preparation options other than the run's own (e.g.
+    phantoms with the shortcut marker for a run trained without), the prepared
+    configuration's name is added, ``eval_<dataset>-<config>_<split>``, so evaluating
+    one run on two variants of a dataset never overwrites a report."""
+    name = request["name"]
+    own = name == run.config.dataset and dict(request["options"] or {}) == dict(run.config.dataset_options or {})
+    config = getattr(getattr(getattr(ds, "builder", None), "builder_config", None), "name", None)
+    if not own and request["options"] and config:
+        name = f"{name}-{config}"
+    return f"eval_{name}_{split}"
+
+
+def _plots(folder: Path, stem: str, labels: np.ndarray, probs: np.ndarray,
+           confusion: Sequence[Sequence[int]], class_names: Sequence[str], title: str) -> dict[str, str]:
+    from cxrjax.train.plots import plot_confusion_matrix, plot_roc_curves
+
+    paths = {
+        "confusion_matrix": plot_confusion_matrix(confusion, class_names, folder / f"{stem}_confusion_matrix.png",
+                                                  title=f"confusion matrix: {title}"),
+        "roc_curves": plot_roc_curves(labels, probs, class_names, folder / f"{stem}_roc_curves.png",
+                                      title=f"ROC (one vs rest): {title}"),
+        "precision_recall": precision_recall_png(folder / f"{stem}_precision_recall.png", labels, probs,
+                                                 class_names, title=f"precision-recall: {title}"),
+    }
+    return {k: Path(v).name for k, v in paths.items()}
+
+
+def lung_mask_probe(run: Any, view: R.DatasetView, split: str, labels: np.ndarray, normal_probs: np.ndarray,
+                    mapping: np.ndarray | None, options: EvalOptions) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The lung-masked probe of one run: its report and the masked probabilities."""
+    masked = {}
+    for mode in probes.MASK_MODES:
+        name = f"{split}[{mode}]"
+        view.splits[name] = probes.LungMaskedSource(view.splits[split], mode)
+        preds = R.predict_split(run, view, name, mapping=mapping, batch_size=options.batch_size,
+                                desc=f"eval {split}, {mode.replace('_', ' ')}", progress=options.progress)
+        masked[mode] = preds.probs
+    report = probes.shortcut_probe_report(labels, normal_probs.argmax(1), masked[probes.LUNGS_ONLY].argmax(1),
+                                          masked[probes.LUNGS_BLANKED].argmax(1), run.class_names)
+    return report, masked
+
+
+def pointing_game_split(run: Any, view: R.DatasetView, split: str, labels: np.ndarray,
+                        options: EvalOptions) -> dict[str, Any]:
+    """Grad-CAM (for each image's true class) over a split, scored against its lesion masks."""
+    from cxrjax.explain.gradcam import make_gradcam_fn
+
+    cfg = run.input_config
+    fn = make_gradcam_fn(run.model, run.variables, (cfg.image_size, cfg.image_size, cfg.channels), options.layer)
+    source = view.splits[split]
+    with_lungs = R.has_field(view, split, "lung_mask")
+    rows, start, layer = [], 0, None
+    for images, _, mask in R.iterate_eval_batches(view, split, cfg, options.batch_size,
+                                                  desc=f"Grad-CAM {split}", progress=options.progress):
+        valid = int(mask.sum())
+        targets = np.zeros(len(images), np.int32)
+        targets[:valid] = labels[start:start + valid]
+        out = fn(images, targets)
+        records = [source[i] for i in range(start, start + valid)]
+        rows += probes.pointing_rows(out.heatmaps[:valid], [r["lesion_mask"] for r in records],
+                                     labels[start:start + valid],
+                                     [r["lung_mask"] for r in records] if with_lungs else None)
+        start += valid
+        layer = out.layer
+    result = probes.summarise_pointing(rows, run.class_names)
+    result["layer"] = layer
+    return result
+
+
+def evaluate_member(run: Any, ds: Any, request: Mapping[str, Any], options: EvalOptions,
+                    stats_ds: Any | None = None, write: bool = True) -> MemberResult:
+    """Evaluate one loaded run on ``ds`` (already opened); write its JSON and plots."""
+    from cxrjax.train.metrics import classification_report
+    from cxrjax.train.workdir import write_json
+
+    split = options.split
+    if split not in ds.splits:
+        raise R.EvaluationInputError(f"dataset {ds.name!r} has no split {split!r}; its splits are {sorted(ds.splits)}")
+    mapping = R.label_mapping(run.class_names, ds.class_names, run_name=str(run.workdir),
+                              data_name=f"{request['name']!r}")
+    view = R.eval_view(ds, stats_ds)
+    preds = R.predict_split(run, view, split, mapping=mapping, batch_size=options.batch_size,
+                            desc=f"eval {split}", progress=options.progress)
+    metrics = classification_report(preds.labels, preds.probs, run.class_names)
+    report: dict[str, Any] = {
+        "workdir": str(run.workdir),
+        "checkpoint": {"which": run.checkpoint, "step": run.step, "epoch": run.epoch},
+        "model": run.config.model,
+        "dataset": request["name"],
+        "dataset_options": dict(request["options"] or {}),
+        "split": split,
+        "class_names": list(run.class_names),
+        "dataset_class_names": list(ds.class_names),
+        "input_config": run.input_config.to_dict(),
+        "metrics": metrics,
+        "lung_mask_probe": None,
+        "pointing_game": None,
+    }
+    masked = {}
+    if options.probes and R.has_field(ds, split, "lung_mask"):
+        report["lung_mask_probe"], masked = lung_mask_probe(run, view, split, preds.labels, preds.probs,
+                                                            mapping, options)
+    if options.pointing_game and R.has_field(ds, split, "lesion_mask"):
+        report["pointing_game"] = pointing_game_split(run, view, split, preds.labels, options)
+    names = R.split_field(ds, split, "file_name") if R.has_field(ds, split, "file_name") else None
+    report["predictions"] = {"file_name": names, "label": preds.labels.tolist(),
+                             "predicted": preds.predictions.tolist(), "probs": preds.probs.tolist()}
+    member = MemberResult(run=run, report=report, predictions=preds, masked_probs=masked)
+    if write:
+        folder = Path(run.workdir)
+        stem = output_stem(run, ds, request, split)
+        report["plots"] = _plots(folder, stem, preds.labels, preds.probs, metrics["confusion_matrix"],
+                                 run.class_names, f"{run.config.model} on {request['name']} {split}")
+        member.path = folder / f"{stem}.json"
+        write_json(member.path, report)
+    return member
+
+
+def _summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: metrics.get(k) for k in ("num_examples", "accuracy", "macro_f1", "weighted_f1", "roc_auc_ovr", "loss")}
+
+
+def evaluate(options: EvalOptions) -> dict[str, Any]:
+    """Evaluate every run of ``options``; with several, also their probability-averaged ensemble.
+
+    Returns {"members": [report, ...], "ensemble": report or None}.
+    """
+    from cxrjax.train import load_run
+
+    loaded = [load_run(w, checkpoint=options.checkpoint) for w in options.workdirs]
+    request = R.dataset_request(loaded[0], dataset=options.dataset, data_dir=options.data_dir,
+                                manual_dir=options.manual_dir, options=options.dataset_options)
+    ds = R.open_dataset(request)
+    cache: dict[tuple, Any] = {}
+    members = []
+    for run in loaded:
+        stats_ds = ds
+        if R.needs_training_statistics(run, request):
+            own = R.dataset_request(run, data_dir=options.data_dir)
+            key = (own["name"], repr(sorted((own["options"] or {}).items())))
+            if key not in cache:
+                cache[key] = R.open_dataset(own)
+            stats_ds = cache[key]
+        members.append(evaluate_member(run, ds, request, options, stats_ds=stats_ds))
+    ensemble = ensemble_report(members, request, options) if len(members) > 1 else None
+    return {"members": [m.report for m in members], "ensemble": ensemble,
+            "paths": [str(m.path) for m in members]}
+
+
+def ensemble_report(members: Sequence[MemberResult], request: Mapping[str, Any],
+                    options: EvalOptions) -> dict[str, Any]:
+    """Average the members' probabilities; report the ensemble next to each member."""
+    from cxrjax.train.metrics import classification_report
+    from cxrjax.train.workdir import write_json
+
+    names = [str(m.run.workdir) for m in members]
+    classes = list(members[0].run.class_names)
+    for m in members[1:]:
+        if list(m.run.class_names) != classes:
+            raise R.ClassListMismatchError(
+                f"ensemble members disagree on the classes: {names[0]} has {classes} but "
+                f"{m.run.workdir} has {list(m.run.class_names)}")
+    check_members_aligned([m.predictions.labels for m in members], names)
+    labels = members[0].predictions.labels
+    probs = average_probabilities([m.predictions.probs for m in members])
+    metrics = classification_report(labels, probs, classes)
+    probe = None
+    if all(m.masked_probs for m in members):
+        masked = {mode: average_probabilities([m.masked_probs[mode] for m in members]) for mode in probes.MASK_MODES}
+        probe = probes.shortcut_probe_report(labels, probs.argmax(1), masked[probes.LUNGS_ONLY].argmax(1),
+                                             masked[probes.LUNGS_BLANKED].argmax(1), classes)
+    table = [{"workdir": n, "model": m.run.config.model, **_summary(m.report["metrics"]),
+              "lungs_only_accuracy": (m.report["lung_mask_probe"] or {}).get("lungs_only_accuracy"),
+              "lungs_blanked_accuracy": (m.report["lung_mask_probe"] or {}).get("lungs_blanked_accuracy")}
+             for n, m in zip(names, members)]
+    report = {
+        "method": "mean of the members' softmax probabilities (uniform weights)",
+        "dataset": request["name"], "dataset_options": dict(request["options"] or {}),
+        "split": options.split, "class_names": classes,
+        "members": table,
+        "ensemble": {**_summary(metrics),
+                     "lungs_only_accuracy": probe and probe["lungs_only_accuracy"],
+                     "lungs_blanked_accuracy": probe and probe["lungs_blanked_accuracy"]},
+        "metrics": metrics,
+        "lung_mask_probe": probe,
+        "predictions": {"label": labels.tolist(), "predicted": probs.argmax(1).tolist(), "probs": probs.tolist()},
+    }
+    folder = Path(options.out or members[0].run.workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"ensemble_{request['name']}_{options.split}"
+    report["plots"] = _plots(folder, stem, labels, probs, metrics["confusion_matrix"], classes,
+                             f"ensemble of {len(members)} on {request['name']} {options.split}")
+    report["path"] = str(folder / f"{stem}.json")
+    write_json(folder / f"{stem}.json", report)
+    return report
+
+
+def format_member(report: Mapping[str, Any]) -> str:
+    """The human-readable summary printed by the CLI for one run."""
+    from cxrjax.train.metrics import format_report
+
+    m = report["metrics"]
+    lines = [f"== {report['workdir']} ({report['model']}, {report['checkpoint']['which']} checkpoint, "
+             f"step {report['checkpoint']['step']}) on {report['dataset']} {report['split']}: "
+             f"{m['num_examples']} examples",
+             f"accuracy {m['accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  "
+             f"ROC-AUC (ovr) {_fmt(m['roc_auc_ovr'])}  loss {_fmt(m['loss'])}",
+             format_report(m)]
+    if report.get("lung_mask_probe"):
+        lines.append("lung-masked probe: " + report["lung_mask_probe"]["verdict"])
+    if report.get("pointing_game"):
+        lines.append(f"pointing game (Grad-CAM layer {report['pointing_game'].get('layer')}):")
+        lines.append(probes.format_pointing_game(report["pointing_game"]))
+    return "\n".join(lines)
+
+
+def format_ensemble(report: Mapping[str, Any]) -> str:
+    header = f"{'run':<40}{'accuracy':>10}{'macro F1':>10}{'ROC-AUC':>9}{'lungs only':>12}{'blanked':>9}"
+    rows = [header]
+    for r in [*report["members"], {"workdir": "ENSEMBLE (mean probability)", **report["ensemble"]}]:
+        rows.append(f"{str(r['workdir'])[-40:]:<40}{_fmt(r['accuracy']):>10}{_fmt(r['macro_f1']):>10}"
+                    f"{_fmt(r['roc_auc_ovr']):>9}{_fmt(r.get('lungs_only_accuracy')):>12}"
+                    f"{_fmt(r.get('lungs_blanked_accuracy')):>9}")
+    if report.get("lung_mask_probe"):
+        rows.append("ensemble lung-masked probe: " + report["lung_mask_probe"]["verdict"])
+    return "\n".join(rows)
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None else f"{x:.4f}"

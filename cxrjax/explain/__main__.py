@@ -1,0 +1,162 @@
+"""``python -m cxrjax.explain``: Grad-CAM grids of correct and wrong examples per class.
+
+```
+python -m cxrjax.explain --workdir RUN [--dataset NAME --data-dir DIR --manual-dir DIR]
+    [--split test] --out DIR [--n 16] [--layer NAME]
+```
+
+Writes ``gradcam_<class>.png`` per class: the first ``n`` correctly and the first ``n``
+wrongly classified examples of that true class (split order, so the choice is
+reproducible), each overlaid with the Grad-CAM of the class the model *predicted* and
+captioned with true class, predicted class and probability; on datasets with lesion
+masks (phantoms) the lesion is outlined in white. There it also plays the pointing game
+over the whole split (Grad-CAM of the true class against the lesion mask) and writes
+``pointing_game.json``. ``explain.json`` lists what each grid shows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def select_examples(labels: np.ndarray, predicted: np.ndarray, num_classes: int, n: int) -> dict[int, dict[str, list[int]]]:
+    """{class: {"correct": first n indices, "wrong": first n indices}} in split order."""
+    chosen = {}
+    for k in range(num_classes):
+        of_class = labels == k
+        chosen[k] = {"correct": np.flatnonzero(of_class & (predicted == k))[:n].tolist(),
+                     "wrong": np.flatnonzero(of_class & (predicted != k))[:n].tolist()}
+    return chosen
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "class"
+
+
+def explain(workdir: str, out: str | Path, *, dataset: str | None = None, data_dir: str | None = None,
+            manual_dir: str | None = None, dataset_options: dict | None = None, split: str = "test",
+            n: int = 16, layer: str | None = None, checkpoint: str = "best", batch_size: int = 64,
+            pointing: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Write the grids (and the pointing game where possible) into ``out``; return the summary."""
+    from cxrjax.evaluate import runs as R
+    from cxrjax.evaluate.report import EvalOptions, pointing_game_split
+    from cxrjax.explain.gradcam import make_gradcam_fn
+    from cxrjax.explain.overlay import Tile, save_grid_png
+    from cxrjax.explain.probes import binary_mask, format_pointing_game
+    from cxrjax.train import load_run
+    from cxrjax.train.workdir import write_json
+
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = load_run(workdir, checkpoint=checkpoint)
+    request = R.dataset_request(run, dataset=dataset, data_dir=data_dir, manual_dir=manual_dir,
+                                options=dataset_options)
+    ds = R.open_dataset(request)
+    if split not in ds.splits:
+        raise R.EvaluationInputError(f"dataset {ds.name!r} has no split {split!r}; its splits are {sorted(ds.splits)}")
+    mapping = R.label_mapping(run.class_names, ds.class_names, run_name=str(run.workdir),
+                              data_name=repr(request["name"]))
+    stats_ds = R.open_dataset(R.dataset_request(run, data_dir=data_dir)) if R.needs_training_statistics(run, request) else ds
+    view = R.eval_view(ds, stats_ds)
+    preds = R.predict_split(run, view, split, mapping=mapping, batch_size=batch_size, progress=progress)
+    chosen = select_examples(preds.labels, preds.predictions, run.num_classes, n)
+    indices = sorted({i for c in chosen.values() for kind in c.values() for i in kind})
+
+    # Grad-CAM of the predicted class for the chosen examples only.
+    cfg = run.input_config
+    fn = make_gradcam_fn(run.model, run.variables, (cfg.image_size, cfg.image_size, cfg.channels), layer)
+    view.splits["explain"] = R.SubsetSource(view.splits[split], indices)
+    images, heatmaps, used_layer = {}, {}, None
+    start = 0
+    for batch, _, mask in R.iterate_eval_batches(view, "explain", cfg, batch_size, "Grad-CAM", progress):
+        result = fn(batch)
+        used_layer = result.layer
+        for j in range(int(mask.sum())):
+            images[indices[start + j]] = batch[j]
+            heatmaps[indices[start + j]] = result.heatmaps[j]
+        start += int(mask.sum())
+    source = view.splits[split]
+    has_lesions = R.has_field(ds, split, "lesion_mask")
+    names = run.class_names
+    grids, listing = {}, {}
+    for k, name in enumerate(names):
+        sections = []
+        for kind in ("correct", "wrong"):
+            tiles = []
+            for i in chosen[k][kind]:
+                p = preds.probs[i]
+                outline = (binary_mask(source[i]["lesion_mask"], images[i].shape[:2]) if has_lesions else None)
+                tiles.append(Tile(images[i], heatmaps[i],
+                                  f"#{i} true {names[k]}\npred {names[int(p.argmax())]} {p.max():.2f}",
+                                  outline=outline))
+            total = int(((preds.labels == k) & ((preds.predictions == k) == (kind == "correct"))).sum())
+            sections.append((f"{name}: {kind} ({len(tiles)} of {total})", tiles))
+        path = save_grid_png(out / f"gradcam_{_slug(name)}.png", sections,
+                             title=f"Grad-CAM ({used_layer}, predicted class) - {run.config.model} "
+                                   f"on {request['name']} {split}, true class {name}")
+        grids[name] = path.name
+        listing[name] = chosen[k]
+    summary = {"workdir": str(run.workdir), "checkpoint": {"which": run.checkpoint, "step": run.step},
+               "dataset": request["name"], "dataset_options": dict(request["options"] or {}), "split": split,
+               "class_names": list(names), "layer": used_layer, "grids": grids, "examples": listing,
+               "accuracy": float((preds.predictions == preds.labels).mean()) if len(preds.labels) else None,
+               "pointing_game": None}
+    if pointing and has_lesions:
+        options = EvalOptions(workdirs=(str(workdir),), split=split, batch_size=batch_size, layer=layer,
+                              progress=progress)
+        summary["pointing_game"] = pointing_game_split(run, view, split, preds.labels, options)
+        write_json(out / "pointing_game.json", summary["pointing_game"])
+        summary["pointing_game_table"] = format_pointing_game(summary["pointing_game"])
+    write_json(out / "explain.json", summary)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cxrjax.explain",
+                                description="Grad-CAM grids of correctly and wrongly classified examples per "
+                                            "class, and the pointing game on datasets with lesion masks.")
+    p.add_argument("--workdir", required=True, help="run folder written by python -m cxrjax.train")
+    p.add_argument("--dataset", help="dataset name (default: the run's training dataset)")
+    p.add_argument("--data-dir", help="where prepared datasets live (default: the run's)")
+    p.add_argument("--manual-dir", help="your download of a real dataset, if not yet prepared")
+    p.add_argument("--dataset-options", type=json.loads, metavar="JSON", help="preparation options as JSON")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", required=True, help="folder for the grid PNGs and JSON")
+    p.add_argument("--n", type=int, default=16, help="examples per class and outcome (default 16)")
+    p.add_argument("--layer", help="Grad-CAM layer (default: the model's last conv stage)")
+    p.add_argument("--checkpoint", default="best", choices=("best", "latest", "evaluated"))
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-pointing-game", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    from cxrjax.data import LayoutError
+    from cxrjax.evaluate.runs import EvaluationInputError
+
+    try:
+        summary = explain(a.workdir, a.out, dataset=a.dataset, data_dir=a.data_dir, manual_dir=a.manual_dir,
+                          dataset_options=a.dataset_options, split=a.split, n=a.n, layer=a.layer,
+                          checkpoint=a.checkpoint, batch_size=a.batch_size, pointing=not a.no_pointing_game,
+                          progress=not a.no_progress)
+    except (EvaluationInputError, FileNotFoundError, LayoutError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"accuracy on {summary['dataset']} {summary['split']}: {summary['accuracy']:.4f}")
+    for name, grid in summary["grids"].items():
+        print(f"{name}: {Path(a.out) / grid}")
+    if summary.get("pointing_game_table"):
+        print(f"pointing game (Grad-CAM layer {summary['layer']}, true class):")
+        print(summary["pointing_game_table"])
+    print(f"wrote {Path(a.out) / 'explain.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Grad-CAM (Selvaraju et al., 2017) for every cxrjax model, with JAX autodiff.
+
+Grad-CAM explains the logit y_c of class c through the activation A [h, w, C] of a conv
+stage: weights alpha_k = mean_ij dy_c/dA_ijk, heatmap = ReLU(sum_k alpha_k A_k), upsampled
+to the input size. Both ingredients come from the model contract (docs/ARCHITECTURE.md):
+every model calls ``x = self.perturb(name, x)`` after each conv stage's activation and
+lists the names in ``model.feature_names`` (the last one is the default target layer).
+
+- dy_c/dA: flax adds the "perturbations" variable to A, so the gradient of y_c with
+  respect to a zero perturbation *is* the gradient with respect to A.
+- A itself: flax's ``perturb`` does not return A anywhere, and it is a plain method of
+  the ``nn.Module`` base class, so neither ``capture_intermediates`` nor
+  ``nn.intercept_methods`` (which only see methods of user subclasses) observe it.
+  :func:`_recording_perturb` therefore wraps ``nn.Module.perturb`` *while the Grad-CAM
+  function is traced* so that it also ``sow``\\ s its input into a private collection.
+  The wrapper changes nothing unless that private collection is mutable, which only
+  this module ever asks for, and it is removed again as soon as tracing ends.
+  tests/explain/test_explain_gradcam.py checks the result against a hand-computed
+  Grad-CAM, so a flax change that breaks this is caught.
+
+Everything happens in one jitted function over a batch (forward, backward, weighting,
+upsampling, normalisation).
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict
+
+_FEATURES = "gradcam_features"   # private collection the wrapped perturb sows into
+_PERTURBATIONS = "perturbations"
+_PATCH_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _recording_perturb():
+    """Make ``Module.perturb`` also sow its input A into ``_FEATURES`` (see module doc)."""
+    with _PATCH_LOCK:
+        original = nn.Module.perturb
+        if getattr(original, "_cxrjax_records", False):  # nested use: already patched
+            yield
+            return
+
+        def perturb(self, name, value, collection=_PERTURBATIONS):
+            if (collection == _PERTURBATIONS and self.scope is not None
+                    and self.is_mutable_collection(_FEATURES)):
+                self.sow(_FEATURES, name, value, reduce_fn=lambda _, v: v, init_fn=lambda: None)
+            return original(self, name, value, collection)
+
+        perturb._cxrjax_records = True  # type: ignore[attr-defined]
+        nn.Module.perturb = perturb
+        try:
+            yield
+        finally:
+            nn.Module.perturb = original
+
+
+def _path_str(path: tuple) -> str:
+    return "/".join(str(p) for p in path)
+
+
+def perturbation_paths(model: nn.Module, variables: Mapping[str, Any],
+                       example: jax.Array) -> list[tuple]:
+    """Paths (tuples of names) of the model's perturb points, in natural name order.
+
+    Flax stores collections as dicts with sorted keys, so the call order is lost;
+    "feat2" < "feat10" (natural order) recovers it for the cxrjax naming "feat<i>".
+    """
+    shapes = jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=False, mutable=[_PERTURBATIONS])[1],
+        {k: v for k, v in variables.items() if k != _PERTURBATIONS}, example)
+    return sorted(flatten_dict(dict(shapes.get(_PERTURBATIONS, {}))).keys(), key=_natural_key)
+
+
+def _natural_key(path: tuple) -> tuple:
+    return tuple(tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))) for p in path)
+
+
+def resolve_layer(paths: list[tuple], layer: str | None, model: nn.Module) -> tuple:
+    """The path of the Grad-CAM target layer: ``layer`` by name or a/b/c path, or the default.
+
+    The default is the last entry of ``model.feature_names`` (the last conv stage), or,
+    for a module without that attribute, the last perturb point in natural name order.
+    """
+    if not paths:
+        raise ValueError(
+            f"{type(model).__name__} has no perturb points, so Grad-CAM cannot see its conv "
+            "activations; models must call `x = self.perturb(name, x)` after each conv stage "
+            "(docs/ARCHITECTURE.md, cxrjax.models)")
+    names = [_path_str(p) for p in paths]
+    if layer is None:
+        feature_names = tuple(getattr(model, "feature_names", ()) or ())
+        if not feature_names:
+            return paths[-1]
+        layer = feature_names[-1]
+    exact = [p for p, n in zip(paths, names) if n == layer]
+    if exact:
+        return exact[0]
+    by_leaf = [p for p in paths if p[-1] == layer]
+    if len(by_leaf) == 1:
+        return by_leaf[0]
+    if len(by_leaf) > 1:
+        raise ValueError(f"Grad-CAM layer {layer!r} is ambiguous in {type(model).__name__}: "
+                         f"name one of {[_path_str(p) for p in by_leaf]}")
+    raise ValueError(f"Grad-CAM layer {layer!r} does not exist in {type(model).__name__}; "
+                     f"its conv stages are {names}")
+
+
+def _leaf(tree: Mapping[str, Any], path: tuple) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+_COMPILED: dict[tuple[str, tuple], Callable] = {}
+
+
+def _compiled_gradcam(model: nn.Module, path: tuple) -> Callable:
+    """The jitted Grad-CAM computation, one per module configuration and layer, so loading
+    a run again or explaining several splits never recompiles for the same shapes.
+
+    Keyed by the module's repr (class and fields): modules built from a JSON config hold
+    lists and are not hashable.
+    """
+    key = (repr(model), path)
+    if key not in _COMPILED:
+        if len(_COMPILED) >= 16:
+            _COMPILED.clear()
+        _COMPILED[key] = _build_gradcam(model, path)
+    return _COMPILED[key]
+
+
+def _build_gradcam(model: nn.Module, path: tuple) -> Callable:
+    layer_name = _path_str(path)
+
+    def compute(variables, images, targets):
+        with _recording_perturb():
+            zero_shapes = jax.eval_shape(
+                lambda: model.apply(variables, images, train=False, mutable=[_PERTURBATIONS])[1])
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_shapes[_PERTURBATIONS])
+
+            def target_logits(perturbations):
+                logits, state = model.apply({**variables, _PERTURBATIONS: perturbations}, images,
+                                            train=False, mutable=[_FEATURES])
+                logits = logits.astype(jnp.float32)
+                chosen = jnp.where(targets < 0, jnp.argmax(logits, axis=-1), targets)
+                picked = jnp.take_along_axis(logits, chosen[:, None], axis=1)
+                return picked.sum(), (logits, chosen, _leaf(state[_FEATURES], path))
+
+            grads, (logits, chosen, activation) = jax.grad(target_logits, has_aux=True)(zeros)
+        gradient = _leaf(grads, path).astype(jnp.float32)
+        activation = activation.astype(jnp.float32)
+        if activation.ndim != 4:
+            raise ValueError(f"Grad-CAM layer {layer_name!r} has shape {activation.shape}; "
+                             "it must be a conv activation [batch, height, width, channels]")
+        weights = gradient.mean(axis=(1, 2))                                   # [B, C]
+        cams = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", activation, weights))   # [B, h, w]
+        size = images.shape[1:3]
+        up = jax.image.resize(cams, (cams.shape[0], *size), method="bilinear")
+        up = jnp.maximum(up, 0.0)
+        peak = up.max(axis=(1, 2), keepdims=True)
+        heatmaps = jnp.where(peak > 0, up / jnp.where(peak > 0, peak, 1.0), 0.0)
+        return heatmaps, cams, chosen.astype(jnp.int32), jax.nn.softmax(logits, axis=-1)
+
+    return jax.jit(compute)
+
+
+@dataclass(frozen=True)
+class GradCAMOutput:
+    """One batch of explanations. Arrays are NumPy, first axis = batch."""
+
+    heatmaps: np.ndarray   # float32 [B, H, W]: input size, each scaled to [0, 1] (max = 1)
+    cams: np.ndarray       # float32 [B, h, w]: ReLU(sum_k alpha_k A_k) at the layer's size
+    targets: np.ndarray    # int32 [B]: the class each heatmap explains
+    probs: np.ndarray      # float32 [B, K]: softmax of the logits (same forward pass)
+    layer: str
+
+
+def make_gradcam_fn(model: nn.Module, variables: Mapping[str, Any], image_shape: tuple[int, ...],
+                    layer: str | None = None) -> Callable[..., GradCAMOutput]:
+    """A function ``f(images, targets=None) -> GradCAMOutput`` compiled once for the model.
+
+    ``image_shape`` is one input's (H, W, C), used to find the perturb points.
+    ``targets``: int [B] class per image, or -1 / None for the predicted class.
+    Eval mode throughout (BatchNorm running statistics, no dropout), so each image's
+    heatmap is independent of the rest of the batch and summing the per-image target
+    logits gives every image's own gradient in one backward pass.
+    """
+    variables = {k: v for k, v in variables.items() if k != _PERTURBATIONS}
+    example = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    path = resolve_layer(perturbation_paths(model, variables, example), layer, model)
+    layer_name = _path_str(path)
+    compiled = _compiled_gradcam(model, path)
+
+    def gradcam(images, targets=None) -> GradCAMOutput:
+        images = jnp.asarray(images, jnp.float32)
+        if targets is None:
+            targets = np.full((images.shape[0],), -1, np.int32)
+        heat, cams, chosen, probs = compiled(variables, images, jnp.asarray(targets, jnp.int32))
+        return GradCAMOutput(np.asarray(heat), np.asarray(cams), np.asarray(chosen),
+                             np.asarray(probs), layer_name)
+
+    return gradcam
+
+
+def gradcam(model: nn.Module, variables: Mapping[str, Any], images, targets=None,
+            layer: str | None = None) -> GradCAMOutput:
+    """Grad-CAM for one batch (compiles; use :func:`make_gradcam_fn` for many batches)."""
+    images = np.asarray(images, np.float32)
+    return make_gradcam_fn(model, variables, images.shape[1:], layer)(images, targets)

@@ -1,0 +1,259 @@
+"""Shortcut probes: lung-masked evaluation and the saliency pointing game.
+
+Chest X-ray datasets are known for shortcuts (../shared/SPEC.md, "Known traps"): class
+correlates with hospital, and models learn text markers, borders and patient age. Two
+probes expose this using masks the datasets already carry:
+
+- Lung-masked evaluation: the same model on (a) the images with everything outside the
+  lungs blanked and (b) the images with the lungs blanked. Blanking happens on the
+  stored uint8 image, before the run's own eval pipeline, exactly as if a user had
+  handed in masked images. A model that keeps most of its above-chance accuracy with
+  the lungs blanked must be reading something outside the lungs.
+- Pointing game (phantoms have a ground-truth lesion mask): per class, the fraction of
+  images whose Grad-CAM maximum lies inside the lesion and the mean share of heatmap
+  mass inside it, next to the lesion's area (the share a uniform heatmap would get).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+LUNGS_ONLY = "lungs_only"        # everything outside the lungs blanked
+LUNGS_BLANKED = "lungs_blanked"  # the lungs blanked, everything else kept
+MASK_MODES = (LUNGS_ONLY, LUNGS_BLANKED)
+BLANK_VALUE = 0                  # uint8 value blanked pixels get (black, like the air around the body)
+
+# Verdict thresholds (documented in the report's "criterion" field).
+SIGNIFICANCE = 0.01     # one-sided binomial test of lungs-blanked accuracy against chance
+SHORTCUT_RETAINED = 0.5  # keeps >= half of its above-chance accuracy without the lungs
+PARTIAL_RETAINED = 0.2
+
+
+def binary_mask(mask: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """bool [H, W] from a stored mask (uint8 0/255, [H, W] or [H, W, 1]), optionally resized.
+
+    Resizing is bilinear then thresholded at half, so a mask stored at another size than
+    the image (D4's lung masks are 256 px, images 299 px) lines up with the image.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    if mask.dtype == bool:
+        mask = mask.astype(np.uint8) * 255
+    elif mask.max(initial=0) <= 1:
+        mask = mask.astype(np.uint8) * 255
+    mask = mask.astype(np.uint8)
+    if size is not None and tuple(mask.shape) != tuple(size):
+        from PIL import Image
+
+        mask = np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.BILINEAR))
+    return mask >= 128
+
+
+def apply_lung_mask(image: np.ndarray, lung_mask: np.ndarray, mode: str) -> np.ndarray:
+    """One stored image (uint8 [H, W, C]) with the lungs kept only, or blanked."""
+    if mode not in MASK_MODES:
+        raise ValueError(f"unknown lung-mask mode {mode!r}; choose one of {MASK_MODES}")
+    image = np.asarray(image)
+    lungs = binary_mask(lung_mask, image.shape[:2])
+    keep = lungs if mode == LUNGS_ONLY else ~lungs
+    if image.ndim == 3:
+        keep = keep[..., None]
+    return np.where(keep, image, np.asarray(BLANK_VALUE, image.dtype)).astype(image.dtype)
+
+
+class LungMaskedSource:
+    """A random-access split source whose records have their image lung-masked.
+
+    Wraps any ``len()``/``[i]`` source of records with "image" and "lung_mask", so the
+    masked images go through the run's unchanged eval pipeline.
+    """
+
+    def __init__(self, source: Any, mode: str):
+        if mode not in MASK_MODES:
+            raise ValueError(f"unknown lung-mask mode {mode!r}; choose one of {MASK_MODES}")
+        self.source, self.mode = source, mode
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index):
+        record = dict(self.source[index])
+        if "lung_mask" not in record:
+            raise KeyError(f"record {index} has no 'lung_mask'; the lung-masked probe needs a "
+                           "dataset that stores lung masks (covid19_radiography D4, cxr_phantoms)")
+        record["image"] = apply_lung_mask(record["image"], record["lung_mask"], self.mode)
+        return record
+
+    def __repr__(self) -> str:
+        return f"LungMaskedSource({self.source!r}, mode={self.mode!r})"
+
+
+def _binomial_greater_pvalue(successes: int, n: int, p: float) -> float:
+    """P(X >= successes) for X ~ Binomial(n, p): is an accuracy above chance by luck?"""
+    if n == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(successes, n, p, alternative="greater").pvalue)
+
+
+def shortcut_probe_report(labels: Sequence[int], pred_normal: Sequence[int],
+                          pred_lungs_only: Sequence[int], pred_lungs_blanked: Sequence[int],
+                          class_names: Sequence[str]) -> dict[str, Any]:
+    """Accuracies on normal / lungs-only / lungs-blanked images, and a verdict in words.
+
+    Chance is the majority-class share of the evaluated labels (what always answering
+    the most common class scores). "retained" is the share of the model's above-chance
+    accuracy that survives the masking: (acc_masked - chance) / (acc_normal - chance).
+    """
+    labels = np.asarray(labels, np.int64)
+    n = int(labels.size)
+    if n == 0:
+        raise ValueError("the lung-masked probe needs at least one example")
+    counts = np.bincount(labels, minlength=len(class_names))
+    chance = float(counts.max() / n)
+
+    def acc(pred):
+        pred = np.asarray(pred, np.int64)
+        if pred.shape != labels.shape:
+            raise ValueError(f"predictions {pred.shape} do not match labels {labels.shape}")
+        return float((pred == labels).mean())
+
+    normal, only, blanked = acc(pred_normal), acc(pred_lungs_only), acc(pred_lungs_blanked)
+    gap = normal - chance
+
+    def retained(a):
+        return float((a - chance) / gap) if gap > 0 else float("nan")
+
+    p_blanked = _binomial_greater_pvalue(int(round(blanked * n)), n, chance)
+    p_normal = _binomial_greater_pvalue(int(round(normal * n)), n, chance)
+    r_blanked, r_only = retained(blanked), retained(only)
+
+    def pct(x):
+        return f"{100 * x:.1f}%"
+
+    head = (f"Accuracy {pct(normal)} on the normal images, {pct(only)} with only the lungs "
+            f"visible, {pct(blanked)} with the lungs blanked (chance = majority class "
+            f"{pct(chance)}, n = {n}).")
+    if p_normal >= SIGNIFICANCE or gap <= 0:
+        verdict, finding = (head + " The model itself is not significantly above chance, so "
+                            "the probe cannot tell where it looks."), "inconclusive"
+    elif p_blanked < SIGNIFICANCE and r_blanked >= SHORTCUT_RETAINED:
+        verdict, finding = (head + f" The model SEEMS TO USE SHORTCUTS: with the lungs blanked it "
+                            f"keeps {pct(r_blanked)} of its above-chance accuracy, so it relies on "
+                            "image content outside the lungs (markers, borders, body shape) "
+                            "rather than on the lung fields."), "shortcut"
+    elif p_blanked < SIGNIFICANCE and r_blanked >= PARTIAL_RETAINED:
+        verdict, finding = (head + f" The model PARTLY USES content outside the lungs: with the "
+                            f"lungs blanked it keeps {pct(r_blanked)} of its above-chance "
+                            "accuracy."), "partial_shortcut"
+    else:
+        verdict, finding = (head + " No sign of shortcuts outside the lungs: with the lungs "
+                            "blanked the model falls to (near) chance, so its accuracy comes from "
+                            "the lung fields."), "no_shortcut"
+    return {
+        "num_examples": n,
+        "chance_accuracy": chance,
+        "normal_accuracy": normal,
+        "lungs_only_accuracy": only,
+        "lungs_blanked_accuracy": blanked,
+        "lungs_only_retained": r_only,
+        "lungs_blanked_retained": r_blanked,
+        "lungs_blanked_pvalue_vs_chance": p_blanked,
+        "finding": finding,
+        "verdict": verdict,
+        "criterion": (f"shortcut if lungs-blanked accuracy is above chance (one-sided binomial "
+                      f"p < {SIGNIFICANCE}) and retains >= {SHORTCUT_RETAINED:.0%} of the "
+                      f"above-chance accuracy; partial if it retains >= {PARTIAL_RETAINED:.0%}"),
+        "blank_value": BLANK_VALUE,
+    }
+
+
+def pointing_rows(heatmaps: np.ndarray, lesion_masks: Sequence[np.ndarray],
+                  labels: Sequence[int],
+                  lung_masks: Sequence[np.ndarray] | None = None) -> list[dict[str, Any]]:
+    """Per-image pointing-game facts; summarise any number of batches' rows together.
+
+    ``heatmaps`` [N, H, W] (non-negative, any scale); masks at any size, resized to H, W.
+    hit: the heatmap's maximum lies inside the lesion; mass: share of heatmap mass inside
+    it; area: the lesion's share of the image (what a uniform heatmap would get).
+    """
+    heatmaps = np.asarray(heatmaps, np.float32)
+    labels = np.asarray(labels, np.int64)
+    n, h, w = heatmaps.shape
+    if len(lesion_masks) != n or labels.shape != (n,):
+        raise ValueError(f"{n} heatmaps but {len(lesion_masks)} lesion masks and {labels.shape} labels")
+    flat = heatmaps.reshape(n, -1)
+    peak = flat.argmax(axis=1)
+    has_heat = flat.max(axis=1) > 0
+    total = flat.sum(axis=1)
+    rows = []
+    for i in range(n):
+        lesion = binary_mask(lesion_masks[i], (h, w)).reshape(-1)
+        row = {"label": int(labels[i]), "has_lesion": bool(lesion.any()),
+               "hit": bool(has_heat[i] and lesion[peak[i]]),
+               "mass": float(flat[i][lesion].sum() / total[i]) if total[i] > 0 else 0.0,
+               "area": float(lesion.mean())}
+        if lung_masks is not None:
+            lungs = binary_mask(lung_masks[i], (h, w)).reshape(-1)
+            row["outside_lungs"] = bool(has_heat[i] and not lungs[peak[i]])
+        rows.append(row)
+    return rows
+
+
+def summarise_pointing(rows: Sequence[Mapping[str, Any]],
+                       class_names: Sequence[str]) -> dict[str, Any]:
+    """{"per_class": {name: {...}}, "overall": {...}} from :func:`pointing_rows`.
+
+    Images without a lesion (Normal phantoms, or a finding of severity ~0) count in
+    ``n`` but not in the hit rate or mass; rates are None where a class has no lesion
+    at all. ``max_outside_lungs_rate`` (when lung masks were given) is over all images
+    of the class: a model pointing at a corner marker shows up there.
+    """
+    with_lungs = bool(rows) and all("outside_lungs" in r for r in rows)
+
+    def mean(values):
+        return float(np.mean(values)) if len(values) else None
+
+    def summarise(selected):
+        lesioned = [r for r in selected if r["has_lesion"]]
+        out = {"n": len(selected), "n_with_lesion": len(lesioned),
+               "hit_rate": mean([r["hit"] for r in lesioned]),
+               "mean_mass_in_lesion": mean([r["mass"] for r in lesioned]),
+               "mean_lesion_area": mean([r["area"] for r in lesioned])}
+        if with_lungs:
+            out["max_outside_lungs_rate"] = mean([r["outside_lungs"] for r in selected])
+        return out
+
+    return {"per_class": {name: summarise([r for r in rows if r["label"] == k])
+                          for k, name in enumerate(class_names)},
+            "overall": summarise(list(rows)),
+            "criterion": ("hit: the Grad-CAM maximum (for the true class) lies inside the lesion "
+                          "mask; mass: share of heatmap mass inside the lesion; a uniform heatmap "
+                          "would get mean_lesion_area")}
+
+
+def pointing_game(heatmaps: np.ndarray, lesion_masks: Sequence[np.ndarray],
+                  labels: Sequence[int], class_names: Sequence[str],
+                  lung_masks: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
+    """Per class: does the Grad-CAM maximum fall inside the known lesion? (one batch)"""
+    return summarise_pointing(pointing_rows(heatmaps, lesion_masks, labels, lung_masks), class_names)
+
+
+def format_pointing_game(result: Mapping[str, Any]) -> str:
+    """A small text table of :func:`pointing_game`'s result."""
+    lines = [f"{'class':<22}{'n':>6}{'lesions':>9}{'hit rate':>10}{'mass in':>9}{'area':>7}"
+             + (f"{'max outside lungs':>19}" if "max_outside_lungs_rate" in result["overall"] else "")]
+
+    def fmt(x, width):
+        return f"{'-':>{width}}" if x is None else f"{x:>{width}.3f}"
+
+    for name, r in [*result["per_class"].items(), ("(all)", result["overall"])]:
+        line = (f"{name:<22}{r['n']:>6}{r['n_with_lesion']:>9}{fmt(r['hit_rate'], 10)}"
+                f"{fmt(r['mean_mass_in_lesion'], 9)}{fmt(r['mean_lesion_area'], 7)}")
+        if "max_outside_lungs_rate" in r:
+            line += fmt(r["max_outside_lungs_rate"], 19)
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""``python -m cxrjax.models summary NAME [--image-size N] [--channels C] [--num-classes K] [--json]``.
+
+Prints a per-layer table (output shape, parameters) and totals: parameters and FLOPs per
+image for the forward pass and for one training step, as counted by XLA's cost analysis
+of the compiled functions. ``--json`` prints
+``{"model", "input_shape", "params", "forward_flops", "train_step_flops"}`` instead.
+``python -m cxrjax.models list`` lists the registered models.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cxrjax.models.registry import MODELS
+from cxrjax.models.summary import summarize
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cxrjax.models", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("summary", help="per-layer table, parameter and FLOP totals")
+    s.add_argument("name", help=f"registered model: {', '.join(MODELS)}")
+    s.add_argument("--image-size", type=int, default=None, help="default: the model's study size")
+    s.add_argument("--channels", type=int, default=None, help="default: the model's study channels")
+    s.add_argument("--num-classes", type=int, default=None, help="default: the model's study's")
+    s.add_argument("--batch-size", type=int, default=2, help="batch the FLOPs are counted on (then / batch)")
+    s.add_argument("--json", action="store_true", help="print one JSON record instead of the table")
+    sub.add_parser("list", help="list the registered models")
+    args = parser.parse_args(argv)
+
+    if args.command == "list":
+        for name, spec in MODELS.items():
+            print(f"{name:10s} {spec.image_size}x{spec.image_size}x{spec.channels}  {spec.description}")
+        return 0
+    if args.name not in MODELS:
+        parser.error(f"unknown model {args.name!r}; registered models: {', '.join(MODELS)}")
+    try:
+        num_classes = args.num_classes or MODELS[args.name].num_classes
+        result = summarize(args.name, image_size=args.image_size, channels=args.channels,
+                           num_classes=num_classes, batch_size=args.batch_size)
+    except ValueError as e:  # e.g. an input size the model's pooling cannot take
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_json()) if args.json else result.to_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""The explicit model registry: every network of the studies, by name.
+
+A plain dict literal (no import-time registration): reading this file tells you every
+model there is, its default input and what it reproduces.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cxrjax.models.lenet import LeNet5
+from cxrjax.models.s0 import SimpleCNN
+from cxrjax.models.s4 import S4CNN
+from cxrjax.models.vgg import VGG
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """How to build one named model, and the input it was designed for.
+
+    ``build(num_classes=..., channels=..., dtype=..., axis_name=..., **overrides)``
+    returns the Flax module; ``image_size`` x ``image_size`` x ``channels`` is the
+    study's input and ``num_classes`` its number of classes (informative: ``create``
+    always takes the dataset's). ``study`` names the experiment (e.g. "S4-Exp5");
+    ``notes`` says what the name implies outside the network (e.g. early stopping, a
+    training option).
+    """
+
+    build: Callable[..., nn.Module]
+    image_size: int
+    channels: int
+    description: str
+    family: str
+    study: str
+    num_classes: int
+    notes: str = ""
+
+
+_S4_SIZE = 128  # S4 does not state its input size; see cxrjax/models/s4.py
+
+MODELS: dict[str, ModelSpec] = {
+    "s0_a": ModelSpec(
+        build=functools.partial(SimpleCNN, filters=(32, 64, 128), dense=128, block_dropout=0.0, head_dropout=0.5),
+        image_size=150, channels=3, family="s0", study="S0-A", num_classes=4,
+        description="S0-A simple CNN: 3x[conv3x3 32/64/128, ReLU, maxpool], dense 128, dropout 0.5",
+        notes="filters not stated by S0-A; S0-C's 32/64/128 used, so identical to s0_c",
+    ),
+    "s0_b": ModelSpec(
+        build=functools.partial(SimpleCNN, filters=(32, 64, 128), dense=64, block_dropout=0.2, head_dropout=0.3),
+        image_size=150, channels=3, family="s0", study="S0-B", num_classes=4,
+        description="S0-B: S0-A + dropout 0.2 after each block, dense 64, dropout 0.3",
+        notes="early stopping on validation loss (patience 3) is a training option",
+    ),
+    "s0_c": ModelSpec(
+        build=functools.partial(SimpleCNN, filters=(32, 64, 128), dense=128, block_dropout=0.0, head_dropout=0.5),
+        image_size=150, channels=3, family="s0", study="S0-C", num_classes=4,
+        description="S0-C: conv 32/64/128, dense 128, dropout 0.5",
+        notes="S0-E = create('s0_c', num_classes=2, head_dropout=0.0) + early stopping on val accuracy",
+    ),
+    "lenet5": ModelSpec(
+        build=LeNet5, image_size=32, channels=1, family="lenet", study="S3-LeNet5", num_classes=3,
+        description="S3 LeNet-5: conv 6@5x5, pool, conv 16@5x5, pool, dense 120, 84, K",
+    ),
+    "vgg16": ModelSpec(
+        build=functools.partial(VGG, batchnorm=False, head="classifier", init_style="torchvision"),
+        image_size=224, channels=1, family="vgg", study="S3-VGG16", num_classes=3,
+        description="S3 VGG16 from scratch: 13 conv, adaptive avgpool 7x7, 4096-4096 dropout 0.5",
+        notes="S3's N(0, 0.05) initialisation: init_style='normal_0.05'",
+    ),
+    "vgg16_bn": ModelSpec(
+        build=functools.partial(VGG, batchnorm=True, head="classifier", init_style="torchvision"),
+        image_size=224, channels=1, family="vgg", study="S3-VGG16", num_classes=3,
+        description="VGG16 with BatchNorm after every conv, He init (torchvision vgg16_bn)",
+        notes="head='gap' for a global-average-pool head (small data)",
+    ),
+    "s4_exp1": ModelSpec(
+        build=functools.partial(S4CNN, layout="exp1", batchnorm="none", dropout=0.0),
+        image_size=_S4_SIZE, channels=3, family="s4", study="S4-Exp1", num_classes=4,
+        description="S4 Exp1: 128-64-32-32, k8/4/3/3 p2, ReLU+maxpool each, MLP head",
+    ),
+    "s4_exp2": ModelSpec(
+        build=functools.partial(S4CNN, layout="exp2", batchnorm="none", dropout=0.0),
+        image_size=_S4_SIZE, channels=3, family="s4", study="S4-Exp2", num_classes=4,
+        description="S4 Exp2: 16-32-64-128, k10p0/k6p2/k3p2/k3p2, maxpool except first, MLP head",
+    ),
+    "s4_exp3": ModelSpec(
+        build=functools.partial(S4CNN, layout="exp2", batchnorm="first", dropout=0.0),
+        image_size=_S4_SIZE, channels=3, family="s4", study="S4-Exp3", num_classes=4,
+        description="S4 Exp3: Exp2 + BatchNorm on the first layer",
+    ),
+    "s4_exp4": ModelSpec(
+        build=functools.partial(S4CNN, layout="exp2", batchnorm="all", dropout=0.0),
+        image_size=_S4_SIZE, channels=3, family="s4", study="S4-Exp4", num_classes=4,
+        description="S4 Exp4: Exp2 + BatchNorm on every layer",
+    ),
+    "s4_exp5": ModelSpec(
+        build=functools.partial(S4CNN, layout="exp2", batchnorm="all", dropout=0.0),
+        image_size=_S4_SIZE, channels=3, family="s4", study="S4-Exp5", num_classes=4,
+        description="S4 Exp5: Exp4's network (+ early stopping)",
+        notes="early stopping on validation accuracy is a training option",
+    ),
+    "s4_exp6": ModelSpec(
+        build=functools.partial(S4CNN, layout="exp2", batchnorm="none", dropout=0.25),
+        image_size=_S4_SIZE, channels=3, family="s4", study="S4-Exp6", num_classes=4,
+        description="S4 Exp6: Exp2 + Dropout 0.25 on every layer",
+    ),
+    "s4_exp7": ModelSpec(
+        build=functools.partial(S4CNN, layout="exp2", batchnorm="none", dropout=0.25),
+        image_size=_S4_SIZE, channels=3, family="s4", study="S4-Exp7", num_classes=4,
+        description="S4 Exp7: Exp6's network (+ early stopping)",
+        notes="early stopping is a training option",
+    ),
+    "s4_exp8": ModelSpec(
+        build=functools.partial(S4CNN, layout="exp2", batchnorm="all", dropout=0.25),
+        image_size=_S4_SIZE, channels=3, family="s4", study="S4-Exp8", num_classes=4,
+        description="S4 Exp8: Exp6 + BatchNorm on every layer",
+    ),
+    "s4_exp9": ModelSpec(
+        build=functools.partial(S4CNN, layout="exp2", batchnorm="all", dropout=0.25),
+        image_size=_S4_SIZE, channels=3, family="s4", study="S4-Exp9", num_classes=4,
+        description="S4 Exp9: Exp8's network (+ early stopping)",
+        notes="early stopping is a training option (the study's text is ambiguous)",
+    ),
+}
+
+
+def create(
+    name: str,
+    *,
+    num_classes: int,
+    channels: int | None = None,
+    dtype: Any = jnp.float32,
+    axis_name: str | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Build the registered model ``name``; ``channels=None`` means the preset's default.
+
+    ``overrides`` replace constructor options of the preset (e.g. ``dropout=0.0``,
+    ``head="gap"``, ``init_style="normal_0.05"``). ``dtype`` is the computation dtype;
+    parameters stay float32 and logits are float32.
+    """
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; registered models (cxrjax/models/registry.py): {sorted(MODELS)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    spec = MODELS[name]
+    channels = spec.channels if channels is None else channels
+    builder = spec.build
+    cls = builder.func if isinstance(builder, functools.partial) else builder
+    fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(
+            f"model {name!r} ({cls.__name__}) has no option(s) {unknown}; valid options: {sorted(fields)}"
+        )
+    return builder(num_classes=num_classes, channels=channels, dtype=dtype, axis_name=axis_name, **overrides)

@@ -1,0 +1,147 @@
+"""Two thin wrappers that run the per-replica steps of steps.py on several devices.
+
+- :class:`ShardMapEngine` (default): ``jax.jit(jax.shard_map(step))`` over a 1-D mesh
+  ``jax.make_mesh((n,), ("batch",))``; the state is replicated
+  (``NamedSharding(mesh, P())``) and donated, batches are split along their first axis
+  (``NamedSharding(mesh, P("batch"))``). This is what ``jax.pmap`` itself lowers to
+  since JAX 0.8. ``check_vma=False``: the step is written in pmap semantics (it
+  ``pmean``s its gradients itself); with shard_map's replication checking on, the
+  gradient of a replicated parameter would already be summed over replicas by autodiff
+  and the explicit ``pmean`` would leave it n times too large.
+- :class:`PmapEngine` (``parallel="pmap"``): ``jax.pmap(step, axis_name="batch")`` for
+  users who want literal pmap; the state carries a leading device axis and batches are
+  reshaped to [devices, per-device batch, ...] in :meth:`PmapEngine._split` (the only
+  place that reshape exists) and back in :meth:`PmapEngine._merge`.
+
+Both expose the same small interface, used by the training loop, the tests and anyone
+else: ``put_state`` / ``host_state`` (to and from the host as ONE copy), ``put_batch``,
+``train_step(state, batch) -> (state, metrics)``, ``eval_step(state, batch) ->
+log_probs`` and ``host_metrics``. Steps are traced and run under
+``state.random_config()`` (the classic threefry stream). Nothing leaves the devices
+unless the caller fetches it: a step is dispatched asynchronously and returns device
+arrays.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cxrjax.train.state import random_config
+from cxrjax.train.steps import AXIS
+
+TrainFn = Callable[[Any, dict], tuple[Any, dict]]
+EvalFn = Callable[[Any, dict], jax.Array]
+
+
+class ShardMapEngine:
+    kind = "shard_map"
+
+    def __init__(self, train_fn: TrainFn, eval_fn: EvalFn, devices: Sequence[jax.Device]):
+        self.devices = list(devices)
+        self.num_devices = len(self.devices)
+        self.mesh = jax.make_mesh((self.num_devices,), (AXIS,), devices=self.devices)
+        self._replicated = NamedSharding(self.mesh, P())
+        self._split_batch = NamedSharding(self.mesh, P(AXIS))
+        self._train = jax.jit(
+            jax.shard_map(
+                train_fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()), check_vma=False
+            ),
+            donate_argnums=0,
+        )
+        self._eval = jax.jit(
+            jax.shard_map(eval_fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS), check_vma=False)
+        )
+
+    def put_state(self, state: Any) -> Any:
+        # Through the host, so the placed state never aliases the caller's buffers (the
+        # train step donates it; an alias would delete the caller's copy).
+        return jax.device_put(jax.device_get(state), self._replicated)
+
+    def host_state(self, state: Any) -> Any:
+        return jax.device_get(state)
+
+    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return jax.device_put(batch, self._split_batch)
+
+    def train_step(self, state: Any, batch: dict[str, jax.Array]) -> tuple[Any, dict[str, jax.Array]]:
+        with random_config():
+            return self._train(state, batch)
+
+    def eval_step(self, state: Any, batch: dict[str, jax.Array]) -> jax.Array:
+        with random_config():
+            return self._eval(state, batch)
+
+    def host_metrics(self, metrics: Any) -> Any:
+        return jax.device_get(metrics)
+
+    def host_outputs(self, outputs: jax.Array) -> np.ndarray:
+        return np.asarray(jax.device_get(outputs))
+
+
+class PmapEngine:
+    kind = "pmap"
+
+    def __init__(self, train_fn: TrainFn, eval_fn: EvalFn, devices: Sequence[jax.Device]):
+        self.devices = list(devices)
+        self.num_devices = len(self.devices)
+        self._train = jax.pmap(train_fn, axis_name=AXIS, devices=self.devices, donate_argnums=0)
+        self._eval = jax.pmap(eval_fn, axis_name=AXIS, devices=self.devices)
+
+    # The device axis: the one place batches are reshaped for pmap, and back.
+    def _split(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[0] % self.num_devices:
+            raise ValueError(
+                f"batch of {x.shape[0]} examples cannot be split evenly over {self.num_devices} devices"
+            )
+        return x.reshape(self.num_devices, x.shape[0] // self.num_devices, *x.shape[1:])
+
+    def _merge(self, x: np.ndarray) -> np.ndarray:
+        return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+    def put_state(self, state: Any) -> Any:
+        # One copy per device along a new leading axis, placed by an identity pmap (so
+        # the donated train step receives device buffers, not host arrays).
+        stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (self.num_devices, *np.shape(x))), state)
+        return _identity_pmap(tuple(self.devices))(stacked)
+
+    def host_state(self, state: Any) -> Any:
+        return jax.device_get(jax.tree.map(lambda x: x[0], state))
+
+    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return jax.tree.map(self._split, batch)
+
+    def train_step(self, state: Any, batch: dict[str, np.ndarray]) -> tuple[Any, dict[str, jax.Array]]:
+        with random_config():
+            return self._train(state, batch)
+
+    def eval_step(self, state: Any, batch: dict[str, np.ndarray]) -> jax.Array:
+        with random_config():
+            return self._eval(state, batch)
+
+    def host_metrics(self, metrics: Any) -> Any:
+        # pmean'ed metrics are equal on every device: keep the first copy.
+        return jax.device_get(jax.tree.map(lambda x: x[0], metrics))
+
+    def host_outputs(self, outputs: jax.Array) -> np.ndarray:
+        return self._merge(np.asarray(jax.device_get(outputs)))
+
+
+@functools.lru_cache(maxsize=None)
+def _identity_pmap(devices: tuple[jax.Device, ...]) -> Callable[[Any], Any]:
+    return jax.pmap(lambda x: x, devices=list(devices))
+
+
+Engine = ShardMapEngine | PmapEngine
+
+
+def make_engine(kind: str, train_fn: TrainFn, eval_fn: EvalFn, devices: Sequence[jax.Device]) -> Engine:
+    if kind == "shard_map":
+        return ShardMapEngine(train_fn, eval_fn, devices)
+    if kind == "pmap":
+        return PmapEngine(train_fn, eval_fn, devices)
+    raise ValueError(f"parallel={kind!r}: choose 'shard_map' or 'pmap'")

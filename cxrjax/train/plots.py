@@ -1,0 +1,128 @@
+"""The PNG plots of a run: learning curves, confusion matrix, ROC curves (matplotlib, Agg).
+
+Each function takes plain data (the metrics.jsonl records, a report dict, labels and
+probabilities) and writes one file, so evaluation and experiments reuse them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn import metrics as skm  # noqa: E402
+
+
+def _values(history: Sequence[dict[str, Any]], key: str) -> list[float]:
+    return [np.nan if h.get(key) is None else float(h[key]) for h in history]
+
+
+def plot_learning_curves(
+    history: Sequence[dict[str, Any]],
+    path: str | Path,
+    *,
+    best_epoch: int | None = None,
+    evaluated_epoch: int | None = None,
+    title: str = "",
+) -> Path:
+    """Train/validation loss and accuracy per epoch; dotted lines mark the best epoch and,
+    if different, the epoch whose checkpoint was evaluated. The loss axis turns
+    logarithmic when the losses span more than a factor of 5 (an early spike would
+    otherwise flatten the rest of the curve)."""
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, _values(history, f"train_{metric}"), "o-", label=f"train {metric}")
+        ax.plot(epochs, _values(history, f"val_{metric}"), "s-", label=f"validation {metric}")
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="gray", linestyle=":", label=f"best epoch ({best_epoch})")
+        if evaluated_epoch is not None and evaluated_epoch != best_epoch:
+            ax.axvline(evaluated_epoch, color="black", linestyle="--", label=f"evaluated epoch ({evaluated_epoch})")
+        if metric == "loss":
+            losses = np.array(_values(history, "train_loss") + _values(history, "val_loss"))
+            losses = losses[np.isfinite(losses) & (losses > 0)]
+            if len(losses) and losses.max() > 5 * losses.min():
+                ax.set_yscale("log")
+                for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                    axis_formatter(matplotlib.ticker.FormatStrFormatter("%.2g"))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        if metric == "accuracy":
+            ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        if epochs:
+            ax.set_xticks(epochs if len(epochs) <= 20 else np.linspace(epochs[0], epochs[-1], 11).round())
+    fig.suptitle(title or "learning curves")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(
+    confusion: Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "",
+) -> Path:
+    """Counts and row percentages (recall per true class); rows true, columns predicted."""
+    cm = np.asarray(confusion, np.int64)
+    rows = cm.sum(axis=1, keepdims=True)
+    frac = np.divide(cm, rows, out=np.zeros(cm.shape, np.float64), where=rows > 0)
+    k = len(class_names)
+    size = max(4.0, 1.1 * k + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(k):
+        for j in range(k):
+            color = "white" if frac[i, j] > 0.5 else "black"
+            ax.text(j, i, f"{cm[i, j]}\n{100 * frac[i, j]:.0f}%", ha="center", va="center", color=color)
+    ax.set_xticks(range(k), class_names, rotation=30, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title or "confusion matrix")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_roc_curves(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "",
+) -> Path:
+    """One-vs-rest ROC curve per class (classes absent from ``labels`` are listed as n/a)."""
+    labels = np.asarray(labels)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="chance")
+    for k, name in enumerate(class_names):
+        positive = labels == k
+        if positive.all() or not positive.any():
+            ax.plot([], [], label=f"{name} (n/a: no {'negatives' if positive.all() else 'positives'})")
+            continue
+        fpr, tpr, _ = skm.roc_curve(positive, probs[:, k])
+        ax.plot(fpr, tpr, label=f"{name} (AUC {skm.auc(fpr, tpr):.3f})")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title or "ROC curves (one-vs-rest)")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

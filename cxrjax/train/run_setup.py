@@ -1,0 +1,216 @@
+"""Everything derived once per run from a TrainConfig and its dataset: input shape and
+InputConfig, the model, optimizer, compiled data-parallel steps and initialiser.
+
+:func:`build_engine` memoises the compiled pieces per process, keyed by every setting
+that changes the compiled program, so an experiment grid whose runs differ only in the
+seed (or early stopping) compiles once.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from cxrjax.train.config import TrainConfig
+from cxrjax.train.data_api import data_api
+from cxrjax.train.optim import make_optimizer
+from cxrjax.train.parallel import Engine, make_engine
+from cxrjax.train.state import TrainState, make_init_fn
+from cxrjax.train.steps import AXIS, LossConfig, eval_step, train_step
+
+
+@dataclass
+class RunSetup:
+    config: TrainConfig
+    dataset: Any
+    input_config: Any
+    model: Any
+    engine: Engine
+    tx: Any
+    init_fn: Callable[[int], TrainState]
+    num_devices: int
+    global_batch_size: int
+    eval_global_batch_size: int
+    steps_per_epoch: int
+    image_shape: tuple[int, int, int]
+    class_weights: tuple[float, ...] | None
+
+
+def resolve_input_shape(config: TrainConfig) -> tuple[int, int]:
+    """(image_size, channels): the config's, or the model's defaults."""
+    from cxrjax import models
+
+    if config.model not in models.MODELS:
+        raise KeyError(
+            f"unknown model {config.model!r}; registered models (cxrjax/models/registry.py): {sorted(models.MODELS)}"
+        )
+    spec = models.MODELS[config.model]
+    return config.image_size or spec.image_size, config.channels or spec.channels
+
+
+def input_config_fields(config: TrainConfig) -> dict[str, Any]:
+    """The cxrjax.data.InputConfig of this run, as plain fields (stored in checkpoints)."""
+    image_size, channels = resolve_input_shape(config)
+    return {
+        "image_size": image_size,
+        "channels": channels,
+        "normalization": config.normalization,
+        "hflip": config.hflip,
+        "rotate_degrees": config.rotate_degrees,
+        "zoom": config.zoom,
+        "brightness": config.brightness,
+        "balanced_sampling": config.balanced_sampling,
+        "num_workers": config.num_workers,
+    }
+
+
+def build_model(config: TrainConfig, num_classes: int, channels: int, axis_name: str | None):
+    from cxrjax import models
+
+    return models.create(
+        config.model,
+        num_classes=num_classes,
+        channels=channels,
+        dtype=jnp.dtype(config.dtype),
+        axis_name=axis_name,
+        **config.model_options,
+    )
+
+
+def balanced_class_weights(dataset: Any) -> tuple[float, ...]:
+    """sklearn's "balanced": n_examples / (n_classes * count_k), from the train split."""
+    counts = None
+    report = getattr(dataset, "report", None) or {}
+    per_split = (report.get("splits") or {}).get("train")
+    if isinstance(per_split, dict) and set(per_split) == set(dataset.class_names):
+        counts = np.array([per_split[name] for name in dataset.class_names], np.float64)
+    if counts is None:
+        source = dataset.splits["train"]
+        labels = [int(source[i]["label"]) for i in tqdm(range(len(source)), desc="counting labels", leave=False)]
+        counts = np.bincount(labels, minlength=dataset.num_classes).astype(np.float64)
+    if np.any(counts == 0):
+        missing = [n for n, c in zip(dataset.class_names, counts) if c == 0]
+        raise ValueError(f"class_weights='balanced' but the train split has no example of {missing}")
+    return tuple(float(x) for x in counts.sum() / (len(counts) * counts))
+
+
+def _engine_key(config: TrainConfig, num_classes: int, image_shape: tuple[int, int, int], steps_per_epoch: int,
+                class_weights: tuple[float, ...] | None, devices: tuple) -> str:
+    step_fields = [
+        "model", "model_options", "dtype", "parallel", "optimizer", "lr", "schedule", "momentum",
+        "nesterov", "decay", "adam_b1", "adam_b2", "adam_eps", "weight_decay", "step_every_epochs",
+        "step_gamma", "warmup_epochs", "min_lr", "label_smoothing", "grad_clip_norm",
+    ]
+    if config.schedule == "warmup_cosine":
+        step_fields.append("epochs")  # the only schedule whose shape depends on the run length
+    d = config.to_dict()
+    key = {f: d[f] for f in step_fields}
+    key.update(num_classes=num_classes, image_shape=list(image_shape), steps_per_epoch=steps_per_epoch,
+               class_weights=class_weights, devices=[str(x) for x in devices])
+    return json.dumps(key, sort_keys=True)
+
+
+# Compiled steps of recent runs in this process: a grid of runs that differ only in the
+# seed (or early stopping) reuses the compiled step instead of tracing and compiling again.
+_ENGINES: "collections.OrderedDict[str, tuple[Any, Any, Engine, Any]]" = collections.OrderedDict()
+_ENGINE_CACHE_SIZE = 4
+
+
+def build_engine(config: TrainConfig, num_classes: int, image_shape: tuple[int, int, int], steps_per_epoch: int,
+                 class_weights: tuple[float, ...] | None, devices: list) -> tuple[Any, Any, Engine, Any]:
+    """(model, optimizer, engine, init_fn: seed -> TrainState), memoised per process."""
+    key = _engine_key(config, num_classes, image_shape, steps_per_epoch, class_weights, tuple(devices))
+    if key in _ENGINES:
+        _ENGINES.move_to_end(key)
+        return _ENGINES[key]
+    model = build_model(config, num_classes, image_shape[2], AXIS)
+    tx, schedule = make_optimizer(config, steps_per_epoch)
+    loss = LossConfig(num_classes=num_classes, label_smoothing=config.label_smoothing, class_weights=class_weights)
+    train_fn = functools.partial(train_step, model=model, tx=tx, schedule=schedule, loss=loss)
+    eval_fn = functools.partial(eval_step, model=model)
+    entry = (model, tx, make_engine(config.parallel, train_fn, eval_fn, devices), make_init_fn(model, tx, image_shape))
+    _ENGINES[key] = entry
+    while len(_ENGINES) > _ENGINE_CACHE_SIZE:
+        _ENGINES.popitem(last=False)
+    return entry
+
+
+def setup_run(config: TrainConfig, dataset: Any | None = None) -> RunSetup:
+    data = data_api()
+
+    if dataset is None:
+        dataset = data.load(
+            config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir, options=config.dataset_options
+        )
+    for split in ("train", "validation"):
+        if split not in dataset.splits or len(dataset.splits[split]) == 0:
+            raise ValueError(
+                f"dataset {config.dataset!r} has no {split!r} split (splits: {sorted(dataset.splits)}); "
+                "training needs train and validation splits; prepare it with a validation share "
+                "(dataset options, e.g. validation_fraction)"
+            )
+    available = jax.local_devices()
+    n = config.num_devices or len(available)
+    if n > len(available):
+        raise ValueError(f"num_devices={n} but only {len(available)} local device(s) are available: {available}")
+    devices = available[:n]
+    fields = input_config_fields(config)
+    input_config = data.InputConfig(**fields)
+    global_batch = config.batch_size * n
+    eval_global_batch = (config.eval_batch_size or config.batch_size) * n
+    steps_per_epoch = len(dataset.splits["train"]) // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"the train split of {config.dataset!r} has {len(dataset.splits['train'])} examples, fewer than "
+            f"one global batch of {global_batch} (= batch_size {config.batch_size} per device x {n} "
+            "devices); lower --batch-size or --num-devices"
+        )
+    class_weights = None
+    if config.class_weights == "balanced":
+        class_weights = balanced_class_weights(dataset)
+    elif config.class_weights is not None:
+        if len(config.class_weights) != dataset.num_classes:
+            raise ValueError(
+                f"class_weights has {len(config.class_weights)} entries but {config.dataset!r} has "
+                f"{dataset.num_classes} classes {dataset.class_names}"
+            )
+        class_weights = tuple(float(w) for w in config.class_weights)
+    image_shape = (fields["image_size"], fields["image_size"], fields["channels"])
+    model, tx, engine, init_fn = build_engine(
+        config, dataset.num_classes, image_shape, steps_per_epoch, class_weights, devices
+    )
+    return RunSetup(
+        config=config,
+        dataset=dataset,
+        input_config=input_config,
+        model=model,
+        engine=engine,
+        tx=tx,
+        init_fn=init_fn,
+        num_devices=n,
+        global_batch_size=global_batch,
+        eval_global_batch_size=eval_global_batch,
+        steps_per_epoch=steps_per_epoch,
+        image_shape=image_shape,
+        class_weights=class_weights,
+    )
+
+
+def dataset_info(setup: RunSetup) -> dict[str, Any]:
+    ds = setup.dataset
+    return {
+        "name": setup.config.dataset,
+        "options": setup.config.dataset_options,
+        "class_names": list(ds.class_names),
+        "num_classes": ds.num_classes,
+        "split_sizes": {name: len(src) for name, src in ds.splits.items()},
+        "image_size": setup.image_shape[0],
+        "channels": setup.image_shape[2],
+    }

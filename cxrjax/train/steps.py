@@ -1,0 +1,122 @@
+"""The per-replica train and eval steps: ONE code path for every parallel wrapper.
+
+Both functions run on one replica's slice of the global batch inside a named device axis
+(:data:`AXIS`), provided by ``jax.shard_map`` or ``jax.pmap`` (see parallel.py):
+
+- gradients, loss and accuracy are averaged over replicas with ``lax.pmean``, so the
+  update equals the single-device update on the global batch (equal slice sizes);
+- BatchNorm statistics are cross-replica because the model is built with
+  ``axis_name=AXIS``;
+- the dropout key is ``fold_in(fold_in(rng, step), replica index)``: fresh per step, and
+  different on every replica;
+- a non-finite loss or gradient leaves params, optimizer state and BatchNorm statistics
+  exactly as they were; the step counter still advances (a batch was consumed), the skip
+  is counted and the first such step recorded, all on device, so the host learns about
+  it from the metrics it fetches anyway (no extra synchronisation per step).
+
+Losses: softmax cross-entropy with optional label smoothing and class weights, the mean
+over the batch of ``weight[label] * loss`` (Keras' ``class_weight`` semantics). Eval
+returns per-example log-probabilities; validation loss and metrics are computed on the
+host over the full split (mask-aware), without label smoothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from cxrjax.train.state import TrainState
+
+AXIS = "batch"
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    num_classes: int
+    label_smoothing: float = 0.0
+    class_weights: tuple[float, ...] | None = None
+
+
+def per_example_loss(logits: jax.Array, labels: jax.Array, loss: LossConfig) -> jax.Array:
+    targets = jax.nn.one_hot(labels, loss.num_classes, dtype=jnp.float32)
+    if loss.label_smoothing:
+        targets = optax.smooth_labels(targets, loss.label_smoothing)
+    values = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+    if loss.class_weights is not None:
+        values = values * jnp.asarray(loss.class_weights, jnp.float32)[labels]
+    return values
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _select(pred: jax.Array, new: Any, old: Any) -> Any:
+    return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: Callable[[jax.Array], jax.Array],
+    loss: LossConfig,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimisation step on this replica's slice; must run inside the AXIS device axis."""
+    replica = lax.axis_index(AXIS)
+    dropout_key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), replica)
+    has_batch_stats = bool(jax.tree.leaves(state.batch_stats))
+
+    def loss_fn(params):
+        variables = {"params": params}
+        if has_batch_stats:
+            variables["batch_stats"] = state.batch_stats
+        logits, mutated = model.apply(
+            variables, batch["image"], train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
+        )
+        value = jnp.mean(per_example_loss(logits, batch["label"], loss))
+        return value, (logits, mutated.get("batch_stats", state.batch_stats))
+
+    (value, (logits, new_batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = lax.pmean(grads, AXIS)
+    value = lax.pmean(value, AXIS)
+    accuracy = lax.pmean(jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)), AXIS)
+
+    finite = jnp.isfinite(value) & _all_finite(grads)
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda u: u * state.lr_scale.astype(u.dtype), updates)
+    new_params = optax.apply_updates(state.params, updates)
+
+    new_state = state.replace(
+        step=state.step + 1,
+        params=_select(finite, new_params, state.params),
+        opt_state=_select(finite, new_opt_state, state.opt_state),
+        batch_stats=_select(finite, new_batch_stats, state.batch_stats),
+        skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
+        first_nonfinite_step=jnp.where(
+            (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step
+        ),
+    )
+    metrics = {
+        "loss": value,
+        "accuracy": accuracy,
+        "grad_norm": optax.global_norm(grads),
+        "param_norm": optax.global_norm(new_state.params),
+        "lr": schedule(state.step) * state.lr_scale,
+        "finite": finite,
+    }
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module) -> jax.Array:
+    """Per-example log-probabilities [local batch, K] (deterministic: train=False)."""
+    logits = model.apply(state.variables, batch["image"], train=False)
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)

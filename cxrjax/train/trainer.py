@@ -1,0 +1,437 @@
+"""``train_and_evaluate(config, workdir)``: one complete, resumable training run.
+
+What happens, in order:
+
+1. The workdir's ``config.json`` is written, or compared with ``config`` (a different
+   configuration is refused, see workdir.py). If ``results.json`` exists the run is
+   finished and its results are returned without training.
+2. The dataset is opened (``cxrjax.data.load``), the model built with the dataset's
+   number of classes and ``axis_name="batch"``, the optimiser from the config, and the
+   per-replica steps compiled for ``num_devices`` devices (shard_map or pmap).
+3. If the workdir holds a checkpoint, the newest one is restored: train state, epoch,
+   position inside the epoch and grain iterator state, trackers, history. The run then
+   continues at the exact next batch; on CPU it ends bit-identical to an uninterrupted
+   run (tests/train/test_train_loop_runs.py).
+4. Each epoch: train steps dispatched asynchronously; every ``log_every_steps`` the
+   metrics of the steps since the last fetch are fetched together (progress bar, NaN
+   check); optional mid-epoch checkpoints; then the full validation split is evaluated,
+   early stopping / reduce-on-plateau decide, one line goes to metrics.jsonl and an
+   end-of-epoch checkpoint is saved asynchronously.
+5. The best checkpoint (or the last, with ``restore_best=False``) is restored and the
+   validation and test splits evaluated; plots and ``results.json`` are written.
+
+Non-finite loss or gradients never corrupt the state (steps.py). With
+``on_nonfinite="stop"`` the first such step raises :class:`NonFiniteError` when its
+metrics are fetched, before any later checkpoint is written; with ``"skip"`` the update
+is skipped and counted (``skipped_nonfinite`` per epoch, ``skipped_nonfinite_steps`` in
+the results).
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from cxrjax.train import plots
+from cxrjax.train import workdir as files
+from cxrjax.train.checkpointing import CheckpointStore
+from cxrjax.train.compile_cache import enable_compilation_cache
+from cxrjax.train.config import TrainConfig, mode_for
+from cxrjax.train.data_api import data_api
+from cxrjax.train.early_stopping import EarlyStopping, ImprovementTracker, PlateauScaler
+from cxrjax.train.evaluation import evaluate_split
+from cxrjax.train.run_setup import RunSetup, dataset_info, input_config_fields, setup_run
+from cxrjax.train.state import from_tree, parameter_count, to_tree
+
+META_FORMAT = 1
+
+
+class NonFiniteError(FloatingPointError):
+    """Loss or gradients became NaN/inf (``on_nonfinite="stop"``)."""
+
+    def __init__(self, *, step: int, epoch: int, batch: int, steps_per_epoch: int, loss: float, workdir: Path):
+        self.step, self.epoch, self.batch = step, epoch, batch
+        super().__init__(
+            f"non-finite loss or gradients (loss={loss}) at global step {step}, epoch {epoch} "
+            f"(1-based, as in the progress bar), batch {batch} of that epoch (0-based, of "
+            f"{steps_per_epoch}); the update was not applied, params/optimizer/BatchNorm state "
+            f"are unchanged and no later checkpoint was written ({workdir}). Lower the learning "
+            "rate, set grad_clip_norm, check the data, or set on_nonfinite='skip' to skip such "
+            "batches and count them."
+        )
+
+
+# ----------------------------------------------------------------------------------------
+# Host-side progress of a run: everything besides the TrainState that a resume needs.
+# ----------------------------------------------------------------------------------------
+def _empty_sums() -> dict[str, float]:
+    return {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "finite_steps": 0, "steps": 0,
+            "skipped": 0, "param_norm": float("nan"), "lr": float("nan"), "seconds": 0.0}
+
+
+@dataclass
+class Progress:
+    epoch: int = 0  # completed epochs
+    batch_in_epoch: int = 0  # batches of epoch ``epoch + 1`` already trained on
+    iterator_state: dict[str, Any] | None = None
+    sums: dict[str, float] = dataclasses.field(default_factory=_empty_sums)
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    stopped_early: bool = False
+    train_seconds: float = 0.0  # all epochs, this and earlier sessions
+    early_stopping: dict[str, Any] | None = None
+    plateau: dict[str, Any] | None = None
+
+
+def _meta(progress: Progress, setup: RunSetup) -> dict[str, Any]:
+    return {
+        "format": META_FORMAT,
+        **dataclasses.asdict(progress),
+        "class_names": list(setup.dataset.class_names),
+        "dataset": dataset_info(setup),
+        "input_config": input_config_fields(setup.config),
+        "steps_per_epoch": setup.steps_per_epoch,
+        "global_batch_size": setup.global_batch_size,
+        "num_devices": setup.num_devices,
+    }
+
+
+def _trackers(config: TrainConfig, progress: Progress) -> tuple[EarlyStopping, PlateauScaler | None]:
+    if progress.early_stopping is not None:
+        stopper = EarlyStopping.from_dict(progress.early_stopping)
+    else:
+        stopper = EarlyStopping(
+            ImprovementTracker(config.monitor_mode, config.early_stopping_min_delta), config.early_stopping_patience
+        )
+    plateau = None
+    if config.schedule == "plateau":
+        if progress.plateau is not None:
+            plateau = PlateauScaler.from_dict(progress.plateau)
+        else:
+            plateau = PlateauScaler(
+                ImprovementTracker(mode_for(config.plateau_monitor), config.plateau_min_delta),
+                factor=config.plateau_factor,
+                patience=config.plateau_patience,
+                base_lr=config.lr,
+                min_lr=config.plateau_min_lr,
+            )
+    return stopper, plateau
+
+
+# ----------------------------------------------------------------------------------------
+# The run.
+# ----------------------------------------------------------------------------------------
+def train_and_evaluate(
+    config: TrainConfig,
+    workdir: str | Path,
+    *,
+    dataset: Any | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``config`` in ``workdir`` (resuming whatever is there) and return results.json's dict.
+
+    ``dataset``: an already opened ``cxrjax.data.PreparedDataset`` (experiments pass one
+    to avoid reopening it); by default ``cxrjax.data.load`` opens ``config.dataset``.
+    ``on_checkpoint(step)`` is called after each checkpoint is completely written (with
+    a hook, saves are therefore synchronous); tests use it to kill a run at a known point.
+    """
+    config = config.validated()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if config.compilation_cache_dir:
+        enable_compilation_cache(config.compilation_cache_dir)
+    files.check_or_write_config(workdir, config)
+    results_path = workdir / files.RESULTS_FILE
+    if results_path.exists():
+        _say(config, f"{workdir}: run already finished; returning {results_path}")
+        return files.read_json(results_path)
+
+    session_start = time.perf_counter()
+    setup = setup_run(config, dataset)
+    engine = setup.engine
+    target = setup.init_fn(config.seed)
+    progress = Progress()
+    store = CheckpointStore(workdir / files.CHECKPOINT_DIR)
+    try:
+        latest = store.latest_step()
+        if latest is not None:
+            tree, meta = store.restore(latest, to_tree(target))
+            state = from_tree(target, tree)
+            progress = _progress_from_meta(meta, setup, workdir)
+            files.write_history(workdir, progress.history)
+            _say(config, f"{workdir}: resuming from checkpoint step {latest} (epoch {progress.epoch + 1}, "
+                         f"batch {progress.batch_in_epoch} of {setup.steps_per_epoch})")
+        else:
+            state = target
+            files.write_history(workdir, [])
+        writer = None
+        if config.tensorboard:
+            from cxrjax.train.tensorboard import ScalarWriter
+
+            writer = ScalarWriter(workdir / files.TENSORBOARD_DIR)
+        device_state = engine.put_state(state)
+        device_state = _train_epochs(setup, device_state, progress, store, workdir, writer, on_checkpoint)
+        results = _final_evaluation(setup, device_state, progress, store, workdir, session_start)
+    finally:
+        store.close()  # waits for asynchronous saves
+    return results
+
+
+def _progress_from_meta(meta: dict[str, Any], setup: RunSetup, workdir: Path) -> Progress:
+    if meta.get("format") != META_FORMAT:
+        raise ValueError(f"{workdir}: checkpoint metadata format {meta.get('format')} is not {META_FORMAT}; "
+                         "it was written by another cxrjax version; use a new --workdir")
+    if meta.get("class_names") != list(setup.dataset.class_names):
+        raise ValueError(
+            f"{workdir}: the checkpoint was trained on classes {meta.get('class_names')} but the dataset now "
+            f"has {list(setup.dataset.class_names)}; use a new --workdir"
+        )
+    if (meta.get("steps_per_epoch"), meta.get("global_batch_size")) != (setup.steps_per_epoch, setup.global_batch_size):
+        raise ValueError(
+            f"{workdir}: the checkpoint had {meta.get('steps_per_epoch')} steps per epoch but this session has "
+            f"{setup.steps_per_epoch} (global batch {setup.global_batch_size} on {setup.num_devices} devices; the "
+            f"checkpoint used {meta.get('global_batch_size')} on {meta.get('num_devices')}); resume with the same "
+            "number of devices (--num-devices) or use a new --workdir"
+        )
+    names = {f.name for f in dataclasses.fields(Progress)}
+    return Progress(**{k: v for k, v in meta.items() if k in names})
+
+
+def _close(iterator: Any) -> None:
+    """Stop an iterator's worker processes now (num_workers > 0) rather than at GC."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
+def _say(config: TrainConfig, message: str) -> None:
+    if config.progress:
+        tqdm.write(message)
+
+
+def _train_epochs(
+    setup: RunSetup,
+    device_state: Any,
+    progress: Progress,
+    store: CheckpointStore,
+    workdir: Path,
+    writer: Any,
+    on_checkpoint: Callable[[int], None] | None,
+) -> Any:
+    data = data_api()
+    config, engine = setup.config, setup.engine
+    spe = setup.steps_per_epoch
+    stopper, plateau = _trackers(config, progress)
+
+    def save(step: int, best_rank: int | None) -> None:
+        progress.early_stopping = stopper.to_dict()
+        progress.plateau = plateau.to_dict() if plateau else None
+        store.save(step, to_tree(engine.host_state(device_state)), _meta(progress, setup), best_rank)
+        if on_checkpoint is not None:
+            store.wait()
+            on_checkpoint(step)
+
+    while progress.epoch < config.epochs and not progress.stopped_early:
+        epoch = progress.epoch + 1  # 1-based, as displayed
+        batches = data.train_batches(
+            setup.dataset, "train", setup.input_config, seed=config.seed, epoch=progress.epoch,
+            global_batch_size=setup.global_batch_size,
+        )
+        iterator = data.make_iterator(batches, num_workers=config.num_workers)
+        if progress.iterator_state is not None:
+            iterator.set_state(progress.iterator_state)
+        sums = progress.sums
+        pending: list[tuple[int, int, Any]] = []  # (global step, batch index, device metrics)
+        session_images, t0 = 0, time.perf_counter()
+        bar = tqdm(total=spe, initial=progress.batch_in_epoch, desc=f"epoch {epoch}/{config.epochs}",
+                   unit="batch", disable=not config.progress, leave=True, dynamic_ncols=True)
+
+        def flush() -> None:
+            if not pending:
+                return
+            fetched = engine.host_metrics([m for _, _, m in pending])
+            for (step, batch_index, _), m in zip(pending, fetched):
+                sums["steps"] += 1
+                if not bool(m["finite"]):
+                    if config.on_nonfinite == "stop":
+                        bar.close()
+                        raise NonFiniteError(step=step, epoch=epoch, batch=batch_index, steps_per_epoch=spe,
+                                             loss=float(m["loss"]), workdir=workdir)
+                    sums["skipped"] += 1
+                    continue
+                sums["finite_steps"] += 1
+                sums["loss"] += float(m["loss"])
+                sums["accuracy"] += float(m["accuracy"])
+                sums["grad_norm"] += float(m["grad_norm"])
+                sums["param_norm"] = float(m["param_norm"])
+                sums["lr"] = float(m["lr"])
+            pending.clear()
+            elapsed = time.perf_counter() - t0
+            n = max(sums["finite_steps"], 1)
+            bar.set_postfix(loss=f"{sums['loss'] / n:.4f}", acc=f"{sums['accuracy'] / n:.3f}",
+                            img_s=f"{session_images / max(elapsed, 1e-9):.0f}", refresh=False)
+
+        for batch_index in range(progress.batch_in_epoch, spe):
+            batch = next(iterator)
+            step = progress.epoch * spe + batch_index
+            device_batch = engine.put_batch({"image": np.asarray(batch["image"]), "label": np.asarray(batch["label"])})
+            device_state, metrics = engine.train_step(device_state, device_batch)
+            pending.append((step, batch_index, metrics))
+            session_images += setup.global_batch_size
+            bar.update(1)
+            last = batch_index == spe - 1
+            mid_checkpoint = (config.checkpoint_every_steps is not None and not last
+                              and (step + 1) % config.checkpoint_every_steps == 0)
+            if last or mid_checkpoint or len(pending) >= config.log_every_steps:
+                flush()
+            if mid_checkpoint:
+                progress.batch_in_epoch = batch_index + 1
+                progress.iterator_state = iterator.get_state()
+                sums["seconds"] += time.perf_counter() - t0
+                progress.train_seconds += time.perf_counter() - t0
+                t0, session_images = time.perf_counter(), 0
+                save(step + 1, None)
+        flush()
+        _close(iterator)
+        epoch_train = time.perf_counter() - t0
+        sums["seconds"] += epoch_train
+        progress.train_seconds += epoch_train
+        bar.close()
+
+        # ---- end of epoch: validation, decisions, log, checkpoint -------------------------
+        eval_t0 = time.perf_counter()
+        val, _, _ = evaluate_split(engine, device_state, setup.dataset, "validation", setup.input_config,
+                                   setup.eval_global_batch_size, progress=config.progress)
+        monitored = {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
+        improved = stopper.update(monitored[config.monitor], epoch)
+        if stopper.should_stop and epoch < config.epochs:
+            progress.stopped_early = True
+        lr_scale = None
+        if plateau is not None:
+            old = plateau.scale
+            lr_scale = plateau.update(monitored[config.plateau_monitor], epoch)
+            if lr_scale != old:
+                host = engine.host_state(device_state)
+                device_state = engine.put_state(host.replace(lr_scale=np.float32(lr_scale)))
+        n = max(sums["finite_steps"], 1)
+        images = sums["steps"] * setup.global_batch_size
+        record = {
+            "epoch": epoch,
+            "step": epoch * spe,
+            "train_loss": sums["loss"] / n if sums["finite_steps"] else float("nan"),
+            "train_accuracy": sums["accuracy"] / n if sums["finite_steps"] else float("nan"),
+            **monitored,
+            "lr": sums["lr"],
+            "next_lr_scale": lr_scale,
+            "grad_norm": sums["grad_norm"] / n if sums["finite_steps"] else float("nan"),
+            "param_norm": sums["param_norm"],
+            "skipped_nonfinite": int(sums["skipped"]),
+            "train_seconds": sums["seconds"],
+            "images_per_second": images / sums["seconds"] if sums["seconds"] > 0 else float("nan"),
+            "eval_seconds": time.perf_counter() - eval_t0,
+            "cumulative_train_seconds": progress.train_seconds,
+            "time": time.time(),
+            "improved": improved,
+            "best_epoch": stopper.tracker.best_epoch,
+        }
+        progress.history.append(record)
+        files.append_history(workdir, record)
+        if writer is not None:
+            writer.scalars(record["step"], {k: record[k] for k in (
+                "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr",
+                "grad_norm", "param_norm", "images_per_second")})
+        _say(config, f"epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
+                     f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f} macro-F1 {val['macro_f1']:.4f}"
+                     f"{' *' if improved else ''} | {record['images_per_second']:.0f} img/s")
+        progress.epoch += 1
+        progress.batch_in_epoch = 0
+        progress.iterator_state = None
+        progress.sums = _empty_sums()
+        save(progress.epoch * spe, epoch if improved else -1)
+        if progress.stopped_early:
+            _say(config, f"early stopping after epoch {epoch}: {config.monitor} did not improve for "
+                         f"{config.early_stopping_patience} epoch(s); best epoch {stopper.tracker.best_epoch}")
+    return device_state
+
+
+def _final_evaluation(
+    setup: RunSetup,
+    device_state: Any,
+    progress: Progress,
+    store: CheckpointStore,
+    workdir: Path,
+    session_start: float,
+) -> dict[str, Any]:
+    config, engine = setup.config, setup.engine
+    store.wait()
+    spe = setup.steps_per_epoch
+    stopper, _ = _trackers(config, progress)
+    best_epoch = stopper.tracker.best_epoch
+    step = store.best_step() if config.restore_best else None
+    if step is not None:
+        target = engine.host_state(device_state)
+        tree, meta = store.restore(step, to_tree(target))
+        device_state = engine.put_state(from_tree(target, tree))
+        evaluated = {"checkpoint": "best", "step": int(step), "epoch": int(step // spe)}
+    else:  # restore_best=False, or no epoch ever improved (monitored value never finite)
+        evaluated = {"checkpoint": "last", "step": int(progress.epoch * spe), "epoch": int(progress.epoch)}
+    names = list(setup.dataset.class_names)
+    val, val_labels, val_probs = evaluate_split(engine, device_state, setup.dataset, "validation",
+                                                setup.input_config, setup.eval_global_batch_size,
+                                                progress=config.progress)
+    test = test_labels = test_probs = None
+    if "test" in setup.dataset.splits and len(setup.dataset.splits["test"]):
+        test, test_labels, test_probs = evaluate_split(engine, device_state, setup.dataset, "test",
+                                                       setup.input_config, setup.eval_global_batch_size,
+                                                       progress=config.progress)
+    history = progress.history
+    speeds = [h["images_per_second"] for h in (history[1:] if len(history) > 1 else history)
+              if h.get("images_per_second") is not None and np.isfinite(h["images_per_second"])]
+    host_state = engine.host_state(device_state)
+    best_record = next((h for h in history if h["epoch"] == best_epoch), None)
+    results = {
+        "class_names": names,
+        "model": config.model,
+        "dataset": config.dataset,
+        "test": test,
+        "validation": val,
+        "best_epoch": best_epoch,
+        "epochs_run": progress.epoch,
+        "stopped_early": progress.stopped_early,
+        "monitor": config.monitor,
+        "best_monitor_value": stopper.tracker.best,
+        "evaluated": evaluated,
+        "best_epoch_metrics": best_record,
+        "train_images_per_second": statistics.median(speeds) if speeds else None,
+        "train_seconds": progress.train_seconds,
+        "session_wall_seconds": time.perf_counter() - session_start,
+        "num_devices": setup.num_devices,
+        "parallel": config.parallel,
+        "global_batch_size": setup.global_batch_size,
+        "steps_per_epoch": spe,
+        "parameter_count": parameter_count(host_state.params),
+        "skipped_nonfinite_steps": int(host_state.skipped_steps),
+        "dataset_info": dataset_info(setup),
+        "input_config": input_config_fields(config),
+        "jax_backend": jax.default_backend(),
+    }
+    plots.plot_learning_curves(history, workdir / files.LEARNING_CURVES, best_epoch=best_epoch,
+                               evaluated_epoch=evaluated["epoch"], title=f"{config.model} on {config.dataset}")
+    shown, labels, probs, split = (test, test_labels, test_probs, "test") if test is not None else (
+        val, val_labels, val_probs, "validation")
+    plots.plot_confusion_matrix(shown["confusion_matrix"], names, workdir / files.CONFUSION_MATRIX,
+                                title=f"{config.model}: {split} (accuracy {shown['accuracy']:.3f})")
+    plots.plot_roc_curves(labels, probs, names, workdir / files.ROC_CURVES,
+                          title=f"{config.model}: {split} ROC (one-vs-rest)")
+    files.write_json(workdir / files.RESULTS_FILE, results)
+    if test is not None:
+        _say(config, f"test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} "
+                     f"({evaluated['checkpoint']} checkpoint, epoch {evaluated['epoch']}); results in "
+                     f"{workdir / files.RESULTS_FILE}")
+    return files.read_json(workdir / files.RESULTS_FILE)

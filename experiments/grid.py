@@ -1,0 +1,350 @@
+"""Run a grid of cells x seeds as independent training runs, resumably.
+
+Layout of an experiment workdir::
+
+    WORKDIR/runs/<cell>/seed_<k>/      one training run (the engine's workdir)
+        grid_config.json               the exact config this grid asked for
+        results.json                   written by the engine when the run finished
+        grid_run.json                  wall time measured here
+        grid_error.txt                 why the run failed, if it did
+
+Why it is built this way:
+
+* **Never redo or overwrite finished work.** A run whose ``results.json`` exists is
+  skipped (its results are read back). An unfinished run is handed to the run function
+  again, and the training engine resumes it from its last checkpoint.
+* **Never mix configurations silently.** Before a run starts, its config is written to
+  ``grid_config.json``; a later invocation that would give the same run folder a
+  different config stops with an error naming the folder and the differing fields,
+  instead of reusing stale numbers. Adding seeds or cells to an existing workdir is
+  fine: they get new folders.
+* **One failed run does not kill the grid.** An exception in a run (e.g. a diverged loss)
+  is recorded in ``grid_error.txt`` and the grid moves on; the report lists failed runs
+  and excludes them from the statistics. A re-run retries them. Ctrl-C is not caught
+  (with parallel workers, they are terminated; their runs resume next time).
+* **The run function is injectable** (default: ``cxrjax.train.train_and_evaluate``), so
+  aggregation, reporting and resume are testable without training.
+* **Optionally parallel** (``jobs``): worker processes, each running whole groups of runs
+  (one network) so that compiled steps are reused; one progress bar in the parent.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from tqdm.auto import tqdm
+
+RunFn = Callable[[Any, str], Mapping[str, Any]]
+
+RESULTS_FILE = "results.json"
+CONFIG_FILE = "grid_config.json"
+RUN_FILE = "grid_run.json"
+ERROR_FILE = "grid_error.txt"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One experimental condition of a grid.
+
+    ``factors`` name the condition (e.g. {"batch_norm": "all", "dropout": "0.25",
+    "early_stopping": "on"}); two cells with the same factor names that differ in exactly
+    one factor are compared in the report. ``network`` identifies the trained network:
+    cells with the same network (differing only in a training option) are compared with
+    the paired test, because seed k gives both the same initial weights and batches.
+    ``overrides`` is what the experiment applies to its base config for this cell.
+    ``reference`` is a published single-run test accuracy (fraction) shown beside ours.
+    """
+
+    name: str
+    label: str
+    factors: Mapping[str, str]
+    network: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    reference: float | None = None
+    reference_name: str | None = None
+    group: str = ""  # cells of one group share a table in results.md
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: a cell, a seed and the config handed to the run function.
+
+    ``group``: runs of one group (e.g. the same network) run one after the other in one
+    process when the grid runs in parallel.
+    """
+
+    cell: str
+    seed: int
+    config: Any
+    group: str = ""
+
+
+@dataclass
+class RunRecord:
+    """What one run produced (``results`` empty and ``error`` set when it failed)."""
+
+    cell: str
+    seed: int
+    run_dir: Path
+    results: dict
+    wall_time_s: float | None
+    trained: bool  # False when the run was already finished and was skipped
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class ConfigMismatchError(RuntimeError):
+    """An existing run folder was made with a different configuration."""
+
+
+def run_dir_for(workdir: str | Path, cell: str, seed: int) -> Path:
+    return Path(workdir) / "runs" / cell / f"seed_{seed}"
+
+
+def config_to_dict(config: Any) -> dict:
+    """A JSON-normalised dict of a (possibly nested) dataclass or mapping config."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        raw = dataclasses.asdict(config)
+    elif isinstance(config, Mapping):
+        raw = dict(config)
+    else:
+        raise TypeError(f"cannot serialise config of type {type(config).__name__}")
+    return json.loads(json.dumps(raw, sort_keys=True, default=str))
+
+
+def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            out += _diff_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix[:-1] or '<root>'}: {old!r} -> {new!r}"]
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_config(run_dir: Path, config: Any, ignore: Iterable[str] = ()) -> None:
+    """Write ``grid_config.json`` or verify that the one already there is the same,
+    apart from the top-level fields in ``ignore`` (e.g. where data lives, progress bars:
+    fields that cannot change a run's numbers)."""
+    new = config_to_dict(config)
+    path = run_dir / CONFIG_FILE
+    old = _read_json(path) if path.exists() else None
+    if old is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
+        return
+    skip = set(ignore)
+    changes = _diff_keys({k: v for k, v in old.items() if k not in skip},
+                         {k: v for k, v in new.items() if k not in skip})
+    if changes:
+        changes = "\n  ".join(changes[:12])
+        raise ConfigMismatchError(
+            f"{run_dir} already holds a run made with a different configuration:\n  {changes}\n"
+            "Finished runs are never overwritten. Use a new --workdir for the new settings, "
+            f"or delete {run_dir} if you really want to redo that run."
+        )
+
+
+def is_finished(run_dir: Path) -> bool:
+    return _read_json(run_dir / RESULTS_FILE) is not None
+
+
+def _load_finished(spec: RunSpec, run_dir: Path) -> RunRecord:
+    results = _read_json(run_dir / RESULTS_FILE) or {}
+    meta = _read_json(run_dir / RUN_FILE) or {}
+    wall = meta.get("wall_time_s")
+    return RunRecord(spec.cell, spec.seed, run_dir, results, wall, trained=False)
+
+
+def run_one(spec: RunSpec, workdir: str | Path, run_fn: RunFn, ignore: Iterable[str] = ()) -> RunRecord:
+    """Run (or skip, or resume) one run; exceptions other than interrupts are recorded."""
+    run_dir = run_dir_for(workdir, spec.cell, spec.seed)
+    check_config(run_dir, spec.config, ignore)
+    if is_finished(run_dir):
+        return _load_finished(spec, run_dir)
+    resumed = any(p.name not in (CONFIG_FILE, ERROR_FILE) for p in run_dir.iterdir())
+    start = time.perf_counter()
+    try:
+        results = run_fn(spec.config, str(run_dir))
+    except Exception as exc:  # noqa: BLE001 - one bad run must not end the grid
+        message = f"{type(exc).__name__}: {exc}"
+        (run_dir / ERROR_FILE).write_text(message + "\n\n" + traceback.format_exc())
+        return RunRecord(spec.cell, spec.seed, run_dir, {}, None, trained=True, error=message)
+    wall = time.perf_counter() - start
+    results = json.loads(json.dumps(dict(results), default=str))
+    if not (run_dir / RESULTS_FILE).exists():  # the engine writes it; fakes may not
+        (run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)
+    (run_dir / RUN_FILE).write_text(
+        json.dumps({"wall_time_s": wall, "resumed": resumed, "finished_at": time.time()}) + "\n"
+    )
+    return RunRecord(spec.cell, spec.seed, run_dir, results, wall, trained=True)
+
+
+def run_grid(
+    specs: Sequence[RunSpec],
+    workdir: str | Path,
+    run_fn: RunFn | None = None,
+    *,
+    progress: bool = True,
+    desc: str = "runs",
+    ignore_fields: Iterable[str] = (),
+    jobs: int = 1,
+    worker_env: Mapping[str, str] | None = None,
+) -> list[RunRecord]:
+    """Run every spec, skipping finished runs (the bar starts at their count, so its ETA
+    is the rate of new runs only); returns one record per spec in the order given.
+
+    ``ignore_fields``: config fields allowed to differ from a run's saved config.
+    ``jobs`` > 1 runs that many worker processes (spawned; ``run_fn`` must be picklable,
+    ``worker_env`` is set in each before it imports anything). Runs with the same
+    ``RunSpec.group`` go to one worker, one after the other, so a network is compiled
+    once per grid rather than once per worker (the engine keeps compiled steps in
+    memory and in the persistent compilation cache).
+    """
+    ignore_fields = tuple(ignore_fields)
+    if run_fn is None:
+        from cxrjax.train import train_and_evaluate as run_fn  # noqa: N813 - lazy: heavy import
+    names = [(s.cell, s.seed) for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError("run_grid: duplicate (cell, seed) pairs in the grid")
+    for spec in specs:  # refuse a changed configuration before any training starts
+        check_config(run_dir_for(workdir, spec.cell, spec.seed), spec.config, ignore_fields)
+    done = [s for s in specs if is_finished(run_dir_for(workdir, s.cell, s.seed))]
+    todo = [s for s in specs if not is_finished(run_dir_for(workdir, s.cell, s.seed))]
+    records: dict[tuple[str, int], RunRecord] = {}
+    for spec in done:
+        records[(spec.cell, spec.seed)] = _load_finished(spec, run_dir_for(workdir, spec.cell, spec.seed))
+    bar = tqdm(total=len(specs), initial=len(done), desc=desc, unit="run", disable=not progress,
+               dynamic_ncols=True, position=0, leave=True)
+    failed = 0
+
+    def finished(record: RunRecord) -> None:
+        nonlocal failed
+        records[(record.cell, record.seed)] = record
+        failed += 0 if record.ok else 1
+        if progress:
+            bar.write(_one_line(record))
+        bar.update(1)
+        if failed:
+            bar.set_postfix_str(f"{failed} failed")
+
+    try:
+        if jobs <= 1 or len(todo) <= 1:
+            for spec in todo:
+                bar.set_postfix_str(f"{spec.cell} seed {spec.seed}" + (f", {failed} failed" if failed else ""))
+                finished(run_one(spec, workdir, run_fn, ignore_fields))
+        else:
+            _run_parallel(todo, workdir, run_fn, ignore_fields, jobs, dict(worker_env or {}), finished)
+    finally:
+        bar.close()
+    return [records[n] for n in names]
+
+
+def _groups(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
+    """Specs grouped by ``group`` (order kept), largest group first (scheduling)."""
+    groups: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        groups.setdefault(spec.group or f"{spec.cell}/{spec.seed}", []).append(spec)
+    return sorted(groups.values(), key=len, reverse=True)
+
+
+def _init_worker(env: Mapping[str, str]) -> None:
+    os.environ.update(env)
+
+
+def _run_group(specs: list[RunSpec], workdir: str, run_fn: RunFn, ignore: tuple, queue: Any) -> None:
+    for spec in specs:
+        queue.put(run_one(spec, workdir, run_fn, ignore))
+
+
+def _run_parallel(todo: Sequence[RunSpec], workdir: str | Path, run_fn: RunFn, ignore: tuple, jobs: int,
+                  env: dict[str, str], finished: Callable[[RunRecord], None]) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold JAX threads
+    groups = _groups(todo)
+    previous = _interrupt_on_sigterm()
+    try:
+        _run_pool(ctx, groups, len(todo), workdir, run_fn, ignore, jobs, env, finished)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt_on_sigterm() -> Any:
+    """Treat SIGTERM like Ctrl-C while workers run, so they are stopped too (a background
+    job ignores SIGINT). Returns the previous handler (None off the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _run_pool(ctx: Any, groups: list[list[RunSpec]], total: int, workdir: str | Path, run_fn: RunFn,
+              ignore: tuple, jobs: int, env: dict[str, str], finished: Callable[[RunRecord], None]) -> None:
+    import queue as queue_lib
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ctx.Manager() as manager:
+        results = manager.Queue()
+        pool = ProcessPoolExecutor(max_workers=min(jobs, len(groups)), mp_context=ctx,
+                                   initializer=_init_worker, initargs=(env,))
+        try:
+            futures = [pool.submit(_run_group, g, str(workdir), run_fn, ignore, results) for g in groups]
+            remaining = total
+            while remaining:
+                try:
+                    record = results.get(timeout=1.0)
+                except queue_lib.Empty:
+                    broken = [f for f in futures if f.done() and f.exception() is not None]
+                    if broken:
+                        raise broken[0].exception()
+                    continue
+                finished(record)
+                remaining -= 1
+        except BaseException:
+            # Ctrl-C (or a broken worker): stop the other workers now. A run killed mid-way
+            # resumes from its last complete checkpoint next time (the engine ignores a
+            # half-written one).
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _one_line(record: RunRecord) -> str:
+    if not record.ok:
+        return f"{record.cell} seed {record.seed}: FAILED ({record.error})"
+    test = record.results.get("test") or {}
+    acc = test.get("accuracy")
+    acc_text = f"test accuracy {100 * acc:.1f}%" if isinstance(acc, (int, float)) else "no test metrics"
+    wall = f", {record.wall_time_s:.0f} s" if record.wall_time_s is not None else ""
+    return (f"{record.cell} seed {record.seed}: {acc_text}, "
+            f"{record.results.get('epochs_run', '?')} epochs{wall}")
+
+
+def trained_count(records: Iterable[RunRecord]) -> int:
+    return sum(1 for r in records if r.trained)

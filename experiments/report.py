@@ -1,0 +1,569 @@
+"""Turn a grid's run records into results.csv, results.md, summary.md and two plots.
+
+* ``results.csv``: one row per run (cell, seed, test accuracy, macro F1, best epoch, the
+  epoch that was tested, epochs run, train-validation accuracy gap at the tested epoch,
+  wall time, status).
+* ``results.md``: one row per cell (mean and 95% CI over seeds of test accuracy and macro
+  F1, beside the published single-run number where there is one), then every pairwise
+  comparison of cells that differ in exactly one factor, then the generated summary.
+* ``summary.md``: the generated summary alone (also printed).
+* ``accuracy_bars.png``: test accuracy per cell, mean with 95% CI error bars, the single
+  seeds as dots, the published number as a cross, the majority-class rate as a line.
+* ``learning_curves.png``: per cell, train (dashed) and validation (solid) accuracy per
+  epoch for every seed, read from each run's ``metrics.jsonl``.
+
+A difference "exceeds seed noise" when its two-sided test (see ``experiments.stats``:
+Welch's t-test between different networks, paired t-test between runs of the same
+network) gives p < 0.05; the report also says which of those survive Holm's correction
+for the number of comparisons made.
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from experiments import stats
+from experiments.grid import Cell, RunRecord
+
+ALPHA = 0.05
+CSV_FIELDS = (
+    "cell",
+    "seed",
+    "status",
+    "test_accuracy",
+    "test_macro_f1",
+    "best_epoch",
+    "evaluated_epoch",
+    "epochs_run",
+    "train_val_gap",
+    "wall_time_s",
+    "run_dir",
+)
+
+# Names the engine may use in metrics.jsonl (flat "train_accuracy" or nested
+# {"train": {"accuracy": ...}}); the first present wins.
+_TRAIN_ACC_KEYS = ("train_accuracy", "train/accuracy", "train_acc")
+_VAL_ACC_KEYS = ("validation_accuracy", "val_accuracy", "validation/accuracy", "val/accuracy", "val_acc")
+_NESTED = {"train": ("train",), "val": ("validation", "val")}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A published statement comparing two cells: ``a`` minus ``b`` in test accuracy."""
+
+    a: str
+    b: str
+    statement: str
+
+
+@dataclass
+class CellStats:
+    cell: Cell
+    accuracy: stats.MeanCI
+    macro_f1: stats.MeanCI
+    gap: stats.MeanCI
+    epochs_run: stats.MeanCI
+    wall_time_s: stats.MeanCI
+    n_failed: int
+
+
+@dataclass
+class Comparison:
+    a: Cell
+    b: Cell
+    factor: str
+    result: stats.TestResult
+    p_holm: float = float("nan")
+
+    @property
+    def context(self) -> str:
+        shared = [f"{k}={v}" for k, v in self.a.factors.items() if k != self.factor]
+        return ", ".join(shared)
+
+    @property
+    def label(self) -> str:
+        return f"{self.factor}: {self.b.factors[self.factor]} -> {self.a.factors[self.factor]}"
+
+
+# --------------------------------------------------------------------------- per run
+
+
+def _get(d: Mapping[str, Any], dotted: str) -> Any:
+    cur: Any = d
+    for part in dotted.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def _num(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _count(x: Any) -> int | float:
+    """An epoch count as int (NaN when missing), so results.csv says 3, not 3.0."""
+    v = _num(x)
+    return int(v) if math.isfinite(v) and v == int(v) else v
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The engine's per-epoch ``metrics.jsonl`` (empty list if absent or unreadable)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    out: list[dict] = []
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def _acc(row: Mapping[str, Any], which: str) -> float:
+    for key in _TRAIN_ACC_KEYS if which == "train" else _VAL_ACC_KEYS:
+        if key in row:
+            return _num(row[key])
+    for group in _NESTED[which]:
+        value = _get(row, f"{group}.accuracy")
+        if value is not None:
+            return _num(value)
+    return float("nan")
+
+
+def curves(run_dir: str | Path) -> tuple[list[float], list[float], list[float]]:
+    """(epochs, train accuracy, validation accuracy) from ``metrics.jsonl``."""
+    rows = read_metrics(run_dir)
+    epochs = [_num(r.get("epoch", i + 1)) for i, r in enumerate(rows)]
+    return epochs, [_acc(r, "train") for r in rows], [_acc(r, "val") for r in rows]
+
+
+def train_val_gap(run_dir: str | Path, epoch: Any) -> float:
+    """Train minus validation accuracy at ``epoch`` (that of the tested checkpoint); at the
+    last logged epoch when ``epoch`` is not in the log."""
+    epochs, train, val = curves(run_dir)
+    if not epochs:
+        return float("nan")
+    i = len(epochs) - 1
+    target = _num(epoch)
+    if math.isfinite(target) and target in epochs:
+        i = epochs.index(target)
+    return train[i] - val[i]
+
+
+def evaluated_epoch(results: Mapping[str, Any]) -> float:
+    """The epoch whose weights were tested: the best one when the run restored its best
+    checkpoint, the last one otherwise (the engine's ``evaluated.epoch``)."""
+    value = _get(results, "evaluated.epoch")
+    return _count(value if value is not None else results.get("best_epoch"))
+
+
+def run_row(record: RunRecord) -> dict:
+    r = record.results
+    tested = evaluated_epoch(r) if record.ok else float("nan")
+    return {
+        "cell": record.cell,
+        "seed": record.seed,
+        "status": "ok" if record.ok else f"failed: {record.error}",
+        "test_accuracy": _num(_get(r, "test.accuracy")),
+        "test_macro_f1": _num(_get(r, "test.macro_f1")),
+        "best_epoch": _count(r.get("best_epoch")),
+        "evaluated_epoch": tested,
+        "epochs_run": _count(r.get("epochs_run")),
+        "train_val_gap": train_val_gap(record.run_dir, tested) if record.ok else float("nan"),
+        "wall_time_s": _num(record.wall_time_s),
+        "run_dir": str(record.run_dir),
+    }
+
+
+def majority_rate(records: Iterable[RunRecord]) -> float:
+    """Share of the most frequent class in the test set, from a confusion matrix."""
+    for rec in records:
+        cm = _get(rec.results, "test.confusion_matrix")
+        if cm:
+            m = np.asarray(cm, dtype=np.float64)
+            if m.sum() > 0:
+                return float(m.sum(axis=1).max() / m.sum())
+    return float("nan")
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def cell_stats(cells: Sequence[Cell], rows: Sequence[Mapping[str, Any]]) -> list[CellStats]:
+    out = []
+    for cell in cells:
+        mine = [r for r in rows if r["cell"] == cell.name]
+        ok = [r for r in mine if r["status"] == "ok"]
+        out.append(
+            CellStats(
+                cell=cell,
+                accuracy=stats.mean_ci([r["test_accuracy"] for r in ok]),
+                macro_f1=stats.mean_ci([r["test_macro_f1"] for r in ok]),
+                gap=stats.mean_ci([r["train_val_gap"] for r in ok]),
+                epochs_run=stats.mean_ci([r["epochs_run"] for r in ok]),
+                wall_time_s=stats.mean_ci([r["wall_time_s"] for r in ok]),
+                n_failed=len(mine) - len(ok),
+            )
+        )
+    return out
+
+
+def _by_seed(rows: Sequence[Mapping[str, Any]], cell: str, metric: str) -> dict[int, float]:
+    return {int(r["seed"]): _num(r[metric]) for r in rows if r["cell"] == cell and r["status"] == "ok"}
+
+
+def compare(a: Cell, b: Cell, rows: Sequence[Mapping[str, Any]], metric: str = "test_accuracy") -> stats.TestResult:
+    """Test ``a - b``: paired over common seeds when both cells train the same network."""
+    xa, xb = _by_seed(rows, a.name, metric), _by_seed(rows, b.name, metric)
+    if a.network == b.network:
+        seeds = sorted(set(xa) & set(xb))
+        return stats.paired_test([xa[s] for s in seeds], [xb[s] for s in seeds])
+    return stats.welch_test(list(xa.values()), list(xb.values()))
+
+
+def one_factor_pairs(cells: Sequence[Cell]) -> list[tuple[Cell, Cell, str]]:
+    """(later, earlier, factor) for every pair of cells that differ in exactly one factor."""
+    pairs = []
+    for b, a in itertools.combinations(cells, 2):
+        if set(a.factors) != set(b.factors):
+            continue
+        diff = [k for k in a.factors if a.factors[k] != b.factors[k]]
+        if len(diff) == 1:
+            pairs.append((a, b, diff[0]))
+    return pairs
+
+
+def comparisons(cells: Sequence[Cell], rows: Sequence[Mapping[str, Any]]) -> list[Comparison]:
+    comps = [Comparison(a, b, f, compare(a, b, rows)) for a, b, f in one_factor_pairs(cells)]
+    for comp, p in zip(comps, stats.holm([c.result.p for c in comps])):
+        comp.p_holm = p
+    return comps
+
+
+def verdict(p: float) -> str:
+    if not math.isfinite(p):
+        return "not testable (fewer than 2 runs)"
+    return "exceeds seed noise" if p < ALPHA else "within seed noise"
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def pct(x: float, digits: int = 1) -> str:
+    if not math.isfinite(x):
+        return "n/a"
+    text = f"{100 * x:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.0"
+
+
+def fmt_ci(m: stats.MeanCI) -> str:
+    if m.n == 0:
+        return "n/a"
+    if m.n < 2:
+        return f"{pct(m.mean)} (1 run)"
+    return f"{pct(m.mean)} [{pct(m.low)}, {pct(m.high)}]"
+
+
+def fmt_p(p: float) -> str:
+    if not math.isfinite(p):
+        return "n/a"
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def _signed(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{100 * x:+.1f}"
+
+
+def cell_table(cs: Sequence[CellStats], factor_names: Sequence[str], reference_title: str) -> str:
+    head = ["Cell", *factor_names, "n", "Test accuracy % (95% CI)", "Macro F1 % (95% CI)",
+            "Train-val gap (pts)", "Epochs", reference_title]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cs:
+        ref = "" if c.cell.reference is None else f"{pct(c.cell.reference, 2).rstrip('0').rstrip('.')}"
+        if ref and c.cell.reference_name:
+            ref = f"{ref} ({c.cell.reference_name})"
+        n = f"{c.accuracy.n}" + (f" (+{c.n_failed} failed)" if c.n_failed else "")
+        lines.append(
+            "| " + " | ".join([
+                c.cell.label,
+                *[c.cell.factors.get(f, "") for f in factor_names],
+                n,
+                fmt_ci(c.accuracy),
+                fmt_ci(c.macro_f1),
+                pct(c.gap.mean),
+                "n/a" if not math.isfinite(c.epochs_run.mean) else f"{c.epochs_run.mean:.1f}",
+                ref,
+            ]) + " |"
+        )
+    return "\n".join(lines)
+
+
+def comparison_table(comps: Sequence[Comparison]) -> str:
+    head = ["Comparison", "Other factors", "Difference (pts, 95% CI)", "Test", "p", "Holm p", "Verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in comps:
+        r = c.result
+        ci = "" if not math.isfinite(r.ci_low) else f" [{_signed(r.ci_low)}, {_signed(r.ci_high)}]"
+        lines.append(
+            "| " + " | ".join([
+                c.label, c.context, f"{_signed(r.diff)}{ci}", r.test, fmt_p(r.p), fmt_p(c.p_holm), verdict(r.p),
+            ]) + " |"
+        )
+    return "\n".join(lines)
+
+
+def summary_text(
+    cs: Sequence[CellStats],
+    comps: Sequence[Comparison],
+    claims: Sequence[Claim],
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    references_comparable: bool,
+    reference_source: str,
+) -> str:
+    """A few generated paragraphs: noise level, what exceeds it, published claims."""
+    by_name = {c.cell.name: c for c in cs}
+    out: list[str] = []
+    sds = [(c.accuracy.sd, c.cell.label) for c in cs if math.isfinite(c.accuracy.sd)]
+    if sds:
+        med = float(np.median([s for s, _ in sds]))
+        worst = max(sds)
+        out.append(
+            f"Seed noise: the seed-to-seed standard deviation of test accuracy is {pct(med)} points "
+            f"in the median cell and at most {pct(worst[0])} points ({worst[1]})."
+        )
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        out.append(
+            f"{len(failed)} run(s) failed and are excluded: "
+            + "; ".join(f"{r['cell']} seed {r['seed']} ({r['status'][8:][:80]})" for r in failed)
+        )
+    sig = [c for c in comps if math.isfinite(c.result.p) and c.result.p < ALPHA]
+    holm_sig = [c for c in sig if c.p_holm < ALPHA]
+    if comps:
+        out.append(
+            f"Of {len(comps)} one-factor comparisons, {len(sig)} exceed{'s' if len(sig) == 1 else ''} seed noise "
+            f"(p < {ALPHA}; {len(holm_sig)} of them also after Holm's correction for {len(comps)} comparisons):"
+        )
+        factors = list(dict.fromkeys(c.factor for c in comps))
+        for factor in factors:
+            mine = [c for c in comps if c.factor == factor]
+            big = [c for c in mine if c in sig]
+            items = ", ".join(
+                f"{c.b.factors[factor]} -> {c.a.factors[factor]} ({c.context}): "
+                f"{_signed(c.result.diff)} pts, p={fmt_p(c.result.p)}{'*' if c in holm_sig else ''}"
+                for c in big
+            )
+            line = f"- {factor}: {len(big)} of {len(mine)} comparison{'s' if len(mine) != 1 else ''} exceed seed noise"
+            out.append(line + (f": {items}." if big else "."))
+        if holm_sig:
+            out.append("  (* = also significant after Holm's correction.)")
+    else:
+        out.append("No two cells differ in exactly one factor, so no difference was tested.")
+    for claim in claims:
+        a, b = by_name.get(claim.a), by_name.get(claim.b)
+        if a is None or b is None:
+            continue
+        r = compare(a.cell, b.cell, rows)
+        ref = ""
+        if a.cell.reference is not None and b.cell.reference is not None:
+            ref = f" ({reference_source}: {_signed(a.cell.reference - b.cell.reference)} pts from one run each)"
+        out.append(
+            f"- Claim \"{claim.statement}\"{ref}: here {a.cell.label} - {b.cell.label} = "
+            f"{_signed(r.diff)} pts, {r.test} p={fmt_p(r.p)}: {verdict(r.p)}."
+        )
+    if references_comparable:
+        inside = [c for c in cs if c.cell.reference is not None and c.accuracy.n >= 2]
+        hits = [c for c in inside if c.accuracy.low <= c.cell.reference <= c.accuracy.high]
+        if inside:
+            out.append(
+                f"{reference_source}'s single-run number lies inside our 95% CI for {len(hits)} of "
+                f"{len(inside)} cells" + (": " + ", ".join(c.cell.label for c in hits) if hits else "") + "."
+            )
+    else:
+        out.append(
+            f"{reference_source}'s numbers come from a different dataset; they are shown for orientation, "
+            "not as a test."
+        )
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_accuracy_bars(cs: Sequence[CellStats], rows: Sequence[Mapping[str, Any]], path: Path,
+                       *, title: str, majority: float, reference_source: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(cs)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * n + 2), 4.8))
+    x = np.arange(n)
+    means = np.array([c.accuracy.mean for c in cs]) * 100
+    err = np.array([[c.accuracy.mean - c.accuracy.low, c.accuracy.high - c.accuracy.mean] for c in cs]).T * 100
+    err = np.nan_to_num(err)
+    ax.bar(x, np.nan_to_num(means), yerr=err, capsize=4, color="#7fa7d9", edgecolor="#2b5d9b", label="mean, 95% CI")
+    for i, c in enumerate(cs):
+        seeds = [100 * r["test_accuracy"] for r in rows if r["cell"] == c.cell.name and r["status"] == "ok"]
+        ax.scatter(np.full(len(seeds), i) + np.linspace(-0.15, 0.15, len(seeds)), seeds, s=12, color="k",
+                   zorder=3, label="single seeds" if i == 0 else None)
+    refs = [(i, 100 * c.cell.reference) for i, c in enumerate(cs) if c.cell.reference is not None]
+    if refs:
+        ax.scatter(*zip(*refs), marker="x", s=60, color="#c0392b", zorder=4, label=f"{reference_source} (1 run)")
+    if math.isfinite(majority):
+        ax.axhline(100 * majority, color="gray", ls=":", lw=1, label="majority class")
+    ax.set_xticks(x, [c.cell.label for c in cs], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_learning_curves(cs: Sequence[CellStats], records: Sequence[RunRecord], path: Path, *, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(cs)
+    ncol = min(4, n)
+    nrow = math.ceil(n / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False, sharey=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, c in zip(axes.flat, cs):
+        mine = [r for r in records if r.cell == c.cell.name and r.ok]
+        for k, rec in enumerate(sorted(mine, key=lambda r: r.seed)):
+            epochs, train, val = curves(rec.run_dir)
+            col = colors[k % len(colors)]
+            ax.plot(epochs, 100 * np.asarray(train), ls="--", color=col, lw=1)
+            ax.plot(epochs, 100 * np.asarray(val), ls="-", color=col, lw=1.2, marker="." if len(epochs) < 3 else None,
+                    label=f"seed {rec.seed}")
+            tested = evaluated_epoch(rec.results)
+            if tested in epochs:
+                ax.plot([tested], [100 * val[epochs.index(tested)]], marker="o", mfc="none", color=col, ms=6)
+        ax.set_title(c.cell.label, fontsize=8)
+        ax.set_ylim(0, 100)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy (%)", fontsize=8)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("epoch", fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.suptitle(f"{title}\nsolid: validation, dashed: train, circle: tested epoch", fontsize=9)
+    if handles:
+        fig.legend(handles, labels, loc="upper right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- all files
+
+
+@dataclass
+class ReportFiles:
+    csv: Path
+    markdown: Path
+    summary: Path
+    bars: Path
+    curves: Path
+
+    def all(self) -> list[Path]:
+        return [self.csv, self.markdown, self.summary, self.bars, self.curves]
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})
+
+
+def write_report(
+    workdir: str | Path,
+    cells: Sequence[Cell],
+    records: Sequence[RunRecord],
+    *,
+    title: str,
+    description: Sequence[str] = (),
+    claims: Sequence[Claim] = (),
+    reference_source: str = "published",
+    references_comparable: bool = False,
+) -> tuple[ReportFiles, str]:
+    """Write every report file into ``workdir``; returns the paths and the summary text."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    files = ReportFiles(
+        csv=workdir / "results.csv",
+        markdown=workdir / "results.md",
+        summary=workdir / "summary.md",
+        bars=workdir / "accuracy_bars.png",
+        curves=workdir / "learning_curves.png",
+    )
+    rows = [run_row(r) for r in records]
+    write_csv(rows, files.csv)
+    cs = cell_stats(cells, rows)
+    comps = comparisons(cells, rows)
+    summary = summary_text(cs, comps, claims, rows, references_comparable=references_comparable,
+                           reference_source=reference_source)
+    majority = majority_rate(records)
+    seeds = sorted({r.seed for r in records})
+    walls = [r.wall_time_s for r in records if r.wall_time_s is not None]
+    md = [f"# {title}", ""]
+    md += [*description, ""] if description else []
+    md += [
+        f"Seeds: {', '.join(map(str, seeds))} ({len(records)} runs). Mean over seeds with a 95% "
+        "t confidence interval. Majority-class rate of the test set: "
+        f"{pct(majority)}%. Train-val gap: train minus validation accuracy at the tested epoch "
+        "(the best one with early stopping, else the last). Epochs: mean epochs run."
+        + (f" Training wall time, summed over the {len(walls)} timed runs: {sum(walls) / 60:.1f} min." if walls else ""),
+        "",
+    ]
+    for group in dict.fromkeys(c.group for c in cells):
+        members = [c for c in cs if c.cell.group == group]
+        factor_names = list(dict.fromkeys(k for c in members for k in c.cell.factors))
+        md += [f"## Cells{': ' + group if group else ''}", "",
+               cell_table(members, factor_names, f"{reference_source} (1 run)"), ""]
+    if comps:
+        md += [
+            "## Differences between cells (test accuracy)",
+            "",
+            "Every pair of cells that differs in exactly one factor. Test: Welch's t-test when the "
+            "two cells train different networks (independent initialisations); paired t-test over "
+            "seeds when they train the same network (same seed = same initial weights and batches). "
+            f"Two-sided; 'exceeds seed noise' means p < {ALPHA}; Holm p corrects for the "
+            f"{len(comps)} comparisons.",
+            "",
+            comparison_table(comps),
+            "",
+        ]
+    md += ["## Summary", "", summary, "", "## Files", "",
+           *[f"- `{p.name}`" for p in files.all()], "- `runs/<cell>/seed_<k>/`: each run's own workdir", ""]
+    files.markdown.write_text("\n".join(md))
+    files.summary.write_text(f"# {title}: summary\n\n{summary}\n")
+    plot_accuracy_bars(cs, rows, files.bars, title=title, majority=majority, reference_source=reference_source)
+    plot_learning_curves(cs, records, files.curves, title=title)
+    return files, summary

@@ -1,0 +1,149 @@
+"""experiments.grid + experiments.report with a fake run function: resume, skip, refuse a
+changed config, record failures, and write every report file with the right numbers."""
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments import grid, report
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeConfig:
+    cell: str
+    seed: int
+    epochs: int = 2
+
+
+# test accuracy per (cell, seed): "a" and "b" train different networks, "a_es" is "a"'s
+# network with another training option (paired with "a" by seed).
+ACC = {("a", 0): 0.50, ("a", 1): 0.60, ("b", 0): 0.80, ("b", 1): 0.90, ("a_es", 0): 0.55, ("a_es", 1): 0.62,
+       ("a", 2): 0.55, ("b", 2): 0.85, ("a_es", 2): 0.56}
+CELLS = [
+    grid.Cell("a", "A", {"bn": "none", "es": "off"}, network="net_a", reference=0.479, reference_name="Exp2"),
+    grid.Cell("b", "B", {"bn": "all", "es": "off"}, network="net_b"),
+    grid.Cell("a_es", "A+ES", {"bn": "none", "es": "on"}, network="net_a"),
+]
+
+
+class FakeRun:
+    def __init__(self, fail=()):
+        self.calls: list[tuple[str, int]] = []
+        self.fail = set(fail)
+
+    def __call__(self, config: FakeConfig, workdir: str) -> dict:
+        self.calls.append((config.cell, config.seed))
+        if (config.cell, config.seed) in self.fail:
+            raise FloatingPointError("non-finite loss at step 3")
+        acc = ACC[(config.cell, config.seed)]
+        lines = [
+            {"epoch": e, "train_accuracy": acc + 0.1 * e / config.epochs, "validation_accuracy": acc - 0.01 * (2 - e)}
+            for e in (1, 2)
+        ]
+        Path(workdir, "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        cm = [[6, 0], [2, 2]]  # majority class = 6 of 10
+        return {"test": {"accuracy": acc, "macro_f1": acc - 0.05, "confusion_matrix": cm},
+                "best_epoch": 2, "epochs_run": 2}
+
+
+def specs(cells=("a", "b", "a_es"), seeds=(0, 1), epochs=2):
+    return [grid.RunSpec(c, s, FakeConfig(c, s, epochs)) for c in cells for s in seeds]
+
+
+def test_second_invocation_trains_nothing(tmp_path):
+    fake = FakeRun()
+    first = grid.run_grid(specs(), tmp_path, fake, progress=False)
+    assert len(fake.calls) == 6 and grid.trained_count(first) == 6
+    again = FakeRun()
+    second = grid.run_grid(specs(), tmp_path, again, progress=False)
+    assert again.calls == []
+    assert grid.trained_count(second) == 0
+    assert [r.results["test"]["accuracy"] for r in second] == [r.results["test"]["accuracy"] for r in first]
+    assert all(r.wall_time_s is not None for r in second)  # read back from grid_run.json
+    # More seeds in the same workdir: only the new runs train.
+    more = FakeRun()
+    grid.run_grid(specs(seeds=(0, 1, 2)), tmp_path, more, progress=False)
+    assert sorted(more.calls) == [("a", 2), ("a_es", 2), ("b", 2)]
+
+
+def test_interrupted_run_is_handed_back_to_the_engine(tmp_path):
+    done = specs(cells=("a",))
+    grid.run_grid(done, tmp_path, FakeRun(), progress=False)
+    # "b" seed 0 was killed mid-training: config written, a checkpoint, no results.json.
+    killed = grid.run_dir_for(tmp_path, "b", 0)
+    grid.check_config(killed, FakeConfig("b", 0))
+    (killed / "checkpoints" / "3").mkdir(parents=True)
+    fake = FakeRun()
+    records = grid.run_grid(specs(cells=("a", "b"), seeds=(0,)), tmp_path, fake, progress=False)
+    assert fake.calls == [("b", 0)]
+    assert (killed / "checkpoints" / "3").is_dir()  # nothing of the engine's was removed
+    assert json.loads((killed / "grid_run.json").read_text())["resumed"] is True
+    assert [r.trained for r in records] == [False, True]
+
+
+def test_changed_config_is_refused_before_any_training(tmp_path):
+    grid.run_grid(specs(cells=("a",), seeds=(0,)), tmp_path, FakeRun(), progress=False)
+    fake = FakeRun()
+    with pytest.raises(grid.ConfigMismatchError, match=r"epochs: 2 -> 5") as err:
+        grid.run_grid(specs(cells=("b", "a"), seeds=(0,), epochs=5), tmp_path, fake, progress=False)
+    assert "--workdir" in str(err.value) and str(grid.run_dir_for(tmp_path, "a", 0)) in str(err.value)
+    assert fake.calls == []
+
+
+def test_failed_run_is_recorded_reported_and_retried(tmp_path):
+    fake = FakeRun(fail={("b", 1)})
+    records = grid.run_grid(specs(cells=("a", "b")), tmp_path, fake, progress=False)
+    bad = [r for r in records if not r.ok]
+    assert [(r.cell, r.seed) for r in bad] == [("b", 1)]
+    assert "non-finite loss" in (bad[0].run_dir / "grid_error.txt").read_text()
+    files, summary = report.write_report(tmp_path, CELLS[:2], records, title="t")
+    rows = list(csv.DictReader(files.csv.open()))
+    assert rows[3]["status"].startswith("failed: FloatingPointError") and rows[3]["test_accuracy"] == ""
+    assert "1 run(s) failed" in summary
+    retry = FakeRun()
+    records = grid.run_grid(specs(cells=("a", "b")), tmp_path, retry, progress=False)
+    assert retry.calls == [("b", 1)] and all(r.ok for r in records)
+    assert not (grid.run_dir_for(tmp_path, "b", 1) / "grid_error.txt").exists()
+
+
+def test_report_files_and_numbers(tmp_path):
+    records = grid.run_grid(specs(), tmp_path, FakeRun(), progress=False)
+    files, summary = report.write_report(
+        tmp_path, CELLS, records, title="Fake grid", claims=[report.Claim("b", "a", "BN helps")],
+        reference_source="S4",
+    )
+    for path in files.all():
+        assert path.exists() and path.stat().st_size > 0, path
+    rows = list(csv.DictReader(files.csv.open()))
+    assert [(r["cell"], r["seed"]) for r in rows] == [(s.cell, str(s.seed)) for s in specs()]
+    assert float(rows[0]["test_accuracy"]) == 0.50
+    # gap at best epoch 2: train 0.5 + 0.1 - validation 0.5 = 0.1
+    assert float(rows[0]["train_val_gap"]) == pytest.approx(0.1)
+    cs = report.cell_stats(CELLS, [report.run_row(r) for r in records])
+    assert cs[0].accuracy.mean == pytest.approx(0.55) and cs[1].accuracy.mean == pytest.approx(0.85)
+    comps = report.comparisons(CELLS, [report.run_row(r) for r in records])
+    # a vs b differ in bn (different networks: Welch); a vs a_es in es (same network: paired);
+    # b vs a_es differ in two factors: not compared.
+    assert [(c.a.name, c.b.name, c.factor, c.result.test) for c in comps] == [
+        ("b", "a", "bn", "welch"), ("a_es", "a", "es", "paired")]
+    assert comps[0].result.diff == pytest.approx(0.30)
+    assert comps[1].result.diff == pytest.approx(0.035)  # mean of 0.05 and 0.02
+    md = files.markdown.read_text()
+    assert "| A | none | off | 2 | 55.0 [" in md and "47.9 (Exp2)" in md
+    assert "Majority-class rate of the test set: 60.0%" in md
+    assert 'Claim "BN helps"' in summary and "+30.0 pts" in summary
+    assert "different dataset" in summary  # references_comparable defaults to False
+
+
+def test_parallel_workers_give_the_same_records(tmp_path):
+    grouped = [dataclasses.replace(s, group=s.cell) for s in specs()]
+    parallel = grid.run_grid(grouped, tmp_path / "par", FakeRun(), progress=False, jobs=2,
+                             worker_env={"CXRJAX_FAKE_WORKER": "1"})
+    serial = grid.run_grid(specs(), tmp_path / "ser", FakeRun(), progress=False)
+    assert [(r.cell, r.seed, r.results, r.trained) for r in parallel] == [
+        (r.cell, r.seed, r.results, r.trained) for r in serial]
+    assert all((r.run_dir / "results.json").exists() and r.run_dir.parent.parent.parent == tmp_path / "par"
+               for r in parallel)
+    assert grid.trained_count(grid.run_grid(grouped, tmp_path / "par", FakeRun(), progress=False, jobs=2)) == 0

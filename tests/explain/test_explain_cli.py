@@ -1,0 +1,209 @@
+"""evaluate / predict / explain on a run trained in the test (tiny phantoms, one epoch).
+
+One module-scoped run is trained once and shared. The checks: report schemas, class
+order, probabilities summing to 1, evaluate == the training run's own test evaluation,
+predict on files == evaluate on the same examples, a corrupt file among the inputs,
+class-list mismatch, label remapping, ensembles, the explain grids.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrjax.data.phantoms import CLASS_NAMES
+from cxrjax.evaluate import runs as R
+from cxrjax.evaluate.ensemble import average_probabilities, check_members_aligned
+
+NUM_TEST = 12   # not a multiple of the eval batch: the last batch is padded
+DATASET_OPTIONS = {"image_size": 32, "num_train": 32, "num_validation": 8, "num_test": NUM_TEST}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from cxrjax.train import TrainConfig, train_and_evaluate
+
+    root = tmp_path_factory.mktemp("explain_cli")
+    config = TrainConfig(model="s4_exp4", dataset="cxr_phantoms", data_dir=str(root / "data"),
+                         dataset_options=DATASET_OPTIONS,
+                         model_options={"features": [3, 4, 5, 6], "head_width": 7},
+                         image_size=20, channels=1, epochs=1, batch_size=8, num_devices=1, progress=False)
+    train_and_evaluate(config, str(root / "run"))
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def evaluated(run_dir):
+    from cxrjax.evaluate.__main__ import main
+
+    assert main(["--workdir", str(run_dir), "--batch-size", "8", "--no-progress"]) == 0
+    return json.loads((run_dir / "eval_cxr_phantoms_test.json").read_text())
+
+
+def test_evaluate_report_schema_order_and_probabilities(run_dir, evaluated):
+    report = evaluated
+    assert report["class_names"] == list(CLASS_NAMES) == report["dataset_class_names"]
+    assert report["dataset"] == "cxr_phantoms" and report["split"] == "test"
+    m = report["metrics"]
+    assert m["num_examples"] == NUM_TEST and m["class_names"] == list(CLASS_NAMES)
+    assert list(m["per_class"]) == list(CLASS_NAMES)
+    assert np.asarray(m["confusion_matrix"]).sum() == NUM_TEST
+    preds = report["predictions"]
+    probs = np.asarray(preds["probs"])
+    assert probs.shape == (NUM_TEST, len(CLASS_NAMES)) and len(preds["file_name"]) == NUM_TEST
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(preds["predicted"], probs.argmax(1))
+    assert m["accuracy"] == pytest.approx(np.mean(np.asarray(preds["predicted"]) == np.asarray(preds["label"])))
+    # Labels in split order: phantoms are class-balanced, 3 per class here.
+    assert np.bincount(preds["label"], minlength=4).tolist() == [3, 3, 3, 3]
+    for name in report["plots"].values():
+        assert (run_dir / name).stat().st_size > 0
+    # Same numbers as the training run's own test evaluation of the same checkpoint.
+    results = json.loads((run_dir / "results.json").read_text())
+    assert m["accuracy"] == pytest.approx(results["test"]["accuracy"])
+    assert m["confusion_matrix"] == results["test"]["confusion_matrix"]
+
+
+def test_evaluate_reports_the_probes_on_phantoms(evaluated):
+    probe = evaluated["lung_mask_probe"]
+    for key in ("normal_accuracy", "lungs_only_accuracy", "lungs_blanked_accuracy", "chance_accuracy"):
+        assert 0.0 <= probe[key] <= 1.0
+    assert probe["normal_accuracy"] == pytest.approx(evaluated["metrics"]["accuracy"])
+    assert probe["num_examples"] == NUM_TEST and "lungs blanked" in probe["verdict"]
+    game = evaluated["pointing_game"]
+    assert list(game["per_class"]) == list(CLASS_NAMES) and game["layer"] == "feat4"
+    assert game["overall"]["n"] == NUM_TEST
+    assert game["per_class"]["Normal"]["n_with_lesion"] == 0   # Normal phantoms have no lesion
+
+
+def write_test_images(run_dir, folder, count):
+    from cxrjax.data import load
+
+    ds = load("cxr_phantoms", data_dir=str(run_dir.parent / "data"), options=DATASET_OPTIONS)
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"test{i}.png"
+        Image.fromarray(ds.splits["test"][i]["image"][..., 0]).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_predict_on_files_equals_evaluate_and_survives_bad_files(run_dir, evaluated, tmp_path, capsys):
+    from cxrjax.predict import main
+
+    good = write_test_images(run_dir, tmp_path / "files", 3)
+    truncated = tmp_path / "files" / "truncated.png"
+    truncated.write_bytes(Path(good[0]).read_bytes()[:60])
+    notes = tmp_path / "files" / "notes.png"
+    notes.write_text("not an image")
+    inputs = [good[0], str(truncated), good[1], str(notes), good[2]]
+    capsys.readouterr()
+    rc = main(["--workdir", str(run_dir), *inputs, "--json", "--gradcam", str(tmp_path / "cams")])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 1   # some files failed, the rest were classified
+    assert out["class_names"] == list(CLASS_NAMES)
+    rows = out["predictions"]
+    assert [r["file"] for r in rows] == inputs
+    assert "error" in rows[1] and "truncated.png" in rows[1]["error"]
+    assert "error" in rows[3] and "notes.png" in rows[3]["error"]
+    expected = np.asarray(evaluated["predictions"]["probs"])
+    for i, row in zip(range(3), [rows[0], rows[2], rows[4]]):
+        assert list(row["probabilities"]) == list(CLASS_NAMES)
+        probs = np.asarray(list(row["probabilities"].values()))
+        assert probs.sum() == pytest.approx(1.0, abs=1e-5)
+        np.testing.assert_allclose(probs, expected[i], rtol=1e-5, atol=1e-6)
+        assert row["predicted_class"] == CLASS_NAMES[int(expected[i].argmax())]
+        assert Image.open(row["gradcam"]).size == (20, 20)   # the model's input size
+
+
+def test_predict_table_output(run_dir, tmp_path, capsys):
+    from cxrjax.predict import main
+
+    good = write_test_images(run_dir, tmp_path / "files", 1)
+    capsys.readouterr()
+    assert main(["--workdir", str(run_dir), good[0]]) == 0
+    header, row = capsys.readouterr().out.strip().splitlines()
+    assert header.split()[:3] == ["file", "predicted", "p"] and "Viral Pneumonia" in header
+    assert row.split()[0] == good[0]
+
+
+def test_class_list_mismatch_and_remapping(run_dir, evaluated):
+    from cxrjax.data import load
+    from cxrjax.evaluate.report import EvalOptions, evaluate_member
+    from cxrjax.train import load_run
+
+    run = load_run(run_dir, checkpoint="best")
+    ds = load("cxr_phantoms", data_dir=str(run_dir.parent / "data"), options=DATASET_OPTIONS)
+    request = {"name": "cxr_phantoms", "options": DATASET_OPTIONS}
+    options = EvalOptions(workdirs=(str(run_dir),), batch_size=8, probes=False, pointing_game=False,
+                          progress=False)
+    other = R.DatasetView("other", ["cat", "dog", "Normal", "COVID"], {"test": ds.splits["test"]})
+    with pytest.raises(R.ClassListMismatchError) as error:
+        evaluate_member(run, other, request, options, write=False)
+    assert "['cat', 'dog', 'Normal', 'COVID']" in str(error.value)
+    assert str(list(CLASS_NAMES)) in str(error.value)
+
+    # Same classes in another order: labels are remapped into the model's order.
+    order = [2, 0, 3, 1]   # dataset id -> model id is the inverse of this listing
+    names = [CLASS_NAMES[k] for k in order]
+
+    class Relabelled:
+        def __init__(self, src):
+            self.src = src
+
+        def __len__(self):
+            return len(self.src)
+
+        def __getitem__(self, i):
+            rec = dict(self.src[i])
+            rec["label"] = order.index(int(rec["label"]))
+            return rec
+
+    permuted = R.DatasetView("permuted", names, {"test": Relabelled(ds.splits["test"])})
+    member = evaluate_member(run, permuted, request, options, write=False)
+    assert member.report["metrics"]["confusion_matrix"] == evaluated["metrics"]["confusion_matrix"]
+    np.testing.assert_array_equal(member.predictions.labels, evaluated["predictions"]["label"])
+
+
+def test_ensemble_of_runs(run_dir, evaluated, tmp_path):
+    from cxrjax.evaluate.__main__ import main
+
+    assert main(["--workdir", str(run_dir), "--workdir", str(run_dir), "--batch-size", "8",
+                 "--no-pointing-game", "--no-progress", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "ensemble_cxr_phantoms_test.json").read_text())
+    assert len(report["members"]) == 2 and report["class_names"] == list(CLASS_NAMES)
+    # Two copies of one run: the average is the run itself.
+    np.testing.assert_allclose(report["predictions"]["probs"], evaluated["predictions"]["probs"], atol=1e-6)
+    assert report["ensemble"]["accuracy"] == pytest.approx(evaluated["metrics"]["accuracy"])
+    assert report["members"][0]["accuracy"] == pytest.approx(evaluated["metrics"]["accuracy"])
+    assert report["lung_mask_probe"]["lungs_blanked_accuracy"] == pytest.approx(
+        evaluated["lung_mask_probe"]["lungs_blanked_accuracy"])
+
+
+def test_average_probabilities_by_hand():
+    a = np.array([[0.8, 0.2], [0.4, 0.6]])
+    b = np.array([[0.2, 0.8], [0.6, 0.4]])
+    np.testing.assert_allclose(average_probabilities([a, b]), [[0.5, 0.5], [0.5, 0.5]])
+    np.testing.assert_allclose(average_probabilities([a, b], weights=[3, 1]), [[0.65, 0.35], [0.45, 0.55]])
+    with pytest.raises(ValueError, match="same dataset and split"):
+        check_members_aligned([np.array([0, 1]), np.array([1, 0])], ["r1", "r2"])
+
+
+def test_explain_writes_grids_and_pointing_game(run_dir, evaluated, tmp_path):
+    from cxrjax.explain.__main__ import main
+
+    assert main(["--workdir", str(run_dir), "--out", str(tmp_path), "--n", "2", "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "explain.json").read_text())
+    assert list(summary["grids"]) == list(CLASS_NAMES)
+    labels = np.asarray(evaluated["predictions"]["label"])
+    predicted = np.asarray(evaluated["predictions"]["predicted"])
+    for k, name in enumerate(CLASS_NAMES):
+        assert Image.open(tmp_path / summary["grids"][name]).size[0] > 100
+        shown = summary["examples"][name]
+        correct = np.flatnonzero((labels == k) & (predicted == k)).tolist()
+        wrong = np.flatnonzero((labels == k) & (predicted != k)).tolist()
+        assert shown == {"correct": correct[:2], "wrong": wrong[:2]}
+    game = json.loads((tmp_path / "pointing_game.json").read_text())
+    assert list(game["per_class"]) == list(CLASS_NAMES)

@@ -1,0 +1,149 @@
+"""Grad-CAM against a hand computation, and on models whose logit depends on one region."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from cxrjax.explain.gradcam import gradcam, make_gradcam_fn
+from cxrjax.explain.overlay import Tile, overlay_heatmap, save_grid_png, save_overlay_png
+
+
+class TwoStage(nn.Module):
+    """conv -> ReLU -> perturb(feat0) -> avg-pool -> conv -> ReLU -> perturb(feat1) -> GAP -> dense."""
+
+    num_classes: int = 3
+    feature_names = ("feat0", "feat1")
+
+    @nn.compact
+    def __call__(self, x, *, train):
+        x = self.perturb("feat0", nn.relu(nn.Conv(4, (3, 3), name="conv0")(x)))
+        x = nn.avg_pool(x, (2, 2), (2, 2))
+        x = self.perturb("feat1", nn.relu(nn.Conv(5, (3, 3), name="conv1")(x)))
+        return nn.Dense(self.num_classes, name="head")(x.mean(axis=(1, 2)))
+
+
+def conv(x, p):
+    return lax.conv_general_dilated(x, p["kernel"], (1, 1), "SAME",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"]
+
+
+@pytest.fixture(scope="module")
+def two_stage():
+    model = TwoStage()
+    x = jax.random.uniform(jax.random.key(1), (3, 12, 12, 1))
+    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)  # one compile, not per op
+    return model, variables, np.asarray(x)
+
+
+def test_gradcam_matches_hand_computation(two_stage):
+    model, variables, x = two_stage
+    p = variables["params"]
+    a1 = jax.nn.relu(conv(x, p["conv0"]))
+    a2 = np.asarray(jax.nn.relu(conv(nn.avg_pool(a1, (2, 2), (2, 2)), p["conv1"])))  # [3, 6, 6, 5]
+    logits = a2.mean(axis=(1, 2)) @ np.asarray(p["head"]["kernel"]) + np.asarray(p["head"]["bias"])
+    targets = np.array([2, 0, -1])
+    out = gradcam(model, variables, x, targets)
+    chosen = np.where(targets < 0, logits.argmax(-1), targets)
+    # d logit_c / d A2[i, j, k] = W[k, c] / (6 * 6) everywhere, so alpha_k = W[k, c] / 36.
+    w = np.asarray(p["head"]["kernel"])[:, chosen].T / 36.0                   # [3, 5]
+    expected = np.maximum(np.einsum("bhwk,bk->bhw", a2, w), 0.0)
+    assert out.layer == "feat1"
+    np.testing.assert_array_equal(out.targets, chosen)
+    np.testing.assert_allclose(out.cams, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out.probs, jax.nn.softmax(logits), rtol=1e-5)
+    assert out.heatmaps.shape == (3, 12, 12)
+    assert out.heatmaps.min() >= 0.0 and out.heatmaps.max() <= 1.0 + 1e-6
+    for cam, heat in zip(out.cams, out.heatmaps):
+        assert heat.max() == pytest.approx(1.0 if cam.max() > 0 else 0.0, abs=1e-6)
+
+
+def test_gradcam_layer_can_be_named(two_stage):
+    model, variables, x = two_stage
+    out = gradcam(model, variables, x, layer="feat0")
+    assert out.layer == "feat0" and out.cams.shape == (3, 12, 12)
+    with pytest.raises(ValueError, match=r"feat0.*feat1"):
+        gradcam(model, variables, x, layer="conv9")
+
+
+class RegionModel(nn.Module):
+    """Logits computed from the pixels where the "gate" parameter is 1 only.
+
+    Positive weights make class 0 the evidence class; class 1's logit is its negative.
+    The region is a parameter (not a field) so every region shares one compiled function.
+    """
+
+    feature_names = ("feat0", "feat1")
+
+    @nn.compact
+    def __call__(self, x, *, train):
+        gate = self.param("gate", nn.initializers.ones, x.shape[1:3])
+        const = nn.initializers.constant
+        x = x * gate[None, :, :, None]
+        x = self.perturb("feat0", nn.relu(nn.Conv(3, (3, 3), kernel_init=const(0.1))(x)))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = self.perturb("feat1", nn.relu(nn.Conv(3, (3, 3), kernel_init=const(0.1))(x)))
+        s = x.mean(axis=(1, 2, 3))
+        return jnp.stack([s, -s], axis=-1)
+
+
+def test_gradcam_maximum_lies_in_the_region_the_logit_depends_on():
+    model = RegionModel()
+    x = np.asarray(jax.random.uniform(jax.random.key(2), (6, 16, 16, 1)))
+    base = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x[:1])
+    for region in [(0, 8, 0, 8), (10, 16, 6, 14)]:
+        y0, y1, x0, x1 = region
+        gate = np.zeros((16, 16), np.float32)
+        gate[y0:y1, x0:x1] = 1.0
+        variables = {"params": {**base["params"], "gate": gate}}
+        fn = make_gradcam_fn(model, variables, x.shape[1:])
+        out = fn(x)
+        for heat in out.heatmaps:
+            r, c = np.unravel_index(np.argmax(heat), heat.shape)
+            assert y0 <= r < y1 and x0 <= c < x1, (region, (r, c))
+            # and the heatmap is cold far from the region
+            far = np.ones_like(heat, bool)
+            far[max(0, y0 - 6):y1 + 6, max(0, x0 - 6):x1 + 6] = False  # receptive field + upsampling
+            assert heat[far].max(initial=0.0) < 1e-6
+        np.testing.assert_array_equal(out.targets, 0)
+        # Explaining the counter-class (whose logit falls with the evidence) gives an empty map.
+        against = fn(x, np.ones(6, np.int32))
+        assert against.heatmaps.max() == 0.0 and (against.targets == 1).all()
+
+
+def test_overlay_and_grid_png(tmp_path):
+    image = np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8, 1)
+    heat = np.zeros((8, 8), np.float32)
+    heat[2, 5] = 1.0
+    rgb = overlay_heatmap(image, heat)
+    assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
+    # cold pixels show the gray image unchanged; the hot pixel is coloured
+    gray = np.round((image[..., 0] + 1) / 2 * 255)
+    np.testing.assert_allclose(rgb[0, 0], [gray[0, 0]] * 3, atol=1)
+    assert len(set(rgb[2, 5].tolist())) > 1
+    with pytest.raises(ValueError, match="does not match"):
+        overlay_heatmap(image, np.zeros((4, 4)))
+    from PIL import Image
+
+    png = save_overlay_png(tmp_path / "a" / "one.png", image, heat)
+    assert Image.open(png).size == (8, 8)
+    tiles = [Tile(image, heat, f"t{i}", outline=heat > 0.5) for i in range(3)]
+    grid = save_grid_png(tmp_path / "grid.png", [("correct", tiles), ("wrong", [])], title="x", columns=2)
+    assert Image.open(grid).size[0] > 0
+
+
+def test_every_registered_model_exposes_its_gradcam_layers():
+    """Each registered model's perturb points (found by tracing, nothing compiled) are its
+    ``feature_names`` in call order, so the default layer is its last conv stage."""
+    from cxrjax.explain.gradcam import perturbation_paths, resolve_layer
+    from cxrjax.models import MODELS
+    from cxrjax.models.testing import create_tiny, tiny_image_size
+
+    for name, spec in MODELS.items():
+        model = create_tiny(name, num_classes=3)
+        shape = (1, tiny_image_size(name), tiny_image_size(name), spec.channels)
+        variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
+        paths = perturbation_paths(model, variables, jax.ShapeDtypeStruct(shape, jnp.float32))
+        assert ["/".join(p) for p in paths] == list(model.feature_names), name
+        assert resolve_layer(paths, None, model) == paths[-1]
