@@ -117,7 +117,7 @@ def _gradcam_path(out_dir: Path, file: str, used: set[str]) -> Path:
 
 
 def predict_files(run: Any, paths: Sequence[str], *, gradcam_dir: str | Path | None = None,
-                  layer: str | None = None, batch_size: int = 64,
+                  layer: str | None = None, method: str = "gradcam", batch_size: int = 64,
                   data_dir: str | None = None, progress: bool = False) -> list[FilePrediction]:
     """Classify ``paths`` with a loaded run (``cxrjax.train.load_run``), in input order."""
     from cxrjax.evaluate import runs as R
@@ -135,18 +135,18 @@ def predict_files(run: Any, paths: Sequence[str], *, gradcam_dir: str | Path | N
     for result, p in zip(readable, preds.probs):
         result.probs = p
     if gradcam_dir is not None:
-        _write_gradcams(run, view, readable, Path(gradcam_dir), layer, batch_size, progress)
+        _write_gradcams(run, view, readable, Path(gradcam_dir), layer, method, batch_size, progress)
     return results
 
 
 def _write_gradcams(run: Any, view: Any, readable: list[FilePrediction], out_dir: Path,
-                    layer: str | None, batch_size: int, progress: bool) -> None:
+                    layer: str | None, method: str, batch_size: int, progress: bool) -> None:
     from cxrjax.evaluate import runs as R
     from cxrjax.explain.gradcam import make_gradcam_fn
     from cxrjax.explain.overlay import save_overlay_png
 
     cfg = run.input_config
-    fn = make_gradcam_fn(run.model, run.variables, (cfg.image_size, cfg.image_size, cfg.channels), layer)
+    fn = make_gradcam_fn(run.model, run.variables, (cfg.image_size, cfg.image_size, cfg.channels), layer, method)
     out_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     start = 0
@@ -188,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, BMP, TIFF; 8/16-bit)")
     p.add_argument("--gradcam", metavar="OUT_DIR", help="also write a Grad-CAM overlay PNG per image here")
     p.add_argument("--layer", help="Grad-CAM layer (default: the model's last conv stage)")
+    p.add_argument("--cam-method", default="gradcam", choices=("gradcam", "layercam"),
+                   help="saliency method for --gradcam (default: gradcam)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--checkpoint", default="best", choices=("best", "latest", "evaluated"))
     p.add_argument("--batch-size", type=int, default=64)
@@ -201,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    results = predict_files(run, a.images, gradcam_dir=a.gradcam, layer=a.layer,
+    results = predict_files(run, a.images, gradcam_dir=a.gradcam, layer=a.layer, method=a.cam_method,
                             batch_size=a.batch_size, data_dir=a.data_dir)
     if a.json:
         print(json.dumps({"workdir": str(a.workdir), "checkpoint": {"which": run.checkpoint, "step": run.step},

@@ -30,6 +30,8 @@ def parse_args(argv=None) -> EvalOptions:
                    help="which checkpoint (default: best by the run's monitored validation metric)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--layer", help="Grad-CAM layer for the pointing game (default: last conv stage)")
+    p.add_argument("--cam-method", action="append", choices=("gradcam", "layercam"),
+                   help="saliency method(s) of the pointing game (repeatable; default: both)")
     p.add_argument("--no-probes", action="store_true", help="skip the lung-masked probe")
     p.add_argument("--no-pointing-game", action="store_true", help="skip the Grad-CAM pointing game")
     p.add_argument("--out", help="folder for the ensemble report (default: the first run folder)")
@@ -39,6 +41,7 @@ def parse_args(argv=None) -> EvalOptions:
                        manual_dir=a.manual_dir, dataset_options=a.dataset_options, split=a.split,
                        checkpoint=a.checkpoint, batch_size=a.batch_size, probes=not a.no_probes,
                        pointing_game=not a.no_pointing_game, layer=a.layer, out=a.out,
+                       cam_methods=tuple(a.cam_method or ("gradcam", "layercam")),
                        progress=not a.no_progress)
 
 

@@ -40,6 +40,7 @@ class EvalOptions:
     probes: bool = True                 # lung-masked probe when the dataset has lung masks
     pointing_game: bool = True          # Grad-CAM pointing game when it has lesion masks
     layer: str | None = None            # Grad-CAM layer (default: the model's last conv stage)
+    cam_methods: tuple[str, ...] = ("gradcam", "layercam")  # saliency methods of the pointing game
     out: str | None = None              # ensemble report folder (default: the first workdir)
     progress: bool = True
 
@@ -50,6 +51,11 @@ class EvalOptions:
             raise ValueError(f"checkpoint={self.checkpoint!r}: choose one of {CHECKPOINTS}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        from cxrjax.explain.gradcam import METHODS
+
+        unknown = sorted(set(self.cam_methods) - set(METHODS))
+        if unknown or not self.cam_methods:
+            raise ValueError(f"cam_methods must be some of {METHODS}, got {self.cam_methods}")
 
 
 @dataclass
@@ -108,29 +114,37 @@ def lung_mask_probe(run: Any, view: R.DatasetView, split: str, labels: np.ndarra
 
 def pointing_game_split(run: Any, view: R.DatasetView, split: str, labels: np.ndarray,
                         options: EvalOptions) -> dict[str, Any]:
-    """Grad-CAM (for each image's true class) over a split, scored against its lesion masks."""
+    """Saliency (for each image's true class) over a split, scored against its lesion masks.
+
+    One pass over the data; one result per method of ``options.cam_methods``:
+    {method: {"per_class": ..., "overall": ..., "layer": ...}}. Grad-CAM is the method the
+    studies used; LayerCAM keeps the gradient's per-location weights, which matters for
+    the flatten-dense heads of the S0/S4 networks (Grad-CAM's spatial averaging assumes
+    a pooling head), so the report shows both.
+    """
     from cxrjax.explain.gradcam import make_gradcam_fn
 
     cfg = run.input_config
-    fn = make_gradcam_fn(run.model, run.variables, (cfg.image_size, cfg.image_size, cfg.channels), options.layer)
+    shape = (cfg.image_size, cfg.image_size, cfg.channels)
+    fns = {m: make_gradcam_fn(run.model, run.variables, shape, options.layer, m) for m in options.cam_methods}
     source = view.splits[split]
     with_lungs = R.has_field(view, split, "lung_mask")
-    rows, start, layer = [], 0, None
+    rows: dict[str, list] = {m: [] for m in fns}
+    layer, start = None, 0
     for images, _, mask in R.iterate_eval_batches(view, split, cfg, options.batch_size,
-                                                  desc=f"Grad-CAM {split}", progress=options.progress):
+                                                  desc=f"saliency {split}", progress=options.progress):
         valid = int(mask.sum())
         targets = np.zeros(len(images), np.int32)
         targets[:valid] = labels[start:start + valid]
-        out = fn(images, targets)
         records = [source[i] for i in range(start, start + valid)]
-        rows += probes.pointing_rows(out.heatmaps[:valid], [r["lesion_mask"] for r in records],
-                                     labels[start:start + valid],
-                                     [r["lung_mask"] for r in records] if with_lungs else None)
+        lesions = [r["lesion_mask"] for r in records]
+        lungs = [r["lung_mask"] for r in records] if with_lungs else None
+        for method, fn in fns.items():
+            out = fn(images, targets)
+            rows[method] += probes.pointing_rows(out.heatmaps[:valid], lesions, labels[start:start + valid], lungs)
+            layer = out.layer
         start += valid
-        layer = out.layer
-    result = probes.summarise_pointing(rows, run.class_names)
-    result["layer"] = layer
-    return result
+    return {method: {**probes.summarise_pointing(r, run.class_names), "layer": layer} for method, r in rows.items()}
 
 
 def evaluate_member(run: Any, ds: Any, request: Mapping[str, Any], options: EvalOptions,
@@ -274,9 +288,9 @@ def format_member(report: Mapping[str, Any]) -> str:
              format_report(m)]
     if report.get("lung_mask_probe"):
         lines.append("lung-masked probe: " + report["lung_mask_probe"]["verdict"])
-    if report.get("pointing_game"):
-        lines.append(f"pointing game (Grad-CAM layer {report['pointing_game'].get('layer')}):")
-        lines.append(probes.format_pointing_game(report["pointing_game"]))
+    for method, game in (report.get("pointing_game") or {}).items():
+        lines.append(f"pointing game, {method} (layer {game.get('layer')}, true class):")
+        lines.append(probes.format_pointing_game(game))
     return "\n".join(lines)
 
 

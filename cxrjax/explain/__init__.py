@@ -1,6 +1,7 @@
 """Where does a model look? Grad-CAM, overlays, and shortcut probes.
 
-- ``gradcam``: Grad-CAM for every cxrjax model (``make_gradcam_fn``, ``gradcam``).
+- ``gradcam``: Grad-CAM (and LayerCAM) for every cxrjax model (``make_gradcam_fn``,
+  ``gradcam``).
 - ``overlay``: heatmap overlays and labelled grids as PNG.
 - ``probes``: lung-masked evaluation and the saliency pointing game.
 - ``python -m cxrjax.explain --workdir RUN --out DIR``: Grad-CAM grids of correctly and

@@ -2,7 +2,7 @@
 
 ```
 python -m cxrjax.explain --workdir RUN [--dataset NAME --data-dir DIR --manual-dir DIR]
-    [--split test] --out DIR [--n 16] [--layer NAME]
+    [--split test] --out DIR [--n 16] [--layer NAME] [--cam-method gradcam|layercam]
 ```
 
 Writes ``gradcam_<class>.png`` per class: the first ``n`` correctly and the first ``n``
@@ -25,6 +25,9 @@ from typing import Any, Sequence
 import numpy as np
 
 
+METHOD_TITLES = {"gradcam": "Grad-CAM", "layercam": "LayerCAM"}
+
+
 def select_examples(labels: np.ndarray, predicted: np.ndarray, num_classes: int, n: int) -> dict[int, dict[str, list[int]]]:
     """{class: {"correct": first n indices, "wrong": first n indices}} in split order."""
     chosen = {}
@@ -41,8 +44,8 @@ def _slug(name: str) -> str:
 
 def explain(workdir: str, out: str | Path, *, dataset: str | None = None, data_dir: str | None = None,
             manual_dir: str | None = None, dataset_options: dict | None = None, split: str = "test",
-            n: int = 16, layer: str | None = None, checkpoint: str = "best", batch_size: int = 64,
-            pointing: bool = True, progress: bool = True) -> dict[str, Any]:
+            n: int = 16, layer: str | None = None, method: str = "gradcam", checkpoint: str = "best",
+            batch_size: int = 64, pointing: bool = True, progress: bool = True) -> dict[str, Any]:
     """Write the grids (and the pointing game where possible) into ``out``; return the summary."""
     from cxrjax.evaluate import runs as R
     from cxrjax.evaluate.report import EvalOptions, pointing_game_split
@@ -72,7 +75,7 @@ def explain(workdir: str, out: str | Path, *, dataset: str | None = None, data_d
 
     # Grad-CAM of the predicted class for the chosen examples only.
     cfg = run.input_config
-    fn = make_gradcam_fn(run.model, run.variables, (cfg.image_size, cfg.image_size, cfg.channels), layer)
+    fn = make_gradcam_fn(run.model, run.variables, (cfg.image_size, cfg.image_size, cfg.channels), layer, method)
     view.splits["explain"] = R.SubsetSource(view.splits[split], indices)
     images, heatmaps, used_layer = {}, {}, None
     start = 0
@@ -98,21 +101,22 @@ def explain(workdir: str, out: str | Path, *, dataset: str | None = None, data_d
                                   f"#{i} true {names[k]}\npred {names[int(p.argmax())]} {p.max():.2f}",
                                   outline=outline))
             total = int(((preds.labels == k) & ((preds.predictions == k) == (kind == "correct"))).sum())
-            sections.append((f"{name}: {kind} ({len(tiles)} of {total})", tiles))
+            sections.append((f"{kind} ({len(tiles)} of {total})", tiles))
         path = save_grid_png(out / f"gradcam_{_slug(name)}.png", sections,
-                             title=f"Grad-CAM ({used_layer}, predicted class) - {run.config.model} "
+                             title=f"{METHOD_TITLES[method]} ({used_layer}, predicted class) - {run.config.model} "
                                    f"on {request['name']} {split}, true class {name}")
         grids[name] = path.name
         listing[name] = chosen[k]
     summary = {"workdir": str(run.workdir), "checkpoint": {"which": run.checkpoint, "step": run.step},
                "dataset": request["name"], "dataset_options": dict(request["options"] or {}), "split": split,
-               "class_names": list(names), "layer": used_layer, "grids": grids, "examples": listing,
+               "class_names": list(names), "method": method, "layer": used_layer, "grids": grids,
+               "examples": listing,
                "accuracy": float((preds.predictions == preds.labels).mean()) if len(preds.labels) else None,
                "pointing_game": None}
     if pointing and has_lesions:
         options = EvalOptions(workdirs=(str(workdir),), split=split, batch_size=batch_size, layer=layer,
-                              progress=progress)
-        summary["pointing_game"] = pointing_game_split(run, view, split, preds.labels, options)
+                              cam_methods=(method,), progress=progress)
+        summary["pointing_game"] = pointing_game_split(run, view, split, preds.labels, options)[method]
         write_json(out / "pointing_game.json", summary["pointing_game"])
         summary["pointing_game_table"] = format_pointing_game(summary["pointing_game"])
     write_json(out / "explain.json", summary)
@@ -132,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for the grid PNGs and JSON")
     p.add_argument("--n", type=int, default=16, help="examples per class and outcome (default 16)")
     p.add_argument("--layer", help="Grad-CAM layer (default: the model's last conv stage)")
+    p.add_argument("--cam-method", default="gradcam", choices=tuple(METHOD_TITLES),
+                   help="gradcam (default) or layercam (per-location weights; better for flatten heads)")
     p.add_argument("--checkpoint", default="best", choices=("best", "latest", "evaluated"))
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-pointing-game", action="store_true")
@@ -142,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         summary = explain(a.workdir, a.out, dataset=a.dataset, data_dir=a.data_dir, manual_dir=a.manual_dir,
-                          dataset_options=a.dataset_options, split=a.split, n=a.n, layer=a.layer,
+                          dataset_options=a.dataset_options, split=a.split, n=a.n, layer=a.layer, method=a.cam_method,
                           checkpoint=a.checkpoint, batch_size=a.batch_size, pointing=not a.no_pointing_game,
                           progress=not a.no_progress)
     except (EvaluationInputError, FileNotFoundError, LayoutError) as error:
@@ -152,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, grid in summary["grids"].items():
         print(f"{name}: {Path(a.out) / grid}")
     if summary.get("pointing_game_table"):
-        print(f"pointing game (Grad-CAM layer {summary['layer']}, true class):")
+        print(f"pointing game ({summary['method']}, layer {summary['layer']}, true class):")
         print(summary["pointing_game_table"])
     print(f"wrote {Path(a.out) / 'explain.json'}")
     return 0

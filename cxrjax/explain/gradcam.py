@@ -123,22 +123,22 @@ def _leaf(tree: Mapping[str, Any], path: tuple) -> Any:
 _COMPILED: dict[tuple[str, tuple], Callable] = {}
 
 
-def _compiled_gradcam(model: nn.Module, path: tuple) -> Callable:
+def _compiled_gradcam(model: nn.Module, path: tuple, method: str) -> Callable:
     """The jitted Grad-CAM computation, one per module configuration and layer, so loading
     a run again or explaining several splits never recompiles for the same shapes.
 
     Keyed by the module's repr (class and fields): modules built from a JSON config hold
     lists and are not hashable.
     """
-    key = (repr(model), path)
+    key = (repr(model), path, method)
     if key not in _COMPILED:
         if len(_COMPILED) >= 16:
             _COMPILED.clear()
-        _COMPILED[key] = _build_gradcam(model, path)
+        _COMPILED[key] = _build_gradcam(model, path, method)
     return _COMPILED[key]
 
 
-def _build_gradcam(model: nn.Module, path: tuple) -> Callable:
+def _build_gradcam(model: nn.Module, path: tuple, method: str) -> Callable:
     layer_name = _path_str(path)
 
     def compute(variables, images, targets):
@@ -161,8 +161,11 @@ def _build_gradcam(model: nn.Module, path: tuple) -> Callable:
         if activation.ndim != 4:
             raise ValueError(f"Grad-CAM layer {layer_name!r} has shape {activation.shape}; "
                              "it must be a conv activation [batch, height, width, channels]")
-        weights = gradient.mean(axis=(1, 2))                                   # [B, C]
-        cams = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", activation, weights))   # [B, h, w]
+        if method == "gradcam":
+            weights = gradient.mean(axis=(1, 2))                                   # [B, C]
+            cams = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", activation, weights))   # [B, h, w]
+        else:  # layercam: per-location weights
+            cams = jax.nn.relu(jnp.sum(jax.nn.relu(gradient) * activation, axis=-1))
         size = images.shape[1:3]
         up = jax.image.resize(cams, (cams.shape[0], *size), method="bilinear")
         up = jnp.maximum(up, 0.0)
@@ -184,21 +187,30 @@ class GradCAMOutput:
     layer: str
 
 
+METHODS = ("gradcam", "layercam")
+
+
 def make_gradcam_fn(model: nn.Module, variables: Mapping[str, Any], image_shape: tuple[int, ...],
-                    layer: str | None = None) -> Callable[..., GradCAMOutput]:
+                    layer: str | None = None, method: str = "gradcam") -> Callable[..., GradCAMOutput]:
     """A function ``f(images, targets=None) -> GradCAMOutput`` compiled once for the model.
 
     ``image_shape`` is one input's (H, W, C), used to find the perturb points.
     ``targets``: int [B] class per image, or -1 / None for the predicted class.
+    ``method``: "gradcam" (Selvaraju et al.: channel weights = spatial mean of the
+    gradient) or "layercam" (Jiang et al., 2021: weights ReLU(gradient) per location).
+    Grad-CAM's spatial averaging assumes a pooling head; with a flatten-dense head (the
+    S0/S4 networks) the gradient differs per location and LayerCAM keeps that.
     Eval mode throughout (BatchNorm running statistics, no dropout), so each image's
     heatmap is independent of the rest of the batch and summing the per-image target
     logits gives every image's own gradient in one backward pass.
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown saliency method {method!r}; choose one of {METHODS}")
     variables = {k: v for k, v in variables.items() if k != _PERTURBATIONS}
     example = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
     path = resolve_layer(perturbation_paths(model, variables, example), layer, model)
     layer_name = _path_str(path)
-    compiled = _compiled_gradcam(model, path)
+    compiled = _compiled_gradcam(model, path, method)
 
     def gradcam(images, targets=None) -> GradCAMOutput:
         images = jnp.asarray(images, jnp.float32)
@@ -212,7 +224,7 @@ def make_gradcam_fn(model: nn.Module, variables: Mapping[str, Any], image_shape:
 
 
 def gradcam(model: nn.Module, variables: Mapping[str, Any], images, targets=None,
-            layer: str | None = None) -> GradCAMOutput:
-    """Grad-CAM for one batch (compiles; use :func:`make_gradcam_fn` for many batches)."""
+            layer: str | None = None, method: str = "gradcam") -> GradCAMOutput:
+    """Grad-CAM for one batch (see :func:`make_gradcam_fn`, which is cheaper for many batches)."""
     images = np.asarray(images, np.float32)
-    return make_gradcam_fn(model, variables, images.shape[1:], layer)(images, targets)
+    return make_gradcam_fn(model, variables, images.shape[1:], layer, method)(images, targets)

@@ -9,6 +9,15 @@ probes expose this using masks the datasets already carry:
   stored uint8 image, before the run's own eval pipeline, exactly as if a user had
   handed in masked images. A model that keeps most of its above-chance accuracy with
   the lungs blanked must be reading something outside the lungs.
+
+  Blanked pixels get the mean intensity of the pixels that are KEPT in the same image:
+  no information from the removed region can leak into the masked image, and the image
+  keeps its overall brightness. Black (0) was tried first and is worse: on phantoms, an
+  s4_exp4 trained with the class-correlated corner marker (92% accuracy) fell to 41%
+  with black lungs (the black lung shapes are far outside its training images) but
+  kept 90% with mean-filled lungs, which is the shortcut the probe must reveal; the
+  same model without the marker fell to chance either way (27%, chance 25%). A blurred
+  fill was rejected because it leaks: a blurred corner marker still gave 74%.
 - Pointing game (phantoms have a ground-truth lesion mask): per class, the fraction of
   images whose Grad-CAM maximum lies inside the lesion and the mean share of heatmap
   mass inside it, next to the lesion's area (the share a uniform heatmap would get).
@@ -22,7 +31,7 @@ import numpy as np
 LUNGS_ONLY = "lungs_only"        # everything outside the lungs blanked
 LUNGS_BLANKED = "lungs_blanked"  # the lungs blanked, everything else kept
 MASK_MODES = (LUNGS_ONLY, LUNGS_BLANKED)
-BLANK_VALUE = 0                  # uint8 value blanked pixels get (black, like the air around the body)
+FILL = "mean of the kept pixels"  # what blanked pixels become (see the module docstring)
 
 # Verdict thresholds (documented in the report's "criterion" field).
 SIGNIFICANCE = 0.01     # one-sided binomial test of lungs-blanked accuracy against chance
@@ -52,15 +61,17 @@ def binary_mask(mask: np.ndarray, size: tuple[int, int] | None = None) -> np.nda
 
 
 def apply_lung_mask(image: np.ndarray, lung_mask: np.ndarray, mode: str) -> np.ndarray:
-    """One stored image (uint8 [H, W, C]) with the lungs kept only, or blanked."""
+    """One stored image (uint8 [H, W] or [H, W, C]) with only the lungs kept, or the lungs
+    blanked; blanked pixels get the rounded mean of the kept pixels (0 if none are kept)."""
     if mode not in MASK_MODES:
         raise ValueError(f"unknown lung-mask mode {mode!r}; choose one of {MASK_MODES}")
     image = np.asarray(image)
     lungs = binary_mask(lung_mask, image.shape[:2])
     keep = lungs if mode == LUNGS_ONLY else ~lungs
+    fill = np.round(image[keep].mean()) if keep.any() else 0
     if image.ndim == 3:
         keep = keep[..., None]
-    return np.where(keep, image, np.asarray(BLANK_VALUE, image.dtype)).astype(image.dtype)
+    return np.where(keep, image, np.asarray(fill).astype(image.dtype)).astype(image.dtype)
 
 
 class LungMaskedSource:
@@ -149,10 +160,18 @@ def shortcut_probe_report(labels: Sequence[int], pred_normal: Sequence[int],
         verdict, finding = (head + f" The model PARTLY USES content outside the lungs: with the "
                             f"lungs blanked it keeps {pct(r_blanked)} of its above-chance "
                             "accuracy."), "partial_shortcut"
+    elif r_only >= SHORTCUT_RETAINED:
+        kept = ("does at least as well as on the normal images" if r_only >= 1.0
+                else f"keeps {pct(r_only)} of its above-chance accuracy")
+        verdict, finding = (head + " No sign of shortcuts outside the lungs: with the lungs "
+                            f"blanked the model falls to (near) chance, and with only the lungs "
+                            f"visible it {kept}, so its accuracy comes from the lung fields."), "no_shortcut"
     else:
         verdict, finding = (head + " No sign of shortcuts outside the lungs: with the lungs "
-                            "blanked the model falls to (near) chance, so its accuracy comes from "
-                            "the lung fields."), "no_shortcut"
+                            "blanked the model falls to (near) chance. But with only the lungs "
+                            f"visible it keeps just {pct(r_only)} of its above-chance accuracy: "
+                            "masked images are unlike its training images, so the probe cannot "
+                            "confirm that its decision rests on the lung fields alone."), "no_shortcut"
     return {
         "num_examples": n,
         "chance_accuracy": chance,
@@ -167,7 +186,7 @@ def shortcut_probe_report(labels: Sequence[int], pred_normal: Sequence[int],
         "criterion": (f"shortcut if lungs-blanked accuracy is above chance (one-sided binomial "
                       f"p < {SIGNIFICANCE}) and retains >= {SHORTCUT_RETAINED:.0%} of the "
                       f"above-chance accuracy; partial if it retains >= {PARTIAL_RETAINED:.0%}"),
-        "blank_value": BLANK_VALUE,
+        "fill": FILL,
     }
 
 

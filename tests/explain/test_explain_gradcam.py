@@ -57,6 +57,12 @@ def test_gradcam_matches_hand_computation(two_stage):
     assert out.heatmaps.min() >= 0.0 and out.heatmaps.max() <= 1.0 + 1e-6
     for cam, heat in zip(out.cams, out.heatmaps):
         assert heat.max() == pytest.approx(1.0 if cam.max() > 0 else 0.0, abs=1e-6)
+    # LayerCAM weights each location by ReLU(gradient): here ReLU(W[k, c]) / 36 everywhere.
+    layercam = gradcam(model, variables, x, targets, method="layercam")
+    expected = np.maximum(np.einsum("bhwk,bk->bhw", a2, np.maximum(w, 0.0)), 0.0)
+    np.testing.assert_allclose(layercam.cams, expected, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="layercam"):
+        gradcam(model, variables, x, method="saliency")
 
 
 def test_gradcam_layer_can_be_named(two_stage):
