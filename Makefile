@@ -11,10 +11,11 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
-# Re-install only when the declared or pinned dependencies change.
+# Re-install only when the declared or pinned dependencies change. The torch extra (CPU
+# build, pinned) is installed too so the PyTorch-parity tests of the benchmarks run.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,torch]"
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -24,7 +25,6 @@ ablation: $(STAMP)
 	$(BIN)/python -m experiments.ablation_bn_dropout
 
 bench: $(STAMP)
-	$(PIP) install -q -c constraints.txt -e ".[dev,torch]"
 	$(BIN)/python -m benchmarks.throughput
 
 clean:
