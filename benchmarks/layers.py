@@ -19,6 +19,30 @@ is printed in milliseconds. Convolutions with padding are timed once per formula
 CPU cliffs of issue 6 were found: a formulation whose ``dw`` or ``dx`` is many times
 slower than another's for the same layer. Timings are wall-clock medians: on a shared
 machine, compare ratios taken in the same run rather than absolute numbers.
+
+Cliffs found on the 2-core development CPU (shared, load 7-12 while measuring, so
+absolute numbers are noisy; before = "xla", after = the formulation the models use):
+
+| model (batch) | layer | input | before fwd/dx/dw ms | after fwd/dx/dw ms | dw speed-up |
+|---|---|---|---|---|---:|
+| s4_exp4 (32) | conv3 k3/p2 | 59x59x32 | 117 / 454 / 90,319 | 116 / 128 / 1,046 | 86x |
+| s4_exp4 (32) | conv4 k3/p2 | 30x30x64 | 94 / 224 / 43,824 | 87 / 157 / 513 | 86x |
+| s4_exp1 (8) | conv2 k4/p2 | 62x62x128 | 149 / 132 / 79,516 | 236 / 222 / 649 | 122x |
+| s4_exp1 (8) | conv3 k3/p2 | 31x31x64 | 8.7 / 7.7 / 257 | 5.9 / 5.0 / 11.5 | 22x |
+| s4_exp1 (8) | conv4 k3/p2 | 16x16x32 | 3.7 / 1.3 / 43 | 1.3 / 2.8 / 2.1 | 20x |
+
+| model (batch) | pooling input | before fwd / dx ms | after fwd / dx ms | dx speed-up |
+|---|---|---|---|---:|
+| s4_exp4 (32) | 118x118x32 | 48 / 918 | 24 / 182 | 5.0x |
+| s4_exp4 (32) | 32x32x128 | 2.9 / 166 | 3.2 / 10.7 | 15x |
+| s0_a (32) | 148x148x32 | 48 / 1,256 | 37 / 297 | 4.2x |
+| vgg16 (2) | 224x224x64 | 3.0 / 302 | 13.7 / 69 | 4.4x |
+| lenet5 (32) | 28x28x6 | 0.47 / 5.6 | 0.38 / 2.1 | 2.6x |
+
+Not cliffs (no equivalent formulation was faster): VGG's 3x3/p1 and S4's 6x6/p2 and
+8x8/p2 convs ("pad_valid" is slower), padding-0 convs; their weight gradients still cost
+2-10x their forward pass (XLA:CPU computes them as an Eigen convolution with a huge
+kernel); shifted-matmul and patch (im2col) weight gradients were measured slower still.
 """
 from __future__ import annotations
 

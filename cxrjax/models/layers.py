@@ -5,11 +5,11 @@ through :class:`MaxPool`, so that how they are lowered to XLA is chosen in exact
 place: :func:`conv2d` and :func:`max_pool`. XLA's CPU backend has performance cliffs
 (issue 6; found per layer with ``python -m benchmarks.layers``): the weight gradient of
 a convolution whose padding is at least half its kernel (S4's 3x3/p2, 4x4/p2) is
-30-600x slower than an explicit pad + VALID convolution, and max-pooling's gradient
-(select-and-scatter) is ~20x slower than its forward pass. ``formulation="auto"`` routes
-those to algebraically identical formulations on CPU; ``formulation="xla"`` keeps the
-plain ``lax`` calls as the reference that tests compare against (equal outputs and
-gradients: tests/models/test_models_cpu_rewrites.py).
+20-120x slower than an explicit pad + VALID convolution, and max-pooling's gradient
+(select-and-scatter) is 3-15x slower than an element-wise formulation.
+``formulation="auto"`` routes those to algebraically identical formulations on CPU;
+``formulation="xla"`` keeps the plain ``lax`` calls as the reference that tests compare
+against (equal outputs and gradients: tests/models/test_models_cpu_rewrites.py).
 
 Parameters are always float32; ``dtype`` is the computation dtype (float32 or bfloat16).
 Parameter names ("kernel" [kh, kw, cin, cout], "bias") match ``flax.linen.Conv`` /
@@ -82,8 +82,8 @@ def conv_cliff(kernel_size: int, padding: int, backend: str | None = None) -> bo
     docstring). On XLA:CPU, when the padding is at least half the kernel
     (``2 * padding >= kernel_size``: S4's 3x3/p2 and 4x4/p2 convs, whose output is larger
     than their input), the weight gradient of the padded convolution leaves Eigen's
-    convolution for a generic loop and runs 30-600x slower (e.g. 15 s instead of 0.2 s);
-    the input gradient is slower too. Padding the input explicitly and running a VALID
+    convolution for a generic loop and runs 20-120x slower (S4 Exp4's conv3 at batch 32:
+    90 s instead of 1 s); the input gradient is slower too. Padding the input explicitly and running a VALID
     convolution keeps all three (forward, input and weight gradients) on Eigen. Smaller
     paddings (VGG's 3x3/p1, S4's 6x6/p2 and 8x8/p2) are faster as they are, and other
     backends are left alone.
@@ -218,8 +218,8 @@ def max_pool(x: Array, formulation: str = "auto") -> Array:
     """2x2 max pooling, stride 2, floor mode (PyTorch / Keras default), NHWC.
 
     - "xla": ``lax.reduce_window``; its gradient is XLA's select-and-scatter, which on
-      XLA:CPU runs ~20x slower than the forward pass (a cliff found with
-      ``python -m benchmarks.layers``; 2-4x slower than "mask").
+      XLA:CPU runs 20-60x slower than the forward pass and 3-15x slower than "mask"
+      (a cliff found with ``python -m benchmarks.layers``).
     - "mask": the same forward; a custom VJP that sends each gradient to the first
       maximum of its window, exactly select-and-scatter's choice (ties included: tests
       check bit-equality), computed with fusible element-wise ops. Reverse mode only

@@ -2,8 +2,9 @@
 
 A tiny variant is the registered preset with small widths passed as overrides: the same
 module, kernels, paddings, poolings, BatchNorm/Dropout placement and hence the same code
-paths (including the CPU-cliff conv formulations), at a cost of milliseconds. (VGG keeps
-its five blocks but one conv per block: XLA:CPU compile time grows with every layer.) ``TINY_IMAGE_SIZE`` is a small input every family accepts.
+paths (including the CPU-cliff rewrites), at a cost of milliseconds. (VGG keeps its five
+blocks but one conv per block: XLA:CPU compile time grows with every layer.)
+``TINY_IMAGE_SIZE`` is a small input every family accepts.
 """
 from __future__ import annotations
 
