@@ -18,13 +18,13 @@ subprocesses with ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` and com
 the step time on N devices with 1 device at the same per-device batch (and with 1
 device running the whole N x batch).
 
-The JAX train step is the training engine's per-replica step (cxrjax.train.steps), compiled
-per-replica step: forward, CE, grads, pmean, Adam, BatchNorm stats, donated state).
+The JAX train step is the training engine's own per-replica step (cxrjax.train.steps:
+forward, CE, grads, pmean, non-finite guard, Adam, BatchNorm statistics), wrapped and
+compiled ahead of time in benchmarks/jax_step.py; see benchmarks/README.md.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import os
