@@ -2,6 +2,7 @@
 
     from cxrjax import data
     ds = data.load("cxr_phantoms", data_dir="data")           # prepares once, then opens
+    two = data.load("cxr_phantoms", data_dir="data", classes=("COVID", "Normal"))  # subset
     ds.class_names, ds.num_classes, ds.splits["train"][0], ds.report
     cfg = data.InputConfig(image_size=128)
     batches = data.train_batches(ds, "train", cfg, seed=0, epoch=0, global_batch_size=32)
@@ -10,36 +11,41 @@ Datasets (DATASETS): covid19_radiography (D4/D3), covid19_image_dataset (DP),
 image_folder (any class-folder tree), cxr_phantoms (synthetic, the default).
 Command line: `python -m cxrjax.data prepare|show|info ...` (see __main__.py).
 
-The grain pipeline names (InputConfig, train_batches, ...) are loaded on first use:
-`cxrjax.data.pipeline` imports grain and JAX, which preparation (and its worker processes)
-never needs.
+Every name is loaded on first use: `cxrjax.data.pipeline` imports grain and JAX, which
+preparation (and its worker processes) never needs, and the builders import TFDS, which
+`cxrjax.train.config` (via `cxrjax.data.input_options`) never needs.
 """
-from cxrjax.data.builders import DATASETS
-from cxrjax.data.builders.options import (CarveOptions, PhantomDatasetOptions,
-                                          PreparationOptions, SplitOptions)
-from cxrjax.data.dataset import (PreparedDataset, RecordSource, get_builder, load,
-                                 load_prepared, prepare)
-from cxrjax.data.decode import DecodeError, decode_grayscale, read_grayscale
-from cxrjax.data.layouts import LayoutError
+from __future__ import annotations
 
-_PIPELINE = ("InputConfig", "train_batches", "eval_batches", "make_iterator",
-             "class_weights", "dataset_statistics")
+import importlib
 
-__all__ = [
-    "DATASETS", "CarveOptions", "DecodeError", "LayoutError", "PhantomDatasetOptions",
-    "PreparationOptions", "PreparedDataset", "RecordSource", "SplitOptions",
-    "decode_grayscale", "get_builder", "load", "load_prepared", "prepare", "read_grayscale",
-    *_PIPELINE,
-]
+# name -> module it lives in. Loaded on first use: the builders import TFDS, the pipeline
+# grain and JAX; light modules (e.g. `cxrjax.data.input_options`, which
+# `cxrjax.train.config` uses) can then be imported without either.
+_NAMES = {
+    "DATASETS": "cxrjax.data.builders",
+    **dict.fromkeys(("CarveOptions", "PhantomDatasetOptions", "PreparationOptions", "SplitOptions"),
+                    "cxrjax.data.builders.options"),
+    **dict.fromkeys(("PreparedDataset", "RecordSource", "get_builder", "load", "load_prepared",
+                     "prepare"), "cxrjax.data.dataset"),
+    **dict.fromkeys(("DecodeError", "decode_grayscale", "read_grayscale"), "cxrjax.data.decode"),
+    "LayoutError": "cxrjax.data.layouts",
+    "select_classes": "cxrjax.data.subset",
+    **dict.fromkeys(("InputConfig", "train_batches", "eval_batches", "make_iterator",
+                     "class_weights", "dataset_statistics"), "cxrjax.data.pipeline"),
+}
+
+__all__ = sorted(_NAMES)
 
 
 def __getattr__(name: str):
-    if name in _PIPELINE:
-        from cxrjax.data import pipeline
-
-        return getattr(pipeline, name)
-    raise AttributeError(f"module 'cxrjax.data' has no attribute {name!r}")
+    module = _NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cxrjax.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_PIPELINE))
+    return sorted(set(globals()) | set(_NAMES))

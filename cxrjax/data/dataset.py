@@ -6,6 +6,10 @@
 Preparation runs once per (dataset, options) into
 `data_dir/<dataset>/<config name from the options>/<version>/` (array_record files,
 TFDS metadata and `preparation_report.json`); later calls open the same files.
+
+`classes=("COVID", "Normal")` (or `options={"classes": [...]}`) opens a class subset:
+other classes dropped from every split, labels remapped to 0..k-1 in the order given
+(see `subset.py`). It is a view, never a preparation option.
 """
 from __future__ import annotations
 
@@ -16,11 +20,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from cxrjax.data.builders import DATASETS, REPORT_FILE, CxrBuilder
 from cxrjax.data.builders.base import quiet_tfds
 from cxrjax.data.layouts import LayoutError
+from cxrjax.data.subset import checked_index, select_classes, split_options
 
 
 class RecordSource(Sequence):
@@ -33,27 +39,34 @@ class RecordSource(Sequence):
     def __init__(self, source: Any, split: str):
         self._source = source
         self.split = split
+        self._labels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self._source)
 
+    @property
+    def labels(self) -> np.ndarray:
+        """int64[len] labels of every record, read once (one pass) and kept."""
+        if self._labels is None:
+            labels = np.empty(len(self), np.int64)
+            for start in range(0, len(self), _LABEL_CHUNK):
+                stop = min(start + _LABEL_CHUNK, len(self))
+                records = self._source.__getitems__(list(range(start, stop)))
+                labels[start:stop] = [int(r["label"]) for r in records]
+            self._labels = labels
+        return self._labels
+
     def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
-        if not isinstance(index, int) and hasattr(index, "__index__"):
-            index = int(index)
-        if not isinstance(index, int):
-            raise TypeError(f"RecordSource indices must be integers, got {type(index).__name__}")
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for split {self.split!r} "
-                             f"of {len(self)} records")
-        return _clean(self._source[index])
+        return _clean(self._source[checked_index(self, index)])
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         return [_clean(r) for r in self._source.__getitems__([int(i) for i in indices])]
 
     def __repr__(self) -> str:
         return f"RecordSource(split={self.split!r}, len={len(self)})"
+
+
+_LABEL_CHUNK = 1024
 
 
 def _clean(record: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +85,10 @@ class PreparedDataset:
     class_names: from the data, stored with it; label i <-> class_names[i].
     splits: {"train": RecordSource, "validation": ..., "test": ...} (only non-empty ones).
     builder: the TFDS builder (data_path, info, options).
-    report: the preparation report (counts, skipped files, duplicate groups, options).
+    report: the preparation report (counts, skipped files, duplicate groups, options);
+      for a class subset, `splits` counts the kept classes and `class_subset` says which.
+    class_subset: the classes kept (`load(..., classes=...)`), None for all classes;
+      then the splits are `subset.SubsetSource`s over the prepared records.
     """
 
     name: str
@@ -80,6 +96,7 @@ class PreparedDataset:
     splits: dict[str, RecordSource]
     builder: CxrBuilder
     report: dict[str, Any]
+    class_subset: tuple[str, ...] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -102,7 +119,10 @@ def builder_class(name: str) -> type[CxrBuilder]:
 
 
 def get_builder(name: str, *, data_dir: str | Path, options: Any = None) -> CxrBuilder:
-    """The builder for `name` with these options (nothing is prepared or read yet)."""
+    """The builder for `name` with these options (nothing is prepared or read yet).
+
+    A `classes` key in options is ignored here (a view option, see `load`)."""
+    options, _ = split_options(options)
     return builder_class(name)(data_dir=Path(data_dir).expanduser(), options=options)
 
 
@@ -163,12 +183,18 @@ def _check_same_source(builder: CxrBuilder, manual_dir: str | Path) -> None:
 
 
 def load(name: str, *, data_dir: str | Path, manual_dir: str | Path | None = None,
-         options: Any = None) -> PreparedDataset:
+         options: Any = None, classes: Sequence[str] | None = None) -> PreparedDataset:
     """Prepares `name` if needed (with progress bars), then opens every split for
-    random access (array_record through TFDS's data source; no TensorFlow)."""
+    random access (array_record through TFDS's data source; no TensorFlow).
+
+    classes (or options["classes"]): keep only these classes, relabelled 0..k-1 in this
+    order (`subset.select_classes`); an unknown name raises ValueError listing the
+    dataset's class names. The preparation is the same as without it.
+    """
+    options, classes = split_options(options, classes)
     builder = get_builder(name, data_dir=data_dir, options=options)
     _prepare(builder, manual_dir, overwrite=False)
-    return open_prepared(builder)
+    return select_classes(open_prepared(builder), classes)
 
 
 def open_prepared(builder: CxrBuilder) -> PreparedDataset:
@@ -203,12 +229,16 @@ def prepared_reports(name: str, data_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def load_prepared(name: str, *, data_dir: str | Path,
-                  options: Mapping[str, Any] | None = None) -> PreparedDataset:
+                  options: Mapping[str, Any] | None = None,
+                  classes: Sequence[str] | None = None) -> PreparedDataset:
     """Opens a prepared dataset without preparing anything.
 
     options None: the default configuration if prepared, else the only prepared one;
-    with several prepared configurations, options must say which.
+    with several prepared configurations, options must say which. classes: as in `load`.
     """
+    options, classes = split_options(options, classes)
+    if not options and options is not None and classes is not None:
+        options = None  # {"classes": [...]} alone selects no preparation
     if options is not None:
         builder = get_builder(name, data_dir=data_dir, options=options)
     else:
@@ -226,4 +256,4 @@ def load_prepared(name: str, *, data_dir: str | Path,
     if not builder.is_prepared():
         raise LayoutError(f"{name} is not prepared in {builder.data_path}; prepare it first "
                           f"(python -m cxrjax.data prepare {name} --data-dir {data_dir} ...).")
-    return open_prepared(builder)
+    return select_classes(open_prepared(builder), classes)

@@ -29,8 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cxrjax.data import augment
-
-NORMALIZATIONS = ("unit", "half", "dataset")
+from cxrjax.data.input_options import NORMALIZATIONS, InputOptions
 
 # Threads per process that assemble whole batches ahead of the consumer, and how many
 # finished batches each may hold. Small on purpose: a 32 x 224 x 224 x 3 float32 batch is
@@ -41,32 +40,17 @@ _WORKER_BUFFER = 2
 
 
 @dataclass(frozen=True)
-class InputConfig:
+class InputConfig(InputOptions):
     """How images are turned into model inputs.
 
     image_size: side of the square model input (the stored images are resized to it).
     channels: 1 (grayscale) or 3 (the gray image replicated, for 3-channel models).
-    normalization: "unit" -> x in [0, 1] (S0, S1); "half" -> (x - 0.5) / 0.5 (S3);
-        "dataset" -> (x - mean) / std with the train split's pixel mean/std (S2's
-        feature-wise centring and std normalisation), see `dataset_statistics`.
-    hflip, rotate_degrees, zoom, brightness: training augmentations, each off by
-        default; see `cxrjax.data.augment` for their exact meaning. Rotation is uniform
-        in [-rotate_degrees, rotate_degrees]; zoom and brightness uniform in (lo, hi).
-    balanced_sampling: draw each training epoch with replacement, with probability
-        inversely proportional to the class frequency, so classes are equally likely
-        (an alternative to class-weighted losses, see `class_weights`).
-    num_workers: worker processes for `make_iterator` (0 = in the main process).
+    The other fields (normalization, augmentations, balanced_sampling, num_workers,
+    keyword-only) are `cxrjax.data.input_options.InputOptions`, documented there.
     """
 
     image_size: int = 128
     channels: int = 1
-    normalization: str = "unit"
-    hflip: bool = False
-    rotate_degrees: float = 0.0
-    zoom: tuple[float, float] | None = None
-    brightness: tuple[float, float] | None = None
-    balanced_sampling: bool = False
-    num_workers: int = 0
 
     def __post_init__(self):
         def bad(msg):
@@ -96,7 +80,8 @@ class InputConfig:
         return bool(self.hflip or self.rotate_degrees or self.zoom or self.brightness)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        fields = dataclasses.asdict(self)
+        return {"image_size": fields.pop("image_size"), "channels": fields.pop("channels"), **fields}
 
 
 class ImageStatistics(NamedTuple):

@@ -3,6 +3,7 @@
     python -m cxrjax.train --model lenet5 --dataset cxr_phantoms --data-dir data \\
         --workdir runs/lenet5 --epochs 5
     python -m cxrjax.train --preset s4_exp4_phantoms --workdir runs/exp4 --epochs 3
+    python -m cxrjax.train --preset s4_exp4_phantoms --classes COVID,Normal --workdir runs/exp4_2cls
     python -m cxrjax.train --list-presets
 
 Start from ``--preset`` (or the TrainConfig defaults); every option given explicitly
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name, e.g. cxr_phantoms, covid19_radiography")
     p.add_argument("--data-dir", help="where prepared datasets live (default: data)")
     p.add_argument("--manual-dir", help="folder of the downloaded dataset (real datasets)")
+    p.add_argument("--classes", metavar="A,B,...",
+                   help="keep only these classes, labelled 0..k-1 in this order, e.g. COVID,Normal "
+                   "(other classes are dropped from every split); 'all' keeps every class")
     p.add_argument("--image-size", type=int, help="input size (default: the model's)")
     p.add_argument("--channels", type=int, help="input channels (default: the model's)")
     p.add_argument("--epochs", type=int)
@@ -125,11 +129,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         value = getattr(args, dest)
         if value is not None:
             changes[name] = value
+    if args.classes is not None:
+        names = [c.strip() for c in args.classes.split(",") if c.strip()]
+        changes["classes"] = None if names in ([], ["all"]) else tuple(names)
     for dest in ("tensorboard", "progress"):
         if getattr(args, dest) is not None:
             changes[dest] = getattr(args, dest)
     if args.dataset_option:
-        changes["dataset_options"] = {**config.dataset_options, **_key_values(args.dataset_option, "--dataset-option")}
+        base = config.dataset_options
+        if "classes" in changes:  # --classes decides the subset, not the preset's options
+            base = {k: v for k, v in base.items() if k != "classes"}
+        changes["dataset_options"] = {**base, **_key_values(args.dataset_option, "--dataset-option")}
     if args.model_option:
         changes["model_options"] = {**config.model_options, **_key_values(args.model_option, "--model-option")}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxrjax.data.input_options import NORMALIZATIONS, InputOptions
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "step", "warmup_cosine", "plateau")
 MONITORS = ("val_loss", "val_accuracy", "val_macro_f1")
 NONFINITE_MODES = ("stop", "skip")
 PARALLEL_MODES = ("shard_map", "pmap")
 DTYPES = ("float32", "bfloat16")
-NORMALIZATIONS = ("unit", "half", "dataset")
 
 # Fields that cannot change what is trained: where files live, how progress is shown,
 # how often metrics are fetched or step checkpoints written, the compile cache.
@@ -44,15 +45,24 @@ RESULT_IRRELEVANT_FIELDS = frozenset(
 )
 
 # Fields stored as tuples in Python and as lists in JSON.
-_TUPLE_FIELDS = ("zoom", "brightness")
+_TUPLE_FIELDS = ("zoom", "brightness", "classes")
+# The key of dataset_options that carries ``classes`` to cxrjax.data.load (it is
+# cxrjax.data.subset.CLASSES_OPTION; not imported, to keep this module free of TFDS).
+CLASSES_OPTION = "classes"
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(InputOptions):
     """A training run. Defaults: LeNet-5 on the synthetic phantoms, Adam 1e-3, 10 epochs.
 
     Frozen so presets cannot be mutated by accident: derive variants with
-    ``config.replace(epochs=3)`` (or ``dataclasses.replace``).
+    ``config.replace(epochs=3)`` (or ``dataclasses.replace``; but change ``classes`` with
+    ``config.replace``, which keeps ``dataset_options["classes"]`` in step).
+
+    The input-pipeline fields (keyword-only) come from
+    :class:`cxrjax.data.input_options.InputOptions`, shared with ``cxrjax.data.InputConfig``:
+    ``normalization`` ("unit" [0,1] | "half" (x-0.5)/0.5 | "dataset" mean/std), ``hflip``,
+    ``rotate_degrees``, ``zoom``, ``brightness``, ``balanced_sampling``, ``num_workers``.
     """
 
     # --- what to train, on what ------------------------------------------------------
@@ -61,17 +71,14 @@ class TrainConfig:
     data_dir: str = "data"  # where prepared datasets live (cxrjax.data.load(data_dir=))
     manual_dir: str | None = None  # where the user's downloaded files are (real datasets)
     dataset_options: dict[str, Any] = field(default_factory=dict)  # passed to data.load(options=)
+    # Keep only these classes, labelled 0..k-1 in this order (None: all). Mirrored into
+    # dataset_options["classes"], so everything that opens the run's dataset from its
+    # options (trainer, evaluate, predict, explain) sees the same subset.
+    classes: tuple[str, ...] | None = None
     model_options: dict[str, Any] = field(default_factory=dict)  # models.create(**overrides)
     image_size: int | None = None  # None: the model's default input size
     channels: int | None = None  # None: the model's default channels
-    # --- input pipeline (cxrjax.data.InputConfig) -----------------------------------
-    normalization: str = "unit"  # "unit" [0,1] | "half" (x-0.5)/0.5 | "dataset" mean/std
-    hflip: bool = False
-    rotate_degrees: float = 0.0
-    zoom: tuple[float, float] | None = None
-    brightness: tuple[float, float] | None = None
-    balanced_sampling: bool = False
-    num_workers: int = 0
+    # --- input pipeline (cxrjax.data.InputConfig): the InputOptions fields, inherited ---
     # --- length and batch ------------------------------------------------------------
     epochs: int = 10
     batch_size: int = 32  # PER DEVICE; global batch = batch_size x num_devices
@@ -119,15 +126,43 @@ class TrainConfig:
 
     # ------------------------------------------------------------------------------
     def __post_init__(self) -> None:
+        if isinstance(self.classes, str):  # "COVID,Normal"
+            object.__setattr__(self, "classes", [c.strip() for c in self.classes.split(",") if c.strip()])
         # Lists (from JSON or a caller) become tuples, so configs compare and hash alike.
         for name in (*_TUPLE_FIELDS, "class_weights"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
+        self._sync_classes()
         self.validated()
 
+    def _sync_classes(self) -> None:
+        """``classes`` and ``dataset_options["classes"]`` say the same (either may be given)."""
+        options = dict(self.dataset_options or {})
+        given = options.get(CLASSES_OPTION)
+        if isinstance(given, str):
+            given = [c.strip() for c in given.split(",") if c.strip()]
+        given = tuple(given) if given is not None else None
+        classes = self.classes if self.classes is not None else given
+        if self.classes is not None and given is not None and given != self.classes:
+            raise ValueError(
+                f"TrainConfig.classes={list(self.classes)} but dataset_options['classes']={list(given)}; "
+                "set the class subset once (config.replace(classes=...) updates both)"
+            )
+        if classes is None:
+            return
+        options[CLASSES_OPTION] = list(classes)
+        object.__setattr__(self, "classes", classes)
+        object.__setattr__(self, "dataset_options", options)
+
     def replace(self, **changes: Any) -> "TrainConfig":
-        """A copy with ``changes`` applied (validated)."""
+        """A copy with ``changes`` applied (validated).
+
+        ``classes`` given without ``dataset_options`` replaces the subset in both (None
+        removes it); ``dataset_options`` given alone keeps the current ``classes``.
+        """
+        if "classes" in changes and "dataset_options" not in changes:
+            changes["dataset_options"] = {k: v for k, v in self.dataset_options.items() if k != CLASSES_OPTION}
         return dataclasses.replace(self, **changes)
 
     def validated(self) -> "TrainConfig":
@@ -160,6 +195,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.classes is not None:
+            if not self.classes or not all(isinstance(c, str) and c for c in self.classes):
+                raise ValueError(f"TrainConfig.classes must be None or class names, got {self.classes!r}")
+            if len(set(self.classes)) != len(self.classes):
+                raise ValueError(f"TrainConfig.classes={list(self.classes)} names a class more than once")
         if isinstance(self.class_weights, str) and self.class_weights != "balanced":
             raise ValueError(
                 f"TrainConfig.class_weights={self.class_weights!r}: use None, 'balanced' or a list of weights"

@@ -48,18 +48,12 @@ def predict_split(
     return np.concatenate(labels)[mask].astype(np.int64), np.exp(log_probs[mask]).astype(np.float32)
 
 
-def evaluate_split(
-    engine: Any,
-    device_state: Any,
-    dataset: Any,
-    split: str,
-    input_config: Any,
-    global_batch_size: int,
-    *,
-    progress: bool = False,
-) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """(classification report, labels, probabilities) of one split."""
-    labels, probs = predict_split(
-        engine, device_state, dataset, split, input_config, global_batch_size, progress=progress
-    )
+def evaluate_split(engine: Any, device_state: Any, dataset: Any, *args: Any,
+                   **kwargs: Any) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """(classification report, labels, probabilities) of one split.
+
+    Arguments as :func:`predict_split` (``split, input_config, global_batch_size, *,
+    progress``); the report names the classes by ``dataset.class_names``.
+    """
+    labels, probs = predict_split(engine, device_state, dataset, *args, **kwargs)
     return classification_report(labels, probs, dataset.class_names), labels, probs
