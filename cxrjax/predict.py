@@ -11,6 +11,10 @@ size), then passed through ``cxrjax.data.eval_batches`` with the run's InputConf
 (resize to the model input, normalisation, channels). So predicting on the files of a
 prepared split gives the probabilities ``cxrjax.evaluate`` reports for that split.
 
+Runs trained with ``normalization="dataset"`` normalise with the train-split mean/std
+stored in the run folder (``normalization.json``), so the training data is not needed;
+only older runs without that file reopen the training dataset for them.
+
 A file that cannot be read gets a clear per-file error; the others are still classified,
 and the exit status is 1 so scripts notice.
 """
@@ -98,11 +102,12 @@ def decode_files(paths: Sequence[str], size: int) -> tuple[list[dict[str, Any]],
 
 
 def _statistics_dataset(run: Any, data_dir: str | None) -> Any | None:
-    """The run's training dataset when normalization="dataset" needs its train split."""
-    if run.input_config.normalization != "dataset":
-        return None
+    """The run's training dataset when normalization="dataset" needs its train split:
+    only for runs trained before the statistics were stored in the run folder."""
     from cxrjax.evaluate import runs as R
 
+    if run.input_config.normalization != "dataset" or R.stored_statistics(run) is not None:
+        return None
     return R.open_dataset(R.dataset_request(run, data_dir=data_dir))
 
 
@@ -130,7 +135,8 @@ def predict_files(run: Any, paths: Sequence[str], *, gradcam_dir: str | Path | N
         return results
     source = _RecordList(records)
     base = R.DatasetView(name="files", class_names=list(run.class_names), splits={})
-    view = R.eval_view(base, _statistics_dataset(run, data_dir), **{PREDICT_SPLIT: source})
+    view = R.eval_view(base, _statistics_dataset(run, data_dir), statistics=R.stored_statistics(run),
+                       **{PREDICT_SPLIT: source})
     preds = R.predict_split(run, view, PREDICT_SPLIT, batch_size=batch_size, desc="predict", progress=progress)
     for result, p in zip(readable, preds.probs):
         result.probs = p
@@ -193,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--checkpoint", default="best", choices=("best", "latest", "evaluated"))
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--data-dir", help="prepared data (only for runs normalised with dataset statistics)")
+    p.add_argument("--data-dir", help="prepared training data: only for runs normalised with dataset "
+                                      "statistics that were trained before normalization.json was stored")
     a = p.parse_args(argv)
 
     from cxrjax.train import load_run

@@ -32,7 +32,7 @@ _NAMES = {
     "LayoutError": "cxrjax.data.layouts",
     "select_classes": "cxrjax.data.subset",
     **dict.fromkeys(("InputConfig", "train_batches", "eval_batches", "make_iterator",
-                     "class_weights", "dataset_statistics"), "cxrjax.data.pipeline"),
+                     "class_weights", "dataset_statistics", "set_dataset_statistics"), "cxrjax.data.pipeline"),
 }
 
 __all__ = sorted(_NAMES)

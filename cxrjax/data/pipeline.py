@@ -224,6 +224,20 @@ def dataset_statistics(ds) -> ImageStatistics:
     return _memo(ds, ("statistics",), compute)
 
 
+def set_dataset_statistics(ds, mean: float, std: float) -> ImageStatistics:
+    """Declare the normalization="dataset" statistics of ``ds`` instead of computing them,
+    e.g. those a training run stored with itself, so evaluating or predicting with that
+    run does not need its training split. Returns what :func:`dataset_statistics` will give."""
+    if not std > 0:
+        raise ValueError(f"set_dataset_statistics: std must be > 0, got {std}")
+    stats = ImageStatistics(mean=float(mean), std=float(std))
+    _memo(ds, ("statistics",), lambda: stats)
+    if dataset_statistics(ds) != stats:
+        raise ValueError(f"set_dataset_statistics: statistics of {_name(ds)} were already computed "
+                         f"({dataset_statistics(ds)}); set them before the first use")
+    return stats
+
+
 # ------------------------------------------------------------------------------ internals
 
 _ORDER_TAG, _BALANCED_TAG, _AUGMENT_TAG = 0x0D, 0xBA, 0xA6

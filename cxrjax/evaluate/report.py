@@ -113,14 +113,17 @@ def lung_mask_probe(run: Any, view: R.DatasetView, split: str, labels: np.ndarra
 
 
 def pointing_game_split(run: Any, view: R.DatasetView, split: str, labels: np.ndarray,
-                        options: EvalOptions) -> dict[str, Any]:
+                        options: EvalOptions, request: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Saliency (for each image's true class) over a split, scored against its lesion masks.
 
     One pass over the data; one result per method of ``options.cam_methods``:
     {method: {"per_class": ..., "overall": ..., "layer": ...}}. Grad-CAM is the method the
     studies used; LayerCAM keeps the gradient's per-location weights, which matters for
     the flatten-dense heads of the S0/S4 networks (Grad-CAM's spatial averaging assumes
-    a pooling head), so the report shows both.
+    a pooling head; on S4 it points at padding-dominated border cells, see
+    ``cxrjax.explain.gradcam``), so the report shows both. On phantoms (``request``
+    names the dataset and its options) each image is also scored against the shortcut
+    marker's known position (``probes.phantom_marker_mask``).
     """
     from cxrjax.explain.gradcam import make_gradcam_fn
 
@@ -129,6 +132,8 @@ def pointing_game_split(run: Any, view: R.DatasetView, split: str, labels: np.nd
     fns = {m: make_gradcam_fn(run.model, run.variables, shape, options.layer, m) for m in options.cam_methods}
     source = view.splits[split]
     with_lungs = R.has_field(view, split, "lung_mask")
+    marker_fn, marker_drawn = (probes.marker_masker(request["name"], request["options"])
+                               if request is not None else (None, False))
     rows: dict[str, list] = {m: [] for m in fns}
     layer, start = None, 0
     for images, _, mask in R.iterate_eval_batches(view, split, cfg, options.batch_size,
@@ -139,12 +144,16 @@ def pointing_game_split(run: Any, view: R.DatasetView, split: str, labels: np.nd
         records = [source[i] for i in range(start, start + valid)]
         lesions = [r["lesion_mask"] for r in records]
         lungs = [r["lung_mask"] for r in records] if with_lungs else None
+        markers = [marker_fn(r) for r in records] if marker_fn is not None else None
         for method, fn in fns.items():
             out = fn(images, targets)
-            rows[method] += probes.pointing_rows(out.heatmaps[:valid], lesions, labels[start:start + valid], lungs)
+            rows[method] += probes.pointing_rows(out.heatmaps[:valid], lesions, labels[start:start + valid],
+                                                 lungs, markers)
             layer = out.layer
         start += valid
-    return {method: {**probes.summarise_pointing(r, run.class_names), "layer": layer} for method, r in rows.items()}
+    extra = {"marker_drawn": marker_drawn} if marker_fn is not None else {}
+    return {method: {**probes.summarise_pointing(r, run.class_names), "layer": layer, **extra}
+            for method, r in rows.items()}
 
 
 def evaluate_member(run: Any, ds: Any, request: Mapping[str, Any], options: EvalOptions,
@@ -158,7 +167,7 @@ def evaluate_member(run: Any, ds: Any, request: Mapping[str, Any], options: Eval
         raise R.EvaluationInputError(f"dataset {ds.name!r} has no split {split!r}; its splits are {sorted(ds.splits)}")
     mapping = R.label_mapping(run.class_names, ds.class_names, run_name=str(run.workdir),
                               data_name=f"{request['name']!r}")
-    view = R.eval_view(ds, stats_ds)
+    view = R.eval_view(ds, stats_ds, statistics=R.stored_statistics(run))
     preds = R.predict_split(run, view, split, mapping=mapping, batch_size=options.batch_size,
                             desc=f"eval {split}", progress=options.progress)
     metrics = classification_report(preds.labels, preds.probs, run.class_names)
@@ -181,7 +190,7 @@ def evaluate_member(run: Any, ds: Any, request: Mapping[str, Any], options: Eval
         report["lung_mask_probe"], masked = lung_mask_probe(run, view, split, preds.labels, preds.probs,
                                                             mapping, options)
     if options.pointing_game and R.has_field(ds, split, "lesion_mask"):
-        report["pointing_game"] = pointing_game_split(run, view, split, preds.labels, options)
+        report["pointing_game"] = pointing_game_split(run, view, split, preds.labels, options, request)
     names = R.split_field(ds, split, "file_name") if R.has_field(ds, split, "file_name") else None
     report["predictions"] = {"file_name": names, "label": preds.labels.tolist(),
                              "predicted": preds.predictions.tolist(), "probs": preds.probs.tolist()}

@@ -93,22 +93,48 @@ class DatasetView:
         return len(self.class_names)
 
 
-def eval_view(ds: Any, stats_ds: Any | None = None, **extra_splits: Any) -> DatasetView:
-    """``ds``'s splits, the train split of ``stats_ds`` (the run's training data), and extras."""
+NORMALIZATION_FILE = "normalization.json"   # written by cxrjax.train (trainer.py) since issue 7
+
+
+def stored_statistics(run: Any) -> tuple[float, float] | None:
+    """(mean, std) a normalization="dataset" run stored at training time, or None (other
+    normalisations, or runs trained before the statistics were stored)."""
+    path = Path(run.workdir) / NORMALIZATION_FILE
+    if run.input_config.normalization != "dataset" or not path.exists():
+        return None
+    import json
+
+    stored = json.loads(path.read_text())
+    return float(stored["mean"]), float(stored["std"])
+
+
+def eval_view(ds: Any, stats_ds: Any | None = None, statistics: tuple[float, float] | None = None,
+              **extra_splits: Any) -> DatasetView:
+    """``ds``'s splits, the train split of ``stats_ds`` (the run's training data), and extras.
+
+    ``statistics`` (:func:`stored_statistics`): the (mean, std) the run was trained with;
+    the view then normalises with them and never reads a train split for them.
+    """
     splits = dict(ds.splits)
     if stats_ds is not None and "train" in stats_ds.splits:
         splits["train"] = stats_ds.splits["train"]
     splits.update(extra_splits)
-    return DatasetView(name=getattr(ds, "name", "dataset"), class_names=list(ds.class_names),
+    view = DatasetView(name=getattr(ds, "name", "dataset"), class_names=list(ds.class_names),
                        splits=splits)
+    if statistics is not None:
+        from cxrjax.data import set_dataset_statistics
+
+        set_dataset_statistics(view, *statistics)
+    return view
 
 
 def needs_training_statistics(run: Any, request: Mapping[str, Any]) -> bool:
-    """normalization="dataset" on data other than the run's own needs the run's train split."""
+    """normalization="dataset" on data other than the run's own needs the run's train
+    split, unless the run stored its statistics (:func:`stored_statistics`)."""
     config = run.config
     same = (request["name"] == config.dataset
             and dict(request["options"] or {}) == dict(config.dataset_options or {}))
-    return run.input_config.normalization == "dataset" and not same
+    return run.input_config.normalization == "dataset" and not same and stored_statistics(run) is None
 
 
 @dataclass

@@ -9,9 +9,11 @@ Writes ``gradcam_<class>.png`` per class: the first ``n`` correctly and the firs
 wrongly classified examples of that true class (split order, so the choice is
 reproducible), each overlaid with the Grad-CAM of the class the model *predicted* and
 captioned with true class, predicted class and probability; on datasets with lesion
-masks (phantoms) the lesion is outlined in white. There it also plays the pointing game
-over the whole split (Grad-CAM of the true class against the lesion mask) and writes
-``pointing_game.json``. ``explain.json`` lists what each grid shows.
+masks (phantoms) the lesion (and the shortcut marker's label box, where drawn) is outlined in white. There it also plays the pointing game
+over the whole split (saliency of the true class against the lesion mask and, on
+phantoms, the shortcut marker's position), with Grad-CAM and LayerCAM both (Grad-CAM
+degenerates on flatten-dense heads, see ``cxrjax.explain.gradcam``), and writes
+``pointing_game.json`` ({method: result}). ``explain.json`` lists what each grid shows.
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ def explain(workdir: str, out: str | Path, *, dataset: str | None = None, data_d
     from cxrjax.evaluate.report import EvalOptions, pointing_game_split
     from cxrjax.explain.gradcam import make_gradcam_fn
     from cxrjax.explain.overlay import Tile, save_grid_png
+    from cxrjax.explain import probes
     from cxrjax.explain.probes import binary_mask, format_pointing_game
     from cxrjax.train import load_run
     from cxrjax.train.workdir import write_json
@@ -68,7 +71,7 @@ def explain(workdir: str, out: str | Path, *, dataset: str | None = None, data_d
     mapping = R.label_mapping(run.class_names, ds.class_names, run_name=str(run.workdir),
                               data_name=repr(request["name"]))
     stats_ds = R.open_dataset(R.dataset_request(run, data_dir=data_dir)) if R.needs_training_statistics(run, request) else ds
-    view = R.eval_view(ds, stats_ds)
+    view = R.eval_view(ds, stats_ds, statistics=R.stored_statistics(run))
     preds = R.predict_split(run, view, split, mapping=mapping, batch_size=batch_size, progress=progress)
     chosen = select_examples(preds.labels, preds.predictions, run.num_classes, n)
     indices = sorted({i for c in chosen.values() for kind in c.values() for i in kind})
@@ -88,6 +91,7 @@ def explain(workdir: str, out: str | Path, *, dataset: str | None = None, data_d
         start += int(mask.sum())
     source = view.splits[split]
     has_lesions = R.has_field(ds, split, "lesion_mask")
+    marker_fn, marker_drawn = probes.marker_masker(request["name"], request["options"])
     names = run.class_names
     grids, listing = {}, {}
     for k, name in enumerate(names):
@@ -97,6 +101,8 @@ def explain(workdir: str, out: str | Path, *, dataset: str | None = None, data_d
             for i in chosen[k][kind]:
                 p = preds.probs[i]
                 outline = (binary_mask(source[i]["lesion_mask"], images[i].shape[:2]) if has_lesions else None)
+                if outline is not None and marker_fn is not None and marker_drawn:   # and the marker's box
+                    outline = outline | binary_mask(marker_fn(source[i]), images[i].shape[:2])
                 tiles.append(Tile(images[i], heatmaps[i],
                                   f"#{i} true {names[k]}\npred {names[int(p.argmax())]} {p.max():.2f}",
                                   outline=outline))
@@ -114,11 +120,17 @@ def explain(workdir: str, out: str | Path, *, dataset: str | None = None, data_d
                "accuracy": float((preds.predictions == preds.labels).mean()) if len(preds.labels) else None,
                "pointing_game": None}
     if pointing and has_lesions:
+        # Both methods: on flatten-dense heads Grad-CAM can point at padding-dominated
+        # border cells where LayerCAM does not (cxrjax.explain.gradcam), so show both.
+        methods = (method, *[m for m in METHOD_TITLES if m != method])
         options = EvalOptions(workdirs=(str(workdir),), split=split, batch_size=batch_size, layer=layer,
-                              cam_methods=(method,), progress=progress)
-        summary["pointing_game"] = pointing_game_split(run, view, split, preds.labels, options)[method]
-        write_json(out / "pointing_game.json", summary["pointing_game"])
-        summary["pointing_game_table"] = format_pointing_game(summary["pointing_game"])
+                              cam_methods=methods, progress=progress)
+        games = pointing_game_split(run, view, split, preds.labels, options, request)
+        summary["pointing_game"] = games[method]
+        summary["pointing_game_all_methods"] = games
+        write_json(out / "pointing_game.json", games)
+        summary["pointing_game_table"] = "\n".join(
+            f"{METHOD_TITLES[m]} (layer {g['layer']}):\n{format_pointing_game(g)}" for m, g in games.items())
     write_json(out / "explain.json", summary)
     return summary
 
@@ -158,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, grid in summary["grids"].items():
         print(f"{name}: {Path(a.out) / grid}")
     if summary.get("pointing_game_table"):
-        print(f"pointing game ({summary['method']}, layer {summary['layer']}, true class):")
+        print("pointing game (saliency of the true class):")
         print(summary["pointing_game_table"])
     print(f"wrote {Path(a.out) / 'explain.json'}")
     return 0

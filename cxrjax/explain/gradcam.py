@@ -18,6 +18,41 @@ lists the names in ``model.feature_names`` (the last one is the default target l
   tests/explain/test_explain_gradcam.py checks the result against a hand-computed
   Grad-CAM, so a flax change that breaks this is caught.
 
+Upsampling is aligned with the network's geometry: for a model with a ``spatial_plan``
+(every cxrjax model), the centre of feature cell j of the target layer lies at input
+coordinate c0 + s * j (s: the layer's stride, c0: from the kernels, paddings and
+poolings before it; :func:`feature_geometry`), and the map is interpolated linearly
+between those centres (constant beyond the outermost ones). A plain resize of the
+feature map to the image stretches it over the whole image instead, which is off by
+one to several pixels for S4's padded convolutions (cell 0 of s4_exp4's last stage at
+64 px is centred on input pixel 0.5, not 1.5; its third stage is stretched 29 -> 64
+instead of placed with stride 2, 3 px off at the far edge). Modules without a plan
+(test models) keep the plain bilinear resize.
+
+Grad-CAM on flatten-dense heads (S0, S4, LeNet, VGG "classifier") can degenerate.
+Grad-CAM's channel weight alpha_k = mean_ij dy_c/dA_ijk is CAM's exact weight for a
+global-average-pooling head, where the gradient is the same at every location. Behind
+a max-pool + flatten + dense head the gradient is different at every location (and
+zero where the pool discarded the cell), and averaging it throws away *where* channel
+k matters: the map alpha_k A_k then peaks wherever channel k is strongly active, in
+places the head may not use at all. On S4 models that place is the border: the last
+stage (3x3 conv, padding 2) computes its outermost cells mostly from zero padding, and
+after BatchNorm + ReLU those cells are much more active than the interior even on a
+constant image (s4_exp4 at 64 px: outer ring 0.19 vs interior 0.07 on average).
+Measured (issue 7) on s4_exp4 trained on 1000 phantoms with the class-coded corner
+marker, on 400 marked test images, map of the true class: the Grad-CAM maximum fell
+into *some* 16-px image corner for 96% of the images but on or within 4 px of the
+marker's label box for 2%; LayerCAM (per-location weights ReLU(gradient), Jiang et al.
+2021) for 77% (28% on the box itself; chance 6%). Grad-CAM can even invent a shortcut:
+for the same network trained WITHOUT the marker, its Lung_Opacity maps sit in the
+top-right corner (where that class's marker would be) for 74-88% of the images, LayerCAM
+for 0%. Neither the layer (third stage: 3% near the marker), the post-pool map (the same
+channel weights up to a factor) nor dropping the padding-dominated outer ring (6%)
+rescues Grad-CAM, so the fix is not to trust it alone on such heads: the pointing game reports Grad-CAM
+*and* LayerCAM (``cxrjax.evaluate``, ``cxrjax.explain``), and LayerCAM is the method
+to read for S0/S4/LeNet-style heads. Border cells are not masked: the corner marker
+sits in them, and hiding them would hide the shortcut.
+
 Everything happens in one jitted function over a batch (forward, backward, weighting,
 upsampling, normalisation).
 """
@@ -138,6 +173,65 @@ def _compiled_gradcam(model: nn.Module, path: tuple, method: str) -> Callable:
     return _COMPILED[key]
 
 
+def feature_geometry(model: nn.Module, feature_size: int, image_size: int) -> tuple[float, float] | None:
+    """Where the cells of a conv-stage output of side ``feature_size`` sit in the input.
+
+    Returns (c0, s): the receptive-field centre of cell j is input coordinate c0 + s * j,
+    with pixel i spanning [i, i + 1). Walks ``model.spatial_plan()`` (("conv", k, p): a
+    stride-1 conv shifts centres by s * ((k - 1) / 2 - p); ("pool",): 2x2 stride-2
+    pooling, c0 += s / 2, s *= 2) and takes the conv outputs of that side. None when the
+    module has no plan, no conv output of that side, or several with different geometry.
+    """
+    plan_fn = getattr(model, "spatial_plan", None)
+    if plan_fn is None:
+        return None
+    try:
+        plan = list(plan_fn())
+    except NotImplementedError:
+        return None
+    size, c0, s = int(image_size), 0.5, 1.0
+    found = set()
+    for step in plan:
+        if step[0] == "conv":
+            k, p = int(step[1]), int(step[2])
+            size = size + 2 * p - k + 1
+            c0 += s * ((k - 1) / 2 - p)
+            if size == feature_size:
+                found.add((c0, s))
+        elif step[0] == "pool":
+            size //= 2
+            c0 += 0.5 * s
+            s *= 2.0
+        else:
+            return None
+    return found.pop() if len(found) == 1 else None
+
+
+def interpolation_matrix(out_size: int, in_size: int, c0: float, s: float) -> np.ndarray:
+    """[out_size, in_size] linear interpolation from cells centred at c0 + s * j to pixel
+    centres i + 0.5; constant (the outermost cell's value) beyond the outermost centres."""
+    f = np.clip((np.arange(out_size) + 0.5 - c0) / s, 0.0, in_size - 1)
+    lo = np.floor(f).astype(np.int64)
+    hi = np.minimum(lo + 1, in_size - 1)
+    w = (f - lo).astype(np.float32)
+    m = np.zeros((out_size, in_size), np.float32)
+    rows = np.arange(out_size)
+    np.add.at(m, (rows, lo), 1.0 - w)
+    np.add.at(m, (rows, hi), w)
+    return m
+
+
+def upsample(cams: jax.Array, size: tuple[int, int], model: nn.Module) -> jax.Array:
+    """[B, h, w] maps -> [B, H, W], aligned with the model's geometry (module docstring)."""
+    (h, w), (H, W) = cams.shape[1:3], tuple(size)
+    gy, gx = feature_geometry(model, h, H), feature_geometry(model, w, W)
+    if gy is None or gx is None:
+        return jax.image.resize(cams, (cams.shape[0], H, W), method="bilinear")
+    my = jnp.asarray(interpolation_matrix(H, h, *gy))
+    mx = jnp.asarray(interpolation_matrix(W, w, *gx))
+    return jnp.einsum("Yh,bhw,Xw->bYX", my, cams, mx)
+
+
 def _build_gradcam(model: nn.Module, path: tuple, method: str) -> Callable:
     layer_name = _path_str(path)
 
@@ -166,9 +260,7 @@ def _build_gradcam(model: nn.Module, path: tuple, method: str) -> Callable:
             cams = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", activation, weights))   # [B, h, w]
         else:  # layercam: per-location weights
             cams = jax.nn.relu(jnp.sum(jax.nn.relu(gradient) * activation, axis=-1))
-        size = images.shape[1:3]
-        up = jax.image.resize(cams, (cams.shape[0], *size), method="bilinear")
-        up = jnp.maximum(up, 0.0)
+        up = jnp.maximum(upsample(cams, images.shape[1:3], model), 0.0)
         peak = up.max(axis=(1, 2), keepdims=True)
         heatmaps = jnp.where(peak > 0, up / jnp.where(peak > 0, peak, 1.0), 0.0)
         return heatmaps, cams, chosen.astype(jnp.int32), jax.nn.softmax(logits, axis=-1)
@@ -199,7 +291,8 @@ def make_gradcam_fn(model: nn.Module, variables: Mapping[str, Any], image_shape:
     ``method``: "gradcam" (Selvaraju et al.: channel weights = spatial mean of the
     gradient) or "layercam" (Jiang et al., 2021: weights ReLU(gradient) per location).
     Grad-CAM's spatial averaging assumes a pooling head; with a flatten-dense head (the
-    S0/S4 networks) the gradient differs per location and LayerCAM keeps that.
+    S0/S4 networks) the gradient differs per location and LayerCAM keeps that (the
+    module docstring shows Grad-CAM pointing at padding-dominated border cells there).
     Eval mode throughout (BatchNorm running statistics, no dropout), so each image's
     heatmap is independent of the rest of the batch and summing the per-image target
     logits gives every image's own gradient in one backward pass.

@@ -21,9 +21,15 @@ probes expose this using masks the datasets already carry:
 - Pointing game (phantoms have a ground-truth lesion mask): per class, the fraction of
   images whose Grad-CAM maximum lies inside the lesion and the mean share of heatmap
   mass inside it, next to the lesion's area (the share a uniform heatmap would get).
+  On phantoms it also scores the shortcut marker: the generator places the marker's
+  label box with its own random stream, so where it is (or, with the marker switched
+  off, where it would be) is known for every image (:func:`phantom_marker_mask`). A
+  model that reads the marker puts its maximum on or next to the box; the same score
+  for a model trained without the marker, on the same marked images, is the baseline.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -190,14 +196,69 @@ def shortcut_probe_report(labels: Sequence[int], pred_normal: Sequence[int],
     }
 
 
+MARKER_NEAR_FRACTION = 1 / 16   # "near the marker": within this share of the image side
+
+
+def phantom_marker_mask(record: Mapping[str, Any], shortcut_strength: float = 0.9) -> np.ndarray:
+    """bool [S, S]: the shortcut marker's label box of a stored phantom (S: its image side).
+
+    The box is re-drawn from the phantom's own marker stream (seed and index from its
+    file name ``phantom-<seed>-<index>.png``, its label, ``shortcut_strength``), exactly
+    as ``cxrjax.data.phantoms`` draws it, on a blank canvas: every pixel of the box
+    (dark label background and white glyphs) differs from the canvas. Independent of
+    whether the stored image has the marker: without it, this is where it would be.
+    """
+    from cxrjax.data import phantoms
+
+    stem = Path(str(record["file_name"])).stem           # phantom-<seed>-<index>
+    try:
+        _, seed, index = stem.rsplit("-", 2)
+        seed, index = int(seed), int(index)
+    except ValueError:
+        raise ValueError(f"{record['file_name']!r} is not a cxr_phantoms file name "
+                         "(phantom-<seed>-<index>.png)") from None
+    size = int(np.asarray(record["image"]).shape[0])
+    canvas = np.full((size, size), 128, np.uint8)
+    options = phantoms.PhantomOptions(image_size=max(size, 16), shortcut_marker=True,
+                                      shortcut_strength=float(shortcut_strength))
+    rng = np.random.default_rng([seed, index, 0x3A4C])   # the generator's marker stream
+    phantoms._draw_marker(canvas, int(record["label"]), options, rng)
+    return canvas != 128
+
+
+def marker_masker(dataset: str, options: Mapping[str, Any] | None):
+    """(record -> marker box) for a cxr_phantoms dataset with these preparation options,
+    and whether its images show the marker; (None, False) for any other dataset."""
+    if dataset != "cxr_phantoms":
+        return None, False
+    from cxrjax.data.builders.options import PhantomDatasetOptions, make_options
+
+    opts = make_options(PhantomDatasetOptions, dict(options or {}) or None, dataset)
+    return (lambda record: phantom_marker_mask(record, opts.shortcut_strength)), bool(opts.shortcut_marker)
+
+
+def _grow_box(mask: np.ndarray, margin: int) -> np.ndarray:
+    """The bounding box of ``mask`` grown by ``margin`` pixels on every side."""
+    out = np.zeros_like(mask, bool)
+    rows, cols = np.nonzero(mask)
+    if rows.size:
+        out[max(0, rows.min() - margin):rows.max() + margin + 1,
+            max(0, cols.min() - margin):cols.max() + margin + 1] = True
+    return out
+
+
 def pointing_rows(heatmaps: np.ndarray, lesion_masks: Sequence[np.ndarray],
                   labels: Sequence[int],
-                  lung_masks: Sequence[np.ndarray] | None = None) -> list[dict[str, Any]]:
+                  lung_masks: Sequence[np.ndarray] | None = None,
+                  marker_masks: Sequence[np.ndarray] | None = None) -> list[dict[str, Any]]:
     """Per-image pointing-game facts; summarise any number of batches' rows together.
 
     ``heatmaps`` [N, H, W] (non-negative, any scale); masks at any size, resized to H, W.
     hit: the heatmap's maximum lies inside the lesion; mass: share of heatmap mass inside
     it; area: the lesion's share of the image (what a uniform heatmap would get).
+    With ``marker_masks`` (:func:`phantom_marker_mask`): on_marker (maximum inside the
+    marker's label box), near_marker (inside the box grown by H/16 px, about one cell
+    of a stride-4 feature map), marker_mass, and both regions' areas (chance levels).
     """
     heatmaps = np.asarray(heatmaps, np.float32)
     labels = np.asarray(labels, np.int64)
@@ -218,6 +279,14 @@ def pointing_rows(heatmaps: np.ndarray, lesion_masks: Sequence[np.ndarray],
         if lung_masks is not None:
             lungs = binary_mask(lung_masks[i], (h, w)).reshape(-1)
             row["outside_lungs"] = bool(has_heat[i] and not lungs[peak[i]])
+        if marker_masks is not None:
+            box = binary_mask(marker_masks[i], (h, w))
+            near = _grow_box(box, max(1, int(round(h * MARKER_NEAR_FRACTION)))).reshape(-1)
+            box = box.reshape(-1)
+            row.update(on_marker=bool(has_heat[i] and box[peak[i]]),
+                       near_marker=bool(has_heat[i] and near[peak[i]]),
+                       marker_mass=float(flat[i][box].sum() / total[i]) if total[i] > 0 else 0.0,
+                       marker_area=float(box.mean()), marker_near_area=float(near.mean()))
         rows.append(row)
     return rows
 
@@ -232,6 +301,7 @@ def summarise_pointing(rows: Sequence[Mapping[str, Any]],
     of the class: a model pointing at a corner marker shows up there.
     """
     with_lungs = bool(rows) and all("outside_lungs" in r for r in rows)
+    with_marker = bool(rows) and all("on_marker" in r for r in rows)
 
     def mean(values):
         return float(np.mean(values)) if len(values) else None
@@ -244,6 +314,12 @@ def summarise_pointing(rows: Sequence[Mapping[str, Any]],
                "mean_lesion_area": mean([r["area"] for r in lesioned])}
         if with_lungs:
             out["max_outside_lungs_rate"] = mean([r["outside_lungs"] for r in selected])
+        if with_marker:
+            out.update(max_on_marker_rate=mean([r["on_marker"] for r in selected]),
+                       max_near_marker_rate=mean([r["near_marker"] for r in selected]),
+                       mean_mass_on_marker=mean([r["marker_mass"] for r in selected]),
+                       mean_marker_area=mean([r["marker_area"] for r in selected]),
+                       mean_marker_near_area=mean([r["marker_near_area"] for r in selected]))
         return out
 
     return {"per_class": {name: summarise([r for r in rows if r["label"] == k])
@@ -251,20 +327,28 @@ def summarise_pointing(rows: Sequence[Mapping[str, Any]],
             "overall": summarise(list(rows)),
             "criterion": ("hit: the Grad-CAM maximum (for the true class) lies inside the lesion "
                           "mask; mass: share of heatmap mass inside the lesion; a uniform heatmap "
-                          "would get mean_lesion_area")}
+                          "would get mean_lesion_area"
+                          + ("; max_on_marker / max_near_marker: the maximum lies on the shortcut "
+                             "marker's label box / within 1/16 of the image side of it (over all "
+                             "images of the class; chance: mean_marker_area / "
+                             "mean_marker_near_area)" if with_marker else ""))}
 
 
 def pointing_game(heatmaps: np.ndarray, lesion_masks: Sequence[np.ndarray],
                   labels: Sequence[int], class_names: Sequence[str],
-                  lung_masks: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
+                  lung_masks: Sequence[np.ndarray] | None = None,
+                  marker_masks: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
     """Per class: does the Grad-CAM maximum fall inside the known lesion? (one batch)"""
-    return summarise_pointing(pointing_rows(heatmaps, lesion_masks, labels, lung_masks), class_names)
+    return summarise_pointing(pointing_rows(heatmaps, lesion_masks, labels, lung_masks, marker_masks),
+                              class_names)
 
 
 def format_pointing_game(result: Mapping[str, Any]) -> str:
     """A small text table of :func:`pointing_game`'s result."""
+    marker = "max_on_marker_rate" in result["overall"]
     lines = [f"{'class':<22}{'n':>6}{'lesions':>9}{'hit rate':>10}{'mass in':>9}{'area':>7}"
-             + (f"{'max outside lungs':>19}" if "max_outside_lungs_rate" in result["overall"] else "")]
+             + (f"{'max outside lungs':>19}" if "max_outside_lungs_rate" in result["overall"] else "")
+             + (f"{'on marker':>11}{'near marker':>13}{'marker mass':>13}" if marker else "")]
 
     def fmt(x, width):
         return f"{'-':>{width}}" if x is None else f"{x:>{width}.3f}"
@@ -274,5 +358,16 @@ def format_pointing_game(result: Mapping[str, Any]) -> str:
                 f"{fmt(r['mean_mass_in_lesion'], 9)}{fmt(r['mean_lesion_area'], 7)}")
         if "max_outside_lungs_rate" in r:
             line += fmt(r["max_outside_lungs_rate"], 19)
+        if marker:
+            line += (fmt(r["max_on_marker_rate"], 11) + fmt(r["max_near_marker_rate"], 13)
+                     + fmt(r["mean_mass_on_marker"], 13))
         lines.append(line)
+    overall = result["overall"]
+    if marker:
+        drawn = result.get("marker_drawn")
+        lines.append(f"marker: maximum on the label box / within 1/16 image side of it; chance "
+                     f"(uniform heatmap) {overall['mean_marker_area']:.3f} / "
+                     f"{overall['mean_marker_near_area']:.3f}"
+                     + ("" if drawn is None else "" if drawn else
+                        " (these images have NO marker: the box is where it would be)"))
     return "\n".join(lines)

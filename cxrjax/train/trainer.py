@@ -154,6 +154,7 @@ def train_and_evaluate(
 
     session_start = time.perf_counter()
     setup = setup_run(config, dataset)
+    _write_normalization_statistics(workdir, setup)
     engine = setup.engine
     target = setup.init_fn(config.seed)
     progress = Progress()
@@ -181,6 +182,23 @@ def train_and_evaluate(
     finally:
         store.close()  # waits for asynchronous saves
     return results
+
+
+NORMALIZATION_FILE = "normalization.json"
+
+
+def _write_normalization_statistics(workdir: Path, setup: RunSetup) -> None:
+    """normalization="dataset": store the train-split mean/std the run normalises with,
+    so evaluate / predict / explain need not reopen the training data (issue 7)."""
+    if setup.config.normalization != "dataset":
+        return
+    from cxrjax.data import dataset_statistics
+
+    stats = dataset_statistics(setup.dataset)   # cached per dataset object; the pipeline uses the same
+    files.write_json(workdir / NORMALIZATION_FILE, {
+        "normalization": "dataset", "mean": float(stats.mean), "std": float(stats.std),
+        "scale": "[0, 1] pixel values", "source": f"train split of {setup.config.dataset}",
+        "dataset_options": dict(setup.config.dataset_options or {})})
 
 
 def _progress_from_meta(meta: dict[str, Any], setup: RunSetup, workdir: Path) -> Progress:

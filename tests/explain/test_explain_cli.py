@@ -76,6 +76,10 @@ def test_evaluate_reports_the_probes_on_phantoms(evaluated):
         assert list(game["per_class"]) == list(CLASS_NAMES) and game["layer"] == "feat4"
         assert game["overall"]["n"] == NUM_TEST
         assert game["per_class"]["Normal"]["n_with_lesion"] == 0   # Normal phantoms have no lesion
+        # phantoms: also scored against the (here not drawn) shortcut marker's position
+        assert game["marker_drawn"] is False
+        assert 0.0 <= game["overall"]["max_on_marker_rate"] <= game["overall"]["max_near_marker_rate"] <= 1.0
+        assert 0.0 < game["overall"]["mean_marker_area"] < game["overall"]["mean_marker_near_area"] < 1.0
 
 
 def write_test_images(run_dir, folder, count):
@@ -206,5 +210,7 @@ def test_explain_writes_grids_and_pointing_game(run_dir, evaluated, tmp_path):
         correct = np.flatnonzero((labels == k) & (predicted == k)).tolist()
         wrong = np.flatnonzero((labels == k) & (predicted != k)).tolist()
         assert shown == {"correct": correct[:2], "wrong": wrong[:2]}
-    game = json.loads((tmp_path / "pointing_game.json").read_text())
-    assert list(game["per_class"]) == list(CLASS_NAMES)
+    games = json.loads((tmp_path / "pointing_game.json").read_text())
+    assert list(games) == ["gradcam", "layercam"]   # the chosen method first, then the other
+    for game in games.values():
+        assert list(game["per_class"]) == list(CLASS_NAMES) and "max_on_marker_rate" in game["overall"]

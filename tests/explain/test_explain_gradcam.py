@@ -153,3 +153,49 @@ def test_every_registered_model_exposes_its_gradcam_layers():
         paths = perturbation_paths(model, variables, jax.ShapeDtypeStruct(shape, jnp.float32))
         assert ["/".join(p) for p in paths] == list(model.feature_names), name
         assert resolve_layer(paths, None, model) == paths[-1]
+
+
+class PlannedRegionModel(RegionModel):
+    """RegionModel with a spatial plan (3x3 SAME convs = padding 1, 2x2 pooling), so
+    Grad-CAM upsamples with the aligned geometry instead of a plain resize."""
+
+    def spatial_plan(self):
+        return [("conv", 3, 1), ("pool",), ("conv", 3, 1)]
+
+
+def test_aligned_upsampling_keeps_the_maximum_in_the_region():
+    model = PlannedRegionModel()
+    x = np.asarray(jax.random.uniform(jax.random.key(3), (4, 16, 16, 1)))
+    base = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x[:1])
+    from cxrjax.explain.gradcam import feature_geometry
+
+    assert feature_geometry(model, 8, 16) == (1.0, 2.0)     # after the pool: stride 2
+    for y0, y1, x0, x1 in [(0, 8, 0, 8), (10, 16, 6, 14)]:
+        gate = np.zeros((16, 16), np.float32)
+        gate[y0:y1, x0:x1] = 1.0
+        out = make_gradcam_fn(model, {"params": {**base["params"], "gate": gate}}, x.shape[1:])(x)
+        for heat in out.heatmaps:
+            r, c = np.unravel_index(np.argmax(heat), heat.shape)
+            assert y0 <= r < y1 and x0 <= c < x1, ((y0, y1, x0, x1), (r, c))
+
+
+def test_feature_geometry_of_s4_and_vgg():
+    """Receptive-field centres of the perturbed conv outputs (pixel i spans [i, i + 1))."""
+    from cxrjax.explain.gradcam import feature_geometry, interpolation_matrix
+    from cxrjax.models import create
+
+    s4 = create("s4_exp4", num_classes=4)
+    # 64 -k10p0-> 55 -k6p2-> 54 -pool-> 27 -k3p2-> 29 -pool-> 14 -k3p2-> 16
+    assert feature_geometry(s4, 55, 64) == (5.0, 1.0)
+    assert feature_geometry(s4, 29, 64) == (4.0, 2.0)    # third stage: stride 2, starts at 4
+    assert feature_geometry(s4, 16, 64) == (1.0, 4.0)    # last stage: cell j centred at 1 + 4j
+    assert feature_geometry(s4, 15, 64) is None          # no conv output of that size
+    vgg = create("vgg16", num_classes=4)
+    assert feature_geometry(vgg, 64, 64) == (0.5, 1.0)   # 3x3 padding-1 convs keep the centres
+    assert feature_geometry(vgg, 32, 64) == (1.0, 2.0)   # after one 2x2 pooling
+    assert feature_geometry(vgg, 16, 64) == (2.0, 4.0)
+    m = interpolation_matrix(64, 16, 1.0, 4.0)
+    np.testing.assert_allclose(m.sum(1), 1.0, rtol=1e-6)
+    # linear in the cell index, clamped to the outermost cells
+    np.testing.assert_allclose(m @ np.arange(16), np.clip((np.arange(64) + 0.5 - 1.0) / 4.0, 0, 15), atol=1e-5)
+    np.testing.assert_allclose(interpolation_matrix(8, 8, 0.5, 1.0), np.eye(8), atol=1e-7)

@@ -209,3 +209,47 @@ def test_gradcam_pointing_game_separates_shortcut_from_lesion_model(data, variab
     assert scores["lungs"]["hit_rate"] == 1.0 and scores["lungs"]["max_outside_lungs_rate"] == 0.0
     assert scores["corner"]["hit_rate"] == 0.0 and scores["corner"]["max_outside_lungs_rate"] == 1.0
     assert scores["lungs"]["mean_mass_in_lesion"] > 0.5 > scores["corner"]["mean_mass_in_lesion"]
+
+
+def test_phantom_marker_mask_is_where_the_generator_draws_the_marker():
+    from cxrjax.data import phantoms
+
+    size = 64
+    on = phantoms.PhantomOptions(image_size=size, shortcut_marker=True)
+    off = phantoms.PhantomOptions(image_size=size)
+    corners = {(0, 0): 0, (0, 1): 1, (1, 0): 2, (1, 1): 3}   # phantoms._MARKER_CORNERS
+    for index in range(12):
+        marked, clean = phantoms.phantom_example(3, index, on), phantoms.phantom_example(3, index, off)
+        box = probes.phantom_marker_mask(marked)
+        assert box.shape == (size, size) and 0 < box.mean() < 0.05
+        changed = marked["image"][..., 0] != clean["image"][..., 0]
+        assert changed.any() and not (changed & ~box).any()      # every marker pixel is in the box
+        rows, cols = np.nonzero(box)
+        corner = (int(rows.mean() > size / 2), int(cols.mean() > size / 2))
+        assert corners[corner] == marked["marker_class"]
+        # without the marker: the same box, where it would have been drawn
+        np.testing.assert_array_equal(probes.phantom_marker_mask(clean), box)
+    fn, drawn = probes.marker_masker("cxr_phantoms", {"image_size": 64, "shortcut_marker": True})
+    assert drawn and fn(marked).sum() == box.sum()
+    assert probes.marker_masker("covid19_radiography", None) == (None, False)
+
+
+def test_pointing_game_scores_the_marker_by_hand():
+    marker = np.zeros((16, 16), bool)
+    marker[0:2, 0:3] = True                       # label box in the top-left corner
+    lesion = np.zeros((16, 16), bool)
+    lesion[8:12, 8:12] = True
+    heat = np.zeros((3, 16, 16), np.float32)
+    heat[0, 1, 1] = 1.0                           # on the marker
+    heat[1, 2, 3] = 1.0; heat[1, 10, 10] = 0.5    # next to it (within 16/16 = 1 px), 1/3 in the lesion
+    heat[2, 10, 10] = 1.0                         # on the lesion
+    result = probes.pointing_game(heat, [lesion] * 3, [1, 1, 1], CLASS_NAMES, marker_masks=[marker] * 3)
+    sick = result["per_class"]["Sick"]
+    assert sick["max_on_marker_rate"] == pytest.approx(1 / 3)
+    assert sick["max_near_marker_rate"] == pytest.approx(2 / 3)
+    assert sick["mean_mass_on_marker"] == pytest.approx(1 / 3)
+    assert sick["mean_marker_area"] == pytest.approx(6 / 256)
+    assert sick["mean_marker_near_area"] == pytest.approx(12 / 256)   # rows 0-2, cols 0-3
+    assert sick["hit_rate"] == pytest.approx(1 / 3)
+    table = probes.format_pointing_game({**result, "marker_drawn": False})
+    assert "on marker" in table and "NO marker" in table
