@@ -81,9 +81,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from experiments import train_options
-from experiments.experiment import (ReportSpec, add_common_arguments, default_workdir, jobs_of, list_cells,
-                                    local_device_count, per_device_batch, pick_cells, run_experiment,
-                                    seeds_of)
+from experiments.experiment import (ReportSpec, add_common_arguments, list_cells, per_device_batch, pick_cells,
+                                    run_from_args, seeds_of)
 from experiments.grid import Cell, RunFn, RunSpec
 from experiments.report import Claim
 
@@ -276,21 +275,13 @@ def main(argv: Sequence[str] | None = None, *, run_fn: RunFn | None = None) -> i
         return 0
     if args.dataset not in (PHANTOMS,) and not args.manual_dir:
         print(f"note: {args.dataset} needs --manual-dir unless it is already prepared under {args.data_dir}")
-    from cxrjax.train.config import RESULT_IRRELEVANT_FIELDS
-
-    num_devices = train_options.train_changes(args).get("num_devices") or local_device_count()
-    specs = make_specs(args, cells, num_devices)
-    spec = ReportSpec(
+    return run_from_args(args, EXPERIMENT, cells, make_specs, lambda specs: ReportSpec(
         title=f"BatchNorm / dropout / early-stopping ablation on {args.dataset}",
         description=describe(specs),
         claims=S4_CLAIMS,
         reference_source="S4",
         references_comparable=args.dataset == D4,
-    )
-    run_experiment(cells, specs, default_workdir(args, EXPERIMENT), spec, run_fn=run_fn,
-                   progress=args.grid_progress, ignore_fields=sorted(RESULT_IRRELEVANT_FIELDS), jobs=jobs_of(args))
-    return 0
-
+    ), run_fn)
 
 if __name__ == "__main__":
     raise SystemExit(main())

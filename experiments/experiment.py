@@ -12,7 +12,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from experiments import grid, report
 from experiments.grid import Cell, RunFn, RunSpec
@@ -179,3 +179,23 @@ def run_experiment(
           f"Results: {files.csv}, {files.markdown}, {files.summary}, {files.bars}, {files.curves}",
           flush=True)
     return files, summary
+
+
+def run_from_args(
+    args: argparse.Namespace,
+    experiment: str,
+    cells: Sequence[Cell],
+    make_specs: Callable[[argparse.Namespace, Sequence[Cell], int], list[RunSpec]],
+    report_spec: Callable[[Sequence[RunSpec]], ReportSpec],
+    run_fn: RunFn | None = None,
+) -> int:
+    """An experiment's ``main`` after parsing: build the runs for the local devices (or
+    ``--num-devices``), run them in ``--workdir`` and report (see :func:`run_experiment`)."""
+    from cxrjax.train.config import RESULT_IRRELEVANT_FIELDS
+    from experiments import train_options
+
+    num_devices = train_options.train_changes(args).get("num_devices") or local_device_count()
+    specs = make_specs(args, cells, num_devices)
+    run_experiment(cells, specs, default_workdir(args, experiment), report_spec(specs), run_fn=run_fn,
+                   progress=args.grid_progress, ignore_fields=sorted(RESULT_IRRELEVANT_FIELDS), jobs=jobs_of(args))
+    return 0
