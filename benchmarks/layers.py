@@ -1,7 +1,8 @@
 """Per-layer forward / backward profile of a registered model on the current backend.
 
     python -m benchmarks.layers --model s4_exp4 [--image-size 128] [--batch-size 32]
-        [--repeats 5] [--formulations xla,pad_valid] [--layers conv3,pool3] [--json FILE]
+        [--repeats 5] [--formulations xla,pad_valid,im2col,im2col_dw] [--layers conv3,pool3]
+        [--json FILE]
 
 For every convolution, dense layer and max-pooling of the model (found by intercepting
 ``cxrjax.models.layers.Conv`` / ``Dense`` / ``MaxPool`` while tracing the model, so the
@@ -11,9 +12,11 @@ shapes are the real ones), it compiles and times, in isolation:
   gradient needs the forward output, that forward is included, as in training);
 - ``dw``: the weight gradient (vjp with respect to kernel and bias; not for poolings).
 Each is timed ``--repeats`` times after a warm-up (``block_until_ready``) and the median
-is printed in milliseconds. Convolutions with padding are timed once per formulation of
-``cxrjax.models.layers.conv2d`` ("xla": padding inside the conv, the reference; and
-"pad_valid": explicit pad + VALID conv), poolings once per formulation of
+is printed in milliseconds. Convolutions are timed once per formulation of
+``cxrjax.models.layers.conv2d`` ("xla": padding inside the conv, the reference;
+"pad_valid": explicit pad + VALID conv, only for padded convs; "im2col_dw": forward and
+input gradient by lax, weight gradient by cache-sized im2col row blocks; "im2col": the
+same with the forward pass as im2col row blocks too), poolings once per formulation of
 ``layers.max_pool`` ("xla": reduce_window / select-and-scatter, the reference; "mask");
 ``*`` marks the formulation the models use on this backend ("auto"). That is how the
 CPU cliffs of issue 6 were found: a formulation whose ``dw`` or ``dx`` is many times
@@ -39,10 +42,39 @@ absolute numbers are noisy; before = "xla", after = the formulation the models u
 | vgg16 (2) | 224x224x64 | 3.0 / 302 | 13.7 / 69 | 4.4x |
 | lenet5 (32) | 28x28x6 | 0.47 / 5.6 | 0.38 / 2.1 | 2.6x |
 
-Not cliffs (no equivalent formulation was faster): VGG's 3x3/p1 and S4's 6x6/p2 and
-8x8/p2 convs ("pad_valid" is slower), padding-0 convs; their weight gradients still cost
-2-10x their forward pass (XLA:CPU computes them as an Eigen convolution with a huge
-kernel); shifted-matmul and patch (im2col) weight gradients were measured slower still.
+Weight-gradient cliff (``layers.dw_cliff``): every XLA:CPU weight gradient is an Eigen
+convolution whose kernel is the whole output map, 2-10x slower than its forward pass.
+Whole-batch im2col (hundreds of MB of patches) and shifted matmuls are slower still, but
+a loop over blocks of output rows, one matmul of k column shifts of x by k row shifts of
+dy per block (``conv_cpu.conv_valid_rows_dw``), is 2-5x faster wherever the output map
+is 24x24 or larger ("auto" = "im2col_dw" there). Its forward pass also avoids a
+VALID-conv slow path: XLA:CPU runs an unpadded conv over 8+ channels 2.5-5x slower than
+the same conv with padding, so it pads one zero row and column at the far end and crops
+(bit-identical). Batch 8 (VGG 4), load 1-4, median of 5 (3 for VGG); before = the
+previous "auto" ("xla", or "pad_valid" for S4's k3/p2); after = "im2col_dw":
+
+| model | layer | input | k/p | before fwd/dx/dw ms | after fwd/dx/dw ms |
+|---|---|---|---|---|---|
+| s4_exp4@128 | conv2 | 119x119x16 | 6/2 | 46 / 41 / 167 | 45 / 46 / 81 |
+| s4_exp4@128 | conv3 | 59x59x32 | 3/2 | 7.3 / 10.4 / 73 | 9.7 / 10.6 / 17.9 |
+| s4_exp4@128 | conv4 | 30x30x64 | 3/2 | 12.8 / 21 / 60 | 9.3 / 11.3 / 15.7 |
+| s0_a@150 | conv1 | 150x150x3 | 3/0 | 28 / 43 / 52 | 39 / 46 / 30 |
+| s0_a@150 | conv2 | 74x74x32 | 3/0 | 46 / 19 / 89 | 16 / 20 / 50 |
+| s0_a@150 | conv3 | 36x36x64 | 3/0 | 26 / 24 / 85 | 18 / 25 / 19 |
+| vgg16@224 | conv2 | 224x224x64 | 3/1 | 145 / 136 / 1,493 | 123 / 119 / 288 |
+| vgg16@224 | conv3 | 112x112x64 | 3/1 | 106 / 99 / 1,000 | 62 / 62 / 101 |
+| vgg16@224 | conv5 | 56x56x128 | 3/1 | 95 / 96 / 389 | 59 / 43 / 79 |
+| vgg16@224 | conv8 | 28x28x256 | 3/1 | 99 / 106 / 407 | 48 / 67 / 56 |
+
+(S0 rows: measured with the earlier P^T-dy weight gradient, ~1.2-1.5x slower than now.)
+Left on XLA (im2col measured slower or equal, or not clearly faster): VGG's 14x14 block
+(dw 55 vs 43 ms with the current loop, 73 vs 122 with the earlier one; not switched),
+LeNet (10x10 and 28x28x1 maps: loop overhead), single-channel first convs (VGG: 50 vs
+51 ms), and S4's 10x10 conv over RGB (dw 24 vs 30 ms). The im2col forward ("im2col") wins only while another process holds a core;
+an im2col input gradient was 1-2.5x slower than XLA's; neither is used. XLA flags
+(--xla_cpu_use_onednn, --xla_cpu_use_xnnpack, --xla_cpu_experimental_{xnn,ynn}_fusion_type
+=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION) changed S4 conv1/conv2 by less than the noise
+and did not remove the weight-gradient cliff.
 """
 from __future__ import annotations
 
@@ -191,8 +223,8 @@ def profile(name: str, *, image_size: int | None, batch_size: int, repeats: int,
     except ImportError:  # pragma: no cover - tqdm is a dependency
         tqdm = None
     def candidates(c: LayerCall) -> tuple[str, ...]:
-        if c.kind == "conv" and c.padding:
-            return formulations
+        if c.kind == "conv":  # pad_valid is xla when there is no padding
+            return tuple(f for f in formulations if c.padding or f != "pad_valid") or ("xla",)
         return layers.POOL_FORMULATIONS[1:] if c.kind == "pool" else ("xla",)
 
     work = [(c, fm) for c in calls for fm in candidates(c)]
@@ -200,7 +232,8 @@ def profile(name: str, *, image_size: int | None, batch_size: int, repeats: int,
     for call, formulation in bar:
         auto = ""
         if call.kind == "conv":
-            auto = "pad_valid" if layers.conv_cliff(call.kernel_size, call.padding) else "xla"
+            out = min(call.in_shape[1:3]) + 2 * call.padding - call.kernel_size + 1
+            auto = layers.resolve_conv_formulation(call.kernel_size, call.padding, call.in_shape[-1], out)
         elif call.kind == "pool":
             auto = "mask" if layers.pool_cliff() else "xla"
         records.append({
@@ -233,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--formulations", default="xla,pad_valid",
+    p.add_argument("--formulations", default="xla,pad_valid,im2col,im2col_dw",
                    help=f"comma-separated, timed for every padded conv; of {layers.FORMULATIONS[1:]}")
     p.add_argument("--layers", default="", help="comma-separated layer names to profile (default: all)")
     p.add_argument("--json", default=None, help="also write the records to this file")

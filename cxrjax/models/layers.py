@@ -5,11 +5,14 @@ through :class:`MaxPool`, so that how they are lowered to XLA is chosen in exact
 place: :func:`conv2d` and :func:`max_pool`. XLA's CPU backend has performance cliffs
 (issue 6; found per layer with ``python -m benchmarks.layers``): the weight gradient of
 a convolution whose padding is at least half its kernel (S4's 3x3/p2, 4x4/p2) is
-20-120x slower than an explicit pad + VALID convolution, and max-pooling's gradient
-(select-and-scatter) is 3-15x slower than an element-wise formulation.
-``formulation="auto"`` routes those to algebraically identical formulations on CPU;
-``formulation="xla"`` keeps the plain ``lax`` calls as the reference that tests compare
-against (equal outputs and gradients: tests/models/test_models_cpu_rewrites.py).
+20-120x slower than an explicit pad + VALID convolution; the weight gradient of any
+conv with a large output map is 2-5x slower than a loop of im2col-style row blocks
+times the output gradient (cxrjax/models/conv_cpu.py, :func:`dw_cliff`); and
+max-pooling's gradient (select-and-scatter) is 3-15x slower than an element-wise
+formulation. ``formulation="auto"`` routes those to algebraically identical formulations
+on CPU; ``formulation="xla"`` keeps the plain ``lax`` calls as the reference that tests
+compare against (equal outputs and gradients: tests/models/test_models_cpu_rewrites.py,
+tests/models/test_conv_im2col.py).
 
 Parameters are always float32; ``dtype`` is the computation dtype (float32 or bfloat16).
 Parameter names ("kernel" [kh, kw, cin, cout], "bias") match ``flax.linen.Conv`` /
@@ -25,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from cxrjax.models import conv_cpu
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -71,7 +76,7 @@ def initializers(style: str, fan_in: int, kind: str) -> tuple[Initializer, Initi
 # --------------------------------------------------------------------------------------
 # Convolution: the one wrapper, and the formulations it can lower to.
 # --------------------------------------------------------------------------------------
-FORMULATIONS = ("auto", "xla", "pad_valid")
+FORMULATIONS = ("auto", "xla", "pad_valid", "im2col", "im2col_dw")
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -92,6 +97,34 @@ def conv_cliff(kernel_size: int, padding: int, backend: str | None = None) -> bo
     return backend == "cpu" and padding > 0 and 2 * padding >= kernel_size
 
 
+def dw_cliff(kernel_size: int, in_channels: int, out_size: int, backend: str | None = None) -> bool:
+    """Whether XLA's weight gradient of this stride-1 conv is slower than im2col row blocks.
+
+    On XLA:CPU the weight gradient of a conv is an Eigen convolution whose "kernel" is
+    the whole output map, and it runs at a fraction of matmul speed once that map is
+    large; computing it as a loop of cache-sized im2col blocks times the output gradient
+    (``conv_cpu.conv_valid_rows_dw``) was 2-5x faster for S0's, S4's and VGG's convs
+    with output maps of 28x28 and more (``python -m benchmarks.layers``; table in its
+    docstring). Not for: small maps (LeNet's 10x10: loop overhead; VGG's 14x14 was
+    measured both ways), single-channel inputs (VGG's and LeNet's first convs: slower),
+    and a wide kernel over few channels (S4's first conv, 10x10 over RGB: 1.25x
+    slower). Hence: CPU, output at least 24x24, at least 3 input channels, and not
+    (kernel >= 8 with < 8 channels).
+    Other backends keep the plain conv.
+    """
+    backend = backend or jax.default_backend()
+    wide_kernel_few_channels = kernel_size >= 8 and in_channels < 8
+    return backend == "cpu" and out_size >= 24 and in_channels >= 3 and not wide_kernel_few_channels
+
+
+def resolve_conv_formulation(kernel_size: int, padding: int, in_channels: int, out_size: int,
+                             backend: str | None = None) -> str:
+    """The formulation "auto" means for this conv (square output ``out_size``) on this backend."""
+    if dw_cliff(kernel_size, in_channels, out_size, backend):
+        return "im2col_dw"  # its forward / input gradient use pad_valid where conv_cliff
+    return "pad_valid" if conv_cliff(kernel_size, padding, backend) else "xla"
+
+
 def conv2d(x: Array, kernel: Array, padding: int, formulation: str = "auto") -> Array:
     """Stride-1 2-D convolution of NHWC ``x`` with HWIO ``kernel``, symmetric zero padding.
 
@@ -99,10 +132,15 @@ def conv2d(x: Array, kernel: Array, padding: int, formulation: str = "auto") -> 
     floating-point summation order); they differ only in how XLA lowers them:
     - "xla": one ``lax.conv_general_dilated`` with the padding inside the conv;
     - "pad_valid": ``jnp.pad`` then a VALID conv; the gradients of the pad are a slice;
-    - "auto": "pad_valid" where :func:`conv_cliff` says the backend has a cliff, else "xla".
+    - "im2col_dw": forward and input gradient as "xla" (as "pad_valid" where
+      :func:`conv_cliff`), weight gradient as im2col row blocks (``conv_cpu``);
+    - "im2col": "im2col_dw" with the forward pass as im2col row blocks too;
+    - "auto": "im2col_dw" where :func:`dw_cliff`, else "pad_valid" where
+      :func:`conv_cliff`, else "xla" (:func:`resolve_conv_formulation`).
     """
     if formulation == "auto":
-        formulation = "pad_valid" if conv_cliff(kernel.shape[0], padding) else "xla"
+        out_size = min(x.shape[1], x.shape[2]) + 2 * padding - kernel.shape[0] + 1
+        formulation = resolve_conv_formulation(kernel.shape[0], padding, kernel.shape[2], out_size)
     if formulation == "xla":
         pad = [(padding, padding), (padding, padding)]
         return lax.conv_general_dilated(x, kernel, (1, 1), pad, dimension_numbers=_DIMS)
@@ -110,6 +148,9 @@ def conv2d(x: Array, kernel: Array, padding: int, formulation: str = "auto") -> 
         if padding:
             x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
         return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_DIMS)
+    if formulation in ("im2col", "im2col_dw"):
+        pad_first = conv_cliff(kernel.shape[0], padding, "cpu")
+        return conv_cpu.conv2d_im2col(x, kernel, padding, pad_first, formulation == "im2col")
     raise ValueError(f"unknown conv formulation {formulation!r}; choose one of {FORMULATIONS}")
 
 

@@ -24,9 +24,11 @@ def test_cli_smoke_run_writes_table_and_json(tmp_path, capsys):
                        "--layers", "conv1,pool1,dense1", "--json", str(out)]) == 0
     table = capsys.readouterr().out
     records = json.loads(out.read_text())
-    # conv1 has padding 0 (one formulation); pools are timed as "xla" and "mask".
+    # conv1 has padding 0 (no "pad_valid", the default formulations otherwise); pools are
+    # timed as "xla" and "mask".
     assert [(r["layer"], r["formulation"]) for r in records] == [
-        ("conv1", "xla"), ("pool1", "xla"), ("pool1", "mask"), ("dense1", "xla")]
+        ("conv1", "xla"), ("conv1", "im2col"), ("conv1", "im2col_dw"), ("pool1", "xla"), ("pool1", "mask"),
+        ("dense1", "xla")]
     for r in records:
         assert r["fwd_ms"] > 0 and r["dx_ms"] > 0
         assert math.isnan(r["dw_ms"]) == (r["kind"] == "pool")
