@@ -104,17 +104,18 @@ def dw_cliff(kernel_size: int, in_channels: int, out_size: int, backend: str | N
     the whole output map, and it runs at a fraction of matmul speed once that map is
     large; computing it as a loop of cache-sized im2col blocks times the output gradient
     (``conv_cpu.conv_valid_rows_dw``) was 2-5x faster for S0's, S4's and VGG's convs
-    with output maps of 28x28 and more (``python -m benchmarks.layers``; table in its
-    docstring). Not for: small maps (LeNet's 10x10: loop overhead; VGG's 14x14 was
+    with output maps of 28x28 and more, and 2.8x for S4's conv2 at the ablation's 32 px
+    input (22x22 output: 42.5 -> 15.4 ms at batch 32) (``python -m benchmarks.layers``;
+    table in its docstring). Not for: small maps (LeNet's 10x10: loop overhead; VGG's 14x14 was
     measured both ways), single-channel inputs (VGG's and LeNet's first convs: slower),
     and a wide kernel over few channels (S4's first conv, 10x10 over RGB: 1.25x
-    slower). Hence: CPU, output at least 24x24, at least 3 input channels, and not
+    slower). Hence: CPU, output at least 16x16, at least 3 input channels, and not
     (kernel >= 8 with < 8 channels).
     Other backends keep the plain conv.
     """
     backend = backend or jax.default_backend()
     wide_kernel_few_channels = kernel_size >= 8 and in_channels < 8
-    return backend == "cpu" and out_size >= 24 and in_channels >= 3 and not wide_kernel_few_channels
+    return backend == "cpu" and out_size >= 16 and in_channels >= 3 and not wide_kernel_few_channels
 
 
 def resolve_conv_formulation(kernel_size: int, padding: int, in_channels: int, out_size: int,

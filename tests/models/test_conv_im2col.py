@@ -100,7 +100,8 @@ def test_auto_rule_on_cpu():
     assert rule(3, 1, 512, 14) == "xla"  # VGG block 5: small map
     assert rule(3, 1, 1, 224) == "xla"  # VGG conv1: one channel
     assert rule(5, 0, 6, 10) == "xla"  # LeNet conv2
-    assert rule(3, 2, 32, 16) == "pad_valid"  # S4 Exp1 conv4: small map, padding cliff
+    assert rule(6, 2, 16, 22) == "im2col_dw"  # S4 conv2 at 32 px (the ablation's input)
+    assert rule(3, 2, 32, 13) == "pad_valid"  # S4 conv3 at 32 px: small map, padding cliff
 
 
 def test_whole_model_auto_equals_plain_lax(monkeypatch):

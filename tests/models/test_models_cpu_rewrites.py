@@ -102,6 +102,7 @@ def test_whole_model_outputs_and_gradients_unchanged(name, monkeypatch):
     (rewritten, jaxpr_rewritten) = run()
     monkeypatch.setattr(layers, "conv_cliff", lambda *a, **k: False)
     monkeypatch.setattr(layers, "pool_cliff", lambda *a, **k: False)
+    monkeypatch.setattr(layers, "dw_cliff", lambda *a, **k: False)
     (reference, jaxpr_reference) = run()
     # The rewrites really happened: explicit pads appear only in the rewritten program,
     # select-and-scatter (max-pool gradient) only in the reference.
