@@ -39,8 +39,6 @@ def precision_recall_png(path: str | Path, labels: np.ndarray, probs: np.ndarray
     ax.set_title(title or "precision-recall (one vs rest)", fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from cxrjax.train.plots import save_figure
+
+    return save_figure(fig, path, dpi=110)

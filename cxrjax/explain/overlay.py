@@ -108,9 +108,7 @@ def save_grid_png(path: str | Path, sections: Sequence[tuple[str, Sequence[Tile]
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from cxrjax.train.plots import save_figure
+
+    return save_figure(fig, path, dpi=110)
 

@@ -59,7 +59,7 @@ def plot_learning_curves(
             ax.set_xticks(epochs if len(epochs) <= 20 else np.linspace(epochs[0], epochs[-1], 11).round())
     fig.suptitle(title or "learning curves")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion_matrix(
@@ -87,7 +87,7 @@ def plot_confusion_matrix(
     ax.set_ylabel("true class")
     ax.set_title(title or "confusion matrix")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc_curves(
@@ -117,12 +117,13 @@ def plot_roc_curves(
     ax.legend(loc="lower right", fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    """Write ``fig`` to ``path`` (creating its folder) and close it; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
