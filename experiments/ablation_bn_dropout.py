@@ -271,5 +271,6 @@ def main(argv: Sequence[str] | None = None, *, run_fn: RunFn | None = None) -> i
         references_comparable=args.dataset == D4,
     ), run_fn)
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -14,10 +14,9 @@ Only options given explicitly are applied, on top of the experiment's own defaul
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 from typing import Any, Sequence
 
+from cxrjax.train.cli import key_values, set_changes
 from cxrjax.train.config import (DTYPES, MONITORS, NONFINITE_MODES, OPTIMIZERS, PARALLEL_MODES,
                                  SCHEDULES, TrainConfig)
 
@@ -63,23 +62,6 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
                        help="also show each run's own per-epoch progress bars")
 
 
-def parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"{flag} expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = parse_value(value.strip())
-    return out
-
-
 def train_changes(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig changes the user asked for explicitly (dict options kept apart)."""
     changes: dict[str, Any] = {}
@@ -89,11 +71,7 @@ def train_changes(args: argparse.Namespace) -> dict[str, Any]:
             changes[field] = value
     if args.progress is not None:
         changes["progress"] = args.progress
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    for name, value in key_values(args.set, "--set").items():
-        if name not in fields:
-            raise SystemExit(f"--set {name}=...: TrainConfig has no field {name!r}; fields: {sorted(fields)}")
-        changes[name] = value
+    changes.update(set_changes(args.set))
     if args.dataset_option:
         changes["dataset_options"] = {**changes.get("dataset_options", {}),
                                       **key_values(args.dataset_option, "--dataset-option")}

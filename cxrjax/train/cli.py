@@ -104,21 +104,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """A command-line VALUE: JSON when it parses (numbers, lists, true/false), else the string."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
 
 
-def _key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
-    out = {}
+def key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
+    """Repeated ``KEY=VALUE`` options as a dict (dashes in KEY become underscores)."""
+    out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise SystemExit(f"{flag} expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = _parse_value(value)
+        out[key.strip().replace("-", "_")] = parse_value(value.strip())
     return out
+
+
+def set_changes(items: Sequence[str]) -> dict[str, Any]:
+    """``--set FIELD=VALUE`` options, each FIELD checked against TrainConfig's fields."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    changes = key_values(items, "--set")
+    for name in changes:
+        if name not in fields:
+            raise SystemExit(f"--set {name}=...: TrainConfig has no field {name!r}; fields: {sorted(fields)}")
+    return changes
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -139,14 +151,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         base = config.dataset_options
         if "classes" in changes:  # --classes decides the subset, not the preset's options
             base = {k: v for k, v in base.items() if k != "classes"}
-        changes["dataset_options"] = {**base, **_key_values(args.dataset_option, "--dataset-option")}
+        changes["dataset_options"] = {**base, **key_values(args.dataset_option, "--dataset-option")}
     if args.model_option:
-        changes["model_options"] = {**config.model_options, **_key_values(args.model_option, "--model-option")}
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    for name, value in _key_values(args.set, "--set").items():
-        if name not in fields:
-            raise SystemExit(f"--set {name}=...: TrainConfig has no field {name!r}; fields: {sorted(fields)}")
-        changes[name] = value
+        changes["model_options"] = {**config.model_options, **key_values(args.model_option, "--model-option")}
+    changes.update(set_changes(args.set))
     try:
         return config.replace(**changes)
     except (ValueError, TypeError) as err:
