@@ -93,12 +93,11 @@ class DatasetView:
         return len(self.class_names)
 
 
-NORMALIZATION_FILE = "normalization.json"   # written by cxrjax.train (trainer.py) since issue 7
-
-
 def stored_statistics(run: Any) -> tuple[float, float] | None:
     """(mean, std) a normalization="dataset" run stored at training time, or None (other
     normalisations, or runs trained before the statistics were stored)."""
+    from cxrjax.train.workdir import NORMALIZATION_FILE
+
     path = Path(run.workdir) / NORMALIZATION_FILE
     if run.input_config.normalization != "dataset" or not path.exists():
         return None

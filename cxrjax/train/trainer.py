@@ -184,9 +184,6 @@ def train_and_evaluate(
     return results
 
 
-NORMALIZATION_FILE = "normalization.json"
-
-
 def _write_normalization_statistics(workdir: Path, setup: RunSetup) -> None:
     """normalization="dataset": store the train-split mean/std the run normalises with,
     so evaluate / predict / explain need not reopen the training data (issue 7)."""
@@ -195,7 +192,7 @@ def _write_normalization_statistics(workdir: Path, setup: RunSetup) -> None:
     from cxrjax.data import dataset_statistics
 
     stats = dataset_statistics(setup.dataset)   # cached per dataset object; the pipeline uses the same
-    files.write_json(workdir / NORMALIZATION_FILE, {
+    files.write_json(workdir / files.NORMALIZATION_FILE, {
         "normalization": "dataset", "mean": float(stats.mean), "std": float(stats.std),
         "scale": "[0, 1] pixel values", "source": f"train split of {setup.config.dataset}",
         "dataset_options": dict(setup.config.dataset_options or {})})

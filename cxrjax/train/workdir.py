@@ -24,6 +24,7 @@ from cxrjax.train.config import TrainConfig, result_relevant_differences
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
+NORMALIZATION_FILE = "normalization.json"  # normalization="dataset": the train split's mean/std
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 LEARNING_CURVES = "learning_curves.png"
