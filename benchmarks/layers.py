@@ -233,7 +233,8 @@ def profile(name: str, *, image_size: int | None, batch_size: int, repeats: int,
         auto = ""
         if call.kind == "conv":
             out = min(call.in_shape[1:3]) + 2 * call.padding - call.kernel_size + 1
-            auto = layers.resolve_conv_formulation(call.kernel_size, call.padding, call.in_shape[-1], out)
+            auto = layers.resolve_conv_formulation(call.kernel_size, call.padding, call.in_shape[-1], out,
+                                                   batch=call.in_shape[0])
         elif call.kind == "pool":
             auto = "mask" if layers.pool_cliff() else "xla"
         records.append({

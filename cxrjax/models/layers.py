@@ -7,7 +7,9 @@ place: :func:`conv2d` and :func:`max_pool`. XLA's CPU backend has performance cl
 a convolution whose padding is at least half its kernel (S4's 3x3/p2, 4x4/p2) is
 20-120x slower than an explicit pad + VALID convolution; the weight gradient of any
 conv with a large output map is 2-5x slower than a loop of im2col-style row blocks
-times the output gradient (cxrjax/models/conv_cpu.py, :func:`dw_cliff`); and
+times the output gradient (cxrjax/models/conv_cpu.py, :func:`dw_cliff`); the weight
+gradient of the convs left to XLA becomes 5-15x slower past 16 examples per device
+(:func:`batch_dw_cliff`: summed over batch chunks of 16 instead); and
 max-pooling's gradient (select-and-scatter) is 3-15x slower than an element-wise
 formulation. ``formulation="auto"`` routes those to algebraically identical formulations
 on CPU; ``formulation="xla"`` keeps the plain ``lax`` calls as the reference that tests
@@ -76,7 +78,7 @@ def initializers(style: str, fan_in: int, kind: str) -> tuple[Initializer, Initi
 # --------------------------------------------------------------------------------------
 # Convolution: the one wrapper, and the formulations it can lower to.
 # --------------------------------------------------------------------------------------
-FORMULATIONS = ("auto", "xla", "pad_valid", "im2col", "im2col_dw")
+FORMULATIONS = ("auto", "xla", "pad_valid", "im2col", "im2col_dw", "chunked_dw")
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -118,11 +120,24 @@ def dw_cliff(kernel_size: int, in_channels: int, out_size: int, backend: str | N
     return backend == "cpu" and out_size >= 16 and in_channels >= 3 and not wide_kernel_few_channels
 
 
+def batch_dw_cliff(batch: int | None, backend: str | None = None) -> bool:
+    """Whether XLA's weight gradient of a conv it keeps needs splitting over the batch.
+
+    On XLA:CPU the weight gradient's time jumps 5-15x once the batch passes
+    ``conv_cpu.DW_BATCH_CHUNK`` (16); see that constant for the measurements.
+    """
+    backend = backend or jax.default_backend()
+    return backend == "cpu" and batch is not None and batch > conv_cpu.DW_BATCH_CHUNK
+
+
 def resolve_conv_formulation(kernel_size: int, padding: int, in_channels: int, out_size: int,
-                             backend: str | None = None) -> str:
-    """The formulation "auto" means for this conv (square output ``out_size``) on this backend."""
+                             backend: str | None = None, batch: int | None = None) -> str:
+    """The formulation "auto" means for this conv (square output ``out_size``, ``batch``
+    examples per device) on this backend."""
     if dw_cliff(kernel_size, in_channels, out_size, backend):
         return "im2col_dw"  # its forward / input gradient use pad_valid where conv_cliff
+    if batch_dw_cliff(batch, backend):
+        return "chunked_dw"  # likewise
     return "pad_valid" if conv_cliff(kernel_size, padding, backend) else "xla"
 
 
@@ -136,12 +151,16 @@ def conv2d(x: Array, kernel: Array, padding: int, formulation: str = "auto") -> 
     - "im2col_dw": forward and input gradient as "xla" (as "pad_valid" where
       :func:`conv_cliff`), weight gradient as im2col row blocks (``conv_cpu``);
     - "im2col": "im2col_dw" with the forward pass as im2col row blocks too;
-    - "auto": "im2col_dw" where :func:`dw_cliff`, else "pad_valid" where
-      :func:`conv_cliff`, else "xla" (:func:`resolve_conv_formulation`).
+    - "chunked_dw": forward and input gradient as "im2col_dw", weight gradient as XLA's
+      summed over batch chunks of 16 (``conv_cpu.conv2d_chunked_dw``);
+    - "auto": "im2col_dw" where :func:`dw_cliff`, else "chunked_dw" where
+      :func:`batch_dw_cliff`, else "pad_valid" where :func:`conv_cliff`, else "xla"
+      (:func:`resolve_conv_formulation`).
     """
     if formulation == "auto":
         out_size = min(x.shape[1], x.shape[2]) + 2 * padding - kernel.shape[0] + 1
-        formulation = resolve_conv_formulation(kernel.shape[0], padding, kernel.shape[2], out_size)
+        formulation = resolve_conv_formulation(kernel.shape[0], padding, kernel.shape[2], out_size,
+                                               batch=x.shape[0])
     if formulation == "xla":
         pad = [(padding, padding), (padding, padding)]
         return lax.conv_general_dilated(x, kernel, (1, 1), pad, dimension_numbers=_DIMS)
@@ -152,6 +171,8 @@ def conv2d(x: Array, kernel: Array, padding: int, formulation: str = "auto") -> 
     if formulation in ("im2col", "im2col_dw"):
         pad_first = conv_cliff(kernel.shape[0], padding, "cpu")
         return conv_cpu.conv2d_im2col(x, kernel, padding, pad_first, formulation == "im2col")
+    if formulation == "chunked_dw":
+        return conv_cpu.conv2d_chunked_dw(x, kernel, padding, conv_cliff(kernel.shape[0], padding, "cpu"))
     raise ValueError(f"unknown conv formulation {formulation!r}; choose one of {FORMULATIONS}")
 
 

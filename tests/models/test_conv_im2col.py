@@ -1,4 +1,4 @@
-"""The im2col convolution formulations (cxrjax/models/conv_cpu.py) against the plain lax conv.
+"""The CPU convolution formulations (cxrjax/models/conv_cpu.py) against the plain lax conv.
 
 Small shapes, float32: values and both gradients must match ``lax.conv_general_dilated``
 up to summation order, for every (kernel, padding) pattern the models use, odd sizes
@@ -52,7 +52,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("formulation", ["im2col", "im2col_dw"])
+@pytest.mark.parametrize("formulation", ["im2col", "im2col_dw", "chunked_dw"])
 @pytest.mark.parametrize("n,size,cin,cout,k,p", CASES)
 def test_formulation_matches_lax(formulation, n, size, cin, cout, k, p):
     x, kernel = _data(n, size, cin, cout, k)
@@ -62,6 +62,19 @@ def test_formulation_matches_lax(formulation, n, size, cin, cout, k, p):
         assert g.shape == r.shape and g.dtype == r.dtype, name
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(r))),
                                    err_msg=f"{formulation} {name}")
+
+
+@pytest.mark.parametrize("chunk", [2, 3, conv_cpu.DW_BATCH_CHUNK])
+@pytest.mark.parametrize("k,p", [(10, 0), (3, 2), (5, 0)])
+def test_chunked_dw_sums_every_chunk(monkeypatch, chunk, k, p):
+    """Batch 7 in chunks of 2 / 3 (a short last chunk) / 16 (one chunk): same values and grads."""
+    monkeypatch.setattr(conv_cpu, "DW_BATCH_CHUNK", chunk)
+    x, kernel = _data(7, 12, 3, 4, k, seed=5)
+    ref = _value_and_grads(lambda x, w: _reference(x, w, p), x, kernel)
+    got = _value_and_grads(lambda x, w: layers.conv2d(x, w, p, "chunked_dw"), x, kernel)
+    for name, r, g in zip(("y", "dx", "dw"), ref, got):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(r))),
+                                   err_msg=f"chunk {chunk} {name}")
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 100])
@@ -86,8 +99,9 @@ def test_bfloat16_runs_and_is_close():
 
 def test_auto_is_plain_lax_off_cpu():
     for k, p, c in [(10, 0, 3), (6, 2, 16), (3, 2, 32), (3, 1, 64), (3, 0, 32), (5, 0, 6)]:
-        assert layers.resolve_conv_formulation(k, p, c, 118, backend="gpu") == "xla"
-        assert layers.resolve_conv_formulation(k, p, c, 118, backend="tpu") == "xla"
+        for batch in (None, 8, 128):
+            assert layers.resolve_conv_formulation(k, p, c, 118, backend="gpu", batch=batch) == "xla"
+            assert layers.resolve_conv_formulation(k, p, c, 118, backend="tpu", batch=batch) == "xla"
 
 
 def test_auto_rule_on_cpu():
@@ -102,6 +116,14 @@ def test_auto_rule_on_cpu():
     assert rule(5, 0, 6, 10) == "xla"  # LeNet conv2
     assert rule(6, 2, 16, 22) == "im2col_dw"  # S4 conv2 at 32 px (the ablation's input)
     assert rule(3, 2, 32, 13) == "pad_valid"  # S4 conv3 at 32 px: small map, padding cliff
+    # Past 16 examples per device, the convs left on XLA get the batch-chunked weight gradient.
+    batched = lambda k, p, c, out, b: layers.resolve_conv_formulation(  # noqa: E731
+        k, p, c, out, backend="cpu", batch=b)
+    assert batched(10, 0, 3, 119, 16) == "xla"  # S4 conv1 at batch 16: still fast
+    assert batched(10, 0, 3, 119, 17) == "chunked_dw"  # ... and at 32: 638 -> 101 ms
+    assert batched(5, 0, 1, 28, 128) == "chunked_dw"  # LeNet conv1 at batch 128
+    assert batched(3, 2, 32, 13, 32) == "chunked_dw"  # forward / dx keep pad + VALID
+    assert batched(6, 2, 16, 118, 32) == "im2col_dw"  # row blocks already loop per image
 
 
 def test_whole_model_auto_equals_plain_lax(monkeypatch):
