@@ -2,7 +2,9 @@
 
 Kept apart from the runner so the JSON schema and its human-readable form live in one
 small file: the markdown is generated from the JSON records only (``python -m
-benchmarks.throughput --from-json FILE --markdown OUT`` re-renders a saved run).
+benchmarks.throughput --from-json FILE --markdown OUT`` re-renders a saved run, also one
+of schema /1, whose records lack ``comparison`` (they were all per-device) and, when
+failed, ``global_batch``).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import os
 import platform
 from typing import Any
 
-SCHEMA = "cxrjax.benchmarks.throughput/1"
+SCHEMA = "cxrjax.benchmarks.throughput/2"
 
 
 def environment() -> dict[str, Any]:
@@ -51,6 +53,25 @@ def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:.0f}"
 
 
+def _global_batch(r: dict[str, Any]) -> int | None:
+    """The record's global batch; schema /1 error records only had the per-device one."""
+    if "global_batch" in r:
+        return r["global_batch"]
+    return r["per_device_batch"] * r["num_devices"] if r.get("per_device_batch") else None
+
+
+def _comparison(r: dict[str, Any]) -> str:
+    """"whole_host" (CPU) or "per_device" (GPU, and every schema /1 record)."""
+    return r.get("comparison") or "per_device"
+
+
+RATIO_NOTES = {
+    "whole_host": "jax/torch: JAX img/s on `dev` host devices (one per core when dev > 1) / PyTorch img/s "
+                  "using all cores, same global batch.",
+    "per_device": "jax/torch: JAX img/s per device / PyTorch img/s on one device at the same per-device batch.",
+}
+
+
 def markdown_table(records: list[dict[str, Any]]) -> str:
     """One row per configuration; failed configurations show their error."""
     if not records:
@@ -61,16 +82,16 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
         f"jax {env['jax_version']}, torch {env.get('torch_version') or 'not installed'}, "
         f"{env['date']}, host CPUs {env.get('host_cpus')}.",
         "",
-        "| model | px | dtype | parallel | dev | batch/dev | compile s | step ms (p10-p90) "
+        "| model | px | dtype | parallel | dev | batch/dev | global batch | compile s | step ms (p10-p90) "
         "| img/s | GFLOP/step | TFLOP/s | MFU | XLA MiB/dev | peak MiB | eval img/s "
         "| torch img/s | torch setup | jax/torch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = []
     for r in records:
         prefix = (
             f"| {r['model']} | {r['image_size']} | {r['dtype']} | {r['parallel']} | {r['num_devices']} "
-            f"| {r['per_device_batch']} "
+            f"| {_fmt(r.get('per_device_batch'))} | {_fmt(_global_batch(r))} "
         )
         if r.get("error"):
             rows.append(prefix + f"| failed: {r['error'][:80]} |" + " |" * 11)
@@ -95,13 +116,43 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
         "",
         "step ms: median over the timed steps (10th-90th percentile); img/s = global batch / median.",
         "GFLOP/step and TFLOP/s: XLA cost analysis of the compiled train step, all devices.",
-        "jax/torch: JAX img/s per device / PyTorch img/s on one device at the same per-device batch.",
+        *(note for c, note in RATIO_NOTES.items() if any(_comparison(r) == c for r in records)),
         "XLA MiB/dev: compiled executable's arguments + outputs + temporaries (memory analysis); "
         "peak MiB: backend's process-wide high-water mark so far (GPU only).",
     ]
     if peaks:
         notes.append("MFU peaks used: " + "; ".join(peaks) + ".")
-    return "\n".join(head + rows + notes) + "\n"
+    return "\n".join(head + rows + notes) + "\n" + best_setup_table(records)
+
+
+def best_setup_table(records: list[dict[str, Any]]) -> str:
+    """The fastest JAX device count (and parallel mode) per model and global batch on CPU.
+
+    Only whole-host records are compared (the same global batch on 1 or N host devices
+    is the same work); empty unless some global batch was timed with several counts.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        if _comparison(r) == "whole_host" and not r.get("error"):
+            groups.setdefault((r["model"], r["image_size"], r["dtype"], r["global_batch"]), []).append(r)
+    if not any(len({r["num_devices"] for r in rs}) > 1 for rs in groups.values()):
+        return ""
+    lines = [
+        "",
+        "### Best JAX setup per model and global batch",
+        "",
+        "| model | px | dtype | global batch | best dev | parallel | img/s | torch img/s | jax/torch |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (model, size, dtype, batch), rs in groups.items():
+        best = max(rs, key=lambda r: r["images_per_s"])
+        torch = best.get("torch") or {}
+        lines.append(
+            f"| {model} | {size} | {dtype} | {batch} | {best['num_devices']} | {best['parallel']} "
+            f"| {best['images_per_s']:.1f} | {_fmt(torch.get('images_per_s'), '.1f')} "
+            f"| {_fmt(best.get('jax_over_torch'), '.2f')} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def overhead_table(rows: list[dict[str, Any]]) -> str:
@@ -125,10 +176,11 @@ def overhead_table(rows: list[dict[str, Any]]) -> str:
         )
     lines += [
         "",
-        "N forced CPU devices share the same cores, so N devices at the same per-device batch do N "
-        "times the work of 1 device: the first ratio is ~N when there is no overhead. The last "
-        "column compares equal total work (1 device running the whole global batch): what is "
-        "above 1.0 there is the cost of splitting the batch, dispatching N programs and the "
-        "gradient all-reduce.",
+        "N forced CPU devices share the host's cores, and N devices at the same per-device batch do N "
+        "times the work of 1 device: without overhead the first ratio is ~1 while each device has a "
+        "core of its own and grows towards N as they contend for cores. The last column compares "
+        "equal total work (1 device running the whole global batch): below 1.0 the split put more "
+        "cores to work; above 1.0 the cost of splitting the batch, dispatching N programs and the "
+        "gradient all-reduce dominates.",
     ]
     return "\n".join(lines) + "\n"

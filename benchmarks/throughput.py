@@ -3,20 +3,32 @@
     python -m benchmarks.throughput [--models lenet5 s4_exp4@224 ...] [--batch-sizes 8,32]
         [--dtypes float32,bfloat16] [--parallel shard_map,pmap] [--steps N] [--warmup N]
         [--json FILE] [--markdown FILE] [--no-torch] [--torch-compile auto|always|never]
-        [--num-devices N] [--devices 1,4]
+        [--cpu-devices N] [--device-counts 1,2] [--num-devices N] [--devices 1,4]
 
-For every (model@size, dtype, parallel mode, per-device batch) it reports: compile time;
-median and spread of N individually timed train steps after warm-up; images/s; FLOPs
-per step from XLA's cost analysis of the compiled step; achieved TFLOP/s and, on a
-known GPU, MFU against its dense peak (see benchmarks/peaks.py); XLA's memory estimate
-and the backend's peak memory where reported; eval images/s; and the same train/eval
-steps in PyTorch (benchmarks/torch_reference.py) on the same inputs, with
-``jax_over_torch`` = JAX images/s per device / PyTorch images/s on one device.
+For every (model@size, dtype, batch, parallel mode, device count) it reports: compile
+time; median and spread of N individually timed train steps after warm-up; images/s;
+FLOPs per step from XLA's cost analysis of the compiled step; achieved TFLOP/s and, on
+a known GPU, MFU against its dense peak (see benchmarks/peaks.py); XLA's memory
+estimate and the backend's peak memory where reported; eval images/s; and the same
+train/eval steps in PyTorch (benchmarks/torch_reference.py) on the same inputs.
+
+What is compared differs by platform, so that each side uses the hardware it is given:
+
+* CPU (``"comparison": "whole_host"``): XLA:CPU runs one device's convolutions on about
+  one core while PyTorch uses every core through its intra-op threads; JAX reaches
+  the other cores by data parallelism over host devices, one per core
+  (``--cpu-devices``, default ``os.cpu_count()``, set through ``XLA_FLAGS`` before JAX
+  starts). So the batches swept are GLOBAL batches, each timed on 1 device and on all
+  host devices (less dispatch can make 1 device faster for tiny models), and
+  ``jax_over_torch`` = JAX images/s / PyTorch images/s at the same global batch.
+* GPU (``"comparison": "per_device"``): the batches are per-device batches on all
+  devices (or ``--num-devices``), and ``jax_over_torch`` = JAX images/s per device /
+  PyTorch images/s on one device at the per-device batch.
 
 ``--devices 1,4`` measures data-parallel overhead instead: it re-runs itself in
 subprocesses with ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` and compares
 the step time on N devices with 1 device at the same per-device batch (and with 1
-device running the whole N x batch).
+device running the whole N x batch); there ``--batch-sizes`` are per-device batches.
 
 The JAX train step is the training engine's own per-replica step (cxrjax.train.steps:
 forward, CE, grads, pmean, non-finite guard, Adam, BatchNorm statistics), wrapped and
@@ -33,15 +45,16 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, MutableMapping
 
+HOST_DEVICE_FLAG = "--xla_force_host_platform_device_count"
 CPU_DEFAULT_STEPS, CPU_DEFAULT_WARMUP = 10, 2
 GPU_DEFAULT_STEPS, GPU_DEFAULT_WARMUP = 50, 5
 
 
 @dataclass(frozen=True)
 class BenchCase:
-    """A model at one input size, with the per-device batches swept on CPU and on GPU.
+    """A model at one input size, with the batches swept on CPU (global) and GPU (per device).
 
     ``cpu_steps``/``cpu_warmup`` cap the step counts on CPU for models whose step takes
     seconds there (VGG16), so the default CPU run stays around ten minutes.
@@ -82,7 +95,9 @@ class BenchOptions:
     warmup: int | None = None
     torch: bool = True
     torch_compile: str = "auto"
-    num_devices: int | None = None
+    num_devices: int | None = None  # fixes the device count (as device_counts=(N,) would)
+    # Device counts each batch is timed with; None -> (1, all) on CPU, all on GPU.
+    device_counts: tuple[int, ...] | None = None
     num_classes: int = 4
     overrides: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
@@ -125,6 +140,7 @@ def _stats_json(times: Any) -> dict[str, float]:
 def _torch_json(result: Any, batch: int) -> dict[str, Any]:
     return {
         "setup": result.setup,
+        "batch": batch,
         "images_per_s": batch / result.train.median_s,
         "train_step_s": _stats_json(result.train),
         "eval_images_per_s": batch / result.eval.median_s,
@@ -201,13 +217,43 @@ def run_jax_config(cfg: Any, *, warmup: int, steps: int, env: dict[str, Any]) ->
 
 
 def attach_torch(record: dict[str, Any], torch_result: dict[str, Any] | None) -> None:
-    """Put PyTorch's numbers and the ratios into a JAX record (per-device comparison)."""
+    """Put PyTorch's numbers and the ratios into a JAX record.
+
+    "whole_host" (CPU): JAX's global images/s over PyTorch's at the same global batch,
+    each framework using the whole host. "per_device" (GPU): JAX's images/s per device
+    over PyTorch's on one device at the per-device batch.
+    """
     record["torch"] = torch_result
     if not torch_result or record.get("error"):
         return
-    n = record["num_devices"]
+    n = 1 if record["comparison"] == "whole_host" else record["num_devices"]
     record["jax_over_torch"] = record["images_per_s"] / n / torch_result["images_per_s"]
     record["eval_jax_over_torch"] = record["eval_images_per_s"] / n / torch_result["eval_images_per_s"]
+
+
+def device_counts(options: BenchOptions, on_cpu: bool, local: int) -> tuple[int, ...]:
+    """The device counts every batch is timed with.
+
+    On CPU both 1 device (least dispatch, best for tiny models) and all `local` host
+    devices (every core busy, best for convolutions); on GPU all devices, as training
+    runs. ``device_counts``, then ``num_devices``, fix them instead.
+    """
+    if options.device_counts:
+        return tuple(options.device_counts)
+    if options.num_devices:
+        return (options.num_devices,)
+    return tuple(dict.fromkeys((1, local))) if on_cpu else (local,)
+
+
+def batch_split(batch: int, n: int, on_cpu: bool) -> tuple[int | None, int]:
+    """(per-device, global) batch for a swept `batch` on `n` devices.
+
+    CPU sweeps global batches (whole host vs whole host at the same work per step), GPU
+    per-device batches; a global batch that `n` does not divide has no per-device batch.
+    """
+    if on_cpu:
+        return (batch // n if batch % n == 0 else None), batch
+    return batch, batch * n
 
 
 def run(options: BenchOptions) -> list[dict[str, Any]]:
@@ -215,12 +261,13 @@ def run(options: BenchOptions) -> list[dict[str, Any]]:
     import jax
     from tqdm import tqdm
 
-    from benchmarks import jax_step
     from benchmarks.report import environment
 
     env = environment()
     on_cpu = env["platform"] == "cpu"
+    comparison = "whole_host" if on_cpu else "per_device"
     dtypes = options.dtypes or (("float32",) if on_cpu else ("float32", "bfloat16"))
+    counts = device_counts(options, on_cpu, jax.local_device_count())
     plan = []
     for case in options.cases:
         batches = options.batch_sizes or (case.cpu_batches if on_cpu else case.gpu_batches)
@@ -231,52 +278,71 @@ def run(options: BenchOptions) -> list[dict[str, Any]]:
         for dtype in dtypes:
             for batch in batches:
                 for parallel in options.parallel:
-                    plan.append((case, dtype, batch, parallel, steps, warmup))
+                    for n in counts:
+                        plan.append((case, dtype, batch, parallel, n, steps, warmup))
     records: list[dict[str, Any]] = []
     torch_cache: dict[tuple, dict[str, Any] | None] = {}
     eager_won: set[tuple] = set()  # (model, size, dtype) where eager beat compile on CPU
     bar = tqdm(plan, desc="throughput", disable=not options.progress)
-    for case, dtype, batch, parallel, steps, warmup in bar:
-        bar.set_postfix_str(f"{case.label} {dtype} b{batch} {parallel}")
-        cfg = jax_step.JaxStepConfig(
-            model=case.model,
-            image_size=case.image_size,
-            per_device_batch=batch,
-            dtype=dtype,
-            parallel=parallel,
-            num_devices=options.num_devices,
-            num_classes=options.num_classes,
-            overrides=dict(options.overrides),
-        )
-        try:
-            record, (images, labels) = run_jax_config(cfg, warmup=warmup, steps=steps, env=env)
-        except Exception as e:  # e.g. out of memory at a large batch: record it and go on
-            record = {
-                **env, "model": case.model, "image_size": case.image_size, "dtype": dtype,
-                "parallel": parallel, "num_devices": options.num_devices or jax.local_device_count(),
-                "per_device_batch": batch, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                "torch": None, "jax_over_torch": None, "eval_jax_over_torch": None,
-            }
-            records.append(record)
-            if options.on_record:
-                options.on_record(records)
-            continue
-        finally:
-            gc.collect()
-        key = (case.model, case.image_size, dtype, batch)
-        if options.torch and key not in torch_cache:
-            torch_cache[key] = run_torch(case, dtype, batch, images[:batch], labels[:batch], steps=steps,
-                                         warmup=warmup, options=options, on_cpu=on_cpu, eager_won=eager_won)
-        attach_torch(record, torch_cache.get(key))
+    for case, dtype, batch, parallel, n, steps, warmup in bar:
+        bar.set_postfix_str(f"{case.label} {dtype} b{batch} {parallel} x{n}")
+        per_device, global_batch = batch_split(batch, n, on_cpu)
+        config = {"model": case.model, "image_size": case.image_size, "dtype": dtype, "parallel": parallel,
+                  "num_devices": n, "per_device_batch": per_device, "global_batch": global_batch,
+                  "comparison": comparison}
+        record, host = _time_jax(config, options, env, steps=steps, warmup=warmup)
+        if host is not None:
+            torch_batch = global_batch if on_cpu else per_device
+            images, labels = host
+            key = (case.model, case.image_size, dtype, torch_batch)
+            if options.torch and key not in torch_cache:
+                torch_cache[key] = run_torch(case, dtype, torch_batch, images[:torch_batch], labels[:torch_batch],
+                                             steps=steps, warmup=warmup, options=options, on_cpu=on_cpu,
+                                             eager_won=eager_won)
+            attach_torch(record, torch_cache.get(key))
         records.append(record)
         if options.on_record:
             options.on_record(records)
     return records
 
 
+def _time_jax(config: dict[str, Any], options: BenchOptions, env: dict[str, Any], *, steps: int,
+              warmup: int) -> tuple[dict[str, Any], Any]:
+    """(record, host batch) of one JAX configuration; a failed record and None if it cannot run."""
+    from benchmarks import jax_step
+
+    n, per_device = config["num_devices"], config["per_device_batch"]
+    if per_device is None:
+        return _failed(env, config, f"global batch {config['global_batch']} is not divisible by {n} devices"), None
+    cfg = jax_step.JaxStepConfig(
+        model=config["model"],
+        image_size=config["image_size"],
+        per_device_batch=per_device,
+        dtype=config["dtype"],
+        parallel=config["parallel"],
+        num_devices=n,
+        num_classes=options.num_classes,
+        overrides=dict(options.overrides),
+    )
+    try:
+        record, host = run_jax_config(cfg, warmup=warmup, steps=steps, env=env)
+    except Exception as e:  # e.g. out of memory at a large batch: record it and go on
+        return _failed(env, config, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"), None
+    finally:
+        gc.collect()
+    record["comparison"] = config["comparison"]
+    return record, host
+
+
+def _failed(env: dict[str, Any], config: dict[str, Any], error: str) -> dict[str, Any]:
+    """The record of a configuration that could not be timed; the sweep goes on."""
+    return {**env, **config, "error": error, "torch": None, "jax_over_torch": None, "eval_jax_over_torch": None}
+
+
 def run_torch(case: BenchCase, dtype: str, batch: int, images: Any, labels: Any, *, steps: int, warmup: int,
               options: BenchOptions, on_cpu: bool, eager_won: set[tuple]) -> dict[str, Any] | None:
-    """PyTorch at the per-device batch on one device; None (with a message) without torch.
+    """PyTorch at `batch` (CPU: the global batch, all cores; GPU: the per-device batch, one
+    device); None (with a message) without torch.
 
     On CPU with ``--torch-compile auto``, compilation (tens of seconds per shape there) is
     only retried for a model's larger batches while it keeps beating eager.
@@ -313,24 +379,35 @@ def run_torch(case: BenchCase, dtype: str, batch: int, images: Any, labels: Any,
 
 
 def _forced_env(n: int) -> dict[str, str]:
+    """The environment of a subprocess with exactly `n` host devices, on CPU.
+
+    JAX_PLATFORMS is forced to cpu: the subprocess gets global batches, which only the
+    CPU sweep reads as such.
+    """
     env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
-    env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])
-    env.setdefault("JAX_PLATFORMS", "cpu")
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(HOST_DEVICE_FLAG)]
+    env["XLA_FLAGS"] = " ".join(flags + [f"{HOST_DEVICE_FLAG}={n}"])
+    env["JAX_PLATFORMS"] = "cpu"
     return env
 
 
 def run_devices(argv: list[str], device_counts: list[int], options: BenchOptions) -> tuple[list[dict], list[dict]]:
-    """Run this CLI once per device count (1 device also at N x batch); join the step times."""
-    base = _strip_args(argv, ("--devices", "--json", "--markdown", "--num-devices", "--batch-sizes"))
+    """Run this CLI once per device count (1 device also at N x batch); join the step times.
+
+    ``options.batch_sizes`` are per-device batches here; a subprocess with n devices
+    gets ``--device-counts n`` and the global batches per-device x n.
+    """
+    base = _strip_args(argv, ("--devices", "--json", "--markdown", "--num-devices", "--device-counts",
+                              "--batch-sizes", "--cpu-devices"))
     batches = options.batch_sizes or (8,)
+    counts = sorted(set(device_counts) | {1})
     runs: dict[int, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for n in sorted(set(device_counts) | {1}):
-            wanted = sorted({b * (m if n == 1 else 1) for b in batches for m in device_counts}) if n == 1 else batches
+        for n in counts:
+            per_device = sorted({b * m for b in batches for m in counts}) if n == 1 else batches
             out = Path(tmp) / f"devices{n}.json"
-            cmd = [sys.executable, "-m", "benchmarks.throughput", *base, "--no-torch", "--num-devices", str(n),
-                   "--batch-sizes", ",".join(map(str, wanted)), "--json", str(out)]
+            cmd = [sys.executable, "-m", "benchmarks.throughput", *base, "--no-torch", "--device-counts", str(n),
+                   "--batch-sizes", ",".join(str(b * n) for b in per_device), "--json", str(out)]
             print(f"[devices={n}] {' '.join(cmd[1:])}", file=sys.stderr)
             subprocess.run(cmd, env=_forced_env(n), check=True)
             runs[n] = json.loads(out.read_text())["records"]
@@ -388,6 +465,19 @@ def _strip_args(argv: list[str], names: tuple[str, ...]) -> list[str]:
 # --------------------------------------------------------------------------------------
 
 
+def force_host_devices(env: MutableMapping[str, str], n: int) -> None:
+    """Ask XLA:CPU for `n` host devices in `env`'s XLA_FLAGS, unless they already set a count.
+
+    XLA:CPU runs one device's convolutions on about one core, so host devices, one per
+    core, are how JAX's data parallelism puts the whole host to work. XLA reads XLA_FLAGS once, when JAX initialises its backends, so this has to run
+    before any JAX computation (importing jax is fine; under pytest, whose conftest
+    already started JAX with 4 devices, it changes nothing). GPU platforms ignore it.
+    """
+    flags = env.get("XLA_FLAGS", "")
+    if HOST_DEVICE_FLAG not in flags:
+        env["XLA_FLAGS"] = f"{flags} {HOST_DEVICE_FLAG}={n}".strip()
+
+
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(t) for t in text.split(",") if t)
 
@@ -409,12 +499,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=None,
                    help="names or name@size (default: " + " ".join(c.label for c in DEFAULT_CASES) + ")")
-    p.add_argument("--batch-sizes", type=_ints, default=None, help="per-device batches, e.g. 8,32 (default: per model)")
+    p.add_argument("--batch-sizes", type=_ints, default=None,
+                   help="batches, e.g. 8,32: global on CPU, per device on GPU and with --devices (default: per model)")
     p.add_argument("--dtypes", type=_strs, default=None, help="float32,bfloat16 (default: float32 on CPU, both on GPU)")
     p.add_argument("--parallel", type=_strs, default=("shard_map",), help="shard_map,pmap (default: shard_map)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default: 10 on CPU, 3 for VGG; 50 on GPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 2 on CPU, 5 on GPU)")
-    p.add_argument("--num-devices", type=int, default=None, help="use the first N local devices (default: all)")
+    p.add_argument("--cpu-devices", type=int, default=os.cpu_count() or 1,
+                   help="host devices for XLA:CPU, set in XLA_FLAGS unless it sets a count already; no effect "
+                        "once JAX has started (e.g. under pytest) or on GPU (default: os.cpu_count())")
+    p.add_argument("--device-counts", type=_ints, default=None,
+                   help="time each batch with the first N local devices for each N, e.g. 1,2 "
+                        "(default: 1 and all on CPU, all on GPU)")
+    p.add_argument("--num-devices", type=int, default=None,
+                   help="use the first N local devices only (default: see --device-counts)")
     p.add_argument("--devices", type=_ints, default=None,
                    help="data-parallel overhead mode: e.g. 1,4 re-runs with N forced CPU devices each")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
@@ -435,7 +533,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from benchmarks.report import SCHEMA, markdown_table, overhead_table
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cpu_devices < 1:
+        parser.error("--cpu-devices must be at least 1")
+    if args.num_devices and args.device_counts:
+        parser.error("--num-devices and --device-counts both fix the device count; give one")
+    # Before anything initialises JAX's backends (nothing imported so far does).
+    force_host_devices(os.environ, args.cpu_devices)
     # JAX would otherwise reserve 75% of GPU memory at start-up and leave PyTorch, timed
     # in the same process, too little; on demand, each framework holds what it used.
     # (No effect when jax was imported before, e.g. under pytest, and none on CPU.)
@@ -453,6 +558,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             torch=not args.no_torch,
             torch_compile=args.torch_compile,
             num_devices=args.num_devices,
+            device_counts=args.device_counts,
             num_classes=args.num_classes,
             overrides=_tuples(args.overrides),
             progress=not args.no_progress,

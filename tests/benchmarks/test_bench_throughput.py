@@ -1,15 +1,19 @@
 """benchmarks.throughput / torch_reference / peaks: a tiny end-to-end run and the pieces.
 
-One module-scoped smoke run (LeNet-5 at 32 px, 2 images per device on the 4 forced CPU
-devices, shard_map, one timed step, PyTorch eager) feeds the schema and ratio checks;
-everything else is pure arithmetic on hand-made inputs. (The pmap wrapper is the same
-per-replica step; it is left to the CLI to keep this file inside its time budget.)
+One module-scoped smoke run (LeNet-5 at 32 px, global batch 8 on 1 device and on the 4
+forced CPU devices, shard_map, one timed step, PyTorch eager once at batch 8) feeds the
+schema and whole-host ratio checks; everything else is pure arithmetic on hand-made
+inputs, or runs that stop before compiling. (The pmap wrapper is the same per-replica
+step; it is left to the CLI to keep this file inside its time budget.)
 """
 import json
+from pathlib import Path
 
 import pytest
 
 from benchmarks import peaks, report, throughput, timing
+
+OLD_CPU_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks/results/2026-11-22-cpu-2core.json"
 
 RECORD_KEYS = {
     "model", "image_size", "dtype", "parallel", "num_devices", "per_device_batch", "global_batch",
@@ -17,7 +21,7 @@ RECORD_KEYS = {
     "compile_s", "eval_compile_s", "train_step_s", "images_per_s", "flops_per_step",
     "flops_per_step_per_device", "achieved_tflops", "peak_tflops", "peak_basis", "mfu",
     "xla_memory_bytes_per_device", "peak_device_memory_bytes", "eval_step_s", "eval_images_per_s",
-    "parameters", "torch", "jax_over_torch", "eval_jax_over_torch", "error",
+    "parameters", "torch", "jax_over_torch", "eval_jax_over_torch", "error", "comparison",
 }
 STEP_KEYS = {"median_s", "min_s", "max_s", "p10_s", "p90_s", "steps", "spread"}
 
@@ -27,7 +31,7 @@ def smoke(tmp_path_factory):
     pytest.importorskip("torch", reason="the PyTorch reference needs the optional extra: pip install -e .[torch]")
     out = tmp_path_factory.mktemp("throughput")
     result = throughput.main([
-        "--models", "lenet5@32", "--batch-sizes", "2", "--steps", "1", "--warmup", "0",
+        "--models", "lenet5@32", "--batch-sizes", "8", "--steps", "1", "--warmup", "0",
         "--parallel", "shard_map", "--torch-compile", "never", "--no-progress",
         "--json", str(out / "t.json"), "--markdown", str(out / "t.md"),
     ])
@@ -39,39 +43,52 @@ def test_smoke_json_schema(smoke):
     assert json.loads((out / "t.json").read_text()) == result
     assert result["schema"] == report.SCHEMA
     records = result["records"]
-    assert [r["parallel"] for r in records] == ["shard_map"]
+    assert [r["parallel"] for r in records] == ["shard_map", "shard_map"]
+    # The CPU sweep's batch is global: 1 device at 8, and the 4 pytest devices at 2 each.
+    assert [(r["num_devices"], r["per_device_batch"], r["global_batch"]) for r in records] == [(1, 8, 8), (4, 2, 8)]
     for r in records:
         assert r["error"] is None, r["error"]
         assert RECORD_KEYS <= set(r)
         assert STEP_KEYS <= set(r["train_step_s"]) and STEP_KEYS <= set(r["eval_step_s"])
         assert r["train_step_s"]["steps"] == 1
-        assert (r["num_devices"], r["per_device_batch"], r["global_batch"]) == (4, 2, 8)
+        assert r["comparison"] == "whole_host"
         assert r["platform"] == "cpu" and r["mfu"] is None and r["peak_tflops"] is None
         assert r["parameters"] == 61_196  # LeNet-5, 1 channel, K = 4 (cxrjax/models/lenet.py)
         assert r["images_per_s"] == pytest.approx(8 / r["train_step_s"]["median_s"])
-        assert r["flops_per_step"] == pytest.approx(4 * r["flops_per_step_per_device"])
+        assert r["flops_per_step"] == pytest.approx(r["num_devices"] * r["flops_per_step_per_device"])
         assert r["flops_per_step_per_device"] > 0
         assert r["achieved_tflops"] == pytest.approx(r["flops_per_step"] / r["train_step_s"]["median_s"] / 1e12)
 
 
 def test_smoke_torch_ratio(smoke):
     result, _ = smoke
-    torch_keys = {"setup", "images_per_s", "train_step_s", "eval_images_per_s", "parameters", "notes"}
+    torch_keys = {"setup", "batch", "images_per_s", "train_step_s", "eval_images_per_s", "parameters", "notes"}
+    one, four = result["records"]
+    assert one["torch"] == four["torch"]  # PyTorch timed once per global batch
     for r in result["records"]:
         t = r["torch"]
         assert torch_keys <= set(t)
         assert t["setup"] == "cpu eager"  # --torch-compile never
+        assert t["batch"] == 8
         assert t["parameters"] == r["parameters"]
-        assert t["images_per_s"] == pytest.approx(2 / t["train_step_s"]["median_s"])
-        assert r["jax_over_torch"] == pytest.approx(r["images_per_s"] / 4 / t["images_per_s"])
-        assert r["eval_jax_over_torch"] == pytest.approx(r["eval_images_per_s"] / 4 / t["eval_images_per_s"])
+        assert t["images_per_s"] == pytest.approx(8 / t["train_step_s"]["median_s"])
+        assert r["jax_over_torch"] == pytest.approx(r["images_per_s"] / t["images_per_s"])
+        assert r["eval_jax_over_torch"] == pytest.approx(r["eval_images_per_s"] / t["eval_images_per_s"])
 
 
 def test_smoke_markdown_has_a_row_per_record(smoke):
     result, out = smoke
-    rows = [line for line in (out / "t.md").read_text().splitlines() if line.startswith("| lenet5 |")]
+    text = (out / "t.md").read_text()
+    table, best = text.split("### Best JAX setup per model and global batch")
+    rows = [line for line in table.splitlines() if line.startswith("| lenet5 |")]
     assert len(rows) == len(result["records"])
-    assert all(f"| {r['jax_over_torch']:.2f} |" in row for r, row in zip(result["records"], rows))
+    for r, row in zip(result["records"], rows):
+        assert row.startswith(f"| lenet5 | 32 | float32 | shard_map | {r['num_devices']} | {r['per_device_batch']} | 8 |")
+        assert row.endswith(f"| {r['jax_over_torch']:.2f} |")
+    assert "host devices (one per core when dev > 1) / PyTorch img/s using all cores" in table
+    fastest = max(result["records"], key=lambda r: r["images_per_s"])
+    (best_row,) = [line for line in best.splitlines() if line.startswith("| lenet5 |")]
+    assert best_row.startswith(f"| lenet5 | 32 | float32 | 8 | {fastest['num_devices']} | shard_map |")
 
 
 @pytest.mark.parametrize("name,size", [("lenet5", 32), ("s4_exp4", 224)])
@@ -135,6 +152,129 @@ def test_devices_mode_helpers():
     env = throughput._forced_env(3)
     assert env["XLA_FLAGS"].split().count("--xla_force_host_platform_device_count=3") == 1
     assert "--xla_force_host_platform_device_count=4" not in env["XLA_FLAGS"]
+    assert env["JAX_PLATFORMS"] == "cpu"  # the subprocess gets global batches, a CPU-sweep notion
+
+
+def test_devices_mode_passes_global_batches_per_device_count(monkeypatch):
+    """Each subprocess times one forced count at per-device batch x n; the join stays per-device."""
+    cmds = []
+
+    def fake_run(cmd, env, check):
+        cmds.append(cmd)
+        n = int(cmd[cmd.index("--device-counts") + 1])
+        assert f"--xla_force_host_platform_device_count={n}" in env["XLA_FLAGS"]
+        records = [{"model": "lenet5", "image_size": 32, "dtype": "float32", "parallel": "shard_map",
+                    "num_devices": n, "per_device_batch": g // n, "global_batch": g, "error": None,
+                    "train_step_s": {"median_s": 0.001 * g}}
+                   for g in throughput._ints(cmd[cmd.index("--batch-sizes") + 1])]
+        Path(cmd[cmd.index("--json") + 1]).write_text(json.dumps({"records": records}))
+
+    monkeypatch.setattr(throughput.subprocess, "run", fake_run)
+    argv = ["--models", "lenet5@32", "--batch-sizes", "4", "--devices", "2", "--num-devices", "3", "--steps", "1"]
+    options = throughput.BenchOptions(batch_sizes=(4,))
+    records, rows = throughput.run_devices(argv, [2], options)
+    args = [(c[c.index("--device-counts") + 1], c[c.index("--batch-sizes") + 1]) for c in cmds]
+    assert args == [("1", "4,8"), ("2", "8")]  # 1 device also at the 2 x 4 total
+    assert all(c.count("--batch-sizes") == 1 and "--num-devices" not in c for c in cmds)
+    assert len(records) == 3
+    (row,) = rows
+    assert (row["num_devices"], row["per_device_batch"]) == (2, 4)
+    assert (row["step_ms_1"], row["step_ms_n"], row["step_ms_1_same_total"]) == pytest.approx((4.0, 8.0, 8.0))
+
+
+def test_device_counts_default_to_one_and_all_on_cpu():
+    opts = throughput.BenchOptions
+    assert throughput.device_counts(opts(), on_cpu=True, local=4) == (1, 4)
+    assert throughput.device_counts(opts(), on_cpu=True, local=1) == (1,)
+    assert throughput.device_counts(opts(), on_cpu=False, local=8) == (8,)
+    assert throughput.device_counts(opts(num_devices=2), on_cpu=True, local=4) == (2,)
+    assert throughput.device_counts(opts(device_counts=(2, 4)), on_cpu=True, local=4) == (2, 4)
+
+
+def test_batch_split_is_global_on_cpu_and_per_device_on_gpu():
+    assert throughput.batch_split(8, 4, on_cpu=True) == (2, 8)
+    assert throughput.batch_split(8, 1, on_cpu=True) == (8, 8)
+    assert throughput.batch_split(6, 4, on_cpu=True) == (None, 6)
+    assert throughput.batch_split(8, 4, on_cpu=False) == (8, 32)
+
+
+def test_indivisible_global_batch_is_an_error_record_and_the_sweep_goes_on():
+    seen = []
+    options = throughput.BenchOptions(
+        cases=[throughput.BenchCase("lenet5", 32, (6,), (6,))], batch_sizes=(6, 10), device_counts=(4,),
+        steps=1, warmup=0, torch=False, progress=False, on_record=lambda records: seen.append(len(records)),
+    )
+    records = throughput.run(options)  # nothing divides: fails before compiling anything
+    assert seen == [1, 2]
+    assert [r["error"] for r in records] == [
+        "global batch 6 is not divisible by 4 devices", "global batch 10 is not divisible by 4 devices"]
+    r = records[0]
+    assert (r["num_devices"], r["per_device_batch"], r["global_batch"], r["comparison"]) == (4, None, 6, "whole_host")
+    assert r["torch"] is None and r["jax_over_torch"] is None
+    assert "| lenet5 | 32 | float32 | shard_map | 4 | - | 6 | failed: global batch 6" in report.markdown_table(records)
+
+
+def _fake_torch(images_per_s, eval_images_per_s):
+    return {"setup": "cpu eager", "batch": 8, "images_per_s": images_per_s, "eval_images_per_s": eval_images_per_s}
+
+
+@pytest.mark.parametrize("comparison,expected,expected_eval", [
+    ("whole_host", 400.0 / 100.0, 1000.0 / 200.0),  # global img/s / torch img/s
+    ("per_device", 400.0 / 4 / 100.0, 1000.0 / 4 / 200.0),  # per device / torch on one device
+])
+def test_jax_over_torch_by_comparison(comparison, expected, expected_eval):
+    record = {"comparison": comparison, "num_devices": 4, "images_per_s": 400.0, "eval_images_per_s": 1000.0,
+              "error": None}
+    torch_result = _fake_torch(100.0, 200.0)
+    throughput.attach_torch(record, torch_result)
+    assert record["torch"] is torch_result
+    assert record["jax_over_torch"] == pytest.approx(expected)
+    assert record["eval_jax_over_torch"] == pytest.approx(expected_eval)
+
+
+def test_cpu_devices_flag_is_added_only_when_absent():
+    env = {}
+    throughput.force_host_devices(env, 3)
+    assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=3"
+    env = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
+    throughput.force_host_devices(env, 2)
+    assert env["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=2"
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=7"}
+    throughput.force_host_devices(env, 2)
+    assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=7"  # the user's count wins
+
+
+def test_num_devices_and_device_counts_exclude_each_other():
+    with pytest.raises(SystemExit):
+        throughput.main(["--num-devices", "2", "--device-counts", "1,2", "--no-progress"])
+
+
+def _record(n, images_per_s, comparison="whole_host", **extra):
+    return {"model": "m", "image_size": 8, "dtype": "float32", "parallel": "shard_map", "num_devices": n,
+            "per_device_batch": 8 // n, "global_batch": 8, "comparison": comparison, "error": None,
+            "images_per_s": images_per_s, "torch": _fake_torch(50.0, 100.0), "jax_over_torch": images_per_s / 50.0,
+            **extra}
+
+
+def test_best_setup_table_picks_the_fastest_device_count():
+    table = report.best_setup_table([_record(1, 20.0), _record(2, 30.0)])
+    assert "| m | 8 | float32 | 8 | 2 | shard_map | 30.0 | 50.0 | 0.60 |" in table
+    assert report.best_setup_table([_record(1, 20.0)]) == ""  # one device count: nothing to choose
+    assert report.best_setup_table([_record(1, 20.0, "per_device"), _record(2, 30.0, "per_device")]) == ""
+
+
+def test_schema_1_records_render():
+    old = json.loads(OLD_CPU_RESULTS.read_text())
+    assert old["schema"] == "cxrjax.benchmarks.throughput/1"
+    text = report.markdown_table(old["records"])
+    rows = [line for line in text.splitlines() if line.startswith("| lenet5 |") or line.startswith("| vgg16")]
+    assert rows[0].startswith("| lenet5 | 32 | float32 | shard_map | 1 | 32 | 32 |")
+    assert "jax/torch: JAX img/s per device / PyTorch img/s on one device" in text  # no comparison: per device
+    assert "host devices" not in text and "Best JAX setup" not in text
+    # A schema /1 error record had neither global_batch nor comparison.
+    failed = {k: v for k, v in old["records"][0].items() if k not in ("global_batch",)}
+    failed.update(num_devices=2, per_device_batch=4, error="RuntimeError: out of memory")
+    assert "| lenet5 | 32 | float32 | shard_map | 2 | 4 | 8 | failed: RuntimeError" in report.markdown_table([failed])
 
 
 def test_model_list_parsing():
