@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -102,6 +103,30 @@ def phantom_file_name(seed: int, index: int) -> str:
     return f"phantom-{int(seed)}-{int(index):06d}.png"
 
 
+def parse_phantom_file_name(file_name: str) -> tuple[int, int]:
+    """(seed, index) of a :func:`phantom_file_name` (a path or bare name)."""
+    stem = Path(str(file_name)).stem
+    try:
+        _, seed, index = stem.rsplit("-", 2)
+        return int(seed), int(index)
+    except ValueError:
+        raise ValueError(f"{file_name!r} is not a cxr_phantoms file name (phantom-<seed>-<index>.png)") from None
+
+
+def _marker_rng(seed: int, index: int) -> np.random.Generator:
+    """The shortcut marker's own random stream, apart from the image's."""
+    return np.random.default_rng([int(seed), int(index), 0x3A4C])
+
+
+def marker_box_mask(seed: int, index: int, label: int, size: int, shortcut_strength: float) -> np.ndarray:
+    """bool [size, size]: where phantom (seed, index) with this label has (or would have)
+    its shortcut marker's label box, drawn exactly as :func:`phantom_example` draws it."""
+    canvas = np.full((size, size), 128, np.uint8)
+    options = PhantomOptions(image_size=max(size, 16), shortcut_marker=True, shortcut_strength=shortcut_strength)
+    _draw_marker(canvas, int(label), options, _marker_rng(seed, index))
+    return canvas != 128  # every box pixel (dark background, white glyphs) differs from 128
+
+
 def phantom_example(seed: int, index: int, options: PhantomOptions = PhantomOptions()) -> dict:
     """One phantom, a pure function of (seed, index, options), independent of call order.
 
@@ -117,8 +142,7 @@ def phantom_example(seed: int, index: int, options: PhantomOptions = PhantomOpti
     image, lung, lesion, severity = _render(rng, label, options)
     marker_class = -1
     if options.shortcut_marker:
-        marker_rng = np.random.default_rng([int(seed), int(index), 0x3A4C])
-        marker_class = _draw_marker(image, label, options, marker_rng)
+        marker_class = _draw_marker(image, label, options, _marker_rng(seed, index))
     return {
         "image": image[..., None],
         "label": label,

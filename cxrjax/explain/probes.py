@@ -210,20 +210,9 @@ def phantom_marker_mask(record: Mapping[str, Any], shortcut_strength: float = 0.
     """
     from cxrjax.data import phantoms
 
-    stem = Path(str(record["file_name"])).stem           # phantom-<seed>-<index>
-    try:
-        _, seed, index = stem.rsplit("-", 2)
-        seed, index = int(seed), int(index)
-    except ValueError:
-        raise ValueError(f"{record['file_name']!r} is not a cxr_phantoms file name "
-                         "(phantom-<seed>-<index>.png)") from None
+    seed, index = phantoms.parse_phantom_file_name(record["file_name"])
     size = int(np.asarray(record["image"]).shape[0])
-    canvas = np.full((size, size), 128, np.uint8)
-    options = phantoms.PhantomOptions(image_size=max(size, 16), shortcut_marker=True,
-                                      shortcut_strength=float(shortcut_strength))
-    rng = np.random.default_rng([seed, index, 0x3A4C])   # the generator's marker stream
-    phantoms._draw_marker(canvas, int(record["label"]), options, rng)
-    return canvas != 128
+    return phantoms.marker_box_mask(seed, index, int(record["label"]), size, float(shortcut_strength))
 
 
 def marker_masker(dataset: str, options: Mapping[str, Any] | None):

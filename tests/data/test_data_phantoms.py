@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from cxrjax.data import phantoms
 from cxrjax.data.phantoms import (CLASS_NAMES, NORMAL, PhantomOptions, phantom_example,
                                   phantom_label)
 
@@ -109,3 +110,11 @@ def test_options_are_validated():
     with pytest.raises(ValueError, match="severity_range"):
         PhantomOptions(severity_range=(0.5, 0.2))
     assert PhantomOptions(severity_range=[0, 1]).severity_range == (0.0, 1.0)
+
+
+def test_phantom_file_names_round_trip():
+    name = phantoms.phantom_file_name(7, 123)
+    assert phantoms.parse_phantom_file_name(name) == (7, 123)
+    assert phantoms.parse_phantom_file_name(f"/data/train/Normal/{name}") == (7, 123)
+    with pytest.raises(ValueError, match="not a cxr_phantoms file name"):
+        phantoms.parse_phantom_file_name("Normal-12.png")
