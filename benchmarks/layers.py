@@ -67,6 +67,19 @@ previous "auto" ("xla", or "pad_valid" for S4's k3/p2); after = "im2col_dw":
 | vgg16@224 | conv8 | 28x28x256 | 3/1 | 99 / 106 / 407 | 48 / 67 / 56 |
 
 (S0 rows: measured with the earlier P^T-dy weight gradient, ~1.2-1.5x slower than now.)
+
+Batch cliff (``layers.batch_dw_cliff``): the weight gradient of the convs left to XLA
+jumps 5-15x once a device's batch passes 16 (S4's 10x10 conv1 over RGB at 128 px:
+23 / 46 / 483 / 638 ms at batch 8 / 16 / 24 / 32; LeNet's conv2 at batch 128: 6.7 ms).
+"chunked_dw" sums XLA's weight gradients of static chunks of 16 examples: S4 conv1 at
+batch 32 638 -> 101 ms (224 px: 2,227 -> 341), LeNet conv2 at 128 6.7 -> 1.0, VGG's
+14x14 512->512 conv at 32 358 -> 218. Whole train step, 1 device: s4_exp4@128 batch
+32 1.9-2.7 s -> 1.35 s, batch 128 8.8-10.9 s -> 4.8 s; lenet5 batch 128 36-39 -> 21 ms.
+A ``fori_loop`` over the chunks is ~30x slower (XLA:CPU leaves its fast conv path inside
+loops), and chunking the forward pass or the input gradient did not help.
+A forward pass of one-channel convs as k*k shifted multiply-adds was 4-6x faster per
+layer (LeNet conv1 at 128: 5.0 -> 1.2 ms) but made the whole LeNet step 1.6-2x slower
+(also behind an optimization barrier); not used.
 Left on XLA (im2col measured slower or equal, or not clearly faster): VGG's 14x14 block
 (dw 55 vs 43 ms with the current loop, 73 vs 122 with the earlier one; not switched),
 LeNet (10x10 and 28x28x1 maps: loop overhead), single-channel first convs (VGG: 50 vs
