@@ -469,9 +469,10 @@ def force_host_devices(env: MutableMapping[str, str], n: int) -> None:
     """Ask XLA:CPU for `n` host devices in `env`'s XLA_FLAGS, unless they already set a count.
 
     XLA:CPU runs one device's convolutions on about one core, so host devices, one per
-    core, are how JAX's data parallelism puts the whole host to work. XLA reads XLA_FLAGS once, when JAX initialises its backends, so this has to run
-    before any JAX computation (importing jax is fine; under pytest, whose conftest
-    already started JAX with 4 devices, it changes nothing). GPU platforms ignore it.
+    core, are how JAX's data parallelism puts the whole host to work. XLA reads
+    XLA_FLAGS once, when JAX initialises its backends, so this has to run before any JAX
+    computation (importing jax is fine; under pytest, whose conftest already started JAX
+    with 4 devices, it changes nothing). GPU platforms ignore it.
     """
     flags = env.get("XLA_FLAGS", "")
     if HOST_DEVICE_FLAG not in flags:

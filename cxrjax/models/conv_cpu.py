@@ -132,6 +132,11 @@ def _lax_conv(x: Array, kernel: Array, padding: int, pad_first: bool) -> Array:
     return lax.conv_general_dilated(x, kernel, (1, 1), pad, dimension_numbers=_DIMS)
 
 
+def _lax_input_grad(x: Array, kernel: Array, dy: Array, padding: int, pad_first: bool) -> Array:
+    """Input gradient of :func:`_lax_conv` (the transposed conv, whole batch)."""
+    return jax.vjp(lambda x: _lax_conv(x, kernel, padding, pad_first), x)[1](dy)[0]
+
+
 def _forward(x: Array, kernel: Array, padding: int, pad_first: bool, fwd_im2col: bool) -> Array:
     if fwd_im2col:
         return conv_valid_rows(_pad_hw(x, padding), kernel)
@@ -158,7 +163,7 @@ def _fwd(x, kernel, padding, pad_first, fwd_im2col):
 def _bwd(padding, pad_first, fwd_im2col, res, dy):
     x, kernel = res
     dy = dy.astype(x.dtype)
-    dx = jax.vjp(lambda x: _lax_conv(x, kernel, padding, pad_first), x)[1](dy)[0]
+    dx = _lax_input_grad(x, kernel, dy, padding, pad_first)
     dw = conv_valid_rows_dw(_pad_hw(x, padding), dy, kernel.shape[0]).astype(kernel.dtype)
     return dx, dw
 
@@ -196,7 +201,7 @@ def _chunked_fwd(x, kernel, padding, pad_first):
 def _chunked_bwd(padding, pad_first, res, dy):
     x, kernel = res
     dy = dy.astype(x.dtype)
-    dx = jax.vjp(lambda x: _lax_conv(x, kernel, padding, pad_first), x)[1](dy)[0]
+    dx = _lax_input_grad(x, kernel, dy, padding, pad_first)
     dw = jnp.zeros(kernel.shape, jnp.float32)
     for start in range(0, x.shape[0], DW_BATCH_CHUNK):
         rows = slice(start, start + DW_BATCH_CHUNK)
