@@ -134,7 +134,7 @@ def train_step_rate(case: Any, options: PipelineOptions, channels: int) -> tuple
     per_device = max(1, options.batch_size // n)
     cfg = jax_step.JaxStepConfig(model=case.model, image_size=case.image_size, per_device_batch=per_device,
                                  channels=channels, overrides=dict(options.overrides))
-    record, _ = run_jax_config(cfg, warmup=1, steps=options.train_steps, env=environment())
+    record, _, _ = run_jax_config(cfg, warmup=1, steps=options.train_steps, env=environment())
     return record["images_per_s"], f"measured here (batch {per_device} x {n} devices, {options.train_steps} steps)"
 
 

@@ -4,7 +4,7 @@ Kept apart from the runner so the JSON schema and its human-readable form live i
 small file: the markdown is generated from the JSON records only (``python -m
 benchmarks.throughput --from-json FILE --markdown OUT`` re-renders a saved run, also one
 of schema /1, whose records lack ``comparison`` (they were all per-device) and, when
-failed, ``global_batch``).
+failed, ``global_batch``, or of schema /2, whose records lack ``rounds`` (one round each)).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import os
 import platform
 from typing import Any
 
-SCHEMA = "cxrjax.benchmarks.throughput/2"
+SCHEMA = "cxrjax.benchmarks.throughput/3"
 
 
 def environment() -> dict[str, Any]:
@@ -58,6 +58,15 @@ def _global_batch(r: dict[str, Any]) -> int | None:
     if "global_batch" in r:
         return r["global_batch"]
     return r["per_device_batch"] * r["num_devices"] if r.get("per_device_batch") else None
+
+
+def ratio_text(r: dict[str, Any]) -> str:
+    """jax/torch, with the range of the per-round ratios when there were several rounds."""
+    text = _fmt(r.get("jax_over_torch"), ".2f")
+    per_round = r.get("jax_over_torch_rounds") or []
+    if len(per_round) > 1:
+        text += f" ({min(per_round):.2f}-{max(per_round):.2f})"
+    return text
 
 
 def _comparison(r: dict[str, Any]) -> str:
@@ -109,12 +118,16 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
             + f"| {_mib(r.get('xla_memory_bytes_per_device'))} | {_mib(r.get('peak_device_memory_bytes'))} "
             + f"| {r['eval_images_per_s']:.1f} "
             + f"| {_fmt(torch.get('images_per_s'), '.1f')} | {torch.get('setup', '-')} "
-            + f"| {_fmt(r.get('jax_over_torch'), '.2f')} |"
+            + f"| {ratio_text(r)} |"
         )
     peaks = sorted({r["peak_basis"] for r in records if r.get("peak_basis") and r.get("peak_tflops")})
     notes = [
         "",
         "step ms: median over the timed steps (10th-90th percentile); img/s = global batch / median.",
+        *(["Rounds: each configuration was timed in several rounds alternating JAX and PyTorch; step times "
+           "are pooled over the rounds, and jax/torch is followed by the range of the ratios within each "
+           "round (a drift of the machine's speed moves both frameworks within a round)."]
+          if any((r.get("rounds") or 1) > 1 for r in records) else []),
         "GFLOP/step and TFLOP/s: XLA cost analysis of the compiled train step, all devices.",
         *(note for c, note in RATIO_NOTES.items() if any(_comparison(r) == c for r in records)),
         "XLA MiB/dev: compiled executable's arguments + outputs + temporaries (memory analysis); "
@@ -150,7 +163,7 @@ def best_setup_table(records: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {model} | {size} | {dtype} | {batch} | {best['num_devices']} | {best['parallel']} "
             f"| {best['images_per_s']:.1f} | {_fmt(torch.get('images_per_s'), '.1f')} "
-            f"| {_fmt(best.get('jax_over_torch'), '.2f')} |"
+            f"| {ratio_text(best)} |"
         )
     return "\n".join(lines) + "\n"
 

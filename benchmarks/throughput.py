@@ -2,7 +2,7 @@
 
     python -m benchmarks.throughput [--models lenet5 s4_exp4@224 ...] [--batch-sizes 8,32]
         [--dtypes float32,bfloat16] [--parallel shard_map,pmap] [--steps N] [--warmup N]
-        [--json FILE] [--markdown FILE] [--no-torch] [--torch-compile auto|always|never]
+        [--rounds R] [--json FILE] [--markdown FILE] [--no-torch] [--torch-compile auto|always|never]
         [--cpu-devices N] [--device-counts 1,2] [--num-devices N] [--devices 1,4]
 
 For every (model@size, dtype, batch, parallel mode, device count) it reports: compile
@@ -10,7 +10,10 @@ time; median and spread of N individually timed train steps after warm-up; image
 FLOPs per step from XLA's cost analysis of the compiled step; achieved TFLOP/s and, on
 a known GPU, MFU against its dense peak (see benchmarks/peaks.py); XLA's memory
 estimate and the backend's peak memory where reported; eval images/s; and the same
-train/eval steps in PyTorch (benchmarks/torch_reference.py) on the same inputs.
+train/eval steps in PyTorch (benchmarks/torch_reference.py) on the same inputs. The
+train steps are timed in ``--rounds`` rounds (default 3 on CPU) that alternate JAX and
+PyTorch, pooled, with the ratio of each round kept: on a shared CPU either framework's
+speed drifts by tens of percent between minutes.
 
 What is compared differs by platform, so that each side uses the hardware it is given:
 
@@ -48,8 +51,8 @@ from pathlib import Path
 from typing import Any, Callable, MutableMapping
 
 HOST_DEVICE_FLAG = "--xla_force_host_platform_device_count"
-CPU_DEFAULT_STEPS, CPU_DEFAULT_WARMUP = 10, 2
-GPU_DEFAULT_STEPS, GPU_DEFAULT_WARMUP = 50, 5
+CPU_DEFAULT_STEPS, CPU_DEFAULT_WARMUP, CPU_DEFAULT_ROUNDS = 10, 2, 3
+GPU_DEFAULT_STEPS, GPU_DEFAULT_WARMUP, GPU_DEFAULT_ROUNDS = 50, 5, 1
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,9 @@ class BenchOptions:
     parallel: tuple[str, ...] = ("shard_map",)
     steps: int | None = None  # None -> platform default (capped per case on CPU)
     warmup: int | None = None
+    # Rounds of `steps` timed train steps per configuration, alternating JAX and PyTorch
+    # (one build each); None -> 3 on CPU (where speed drifts run to run), 1 on GPU.
+    rounds: int | None = None
     torch: bool = True
     torch_compile: str = "auto"
     num_devices: int | None = None  # fixes the device count (as device_counts=(N,) would)
@@ -138,11 +144,10 @@ def _stats_json(times: Any) -> dict[str, float]:
 
 
 def _torch_json(result: Any, batch: int) -> dict[str, Any]:
-    return {
+    out = {
         "setup": result.setup,
         "batch": batch,
-        "images_per_s": batch / result.train.median_s,
-        "train_step_s": _stats_json(result.train),
+        "rounds": 1,
         "eval_images_per_s": batch / result.eval.median_s,
         "eval_step_s": _stats_json(result.eval),
         "compile_s": result.compile_s,
@@ -151,15 +156,29 @@ def _torch_json(result: Any, batch: int) -> dict[str, Any]:
         "alternatives_median_s": result.alternatives,
         "notes": result.notes,
     }
+    set_torch_train_times(out, result.train)
+    return out
 
 
-def run_jax_config(cfg: Any, *, warmup: int, steps: int, env: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    """Compile and time one JAX configuration; returns (record without torch, host batch)."""
+def set_torch_train_times(torch_json: dict[str, Any], times: Any) -> None:
+    """Write PyTorch's train-step time and images/s from `times`."""
+    torch_json["train_step_s"] = _stats_json(times)
+    torch_json["images_per_s"] = torch_json["batch"] / times.median_s
+
+
+def run_jax_config(cfg: Any, *, warmup: int, steps: int, env: dict[str, Any],
+                   keep: bool = False) -> tuple[dict[str, Any], Any, Any]:
+    """Compile and time one JAX configuration.
+
+    Returns (record without torch, host batch, retimer): with `keep`, a
+    :class:`benchmarks.timing.Retimer` that times more train steps of the compiled step
+    (else None).
+    """
     import jax
     import numpy as np
 
     from benchmarks import jax_step, peaks
-    from benchmarks.timing import time_steps
+    from benchmarks.timing import Retimer, time_steps
 
     compiled = jax_step.build_steps(cfg)
     n = compiled.num_devices
@@ -172,7 +191,6 @@ def run_jax_config(cfg: Any, *, warmup: int, steps: int, env: dict[str, Any]) ->
         lambda _: compiled.eval(state, batch), None, warmup=max(1, warmup), steps=steps, sync=jax.block_until_ready
     )
     flops_dev = compiled.train_flops_per_device
-    achieved_dev = flops_dev / train_times.median_s / 1e12 if flops_dev else None
     peak, basis = peaks.peak_tflops(env["device_kind"], cfg.dtype)
     params = sum(int(a.size) for a in jax.tree.leaves(state.params)) // (n if cfg.parallel == "pmap" else 1)
     record = {
@@ -188,18 +206,14 @@ def run_jax_config(cfg: Any, *, warmup: int, steps: int, env: dict[str, Any]) ->
         "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.overrides.items()},
         "parameters": params,
         "warmup": warmup,
+        "rounds": 1,
         "compile_s": compiled.train_compile_s,
         "eval_compile_s": compiled.eval_compile_s,
-        "train_step_s": _stats_json(train_times),
-        "images_per_s": global_batch / train_times.median_s,
         "flops_per_step": flops_dev * n if flops_dev else None,
         "flops_per_step_per_device": flops_dev,
         "flops_source": "xla_cost_analysis" if flops_dev else None,
-        "achieved_tflops": achieved_dev * n if achieved_dev else None,
-        "achieved_tflops_per_device": achieved_dev,
         "peak_tflops": peak,
         "peak_basis": basis,
-        "mfu": peaks.mfu(achieved_dev, peak),
         "xla_memory_bytes_per_device": compiled.train_memory_bytes,
         "peak_device_memory_bytes": jax_step.peak_device_memory_bytes(),
         "eval_step_s": _stats_json(eval_times),
@@ -207,13 +221,36 @@ def run_jax_config(cfg: Any, *, warmup: int, steps: int, env: dict[str, Any]) ->
         "eval_flops_per_step_per_device": compiled.eval_flops_per_device,
         "torch": None,
         "jax_over_torch": None,
+        "jax_over_torch_rounds": None,
         "eval_jax_over_torch": None,
         "error": None,
     }
+    set_train_times(record, train_times)
+    retimer = Retimer(_state_only(compiled.train, batch), state, jax.block_until_ready,
+                      rounds=[train_times]) if keep else None
     host_images = np.asarray(jax.device_get(batch["image"])).reshape(global_batch, *batch["image"].shape[-3:])
     host_labels = np.asarray(jax.device_get(batch["label"])).reshape(global_batch)
     del compiled, state, batch
-    return record, (host_images, host_labels)
+    return record, (host_images, host_labels), retimer
+
+
+def _state_only(train: Callable, batch: Any) -> Callable[[Any], Any]:
+    """state -> state of a compiled (state, batch) -> (state, metrics) step (binds `batch`
+    now: `run_jax_config` deletes its names, which would empty a closure's cells)."""
+    return lambda state: train(state, batch)[0]
+
+
+def set_train_times(record: dict[str, Any], times: Any) -> None:
+    """Write a JAX record's train-step figures (time, images/s, TFLOP/s, MFU) from `times`."""
+    from benchmarks import peaks
+
+    flops_dev = record["flops_per_step_per_device"]
+    achieved_dev = flops_dev / times.median_s / 1e12 if flops_dev else None
+    record["train_step_s"] = _stats_json(times)
+    record["images_per_s"] = record["global_batch"] / times.median_s
+    record["achieved_tflops"] = achieved_dev * record["num_devices"] if achieved_dev else None
+    record["achieved_tflops_per_device"] = achieved_dev
+    record["mfu"] = peaks.mfu(achieved_dev, record["peak_tflops"])
 
 
 def attach_torch(record: dict[str, Any], torch_result: dict[str, Any] | None) -> None:
@@ -257,7 +294,14 @@ def batch_split(batch: int, n: int, on_cpu: bool) -> tuple[int | None, int]:
 
 
 def run(options: BenchOptions) -> list[dict[str, Any]]:
-    """Run every configuration of `options`; one record per configuration."""
+    """Run every configuration of `options`; one record per configuration.
+
+    Configurations that share a PyTorch reference (same model, size, dtype and swept
+    batch: the device counts and parallel modes) form a group. Each is compiled and
+    timed once, PyTorch picks its best setup, and then, with ``rounds`` > 1, the group
+    is timed ``rounds - 1`` more times in turn (JAX configurations, then PyTorch) so a
+    drift of the machine's speed hits both frameworks alike.
+    """
     import jax
     from tqdm import tqdm
 
@@ -267,8 +311,9 @@ def run(options: BenchOptions) -> list[dict[str, Any]]:
     on_cpu = env["platform"] == "cpu"
     comparison = "whole_host" if on_cpu else "per_device"
     dtypes = options.dtypes or (("float32",) if on_cpu else ("float32", "bfloat16"))
+    rounds = options.rounds or (CPU_DEFAULT_ROUNDS if on_cpu else GPU_DEFAULT_ROUNDS)
     counts = device_counts(options, on_cpu, jax.local_device_count())
-    plan = []
+    groups = []
     for case in options.cases:
         batches = options.batch_sizes or (case.cpu_batches if on_cpu else case.gpu_batches)
         steps = options.steps or (case.cpu_steps or CPU_DEFAULT_STEPS if on_cpu else GPU_DEFAULT_STEPS)
@@ -277,43 +322,86 @@ def run(options: BenchOptions) -> list[dict[str, Any]]:
         )
         for dtype in dtypes:
             for batch in batches:
-                for parallel in options.parallel:
-                    for n in counts:
-                        plan.append((case, dtype, batch, parallel, n, steps, warmup))
+                members = [(parallel, n) for parallel in options.parallel for n in counts]
+                groups.append((case, dtype, batch, members, steps, warmup))
     records: list[dict[str, Any]] = []
-    torch_cache: dict[tuple, dict[str, Any] | None] = {}
     eager_won: set[tuple] = set()  # (model, size, dtype) where eager beat compile on CPU
-    bar = tqdm(plan, desc="throughput", disable=not options.progress)
-    for case, dtype, batch, parallel, n, steps, warmup in bar:
-        bar.set_postfix_str(f"{case.label} {dtype} b{batch} {parallel} x{n}")
-        per_device, global_batch = batch_split(batch, n, on_cpu)
-        config = {"model": case.model, "image_size": case.image_size, "dtype": dtype, "parallel": parallel,
-                  "num_devices": n, "per_device_batch": per_device, "global_batch": global_batch,
-                  "comparison": comparison}
-        record, host = _time_jax(config, options, env, steps=steps, warmup=warmup)
-        if host is not None:
-            torch_batch = global_batch if on_cpu else per_device
-            images, labels = host
-            key = (case.model, case.image_size, dtype, torch_batch)
-            if options.torch and key not in torch_cache:
-                torch_cache[key] = run_torch(case, dtype, torch_batch, images[:torch_batch], labels[:torch_batch],
-                                             steps=steps, warmup=warmup, options=options, on_cpu=on_cpu,
-                                             eager_won=eager_won)
-            attach_torch(record, torch_cache.get(key))
-        records.append(record)
-        if options.on_record:
-            options.on_record(records)
+    bar = tqdm(total=sum(len(g[3]) for g in groups), desc="throughput", disable=not options.progress)
+    for case, dtype, batch, members, steps, warmup in groups:
+        torch_result, torch_retimer = None, None
+        timed = []  # (record, retimer) of this group
+        for parallel, n in members:
+            bar.set_postfix_str(f"{case.label} {dtype} b{batch} {parallel} x{n}")
+            per_device, global_batch = batch_split(batch, n, on_cpu)
+            config = {"model": case.model, "image_size": case.image_size, "dtype": dtype, "parallel": parallel,
+                      "num_devices": n, "per_device_batch": per_device, "global_batch": global_batch,
+                      "comparison": comparison}
+            record, host, retimer = _time_jax(config, options, env, steps=steps, warmup=warmup, keep=rounds > 1)
+            if host is not None and options.torch and torch_result is None:
+                torch_batch = global_batch if on_cpu else per_device
+                images, labels = host
+                torch_result, torch_retimer = run_torch(
+                    case, dtype, torch_batch, images[:torch_batch], labels[:torch_batch], steps=steps,
+                    warmup=warmup, options=options, on_cpu=on_cpu, eager_won=eager_won, keep=rounds > 1)
+            attach_torch(record, torch_result)
+            timed.append((record, retimer))
+            records.append(record)
+            bar.update()
+            if options.on_record:
+                options.on_record(records)
+        if rounds > 1 and any(r is not None for _, r in timed):
+            bar.set_postfix_str(f"{case.label} {dtype} b{batch}: {rounds} rounds")
+            time_rounds(timed, torch_result, torch_retimer, rounds=rounds, steps=steps)
+            if options.on_record:
+                options.on_record(records)
+        del timed, torch_retimer
+        gc.collect()
+    bar.close()
     return records
 
 
+def time_rounds(timed: list[tuple[dict[str, Any], Any]], torch_result: dict[str, Any] | None, torch_retimer: Any,
+                *, rounds: int, steps: int) -> None:
+    """Time `rounds - 1` more rounds of a group, JAX configurations then PyTorch each
+    round, and rewrite the records with the pooled step times of all rounds.
+
+    Each record also gets ``jax_over_torch_rounds``: the ratio within each round, whose
+    range shows how much of a difference is drift rather than speed.
+    """
+    from benchmarks.timing import pooled
+
+    for _ in range(rounds - 1):
+        for _, retimer in timed:
+            if retimer is not None:
+                retimer(steps)
+        if torch_retimer is not None:
+            torch_retimer(steps)
+    if torch_retimer is not None:
+        set_torch_train_times(torch_result, pooled(torch_retimer.rounds))
+        torch_result["rounds"] = len(torch_retimer.rounds)
+    for rec, retimer in timed:
+        if retimer is None:
+            continue
+        set_train_times(rec, pooled(retimer.rounds))
+        rec["rounds"] = len(retimer.rounds)
+        attach_torch(rec, torch_result)
+        if torch_retimer is not None and rec["jax_over_torch"] is not None:
+            n = 1 if rec["comparison"] == "whole_host" else rec["num_devices"]
+            rec["jax_over_torch_rounds"] = [
+                (rec["global_batch"] / n / j.median_s) / (torch_result["batch"] / t.median_s)
+                for j, t in zip(retimer.rounds, torch_retimer.rounds)
+            ]
+
+
 def _time_jax(config: dict[str, Any], options: BenchOptions, env: dict[str, Any], *, steps: int,
-              warmup: int) -> tuple[dict[str, Any], Any]:
-    """(record, host batch) of one JAX configuration; a failed record and None if it cannot run."""
+              warmup: int, keep: bool = False) -> tuple[dict[str, Any], Any, Any]:
+    """(record, host batch, retimer or None) of one JAX configuration; a failed record and
+    no batch if it cannot run."""
     from benchmarks import jax_step
 
     n, per_device = config["num_devices"], config["per_device_batch"]
     if per_device is None:
-        return _failed(env, config, f"global batch {config['global_batch']} is not divisible by {n} devices"), None
+        return _failed(env, config, f"global batch {config['global_batch']} is not divisible by {n} devices"), None, None
     cfg = jax_step.JaxStepConfig(
         model=config["model"],
         image_size=config["image_size"],
@@ -325,13 +413,13 @@ def _time_jax(config: dict[str, Any], options: BenchOptions, env: dict[str, Any]
         overrides=dict(options.overrides),
     )
     try:
-        record, host = run_jax_config(cfg, warmup=warmup, steps=steps, env=env)
+        record, host, retimer = run_jax_config(cfg, warmup=warmup, steps=steps, env=env, keep=keep)
     except Exception as e:  # e.g. out of memory at a large batch: record it and go on
-        return _failed(env, config, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"), None
+        return _failed(env, config, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"), None, None
     finally:
         gc.collect()
     record["comparison"] = config["comparison"]
-    return record, host
+    return record, host, retimer
 
 
 def _failed(env: dict[str, Any], config: dict[str, Any], error: str) -> dict[str, Any]:
@@ -340,9 +428,11 @@ def _failed(env: dict[str, Any], config: dict[str, Any], error: str) -> dict[str
 
 
 def run_torch(case: BenchCase, dtype: str, batch: int, images: Any, labels: Any, *, steps: int, warmup: int,
-              options: BenchOptions, on_cpu: bool, eager_won: set[tuple]) -> dict[str, Any] | None:
-    """PyTorch at `batch` (CPU: the global batch, all cores; GPU: the per-device batch, one
-    device); None (with a message) without torch.
+              options: BenchOptions, on_cpu: bool, eager_won: set[tuple],
+              keep: bool = False) -> tuple[dict[str, Any] | None, Any]:
+    """(PyTorch's numbers, retimer) at `batch` (CPU: the global batch, all cores; GPU: the
+    per-device batch, one device); (None, None), with a message, without torch. With
+    `keep`, the retimer times more train steps of the chosen setup.
 
     On CPU with ``--torch-compile auto``, compilation (tens of seconds per shape there) is
     only retried for a model's larger batches while it keeps beating eager.
@@ -353,7 +443,7 @@ def run_torch(case: BenchCase, dtype: str, batch: int, images: Any, labels: Any,
         print(f"benchmarks.throughput: PyTorch reference skipped ({e}); install the extra: pip install -e .[torch]",
               file=sys.stderr)
         options.torch = False
-        return None
+        return None, None
     compile_mode = options.torch_compile
     group = (case.model, case.image_size, dtype)
     note = None
@@ -363,14 +453,14 @@ def run_torch(case: BenchCase, dtype: str, batch: int, images: Any, labels: Any,
         model=case.model, image_size=case.image_size, batch=batch, dtype=dtype,
         num_classes=options.num_classes, compile=compile_mode, overrides=dict(options.overrides),
     )
-    result = torch_reference.benchmark(cfg, images, labels, warmup=warmup, steps=steps)
+    result = torch_reference.benchmark(cfg, images, labels, warmup=warmup, steps=steps, keep=keep)
     if "eager" in result.setup and len(result.alternatives) > 1:
         eager_won.add(group)
     out = _torch_json(result, batch)
     if note:
         out["notes"].append(note)
     gc.collect()
-    return out
+    return out, result.retime
 
 
 # --------------------------------------------------------------------------------------
@@ -504,7 +594,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batches, e.g. 8,32: global on CPU, per device on GPU and with --devices (default: per model)")
     p.add_argument("--dtypes", type=_strs, default=None, help="float32,bfloat16 (default: float32 on CPU, both on GPU)")
     p.add_argument("--parallel", type=_strs, default=("shard_map",), help="shard_map,pmap (default: shard_map)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default: 10 on CPU, 3 for VGG; 50 on GPU)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed train steps per round (default: 10 on CPU, 5 for s4_exp4@224, 3 for VGG; 50 on GPU)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds per configuration, alternating JAX and PyTorch; step times are pooled "
+                        "(default: 3 on CPU, 1 on GPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 2 on CPU, 5 on GPU)")
     p.add_argument("--cpu-devices", type=int, default=os.cpu_count() or 1,
                    help="host devices for XLA:CPU, set in XLA_FLAGS unless it sets a count already; no effect "
@@ -538,6 +632,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.cpu_devices < 1:
         parser.error("--cpu-devices must be at least 1")
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.num_devices and args.device_counts:
         parser.error("--num-devices and --device-counts both fix the device count; give one")
     # Before anything initialises JAX's backends (nothing imported so far does).
@@ -556,6 +652,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parallel=args.parallel,
             steps=args.steps,
             warmup=args.warmup,
+            rounds=args.rounds,
             torch=not args.no_torch,
             torch_compile=args.torch_compile,
             num_devices=args.num_devices,

@@ -5,12 +5,16 @@ each timed call ends with the framework's own synchronisation (`jax.block_until_
 or `torch.cuda.synchronize`), passed in as `sync`. Per-step synchronisation costs a
 little on accelerators (it stops the host running ahead), equally for both sides; it is
 what makes the per-step spread meaningful.
+
+On a shared machine the speed of either framework drifts by tens of percent over
+minutes, so the throughput suite can time a configuration in several rounds that
+alternate JAX and PyTorch (:class:`Retimer`, ``--rounds``); :func:`pooled` merges them.
 """
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
@@ -24,6 +28,7 @@ class StepTimes:
     p10_s: float
     p90_s: float
     steps: int
+    samples: tuple[float, ...] = field(default=(), repr=False, compare=False)  # the raw step times
 
     @property
     def spread(self) -> float:
@@ -31,7 +36,8 @@ class StepTimes:
         return (self.p90_s - self.p10_s) / self.median_s if self.median_s > 0 else 0.0
 
     def to_json(self) -> dict[str, float]:
-        return {**asdict(self), "spread": self.spread}
+        return {"median_s": self.median_s, "min_s": self.min_s, "max_s": self.max_s, "p10_s": self.p10_s,
+                "p90_s": self.p90_s, "steps": self.steps, "spread": self.spread}
 
 
 def summarize(times: list[float]) -> StepTimes:
@@ -51,7 +57,13 @@ def summarize(times: list[float]) -> StepTimes:
         p10_s=rank(0.1),
         p90_s=rank(0.9),
         steps=n,
+        samples=tuple(times),
     )
+
+
+def pooled(rounds: list[StepTimes]) -> StepTimes:
+    """One summary of the steps of several rounds of the same configuration."""
+    return summarize([t for r in rounds for t in r.samples])
 
 
 def time_steps(
@@ -77,3 +89,27 @@ def time_steps(
         sync(state)
         times.append(time.perf_counter() - t0)
     return summarize(times), state
+
+
+@dataclass
+class Retimer:
+    """More timed train steps of a configuration that is already built and warmed up.
+
+    Holds the step, its carried state and its sync; each call runs one untimed step first
+    (so a framework that switched to eval mode in between recompiles outside the timing),
+    then `steps` timed ones, and appends their summary to ``rounds`` (which starts with
+    the first timing, made before the retimer existed).
+    """
+
+    step: Callable[[Any], Any]
+    state: Any
+    sync: Callable[[Any], Any]
+    rounds: list[StepTimes] = field(default_factory=list)
+    before: Callable[[], None] | None = None  # e.g. put a torch module back in train mode
+
+    def __call__(self, steps: int) -> StepTimes:
+        if self.before is not None:
+            self.before()
+        times, self.state = time_steps(self.step, self.state, warmup=1, steps=steps, sync=self.sync)
+        self.rounds.append(times)
+        return times

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.timing import StepTimes, time_steps
+from benchmarks.timing import Retimer, StepTimes, time_steps
 
 # --------------------------------------------------------------------------------------
 # Architectures (mirror cxrjax/models/{lenet,s0,s4,vgg}.py)
@@ -268,6 +268,7 @@ class TorchResult:
     peak_memory_bytes: int | None
     alternatives: dict[str, float] = field(default_factory=dict)  # setup -> train median s
     notes: list[str] = field(default_factory=list)
+    retime: Retimer | None = field(default=None, repr=False)  # more train steps of `setup` (keep=True)
 
 
 def _sync(device: torch.device) -> Callable[[Any], None]:
@@ -308,8 +309,10 @@ def _steps(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: tor
 
 
 def _run_setup(cfg: TorchConfig, images: np.ndarray, labels: np.ndarray, device: torch.device,
-               compiled: bool, *, warmup: int, steps: int) -> tuple[StepTimes, StepTimes, float | None, int, int | None]:
-    """Build a fresh model for one setup and time its train and eval steps."""
+               compiled: bool, *, warmup: int, steps: int,
+               keep: bool = False) -> tuple[StepTimes, StepTimes, float | None, int, int | None, Retimer | None]:
+    """Build a fresh model for one setup and time its train and eval steps; with `keep`,
+    also a :class:`Retimer` that holds the model for more train steps."""
     torch.manual_seed(0)
     model = create(cfg.model, num_classes=cfg.num_classes, channels=cfg.channels,
                    image_size=cfg.image_size, **cfg.overrides)
@@ -340,18 +343,20 @@ def _run_setup(cfg: TorchConfig, images: np.ndarray, labels: np.ndarray, device:
         eval_step(None)  # compiles the eval graph outside the timed steps
     eval_times, _ = time_steps(eval_step, None, warmup=max(1, warmup), steps=steps, sync=sync)
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    retime = Retimer(train_step, None, sync, rounds=[train_times], before=model.train) if keep else None
     del model, runner, opt, x, y, train_step, eval_step
-    if device.type == "cuda":
+    if device.type == "cuda" and not keep:
         torch.cuda.empty_cache()  # give the memory back for the next JAX configuration
-    return train_times, eval_times, compile_s, n_params, peak
+    return train_times, eval_times, compile_s, n_params, peak, retime
 
 
 def benchmark(cfg: TorchConfig, images: np.ndarray, labels: np.ndarray, *, warmup: int, steps: int,
-              device: str | None = None) -> TorchResult:
+              device: str | None = None, keep: bool = False) -> TorchResult:
     """Time the PyTorch train and eval steps on `images` (NHWC float32) and `labels`.
 
     See the module docstring for which setups are tried. Compilation failures are caught
-    and recorded in ``notes`` (the result then reports eager).
+    and recorded in ``notes`` (the result then reports eager). With `keep`, the result's
+    ``retime`` times more train steps of the chosen setup (its model stays alive).
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda":
@@ -368,16 +373,20 @@ def benchmark(cfg: TorchConfig, images: np.ndarray, labels: np.ndarray, *, warmu
     for compiled in tries:
         name = f"{prefix} {'compiled' if compiled else 'eager'}{suffix}"
         try:
-            results[name] = _run_setup(cfg, images, labels, dev, compiled, warmup=warmup, steps=steps)
+            results[name] = _run_setup(cfg, images, labels, dev, compiled, warmup=warmup, steps=steps, keep=keep)
         except Exception as e:  # torch.compile needs a C++ toolchain / triton; fall back
             if not compiled:
                 raise
             notes.append(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); using eager")
             if not results:
                 name = f"{prefix} eager{suffix}"
-                results[name] = _run_setup(cfg, images, labels, dev, False, warmup=warmup, steps=steps)
+                results[name] = _run_setup(cfg, images, labels, dev, False, warmup=warmup, steps=steps, keep=keep)
     best = min(results, key=lambda k: results[k][0].median_s)
-    train_t, eval_t, compile_s, n_params, peak = results[best]
+    train_t, eval_t, compile_s, n_params, peak, retime = results[best]
+    alternatives = {k: v[0].median_s for k, v in results.items()}
+    del results  # frees the other setups' models (only `retime` holds the chosen one)
+    if dev.type == "cuda" and keep:
+        torch.cuda.empty_cache()
     return TorchResult(
         setup=best,
         train=train_t,
@@ -385,6 +394,7 @@ def benchmark(cfg: TorchConfig, images: np.ndarray, labels: np.ndarray, *, warmu
         compile_s=compile_s,
         parameters=n_params,
         peak_memory_bytes=peak,
-        alternatives={k: v[0].median_s for k, v in results.items()},
+        alternatives=alternatives,
         notes=notes,
+        retime=retime,
     )

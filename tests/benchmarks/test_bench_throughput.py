@@ -1,8 +1,8 @@
 """benchmarks.throughput / torch_reference / peaks: a tiny end-to-end run and the pieces.
 
 One module-scoped smoke run (LeNet-5 at 32 px, global batch 8 on 1 device and on the 4
-forced CPU devices, shard_map, one timed step, PyTorch eager once at batch 8) feeds the
-schema and whole-host ratio checks; everything else is pure arithmetic on hand-made
+forced CPU devices, shard_map, two rounds of one timed step, PyTorch eager once at batch
+8) feeds the schema, rounds and whole-host ratio checks; everything else is pure arithmetic on hand-made
 inputs, or runs that stop before compiling. (The pmap wrapper is the same per-replica
 step; it is left to the CLI to keep this file inside its time budget.)
 """
@@ -13,7 +13,9 @@ import pytest
 
 from benchmarks import peaks, report, throughput, timing
 
-OLD_CPU_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks/results/2026-11-22-cpu-2core.json"
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks/results"
+OLD_CPU_RESULTS = RESULTS / "2026-11-22-cpu-2core.json"
+SCHEMA_2_RESULTS = RESULTS / "2026-11-22-cpu-2core-whole-host.json"
 
 RECORD_KEYS = {
     "model", "image_size", "dtype", "parallel", "num_devices", "per_device_batch", "global_batch",
@@ -22,6 +24,7 @@ RECORD_KEYS = {
     "flops_per_step_per_device", "achieved_tflops", "peak_tflops", "peak_basis", "mfu",
     "xla_memory_bytes_per_device", "peak_device_memory_bytes", "eval_step_s", "eval_images_per_s",
     "parameters", "torch", "jax_over_torch", "eval_jax_over_torch", "error", "comparison",
+    "rounds", "jax_over_torch_rounds",
 }
 STEP_KEYS = {"median_s", "min_s", "max_s", "p10_s", "p90_s", "steps", "spread"}
 
@@ -31,7 +34,7 @@ def smoke(tmp_path_factory):
     pytest.importorskip("torch", reason="the PyTorch reference needs the optional extra: pip install -e .[torch]")
     out = tmp_path_factory.mktemp("throughput")
     result = throughput.main([
-        "--models", "lenet5@32", "--batch-sizes", "8", "--steps", "1", "--warmup", "0",
+        "--models", "lenet5@32", "--batch-sizes", "8", "--steps", "1", "--warmup", "0", "--rounds", "2",
         "--parallel", "shard_map", "--torch-compile", "never", "--no-progress",
         "--json", str(out / "t.json"), "--markdown", str(out / "t.md"),
     ])
@@ -50,7 +53,8 @@ def test_smoke_json_schema(smoke):
         assert r["error"] is None, r["error"]
         assert RECORD_KEYS <= set(r)
         assert STEP_KEYS <= set(r["train_step_s"]) and STEP_KEYS <= set(r["eval_step_s"])
-        assert r["train_step_s"]["steps"] == 1
+        assert r["rounds"] == 2 and r["train_step_s"]["steps"] == 2  # pooled over the rounds
+        assert r["eval_step_s"]["steps"] == 1  # eval is timed once
         assert r["comparison"] == "whole_host"
         assert r["platform"] == "cpu" and r["mfu"] is None and r["peak_tflops"] is None
         assert r["parameters"] == 61_196  # LeNet-5, 1 channel, K = 4 (cxrjax/models/lenet.py)
@@ -72,7 +76,9 @@ def test_smoke_torch_ratio(smoke):
         assert t["batch"] == 8
         assert t["parameters"] == r["parameters"]
         assert t["images_per_s"] == pytest.approx(8 / t["train_step_s"]["median_s"])
+        assert t["rounds"] == 2 and t["train_step_s"]["steps"] == 2
         assert r["jax_over_torch"] == pytest.approx(r["images_per_s"] / t["images_per_s"])
+        assert len(r["jax_over_torch_rounds"]) == 2 and all(x > 0 for x in r["jax_over_torch_rounds"])
         assert r["eval_jax_over_torch"] == pytest.approx(r["eval_images_per_s"] / t["eval_images_per_s"])
 
 
@@ -84,7 +90,8 @@ def test_smoke_markdown_has_a_row_per_record(smoke):
     assert len(rows) == len(result["records"])
     for r, row in zip(result["records"], rows):
         assert row.startswith(f"| lenet5 | 32 | float32 | shard_map | {r['num_devices']} | {r['per_device_batch']} | 8 |")
-        assert row.endswith(f"| {r['jax_over_torch']:.2f} |")
+        lo, hi = min(r["jax_over_torch_rounds"]), max(r["jax_over_torch_rounds"])
+        assert row.endswith(f"| {r['jax_over_torch']:.2f} ({lo:.2f}-{hi:.2f}) |")
     assert "host devices (one per core when dev > 1) / PyTorch img/s using all cores" in table
     fastest = max(result["records"], key=lambda r: r["images_per_s"])
     (best_row,) = [line for line in best.splitlines() if line.startswith("| lenet5 |")]
@@ -130,6 +137,57 @@ def test_step_time_summary():
     assert s.spread == pytest.approx((0.5 - 0.1) / 0.3)
     with pytest.raises(ValueError, match="at least one"):
         timing.summarize([])
+
+
+def test_pooled_rounds_are_the_summary_of_all_their_steps():
+    rounds = [timing.summarize([0.5, 0.1]), timing.summarize([0.4]), timing.summarize([0.2, 0.3])]
+    assert timing.pooled(rounds) == timing.summarize([0.5, 0.1, 0.4, 0.2, 0.3])
+    assert timing.pooled(rounds).median_s == 0.3
+
+
+def test_retimer_warms_up_carries_state_and_records_each_round():
+    calls = []
+    retimer = timing.Retimer(lambda s: s + 1, 0, sync=lambda s: None, rounds=[timing.summarize([1.0])],
+                             before=lambda: calls.append("before"))
+    times = retimer(3)
+    assert retimer.state == 4  # one untimed step, then three timed
+    assert times.steps == 3 and retimer.rounds[-1] is times and len(retimer.rounds) == 2
+    assert calls == ["before"]
+
+
+class _ScriptedRetimer:
+    """A retimer whose rounds take the given times, logging the order it is called in."""
+
+    def __init__(self, name, times, log):
+        self.name, self.rounds, self.pending, self.log = name, [timing.summarize([times[0]])], list(times[1:]), log
+
+    def __call__(self, steps):
+        self.log.append(self.name)
+        self.rounds.append(timing.summarize([self.pending.pop(0)] * steps))
+        return self.rounds[-1]
+
+
+def test_rounds_alternate_frameworks_and_pool_the_step_times():
+    log = []
+    extra = dict(rounds=1, peak_tflops=None, flops_per_step_per_device=1e9, eval_images_per_s=100.0)
+    one, four = _record(1, 8 / 0.1, **extra), _record(4, 8 / 0.1, **extra)
+    torch_json = {**_fake_torch(8 / 0.2, 100.0), "rounds": 1}
+    timed = [(one, _ScriptedRetimer("jax1", [0.1, 0.2, 0.4], log)),
+             (four, _ScriptedRetimer("jax4", [0.1, 0.1, 0.1], log))]
+    torch_retimer = _ScriptedRetimer("torch", [0.2, 0.4, 0.2], log)
+    throughput.time_rounds(timed, torch_json, torch_retimer, rounds=3, steps=2)
+    assert log == ["jax1", "jax4", "torch", "jax1", "jax4", "torch"]
+    # Pooled: JAX n=1 steps 0.1, 0.2, 0.2, 0.4, 0.4 -> median 0.2; torch 0.2, 0.4, 0.4, 0.2, 0.2 -> 0.2.
+    assert one["rounds"] == 3 and one["train_step_s"]["steps"] == 5
+    assert one["train_step_s"]["median_s"] == pytest.approx(0.2) and one["images_per_s"] == pytest.approx(40.0)
+    assert one["achieved_tflops"] == pytest.approx(1e9 / 0.2 / 1e12)
+    assert torch_json["rounds"] == 3 and torch_json["images_per_s"] == pytest.approx(40.0)
+    assert one["jax_over_torch"] == pytest.approx(1.0)
+    # Within each round: (8 / jax s) / (8 / torch s).
+    assert one["jax_over_torch_rounds"] == pytest.approx([0.2 / 0.1, 0.4 / 0.2, 0.2 / 0.4])
+    assert four["jax_over_torch_rounds"] == pytest.approx([2.0, 4.0, 2.0])
+    assert four["jax_over_torch"] == pytest.approx((8 / 0.1) / 40.0)
+    assert report.ratio_text(one) == "1.00 (0.50-2.00)"
 
 
 def test_data_parallel_overhead_rows():
@@ -275,6 +333,17 @@ def test_schema_1_records_render():
     failed = {k: v for k, v in old["records"][0].items() if k not in ("global_batch",)}
     failed.update(num_devices=2, per_device_batch=4, error="RuntimeError: out of memory")
     assert "| lenet5 | 32 | float32 | shard_map | 2 | 4 | 8 | failed: RuntimeError" in report.markdown_table([failed])
+
+
+def test_schema_2_records_render_with_one_round():
+    old = json.loads(SCHEMA_2_RESULTS.read_text())
+    assert old["schema"] == "cxrjax.benchmarks.throughput/2"
+    text = report.markdown_table(old["records"])
+    first = old["records"][0]
+    assert (first["model"], first["num_devices"], first["global_batch"]) == ("lenet5", 1, 32)
+    (row,) = [line for line in text.splitlines() if line.startswith("| lenet5 | 32 | float32 | shard_map | 1 | 32 |")]
+    assert row.endswith(f"| {first['jax_over_torch']:.2f} |")  # one round: no per-round range
+    assert "Rounds:" not in text
 
 
 def test_model_list_parsing():
