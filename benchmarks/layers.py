@@ -88,6 +88,17 @@ an im2col input gradient was 1-2.5x slower than XLA's; neither is used. XLA flag
 (--xla_cpu_use_onednn, --xla_cpu_use_xnnpack, --xla_cpu_experimental_{xnn,ynn}_fusion_type
 =LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION) changed S4 conv1/conv2 by less than the noise
 and did not remove the weight-gradient cliff.
+
+Which library runs a conv (jaxlib 0.10.2): XLA:CPU hands every float32 conv with more
+than 16 input or output channels, and every dot, to YNNPACK ("__ynn_fusion" in the
+compiled HLO), the rest to Eigen; --xla_cpu_experimental_onednn_custom_call=true adds no
+oneDNN call. With YNNPACK off (--xla_cpu_experimental_ynn_fusion_type=) single convs of
+S4 at batch 8 get faster (conv2 "xla" fwd/dx/dw 36/36/169 -> 29/34/58 ms, conv3 dx 58 ->
+7 ms) but whole steps do not, because the im2col weight gradients' dots lose YNNPACK
+(one device, ms, default -> YNNPACK off -> YNNPACK for dots only): s4_exp4@128 b8 359 ->
+418 -> 360, b32 1,247 -> 1,934 -> 1,713; s0_a b8 190 -> 169 -> 171, b32 745 -> 666 -> 635;
+lenet5 b8 2.1 -> 2.8 -> 1.8, b32 6.3 -> 4.9 -> 6.0 (one run each, noisy). No setting wins
+for every model, and the flag is process-wide, so cxrjax leaves it alone.
 """
 from __future__ import annotations
 
