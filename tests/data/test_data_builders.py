@@ -201,6 +201,25 @@ def test_options_map_to_distinct_prepared_dirs(tmp_path):
         data.load("image_folder", options={"num_train": 3}, **kwargs)
 
 
+def test_phantom_dataset_options_draw_with_their_phantom_options_and_check_them_at_once():
+    from cxrjax.data import phantoms
+    from cxrjax.data.builders import PhantomDatasetOptions
+
+    opts = PhantomDatasetOptions(image_size=48, shortcut_marker=True, shortcut_strength=0.5,
+                                 severity_range=[0.2, 0.8], noise_std=0.01, num_train=4)
+    assert opts.phantom_options() == phantoms.PhantomOptions(
+        image_size=48, shortcut_marker=True, shortcut_strength=0.5, severity_range=(0.2, 0.8), noise_std=0.01)
+    assert opts.severity_range == (0.2, 0.8)  # JSON lists become tuples, as in PhantomOptions
+    # The defaults are PhantomOptions' own (beside the stored image size).
+    default = PhantomDatasetOptions().phantom_options()
+    assert default == phantoms.PhantomOptions(image_size=PhantomDatasetOptions().image_size)
+    # Bad drawing options fail when the options are made, before any preparation.
+    with pytest.raises(ValueError, match="shortcut_strength"):
+        PhantomDatasetOptions(shortcut_strength=1.5)
+    with pytest.raises(ValueError, match="severity_range"):
+        PhantomDatasetOptions(severity_range=(0.6, 0.2))
+
+
 def test_reusing_prepared_files_from_another_folder_is_refused(tmp_path):
     fx.make_class_folders(tmp_path / "one", per_class=3)
     fx.make_class_folders(tmp_path / "two", per_class=3, seed=77)

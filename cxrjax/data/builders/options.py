@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from cxrjax.data.duplicates import DEFAULT_MAX_DISTANCE
+from cxrjax.data.phantoms import PhantomOptions
 
 # Short keys for the config name; any field not listed uses its own name.
 _ABBREVIATIONS = {
@@ -114,9 +115,13 @@ class SplitOptions(CarveOptions):
                 "test": self.test_fraction}
 
 
+_DRAWING = PhantomOptions()  # defaults of the drawing options, documented there
+
+
 @dataclasses.dataclass(frozen=True)
 class PhantomDatasetOptions(PreparationOptions):
-    """The synthetic dataset: split sizes plus `cxrjax.data.phantoms.PhantomOptions`.
+    """The synthetic dataset: split sizes plus `cxrjax.data.phantoms.PhantomOptions`
+    (the drawing options below take their defaults, meaning and checks from there).
 
     Split k holds phantoms with indices [offset_k, offset_k + num_k) of one seeded
     stream (train first), so splits never share an image and growing a later split
@@ -126,18 +131,23 @@ class PhantomDatasetOptions(PreparationOptions):
     num_train: int = 2000
     num_validation: int = 400
     num_test: int = 400
-    shortcut_marker: bool = False
-    shortcut_strength: float = 0.9
-    severity_range: tuple[float, float] = (0.0, 1.0)
-    noise_std: float = 0.02
+    shortcut_marker: bool = _DRAWING.shortcut_marker
+    shortcut_strength: float = _DRAWING.shortcut_strength
+    severity_range: tuple[float, float] = _DRAWING.severity_range
+    noise_std: float = _DRAWING.noise_std
 
     def __post_init__(self):
         super().__post_init__()
         if int(self.num_train) < 1 or int(self.num_validation) < 0 or int(self.num_test) < 0:
             raise ValueError("need num_train >= 1, num_validation >= 0, num_test >= 0; got "
                              f"{self.num_train}, {self.num_validation}, {self.num_test}")
-        object.__setattr__(self, "severity_range",
-                           tuple(float(v) for v in self.severity_range))
+        # Checks the drawing options now rather than when preparation starts.
+        object.__setattr__(self, "severity_range", self.phantom_options().severity_range)
+
+    def phantom_options(self) -> PhantomOptions:
+        """How this dataset's images are drawn."""
+        drawing = {f.name: getattr(self, f.name) for f in dataclasses.fields(PhantomOptions)}
+        return PhantomOptions(**drawing)
 
     @property
     def split_sizes(self) -> dict[str, int]:

@@ -28,13 +28,6 @@ class CxrPhantoms(CxrBuilder, skip_registration=True):
     OPTIONS_CLASS = PhantomDatasetOptions
     DESCRIPTION = "Synthetic chest-radiograph phantoms (cxrjax.data.phantoms)."
 
-    def _phantom_options(self) -> phantoms.PhantomOptions:
-        o = self.options
-        return phantoms.PhantomOptions(
-            image_size=o.image_size, shortcut_marker=o.shortcut_marker,
-            shortcut_strength=o.shortcut_strength, severity_range=o.severity_range,
-            noise_std=o.noise_std)
-
     def _features(self):
         size = self.options.image_size
         features = common_features(size)
@@ -47,7 +40,6 @@ class CxrPhantoms(CxrBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
-        self._phantom_options()  # validates the options before any work
         ranges, offset = {}, 0
         for split, count in self.options.split_sizes.items():
             ranges[split] = range(offset, offset + count)
@@ -76,7 +68,7 @@ class CxrPhantoms(CxrBuilder, skip_registration=True):
             return
         stored = source[0]
         index = _index_from_file_name(stored["file_name"])
-        fresh = phantoms.phantom_example(self.options.seed, index, self._phantom_options())
+        fresh = phantoms.phantom_example(self.options.seed, index, self.options.phantom_options())
         if not (np.array_equal(stored["image"], fresh["image"])
                 and int(stored["label"]) == int(fresh["label"])):
             raise ValueError(
@@ -85,7 +77,7 @@ class CxrPhantoms(CxrBuilder, skip_registration=True):
                 "Prepare again with overwrite=True (--overwrite), or use another data_dir.")
 
     def _generate_examples(self, indices: range):
-        seed, options = self.options.seed, self._phantom_options()
+        seed, options = self.options.seed, self.options.phantom_options()
         for example in generate_phantoms(seed, indices, options):
             yield example["file_name"], example
 
