@@ -213,6 +213,9 @@ def test_phantom_dataset_options_draw_with_their_phantom_options_and_check_them_
     # The defaults are PhantomOptions' own (beside the stored image size).
     default = PhantomDatasetOptions().phantom_options()
     assert default == phantoms.PhantomOptions(image_size=PhantomDatasetOptions().image_size)
+    # Users' prepared directories are named by the options: the default name must not drift.
+    assert PhantomDatasetOptions().config_name() == (
+        "s256_seed0_train2000_val400_test400_marker0_strength0.9_severity0-1_noise0.02")
     # Bad drawing options fail when the options are made, before any preparation.
     with pytest.raises(ValueError, match="shortcut_strength"):
         PhantomDatasetOptions(shortcut_strength=1.5)
