@@ -447,3 +447,63 @@ def test_find_duplicates_identical_near_and_confirmation():
     flat[0, 0], flat[1, 1] = 1.0, 1.0
     _, groups = dup.find_duplicates(["x", "y"], np.zeros(2, np.uint64), flat)
     assert groups == []
+
+
+class _DyingPool:
+    """A process pool whose workers die after `survive` chunks (as when a spawned worker
+    re-runs an unguarded main script)."""
+
+    def __init__(self, survive):
+        self.survive, self.calls = survive, 0
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args):
+        import concurrent.futures
+
+        future = concurrent.futures.Future()
+        if self.calls < self.survive:
+            future.set_result(fn(*args))
+        else:
+            future.set_exception(concurrent.futures.process.BrokenProcessPool("worker died"))
+        self.calls += 1
+        return future
+
+
+def test_phantoms_are_drawn_in_process_when_the_workers_die(monkeypatch):
+    from cxrjax.data import phantoms
+    from cxrjax.data.builders import phantoms as builder
+
+    options = phantoms.PhantomOptions(image_size=16)
+    expected = [phantoms.phantom_example(3, i, options)["image"] for i in range(10)]
+    monkeypatch.setattr(builder, "num_threads", lambda: 2)
+    monkeypatch.setattr(builder, "_MIN_FOR_PROCESSES", 4)
+    monkeypatch.setattr(builder, "_CHUNK", 3)
+    monkeypatch.setattr(builder.concurrent.futures, "ProcessPoolExecutor", _DyingPool(survive=1))
+    with pytest.warns(RuntimeWarning, match=r"remaining 3 of 4 chunks .*`if __name__ == \"__main__\":`"):
+        records = list(builder.generate_phantoms(3, range(10), options))
+    assert [r["file_name"] for r in records] == [phantoms.phantom_file_name(3, i) for i in range(10)]
+    for record, image in zip(records, expected):
+        np.testing.assert_array_equal(record["image"], image)
+
+
+def test_phantom_workers_are_not_spawned_when_main_cannot_be_rerun(monkeypatch, tmp_path):
+    import types
+
+    from cxrjax.data.builders import phantoms as builder
+
+    main = types.ModuleType("__main__")
+    monkeypatch.setitem(__import__("sys").modules, "__main__", main)
+    assert builder._main_is_importable()  # interactive, -c, notebook: nothing to re-run
+    main.__file__ = str(tmp_path / "<stdin>")
+    assert not builder._main_is_importable()  # `python -` reading a script from stdin
+    (tmp_path / "script.py").write_text("")
+    main.__file__ = str(tmp_path / "script.py")
+    assert builder._main_is_importable()

@@ -4,6 +4,9 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import multiprocessing
+import os
+import sys
+import warnings
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -114,22 +117,46 @@ _CHUNK = 64
 def generate_phantoms(seed: int, indices: range, options: phantoms.PhantomOptions):
     """Records for `indices`, in order. Drawing is pure NumPy holding the GIL, so large
     requests are spread over worker processes ("spawn": safe even when the parent has
-    started JAX or other threads); the result is identical either way."""
+    started JAX or other threads); the result is identical either way.
+
+    Spawned workers re-run the main script. Where they cannot (a script piped to
+    ``python -``), the phantoms are drawn in this process; where a worker dies (e.g. an
+    unguarded script that prepares data at import), the rest is drawn here too, with a
+    warning that says how to get the workers back.
+    """
     workers = num_threads()
-    if workers <= 1 or len(indices) < _MIN_FOR_PROCESSES:
+    if workers <= 1 or len(indices) < _MIN_FOR_PROCESSES or not _main_is_importable():
         for index in indices:
             yield _record(seed, index, options)
         return
     chunks = [list(indices[i:i + _CHUNK]) for i in range(0, len(indices), _CHUNK)]
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        window = 2 * workers  # bounded: at most this many chunks wait in memory
-        pending = collections.deque(pool.submit(_record_chunk, seed, c, options)
-                                    for c in chunks[:window])
-        next_chunk = window
-        while pending:
-            records = pending.popleft().result()
-            if next_chunk < len(chunks):
-                pending.append(pool.submit(_record_chunk, seed, chunks[next_chunk], options))
-                next_chunk += 1
-            yield from records
+    done = 0
+    try:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            window = 2 * workers  # bounded: at most this many chunks wait in memory
+            pending = collections.deque(pool.submit(_record_chunk, seed, c, options)
+                                        for c in chunks[:window])
+            next_chunk = window
+            while pending:
+                records = pending.popleft().result()
+                if next_chunk < len(chunks):
+                    pending.append(pool.submit(_record_chunk, seed, chunks[next_chunk], options))
+                    next_chunk += 1
+                done += 1
+                yield from records
+    except concurrent.futures.process.BrokenProcessPool:
+        warnings.warn(
+            "cxr_phantoms: the worker processes that draw phantoms in parallel died, so the "
+            f"remaining {len(chunks) - done} of {len(chunks)} chunks are drawn in this process "
+            "(same images, slower). Spawned workers re-run the main script: put the script's "
+            "code under `if __name__ == \"__main__\":` to draw in parallel.", RuntimeWarning, stacklevel=2)
+        for chunk in chunks[done:]:
+            yield from _record_chunk(seed, chunk, options)
+
+
+def _main_is_importable() -> bool:
+    """Whether spawned workers can re-run ``__main__`` (no file: interactive, ``-c`` or a
+    notebook, nothing to re-run; a file that does not exist: ``python -`` from stdin)."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return path is None or os.path.exists(path)
