@@ -103,9 +103,14 @@ def test_subset_feeds_the_pipelines_with_remapped_labels():
 
 
 def test_record_source_labels_are_read_once_and_match_the_records(prepared):
-    _, full = prepared
+    data_dir, _ = prepared
+    full = data.load("cxr_phantoms", data_dir=data_dir, options=OPTIONS)  # not read by other tests yet
     source = full.splits["train"]
+    # The labels are read from the split opened with every other feature left encoded.
+    raw = source._label_source.__getitems__([0])[0]
+    assert isinstance(raw["image"], bytes) and int(raw["label"]) == int(source[0]["label"])
     labels = source.labels
+    assert source._label_source is None  # dropped once read
     assert labels.dtype == np.int64 and labels.tolist() == _labels(source).tolist()
     assert source.labels is labels  # cached
     np.testing.assert_array_equal(pipeline.split_labels(full, "train"), labels)
