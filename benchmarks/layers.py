@@ -98,7 +98,11 @@ S4 at batch 8 get faster (conv2 "xla" fwd/dx/dw 36/36/169 -> 29/34/58 ms, conv3 
 (one device, ms, default -> YNNPACK off -> YNNPACK for dots only): s4_exp4@128 b8 359 ->
 418 -> 360, b32 1,247 -> 1,934 -> 1,713; s0_a b8 190 -> 169 -> 171, b32 745 -> 666 -> 635;
 lenet5 b8 2.1 -> 2.8 -> 1.8, b32 6.3 -> 4.9 -> 6.0 (one run each, noisy). No setting wins
-for every model, and the flag is process-wide, so cxrjax leaves it alone.
+for every model, and the flag is process-wide, so cxrjax leaves it alone. Sending
+LeNet's small convs to YNNPACK per conv, by zero-padding the kernel's output channels
+to 17 or 32 and slicing, made the forward a little faster (conv1 at batch 128: 7.0 ->
+5.3-5.9 ms) and the weight gradients 1.3-5x slower (13.5 -> 34-67 ms); not used.
+PyTorch's conv1 there: 1.6 ms forward, 2.3 ms weight gradient.
 """
 from __future__ import annotations
 
