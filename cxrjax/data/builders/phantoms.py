@@ -70,7 +70,7 @@ class CxrPhantoms(CxrBuilder, skip_registration=True):
         if source is None:
             return
         stored = source[0]
-        index = _index_from_file_name(stored["file_name"])
+        _, index = phantoms.parse_phantom_file_name(stored["file_name"])
         fresh = phantoms.phantom_example(self.options.seed, index, self.options.phantom_options())
         if not (np.array_equal(stored["image"], fresh["image"])
                 and int(stored["label"]) == int(fresh["label"])):
@@ -83,11 +83,6 @@ class CxrPhantoms(CxrBuilder, skip_registration=True):
         seed, options = self.options.seed, self.options.phantom_options()
         for example in generate_phantoms(seed, indices, options):
             yield example["file_name"], example
-
-
-def _index_from_file_name(name: str) -> int:
-    """phantom-<seed>-<index>.png -> index."""
-    return int(str(name).rsplit("-", 1)[-1].split(".")[0])
 
 
 def _record(seed: int, index: int, options: phantoms.PhantomOptions) -> dict:
