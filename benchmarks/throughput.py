@@ -263,9 +263,16 @@ def attach_torch(record: dict[str, Any], torch_result: dict[str, Any] | None) ->
     record["torch"] = torch_result
     if not torch_result or record.get("error"):
         return
+    record["jax_over_torch"] = jax_over_torch(record, record["images_per_s"], torch_result["images_per_s"])
+    record["eval_jax_over_torch"] = jax_over_torch(
+        record, record["eval_images_per_s"], torch_result["eval_images_per_s"])
+
+
+def jax_over_torch(record: dict[str, Any], jax_images_per_s: float, torch_images_per_s: float) -> float:
+    """JAX's images/s (global, as in the record) over PyTorch's, compared as the record's
+    ``comparison`` says: whole host against whole host, or per device against one device."""
     n = 1 if record["comparison"] == "whole_host" else record["num_devices"]
-    record["jax_over_torch"] = record["images_per_s"] / n / torch_result["images_per_s"]
-    record["eval_jax_over_torch"] = record["eval_images_per_s"] / n / torch_result["eval_images_per_s"]
+    return jax_images_per_s / n / torch_images_per_s
 
 
 def device_counts(options: BenchOptions, on_cpu: bool, local: int) -> tuple[int, ...]:
@@ -386,9 +393,8 @@ def time_rounds(timed: list[tuple[dict[str, Any], Any]], torch_result: dict[str,
         rec["rounds"] = len(retimer.rounds)
         attach_torch(rec, torch_result)
         if torch_retimer is not None and rec["jax_over_torch"] is not None:
-            n = 1 if rec["comparison"] == "whole_host" else rec["num_devices"]
             rec["jax_over_torch_rounds"] = [
-                (rec["global_batch"] / n / j.median_s) / (torch_result["batch"] / t.median_s)
+                jax_over_torch(rec, rec["global_batch"] / j.median_s, torch_result["batch"] / t.median_s)
                 for j, t in zip(retimer.rounds, torch_retimer.rounds)
             ]
 
