@@ -168,11 +168,11 @@ def conv2d(x: Array, kernel: Array, padding: int, formulation: str = "auto") -> 
         if padding:
             x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
         return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_DIMS)
-    if formulation in ("im2col", "im2col_dw"):
+    if formulation in ("im2col", "im2col_dw", "chunked_dw"):
         pad_first = conv_cliff(kernel.shape[0], padding, "cpu")
+        if formulation == "chunked_dw":
+            return conv_cpu.conv2d_chunked_dw(x, kernel, padding, pad_first)
         return conv_cpu.conv2d_im2col(x, kernel, padding, pad_first, formulation == "im2col")
-    if formulation == "chunked_dw":
-        return conv_cpu.conv2d_chunked_dw(x, kernel, padding, conv_cliff(kernel.shape[0], padding, "cpu"))
     raise ValueError(f"unknown conv formulation {formulation!r}; choose one of {FORMULATIONS}")
 
 
