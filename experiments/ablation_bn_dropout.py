@@ -47,13 +47,14 @@ to steps rather than pixels: 44 px x 6 epochs and 32 px x 12 epochs cost about t
 50-64% with the first vs 60-69% with the second; at 36 px x 10 epochs 46-65%.
 Measured (quiet 2-core development machine, 2026-11-22): ``make ablation`` from a fresh
 clone -- venv creation, pinned install, phantom preparation, 39 runs on two workers,
-report -- 12 min 48 s wall, 1,380 CPU-seconds; an Exp2 run ~35-43 s on one core, an
-Exp1 run ~100 s. Result: BatchNorm on every layer 60.3% [43.6, 77.0] vs 25.0% without
-(+35.3 pts, Welch p = 0.012) and vs 32.6% on the first layer only (p = 0.047); dropout
-0.25 pulls it back to 25.0% (-35.3 pts, p = 0.006); every network without BatchNorm on
-every layer stays at the 25% majority rate; early stopping and the channel order make
-no difference beyond seed noise. With 3 seeds none of this survives Holm's correction
-for 25 comparisons (run ``--seeds 5`` or more for that).
+report -- 12 min 48 s wall, 1,380 CPU-seconds; with the venv already there and the
+batch-chunked weight gradient, 10 min 48 s; an Exp2 run 10-54 s on one core (early
+stopping shortens some), an Exp1 run ~60-65 s. Result (the latter run): BatchNorm on
+every layer 68.0% vs 25.0% without (+43.0 pts, Welch p = 0.029); on the first layer
+only 41.1% (one seed of three learns); dropout 0.25 pulls BatchNorm-everywhere back to
+32.2% (-35.8 pts, p = 0.025); early stopping and the channel order make no difference
+beyond seed noise. With 3 seeds none of this survives Holm's correction for 25
+comparisons (run ``--seeds 5`` or more for that).
 
 Output in ``--workdir`` (default ``runs/ablation_bn_dropout/<dataset>``): results.csv,
 results.md, summary.md, accuracy_bars.png, learning_curves.png, and runs/<cell>/seed_<k>/

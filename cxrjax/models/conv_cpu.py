@@ -1,23 +1,24 @@
 """Row-chunked im2col convolution: XLA:CPU's fast path for cxrjax's convolutions (issue 6).
 
-XLA:CPU lowers a convolution and its two gradients to Eigen's spatial convolution. For
-the weight gradient that is a convolution whose "kernel" is the whole output map (e.g.
-118x118 for S4's conv2), which Eigen runs at a small fraction of the machine's matmul
-speed; its forward pass is only middling too. Materialising the whole im2col patch
+XLA:CPU lowers a convolution and its two gradients to library convolutions (YNNPACK for
+float32 convs with more than 16 channels, Eigen otherwise; see benchmarks/layers.py).
+For the weight gradient that is a convolution whose "kernel" is the whole output map
+(e.g. 118x118 for S4's conv2), which runs at a small fraction of the machine's matmul
+speed; the forward pass is only middling too. Materialising the whole im2col patch
 matrix instead (batch * H_out * W_out rows of k*k*C_in) does not help: hundreds of MB
 written and read back, page-faulted in every step.
 
 This module computes the same convolution as a loop over blocks of ``rows`` output rows
 of one image: each iteration builds the block's shifted copies with static slices and
-hands them to one Eigen matmul:
+hands them to one matmul:
 - forward ("im2col" formulation only): y[block] = P[block] @ W, with the block's patch
   matrix P [rows * W_out, k*k*C_in] (a few hundred KB, so it stays in cache);
 - weight gradient: one matmul per block of k column shifts of x by k row shifts of dy
   (:func:`conv_valid_rows_dw`), 1.2-1.5x faster than dW += P[block]^T @ dy[block].
 The forward pass (unless ``fwd_im2col``) and the input gradient stay ``lax``
 convolutions, with a workaround for XLA:CPU's slow unpadded-conv path (``_lax_conv``);
-an im2col "full correlation" input gradient was measured 1-2.5x slower than XLA's. Sums are accumulated in
-float32. :func:`conv2d_im2col` is a ``jax.custom_vjp`` (reverse mode only); tests compare
+an im2col "full correlation" input gradient was measured 1-2.5x slower than XLA's.
+Sums are accumulated in float32. :func:`conv2d_im2col` is a ``jax.custom_vjp`` (reverse mode only); tests compare
 its values and gradients with ``lax.conv_general_dilated``.
 """
 from __future__ import annotations
