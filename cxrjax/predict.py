@@ -29,6 +29,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cxrjax import inference
+from cxrjax.data import DATASETS
+from cxrjax.data.builders.options import make_options
+from cxrjax.data.decode import DecodeError, read_grayscale
+from cxrjax.data.subset import split_options
+from cxrjax.explain.gradcam import METHODS
+from cxrjax.explain.overlay import save_overlay_png
+from cxrjax.explain.split import saliency
+from cxrjax.train.evaluation import predict_split
+
 PREDICT_SPLIT = "predict"
 
 
@@ -53,19 +63,6 @@ class FilePrediction:
         return out
 
 
-class _RecordList:
-    """A random-access source over decoded files, shaped like a prepared split's records."""
-
-    def __init__(self, records: list[dict[str, Any]]):
-        self.records = records
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.records[int(index)]
-
-
 def preparation_size(run: Any) -> int:
     """Side of the stored images of the run's training dataset (files are decoded to it).
 
@@ -73,20 +70,16 @@ def preparation_size(run: Any) -> int:
     decoding a file straight to the model size would resize once instead of twice and
     give slightly different pixels than ``evaluate`` sees.
     """
-    from cxrjax.data import DATASETS
-    from cxrjax.data.builders.options import make_options
-
     name = run.config.dataset
     options = run.dataset_info.get("options", run.config.dataset_options)
     if name not in DATASETS:
         raise ValueError(f"run {run.workdir} was trained on unknown dataset {name!r}; known: {sorted(DATASETS)}")
+    options, _ = split_options(options)  # a class subset is a view, not a preparation option
     return int(make_options(DATASETS[name].OPTIONS_CLASS, options or None, name).image_size)
 
 
 def decode_files(paths: Sequence[str], size: int) -> tuple[list[dict[str, Any]], dict[int, str]]:
     """Decoded records for the readable files, and {position: error} for the others."""
-    from cxrjax.data.decode import DecodeError, read_grayscale
-
     records, errors = [], {}
     for i, path in enumerate(paths):
         try:
@@ -101,16 +94,6 @@ def decode_files(paths: Sequence[str], size: int) -> tuple[list[dict[str, Any]],
     return records, errors
 
 
-def _statistics_dataset(run: Any, data_dir: str | None) -> Any | None:
-    """The run's training dataset when normalization="dataset" needs its train split:
-    only for runs trained before the statistics were stored in the run folder."""
-    from cxrjax.evaluate import runs as R
-
-    if run.input_config.normalization != "dataset" or R.stored_statistics(run) is not None:
-        return None
-    return R.open_dataset(R.dataset_request(run, data_dir=data_dir))
-
-
 def _gradcam_path(out_dir: Path, file: str, used: set[str]) -> Path:
     stem = Path(file).stem or "image"
     name, k = f"{stem}_gradcam.png", 1
@@ -121,49 +104,34 @@ def _gradcam_path(out_dir: Path, file: str, used: set[str]) -> Path:
     return out_dir / name
 
 
-def predict_files(run: Any, paths: Sequence[str], *, gradcam_dir: str | Path | None = None,
-                  layer: str | None = None, method: str = "gradcam", batch_size: int = 64,
+def predict_files(run: inference.LoadedRun, paths: Sequence[str], *, gradcam_dir: str | Path | None = None,
+                  layer: str | None = None, method: str = "gradcam", batch_size: int = inference.DEFAULT_BATCH_SIZE,
                   data_dir: str | None = None, progress: bool = False) -> list[FilePrediction]:
-    """Classify ``paths`` with a loaded run (``cxrjax.train.load_run``), in input order."""
-    from cxrjax.evaluate import runs as R
-
+    """Classify ``paths`` with a loaded run (``cxrjax.inference.load_run``), in input order."""
     paths = [str(p) for p in paths]
     records, errors = decode_files(paths, preparation_size(run))
     results = [FilePrediction(file=p, error=errors.get(i)) for i, p in enumerate(paths)]
     readable = [r for r in results if r.error is None]
     if not records:
         return results
-    source = _RecordList(records)
-    base = R.DatasetView(name="files", class_names=list(run.class_names), splits={})
-    view = R.eval_view(base, _statistics_dataset(run, data_dir), statistics=R.stored_statistics(run),
-                       **{PREDICT_SPLIT: source})
-    preds = R.predict_split(run, view, PREDICT_SPLIT, batch_size=batch_size, desc="predict", progress=progress)
+    files = inference.DatasetView(name="files", class_names=list(run.class_names), splits={})
+    view = inference.eval_view(run, files, inference.statistics_source(run, data_dir=data_dir),
+                               **{PREDICT_SPLIT: records})
+    preds = predict_split(run, view, PREDICT_SPLIT, batch_size, desc="predict", progress=progress)
     for result, p in zip(readable, preds.probs):
         result.probs = p
     if gradcam_dir is not None:
-        _write_gradcams(run, view, readable, Path(gradcam_dir), layer, method, batch_size, progress)
-    return results
-
-
-def _write_gradcams(run: Any, view: Any, readable: list[FilePrediction], out_dir: Path,
-                    layer: str | None, method: str, batch_size: int, progress: bool) -> None:
-    from cxrjax.evaluate import runs as R
-    from cxrjax.explain.gradcam import make_gradcam_fn
-    from cxrjax.explain.overlay import save_overlay_png
-
-    cfg = run.input_config
-    fn = make_gradcam_fn(run.model, run.variables, (cfg.image_size, cfg.image_size, cfg.channels), layer, method)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
-    start = 0
-    for images, _, mask in R.iterate_eval_batches(view, PREDICT_SPLIT, cfg, batch_size, "Grad-CAM", progress):
-        out = fn(images)   # explains each image's predicted class
-        for j in range(int(mask.sum())):
-            result = readable[start + j]
+        # Each image's predicted class is explained.
+        maps = saliency(run, view, PREDICT_SPLIT, method=method, layer=layer, batch_size=batch_size,
+                        progress=progress)
+        out_dir = Path(gradcam_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        used: set[str] = set()
+        for result, image, heatmap in zip(readable, maps.images, maps.heatmaps):
             path = _gradcam_path(out_dir, result.file, used)
-            save_overlay_png(path, images[j], out.heatmaps[j])
+            save_overlay_png(path, image, heatmap)
             result.gradcam = str(path)
-        start += int(mask.sum())
+    return results
 
 
 def format_table(results: Sequence[FilePrediction], class_names: Sequence[str]) -> str:
@@ -194,19 +162,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, BMP, TIFF; 8/16-bit)")
     p.add_argument("--gradcam", metavar="OUT_DIR", help="also write a Grad-CAM overlay PNG per image here")
     p.add_argument("--layer", help="Grad-CAM layer (default: the model's last conv stage)")
-    p.add_argument("--cam-method", default="gradcam", choices=("gradcam", "layercam"),
+    p.add_argument("--cam-method", default="gradcam", choices=METHODS,
                    help="saliency method for --gradcam (default: gradcam)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--checkpoint", default="best", choices=("best", "latest", "evaluated"))
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--checkpoint", default=inference.DEFAULT_CHECKPOINT, choices=inference.CHECKPOINTS)
+    p.add_argument("--batch-size", type=int, default=inference.DEFAULT_BATCH_SIZE)
     p.add_argument("--data-dir", help="prepared training data: only for runs normalised with dataset "
                                       "statistics that were trained before normalization.json was stored")
     a = p.parse_args(argv)
-
-    from cxrjax.train import load_run
-
     try:
-        run = load_run(a.workdir, checkpoint=a.checkpoint)
+        run = inference.load_run(a.workdir, checkpoint=a.checkpoint)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

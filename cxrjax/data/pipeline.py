@@ -76,6 +76,11 @@ class InputConfig(InputOptions):
             object.__setattr__(self, name, (float(rng[0]), float(rng[1])))
 
     @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of one model input."""
+        return (self.image_size, self.image_size, self.channels)
+
+    @property
     def augments(self) -> bool:
         return bool(self.hflip or self.rotate_degrees or self.zoom or self.brightness)
 
@@ -172,15 +177,17 @@ def class_weights(ds, split: str = "train") -> np.ndarray:
     """float32[num_classes]: n / (K * n_k), sklearn's "balanced" weights.
 
     Frequent classes get weights < 1, rare ones > 1; a weighted mean loss then gives every
-    class the same total weight. Classes absent from the split get weight 0.
+    class the same total weight. Read from the split's labels only (no image is decoded).
+    A class absent from the split has no balanced weight: ValueError naming it.
     """
     labels = split_labels(ds, split)
     k = len(ds.class_names)
     counts = np.bincount(labels, minlength=k).astype(np.float64)
-    present = counts > 0
-    w = np.zeros(k)
-    w[present] = len(labels) / (present.sum() * counts[present])
-    return w.astype(np.float32)
+    if np.any(counts == 0):
+        missing = [n for n, c in zip(ds.class_names, counts) if c == 0]
+        raise ValueError(f"balanced class weights: the {split} split of {_name(ds)} has no example of "
+                         f"{missing}; give explicit class_weights or drop those classes (classes=...)")
+    return (len(labels) / (k * counts)).astype(np.float32)
 
 
 def split_labels(ds, split: str) -> np.ndarray:

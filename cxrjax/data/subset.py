@@ -90,26 +90,37 @@ def checked_index(source: Any, index: Any) -> int:
 
 
 class SubsetSource(Sequence):
-    """The records of `source` whose class is kept, labels remapped; picklable.
+    """The records ``indices`` of ``source``, in that order, labels optionally remapped;
+    picklable. The one record view of cxrjax: class subsets (:meth:`of_classes`), the
+    examples a Grad-CAM grid shows, the files handed to predict (a plain list is a source).
 
-    `indices[i]` is the position in `source` of record i; `labels[i]` its new label.
+    ``indices[i]`` is the position in ``source`` of record i; ``mapping[old_label]`` its
+    new label (None: labels kept); ``labels`` the view's labels when known (else None).
     """
 
-    def __init__(self, source: Any, mapping: np.ndarray, split: str, source_labels: Any = None):
+    def __init__(self, source: Any, indices: Any, *, mapping: np.ndarray | None = None, split: str = "",
+                 labels: np.ndarray | None = None):
+        self._source = source
+        self._mapping = None if mapping is None else np.asarray(mapping, np.int64)
+        self.split = split or getattr(source, "split", "")
+        self.indices = np.asarray(indices, np.int64).reshape(-1)
+        self.labels = labels
+
+    @classmethod
+    def of_classes(cls, source: Any, mapping: np.ndarray, split: str, source_labels: Any = None) -> "SubsetSource":
+        """The records of ``source`` whose class is kept (``mapping[label] >= 0``), relabelled."""
         if source_labels is None:
             source_labels = source_labels_of(source)
-        source_labels = np.asarray(source_labels, np.int64)
-        new = mapping[source_labels]
-        self._source = source
-        self._mapping = np.asarray(mapping, np.int64)
-        self.split = split
-        self.indices = np.flatnonzero(new >= 0).astype(np.int64)
-        self.labels = new[self.indices]
+        new = np.asarray(mapping, np.int64)[np.asarray(source_labels, np.int64)]
+        indices = np.flatnonzero(new >= 0).astype(np.int64)
+        return cls(source, indices, mapping=mapping, split=split, labels=new[indices])
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def _relabel(self, record: dict[str, Any]) -> dict[str, Any]:
+        if self._mapping is None:
+            return record
         record = dict(record)
         record["label"] = np.int64(self._mapping[int(record["label"])])
         return record
@@ -151,7 +162,7 @@ def select_classes(ds: Any, classes: Any) -> Any:
     mapping = label_map(ds.class_names, classes, f"dataset {getattr(ds, 'name', '?')!r}")
     splits, counts, dropped = {}, {}, {}
     for split, source in ds.splits.items():
-        sub = SubsetSource(source, mapping, split)
+        sub = SubsetSource.of_classes(source, mapping, split)
         dropped[split] = len(source) - len(sub)
         if len(sub):
             splits[split] = sub

@@ -10,11 +10,11 @@ from cxrjax.evaluate import EvalOptions, evaluate
 result = evaluate(EvalOptions(workdirs=("runs/exp4",)))   # writes eval_<dataset>_<split>.json
 ```
 
-Modules: ``runs`` (dataset of a run, class-list check, predictions over a split, shared
-with ``cxrjax.predict`` and ``cxrjax.explain``), ``report`` (per-run and ensemble reports),
-``ensemble`` (probability averaging), ``plots`` (precision-recall curves).
+Modules: ``report`` (per-run and ensemble reports), ``ensemble`` (probability
+averaging). The run and its dataset come from ``cxrjax.inference``, the probes from
+``cxrjax.explain``, metrics and plots from ``cxrjax.reporting``.
 """
 from cxrjax.evaluate.report import EvalOptions, evaluate, evaluate_member
-from cxrjax.evaluate.runs import ClassListMismatchError, EvaluationInputError, label_mapping
+from cxrjax.inference import ClassListMismatchError, EvaluationInputError, label_mapping
 
 __all__ = ["ClassListMismatchError", "EvaluationInputError", "EvalOptions", "evaluate", "evaluate_member", "label_mapping"]

@@ -5,7 +5,10 @@ import argparse
 import json
 import sys
 
-from cxrjax.evaluate.report import CHECKPOINTS, EvalOptions
+from cxrjax.data import LayoutError
+from cxrjax.evaluate.report import EvalOptions, evaluate, format_ensemble, format_member
+from cxrjax.explain.gradcam import METHODS
+from cxrjax.inference import CHECKPOINTS, DEFAULT_CHECKPOINT, EvaluationInputError
 
 
 def parse_args(argv=None) -> EvalOptions:
@@ -26,11 +29,12 @@ def parse_args(argv=None) -> EvalOptions:
                         "run's own dataset they change its training options (same split), for "
                         "another dataset they are its options")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    p.add_argument("--checkpoint", default="best", choices=CHECKPOINTS,
-                   help="which checkpoint (default: best by the run's monitored validation metric)")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, choices=CHECKPOINTS,
+                   help="which checkpoint (default: the one the run's own test evaluation used, i.e. the "
+                        "best by its monitored validation metric unless it was trained with restore_best=False)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--layer", help="Grad-CAM layer for the pointing game (default: last conv stage)")
-    p.add_argument("--cam-method", action="append", choices=("gradcam", "layercam"),
+    p.add_argument("--cam-method", action="append", choices=METHODS,
                    help="saliency method(s) of the pointing game (repeatable; default: both)")
     p.add_argument("--no-probes", action="store_true", help="skip the lung-masked probe")
     p.add_argument("--no-pointing-game", action="store_true", help="skip the Grad-CAM pointing game")
@@ -41,15 +45,11 @@ def parse_args(argv=None) -> EvalOptions:
                        manual_dir=a.manual_dir, dataset_options=a.dataset_options, split=a.split,
                        checkpoint=a.checkpoint, batch_size=a.batch_size, probes=not a.no_probes,
                        pointing_game=not a.no_pointing_game, layer=a.layer, out=a.out,
-                       cam_methods=tuple(a.cam_method or ("gradcam", "layercam")),
+                       cam_methods=tuple(a.cam_method or METHODS),
                        progress=not a.no_progress)
 
 
 def main(argv=None) -> int:
-    from cxrjax.evaluate.report import evaluate, format_ensemble, format_member
-    from cxrjax.data import LayoutError
-    from cxrjax.evaluate.runs import EvaluationInputError
-
     options = parse_args(argv)
     try:
         result = evaluate(options)

@@ -1,6 +1,6 @@
 """Evaluate one or several trained runs on a prepared dataset, and write the reports.
 
-For each run: metrics (``cxrjax.train.metrics.classification_report``) on every example
+For each run: metrics (``cxrjax.reporting.metrics.classification_report``) on every example
 of the split, confusion / ROC / precision-recall plots, the per-example probabilities,
 and, where the dataset carries the masks, the shortcut probes:
 - lung-masked evaluation (lung masks: D4, phantoms): accuracy with only the lungs
@@ -17,12 +17,15 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cxrjax.evaluate import runs as R
+from cxrjax import inference
 from cxrjax.evaluate.ensemble import average_probabilities, check_members_aligned
-from cxrjax.evaluate.plots import precision_recall_png
 from cxrjax.explain import probes
-
-CHECKPOINTS = ("best", "latest", "evaluated")
+from cxrjax.explain.gradcam import METHODS
+from cxrjax.explain.split import lung_mask_probe, pointing_game_split
+from cxrjax.reporting.jsonio import write_json
+from cxrjax.reporting.metrics import classification_report, format_report
+from cxrjax.reporting.plots import plot_confusion_matrix, plot_precision_recall, plot_roc_curves
+from cxrjax.train.evaluation import SplitPredictions, predict_split
 
 
 @dataclass(frozen=True)
@@ -35,24 +38,22 @@ class EvalOptions:
     manual_dir: str | None = None
     dataset_options: Mapping[str, Any] | None = None  # on top of the run's, for its own dataset
     split: str = "test"
-    checkpoint: str = "best"
-    batch_size: int = R.DEFAULT_BATCH_SIZE
+    checkpoint: str = inference.DEFAULT_CHECKPOINT
+    batch_size: int = inference.DEFAULT_BATCH_SIZE
     probes: bool = True                 # lung-masked probe when the dataset has lung masks
     pointing_game: bool = True          # Grad-CAM pointing game when it has lesion masks
     layer: str | None = None            # Grad-CAM layer (default: the model's last conv stage)
-    cam_methods: tuple[str, ...] = ("gradcam", "layercam")  # saliency methods of the pointing game
+    cam_methods: tuple[str, ...] = METHODS  # saliency methods of the pointing game
     out: str | None = None              # ensemble report folder (default: the first workdir)
     progress: bool = True
 
     def __post_init__(self):
         if not self.workdirs:
             raise ValueError("give at least one --workdir")
-        if self.checkpoint not in CHECKPOINTS:
-            raise ValueError(f"checkpoint={self.checkpoint!r}: choose one of {CHECKPOINTS}")
+        if self.checkpoint not in inference.CHECKPOINTS:
+            raise ValueError(f"checkpoint={self.checkpoint!r}: choose one of {inference.CHECKPOINTS}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        from cxrjax.explain.gradcam import METHODS
-
         unknown = sorted(set(self.cam_methods) - set(METHODS))
         if unknown or not self.cam_methods:
             raise ValueError(f"cam_methods must be some of {METHODS}, got {self.cam_methods}")
@@ -64,7 +65,7 @@ class MemberResult:
 
     run: Any
     report: dict[str, Any]
-    predictions: R.SplitPredictions
+    predictions: SplitPredictions
     masked_probs: dict[str, np.ndarray] = field(default_factory=dict)
     path: Path | None = None
 
@@ -84,92 +85,24 @@ def output_stem(run: Any, ds: Any, request: Mapping[str, Any], split: str) -> st
 
 def _plots(folder: Path, stem: str, labels: np.ndarray, probs: np.ndarray,
            confusion: Sequence[Sequence[int]], class_names: Sequence[str], title: str) -> dict[str, str]:
-    from cxrjax.train.plots import plot_confusion_matrix, plot_roc_curves
-
     paths = {
         "confusion_matrix": plot_confusion_matrix(confusion, class_names, folder / f"{stem}_confusion_matrix.png",
                                                   title=f"confusion matrix: {title}"),
         "roc_curves": plot_roc_curves(labels, probs, class_names, folder / f"{stem}_roc_curves.png",
                                       title=f"ROC (one vs rest): {title}"),
-        "precision_recall": precision_recall_png(folder / f"{stem}_precision_recall.png", labels, probs,
-                                                 class_names, title=f"precision-recall: {title}"),
+        "precision_recall": plot_precision_recall(labels, probs, class_names, folder / f"{stem}_precision_recall.png",
+                                                  title=f"precision-recall: {title}"),
     }
     return {k: Path(v).name for k, v in paths.items()}
-
-
-def lung_mask_probe(run: Any, view: R.DatasetView, split: str, labels: np.ndarray, normal_probs: np.ndarray,
-                    mapping: np.ndarray | None, options: EvalOptions) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The lung-masked probe of one run: its report and the masked probabilities."""
-    masked = {}
-    for mode in probes.MASK_MODES:
-        name = f"{split}[{mode}]"
-        view.splits[name] = probes.LungMaskedSource(view.splits[split], mode)
-        preds = R.predict_split(run, view, name, mapping=mapping, batch_size=options.batch_size,
-                                desc=f"eval {split}, {mode.replace('_', ' ')}", progress=options.progress)
-        masked[mode] = preds.probs
-    report = probes.shortcut_probe_report(labels, normal_probs.argmax(1), masked[probes.LUNGS_ONLY].argmax(1),
-                                          masked[probes.LUNGS_BLANKED].argmax(1), run.class_names)
-    return report, masked
-
-
-def pointing_game_split(run: Any, view: R.DatasetView, split: str, labels: np.ndarray,
-                        options: EvalOptions, request: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Saliency (for each image's true class) over a split, scored against its lesion masks.
-
-    One pass over the data; one result per method of ``options.cam_methods``:
-    {method: {"per_class": ..., "overall": ..., "layer": ...}}. Grad-CAM is the method the
-    studies used; LayerCAM keeps the gradient's per-location weights, which matters for
-    the flatten-dense heads of the S0/S4 networks (Grad-CAM's spatial averaging assumes
-    a pooling head; on S4 it points at padding-dominated border cells, see
-    ``cxrjax.explain.gradcam``), so the report shows both. On phantoms (``request``
-    names the dataset and its options) each image is also scored against the shortcut
-    marker's known position (``probes.phantom_marker_mask``).
-    """
-    from cxrjax.explain.gradcam import make_gradcam_fn
-
-    cfg = run.input_config
-    shape = (cfg.image_size, cfg.image_size, cfg.channels)
-    fns = {m: make_gradcam_fn(run.model, run.variables, shape, options.layer, m) for m in options.cam_methods}
-    source = view.splits[split]
-    with_lungs = R.has_field(view, split, "lung_mask")
-    marker_fn, marker_drawn = (probes.marker_masker(request["name"], request["options"])
-                               if request is not None else (None, False))
-    rows: dict[str, list] = {m: [] for m in fns}
-    layer, start = None, 0
-    for images, _, mask in R.iterate_eval_batches(view, split, cfg, options.batch_size,
-                                                  desc=f"saliency {split}", progress=options.progress):
-        valid = int(mask.sum())
-        targets = np.zeros(len(images), np.int32)
-        targets[:valid] = labels[start:start + valid]
-        records = [source[i] for i in range(start, start + valid)]
-        lesions = [r["lesion_mask"] for r in records]
-        lungs = [r["lung_mask"] for r in records] if with_lungs else None
-        markers = [marker_fn(r) for r in records] if marker_fn is not None else None
-        for method, fn in fns.items():
-            out = fn(images, targets)
-            rows[method] += probes.pointing_rows(out.heatmaps[:valid], lesions, labels[start:start + valid],
-                                                 lungs, markers)
-            layer = out.layer
-        start += valid
-    extra = {"marker_drawn": marker_drawn} if marker_fn is not None else {}
-    return {method: {**probes.summarise_pointing(r, run.class_names), "layer": layer, **extra}
-            for method, r in rows.items()}
 
 
 def evaluate_member(run: Any, ds: Any, request: Mapping[str, Any], options: EvalOptions,
                     stats_ds: Any | None = None, write: bool = True) -> MemberResult:
     """Evaluate one loaded run on ``ds`` (already opened); write its JSON and plots."""
-    from cxrjax.train.metrics import classification_report
-    from cxrjax.train.workdir import write_json
-
     split = options.split
-    if split not in ds.splits:
-        raise R.EvaluationInputError(f"dataset {ds.name!r} has no split {split!r}; its splits are {sorted(ds.splits)}")
-    mapping = R.label_mapping(run.class_names, ds.class_names, run_name=str(run.workdir),
-                              data_name=f"{request['name']!r}")
-    view = R.eval_view(ds, stats_ds, statistics=R.stored_statistics(run))
-    preds = R.predict_split(run, view, split, mapping=mapping, batch_size=options.batch_size,
-                            desc=f"eval {split}", progress=options.progress)
+    view, mapping = inference.evaluation_view(run, ds, request, split, stats_ds)
+    preds = predict_split(run, view, split, options.batch_size, mapping=mapping, desc=f"eval {split}",
+                          progress=options.progress)
     metrics = classification_report(preds.labels, preds.probs, run.class_names)
     report: dict[str, Any] = {
         "workdir": str(run.workdir),
@@ -186,12 +119,14 @@ def evaluate_member(run: Any, ds: Any, request: Mapping[str, Any], options: Eval
         "pointing_game": None,
     }
     masked = {}
-    if options.probes and R.has_field(ds, split, "lung_mask"):
-        report["lung_mask_probe"], masked = lung_mask_probe(run, view, split, preds.labels, preds.probs,
-                                                            mapping, options)
-    if options.pointing_game and R.has_field(ds, split, "lesion_mask"):
-        report["pointing_game"] = pointing_game_split(run, view, split, preds.labels, options, request)
-    names = R.split_field(ds, split, "file_name") if R.has_field(ds, split, "file_name") else None
+    if options.probes and inference.has_field(ds, split, "lung_mask"):
+        report["lung_mask_probe"], masked = lung_mask_probe(run, view, split, preds, mapping=mapping,
+                                                            batch_size=options.batch_size, progress=options.progress)
+    if options.pointing_game and inference.has_field(ds, split, "lesion_mask"):
+        report["pointing_game"] = pointing_game_split(
+            run, view, split, preds.labels, request=request, cam_methods=options.cam_methods, layer=options.layer,
+            batch_size=options.batch_size, progress=options.progress)
+    names = inference.split_field(ds, split, "file_name") if inference.has_field(ds, split, "file_name") else None
     report["predictions"] = {"file_name": names, "label": preds.labels.tolist(),
                              "predicted": preds.predictions.tolist(), "probs": preds.probs.tolist()}
     member = MemberResult(run=run, report=report, predictions=preds, masked_probs=masked)
@@ -214,21 +149,19 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
 
     Returns {"members": [report, ...], "ensemble": report or None}.
     """
-    from cxrjax.train import load_run
-
-    loaded = [load_run(w, checkpoint=options.checkpoint) for w in options.workdirs]
-    request = R.dataset_request(loaded[0], dataset=options.dataset, data_dir=options.data_dir,
+    loaded = [inference.load_run(w, checkpoint=options.checkpoint) for w in options.workdirs]
+    request = inference.dataset_request(loaded[0], dataset=options.dataset, data_dir=options.data_dir,
                                 manual_dir=options.manual_dir, options=options.dataset_options)
-    ds = R.open_dataset(request)
+    ds = inference.open_dataset(request)
     cache: dict[tuple, Any] = {}
     members = []
     for run in loaded:
         stats_ds = ds
-        if R.needs_training_statistics(run, request):
-            own = R.dataset_request(run, data_dir=options.data_dir)
+        if inference.needs_training_statistics(run, request):
+            own = inference.dataset_request(run, data_dir=options.data_dir)
             key = (own["name"], repr(sorted((own["options"] or {}).items())))
             if key not in cache:
-                cache[key] = R.open_dataset(own)
+                cache[key] = inference.open_dataset(own)
             stats_ds = cache[key]
         members.append(evaluate_member(run, ds, request, options, stats_ds=stats_ds))
     ensemble = ensemble_report(members, request, options) if len(members) > 1 else None
@@ -239,14 +172,12 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
 def ensemble_report(members: Sequence[MemberResult], request: Mapping[str, Any],
                     options: EvalOptions) -> dict[str, Any]:
     """Average the members' probabilities; report the ensemble next to each member."""
-    from cxrjax.train.metrics import classification_report
-    from cxrjax.train.workdir import write_json
 
     names = [str(m.run.workdir) for m in members]
     classes = list(members[0].run.class_names)
     for m in members[1:]:
         if list(m.run.class_names) != classes:
-            raise R.ClassListMismatchError(
+            raise inference.ClassListMismatchError(
                 f"ensemble members disagree on the classes: {names[0]} has {classes} but "
                 f"{m.run.workdir} has {list(m.run.class_names)}")
     check_members_aligned([m.predictions.labels for m in members], names)
@@ -286,7 +217,6 @@ def ensemble_report(members: Sequence[MemberResult], request: Mapping[str, Any],
 
 def format_member(report: Mapping[str, Any]) -> str:
     """The human-readable summary printed by the CLI for one run."""
-    from cxrjax.train.metrics import format_report
 
     m = report["metrics"]
     lines = [f"== {report['workdir']} ({report['model']}, {report['checkpoint']['which']} checkpoint, "

@@ -3,7 +3,9 @@
 - ``gradcam``: Grad-CAM (and LayerCAM) for every cxrjax model (``make_gradcam_fn``,
   ``gradcam``).
 - ``overlay``: heatmap overlays and labelled grids as PNG.
-- ``probes``: lung-masked evaluation and the saliency pointing game.
+- ``probes``: the scoring of lung-masked evaluation and of the saliency pointing game.
+- ``split``: a loaded run over a whole split: saliency maps, the lung-mask probe and the
+  pointing game (used by ``cxrjax.explain``, ``cxrjax.evaluate`` and ``cxrjax.predict``).
 - ``python -m cxrjax.explain --workdir RUN --out DIR``: Grad-CAM grids of correctly and
   wrongly classified examples per class (and the pointing game on phantoms).
 """

@@ -26,9 +26,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-
-METHOD_TITLES = {"gradcam": "Grad-CAM", "layercam": "LayerCAM"}
-
+from cxrjax import inference
+from cxrjax.data import LayoutError
+from cxrjax.data.subset import SubsetSource
+from cxrjax.explain import probes
+from cxrjax.explain.gradcam import METHOD_TITLES, METHODS
+from cxrjax.explain.overlay import Tile, save_grid_png
+from cxrjax.explain.split import pointing_game_split, saliency
+from cxrjax.train.evaluation import predict_split
+from cxrjax.reporting.jsonio import write_json
 
 def select_examples(labels: np.ndarray, predicted: np.ndarray, num_classes: int, n: int) -> dict[int, dict[str, list[int]]]:
     """{class: {"correct": first n indices, "wrong": first n indices}} in split order."""
@@ -46,51 +52,31 @@ def _slug(name: str) -> str:
 
 def explain(workdir: str, out: str | Path, *, dataset: str | None = None, data_dir: str | None = None,
             manual_dir: str | None = None, dataset_options: dict | None = None, split: str = "test",
-            n: int = 16, layer: str | None = None, method: str = "gradcam", checkpoint: str = "best",
-            batch_size: int = 64, pointing: bool = True, progress: bool = True) -> dict[str, Any]:
+            n: int = 16, layer: str | None = None, method: str = "gradcam",
+            checkpoint: str = inference.DEFAULT_CHECKPOINT, batch_size: int = inference.DEFAULT_BATCH_SIZE,
+            pointing: bool = True, progress: bool = True) -> dict[str, Any]:
     """Write the grids (and the pointing game where possible) into ``out``; return the summary."""
-    from cxrjax.evaluate import runs as R
-    from cxrjax.evaluate.report import EvalOptions, pointing_game_split
-    from cxrjax.explain.gradcam import make_gradcam_fn
-    from cxrjax.explain.overlay import Tile, save_grid_png
-    from cxrjax.explain import probes
-    from cxrjax.explain.probes import binary_mask, format_pointing_game
-    from cxrjax.train import load_run
-    from cxrjax.train.workdir import write_json
-
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    run = load_run(workdir, checkpoint=checkpoint)
-    request = R.dataset_request(run, dataset=dataset, data_dir=data_dir, manual_dir=manual_dir,
-                                options=dataset_options)
-    ds = R.open_dataset(request)
-    if split not in ds.splits:
-        raise R.EvaluationInputError(f"dataset {ds.name!r} has no split {split!r}; its splits are {sorted(ds.splits)}")
-    mapping = R.label_mapping(run.class_names, ds.class_names, run_name=str(run.workdir),
-                              data_name=repr(request["name"]))
-    stats_ds = R.open_dataset(R.dataset_request(run, data_dir=data_dir)) if R.needs_training_statistics(run, request) else ds
-    view = R.eval_view(ds, stats_ds, statistics=R.stored_statistics(run))
-    preds = R.predict_split(run, view, split, mapping=mapping, batch_size=batch_size, progress=progress)
+    run = inference.load_run(workdir, checkpoint=checkpoint)
+    request = inference.dataset_request(run, dataset=dataset, data_dir=data_dir, manual_dir=manual_dir,
+                                        options=dataset_options)
+    ds = inference.open_dataset(request)
+    view, mapping = inference.evaluation_view(run, ds, request, split,
+                                              inference.statistics_source(run, request, data_dir=data_dir))
+    preds = predict_split(run, view, split, batch_size, mapping=mapping, progress=progress)
     chosen = select_examples(preds.labels, preds.predictions, run.num_classes, n)
     indices = sorted({i for c in chosen.values() for kind in c.values() for i in kind})
 
-    # Grad-CAM of the predicted class for the chosen examples only.
-    cfg = run.input_config
-    fn = make_gradcam_fn(run.model, run.variables, (cfg.image_size, cfg.image_size, cfg.channels), layer, method)
-    view.splits["explain"] = R.SubsetSource(view.splits[split], indices)
-    images, heatmaps, used_layer = {}, {}, None
-    start = 0
-    for batch, _, mask in R.iterate_eval_batches(view, "explain", cfg, batch_size, "Grad-CAM", progress):
-        result = fn(batch)
-        used_layer = result.layer
-        for j in range(int(mask.sum())):
-            images[indices[start + j]] = batch[j]
-            heatmaps[indices[start + j]] = result.heatmaps[j]
-        start += int(mask.sum())
+    # Saliency of the predicted class for the chosen examples only.
+    view.splits["explain"] = SubsetSource(view.splits[split], indices)
+    maps = saliency(run, view, "explain", method=method, layer=layer, batch_size=batch_size, progress=progress)
+    images = dict(zip(indices, maps.images))
+    heatmaps = dict(zip(indices, maps.heatmaps))
     source = view.splits[split]
-    has_lesions = R.has_field(ds, split, "lesion_mask")
+    has_lesions = inference.has_field(ds, split, "lesion_mask")
     marker_fn, marker_drawn = probes.marker_masker(request["name"], request["options"])
     names = run.class_names
     grids, listing = {}, {}
@@ -100,37 +86,36 @@ def explain(workdir: str, out: str | Path, *, dataset: str | None = None, data_d
             tiles = []
             for i in chosen[k][kind]:
                 p = preds.probs[i]
-                outline = (binary_mask(source[i]["lesion_mask"], images[i].shape[:2]) if has_lesions else None)
-                if outline is not None and marker_fn is not None and marker_drawn:   # and the marker's box
-                    outline = outline | binary_mask(marker_fn(source[i]), images[i].shape[:2])
+                outline = probes.binary_mask(source[i]["lesion_mask"], images[i].shape[:2]) if has_lesions else None
+                if outline is not None and marker_fn is not None and marker_drawn:  # and the marker's box
+                    outline = outline | probes.binary_mask(marker_fn(source[i]), images[i].shape[:2])
                 tiles.append(Tile(images[i], heatmaps[i],
                                   f"#{i} true {names[k]}\npred {names[int(p.argmax())]} {p.max():.2f}",
                                   outline=outline))
             total = int(((preds.labels == k) & ((preds.predictions == k) == (kind == "correct"))).sum())
             sections.append((f"{kind} ({len(tiles)} of {total})", tiles))
         path = save_grid_png(out / f"gradcam_{_slug(name)}.png", sections,
-                             title=f"{METHOD_TITLES[method]} ({used_layer}, predicted class) - {run.config.model} "
+                             title=f"{METHOD_TITLES[method]} ({maps.layer}, predicted class) - {run.config.model} "
                                    f"on {request['name']} {split}, true class {name}")
         grids[name] = path.name
         listing[name] = chosen[k]
     summary = {"workdir": str(run.workdir), "checkpoint": {"which": run.checkpoint, "step": run.step},
                "dataset": request["name"], "dataset_options": dict(request["options"] or {}), "split": split,
-               "class_names": list(names), "method": method, "layer": used_layer, "grids": grids,
+               "class_names": list(names), "method": method, "layer": maps.layer, "grids": grids,
                "examples": listing,
                "accuracy": float((preds.predictions == preds.labels).mean()) if len(preds.labels) else None,
                "pointing_game": None}
     if pointing and has_lesions:
         # Both methods: on flatten-dense heads Grad-CAM can point at padding-dominated
         # border cells where LayerCAM does not (cxrjax.explain.gradcam), so show both.
-        methods = (method, *[m for m in METHOD_TITLES if m != method])
-        options = EvalOptions(workdirs=(str(workdir),), split=split, batch_size=batch_size, layer=layer,
-                              cam_methods=methods, progress=progress)
-        games = pointing_game_split(run, view, split, preds.labels, options, request)
+        methods = (method, *[m for m in METHODS if m != method])
+        games = pointing_game_split(run, view, split, preds.labels, request=request, cam_methods=methods,
+                                    layer=layer, batch_size=batch_size, progress=progress)
         summary["pointing_game"] = games[method]
         summary["pointing_game_all_methods"] = games
         write_json(out / "pointing_game.json", games)
         summary["pointing_game_table"] = "\n".join(
-            f"{METHOD_TITLES[m]} (layer {g['layer']}):\n{format_pointing_game(g)}" for m, g in games.items())
+            f"{METHOD_TITLES[m]} (layer {g['layer']}):\n{probes.format_pointing_game(g)}" for m, g in games.items())
     write_json(out / "explain.json", summary)
     return summary
 
@@ -148,22 +133,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for the grid PNGs and JSON")
     p.add_argument("--n", type=int, default=16, help="examples per class and outcome (default 16)")
     p.add_argument("--layer", help="Grad-CAM layer (default: the model's last conv stage)")
-    p.add_argument("--cam-method", default="gradcam", choices=tuple(METHOD_TITLES),
+    p.add_argument("--cam-method", default="gradcam", choices=METHODS,
                    help="gradcam (default) or layercam (per-location weights; better for flatten heads)")
-    p.add_argument("--checkpoint", default="best", choices=("best", "latest", "evaluated"))
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--checkpoint", default=inference.DEFAULT_CHECKPOINT, choices=inference.CHECKPOINTS)
+    p.add_argument("--batch-size", type=int, default=inference.DEFAULT_BATCH_SIZE)
     p.add_argument("--no-pointing-game", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    from cxrjax.data import LayoutError
-    from cxrjax.evaluate.runs import EvaluationInputError
-
     try:
         summary = explain(a.workdir, a.out, dataset=a.dataset, data_dir=a.data_dir, manual_dir=a.manual_dir,
                           dataset_options=a.dataset_options, split=a.split, n=a.n, layer=a.layer, method=a.cam_method,
                           checkpoint=a.checkpoint, batch_size=a.batch_size, pointing=not a.no_pointing_game,
                           progress=not a.no_progress)
-    except (EvaluationInputError, FileNotFoundError, LayoutError) as error:
+    except (inference.EvaluationInputError, FileNotFoundError, LayoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"accuracy on {summary['dataset']} {summary['split']}: {summary['accuracy']:.4f}")

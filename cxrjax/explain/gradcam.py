@@ -280,6 +280,7 @@ class GradCAMOutput:
 
 
 METHODS = ("gradcam", "layercam")
+METHOD_TITLES = {"gradcam": "Grad-CAM", "layercam": "LayerCAM"}  # as plots and tables name them
 
 
 def make_gradcam_fn(model: nn.Module, variables: Mapping[str, Any], image_shape: tuple[int, ...],

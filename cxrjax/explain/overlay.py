@@ -11,6 +11,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from matplotlib import colormaps
+from PIL import Image
+
+from cxrjax.reporting.plots import plt, save_figure  # matplotlib with the Agg backend
 
 
 def display_gray(image: np.ndarray) -> np.ndarray:
@@ -29,8 +33,6 @@ def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45,
     The blend weight is ``alpha * heatmap`` per pixel, so cold regions show the X-ray
     itself rather than a blue wash and the hot spots stand out.
     """
-    from matplotlib import colormaps
-
     gray = display_gray(image)
     heat = np.clip(np.asarray(heatmap, np.float32), 0.0, 1.0)
     if heat.shape != gray.shape:
@@ -44,8 +46,6 @@ def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45,
 def save_overlay_png(path: str | Path, image: np.ndarray, heatmap: np.ndarray,
                      alpha: float = 0.45) -> Path:
     """Write :func:`overlay_heatmap` as a PNG; creates the parent folder."""
-    from PIL import Image
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(overlay_heatmap(image, heatmap, alpha)).save(path)
@@ -69,11 +69,6 @@ def save_grid_png(path: str | Path, sections: Sequence[tuple[str, Sequence[Tile]
     Empty sections are kept with a "(none)" row so a reader sees that, e.g., a class had
     no misclassified examples rather than wondering whether it was forgotten.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     rows: list[tuple[str, list[Tile | None]]] = []
     for heading, tiles in sections:
         tiles = list(tiles)
@@ -108,7 +103,5 @@ def save_grid_png(path: str | Path, sections: Sequence[tuple[str, Sequence[Tile]
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    from cxrjax.train.plots import save_figure
-
     return save_figure(fig, path, dpi=110)
 

@@ -34,6 +34,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from cxrjax.data import phantoms
+from cxrjax.data.builders.options import PhantomDatasetOptions, make_options
+from cxrjax.data.subset import split_options
+
 LUNGS_ONLY = "lungs_only"        # everything outside the lungs blanked
 LUNGS_BLANKED = "lungs_blanked"  # the lungs blanked, everything else kept
 MASK_MODES = (LUNGS_ONLY, LUNGS_BLANKED)
@@ -208,8 +212,6 @@ def phantom_marker_mask(record: Mapping[str, Any], shortcut_strength: float = 0.
     (dark label background and white glyphs) differs from the canvas. Independent of
     whether the stored image has the marker: without it, this is where it would be.
     """
-    from cxrjax.data import phantoms
-
     seed, index = phantoms.parse_phantom_file_name(record["file_name"])
     size = int(np.asarray(record["image"]).shape[0])
     return phantoms.marker_box_mask(seed, index, int(record["label"]), size, float(shortcut_strength))
@@ -220,9 +222,8 @@ def marker_masker(dataset: str, options: Mapping[str, Any] | None):
     and whether its images show the marker; (None, False) for any other dataset."""
     if dataset != "cxr_phantoms":
         return None, False
-    from cxrjax.data.builders.options import PhantomDatasetOptions, make_options
-
-    opts = make_options(PhantomDatasetOptions, dict(options or {}) or None, dataset)
+    options, _ = split_options(dict(options or {}))  # a class subset is a view, not a preparation option
+    opts = make_options(PhantomDatasetOptions, options or None, dataset)
     return (lambda record: phantom_marker_mask(record, opts.shortcut_strength)), bool(opts.shortcut_marker)
 
 

@@ -2,18 +2,18 @@
 optax, orbax checkpoints with exact resume, early stopping, metrics, plots, the CLI.
 
 ```python
-from cxrjax.train import TrainConfig, PRESETS, train_and_evaluate, load_run
+from cxrjax.train import TrainConfig, PRESETS, train_and_evaluate
 
 config = PRESETS["s4_exp4_phantoms"].replace(epochs=3)     # or TrainConfig(...)
 results = train_and_evaluate(config, "runs/exp4")          # dict, as in results.json
-run = load_run("runs/exp4")   # .config .model .variables .class_names .input_config
 ```
 
 Modules: ``config`` (TrainConfig), ``presets`` (PRESETS), ``steps`` (per-replica
 train/eval step), ``parallel`` (shard_map and pmap wrappers), ``optim``, ``state``,
-``early_stopping``, ``checkpointing``, ``evaluation``, ``metrics``
-(``classification_report``), ``plots``, ``tensorboard``, ``workdir`` (run-folder files),
-``trainer`` (``train_and_evaluate``), ``run`` (``load_run``), ``cli``.
+``early_stopping``, ``checkpointing``, ``evaluation`` (``predict_split``, the one
+prediction function), ``tensorboard``, ``workdir`` (run-folder files), ``trainer``
+(``train_and_evaluate``), ``cli``. A finished run is loaded with
+``cxrjax.inference.load_run``; metrics and plots are ``cxrjax.reporting``'s.
 
 The heavy parts (JAX, orbax, matplotlib) are imported on first use of the names below,
 so ``python -m cxrjax.train --help`` answers at once.
@@ -29,9 +29,6 @@ from cxrjax.train.presets import PRESETS
 _LAZY = {
     "train_and_evaluate": "cxrjax.train.trainer",
     "NonFiniteError": "cxrjax.train.trainer",
-    "load_run": "cxrjax.train.run",
-    "LoadedRun": "cxrjax.train.run",
-    "classification_report": "cxrjax.train.metrics",
     "ConfigMismatchError": "cxrjax.train.workdir",
     "enable_compilation_cache": "cxrjax.train.compile_cache",
 }

@@ -111,10 +111,6 @@ class CheckpointStore:
         )
         return restored["state"], dict(restored["meta"])
 
-    def restore_meta(self, step: int) -> dict[str, Any]:
-        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return dict(restored["meta"])
-
     def wait(self) -> None:
         self._manager.wait_until_finished()
 

@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.workdir:
         raise SystemExit("--workdir is required (the run folder; an existing one is resumed)")
-    from cxrjax.train.metrics import format_report
+    from cxrjax.reporting.metrics import format_report
     from cxrjax.train.trainer import NonFiniteError, train_and_evaluate
     from cxrjax.train.workdir import ConfigMismatchError
 

@@ -15,11 +15,10 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from tqdm.auto import tqdm
 
 from cxrjax.train.config import TrainConfig
 from cxrjax.train.data_api import data_api
+from cxrjax.train.evaluation import EnginePredictor
 from cxrjax.train.optim import make_optimizer
 from cxrjax.train.parallel import Engine, make_engine
 from cxrjax.train.state import TrainState, make_init_fn
@@ -41,6 +40,11 @@ class RunSetup:
     steps_per_epoch: int
     image_shape: tuple[int, int, int]
     class_weights: tuple[float, ...] | None
+    input_fields: dict[str, Any]  # input_config_fields(config), stored in every checkpoint and results.json
+
+    def predictor(self, device_state: Any) -> EnginePredictor:
+        """The engine's eval step on ``device_state``, for ``cxrjax.train.evaluation.predict_split``."""
+        return EnginePredictor(self.engine, device_state, self.input_config, self.dataset.num_classes)
 
 
 def resolve_input_shape(config: TrainConfig) -> tuple[int, int]:
@@ -82,23 +86,6 @@ def build_model(config: TrainConfig, num_classes: int, channels: int, axis_name:
         axis_name=axis_name,
         **config.model_options,
     )
-
-
-def balanced_class_weights(dataset: Any) -> tuple[float, ...]:
-    """sklearn's "balanced": n_examples / (n_classes * count_k), from the train split."""
-    counts = None
-    report = getattr(dataset, "report", None) or {}
-    per_split = (report.get("splits") or {}).get("train")
-    if isinstance(per_split, dict) and set(per_split) == set(dataset.class_names):
-        counts = np.array([per_split[name] for name in dataset.class_names], np.float64)
-    if counts is None:
-        source = dataset.splits["train"]
-        labels = [int(source[i]["label"]) for i in tqdm(range(len(source)), desc="counting labels", leave=False)]
-        counts = np.bincount(labels, minlength=dataset.num_classes).astype(np.float64)
-    if np.any(counts == 0):
-        missing = [n for n, c in zip(dataset.class_names, counts) if c == 0]
-        raise ValueError(f"class_weights='balanced' but the train split has no example of {missing}")
-    return tuple(float(x) for x in counts.sum() / (len(counts) * counts))
 
 
 def _engine_key(config: TrainConfig, num_classes: int, image_shape: tuple[int, int, int], steps_per_epoch: int,
@@ -174,7 +161,7 @@ def setup_run(config: TrainConfig, dataset: Any | None = None) -> RunSetup:
         )
     class_weights = None
     if config.class_weights == "balanced":
-        class_weights = balanced_class_weights(dataset)
+        class_weights = tuple(float(w) for w in data.class_weights(dataset, "train"))
     elif config.class_weights is not None:
         if len(config.class_weights) != dataset.num_classes:
             raise ValueError(
@@ -182,7 +169,7 @@ def setup_run(config: TrainConfig, dataset: Any | None = None) -> RunSetup:
                 f"{dataset.num_classes} classes {dataset.class_names}"
             )
         class_weights = tuple(float(w) for w in config.class_weights)
-    image_shape = (fields["image_size"], fields["image_size"], fields["channels"])
+    image_shape = input_config.image_shape
     model, tx, engine, init_fn = build_engine(
         config, dataset.num_classes, image_shape, steps_per_epoch, class_weights, devices
     )
@@ -200,6 +187,7 @@ def setup_run(config: TrainConfig, dataset: Any | None = None) -> RunSetup:
         steps_per_epoch=steps_per_epoch,
         image_shape=image_shape,
         class_weights=class_weights,
+        input_fields=fields,
     )
 
 

@@ -39,7 +39,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from cxrjax.train import plots
+from cxrjax.reporting import plots
 from cxrjax.train import workdir as files
 from cxrjax.train.checkpointing import CheckpointStore
 from cxrjax.train.compile_cache import enable_compilation_cache
@@ -47,7 +47,7 @@ from cxrjax.train.config import TrainConfig, mode_for
 from cxrjax.train.data_api import data_api
 from cxrjax.train.early_stopping import EarlyStopping, ImprovementTracker, PlateauScaler
 from cxrjax.train.evaluation import evaluate_split
-from cxrjax.train.run_setup import RunSetup, dataset_info, input_config_fields, setup_run
+from cxrjax.train.run_setup import RunSetup, dataset_info, setup_run
 from cxrjax.train.state import from_tree, parameter_count, to_tree
 
 META_FORMAT = 1
@@ -95,7 +95,7 @@ def _meta(progress: Progress, setup: RunSetup) -> dict[str, Any]:
         **dataclasses.asdict(progress),
         "class_names": list(setup.dataset.class_names),
         "dataset": dataset_info(setup),
-        "input_config": input_config_fields(setup.config),
+        "input_config": setup.input_fields,
         "steps_per_epoch": setup.steps_per_epoch,
         "global_batch_size": setup.global_batch_size,
         "num_devices": setup.num_devices,
@@ -321,8 +321,8 @@ def _train_epochs(
 
         # ---- end of epoch: validation, decisions, log, checkpoint -------------------------
         eval_t0 = time.perf_counter()
-        val, _, _ = evaluate_split(engine, device_state, setup.dataset, "validation", setup.input_config,
-                                   setup.eval_global_batch_size, progress=config.progress)
+        val, _ = evaluate_split(setup.predictor(device_state), setup.dataset, "validation",
+                                setup.eval_global_batch_size, progress=config.progress)
         monitored = {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
         improved = stopper.update(monitored[config.monitor], epoch)
         if stopper.should_stop and epoch < config.epochs:
@@ -397,14 +397,13 @@ def _final_evaluation(
     else:  # restore_best=False, or no epoch ever improved (monitored value never finite)
         evaluated = {"checkpoint": "last", "step": int(progress.epoch * spe), "epoch": int(progress.epoch)}
     names = list(setup.dataset.class_names)
-    val, val_labels, val_probs = evaluate_split(engine, device_state, setup.dataset, "validation",
-                                                setup.input_config, setup.eval_global_batch_size,
-                                                progress=config.progress)
-    test = test_labels = test_probs = None
+    predictor = setup.predictor(device_state)
+    val, val_preds = evaluate_split(predictor, setup.dataset, "validation", setup.eval_global_batch_size,
+                                    progress=config.progress)
+    test = test_preds = None
     if "test" in setup.dataset.splits and len(setup.dataset.splits["test"]):
-        test, test_labels, test_probs = evaluate_split(engine, device_state, setup.dataset, "test",
-                                                       setup.input_config, setup.eval_global_batch_size,
-                                                       progress=config.progress)
+        test, test_preds = evaluate_split(predictor, setup.dataset, "test", setup.eval_global_batch_size,
+                                          progress=config.progress)
     history = progress.history
     speeds = [h["images_per_second"] for h in (history[1:] if len(history) > 1 else history)
               if h.get("images_per_second") is not None and np.isfinite(h["images_per_second"])]
@@ -433,16 +432,15 @@ def _final_evaluation(
         "parameter_count": parameter_count(host_state.params),
         "skipped_nonfinite_steps": int(host_state.skipped_steps),
         "dataset_info": dataset_info(setup),
-        "input_config": input_config_fields(config),
+        "input_config": setup.input_fields,
         "jax_backend": jax.default_backend(),
     }
     plots.plot_learning_curves(history, workdir / files.LEARNING_CURVES, best_epoch=best_epoch,
                                evaluated_epoch=evaluated["epoch"], title=f"{config.model} on {config.dataset}")
-    shown, labels, probs, split = (test, test_labels, test_probs, "test") if test is not None else (
-        val, val_labels, val_probs, "validation")
+    shown, preds, split = (test, test_preds, "test") if test is not None else (val, val_preds, "validation")
     plots.plot_confusion_matrix(shown["confusion_matrix"], names, workdir / files.CONFUSION_MATRIX,
                                 title=f"{config.model}: {split} (accuracy {shown['accuracy']:.3f})")
-    plots.plot_roc_curves(labels, probs, names, workdir / files.ROC_CURVES,
+    plots.plot_roc_curves(preds.labels, preds.probs, names, workdir / files.ROC_CURVES,
                           title=f"{config.model}: {split} ROC (one-vs-rest)")
     files.write_json(workdir / files.RESULTS_FILE, results)
     if test is not None:

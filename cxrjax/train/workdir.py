@@ -14,11 +14,10 @@ results is refused with the list of differences.
 from __future__ import annotations
 
 import json
-import math
-import os
 from pathlib import Path
 from typing import Any
 
+from cxrjax.reporting.jsonio import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from cxrjax.train.config import TrainConfig, result_relevant_differences
 
 CONFIG_FILE = "config.json"
@@ -34,30 +33,6 @@ ROC_CURVES = "roc_curves.png"
 
 class ConfigMismatchError(ValueError):
     """An existing run folder holds a different configuration."""
-
-
-def json_ready(value: Any) -> Any:
-    """Replace NaN/inf by None and numpy scalars by Python ones, recursively (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Write atomically (tmp file + rename), so a kill never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(json_ready(value), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
 
 
 def has_progress(workdir: Path) -> bool:
@@ -94,19 +69,13 @@ def check_or_write_config(workdir: Path, config: TrainConfig) -> bool:
 
 def write_history(workdir: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl from a checkpoint's history (drops lines of epochs lost to a kill)."""
-    path = workdir / METRICS_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(json_ready(h)) + "\n" for h in history))
-    os.replace(tmp, path)
+    write_jsonl(workdir / METRICS_FILE, history)
 
 
 def append_history(workdir: Path, record: dict[str, Any]) -> None:
-    with open(workdir / METRICS_FILE, "a") as f:
-        f.write(json.dumps(json_ready(record)) + "\n")
+    append_jsonl(workdir / METRICS_FILE, record)
 
 
 def read_history(workdir: str | Path) -> list[dict[str, Any]]:
-    path = Path(workdir) / METRICS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The epochs recorded in a run's metrics.jsonl, in order ([] before the first)."""
+    return read_jsonl(Path(workdir) / METRICS_FILE)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from cxrjax.data.phantoms import CLASS_NAMES
-from cxrjax.evaluate import runs as R
+from cxrjax import inference as R
 from cxrjax.evaluate.ensemble import average_probabilities, check_members_aligned
 
 NUM_TEST = 12   # not a multiple of the eval batch: the last batch is padded
@@ -137,7 +137,7 @@ def test_predict_table_output(run_dir, tmp_path, capsys):
 def test_class_list_mismatch_and_remapping(run_dir, evaluated):
     from cxrjax.data import load
     from cxrjax.evaluate.report import EvalOptions, evaluate_member
-    from cxrjax.train import load_run
+    from cxrjax.inference import load_run
 
     run = load_run(run_dir, checkpoint="best")
     ds = load("cxr_phantoms", data_dir=str(run_dir.parent / "data"), options=DATASET_OPTIONS)

@@ -50,7 +50,7 @@ def test_cli_classes_flag():
 
 
 def test_one_epoch_on_two_of_four_phantom_classes_writes_two_class_results(tmp_path):
-    from cxrjax.train.run import load_run
+    from cxrjax.inference import load_run
     from cxrjax.train.trainer import train_and_evaluate
 
     size = TINY_IMAGE_SIZE["s0"]

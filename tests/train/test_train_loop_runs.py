@@ -19,7 +19,8 @@ import pytest
 
 from cxrjax.train import trainer as trainer_module
 from cxrjax.train.config import TrainConfig
-from cxrjax.train.run import load_run
+from cxrjax.inference import load_run
+from cxrjax.train.evaluation import predict_split
 from cxrjax.train.trainer import NonFiniteError, train_and_evaluate
 from cxrjax.train.workdir import ConfigMismatchError
 
@@ -81,11 +82,10 @@ def test_one_epoch_run_writes_every_file(base_config, tmp_path):
 
     data = data_api()
     ds = data.load(base_config.dataset, data_dir=base_config.data_dir, options=base_config.dataset_options)
-    batches = data.eval_batches(ds, "test", run.input_config, global_batch_size=12)
-    batch = batches[0]
-    probs = run.predict_proba(batch["image"])
+    preds = predict_split(run, ds, "test", 12)
+    probs = preds.probs
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
-    accuracy = float(np.mean(probs.argmax(1) == batch["label"]))
+    accuracy = float(np.mean(probs.argmax(1) == preds.labels))
     assert accuracy == pytest.approx(test["accuracy"])
     # Re-running a finished run returns its results without training; a different
     # configuration in the same folder is refused.

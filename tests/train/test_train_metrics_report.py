@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from cxrjax.train.metrics import classification_report, format_report
+from cxrjax.reporting.metrics import classification_report, format_report
 
 NAMES = ["a", "b", "c"]
 LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])

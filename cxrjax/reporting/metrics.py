@@ -19,11 +19,6 @@ import numpy as np
 from sklearn import metrics as skm
 
 
-def _finite_or_none(x: float) -> float | None:
-    x = float(x)
-    return x if np.isfinite(x) else None
-
-
 def cross_entropy(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-12) -> float:
     """Mean negative log-likelihood of the true labels."""
     labels = np.asarray(labels)

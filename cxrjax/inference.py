@@ -1,0 +1,318 @@
+"""The inference layer: a trained run folder, loaded, meeting a dataset.
+
+What ``cxrjax.evaluate``, ``cxrjax.predict`` and ``cxrjax.explain`` share, so all three see
+exactly the same model, preprocessing (the run's own eval pipeline) and label alignment:
+
+- :func:`load_run` reads a run folder written by ``train_and_evaluate``: the TrainConfig,
+  the Flax module (built for one device, ``axis_name=None``), the variables of one
+  checkpoint, the class names in label order and the input settings (size, channels,
+  normalisation) the model was trained with. A :class:`LoadedRun` is a
+  ``cxrjax.train.evaluation.Predictor``, so ``predict_split(run, ds, split, batch)`` is
+  the same prediction function the trainer evaluates with.
+- :func:`dataset_request` / :func:`open_dataset`: the run's own dataset (or another);
+  :func:`label_mapping` checks its classes against the model's.
+- :func:`eval_view`: the dataset's splits with the normalisation statistics the run was
+  trained with, plus any extra "splits" (masked views, files handed to predict).
+
+Which checkpoint (:data:`CHECKPOINTS`): ``"evaluated"`` (the default everywhere) is the
+one the run's own test evaluation used (results.json's ``evaluated.step``): the best by
+the monitored validation metric, or the last epoch when the run was configured with
+``restore_best=False``; before the run has finished it is the best so far. ``"best"``
+and ``"latest"`` pick those.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from cxrjax import data
+from cxrjax.reporting.jsonio import read_json
+from cxrjax.train import workdir as files
+from cxrjax.train.checkpointing import CheckpointStore
+from cxrjax.train.config import TrainConfig
+from cxrjax.train.evaluation import SplitNotFoundError
+from cxrjax.train.run_setup import build_model
+
+CHECKPOINTS = ("evaluated", "best", "latest")
+DEFAULT_CHECKPOINT = "evaluated"
+DEFAULT_BATCH_SIZE = 64
+
+
+class EvaluationInputError(ValueError):
+    """Bad input to evaluate / predict / explain (dataset, split, classes); the message
+    says what to change. The command-line tools print it without a traceback."""
+
+
+class ClassListMismatchError(EvaluationInputError):
+    """The dataset's classes are not the classes the model was trained on."""
+
+
+class MissingSplitError(EvaluationInputError, SplitNotFoundError):
+    """The dataset has no such split."""
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+_PROBABILITY_FNS: dict[str, Any] = {}
+
+
+def probability_fn(model: Any):
+    """Jitted softmax(model(x)) in eval mode, one per module configuration.
+
+    Keyed by the module's repr (its class and every field; fields loaded from JSON may
+    be lists, so the module itself is not always hashable): loading the same run again,
+    or another run of the same architecture, reuses the compiled function instead of
+    compiling anew for every ``load_run``.
+    """
+    key = repr(model)
+    if key not in _PROBABILITY_FNS:
+        if len(_PROBABILITY_FNS) >= 16:
+            _PROBABILITY_FNS.clear()
+        _PROBABILITY_FNS[key] = jax.jit(
+            lambda variables, x: jax.nn.softmax(model.apply(variables, x, train=False), axis=-1))
+    return _PROBABILITY_FNS[key]
+
+
+@dataclass
+class LoadedRun:
+    """One checkpoint of a run folder, ready to predict (a ``Predictor``)."""
+
+    workdir: Path
+    config: TrainConfig
+    model: Any  # flax.linen.Module, axis_name=None
+    variables: dict[str, Any]  # {"params": ..., ["batch_stats": ...]}, numpy arrays
+    class_names: list[str]
+    dataset_info: dict[str, Any]  # name, options, class_names, split sizes, image_size, channels
+    input_config_fields: dict[str, Any]  # cxrjax.data.InputConfig fields used in training
+    step: int
+    epoch: int  # completed epochs at that checkpoint
+    checkpoint: str  # "best" | "latest" | "evaluated"
+    results: dict[str, Any] | None  # results.json, None while the run is unfinished
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_config(self) -> data.InputConfig:
+        """The ``cxrjax.data.InputConfig`` for evaluation (augmentation is ignored there)."""
+        names = {f.name for f in dataclasses.fields(data.InputConfig)}
+        return data.InputConfig(**{k: v for k, v in self.input_config_fields.items() if k in names})
+
+    def probabilities(self, images: np.ndarray) -> Any:
+        """softmax(model(images)) on one device, dispatched (fetched by :meth:`to_host`)."""
+        return probability_fn(self.model)(self.variables, np.asarray(images, np.float32))
+
+    def to_host(self, outputs: Any) -> np.ndarray:
+        return np.asarray(outputs, np.float32)
+
+
+def load_run(workdir: str | Path, checkpoint: str = DEFAULT_CHECKPOINT) -> LoadedRun:
+    """Load a run folder written by ``train_and_evaluate`` / ``python -m cxrjax.train``."""
+    workdir = Path(workdir)
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint={checkpoint!r}: choose one of {CHECKPOINTS}")
+    config_path = workdir / files.CONFIG_FILE
+    if not config_path.exists():
+        raise FileNotFoundError(
+            f"{config_path} not found: {workdir} is not a cxrjax run folder "
+            "(create one with python -m cxrjax.train --workdir ...)"
+        )
+    config = TrainConfig.from_json_file(config_path)
+    results_path = workdir / files.RESULTS_FILE
+    results = read_json(results_path) if results_path.exists() else None
+    store = CheckpointStore(workdir / files.CHECKPOINT_DIR, read_only=True)
+    try:
+        if checkpoint == "latest":
+            step = store.latest_step()
+        elif checkpoint == "evaluated" and results is not None:
+            step = int(results["evaluated"]["step"])
+        else:
+            step = store.best_step()
+            if step is None:
+                step = store.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{workdir / files.CHECKPOINT_DIR} holds no complete checkpoint yet")
+        if step not in store.steps():
+            raise FileNotFoundError(
+                f"{workdir}: checkpoint step {step} ({checkpoint}) is missing; available steps {store.steps()}"
+            )
+        tree, meta = store.restore(step)
+    finally:
+        store.close()
+    variables = {"params": tree["params"]}
+    if tree.get("batch_stats"):
+        variables["batch_stats"] = tree["batch_stats"]
+    class_names = list(meta["class_names"])
+    fields = dict(meta["input_config"])
+    model = build_model(config, len(class_names), fields["channels"], axis_name=None)
+    return LoadedRun(
+        workdir=workdir,
+        config=config,
+        model=model,
+        variables=variables,
+        class_names=class_names,
+        dataset_info=dict(meta["dataset"]),
+        input_config_fields=fields,
+        step=int(step),
+        epoch=int(meta["epoch"]),
+        checkpoint=checkpoint,
+        results=results,
+    )
+
+
+# ------------------------------------------------------------------ the run meets data
+
+
+def label_mapping(run_classes: Sequence[str], data_classes: Sequence[str], *,
+                  run_name: str, data_name: str) -> np.ndarray | None:
+    """How dataset label ids map to the model's output ids, or a clear error.
+
+    None when the lists are identical. When they hold the same names in another order
+    (e.g. a folder dataset sorted differently), the permutation ``perm[data_id] =
+    model_id`` so every metric is computed in the model's class order. Anything else
+    (different names, different number) raises, naming both lists: S0 reported class
+    names in a different order from its label ids, which no one noticed.
+    """
+    run_classes, data_classes = list(run_classes), list(data_classes)
+    if run_classes == data_classes:
+        return None
+    if sorted(run_classes) == sorted(data_classes) and len(set(run_classes)) == len(run_classes):
+        return np.asarray([run_classes.index(c) for c in data_classes], np.int64)
+    raise ClassListMismatchError(
+        f"class lists do not match: the model in {run_name} was trained on {run_classes} but "
+        f"dataset {data_name} has {data_classes}. Evaluate on a dataset with the same classes "
+        "(same names; order may differ), or train a model on this dataset.")
+
+
+def dataset_request(run: LoadedRun, *, dataset: str | None = None, data_dir: str | None = None,
+                    manual_dir: str | None = None,
+                    options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Arguments for ``cxrjax.data.load``: the run's training dataset unless overridden.
+
+    For the run's own dataset, ``options`` are applied on top of the run's preparation
+    options (so ``{"shortcut_marker": true}`` gives the same phantoms, now with the
+    marker); for another dataset they are its options (None: its defaults).
+    """
+    config = run.config
+    name = dataset or config.dataset
+    if name == config.dataset:
+        options = {**dict(config.dataset_options or {}), **dict(options or {})}
+    return {"name": name, "data_dir": data_dir or config.data_dir,
+            "manual_dir": manual_dir or (config.manual_dir if name == config.dataset else None),
+            "options": options}
+
+
+def open_dataset(request: Mapping[str, Any]) -> Any:
+    """``cxrjax.data.load`` of a :func:`dataset_request`."""
+    if request["data_dir"] is None:
+        raise EvaluationInputError(f"no data dir for dataset {request['name']!r}: the run's config.json has "
+                                   "none; pass --data-dir DIR (where prepared datasets live)")
+    return data.load(request["name"], data_dir=request["data_dir"],
+                     manual_dir=request["manual_dir"], options=request["options"])
+
+
+def check_split(ds: Any, split: str) -> None:
+    """Raise :class:`MissingSplitError` listing the splits when ``ds`` has no ``split``."""
+    if split not in ds.splits:
+        raise MissingSplitError(f"dataset {ds.name!r} has no split {split!r}; its splits are {sorted(ds.splits)}")
+
+
+@dataclass
+class DatasetView:
+    """A duck-typed dataset for the eval pipeline: named record sources plus class names.
+
+    Lets one object carry extra "splits" (a lung-masked view of the test split, the
+    files handed to predict) next to the train split whose pixel statistics
+    ``normalization="dataset"`` needs, so those statistics are computed once, from the
+    data the model was trained on.
+    """
+
+    name: str
+    class_names: list[str]
+    splits: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def stored_statistics(run: LoadedRun) -> tuple[float, float] | None:
+    """(mean, std) a normalization="dataset" run stored at training time, or None (other
+    normalisations, or runs trained before the statistics were stored)."""
+    path = Path(run.workdir) / files.NORMALIZATION_FILE
+    if run.input_config.normalization != "dataset" or not path.exists():
+        return None
+    stored = read_json(path)
+    return float(stored["mean"]), float(stored["std"])
+
+
+def needs_training_statistics(run: LoadedRun, request: Mapping[str, Any]) -> bool:
+    """normalization="dataset" on data other than the run's own needs the run's train
+    split, unless the run stored its statistics (:func:`stored_statistics`)."""
+    config = run.config
+    same = (request["name"] == config.dataset
+            and dict(request["options"] or {}) == dict(config.dataset_options or {}))
+    return run.input_config.normalization == "dataset" and not same and stored_statistics(run) is None
+
+
+def statistics_source(run: LoadedRun, request: Mapping[str, Any] | None = None, *,
+                      data_dir: str | None = None) -> Any | None:
+    """The run's own training dataset when normalization="dataset" statistics must be read
+    from its train split, else None.
+
+    Only older runs that did not store their statistics need it, and only on data other
+    than their own (``request``; None: files handed to predict, which have no train split).
+    """
+    if request is None:
+        needed = run.input_config.normalization == "dataset" and stored_statistics(run) is None
+    else:
+        needed = needs_training_statistics(run, request)
+    return open_dataset(dataset_request(run, data_dir=data_dir)) if needed else None
+
+
+def eval_view(run: LoadedRun, ds: Any, stats_ds: Any | None = None, **extra_splits: Any) -> DatasetView:
+    """``ds``'s splits, normalised as ``run`` was trained, plus ``extra_splits``.
+
+    With ``normalization="dataset"`` the view uses the statistics the run stored, or else
+    the train split of ``stats_ds`` (:func:`statistics_source`; default ``ds`` itself), so
+    the statistics come from the data the model was trained on, never from the data
+    evaluated.
+    """
+    splits = dict(ds.splits)
+    stats_ds = ds if stats_ds is None else stats_ds
+    if "train" in stats_ds.splits:
+        splits["train"] = stats_ds.splits["train"]
+    splits.update(extra_splits)
+    view = DatasetView(name=getattr(ds, "name", "dataset"), class_names=list(ds.class_names), splits=splits)
+    statistics = stored_statistics(run)
+    if statistics is not None:
+        data.set_dataset_statistics(view, *statistics)
+    return view
+
+
+def evaluation_view(run: LoadedRun, ds: Any, request: Mapping[str, Any], split: str,
+                    stats_ds: Any | None = None) -> tuple[DatasetView, np.ndarray | None]:
+    """(:func:`eval_view`, :func:`label_mapping`) for evaluating ``run`` on ``split`` of ``ds``,
+    after checking the split exists and the classes match."""
+    check_split(ds, split)
+    mapping = label_mapping(run.class_names, ds.class_names, run_name=str(run.workdir),
+                            data_name=repr(request["name"]))
+    return eval_view(run, ds, stats_ds), mapping
+
+
+def split_field(ds: Any, split: str, key: str) -> list[Any]:
+    """One field of every record of a split, in order (file names, masks)."""
+    source = ds.splits[split]
+    return [source[i][key] for i in range(len(source))]
+
+
+def has_field(ds: Any, split: str, key: str) -> bool:
+    source = ds.splits.get(split)
+    return source is not None and len(source) > 0 and key in source[0]
