@@ -11,7 +11,10 @@ compiled step:
 - batching: each replica gathers its slice of the global batch from the permutation;
 - augmentation: uint8 -> float ("unit" normalisation), random horizontal flip and a
   random rotation (bilinear, zero fill) per example, keys from ``fold_in(step, replica)``;
-- then the engine's own per-replica train step (``cxrjax.train.steps.train_step``).
+- then the engine's own per-replica train step (``cxrjax.train.steps.train_step``),
+
+all wrapped by the training engine itself (``cxrjax.train.parallel.ShardMapEngine`` with
+the split replicated, ``batch_spec=P()``), like the plain benchmark step of jax_step.py.
 
 This module is the benchmark's prototype of that path (issue 6 asks for it if the host
 pipeline cannot keep up); see benchmarks/README.md for the measured rates and for what
@@ -19,23 +22,19 @@ integrating it into cxrjax.data / cxrjax.train would take.
 """
 from __future__ import annotations
 
-import functools
 import math
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from PIL import Image
 
-from benchmarks.jax_step import host_initialized_state
-from cxrjax import models
-from cxrjax.train.steps import AXIS, LossConfig, train_step
+from benchmarks import jax_step
+from cxrjax.train.parallel import ShardMapEngine
+from cxrjax.train.steps import AXIS
 
 
 @dataclass(frozen=True)
@@ -116,11 +115,10 @@ def make_batch_fn(num_examples: int, num_devices: int, cfg: ResidentConfig) -> C
 class ResidentSteps:
     """Compiled resident train step (and the batch maker alone), with placed data."""
 
-    train: Callable[[Any, jax.Array, jax.Array], tuple[Any, dict]]
-    make_batch: Callable[[jax.Array, jax.Array, jax.Array], dict]
+    train: Callable[[Any, dict], tuple[Any, dict]]  # (state, data) -> (state, metrics)
+    make_batch: Callable[[Any, dict], dict]  # (state, data) -> the global batch of state.step
     state: Any
-    images: jax.Array
-    labels: jax.Array
+    data: dict[str, jax.Array]  # {"image": uint8 [N, S, S, C], "label": int32 [N]}, on every device
     num_devices: int
     compile_s: float
 
@@ -128,34 +126,23 @@ class ResidentSteps:
 def build_resident_steps(model_name: str, images: np.ndarray, labels: np.ndarray, cfg: ResidentConfig, *,
                          num_classes: int, overrides: dict | None = None,
                          num_devices: int | None = None) -> ResidentSteps:
-    """jit(shard_map) of [gather + augment + engine train step], the data replicated per device."""
-    devices = jax.local_devices()[: num_devices or None]
-    n = len(devices)
-    mesh = Mesh(np.array(devices), (AXIS,))
-    model = models.create(model_name, num_classes=num_classes, channels=images.shape[-1], axis_name=AXIS,
-                          **(overrides or {}))
-    tx = optax.adam(1e-3)
-    state = host_initialized_state(model, tx, tuple(images.shape[1:]))
-    train_fn = functools.partial(train_step, model=model, tx=tx, schedule=optax.constant_schedule(1e-3),
-                                 loss=LossConfig(num_classes=num_classes))
-    batch_fn = make_batch_fn(len(images), n, cfg)
+    """The engine's jit(shard_map) of [gather + augment + engine train step], the data
+    replicated per device; the engine's eval slot compiles the batch maker alone (its
+    per-replica output, concatenated over the devices, is the global batch)."""
+    devices = jax_step.local_devices(num_devices)
+    model = jax_step.bench_model(model_name, num_classes=num_classes, channels=images.shape[-1], overrides=overrides)
+    tx, train_fn, _ = jax_step.adam_steps(model, num_classes)
+    batch_fn = make_batch_fn(len(images), len(devices), cfg)
 
-    def resident_step(state, data_images, data_labels):
-        return train_fn(state, batch_fn(state.step, data_images, data_labels))
+    def make_batch(state, data):
+        return batch_fn(state.step, data["image"], data["label"])
 
-    replicated = NamedSharding(mesh, P())
-    state = jax.device_put(state, replicated)
-    d_images = jax.device_put(images, replicated)
-    d_labels = jax.device_put(labels, replicated)
-    train = jax.jit(
-        jax.shard_map(resident_step, mesh=mesh, in_specs=(P(), P(), P()), out_specs=(P(), P()), check_vma=False),
-        donate_argnums=0,
-    )
-    make_batch = jax.jit(
-        jax.shard_map(batch_fn, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P(AXIS), check_vma=False)
-    )
-    t0 = time.perf_counter()
-    train_c = train.lower(state, d_images, d_labels).compile()
-    compile_s = time.perf_counter() - t0
-    make_batch_c = make_batch.lower(state.step, d_images, d_labels).compile()
-    return ResidentSteps(train_c, make_batch_c, state, d_images, d_labels, n, compile_s)
+    def resident_step(state, data):
+        return train_fn(state, make_batch(state, data))
+
+    engine = ShardMapEngine(resident_step, make_batch, devices, batch_spec=P())
+    state = engine.put_state(jax_step.host_initialized_state(model, tx, tuple(images.shape[1:])))
+    data = engine.put_batch({"image": images, "label": labels})
+    train_c, compile_s = jax_step.compile_step(engine, "train", state, data)
+    make_batch_c, _ = jax_step.compile_step(engine, "eval", state, data)
+    return ResidentSteps(train_c, make_batch_c, state, data, len(devices), compile_s)

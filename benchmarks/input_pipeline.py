@@ -153,9 +153,9 @@ def resident_rate(case: Any, ds: Any, channels: int, options: PipelineOptions) -
     steps = device_resident.build_resident_steps(case.model, images, labels, cfg, num_classes=ds.num_classes,
                                                  overrides=dict(options.overrides))
     global_batch = cfg.per_device_batch * steps.num_devices
-    train_t, state = time_steps(lambda s: steps.train(s, steps.images, steps.labels)[0], steps.state,
+    train_t, state = time_steps(lambda s: steps.train(s, steps.data)[0], steps.state,
                                 warmup=1, steps=options.resident_steps, sync=jax.block_until_ready)
-    batch_t, _ = time_steps(lambda _: steps.make_batch(state.step, steps.images, steps.labels), None,
+    batch_t, _ = time_steps(lambda _: steps.make_batch(state, steps.data), None,
                             warmup=1, steps=options.resident_steps, sync=jax.block_until_ready)
     return {
         "resident_bytes": int(images.nbytes),

@@ -5,10 +5,12 @@ The per-replica train and eval steps are cxrjax's own (``cxrjax.train.steps.trai
 of gradients, loss and accuracy over the ``"batch"`` axis, the non-finite guard, optax
 Adam, BatchNorm statistics with cross-replica means through the model's ``axis_name``),
 on the engine's ``TrainState`` (``create_train_state``), so the benchmark times exactly
-what training runs. They are wrapped the way ``cxrjax/train/parallel.py`` wraps them
-(``jit(shard_map(..., check_vma=False))`` with the state donated, or ``pmap``), but
-here ahead of time (``.lower(...).compile()``): compile time is measured on its own,
-and XLA's cost and memory analyses describe the exact executable that is timed.
+what training runs. They are wrapped by the training engine itself
+(``cxrjax.train.parallel.make_engine``: ``jit(shard_map(..., check_vma=False))`` with
+the state donated, or ``pmap``, traced under the engine's random configuration), and
+compiled ahead of time (``parallel.lower_step(...).compile()``): compile time is
+measured on its own, and XLA's cost and memory analyses describe the exact executable
+that is timed.
 """
 from __future__ import annotations
 
@@ -17,18 +19,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from cxrjax import models
+from cxrjax.train.parallel import Engine, lower_step, make_engine
 from cxrjax.train.state import create_train_state
-from cxrjax.train.steps import AXIS, LossConfig, eval_step, train_step
+from cxrjax.train.steps import AXIS, LossConfig, bind_steps
 
-PARALLEL_MODES = ("shard_map", "pmap")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -89,7 +90,8 @@ def memory_bytes(compiled: Any) -> int | None:
     return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
-def _devices(num_devices: int | None) -> list[jax.Device]:
+def local_devices(num_devices: int | None) -> list[jax.Device]:
+    """The first `num_devices` local devices (None: all), or a clear error if there are fewer."""
     devices = jax.local_devices()
     if num_devices is None:
         return devices
@@ -99,6 +101,29 @@ def _devices(num_devices: int | None) -> list[jax.Device]:
             "on CPU, force more with XLA_FLAGS=--xla_force_host_platform_device_count=N"
         )
     return devices[:num_devices]
+
+
+def bench_model(name: str, *, num_classes: int, channels: int | None, dtype: str = "float32",
+                overrides: dict[str, Any] | None = None) -> nn.Module:
+    """``cxrjax.models.create`` with BatchNorm statistics over the engine's device axis."""
+    return models.create(name, num_classes=num_classes, channels=channels, dtype=DTYPES[dtype], axis_name=AXIS,
+                         **(overrides or {}))
+
+
+def adam_steps(model: nn.Module, num_classes: int, learning_rate: float = 1e-3) -> tuple[Any, Callable, Callable]:
+    """(optimizer, train_fn, eval_fn): the benchmarks' optimizer, optax Adam at a constant
+    rate (no TrainConfig to build one from), and the engine's steps bound to it."""
+    tx = optax.adam(learning_rate)
+    schedule = optax.constant_schedule(learning_rate)
+    return (tx, *bind_steps(model, tx, schedule, LossConfig(num_classes=num_classes)))
+
+
+def compile_step(engine: Engine, step: str, state: Any, batch: Any) -> tuple[Any, float]:
+    """`engine`'s "train" or "eval" step compiled for (state, batch), and the seconds that
+    took (tracing and lowering included)."""
+    t0 = time.perf_counter()
+    compiled = lower_step(engine, step, state, batch).compile()
+    return compiled, time.perf_counter() - t0
 
 
 def synthetic_batch(cfg: JaxStepConfig, num_devices: int, channels: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -151,60 +176,26 @@ def host_initialized_state(model: Any, tx: optax.GradientTransformation, input_s
 
 
 def build_steps(cfg: JaxStepConfig, images: np.ndarray | None = None, labels: np.ndarray | None = None) -> CompiledSteps:
-    """Create the model, initialise the state, place it, and compile train and eval steps."""
-    if cfg.parallel not in PARALLEL_MODES:
-        raise ValueError(f"unknown parallel mode {cfg.parallel!r}; choose one of {PARALLEL_MODES}")
+    """Create the model and the training engine, place the state and batch, and compile
+    the engine's train and eval steps ahead of time."""
     if cfg.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {cfg.dtype!r}; choose one of {tuple(DTYPES)}")
-    devices = _devices(cfg.num_devices)
+    devices = local_devices(cfg.num_devices)
     n = len(devices)
-    model = models.create(
-        cfg.model,
-        num_classes=cfg.num_classes,
-        channels=cfg.channels,
-        dtype=DTYPES[cfg.dtype],
-        axis_name=AXIS,
-        **cfg.overrides,
-    )
+    model = bench_model(cfg.model, num_classes=cfg.num_classes, channels=cfg.channels, dtype=cfg.dtype,
+                        overrides=cfg.overrides)
+    tx, train_fn, eval_fn = adam_steps(model, cfg.num_classes, cfg.learning_rate)
+    engine = make_engine(cfg.parallel, train_fn, eval_fn, devices)  # rejects an unknown parallel mode
     channels = cfg.channels if cfg.channels is not None else models.MODELS[cfg.model].channels
     if images is None or labels is None:
         images, labels = synthetic_batch(cfg, n, channels)
     if images.shape[0] != cfg.per_device_batch * n:
         raise ValueError(f"images has batch {images.shape[0]}, expected {cfg.per_device_batch} x {n} devices")
 
-    tx = optax.adam(cfg.learning_rate)
-    state = host_initialized_state(model, tx, tuple(images.shape[1:]))
-    train_fn = functools.partial(
-        train_step, model=model, tx=tx, schedule=optax.constant_schedule(cfg.learning_rate),
-        loss=LossConfig(num_classes=cfg.num_classes),
-    )
-    eval_fn = functools.partial(eval_step, model=model)
-    mesh = Mesh(np.array(devices), (AXIS,))
-    sharded = NamedSharding(mesh, P(AXIS))
-    if cfg.parallel == "shard_map":
-        state = jax.device_put(state, NamedSharding(mesh, P()))
-        batch = jax.device_put({"image": images, "label": labels}, sharded)
-        train = jax.jit(
-            jax.shard_map(train_fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()), check_vma=False),
-            donate_argnums=0,
-        )
-        evaluate = jax.jit(
-            jax.shard_map(eval_fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS), check_vma=False)
-        )
-    else:
-        # pmap: a leading device axis on every argument; the state is replicated per device.
-        state = jax.device_put(jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *a.shape)), state), sharded)
-        batch = jax.device_put({"image": images.reshape(n, -1, *images.shape[1:]), "label": labels.reshape(n, -1)},
-                               sharded)
-        train = jax.pmap(train_fn, axis_name=AXIS, devices=devices, donate_argnums=0)
-        evaluate = jax.pmap(eval_fn, axis_name=AXIS, devices=devices)
-
-    t0 = time.perf_counter()
-    train_c = train.lower(state, batch).compile()
-    train_compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    eval_c = evaluate.lower(state, batch).compile()
-    eval_compile_s = time.perf_counter() - t0
+    state = engine.put_state(host_initialized_state(model, tx, tuple(images.shape[1:])))
+    batch = engine.put_batch({"image": images, "label": labels}, on_device=True)
+    train_c, train_compile_s = compile_step(engine, "train", state, batch)
+    eval_c, eval_compile_s = compile_step(engine, "eval", state, batch)
     return CompiledSteps(
         train=train_c,
         eval=eval_c,

@@ -16,7 +16,8 @@
 Both expose the same small interface, used by the training loop, the tests and anyone
 else: ``put_state`` / ``host_state`` (to and from the host as ONE copy), ``put_batch``,
 ``train_step(state, batch) -> (state, metrics)``, ``eval_step(state, batch) ->
-log_probs`` and ``host_metrics``. Steps are traced and run under
+log_probs`` and ``host_metrics``; :func:`lower_step` lowers either step ahead of time
+for callers that compile it themselves (the benchmarks). Steps are traced and run under
 ``state.random_config()`` (the classic threefry stream). Nothing leaves the devices
 unless the caller fetches it: a step is dispatched asynchronously and returns device
 arrays.
@@ -39,22 +40,31 @@ EvalFn = Callable[[Any, dict], jax.Array]
 
 
 class ShardMapEngine:
+    """See the module docstring.
+
+    ``batch_spec`` lays a batch over the mesh: ``P(AXIS)`` (the default, what training
+    uses) splits it along its first axis; ``P()`` hands every replica the whole of it, for
+    a step that picks its own slice (benchmarks/device_resident.py keeps a whole split on
+    every device and gathers each replica's batch inside the compiled step).
+    """
+
     kind = "shard_map"
 
-    def __init__(self, train_fn: TrainFn, eval_fn: EvalFn, devices: Sequence[jax.Device]):
+    def __init__(self, train_fn: TrainFn, eval_fn: EvalFn, devices: Sequence[jax.Device], *,
+                 batch_spec: P = P(AXIS)):
         self.devices = list(devices)
         self.num_devices = len(self.devices)
         self.mesh = jax.make_mesh((self.num_devices,), (AXIS,), devices=self.devices)
         self._replicated = NamedSharding(self.mesh, P())
-        self._split_batch = NamedSharding(self.mesh, P(AXIS))
+        self._split_batch = NamedSharding(self.mesh, batch_spec)
         self._train = jax.jit(
             jax.shard_map(
-                train_fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()), check_vma=False
+                train_fn, mesh=self.mesh, in_specs=(P(), batch_spec), out_specs=(P(), P()), check_vma=False
             ),
             donate_argnums=0,
         )
         self._eval = jax.jit(
-            jax.shard_map(eval_fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS), check_vma=False)
+            jax.shard_map(eval_fn, mesh=self.mesh, in_specs=(P(), batch_spec), out_specs=P(AXIS), check_vma=False)
         )
 
     def put_state(self, state: Any) -> Any:
@@ -65,7 +75,8 @@ class ShardMapEngine:
     def host_state(self, state: Any) -> Any:
         return jax.device_get(state)
 
-    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    def put_batch(self, batch: dict[str, np.ndarray], *, on_device: bool = True) -> dict[str, jax.Array]:
+        # Always on the devices; `on_device` is accepted so both engines take the same call.
         return jax.device_put(batch, self._split_batch)
 
     def train_step(self, state: Any, batch: dict[str, jax.Array]) -> tuple[Any, dict[str, jax.Array]]:
@@ -112,8 +123,13 @@ class PmapEngine:
     def host_state(self, state: Any) -> Any:
         return jax.device_get(jax.tree.map(lambda x: x[0], state))
 
-    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return jax.tree.map(self._split, batch)
+    def put_batch(self, batch: dict[str, np.ndarray], *, on_device: bool = False) -> Any:
+        # By default the split host arrays: the pmapped step transfers them as part of the
+        # call. `on_device=True` places them now, through the same identity pmap as
+        # put_state, for a caller that reuses one batch (benchmarks/jax_step.py times the
+        # step without the transfer).
+        split = jax.tree.map(self._split, batch)
+        return _identity_pmap(tuple(self.devices))(split) if on_device else split
 
     def train_step(self, state: Any, batch: dict[str, np.ndarray]) -> tuple[Any, dict[str, jax.Array]]:
         with random_config():
@@ -137,6 +153,20 @@ def _identity_pmap(devices: tuple[jax.Device, ...]) -> Callable[[Any], Any]:
 
 
 Engine = ShardMapEngine | PmapEngine
+
+
+def lower_step(engine: Engine, step: str, state: Any, batch: Any) -> jax.stages.Lowered:
+    """`engine`'s "train" or "eval" step lowered ahead of time for these arguments.
+
+    Traced under ``random_config()`` as :meth:`train_step` / :meth:`eval_step` are, so
+    ``.compile()`` gives the very program they run, called the same way (``(state, batch)``,
+    the state donated by the train step). For callers that compile explicitly, to time
+    compilation apart from the steps and read XLA's cost and memory analyses of the
+    executable they time (benchmarks/jax_step.py).
+    """
+    fn = {"train": engine._train, "eval": engine._eval}[step]
+    with random_config():
+        return fn.lower(state, batch)
 
 
 def make_engine(kind: str, train_fn: TrainFn, eval_fn: EvalFn, devices: Sequence[jax.Device]) -> Engine:

@@ -8,7 +8,6 @@ seed (or early stopping) compiles once.
 from __future__ import annotations
 
 import collections
-import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -22,7 +21,7 @@ from cxrjax.train.evaluation import EnginePredictor
 from cxrjax.train.optim import make_optimizer
 from cxrjax.train.parallel import Engine, make_engine
 from cxrjax.train.state import TrainState, make_init_fn
-from cxrjax.train.steps import AXIS, LossConfig, eval_step, train_step
+from cxrjax.train.steps import AXIS, LossConfig, bind_steps
 
 
 @dataclass
@@ -120,9 +119,8 @@ def build_engine(config: TrainConfig, num_classes: int, image_shape: tuple[int, 
     model = build_model(config, num_classes, image_shape[2], AXIS)
     tx, schedule = make_optimizer(config, steps_per_epoch)
     loss = LossConfig(num_classes=num_classes, label_smoothing=config.label_smoothing, class_weights=class_weights)
-    train_fn = functools.partial(train_step, model=model, tx=tx, schedule=schedule, loss=loss)
-    eval_fn = functools.partial(eval_step, model=model)
-    entry = (model, tx, make_engine(config.parallel, train_fn, eval_fn, devices), make_init_fn(model, tx, image_shape))
+    engine = make_engine(config.parallel, *bind_steps(model, tx, schedule, loss), devices)
+    entry = (model, tx, engine, make_init_fn(model, tx, image_shape))
     _ENGINES[key] = entry
     while len(_ENGINES) > _ENGINE_CACHE_SIZE:
         _ENGINES.popitem(last=False)

@@ -21,6 +21,7 @@ host over the full split (mask-aware), without label smoothing.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -120,3 +121,19 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modul
     """Per-example log-probabilities [local batch, K] (deterministic: train=False)."""
     logits = model.apply(state.variables, batch["image"], train=False)
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def bind_steps(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: Callable[[jax.Array], jax.Array],
+    loss: LossConfig,
+) -> tuple[Callable[[TrainState, dict], tuple[TrainState, dict]], Callable[[TrainState, dict], jax.Array]]:
+    """(train_fn, eval_fn): :func:`train_step` and :func:`eval_step` with one run's model,
+    optimizer, schedule and loss bound, the ``(state, batch)`` form parallel.py's engines
+    wrap. One place, so training (run_setup.build_engine) and the benchmarks
+    (benchmarks/jax_step.py, with their own optimizer) compile the same step."""
+    return (
+        functools.partial(train_step, model=model, tx=tx, schedule=schedule, loss=loss),
+        functools.partial(eval_step, model=model),
+    )
