@@ -7,6 +7,7 @@ Layout of an experiment workdir::
         results.json                   written by the engine when the run finished
         grid_run.json                  wall time measured here
         grid_error.txt                 why the run failed, if it did
+        tensorboard/hparams/           its varied config fields + test metrics (HParams view)
 
 Why it is built this way:
 
@@ -226,6 +227,7 @@ def run_grid(
         raise ValueError("run_grid: duplicate (cell, seed) pairs in the grid")
     for spec in specs:  # refuse a changed configuration before any training starts
         check_config(run_dir_for(workdir, spec.cell, spec.seed), spec.config, ignore_fields)
+    hparams = _hparams_by_run(specs, ignore_fields)
     done = [s for s in specs if is_finished(run_dir_for(workdir, s.cell, s.seed))]
     todo = [s for s in specs if not is_finished(run_dir_for(workdir, s.cell, s.seed))]
     records: dict[tuple[str, int], RunRecord] = {}
@@ -239,6 +241,8 @@ def run_grid(
         nonlocal failed
         records[(record.cell, record.seed)] = record
         failed += 0 if record.ok else 1
+        if record.ok and record.trained:
+            _write_hparams(record, hparams[(record.cell, record.seed)])
         if progress:
             bar.write(_one_line(record))
         bar.update(1)
@@ -255,6 +259,29 @@ def run_grid(
     finally:
         bar.close()
     return [records[n] for n in names]
+
+
+def _hparams_by_run(specs: Sequence[RunSpec], ignore: Iterable[str]) -> dict[tuple[str, int], dict]:
+    """Per run, for TensorBoard's HParams view: its cell, the config fields that differ
+    between the runs of this call (nested ones dotted, ``ignore`` left out) and its seed."""
+    from cxrjax.train.tensorboard import varied_hparams
+
+    varied = varied_hparams([config_to_dict(s.config) for s in specs], ignore=tuple(ignore))
+    return {(s.cell, s.seed): {"cell": s.cell, **v, "seed": s.seed} for s, v in zip(specs, varied)}
+
+
+def _write_hparams(record: RunRecord, hparams: dict) -> None:
+    """After a run finished here: its hyper-parameters and test metrics into
+    ``<run>/tensorboard/hparams/`` (``tensorboard --logdir WORKDIR`` compares the runs).
+    A failure to log is a warning: it must not end the grid."""
+    from cxrjax.train.tensorboard import write_run_hparams
+
+    try:
+        write_run_hparams(record.run_dir, hparams, record.results)
+    except Exception as exc:  # noqa: BLE001
+        import warnings
+
+        warnings.warn(f"{record.run_dir}: TensorBoard hparams not written ({type(exc).__name__}: {exc})")
 
 
 def _groups(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:

@@ -159,6 +159,7 @@ def train_and_evaluate(
     target = setup.init_fn(config.seed)
     progress = Progress()
     store = CheckpointStore(workdir / files.CHECKPOINT_DIR)
+    writer = None
     try:
         latest = store.latest_step()
         if latest is not None:
@@ -171,7 +172,6 @@ def train_and_evaluate(
         else:
             state = target
             files.write_history(workdir, [])
-        writer = None
         if config.tensorboard:
             from cxrjax.train.tensorboard import ScalarWriter
 
@@ -181,6 +181,8 @@ def train_and_evaluate(
         results = _final_evaluation(setup, device_state, progress, store, workdir, session_start)
     finally:
         store.close()  # waits for asynchronous saves
+        if writer is not None:
+            writer.close()
     return results
 
 

@@ -5,7 +5,8 @@
     <workdir>/results.json         written last: the run is finished when it exists
     <workdir>/checkpoints/<step>/  orbax (checkpointing.py)
     <workdir>/learning_curves.png, confusion_matrix.png, roc_curves.png
-    <workdir>/tensorboard/         optional event files
+    <workdir>/tensorboard/         optional event files (config.tensorboard)
+    <workdir>/tensorboard/hparams/ hyper-parameters + test metrics (written by experiments/grid.py)
 
 Re-using a folder: the same configuration resumes (or, when results.json exists, returns
 the finished results); a configuration that differs in any field that can change the

@@ -67,6 +67,13 @@ def test_one_epoch_run_writes_every_file(base_config, tmp_path):
         assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
     assert len(_history(tmp_path)) == 1
     assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "tensorboard"))
+    board.Reload()  # TensorBoard's reader: the epoch's scalars at its last global step
+    (record,) = _history(tmp_path)
+    for tag in ("train_loss", "val_accuracy", "val_macro_f1", "lr"):
+        assert [(e.step, e.value) for e in board.Scalars(tag)] == [(4, pytest.approx(record[tag]))], tag
     assert results["class_names"] == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
     test = results["test"]
     assert test["num_examples"] == 12  # the padded last batch was masked out, nothing dropped
