@@ -71,9 +71,37 @@ class NonFiniteError(FloatingPointError):
 # ----------------------------------------------------------------------------------------
 # Host-side progress of a run: everything besides the TrainState that a resume needs.
 # ----------------------------------------------------------------------------------------
-def _empty_sums() -> dict[str, float]:
-    return {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "finite_steps": 0, "steps": 0,
-            "skipped": 0, "param_norm": float("nan"), "lr": float("nan"), "seconds": 0.0}
+@dataclass
+class EpochSums:
+    """Running sums of one epoch's fetched step metrics (stored in checkpoints, so a
+    resumed epoch continues its averages)."""
+
+    loss: float = 0.0
+    accuracy: float = 0.0
+    grad_norm: float = 0.0
+    finite_steps: int = 0
+    steps: int = 0
+    skipped: int = 0
+    param_norm: float = float("nan")  # of the last finite step
+    lr: float = float("nan")  # of the last finite step
+    seconds: float = 0.0  # training time of the epoch, all sessions
+
+    def add(self, m: dict[str, Any]) -> bool:
+        """Add one step's fetched metrics; return whether the step was finite."""
+        self.steps += 1
+        if not bool(m["finite"]):
+            self.skipped += 1
+            return False
+        self.finite_steps += 1
+        self.loss += float(m["loss"])
+        self.accuracy += float(m["accuracy"])
+        self.grad_norm += float(m["grad_norm"])
+        self.param_norm, self.lr = float(m["param_norm"]), float(m["lr"])
+        return True
+
+    def mean(self, name: str) -> float:
+        """Mean of ``name`` over the finite steps (NaN when there were none)."""
+        return getattr(self, name) / self.finite_steps if self.finite_steps else float("nan")
 
 
 @dataclass
@@ -81,7 +109,7 @@ class Progress:
     epoch: int = 0  # completed epochs
     batch_in_epoch: int = 0  # batches of epoch ``epoch + 1`` already trained on
     iterator_state: dict[str, Any] | None = None
-    sums: dict[str, float] = dataclasses.field(default_factory=_empty_sums)
+    sums: EpochSums = dataclasses.field(default_factory=EpochSums)
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     stopped_early: bool = False
     train_seconds: float = 0.0  # all epochs, this and earlier sessions
@@ -217,7 +245,9 @@ def _progress_from_meta(meta: dict[str, Any], setup: RunSetup, workdir: Path) ->
             "number of devices (--num-devices) or use a new --workdir"
         )
     names = {f.name for f in dataclasses.fields(Progress)}
-    return Progress(**{k: v for k, v in meta.items() if k in names})
+    progress = Progress(**{k: v for k, v in meta.items() if k in names})
+    progress.sums = EpochSums(**progress.sums)
+    return progress
 
 
 def _close(iterator: Any) -> None:
@@ -232,68 +262,106 @@ def _say(config: TrainConfig, message: str) -> None:
         tqdm.write(message)
 
 
-def _train_epochs(
-    setup: RunSetup,
-    device_state: Any,
-    progress: Progress,
-    store: CheckpointStore,
-    workdir: Path,
-    writer: Any,
-    on_checkpoint: Callable[[int], None] | None,
-) -> Any:
-    data = data_api()
-    config, engine = setup.config, setup.engine
-    spe = setup.steps_per_epoch
-    stopper, plateau = _trackers(config, progress)
+class Saver:
+    """Writes a checkpoint of the device state with the run's progress and trackers."""
 
-    def save(step: int, best_rank: int | None) -> None:
-        progress.early_stopping = stopper.to_dict()
-        progress.plateau = plateau.to_dict() if plateau else None
-        store.save(step, to_tree(engine.host_state(device_state)), _meta(progress, setup), best_rank)
-        if on_checkpoint is not None:
-            store.wait()
-            on_checkpoint(step)
+    def __init__(self, setup: RunSetup, progress: Progress, store: CheckpointStore,
+                 trackers: tuple[EarlyStopping, PlateauScaler | None], on_checkpoint: Callable[[int], None] | None):
+        self.setup, self.progress, self.store, self.on_checkpoint = setup, progress, store, on_checkpoint
+        self.stopper, self.plateau = trackers
 
+    def __call__(self, step: int, device_state: Any, best_rank: int | None) -> None:
+        self.progress.early_stopping = self.stopper.to_dict()
+        self.progress.plateau = self.plateau.to_dict() if self.plateau else None
+        host = self.setup.engine.host_state(device_state)
+        self.store.save(step, to_tree(host), _meta(self.progress, self.setup), best_rank)
+        if self.on_checkpoint is not None:
+            self.store.wait()
+            self.on_checkpoint(step)
+
+
+def _train_epochs(setup: RunSetup, device_state: Any, progress: Progress, store: CheckpointStore, workdir: Path,
+                  writer: Any, on_checkpoint: Callable[[int], None] | None) -> Any:
+    """Train the remaining epochs; each ends with validation, a metrics line and a checkpoint."""
+    config = setup.config
+    trackers = _trackers(config, progress)
+    stopper, plateau = trackers
+    save = Saver(setup, progress, store, trackers, on_checkpoint)
     while progress.epoch < config.epochs and not progress.stopped_early:
         epoch = progress.epoch + 1  # 1-based, as displayed
-        batches = data.train_batches(
-            setup.dataset, "train", setup.input_config, seed=config.seed, epoch=progress.epoch,
-            global_batch_size=setup.global_batch_size,
-        )
-        iterator = data.make_iterator(batches, num_workers=config.num_workers)
-        if progress.iterator_state is not None:
-            iterator.set_state(progress.iterator_state)
-        sums = progress.sums
-        pending: list[tuple[int, int, Any]] = []  # (global step, batch index, device metrics)
-        session_images, t0 = 0, time.perf_counter()
-        bar = tqdm(total=spe, initial=progress.batch_in_epoch, desc=f"epoch {epoch}/{config.epochs}",
-                   unit="batch", disable=not config.progress, leave=True, dynamic_ncols=True)
+        device_state = _train_one_epoch(setup, device_state, progress, save, workdir)
 
-        def flush() -> None:
-            if not pending:
-                return
-            fetched = engine.host_metrics([m for _, _, m in pending])
-            for (step, batch_index, _), m in zip(pending, fetched):
-                sums["steps"] += 1
-                if not bool(m["finite"]):
-                    if config.on_nonfinite == "stop":
-                        bar.close()
-                        raise NonFiniteError(step=step, epoch=epoch, batch=batch_index, steps_per_epoch=spe,
-                                             loss=float(m["loss"]), workdir=workdir)
-                    sums["skipped"] += 1
-                    continue
-                sums["finite_steps"] += 1
-                sums["loss"] += float(m["loss"])
-                sums["accuracy"] += float(m["accuracy"])
-                sums["grad_norm"] += float(m["grad_norm"])
-                sums["param_norm"] = float(m["param_norm"])
-                sums["lr"] = float(m["lr"])
-            pending.clear()
-            elapsed = time.perf_counter() - t0
-            n = max(sums["finite_steps"], 1)
-            bar.set_postfix(loss=f"{sums['loss'] / n:.4f}", acc=f"{sums['accuracy'] / n:.3f}",
-                            img_s=f"{session_images / max(elapsed, 1e-9):.0f}", refresh=False)
+        eval_t0 = time.perf_counter()
+        val, _ = evaluate_split(setup.predictor(device_state), setup.dataset, "validation",
+                                setup.eval_global_batch_size, progress=config.progress)
+        monitored = {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
+        improved = stopper.update(monitored[config.monitor], epoch)
+        if stopper.should_stop and epoch < config.epochs:
+            progress.stopped_early = True
+        lr_scale = None
+        if plateau is not None:
+            old = plateau.scale
+            lr_scale = plateau.update(monitored[config.plateau_monitor], epoch)
+            if lr_scale != old:
+                host = setup.engine.host_state(device_state)
+                device_state = setup.engine.put_state(host.replace(lr_scale=np.float32(lr_scale)))
+        record = _epoch_record(setup, progress, epoch, monitored, lr_scale, improved, stopper,
+                               eval_seconds=time.perf_counter() - eval_t0)
+        progress.history.append(record)
+        files.append_history(workdir, record)
+        if writer is not None:
+            writer.scalars(record["step"], {k: record[k] for k in TENSORBOARD_SCALARS})
+        _say(config, f"epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
+                     f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f} macro-F1 {val['macro_f1']:.4f}"
+                     f"{' *' if improved else ''} | {record['images_per_second']:.0f} img/s")
+        progress.epoch += 1
+        progress.batch_in_epoch = 0
+        progress.iterator_state = None
+        progress.sums = EpochSums()
+        save(progress.epoch * setup.steps_per_epoch, device_state, epoch if improved else -1)
+        if progress.stopped_early:
+            _say(config, f"early stopping after epoch {epoch}: {config.monitor} did not improve for "
+                         f"{config.early_stopping_patience} epoch(s); best epoch {stopper.tracker.best_epoch}")
+    return device_state
 
+
+TENSORBOARD_SCALARS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr",
+                       "grad_norm", "param_norm", "images_per_second")
+
+
+def _train_one_epoch(setup: RunSetup, device_state: Any, progress: Progress, save: Saver, workdir: Path) -> Any:
+    """The train steps of epoch ``progress.epoch + 1`` from ``progress.batch_in_epoch`` on.
+
+    Steps are dispatched asynchronously; every ``log_every_steps`` (and before each
+    checkpoint) the metrics of the steps since the last fetch are fetched together into
+    ``progress.sums`` (progress bar, non-finite check).
+    """
+    data = data_api()
+    config, engine, spe = setup.config, setup.engine, setup.steps_per_epoch
+    epoch = progress.epoch + 1
+    batches = data.train_batches(setup.dataset, "train", setup.input_config, seed=config.seed, epoch=progress.epoch,
+                                 global_batch_size=setup.global_batch_size)
+    iterator = data.make_iterator(batches, num_workers=config.num_workers)
+    if progress.iterator_state is not None:
+        iterator.set_state(progress.iterator_state)
+    sums = progress.sums
+    pending: list[tuple[int, int, Any]] = []  # (global step, batch index, device metrics)
+    session_images, t0 = 0, time.perf_counter()
+    bar = tqdm(total=spe, initial=progress.batch_in_epoch, desc=f"epoch {epoch}/{config.epochs}",
+               unit="batch", disable=not config.progress, leave=True, dynamic_ncols=True)
+
+    def flush() -> None:
+        fetched = engine.host_metrics([m for _, _, m in pending]) if pending else []
+        for (step, batch_index, _), m in zip(pending, fetched):
+            if not sums.add(m) and config.on_nonfinite == "stop":
+                bar.close()
+                raise NonFiniteError(step=step, epoch=epoch, batch=batch_index, steps_per_epoch=spe,
+                                     loss=float(m["loss"]), workdir=workdir)
+        pending.clear()
+        bar.set_postfix(loss=f"{sums.mean('loss'):.4f}", acc=f"{sums.mean('accuracy'):.3f}",
+                        img_s=f"{session_images / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
+
+    try:
         for batch_index in range(progress.batch_in_epoch, spe):
             batch = next(iterator)
             step = progress.epoch * spe + batch_index
@@ -310,71 +378,45 @@ def _train_epochs(
             if mid_checkpoint:
                 progress.batch_in_epoch = batch_index + 1
                 progress.iterator_state = iterator.get_state()
-                sums["seconds"] += time.perf_counter() - t0
-                progress.train_seconds += time.perf_counter() - t0
+                elapsed = time.perf_counter() - t0
+                sums.seconds += elapsed
+                progress.train_seconds += elapsed
                 t0, session_images = time.perf_counter(), 0
-                save(step + 1, None)
+                save(step + 1, device_state, None)
         flush()
+    finally:
         _close(iterator)
-        epoch_train = time.perf_counter() - t0
-        sums["seconds"] += epoch_train
-        progress.train_seconds += epoch_train
         bar.close()
-
-        # ---- end of epoch: validation, decisions, log, checkpoint -------------------------
-        eval_t0 = time.perf_counter()
-        val, _ = evaluate_split(setup.predictor(device_state), setup.dataset, "validation",
-                                setup.eval_global_batch_size, progress=config.progress)
-        monitored = {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
-        improved = stopper.update(monitored[config.monitor], epoch)
-        if stopper.should_stop and epoch < config.epochs:
-            progress.stopped_early = True
-        lr_scale = None
-        if plateau is not None:
-            old = plateau.scale
-            lr_scale = plateau.update(monitored[config.plateau_monitor], epoch)
-            if lr_scale != old:
-                host = engine.host_state(device_state)
-                device_state = engine.put_state(host.replace(lr_scale=np.float32(lr_scale)))
-        n = max(sums["finite_steps"], 1)
-        images = sums["steps"] * setup.global_batch_size
-        record = {
-            "epoch": epoch,
-            "step": epoch * spe,
-            "train_loss": sums["loss"] / n if sums["finite_steps"] else float("nan"),
-            "train_accuracy": sums["accuracy"] / n if sums["finite_steps"] else float("nan"),
-            **monitored,
-            "lr": sums["lr"],
-            "next_lr_scale": lr_scale,
-            "grad_norm": sums["grad_norm"] / n if sums["finite_steps"] else float("nan"),
-            "param_norm": sums["param_norm"],
-            "skipped_nonfinite": int(sums["skipped"]),
-            "train_seconds": sums["seconds"],
-            "images_per_second": images / sums["seconds"] if sums["seconds"] > 0 else float("nan"),
-            "eval_seconds": time.perf_counter() - eval_t0,
-            "cumulative_train_seconds": progress.train_seconds,
-            "time": time.time(),
-            "improved": improved,
-            "best_epoch": stopper.tracker.best_epoch,
-        }
-        progress.history.append(record)
-        files.append_history(workdir, record)
-        if writer is not None:
-            writer.scalars(record["step"], {k: record[k] for k in (
-                "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr",
-                "grad_norm", "param_norm", "images_per_second")})
-        _say(config, f"epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
-                     f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f} macro-F1 {val['macro_f1']:.4f}"
-                     f"{' *' if improved else ''} | {record['images_per_second']:.0f} img/s")
-        progress.epoch += 1
-        progress.batch_in_epoch = 0
-        progress.iterator_state = None
-        progress.sums = _empty_sums()
-        save(progress.epoch * spe, epoch if improved else -1)
-        if progress.stopped_early:
-            _say(config, f"early stopping after epoch {epoch}: {config.monitor} did not improve for "
-                         f"{config.early_stopping_patience} epoch(s); best epoch {stopper.tracker.best_epoch}")
+    elapsed = time.perf_counter() - t0
+    sums.seconds += elapsed
+    progress.train_seconds += elapsed
     return device_state
+
+
+def _epoch_record(setup: RunSetup, progress: Progress, epoch: int, monitored: dict[str, float],
+                  lr_scale: float | None, improved: bool, stopper: EarlyStopping, eval_seconds: float) -> dict[str, Any]:
+    """The epoch's line of metrics.jsonl."""
+    sums = progress.sums
+    images = sums.steps * setup.global_batch_size
+    return {
+        "epoch": epoch,
+        "step": epoch * setup.steps_per_epoch,
+        "train_loss": sums.mean("loss"),
+        "train_accuracy": sums.mean("accuracy"),
+        **monitored,
+        "lr": sums.lr,
+        "next_lr_scale": lr_scale,
+        "grad_norm": sums.mean("grad_norm"),
+        "param_norm": sums.param_norm,
+        "skipped_nonfinite": int(sums.skipped),
+        "train_seconds": sums.seconds,
+        "images_per_second": images / sums.seconds if sums.seconds > 0 else float("nan"),
+        "eval_seconds": eval_seconds,
+        "cumulative_train_seconds": progress.train_seconds,
+        "time": time.time(),
+        "improved": improved,
+        "best_epoch": stopper.tracker.best_epoch,
+    }
 
 
 def _final_evaluation(
