@@ -38,23 +38,17 @@ included, and so that the BatchNorm and dropout effects stand out from seed nois
     lr 0.01, batch 32, 12 epochs, early-stopping patience 3 (on validation accuracy, as
     S4), 3 seeds; one worker process per CPU core.
 
-Why these numbers (2-core development machine): at S4's lr 0.01 only BatchNorm on
-every layer learns within a CPU budget at all -- the other networks collapse to
-predicting one class (25%, the majority rate; S4's Exp2 "48.5%" on D4 is D4's majority
-rate too). How far BatchNorm gets is a matter of optimisation steps, so the budget goes
-to steps rather than pixels: 44 px x 6 epochs and 32 px x 12 epochs cost about the same
-(~45 CPU-seconds per Exp2 run before the im2col weight gradient), and BN-all reached
-50-64% with the first vs 60-69% with the second; at 36 px x 10 epochs 46-65%.
-Measured (quiet 2-core development machine, 2026-11-22): ``make ablation`` from a fresh
-clone -- venv creation, pinned install, phantom preparation, 39 runs on two workers,
-report -- 12 min 48 s wall, 1,380 CPU-seconds; with the venv already there and the
-batch-chunked weight gradient, 10 min 48 s; an Exp2 run 10-54 s on one core (early
-stopping shortens some), an Exp1 run ~60-65 s. Result (the latter run): BatchNorm on
-every layer 68.0% vs 25.0% without (+43.0 pts, Welch p = 0.029); on the first layer
-only 41.1% (one seed of three learns); dropout 0.25 pulls BatchNorm-everywhere back to
-32.2% (-35.8 pts, p = 0.025); early stopping and the channel order make no difference
-beyond seed noise. With 3 seeds none of this survives Holm's correction for 25
-comparisons (run ``--seeds 5`` or more for that).
+Why 32 px x 12 epochs: at S4's lr 0.01 only BatchNorm on every layer learns within a
+CPU budget at all -- the other networks collapse to predicting one class (the majority
+rate; S4's Exp2 "48.5%" on D4 is D4's majority rate too). How far BatchNorm gets is a
+matter of optimisation steps, so the budget goes to steps rather than pixels: 32 px x 12
+epochs costs about what 44 px x 6 does and gets further (compared in
+docs/measurements.md#ablation-default-choice).
+
+Expected: about 11-13 minutes on a 2-core CPU from a fresh clone (``make ablation``: venv,
+pinned install, phantom preparation, 39 runs on two workers, report), less with the venv
+already there; measured times and the latest result in
+docs/measurements.md#ablation-wall-time-and-result.
 
 Output in ``--workdir`` (default ``runs/ablation_bn_dropout/<dataset>``): results.csv,
 results.md, summary.md, accuracy_bars.png, learning_curves.png, and runs/<cell>/seed_<k>/

@@ -15,15 +15,13 @@ Two tests, both cheap enough for D4's 21k images:
   chunk); each candidate is kept only if the Pearson correlation of the two thumbnails
   is at least `NEAR_DUPLICATE_MIN_CORRELATION` (0.995).
 
-Why these numbers (measured on 1,500 phantoms, which share one anatomy template and so
-are *harder* to tell apart than real radiographs): the classic 64-bit dHash (9x8) put
-the median distinct pair at 5 bits, 40% of all pairs within 4 bits; useless for chest
-films, which all look alike at 9x8 pixels. At 256 bits distinct pairs sit at a median
-of 39 bits (0.1% below 9), while a copy re-encoded as JPEG q60, resized, or with
-contrast changed stays within 6 bits. Thumbnail correlation of distinct phantoms peaked
-at 0.988; of those re-encoded/resized/contrast-changed copies it was >= 0.9999. Crops
-of more than a few percent are not caught (they change both). The confirmation matters:
-union-find would otherwise chain merely similar images into large false groups.
+Why 256 bits and a confirmation: the classic 64-bit dHash (9x8) cannot tell chest films
+apart (they all look alike at 9x8 pixels); at 256 bits distinct images lie far apart
+while re-encoded, resized or contrast-changed copies stay within a few bits. The
+thumbnail check matters because union-find would otherwise chain merely similar images
+into large false groups. Crops of more than a few percent are not caught (they change
+both). The distances and correlations behind the thresholds:
+docs/measurements.md#near-duplicate-thresholds.
 
 Pairs are merged into groups with union-find (path halving, union by size).
 """

@@ -38,20 +38,15 @@ k matters: the map alpha_k A_k then peaks wherever channel k is strongly active,
 places the head may not use at all. On S4 models that place is the border: the last
 stage (3x3 conv, padding 2) computes its outermost cells mostly from zero padding, and
 after BatchNorm + ReLU those cells are much more active than the interior even on a
-constant image (s4_exp4 at 64 px: outer ring 0.19 vs interior 0.07 on average).
-Measured (issue 7) on s4_exp4 trained on 1000 phantoms with the class-coded corner
-marker, on 400 marked test images, map of the true class: the Grad-CAM maximum fell
-into *some* 16-px image corner for 96% of the images but on or within 4 px of the
-marker's label box for 2%; LayerCAM (per-location weights ReLU(gradient), Jiang et al.
-2021) for 77% (28% on the box itself; chance 6%). Grad-CAM can even invent a shortcut:
-for the same network trained WITHOUT the marker, its Lung_Opacity maps sit in the
-top-right corner (where that class's marker would be) for 74-88% of the images, LayerCAM
-for 0%. Neither the layer (third stage: 3% near the marker), the post-pool map (the same
-channel weights up to a factor) nor dropping the padding-dominated outer ring (6%)
-rescues Grad-CAM, so the fix is not to trust it alone on such heads: the pointing game reports Grad-CAM
-*and* LayerCAM (``cxrjax.evaluate``, ``cxrjax.explain``), and LayerCAM is the method
-to read for S0/S4/LeNet-style heads. Border cells are not masked: the corner marker
-sits in them, and hiding them would hide the shortcut.
+constant image. On phantoms with the class-coded corner marker, Grad-CAM therefore misses
+the marker that LayerCAM (per-location weights ReLU(gradient), Jiang et al. 2021) finds,
+and for a model trained without the marker it can even invent one; neither another
+layer, the post-pool map nor dropping the padding-dominated outer ring rescues it
+(measured in docs/measurements.md#grad-cam-on-flatten-dense-heads). So Grad-CAM is not
+trusted alone on such heads: the pointing game (:mod:`cxrjax.explain.split`, run by
+``cxrjax.evaluate`` and ``cxrjax.explain``) reports Grad-CAM *and* LayerCAM, and
+LayerCAM is the method to read for S0/S4/LeNet-style heads. Border cells are not masked:
+the corner marker sits in them, and hiding them would hide the shortcut.
 
 Everything happens in one jitted function over a batch (forward, backward, weighting,
 upsampling, normalisation).

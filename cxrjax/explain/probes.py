@@ -12,12 +12,11 @@ probes expose this using masks the datasets already carry:
 
   Blanked pixels get the mean intensity of the pixels that are KEPT in the same image:
   no information from the removed region can leak into the masked image, and the image
-  keeps its overall brightness. Black (0) was tried first and is worse: on phantoms, an
-  s4_exp4 trained with the class-correlated corner marker (92% accuracy) fell to 41%
-  with black lungs (the black lung shapes are far outside its training images) but
-  kept 90% with mean-filled lungs, which is the shortcut the probe must reveal; the
-  same model without the marker fell to chance either way (27%, chance 25%). A blurred
-  fill was rejected because it leaks: a blurred corner marker still gave 74%.
+  keeps its overall brightness. Black (0) was tried first and is worse: black lung
+  shapes are far outside the training images, so a model fails on them whether or not
+  it reads something outside the lungs, which hides the shortcut the probe must reveal.
+  A blurred fill was rejected because it leaks (a blurred corner marker is still read).
+  Measured in docs/measurements.md#lung-mask-probe-fill.
 - Pointing game (phantoms have a ground-truth lesion mask): per class, the fraction of
   images whose Grad-CAM maximum lies inside the lesion and the mean share of heatmap
   mass inside it, next to the lesion's area (the share a uniform heatmap would get).
@@ -26,6 +25,8 @@ probes expose this using masks the datasets already carry:
   off, where it would be) is known for every image (:func:`phantom_marker_mask`). A
   model that reads the marker puts its maximum on or next to the box; the same score
   for a model trained without the marker, on the same marked images, is the baseline.
+
+This module scores; :mod:`cxrjax.explain.split` runs a loaded model over a whole split.
 """
 from __future__ import annotations
 

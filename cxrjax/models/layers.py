@@ -3,18 +3,18 @@
 Every convolution of every model goes through :class:`Conv` and every max-pooling
 through :class:`MaxPool`, so that how they are lowered to XLA is chosen in exactly one
 place: :func:`conv2d` and :func:`max_pool`. XLA's CPU backend has performance cliffs
-(issue 6; found per layer with ``python -m benchmarks.layers``): the weight gradient of
-a convolution whose padding is at least half its kernel (S4's 3x3/p2, 4x4/p2) is
-20-120x slower than an explicit pad + VALID convolution; the weight gradient of any
-conv with a large output map is 2-5x slower than a loop of im2col-style row blocks
-times the output gradient (cxrjax/models/conv_cpu.py, :func:`dw_cliff`); the weight
-gradient of the convs left to XLA becomes 5-15x slower past 16 examples per device
-(:func:`batch_dw_cliff`: summed over batch chunks of 16 instead); and
-max-pooling's gradient (select-and-scatter) is 3-15x slower than an element-wise
-formulation. ``formulation="auto"`` routes those to algebraically identical formulations
-on CPU; ``formulation="xla"`` keeps the plain ``lax`` calls as the reference that tests
-compare against (equal outputs and gradients: tests/models/test_models_cpu_rewrites.py,
-tests/models/test_conv_im2col.py).
+(issue 6; found per layer with ``python -m benchmarks.layers``), each much slower
+than an algebraically identical formulation: the weight gradient of a convolution
+whose padding is at least half its kernel (S4's 3x3/p2, 4x4/p2; :func:`conv_cliff`:
+explicit pad + VALID convolution instead); the weight gradient of a conv with a large
+output map (:func:`dw_cliff`: a loop of im2col-style row blocks times the output
+gradient, cxrjax/models/conv_cpu.py); the weight gradient of the convs left to XLA past
+16 examples per device (:func:`batch_dw_cliff`: summed over batch chunks of 16); and
+max-pooling's gradient (select-and-scatter; an element-wise formulation instead). How
+much each costs: docs/measurements.md#cpu-convolution-cliffs. ``formulation="auto"``
+routes those to the faster formulations on CPU; ``formulation="xla"`` keeps the plain
+``lax`` calls as the reference that tests compare against (equal outputs and gradients:
+tests/models/test_models_cpu_rewrites.py, tests/models/test_conv_im2col.py).
 
 Parameters are always float32; ``dtype`` is the computation dtype (float32 or bfloat16).
 Parameter names ("kernel" [kh, kw, cin, cout], "bias") match ``flax.linen.Conv`` /
