@@ -156,7 +156,6 @@ def run_experiment(
     *,
     run_fn: RunFn | None = None,
     progress: bool = True,
-    ignore_fields: Sequence[str] = (),
     jobs: int = 1,
 ) -> tuple[report.ReportFiles, str]:
     """Run (or resume) the grid, write every report file, print the summary and a final
@@ -168,7 +167,7 @@ def run_experiment(
         if todo and jobs > 1:
             run_fn.prepare(todo)
     records = grid.run_grid(specs, workdir, run_fn, progress=progress, desc=workdir.name,
-                            ignore_fields=ignore_fields, jobs=jobs, worker_env=worker_env() if jobs > 1 else None)
+                            jobs=jobs, worker_env=worker_env() if jobs > 1 else None)
     files, summary = report.write_report(
         workdir, cells, records, title=spec.title, description=spec.description, claims=spec.claims,
         reference_source=spec.reference_source, references_comparable=spec.references_comparable,
@@ -191,11 +190,10 @@ def run_from_args(
 ) -> int:
     """An experiment's ``main`` after parsing: build the runs for the local devices (or
     ``--num-devices``), run them in ``--workdir`` and report (see :func:`run_experiment`)."""
-    from cxrjax.train.config import RESULT_IRRELEVANT_FIELDS
     from experiments import train_options
 
     num_devices = train_options.train_changes(args).get("num_devices") or local_device_count()
     specs = make_specs(args, cells, num_devices)
     run_experiment(cells, specs, default_workdir(args, experiment), report_spec(specs), run_fn=run_fn,
-                   progress=args.grid_progress, ignore_fields=sorted(RESULT_IRRELEVANT_FIELDS), jobs=jobs_of(args))
+                   progress=args.grid_progress, jobs=jobs_of(args))
     return 0

@@ -45,5 +45,5 @@ def test_s3_protocol_and_table(tmp_path, manual):
     assert "84.8 (S3)" in md and "72.7 (S3)" in md
     assert "LeNet-5 beats VGG16" in md
     assert ("inside our 95% CI" in md) == manual  # S3's numbers are only tested on S3's data
-    saved = json.loads((tmp_path / "s3" / "runs" / "vgg16_bn" / "seed_1" / "grid_config.json").read_text())
+    saved = json.loads((tmp_path / "s3" / "runs" / "vgg16_bn" / "seed_1" / "config.json").read_text())
     assert saved["model"] == "vgg16_bn" and saved["seed"] == 1

@@ -55,3 +55,17 @@ def test_a_different_config_in_an_existing_workdir_is_refused(tmp_path):
     message = str(err.value)
     assert "lr: saved 0.001, now 0.1" in message and "seed: saved 0, now 3" in message
     assert "another --workdir" in message
+
+
+def test_read_history_drops_only_a_torn_last_line(tmp_path):
+    from cxrjax.train.workdir import METRICS_FILE, append_history, read_history
+
+    assert read_history(tmp_path) == []
+    append_history(tmp_path, {"epoch": 1})
+    append_history(tmp_path, {"epoch": 2})
+    path = tmp_path / METRICS_FILE
+    path.write_text(path.read_text() + '{"epoch": 3, "lo')  # killed mid-append
+    assert read_history(tmp_path) == [{"epoch": 1}, {"epoch": 2}]
+    path.write_text('{"epoch": 1}\n{"ep\n{"epoch": 3}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_history(tmp_path)
