@@ -38,7 +38,7 @@ def add_common_arguments(p: argparse.ArgumentParser, *, default_dataset: str | N
                         "on a CPU backend, 1 on an accelerator)")
     p.add_argument("--global-batch-size", type=int, default=global_batch,
                    help="the study's batch, split over the devices (per device = this // devices); "
-                        "--batch-size (per device) overrides")
+                        "--per-device-batch-size overrides")
 
 
 def per_device_batch(args: argparse.Namespace, num_devices: int) -> int:

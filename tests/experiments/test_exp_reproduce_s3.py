@@ -32,7 +32,7 @@ def test_s3_protocol_and_table(tmp_path, manual):
         assert (c.optimizer, c.lr, c.monitor, c.early_stopping_patience, c.early_stopping_min_delta) == (
             "adam", 1e-3, "val_loss", 3, 0.001)
         assert c.channels == 1 and c.normalization == "half" and c.hflip and c.rotate_degrees == 10.0
-        assert c.restore_best and c.batch_size == 25 // jax.local_device_count()
+        assert c.restore_best and c.per_device_batch_size == 25 // jax.local_device_count()
         vgg_size = 224 if manual else reproduce_s3.DEFAULTS.vgg_image_size
         assert c.image_size == (32 if model == "lenet5" else vgg_size)
         if manual:
