@@ -189,11 +189,25 @@ def run_from_args(
     run_fn: RunFn | None = None,
 ) -> int:
     """An experiment's ``main`` after parsing: build the runs for the local devices (or
-    ``--num-devices``), run them in ``--workdir`` and report (see :func:`run_experiment`)."""
+    ``--num-devices``), run them in ``--workdir`` and report (see :func:`run_experiment`).
+
+    A training option TrainConfig refuses, or a run folder that holds a different
+    configuration, ends in one ``error: ...`` line and exit status 2 (as
+    ``python -m cxrjax.train``), before any run trains.
+    """
+    from cxrjax.train.workdir import ConfigMismatchError
     from experiments import train_options
 
-    num_devices = train_options.train_changes(args).get("num_devices") or local_device_count()
-    specs = make_specs(args, cells, num_devices)
-    run_experiment(cells, specs, default_workdir(args, experiment), report_spec(specs), run_fn=run_fn,
-                   progress=args.grid_progress, jobs=jobs_of(args))
+    try:
+        num_devices = train_options.train_changes(args).get("num_devices") or local_device_count()
+        specs = make_specs(args, cells, num_devices)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        run_experiment(cells, specs, default_workdir(args, experiment), report_spec(specs), run_fn=run_fn,
+                       progress=args.grid_progress, jobs=jobs_of(args))
+    except ConfigMismatchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0

@@ -51,7 +51,10 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
 
 
 def train_changes(args: argparse.Namespace) -> dict[str, Any]:
-    """The TrainConfig changes the user asked for explicitly (dict options kept apart)."""
+    """The TrainConfig changes the user asked for explicitly (dict options kept apart).
+
+    Raises ValueError for a ``--set`` of an unknown field or a KEY without ``=VALUE``.
+    """
     changes = config_args.flag_changes(args, _fields())
     if args.progress is not None:
         changes["progress"] = args.progress
@@ -66,12 +69,15 @@ def train_changes(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def apply_changes(config: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
-    """``config`` with ``changes``; dataset_options and model_options are merged, not replaced."""
+    """``config`` with ``changes``; dataset_options and model_options are merged, not replaced.
+
+    Raises ValueError (``invalid training option: ...``) for a configuration TrainConfig refuses.
+    """
     changes = dict(changes)
     for name in ("dataset_options", "model_options"):
         if name in changes:
             changes[name] = {**getattr(config, name), **changes[name]}
     try:
         return config.replace(**changes)
-    except (ValueError, TypeError) as err:
-        raise SystemExit(f"invalid training option: {err}") from err
+    except ValueError as err:
+        raise ValueError(f"invalid training option: {err}") from err

@@ -11,6 +11,10 @@ overrides it. ``--set FIELD=VALUE`` sets any TrainConfig field (VALUE parsed as 
 when it parses, e.g. ``--set label_smoothing=0.1 --set zoom=[1,1.2]``), so everything
 ``cxrjax.train.TrainConfig`` can do is reachable from the command line. The named flags
 are built from TrainConfig's field declarations (``cxrjax.train.config_args``).
+
+A configuration TrainConfig refuses (``--lr nan``, ``--set epochs=1.5`` ...), like a
+workdir holding a different configuration, ends in one ``error: ...`` line and exit
+status 2.
 """
 from __future__ import annotations
 
@@ -45,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Preset (or defaults), then named flags, then --dataset-option/--model-option/--set."""
+    """Preset (or defaults), then named flags, then --dataset-option/--model-option/--set.
+
+    Raises ValueError (``invalid configuration: ...``) for a configuration TrainConfig refuses.
+    """
     config = PRESETS[args.preset] if args.preset else TrainConfig()
     changes = config_args.flag_changes(args, [f.name for f in config_args.flag_fields()])
     if args.dataset_option:
@@ -58,8 +65,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     changes.update(set_changes(args.set))
     try:
         return config.replace(**changes)
-    except (ValueError, TypeError) as err:
-        raise SystemExit(f"invalid configuration: {err}") from err
+    except ValueError as err:
+        raise ValueError(f"invalid configuration: {err}") from err
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,7 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in PRESETS:
             print(f"{name}\n    " + describe(name).replace("\n", "\n    ") + "\n")
         return 0
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.print_config:
         print(config.to_json())
         return 0

@@ -9,9 +9,10 @@ cadence...), which cannot change the trained parameters.
 Each field is declared once, with :func:`option`: its default, its help text, its
 command-line flag (if it has a named one), its choices and its range live in the field's
 metadata. ``python -m cxrjax.train`` and the experiments build their flags from that
-metadata (``cxrjax.train.config_args``), and :meth:`TrainConfig.validated` checks ranges
-and choices from the same metadata, so a value is refused with the same message
-whichever way it came in (flag, ``--set``, ``config.json``, Python).
+metadata (``cxrjax.train.config_args``), and :meth:`TrainConfig.validated` checks types,
+finiteness, ranges and choices from the same metadata and the field annotations, so a
+value is refused with the same message whichever way it came in (flag, ``--set``,
+``config.json``, Python).
 
 Batch sizes are PER DEVICE: the global batch of one optimisation step is
 ``per_device_batch_size x number of devices`` (``num_devices``, default every local
@@ -25,6 +26,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, field
@@ -148,6 +151,10 @@ class TrainConfig(InputOptions):
     (re-declared here only to add their help, flags and ranges; the defaults are
     InputOptions'): ``normalization``, ``hflip``, ``rotate_degrees``, ``zoom``,
     ``brightness``, ``balanced_sampling``, ``num_workers``.
+
+    Types are checked, not coerced, except that an int is accepted for a float field (and
+    stored as a float) and numpy scalars become Python numbers: an int field refuses 1.5,
+    2.0, "2" and True alike (write 2), a bool field refuses 0/1 (write true/false).
     """
 
     # --- what to train, on what ------------------------------------------------------
@@ -173,14 +180,14 @@ class TrainConfig(InputOptions):
     normalization: str = _input_option("normalization", flag=True, choices=NORMALIZATIONS,
                                        help="unit: [0,1]; half: (x-0.5)/0.5; dataset: train split mean/std")
     hflip: bool = _input_option("hflip", help="random horizontal flips (training)")
-    rotate_degrees: float = _input_option("rotate_degrees",
+    rotate_degrees: float = _input_option("rotate_degrees", ge=0,
                                           help="random rotation, uniform in [-this, this] degrees (training)")
     zoom: tuple[float, float] | None = _input_option("zoom", help="random zoom (lo, hi), 0 < lo <= hi (training)")
     brightness: tuple[float, float] | None = _input_option(
         "brightness", help="random brightness factor (lo, hi), 0 < lo <= hi (training)")
     balanced_sampling: bool = _input_option(
         "balanced_sampling", help="draw each epoch with replacement so classes are equally likely")
-    num_workers: int = _input_option("num_workers", flag=True,
+    num_workers: int = _input_option("num_workers", flag=True, ge=0,
                                      help="grain worker processes (0: in the main process)")
     # --- length and batch ------------------------------------------------------------
     epochs: int = option(10, flag=True, ge=1, help="maximum epochs")
@@ -193,35 +200,35 @@ class TrainConfig(InputOptions):
     optimizer: str = option("adam", flag=True, choices=OPTIMIZERS, help="optimizer")
     lr: float = option(1e-3, flag=True, gt=0, help="learning rate")
     schedule: str = option("constant", flag=True, choices=SCHEDULES, help="learning-rate schedule")
-    momentum: float = option(0.9, help="sgd only; 0 disables momentum")
+    momentum: float = option(0.9, ge=0, lt=1, help="sgd only; 0 disables momentum")
     nesterov: bool = option(False, help="sgd only: Nesterov momentum")
-    decay: float = option(0.0, help="Keras-style time decay: lr_t = schedule(t) / (1 + decay * t) (S2)")
-    adam_b1: float = option(0.9, help="Adam beta1")
-    adam_b2: float = option(0.999, help="Adam beta2")
-    adam_eps: float = option(1e-8, help="Adam epsilon (PyTorch's default; Keras uses 1e-7)")
-    weight_decay: float = option(0.0, flag=True,
+    decay: float = option(0.0, ge=0, help="Keras-style time decay: lr_t = schedule(t) / (1 + decay * t) (S2)")
+    adam_b1: float = option(0.9, ge=0, lt=1, help="Adam beta1")
+    adam_b2: float = option(0.999, ge=0, lt=1, help="Adam beta2")
+    adam_eps: float = option(1e-8, gt=0, help="Adam epsilon (PyTorch's default; Keras uses 1e-7)")
+    weight_decay: float = option(0.0, flag=True, ge=0,
                                  help="weight decay: decoupled for adamw, L2 added to the gradient for adam/sgd")
     step_every_epochs: int = option(10, ge=1, help='schedule="step": multiply lr by step_gamma every N epochs')
-    step_gamma: float = option(0.1, help='schedule="step": the factor')
-    warmup_epochs: float = option(0.0, help='schedule="warmup_cosine": linear warm-up epochs')
-    min_lr: float = option(0.0, help='schedule="warmup_cosine": final lr')
+    step_gamma: float = option(0.1, gt=0, help='schedule="step": the factor')
+    warmup_epochs: float = option(0.0, ge=0, help='schedule="warmup_cosine": linear warm-up epochs')
+    min_lr: float = option(0.0, ge=0, help='schedule="warmup_cosine": final lr')
     plateau_monitor: str = option("val_loss", choices=MONITORS,
                                   help='schedule="plateau" (Keras ReduceLROnPlateau): the metric')
-    plateau_factor: float = option(0.5, help='schedule="plateau": lr *= this on a plateau')
-    plateau_patience: int = option(2, help='schedule="plateau": epochs without improvement')
-    plateau_min_delta: float = option(1e-4, help='schedule="plateau": smallest improvement')
-    plateau_min_lr: float = option(0.0, help='schedule="plateau": lr floor')
+    plateau_factor: float = option(0.5, gt=0, lt=1, help='schedule="plateau": lr *= this on a plateau')
+    plateau_patience: int = option(2, ge=0, help='schedule="plateau": epochs without improvement')
+    plateau_min_delta: float = option(1e-4, ge=0, help='schedule="plateau": smallest improvement')
+    plateau_min_lr: float = option(0.0, ge=0, help='schedule="plateau": lr floor')
     label_smoothing: float = option(0.0, flag=True, ge=0, lt=1, help="label smoothing")
-    grad_clip_norm: float | None = option(None, flag=True,
+    grad_clip_norm: float | None = option(None, flag=True, gt=0,
                                           help="clip the gradient's global norm to this (None: no clipping)")
     class_weights: str | tuple[float, ...] | None = option(
-        None, help='loss weight per class: None, "balanced" or one weight per class')
+        None, help='loss weight per class: None, "balanced" or one finite weight >= 0 per class')
     # --- early stopping and model selection -------------------------------------------
     monitor: str = option("val_loss", flag=True, choices=MONITORS,
                           help="early-stopping and best-checkpoint metric")
     early_stopping_patience: int | None = option(None, flag=True, ge=0,
                                                  help="epochs without improvement before stopping (None: never)")
-    early_stopping_min_delta: float = option(0.0, flag=True,
+    early_stopping_min_delta: float = option(0.0, flag=True, ge=0,
                                              help="smallest change of the monitor that counts as an improvement")
     restore_best: bool = option(True, help="test the best checkpoint (else: the last epoch)")
     # --- robustness, parallelism, numerics ---------------------------------------------
@@ -250,15 +257,38 @@ class TrainConfig(InputOptions):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
+        self._normalise_numbers()
         self._sync_classes()
         self.validated()
 
+    def _normalise_numbers(self) -> None:
+        """ints given for float fields become floats, numpy scalars Python numbers (so
+        config.json says 1.0 for a float, and JSON can write it); other types are left for
+        :meth:`validated` to refuse."""
+        for name, (kind, _optional) in scalar_kinds().items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or value is None:
+                continue
+            if kind is float and isinstance(value, numbers.Real):
+                object.__setattr__(self, name, float(value))
+            elif kind is int and isinstance(value, numbers.Integral):
+                object.__setattr__(self, name, int(value))
+        for name in ("zoom", "brightness", "class_weights"):
+            value = getattr(self, name)
+            if isinstance(value, tuple) and all(_is_number(v) for v in value):
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+
     def _sync_classes(self) -> None:
         """``classes`` and ``dataset_options["classes"]`` say the same (either may be given)."""
-        options = dict(self.dataset_options or {})
+        if not isinstance(self.dataset_options, dict):
+            return  # validated() names the problem
+        options = dict(self.dataset_options)
         given = options.get(CLASSES_OPTION)
         if isinstance(given, str):
             given = [c.strip() for c in given.split(",") if c.strip()]
+        if given is not None and not isinstance(given, (list, tuple)):
+            raise ValueError(f"TrainConfig.dataset_options['classes'] must be class names, got {given!r}; "
+                             "set the subset with --classes COVID,Normal or --set 'classes=[\"COVID\",\"Normal\"]'")
         given = tuple(given) if given is not None else None
         classes = self.classes if self.classes is not None else given
         if self.classes is not None and given is not None and given != self.classes:
@@ -285,20 +315,47 @@ class TrainConfig(InputOptions):
     def validated(self) -> "TrainConfig":
         """Return self after checking every field; raise ValueError naming the field and the fix.
 
-        From each field's :func:`option` metadata: the range and the choices. Then what
-        the metadata cannot say: the class subset and the class weights.
+        From each field's annotation and :func:`option` metadata: the type (int, float,
+        bool, str, optionally None), that floats are finite, the range, the choices. Then
+        what an annotation cannot say: the class subset, class weights, zoom/brightness
+        ranges and the option dicts.
         """
+        kinds = scalar_kinds()
         for f in dataclasses.fields(self):
-            _check_declared(f, getattr(self, f.name))
+            value = getattr(self, f.name)
+            if f.name in kinds:
+                _check_scalar(f, value, *kinds[f.name])
+        for name in ("dataset_options", "model_options"):
+            value = getattr(self, name)
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise ValueError(f"TrainConfig.{name} must be a dict with string keys, got {value!r}")
         if self.classes is not None:
-            if not self.classes or not all(isinstance(c, str) and c for c in self.classes):
+            if (not isinstance(self.classes, tuple) or not self.classes
+                    or not all(isinstance(c, str) and c for c in self.classes)):
                 raise ValueError(f"TrainConfig.classes must be None or class names, got {self.classes!r}")
             if len(set(self.classes)) != len(self.classes):
                 raise ValueError(f"TrainConfig.classes={list(self.classes)} names a class more than once")
-        if isinstance(self.class_weights, str) and self.class_weights != "balanced":
-            raise ValueError(
-                f"TrainConfig.class_weights={self.class_weights!r}: use None, 'balanced' or a list of weights"
-            )
+        for name in ("zoom", "brightness"):
+            rng = getattr(self, name)
+            if rng is not None and not (isinstance(rng, tuple) and len(rng) == 2
+                                        and all(_is_finite(v) for v in rng) and 0 < rng[0] <= rng[1]):
+                raise ValueError(
+                    f"TrainConfig.{name} must be None or [lo, hi] with finite 0 < lo <= hi, got {rng!r} "
+                    f"(e.g. --set {name}=[0.9,1.1])"
+                )
+        weights = self.class_weights
+        if isinstance(weights, str):
+            if weights != "balanced":
+                raise ValueError(
+                    f"TrainConfig.class_weights={weights!r}: use None, 'balanced' or a list of weights"
+                )
+        elif weights is not None:
+            if (not isinstance(weights, tuple) or not weights
+                    or not all(_is_finite(w) and w >= 0 for w in weights) or not sum(weights) > 0):
+                raise ValueError(
+                    f"TrainConfig.class_weights must be None, 'balanced' or one finite weight >= 0 per class "
+                    f"(not all 0), got {weights!r} (e.g. --set class_weights=[1,2,1,1])"
+                )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -359,6 +416,14 @@ def upgrade_field_names(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
 @functools.cache
 def scalar_kinds() -> dict[str, tuple[type, bool]]:
     """{field: (int | float | bool | str, whether None is allowed)} for every TrainConfig
@@ -374,20 +439,38 @@ def scalar_kinds() -> dict[str, tuple[type, bool]]:
     return kinds
 
 
-def _check_declared(f: dataclasses.Field, value: Any) -> None:
-    """The choices and the range an :func:`option` declares for a field (None passes)."""
-    if value is None:
-        return
+_KIND_TEXT = {int: "an integer (e.g. 2; not 2.0 or \"2\")", float: "a number", bool: "true or false",
+              str: "a string"}
+
+
+def _check_scalar(f: dataclasses.Field, value: Any, kind: type, optional: bool) -> None:
+    """Type, finiteness, range and choices of one scalar field (ValueError naming the fix)."""
     name = f.name
     flag = flag_of(f)
     how = f"{flag} VALUE or --set {name}=VALUE" if flag else f"--set {name}=VALUE"
+    if value is None:
+        if optional:
+            return
+        raise ValueError(f"TrainConfig.{name} must be {_KIND_TEXT[kind]}, got None; set it with {how}")
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, float),
+        bool: isinstance(value, bool),
+        str: isinstance(value, str),
+    }[kind]
+    if not ok:
+        raise ValueError(
+            f"TrainConfig.{name} must be {_KIND_TEXT[kind]}{' or None' if optional else ''}, "
+            f"got {value!r} ({type(value).__name__}); set it with {how}"
+        )
+    if kind is float and not math.isfinite(value):
+        raise ValueError(f"TrainConfig.{name} must be a finite number, got {value!r}; set it with {how}")
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
         raise ValueError(f"TrainConfig.{name}={value!r} is not one of {choices}")
     bounds = f.metadata.get("bounds") or {}
     if any(_BOUND_VIOLATED[b](value, limit) for b, limit in bounds.items()):
         wanted = " and ".join(f"{_BOUND_TEXT[b]} {limit}" for b, limit in bounds.items())
-        optional = f.default is None
         raise ValueError(
             f"TrainConfig.{name} must be {wanted}{' or None' if optional else ''}, got {value!r}; "
             f"set it with {how}. {name}: {f.metadata.get('help', '')}"

@@ -11,6 +11,10 @@ change, so ``--classes all`` (None, every class) differs from no ``--classes`` a
 Bool fields get ``--NAME`` / ``--no-NAME``. The old spellings of renamed fields
 (``config.RENAMED_FIELDS``: ``--batch-size``, ``--set batch_size=...``) still work and
 print a deprecation message naming the new one.
+
+Errors in what was typed (``--set`` of an unknown field, ``KEY`` without ``=VALUE``) are
+ValueError, like TrainConfig's own; the command lines turn them into one ``error:`` line
+and exit status 2.
 """
 from __future__ import annotations
 
@@ -120,7 +124,7 @@ def key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"{flag} expects KEY=VALUE, got {item!r}")
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         out[key.strip().replace("-", "_")] = parse_value(value.strip())
     return out
@@ -136,6 +140,6 @@ def set_changes(items: Sequence[str]) -> dict[str, Any]:
             deprecated(f"--set {name}=...", f"--set {RENAMED_FIELDS[name]}=...")
             name = RENAMED_FIELDS[name]
         if name not in fields:
-            raise SystemExit(f"--set {name}=...: TrainConfig has no field {name!r}; fields: {sorted(fields)}")
+            raise ValueError(f"--set {name}=...: TrainConfig has no field {name!r}; fields: {sorted(fields)}")
         changes[name] = value
     return changes
