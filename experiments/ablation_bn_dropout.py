@@ -233,8 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_specs(args: argparse.Namespace, cells: Sequence[Cell], num_devices: int) -> list[RunSpec]:
-    changes = train_options.train_changes(args)
+def make_specs(args: argparse.Namespace, cells: Sequence[Cell], num_devices: int,
+               changes: dict[str, Any]) -> list[RunSpec]:
+    """One RunSpec per cell and seed; ``changes``: the user's training options."""
     base = train_options.apply_changes(base_config(args, num_devices), changes)
     patience = early_stopping_patience(args, changes)
     seeds = seeds_of(args)

@@ -184,12 +184,16 @@ def run_from_args(
     args: argparse.Namespace,
     experiment: str,
     cells: Sequence[Cell],
-    make_specs: Callable[[argparse.Namespace, Sequence[Cell], int], list[RunSpec]],
+    make_specs: Callable[[argparse.Namespace, Sequence[Cell], int, dict[str, Any]], list[RunSpec]],
     report_spec: Callable[[Sequence[RunSpec]], ReportSpec],
     run_fn: RunFn | None = None,
 ) -> int:
     """An experiment's ``main`` after parsing: build the runs for the local devices (or
     ``--num-devices``), run them in ``--workdir`` and report (see :func:`run_experiment`).
+
+    ``make_specs(args, cells, num_devices, changes)`` gets the user's training options
+    (``train_options.train_changes``), read once here, so a deprecated spelling is
+    reported once.
 
     A training option TrainConfig refuses, or a run folder that holds a different
     configuration, ends in one ``error: ...`` line and exit status 2 (as
@@ -199,8 +203,9 @@ def run_from_args(
     from experiments import train_options
 
     try:
-        num_devices = train_options.train_changes(args).get("num_devices") or local_device_count()
-        specs = make_specs(args, cells, num_devices)
+        changes = train_options.train_changes(args)
+        num_devices = changes.get("num_devices") or local_device_count()
+        specs = make_specs(args, cells, num_devices, changes)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

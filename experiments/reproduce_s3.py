@@ -133,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_specs(args: argparse.Namespace, cells: Sequence[Cell], num_devices: int) -> list[RunSpec]:
-    changes = train_options.train_changes(args)
+def make_specs(args: argparse.Namespace, cells: Sequence[Cell], num_devices: int,
+               changes: dict[str, Any]) -> list[RunSpec]:
+    """One RunSpec per cell and seed; ``changes``: the user's training options."""
     return [RunSpec(cell.name, seed, cell_config(args, cell, seed, num_devices, changes))
             for cell in cells for seed in seeds_of(args)]
 

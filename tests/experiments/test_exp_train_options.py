@@ -38,3 +38,17 @@ def test_experiment_changes_and_the_deprecated_batch_size(capsys):
     assert train_options.train_changes(args) == {"per_device_batch_size": 8}
     assert "use --set per_device_batch_size=..." in capsys.readouterr().err
     assert train_options.train_changes(parser.parse_args([])) == {}
+
+
+def test_an_experiment_reports_a_deprecated_spelling_once(tmp_path, capsys):
+    seen = []
+
+    def fake(config, workdir):
+        seen.append(config.per_device_batch_size)
+        return {"test": {"accuracy": 0.5}}
+
+    argv = ["--workdir", str(tmp_path / "s3"), "--seeds", "1", "--no-progress", "--compilation-cache", "",
+            "--jobs", "1", "--set", "batch_size=5"]
+    assert reproduce_s3.main(argv, run_fn=fake) == 0
+    assert seen == [5, 5, 5]  # every cell got it, under its new name
+    assert capsys.readouterr().err.count("--set batch_size=... is deprecated") == 1
