@@ -168,7 +168,7 @@ def base_config(args: argparse.Namespace, num_devices: int) -> Any:
     config = PRESETS["s4_exp2"].replace(
         data_dir=args.data_dir, manual_dir=args.manual_dir, progress=False,
         compilation_cache_dir=args.compilation_cache or None,
-        batch_size=per_device_batch(args, num_devices),
+        per_device_batch_size=per_device_batch(args, num_devices),
     )
     if args.dataset == PHANTOMS:
         d = DEFAULTS
@@ -227,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_specs(args: argparse.Namespace, cells: Sequence[Cell], num_devices: int) -> list[RunSpec]:
-    changes = train_options.train_changes(args)
+def make_specs(args: argparse.Namespace, cells: Sequence[Cell], num_devices: int,
+               changes: dict[str, Any]) -> list[RunSpec]:
+    """One RunSpec per cell and seed; ``changes``: the user's training options."""
     base = train_options.apply_changes(base_config(args, num_devices), changes)
     patience = early_stopping_patience(args, changes)
     seeds = seeds_of(args)
@@ -242,7 +243,8 @@ def describe(specs: Sequence[RunSpec]) -> list[str]:
     patience = next((s.config.early_stopping_patience for s in specs if s.config.early_stopping_patience), None)
     return [
         f"Dataset `{c.dataset}`" + (f" ({opts})" if opts else "") + f"; input {c.image_size or 'model default'} px, "
-        f"{c.channels} channels; {c.optimizer} lr {c.lr}, batch {c.batch_size} per device, up to {c.epochs} epochs; "
+        f"{c.channels} channels; {c.optimizer} lr {c.lr}, batch {c.per_device_batch_size} per device, "
+        f"up to {c.epochs} epochs; "
         + (f"early stopping on {c.monitor}, patience {patience}, best checkpoint tested; "
            "without it the last epoch is tested." if patience else "no early stopping."),
         "S4's numbers are single runs on the COVID-19 Radiography Database (D4), 70/20/10 split.",

@@ -38,7 +38,7 @@ def add_common_arguments(p: argparse.ArgumentParser, *, default_dataset: str | N
                         "on a CPU backend, 1 on an accelerator)")
     p.add_argument("--global-batch-size", type=int, default=global_batch,
                    help="the study's batch, split over the devices (per device = this // devices); "
-                        "--batch-size (per device) overrides")
+                        "--per-device-batch-size overrides")
 
 
 def per_device_batch(args: argparse.Namespace, num_devices: int) -> int:
@@ -156,7 +156,6 @@ def run_experiment(
     *,
     run_fn: RunFn | None = None,
     progress: bool = True,
-    ignore_fields: Sequence[str] = (),
     jobs: int = 1,
 ) -> tuple[report.ReportFiles, str]:
     """Run (or resume) the grid, write every report file, print the summary and a final
@@ -168,7 +167,7 @@ def run_experiment(
         if todo and jobs > 1:
             run_fn.prepare(todo)
     records = grid.run_grid(specs, workdir, run_fn, progress=progress, desc=workdir.name,
-                            ignore_fields=ignore_fields, jobs=jobs, worker_env=worker_env() if jobs > 1 else None)
+                            jobs=jobs, worker_env=worker_env() if jobs > 1 else None)
     files, summary = report.write_report(
         workdir, cells, records, title=spec.title, description=spec.description, claims=spec.claims,
         reference_source=spec.reference_source, references_comparable=spec.references_comparable,
@@ -185,17 +184,35 @@ def run_from_args(
     args: argparse.Namespace,
     experiment: str,
     cells: Sequence[Cell],
-    make_specs: Callable[[argparse.Namespace, Sequence[Cell], int], list[RunSpec]],
+    make_specs: Callable[[argparse.Namespace, Sequence[Cell], int, dict[str, Any]], list[RunSpec]],
     report_spec: Callable[[Sequence[RunSpec]], ReportSpec],
     run_fn: RunFn | None = None,
 ) -> int:
     """An experiment's ``main`` after parsing: build the runs for the local devices (or
-    ``--num-devices``), run them in ``--workdir`` and report (see :func:`run_experiment`)."""
-    from cxrjax.train.config import RESULT_IRRELEVANT_FIELDS
+    ``--num-devices``), run them in ``--workdir`` and report (see :func:`run_experiment`).
+
+    ``make_specs(args, cells, num_devices, changes)`` gets the user's training options
+    (``train_options.train_changes``), read once here, so a deprecated spelling is
+    reported once.
+
+    A training option TrainConfig refuses, or a run folder that holds a different
+    configuration, ends in one ``error: ...`` line and exit status 2 (as
+    ``python -m cxrjax.train``), before any run trains.
+    """
+    from cxrjax.train.workdir import ConfigMismatchError
     from experiments import train_options
 
-    num_devices = train_options.train_changes(args).get("num_devices") or local_device_count()
-    specs = make_specs(args, cells, num_devices)
-    run_experiment(cells, specs, default_workdir(args, experiment), report_spec(specs), run_fn=run_fn,
-                   progress=args.grid_progress, ignore_fields=sorted(RESULT_IRRELEVANT_FIELDS), jobs=jobs_of(args))
+    try:
+        changes = train_options.train_changes(args)
+        num_devices = changes.get("num_devices") or local_device_count()
+        specs = make_specs(args, cells, num_devices, changes)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        run_experiment(cells, specs, default_workdir(args, experiment), report_spec(specs), run_fn=run_fn,
+                       progress=args.grid_progress, jobs=jobs_of(args))
+    except ConfigMismatchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0

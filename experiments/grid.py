@@ -3,22 +3,27 @@
 Layout of an experiment workdir::
 
     WORKDIR/runs/<cell>/seed_<k>/      one training run (the engine's workdir)
-        grid_config.json               the exact config this grid asked for
+        config.json                    the config this grid asked for (the engine's file)
         results.json                   written by the engine when the run finished
         grid_run.json                  wall time measured here
         grid_error.txt                 why the run failed, if it did
         tensorboard/hparams/           its varied config fields + test metrics (HParams view)
+
+A run folder follows the engine's contract (``cxrjax.train.workdir``): the same file
+names, the same configuration check, the same :class:`ConfigMismatchError`.
 
 Why it is built this way:
 
 * **Never redo or overwrite finished work.** A run whose ``results.json`` exists is
   skipped (its results are read back). An unfinished run is handed to the run function
   again, and the training engine resumes it from its last checkpoint.
-* **Never mix configurations silently.** Before a run starts, its config is written to
-  ``grid_config.json``; a later invocation that would give the same run folder a
-  different config stops with an error naming the folder and the differing fields,
-  instead of reusing stale numbers. Adding seeds or cells to an existing workdir is
-  fine: they get new folders.
+* **Never mix configurations silently.** Before any run starts, every run's config is
+  checked against (or written to) its folder's ``config.json`` with the engine's
+  ``check_or_write_config``: a later invocation that would give a folder holding trained
+  state (a checkpoint or results) a config that differs in a result-relevant field stops
+  with ConfigMismatchError naming the folder and the differing fields, instead of reusing
+  stale numbers. Adding seeds or cells to an existing workdir is fine: they get new
+  folders.
 * **One failed run does not kill the grid.** An exception in a run (e.g. a diverged loss)
   is recorded in ``grid_error.txt`` and the grid moves on; the report lists failed runs
   and excludes them from the statistics. A re-run retries them. Ctrl-C is not caught
@@ -42,10 +47,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
+from cxrjax.train import workdir as files
+from cxrjax.train.config import RESULT_IRRELEVANT_FIELDS
+from cxrjax.train.workdir import ConfigMismatchError  # noqa: F401 - the grid's error too
+
 RunFn = Callable[[Any, str], Mapping[str, Any]]
 
-RESULTS_FILE = "results.json"
-CONFIG_FILE = "grid_config.json"
 RUN_FILE = "grid_run.json"
 ERROR_FILE = "grid_error.txt"
 
@@ -104,32 +111,22 @@ class RunRecord:
         return self.error is None
 
 
-class ConfigMismatchError(RuntimeError):
-    """An existing run folder was made with a different configuration."""
-
-
 def run_dir_for(workdir: str | Path, cell: str, seed: int) -> Path:
     return Path(workdir) / "runs" / cell / f"seed_{seed}"
 
 
 def config_to_dict(config: Any) -> dict:
-    """A JSON-normalised dict of a (possibly nested) dataclass or mapping config."""
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+    """A JSON-normalised dict of a config: a TrainConfig's ``to_dict()`` (what the engine
+    writes to config.json), or any other dataclass or mapping (fakes in tests)."""
+    if hasattr(config, "to_dict"):
+        raw = config.to_dict()
+    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
         raw = dataclasses.asdict(config)
     elif isinstance(config, Mapping):
         raw = dict(config)
     else:
         raise TypeError(f"cannot serialise config of type {type(config).__name__}")
     return json.loads(json.dumps(raw, sort_keys=True, default=str))
-
-
-def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for key in sorted(set(old) | set(new)):
-            out += _diff_keys(old.get(key), new.get(key), f"{prefix}{key}.")
-        return out
-    return [] if old == new else [f"{prefix[:-1] or '<root>'}: {old!r} -> {new!r}"]
 
 
 def _read_json(path: Path) -> dict | None:
@@ -139,47 +136,32 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def check_config(run_dir: Path, config: Any, ignore: Iterable[str] = ()) -> None:
-    """Write ``grid_config.json`` or verify that the one already there is the same,
-    apart from the top-level fields in ``ignore`` (e.g. where data lives, progress bars:
-    fields that cannot change a run's numbers)."""
-    new = config_to_dict(config)
-    path = run_dir / CONFIG_FILE
-    old = _read_json(path) if path.exists() else None
-    if old is None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
-        return
-    skip = set(ignore)
-    changes = _diff_keys({k: v for k, v in old.items() if k not in skip},
-                         {k: v for k, v in new.items() if k not in skip})
-    if changes:
-        changes = "\n  ".join(changes[:12])
-        raise ConfigMismatchError(
-            f"{run_dir} already holds a run made with a different configuration:\n  {changes}\n"
-            "Finished runs are never overwritten. Use a new --workdir for the new settings, "
-            f"or delete {run_dir} if you really want to redo that run."
-        )
+def check_config(run_dir: Path, config: Any) -> None:
+    """The engine's check of a run folder (``cxrjax.train.workdir.check_or_write_config``):
+    write config.json, or raise ConfigMismatchError when the folder holds trained state
+    made with a config that differs in a field that can change the results."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    files.check_or_write_config(run_dir, config_to_dict(config))
 
 
 def is_finished(run_dir: Path) -> bool:
-    return _read_json(run_dir / RESULTS_FILE) is not None
+    return _read_json(run_dir / files.RESULTS_FILE) is not None
 
 
 def _load_finished(spec: RunSpec, run_dir: Path) -> RunRecord:
-    results = _read_json(run_dir / RESULTS_FILE) or {}
+    results = _read_json(run_dir / files.RESULTS_FILE) or {}
     meta = _read_json(run_dir / RUN_FILE) or {}
     wall = meta.get("wall_time_s")
     return RunRecord(spec.cell, spec.seed, run_dir, results, wall, trained=False)
 
 
-def run_one(spec: RunSpec, workdir: str | Path, run_fn: RunFn, ignore: Iterable[str] = ()) -> RunRecord:
+def run_one(spec: RunSpec, workdir: str | Path, run_fn: RunFn) -> RunRecord:
     """Run (or skip, or resume) one run; exceptions other than interrupts are recorded."""
     run_dir = run_dir_for(workdir, spec.cell, spec.seed)
-    check_config(run_dir, spec.config, ignore)
+    check_config(run_dir, spec.config)
     if is_finished(run_dir):
         return _load_finished(spec, run_dir)
-    resumed = any(p.name not in (CONFIG_FILE, ERROR_FILE) for p in run_dir.iterdir())
+    resumed = files.has_progress(run_dir)  # a checkpoint to resume from
     start = time.perf_counter()
     try:
         results = run_fn(spec.config, str(run_dir))
@@ -189,8 +171,8 @@ def run_one(spec: RunSpec, workdir: str | Path, run_fn: RunFn, ignore: Iterable[
         return RunRecord(spec.cell, spec.seed, run_dir, {}, None, trained=True, error=message)
     wall = time.perf_counter() - start
     results = json.loads(json.dumps(dict(results), default=str))
-    if not (run_dir / RESULTS_FILE).exists():  # the engine writes it; fakes may not
-        (run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    if not (run_dir / files.RESULTS_FILE).exists():  # the engine writes it; fakes may not
+        (run_dir / files.RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
     (run_dir / RUN_FILE).write_text(
         json.dumps({"wall_time_s": wall, "resumed": resumed, "finished_at": time.time()}) + "\n"
@@ -205,29 +187,28 @@ def run_grid(
     *,
     progress: bool = True,
     desc: str = "runs",
-    ignore_fields: Iterable[str] = (),
     jobs: int = 1,
     worker_env: Mapping[str, str] | None = None,
 ) -> list[RunRecord]:
     """Run every spec, skipping finished runs (the bar starts at their count, so its ETA
     is the rate of new runs only); returns one record per spec in the order given.
 
-    ``ignore_fields``: config fields allowed to differ from a run's saved config.
-    ``jobs`` > 1 runs that many worker processes (spawned; ``run_fn`` must be picklable,
-    ``worker_env`` is set in each before it imports anything). Runs with the same
-    ``RunSpec.group`` go to one worker, one after the other, so a network is compiled
-    once per grid rather than once per worker (the engine keeps compiled steps in
-    memory and in the persistent compilation cache).
+    Every run folder's config is checked first (:func:`check_config`), so a changed
+    configuration is refused before anything trains. ``jobs`` > 1 runs that many worker
+    processes (spawned; ``run_fn`` must be picklable, ``worker_env`` is set in each
+    before it imports anything). Runs with the same ``RunSpec.group`` go to one worker,
+    one after the other, so a network is compiled once per grid rather than once per
+    worker (the engine keeps compiled steps in memory and in the persistent compilation
+    cache).
     """
-    ignore_fields = tuple(ignore_fields)
     if run_fn is None:
         from cxrjax.train import train_and_evaluate as run_fn  # noqa: N813 - lazy: heavy import
     names = [(s.cell, s.seed) for s in specs]
     if len(set(names)) != len(names):
         raise ValueError("run_grid: duplicate (cell, seed) pairs in the grid")
     for spec in specs:  # refuse a changed configuration before any training starts
-        check_config(run_dir_for(workdir, spec.cell, spec.seed), spec.config, ignore_fields)
-    hparams = _hparams_by_run(specs, ignore_fields)
+        check_config(run_dir_for(workdir, spec.cell, spec.seed), spec.config)
+    hparams = _hparams_by_run(specs, RESULT_IRRELEVANT_FIELDS)
     done = [s for s in specs if is_finished(run_dir_for(workdir, s.cell, s.seed))]
     todo = [s for s in specs if not is_finished(run_dir_for(workdir, s.cell, s.seed))]
     records: dict[tuple[str, int], RunRecord] = {}
@@ -253,9 +234,9 @@ def run_grid(
         if jobs <= 1 or len(todo) <= 1:
             for spec in todo:
                 bar.set_postfix_str(f"{spec.cell} seed {spec.seed}" + (f", {failed} failed" if failed else ""))
-                finished(run_one(spec, workdir, run_fn, ignore_fields))
+                finished(run_one(spec, workdir, run_fn))
         else:
-            _run_parallel(todo, workdir, run_fn, ignore_fields, jobs, dict(worker_env or {}), finished)
+            _run_parallel(todo, workdir, run_fn, jobs, dict(worker_env or {}), finished)
     finally:
         bar.close()
     return [records[n] for n in names]
@@ -296,12 +277,12 @@ def _init_worker(env: Mapping[str, str]) -> None:
     os.environ.update(env)
 
 
-def _run_group(specs: list[RunSpec], workdir: str, run_fn: RunFn, ignore: tuple, queue: Any) -> None:
+def _run_group(specs: list[RunSpec], workdir: str, run_fn: RunFn, queue: Any) -> None:
     for spec in specs:
-        queue.put(run_one(spec, workdir, run_fn, ignore))
+        queue.put(run_one(spec, workdir, run_fn))
 
 
-def _run_parallel(todo: Sequence[RunSpec], workdir: str | Path, run_fn: RunFn, ignore: tuple, jobs: int,
+def _run_parallel(todo: Sequence[RunSpec], workdir: str | Path, run_fn: RunFn, jobs: int,
                   env: dict[str, str], finished: Callable[[RunRecord], None]) -> None:
     import multiprocessing
 
@@ -309,7 +290,7 @@ def _run_parallel(todo: Sequence[RunSpec], workdir: str | Path, run_fn: RunFn, i
     groups = _groups(todo)
     previous = _interrupt_on_sigterm()
     try:
-        _run_pool(ctx, groups, len(todo), workdir, run_fn, ignore, jobs, env, finished)
+        _run_pool(ctx, groups, len(todo), workdir, run_fn, jobs, env, finished)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -330,7 +311,7 @@ def _interrupt_on_sigterm() -> Any:
 
 
 def _run_pool(ctx: Any, groups: list[list[RunSpec]], total: int, workdir: str | Path, run_fn: RunFn,
-              ignore: tuple, jobs: int, env: dict[str, str], finished: Callable[[RunRecord], None]) -> None:
+              jobs: int, env: dict[str, str], finished: Callable[[RunRecord], None]) -> None:
     import queue as queue_lib
     from concurrent.futures import ProcessPoolExecutor
 
@@ -339,7 +320,7 @@ def _run_pool(ctx: Any, groups: list[list[RunSpec]], total: int, workdir: str | 
         pool = ProcessPoolExecutor(max_workers=min(jobs, len(groups)), mp_context=ctx,
                                    initializer=_init_worker, initargs=(env,))
         try:
-            futures = [pool.submit(_run_group, g, str(workdir), run_fn, ignore, results) for g in groups]
+            futures = [pool.submit(_run_group, g, str(workdir), run_fn, results) for g in groups]
             remaining = total
             while remaining:
                 try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from cxrjax.train.workdir import read_history
 from experiments import stats
 from experiments.grid import Cell, RunRecord
 
@@ -117,22 +117,6 @@ def _count(x: Any) -> int | float:
     return int(v) if math.isfinite(v) and v == int(v) else v
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The engine's per-epoch ``metrics.jsonl`` (empty list if absent or unreadable)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    out: list[dict] = []
-    if not path.exists():
-        return out
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
-
-
 def _acc(row: Mapping[str, Any], which: str) -> float:
     for key in _TRAIN_ACC_KEYS if which == "train" else _VAL_ACC_KEYS:
         if key in row:
@@ -145,8 +129,9 @@ def _acc(row: Mapping[str, Any], which: str) -> float:
 
 
 def curves(run_dir: str | Path) -> tuple[list[float], list[float], list[float]]:
-    """(epochs, train accuracy, validation accuracy) from ``metrics.jsonl``."""
-    rows = read_metrics(run_dir)
+    """(epochs, train accuracy, validation accuracy) from ``metrics.jsonl``, read with the
+    engine's own reader (``cxrjax.train.workdir.read_history``)."""
+    rows = read_history(run_dir)
     epochs = [_num(r.get("epoch", i + 1)) for i, r in enumerate(rows)]
     return epochs, [_acc(r, "train") for r in rows], [_acc(r, "val") for r in rows]
 

@@ -101,7 +101,7 @@ def cell_config(args: argparse.Namespace, cell: Cell, seed: int, num_devices: in
     config = PRESETS[cell.overrides["preset"]].replace(
         data_dir=args.data_dir, manual_dir=args.manual_dir, progress=False,
         compilation_cache_dir=args.compilation_cache or None,
-        batch_size=per_device_batch(args, num_devices),
+        per_device_batch_size=per_device_batch(args, num_devices),
     )
     if dataset == PHANTOMS:
         d = DEFAULTS
@@ -133,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_specs(args: argparse.Namespace, cells: Sequence[Cell], num_devices: int) -> list[RunSpec]:
-    changes = train_options.train_changes(args)
+def make_specs(args: argparse.Namespace, cells: Sequence[Cell], num_devices: int,
+               changes: dict[str, Any]) -> list[RunSpec]:
+    """One RunSpec per cell and seed; ``changes``: the user's training options."""
     return [RunSpec(cell.name, seed, cell_config(args, cell, seed, num_devices, changes))
             for cell in cells for seed in seeds_of(args)]
 
@@ -145,7 +146,8 @@ def describe(specs: Sequence[RunSpec]) -> list[str]:
     sizes = ", ".join(dict.fromkeys(f"{s.cell} {s.config.image_size} px" for s in specs))
     return [
         f"Dataset `{c.dataset}`" + (f" ({opts})" if opts else "") + f"; inputs: {sizes}; {c.channels} channel(s); "
-        f"{c.optimizer} lr {c.lr}, batch {c.batch_size} per device, up to {c.epochs} epochs, early stopping on "
+        f"{c.optimizer} lr {c.lr}, batch {c.per_device_batch_size} per device, up to {c.epochs} epochs, "
+        "early stopping on "
         f"{c.monitor} (patience {c.early_stopping_patience}, min_delta {c.early_stopping_min_delta}), best "
         "checkpoint tested.",
         "S3's numbers are single runs on DP (3 classes, 66 test images).",

@@ -52,9 +52,22 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(json_ready(record)) + "\n")
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Every record of a JSON-lines file ([] when it does not exist); blank lines skipped."""
+def read_jsonl(path: str | Path, *, allow_torn_tail: bool = False) -> list[dict[str, Any]]:
+    """Every record of a JSON-lines file ([] when it does not exist); blank lines skipped.
+
+    ``allow_torn_tail``: a last line that is not valid JSON (what a kill during
+    :func:`append_jsonl` leaves) is dropped. Any other invalid line: ValueError naming it.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if allow_torn_tail and i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}, line {i + 1}: not valid JSON ({err})") from err
+    return records

@@ -9,50 +9,28 @@
 Start from ``--preset`` (or the TrainConfig defaults); every option given explicitly
 overrides it. ``--set FIELD=VALUE`` sets any TrainConfig field (VALUE parsed as JSON
 when it parses, e.g. ``--set label_smoothing=0.1 --set zoom=[1,1.2]``), so everything
-``cxrjax.train.TrainConfig`` can do is reachable from the command line.
+``cxrjax.train.TrainConfig`` can do is reachable from the command line. The named flags
+are built from TrainConfig's field declarations (``cxrjax.train.config_args``).
+
+A configuration TrainConfig refuses (``--lr nan``, ``--set epochs=1.5`` ...), like a
+workdir holding a different configuration, ends in one ``error: ...`` line and exit
+status 2.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
-from cxrjax.train.config import (MONITORS, NONFINITE_MODES, OPTIMIZERS, PARALLEL_MODES, SCHEDULES,
-                                 TrainConfig)
+from cxrjax.train import config_args
+from cxrjax.train.config import TrainConfig
+from cxrjax.train.config_args import key_values, set_changes
 from cxrjax.train.presets import PRESETS, describe
-
-# flag dest -> TrainConfig field, for the named flags
-_FLAG_FIELDS = {
-    "model": "model",
-    "dataset": "dataset",
-    "data_dir": "data_dir",
-    "manual_dir": "manual_dir",
-    "image_size": "image_size",
-    "channels": "channels",
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "optimizer": "optimizer",
-    "schedule": "schedule",
-    "seed": "seed",
-    "early_stopping_patience": "early_stopping_patience",
-    "early_stopping_min_delta": "early_stopping_min_delta",
-    "monitor": "monitor",
-    "parallel": "parallel",
-    "num_devices": "num_devices",
-    "label_smoothing": "label_smoothing",
-    "weight_decay": "weight_decay",
-    "grad_clip_norm": "grad_clip_norm",
-    "on_nonfinite": "on_nonfinite",
-    "checkpoint_every_steps": "checkpoint_every_steps",
-    "compilation_cache": "compilation_cache_dir",
-    "dtype": "dtype",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The run's own flags, then one flag per TrainConfig field that declares one
+    (``cxrjax.train.config_args``), then the KEY=VALUE options."""
     p = argparse.ArgumentParser(
         prog="python -m cxrjax.train",
         description="Train a cxrjax model data-parallel on every local device, evaluate it, and "
@@ -64,89 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), metavar="NAME",
                    help="start from a named study preset (see --list-presets)")
     p.add_argument("--list-presets", action="store_true", help="list presets with their commands and exit")
-    p.add_argument("--model", help="model name (cxrjax.models.MODELS)")
-    p.add_argument("--dataset", help="dataset name, e.g. cxr_phantoms, covid19_radiography")
-    p.add_argument("--data-dir", help="where prepared datasets live (default: data)")
-    p.add_argument("--manual-dir", help="folder of the downloaded dataset (real datasets)")
-    p.add_argument("--classes", metavar="A,B,...",
-                   help="keep only these classes, labelled 0..k-1 in this order, e.g. COVID,Normal "
-                   "(other classes are dropped from every split); 'all' keeps every class")
-    p.add_argument("--image-size", type=int, help="input size (default: the model's)")
-    p.add_argument("--channels", type=int, help="input channels (default: the model's)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="PER DEVICE; global batch = this x devices")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
-    p.add_argument("--schedule", choices=SCHEDULES)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--early-stopping-patience", type=int, help="epochs without improvement before stopping")
-    p.add_argument("--early-stopping-min-delta", type=float)
-    p.add_argument("--monitor", choices=MONITORS, help="early stopping and best-checkpoint metric")
-    p.add_argument("--parallel", choices=PARALLEL_MODES)
-    p.add_argument("--num-devices", type=int, help="default: every local device")
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--grad-clip-norm", type=float)
-    p.add_argument("--on-nonfinite", choices=NONFINITE_MODES)
-    p.add_argument("--checkpoint-every-steps", type=int, help="also checkpoint mid-epoch")
-    p.add_argument("--compilation-cache", metavar="DIR", help="JAX persistent compilation cache folder")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"))
-    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="dataset preparation option (repeatable), e.g. num_train=500")
-    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="model constructor override (repeatable), e.g. dropout=0.25")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="set any TrainConfig field (repeatable)")
-    p.add_argument("--tensorboard", action="store_true", default=None, help="write TensorBoard event files")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                   help="no progress bars")
+    config_args.add_config_flags(p)
+    config_args.add_passthrough_options(p)
     p.add_argument("--print-config", action="store_true", help="print the resulting config as JSON and exit")
     return p
 
 
-def parse_value(text: str) -> Any:
-    """A command-line VALUE: JSON when it parses (numbers, lists, true/false), else the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
-    """Repeated ``KEY=VALUE`` options as a dict (dashes in KEY become underscores)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"{flag} expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = parse_value(value.strip())
-    return out
-
-
-def set_changes(items: Sequence[str]) -> dict[str, Any]:
-    """``--set FIELD=VALUE`` options, each FIELD checked against TrainConfig's fields."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    changes = key_values(items, "--set")
-    for name in changes:
-        if name not in fields:
-            raise SystemExit(f"--set {name}=...: TrainConfig has no field {name!r}; fields: {sorted(fields)}")
-    return changes
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Preset (or defaults), then named flags, then --dataset-option/--model-option/--set."""
+    """Preset (or defaults), then named flags, then --dataset-option/--model-option/--set.
+
+    Raises ValueError (``invalid configuration: ...``) for a configuration TrainConfig refuses.
+    """
     config = PRESETS[args.preset] if args.preset else TrainConfig()
-    changes: dict[str, Any] = {}
-    for dest, name in _FLAG_FIELDS.items():
-        value = getattr(args, dest)
-        if value is not None:
-            changes[name] = value
-    if args.classes is not None:
-        names = [c.strip() for c in args.classes.split(",") if c.strip()]
-        changes["classes"] = None if names in ([], ["all"]) else tuple(names)
-    for dest in ("tensorboard", "progress"):
-        if getattr(args, dest) is not None:
-            changes[dest] = getattr(args, dest)
+    changes = config_args.flag_changes(args, [f.name for f in config_args.flag_fields()])
     if args.dataset_option:
         base = config.dataset_options
         if "classes" in changes:  # --classes decides the subset, not the preset's options
@@ -157,8 +65,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     changes.update(set_changes(args.set))
     try:
         return config.replace(**changes)
-    except (ValueError, TypeError) as err:
-        raise SystemExit(f"invalid configuration: {err}") from err
+    except ValueError as err:
+        raise ValueError(f"invalid configuration: {err}") from err
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,7 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in PRESETS:
             print(f"{name}\n    " + describe(name).replace("\n", "\n    ") + "\n")
         return 0
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.print_config:
         print(config.to_json())
         return 0

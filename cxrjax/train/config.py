@@ -6,19 +6,33 @@ the two and refuses a different configuration, ignoring only the fields listed i
 :data:`RESULT_IRRELEVANT_FIELDS` (where data lives on disk, progress bars, logging
 cadence...), which cannot change the trained parameters.
 
+Each field is declared once, with :func:`option`: its default, its help text, its
+command-line flag (if it has a named one), its choices and its range live in the field's
+metadata. ``python -m cxrjax.train`` and the experiments build their flags from that
+metadata (``cxrjax.train.config_args``), and :meth:`TrainConfig.validated` checks types,
+finiteness, ranges and choices from the same metadata and the field annotations, so a
+value is refused with the same message whichever way it came in (flag, ``--set``,
+``config.json``, Python).
+
 Batch sizes are PER DEVICE: the global batch of one optimisation step is
-``batch_size x number of devices`` (``num_devices``, default every local device), the
-``pmap`` convention. A study's "batch 32" on 4 devices is therefore ``batch_size=8``;
-the presets state the study's batch and use it per device, so on one device they are
-exact and on n devices the global batch is n times larger (say so when comparing).
+``per_device_batch_size x number of devices`` (``num_devices``, default every local
+device), the ``pmap`` convention. A study's "batch 32" on 4 devices is therefore
+``per_device_batch_size=8``; the presets state the study's batch and use it per device,
+so on one device they are exact and on n devices the global batch is n times larger
+(say so when comparing).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cxrjax.data.input_options import NORMALIZATIONS, InputOptions
 
@@ -44,11 +58,84 @@ RESULT_IRRELEVANT_FIELDS = frozenset(
     }
 )
 
+# Old field name -> current name. ``TrainConfig.from_dict`` (config.json of older runs)
+# and the saved side of a workdir's config check read the old names as the new ones;
+# ``--set OLD=...`` and the old flag spelling still work, with a deprecation message.
+RENAMED_FIELDS = {
+    "batch_size": "per_device_batch_size",
+    "eval_batch_size": "per_device_eval_batch_size",
+}
+
 # Fields stored as tuples in Python and as lists in JSON.
 _TUPLE_FIELDS = ("zoom", "brightness", "classes")
 # The key of dataset_options that carries ``classes`` to cxrjax.data.load (it is
 # cxrjax.data.subset.CLASSES_OPTION; not imported, to keep this module free of TFDS).
 CLASSES_OPTION = "classes"
+
+_BOUND_TEXT = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+_BOUND_VIOLATED = {
+    "gt": lambda v, b: v <= b,
+    "ge": lambda v, b: v < b,
+    "lt": lambda v, b: v >= b,
+    "le": lambda v, b: v > b,
+}
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,  # noqa: A002 - argparse's name
+    flag: bool | str = False,
+    choices: tuple | None = None,
+    metavar: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    default_factory: Any = dataclasses.MISSING,
+    kw_only: Any = dataclasses.MISSING,
+    **bounds: float,
+) -> Any:
+    """A TrainConfig field with its whole declaration in the field's metadata.
+
+    ``help``: what the field means (also the flag's help). ``flag``: True gives it a
+    named command-line flag spelled from the name (``early_stopping_patience`` ->
+    ``--early-stopping-patience``), a string is that spelling, False: reachable with
+    ``--set FIELD=VALUE`` only. ``choices``: the allowed values (validated, and the
+    flag's choices). ``metavar``/``parse``: the flag's metavar and string parser (default:
+    the field's annotated type). ``gt``/``ge``/``lt``/``le``: the range a number must lie
+    in (None always passes for an optional field).
+    """
+    unknown = set(bounds) - set(_BOUND_TEXT)
+    if unknown:
+        raise TypeError(f"option(): unknown bound(s) {sorted(unknown)}; use gt, ge, lt, le")
+    metadata = {"help": help, "flag": flag, "choices": choices, "metavar": metavar, "parse": parse,
+                "bounds": bounds}
+    kwargs: dict[str, Any] = {"metadata": metadata}
+    if default_factory is not dataclasses.MISSING:
+        kwargs["default_factory"] = default_factory
+    else:
+        kwargs["default"] = default
+    if kw_only is not dataclasses.MISSING:
+        kwargs["kw_only"] = kw_only
+    return field(**kwargs)
+
+
+def _input_option(name: str, **declaration: Any) -> Any:
+    """Re-declare an inherited ``InputOptions`` field with its command-line metadata; the
+    default stays the one cxrjax.data.input_options declares (keyword-only, as there)."""
+    return option(InputOptions.__dataclass_fields__[name].default, kw_only=True, **declaration)
+
+
+def class_list(text: str) -> tuple[str, ...] | None:
+    """``"COVID,Normal"`` -> ("COVID", "Normal"); ``"all"`` or ``""`` -> None (every class)."""
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    return None if names in ([], ["all"]) else tuple(names)
+
+
+def flag_of(f: dataclasses.Field) -> str | None:
+    """The named command-line flag of a TrainConfig field, or None (``--set`` only)."""
+    flag = f.metadata.get("flag")
+    if flag is True:
+        return "--" + f.name.replace("_", "-")
+    return flag or None
 
 
 @dataclass(frozen=True)
@@ -60,88 +147,148 @@ class TrainConfig(InputOptions):
     ``config.replace``, which keeps ``dataset_options["classes"]`` in step).
 
     The input-pipeline fields (keyword-only) come from
-    :class:`cxrjax.data.input_options.InputOptions`, shared with ``cxrjax.data.InputConfig``:
-    ``normalization`` ("unit" [0,1] | "half" (x-0.5)/0.5 | "dataset" mean/std), ``hflip``,
-    ``rotate_degrees``, ``zoom``, ``brightness``, ``balanced_sampling``, ``num_workers``.
+    :class:`cxrjax.data.input_options.InputOptions`, shared with ``cxrjax.data.InputConfig``
+    (re-declared here only to add their help, flags and ranges; the defaults are
+    InputOptions'): ``normalization``, ``hflip``, ``rotate_degrees``, ``zoom``,
+    ``brightness``, ``balanced_sampling``, ``num_workers``.
+
+    Types are checked, not coerced, except that an int is accepted for a float field (and
+    stored as a float) and numpy scalars become Python numbers: an int field refuses 1.5,
+    2.0, "2" and True alike (write 2), a bool field refuses 0/1 (write true/false).
     """
 
     # --- what to train, on what ------------------------------------------------------
-    model: str = "lenet5"  # a name in cxrjax.models.MODELS
-    dataset: str = "cxr_phantoms"  # a name cxrjax.data.load knows
-    data_dir: str = "data"  # where prepared datasets live (cxrjax.data.load(data_dir=))
-    manual_dir: str | None = None  # where the user's downloaded files are (real datasets)
-    dataset_options: dict[str, Any] = field(default_factory=dict)  # passed to data.load(options=)
-    # Keep only these classes, labelled 0..k-1 in this order (None: all). Mirrored into
-    # dataset_options["classes"], so everything that opens the run's dataset from its
-    # options (trainer, evaluate, predict, explain) sees the same subset.
-    classes: tuple[str, ...] | None = None
-    model_options: dict[str, Any] = field(default_factory=dict)  # models.create(**overrides)
-    image_size: int | None = None  # None: the model's default input size
-    channels: int | None = None  # None: the model's default channels
-    # --- input pipeline (cxrjax.data.InputConfig): the InputOptions fields, inherited ---
+    model: str = option("lenet5", flag=True, help="model name (cxrjax.models.MODELS)")
+    dataset: str = option("cxr_phantoms", flag=True,
+                          help="dataset name cxrjax.data.load knows, e.g. cxr_phantoms, covid19_radiography")
+    data_dir: str = option("data", flag=True, help="where prepared datasets live (cxrjax.data.load(data_dir=))")
+    manual_dir: str | None = option(None, flag=True,
+                                    help="folder of the user's downloaded dataset (real datasets)")
+    dataset_options: dict[str, Any] = option(default_factory=dict,
+                                             help="dataset preparation options, passed to cxrjax.data.load(options=)")
+    # Mirrored into dataset_options["classes"], so everything that opens the run's dataset
+    # from its options (trainer, evaluate, predict, explain) sees the same subset.
+    classes: tuple[str, ...] | None = option(
+        None, flag=True, metavar="A,B,...", parse=class_list,
+        help="keep only these classes, labelled 0..k-1 in this order, e.g. COVID,Normal (other classes "
+        "are dropped from every split); 'all' keeps every class")
+    model_options: dict[str, Any] = option(default_factory=dict,
+                                           help="model constructor overrides, cxrjax.models.create(**overrides)")
+    image_size: int | None = option(None, flag=True, ge=1, help="model input size in pixels (None: the model's)")
+    channels: int | None = option(None, flag=True, ge=1, help="input channels, 1 or 3 (None: the model's)")
+    # --- input pipeline (cxrjax.data.InputConfig): the InputOptions fields ---------------
+    normalization: str = _input_option("normalization", flag=True, choices=NORMALIZATIONS,
+                                       help="unit: [0,1]; half: (x-0.5)/0.5; dataset: train split mean/std")
+    hflip: bool = _input_option("hflip", help="random horizontal flips (training)")
+    rotate_degrees: float = _input_option("rotate_degrees", ge=0,
+                                          help="random rotation, uniform in [-this, this] degrees (training)")
+    zoom: tuple[float, float] | None = _input_option("zoom", help="random zoom (lo, hi), 0 < lo <= hi (training)")
+    brightness: tuple[float, float] | None = _input_option(
+        "brightness", help="random brightness factor (lo, hi), 0 < lo <= hi (training)")
+    balanced_sampling: bool = _input_option(
+        "balanced_sampling", help="draw each epoch with replacement so classes are equally likely")
+    num_workers: int = _input_option("num_workers", flag=True, ge=0,
+                                     help="grain worker processes (0: in the main process)")
     # --- length and batch ------------------------------------------------------------
-    epochs: int = 10
-    batch_size: int = 32  # PER DEVICE; global batch = batch_size x num_devices
-    eval_batch_size: int | None = None  # per device; None: batch_size
-    num_devices: int | None = None  # None: every local device
+    epochs: int = option(10, flag=True, ge=1, help="maximum epochs")
+    per_device_batch_size: int = option(32, flag=True, ge=1, metavar="N",
+                                        help="training batch PER DEVICE; global batch = this x devices")
+    per_device_eval_batch_size: int | None = option(None, ge=1,
+                                                    help="evaluation batch per device (None: per_device_batch_size)")
+    num_devices: int | None = option(None, flag=True, ge=1, help="devices to train on (None: every local device)")
     # --- optimisation ----------------------------------------------------------------
-    optimizer: str = "adam"  # adam | adamw | sgd
-    lr: float = 1e-3
-    schedule: str = "constant"  # constant | step | warmup_cosine | plateau
-    momentum: float = 0.9  # sgd only; 0 disables momentum
-    nesterov: bool = False  # sgd only
-    decay: float = 0.0  # Keras-style time decay: lr_t = schedule(t) / (1 + decay * t) (S2)
-    adam_b1: float = 0.9
-    adam_b2: float = 0.999
-    adam_eps: float = 1e-8  # PyTorch's default; Keras uses 1e-7
-    weight_decay: float = 0.0  # adamw: decoupled; adam/sgd: L2 added to the gradient
-    step_every_epochs: int = 10  # schedule="step": multiply lr by step_gamma every N epochs
-    step_gamma: float = 0.1
-    warmup_epochs: float = 0.0  # schedule="warmup_cosine"
-    min_lr: float = 0.0  # schedule="warmup_cosine": final lr
-    plateau_monitor: str = "val_loss"  # schedule="plateau" (Keras ReduceLROnPlateau)
-    plateau_factor: float = 0.5
-    plateau_patience: int = 2
-    plateau_min_delta: float = 1e-4
-    plateau_min_lr: float = 0.0
-    label_smoothing: float = 0.0
-    grad_clip_norm: float | None = None
-    class_weights: str | tuple[float, ...] | None = None  # None | "balanced" | one per class
+    optimizer: str = option("adam", flag=True, choices=OPTIMIZERS, help="optimizer")
+    lr: float = option(1e-3, flag=True, gt=0, help="learning rate")
+    schedule: str = option("constant", flag=True, choices=SCHEDULES, help="learning-rate schedule")
+    momentum: float = option(0.9, ge=0, lt=1, help="sgd only; 0 disables momentum")
+    nesterov: bool = option(False, help="sgd only: Nesterov momentum")
+    decay: float = option(0.0, ge=0, help="Keras-style time decay: lr_t = schedule(t) / (1 + decay * t) (S2)")
+    adam_b1: float = option(0.9, ge=0, lt=1, help="Adam beta1")
+    adam_b2: float = option(0.999, ge=0, lt=1, help="Adam beta2")
+    adam_eps: float = option(1e-8, gt=0, help="Adam epsilon (PyTorch's default; Keras uses 1e-7)")
+    weight_decay: float = option(0.0, flag=True, ge=0,
+                                 help="weight decay: decoupled for adamw, L2 added to the gradient for adam/sgd")
+    step_every_epochs: int = option(10, ge=1, help='schedule="step": multiply lr by step_gamma every N epochs')
+    step_gamma: float = option(0.1, gt=0, help='schedule="step": the factor')
+    warmup_epochs: float = option(0.0, ge=0, help='schedule="warmup_cosine": linear warm-up epochs')
+    min_lr: float = option(0.0, ge=0, help='schedule="warmup_cosine": final lr')
+    plateau_monitor: str = option("val_loss", choices=MONITORS,
+                                  help='schedule="plateau" (Keras ReduceLROnPlateau): the metric')
+    plateau_factor: float = option(0.5, gt=0, lt=1, help='schedule="plateau": lr *= this on a plateau')
+    plateau_patience: int = option(2, ge=0, help='schedule="plateau": epochs without improvement')
+    plateau_min_delta: float = option(1e-4, ge=0, help='schedule="plateau": smallest improvement')
+    plateau_min_lr: float = option(0.0, ge=0, help='schedule="plateau": lr floor')
+    label_smoothing: float = option(0.0, flag=True, ge=0, lt=1, help="label smoothing")
+    grad_clip_norm: float | None = option(None, flag=True, gt=0,
+                                          help="clip the gradient's global norm to this (None: no clipping)")
+    class_weights: str | tuple[float, ...] | None = option(
+        None, help='loss weight per class: None, "balanced" or one finite weight >= 0 per class')
     # --- early stopping and model selection -------------------------------------------
-    monitor: str = "val_loss"  # early stopping and "best" checkpoint: val_loss | val_accuracy | val_macro_f1
-    early_stopping_patience: int | None = None  # None: no early stopping
-    early_stopping_min_delta: float = 0.0
-    restore_best: bool = True  # test evaluation on the best checkpoint (else: the last epoch)
+    monitor: str = option("val_loss", flag=True, choices=MONITORS,
+                          help="early-stopping and best-checkpoint metric")
+    early_stopping_patience: int | None = option(None, flag=True, ge=0,
+                                                 help="epochs without improvement before stopping (None: never)")
+    early_stopping_min_delta: float = option(0.0, flag=True, ge=0,
+                                             help="smallest change of the monitor that counts as an improvement")
+    restore_best: bool = option(True, help="test the best checkpoint (else: the last epoch)")
     # --- robustness, parallelism, numerics ---------------------------------------------
-    on_nonfinite: str = "stop"  # stop: raise at once; skip: skip the update and count it
-    parallel: str = "shard_map"  # shard_map (jit over a device mesh) | pmap
-    dtype: str = "float32"  # computation dtype; params stay float32
-    seed: int = 0
+    on_nonfinite: str = option("stop", flag=True, choices=NONFINITE_MODES,
+                               help="non-finite loss: stop (raise at once) or skip the update and count it")
+    parallel: str = option("shard_map", flag=True, choices=PARALLEL_MODES,
+                           help="data-parallel compilation: shard_map (jit over a device mesh) or pmap")
+    dtype: str = option("float32", flag=True, choices=DTYPES, help="computation dtype; params stay float32")
+    seed: int = option(0, flag=True, help="seed of the initial weights, batches and augmentation")
     # --- checkpoints and logging (result-irrelevant) -----------------------------------
-    checkpoint_every_steps: int | None = None  # also checkpoint mid-epoch every N steps
-    log_every_steps: int = 20  # fetch metrics to the host (progress bar, NaN check) every N steps
-    tensorboard: bool = False  # also write TensorBoard event files (no TensorFlow needed)
-    progress: bool = True  # tqdm progress bars
-    compilation_cache_dir: str | None = None  # JAX persistent compilation cache
+    checkpoint_every_steps: int | None = option(None, flag=True, ge=1,
+                                                help="also checkpoint mid-epoch every N steps")
+    log_every_steps: int = option(20, ge=1,
+                                  help="fetch metrics to the host (progress bar, NaN check) every N steps")
+    tensorboard: bool = option(False, flag=True, help="also write TensorBoard event files")
+    progress: bool = option(True, flag=True, help="tqdm progress bars")
+    compilation_cache_dir: str | None = option(None, flag="--compilation-cache", metavar="DIR",
+                                               help="JAX persistent compilation cache folder")
 
     # ------------------------------------------------------------------------------
     def __post_init__(self) -> None:
-        if isinstance(self.classes, str):  # "COVID,Normal"
-            object.__setattr__(self, "classes", [c.strip() for c in self.classes.split(",") if c.strip()])
+        if isinstance(self.classes, str):  # "COVID,Normal"; "all": every class
+            object.__setattr__(self, "classes", class_list(self.classes))
         # Lists (from JSON or a caller) become tuples, so configs compare and hash alike.
         for name in (*_TUPLE_FIELDS, "class_weights"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
+        self._normalise_numbers()
         self._sync_classes()
         self.validated()
 
+    def _normalise_numbers(self) -> None:
+        """ints given for float fields become floats, numpy scalars Python numbers (so
+        config.json says 1.0 for a float, and JSON can write it); other types are left for
+        :meth:`validated` to refuse."""
+        for name, (kind, _optional) in scalar_kinds().items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or value is None:
+                continue
+            if kind is float and isinstance(value, numbers.Real):
+                object.__setattr__(self, name, float(value))
+            elif kind is int and isinstance(value, numbers.Integral):
+                object.__setattr__(self, name, int(value))
+        for name in ("zoom", "brightness", "class_weights"):
+            value = getattr(self, name)
+            if isinstance(value, tuple) and all(_is_number(v) for v in value):
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+
     def _sync_classes(self) -> None:
         """``classes`` and ``dataset_options["classes"]`` say the same (either may be given)."""
-        options = dict(self.dataset_options or {})
+        if not isinstance(self.dataset_options, dict):
+            return  # validated() names the problem
+        options = dict(self.dataset_options)
         given = options.get(CLASSES_OPTION)
         if isinstance(given, str):
             given = [c.strip() for c in given.split(",") if c.strip()]
+        if given is not None and not isinstance(given, (list, tuple)):
+            raise ValueError(f"TrainConfig.dataset_options['classes'] must be class names, got {given!r}; "
+                             "set the subset with --classes COVID,Normal or --set 'classes=[\"COVID\",\"Normal\"]'")
         given = tuple(given) if given is not None else None
         classes = self.classes if self.classes is not None else given
         if self.classes is not None and given is not None and given != self.classes:
@@ -166,44 +313,49 @@ class TrainConfig(InputOptions):
         return dataclasses.replace(self, **changes)
 
     def validated(self) -> "TrainConfig":
-        """Return self after checking every choice field; raise ValueError naming the fix."""
-        choices = {
-            "optimizer": OPTIMIZERS,
-            "schedule": SCHEDULES,
-            "monitor": MONITORS,
-            "plateau_monitor": MONITORS,
-            "on_nonfinite": NONFINITE_MODES,
-            "parallel": PARALLEL_MODES,
-            "dtype": DTYPES,
-            "normalization": NORMALIZATIONS,
-        }
-        for name, allowed in choices.items():
+        """Return self after checking every field; raise ValueError naming the field and the fix.
+
+        From each field's annotation and :func:`option` metadata: the type (int, float,
+        bool, str, optionally None), that floats are finite, the range, the choices. Then
+        what an annotation cannot say: the class subset, class weights, zoom/brightness
+        ranges and the option dicts.
+        """
+        kinds = scalar_kinds()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in kinds:
+                _check_scalar(f, value, *kinds[f.name])
+        for name in ("dataset_options", "model_options"):
             value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"TrainConfig.{name}={value!r} is not one of {allowed}")
-        positive = ["epochs", "batch_size", "log_every_steps", "step_every_epochs"]
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_batch_size", "num_devices", "checkpoint_every_steps", "image_size", "channels"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {value}")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 0:
-            raise ValueError("TrainConfig.early_stopping_patience must be >= 0 or None")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.lr <= 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise ValueError(f"TrainConfig.{name} must be a dict with string keys, got {value!r}")
         if self.classes is not None:
-            if not self.classes or not all(isinstance(c, str) and c for c in self.classes):
+            if (not isinstance(self.classes, tuple) or not self.classes
+                    or not all(isinstance(c, str) and c for c in self.classes)):
                 raise ValueError(f"TrainConfig.classes must be None or class names, got {self.classes!r}")
             if len(set(self.classes)) != len(self.classes):
                 raise ValueError(f"TrainConfig.classes={list(self.classes)} names a class more than once")
-        if isinstance(self.class_weights, str) and self.class_weights != "balanced":
-            raise ValueError(
-                f"TrainConfig.class_weights={self.class_weights!r}: use None, 'balanced' or a list of weights"
-            )
+        for name in ("zoom", "brightness"):
+            rng = getattr(self, name)
+            if rng is not None and not (isinstance(rng, tuple) and len(rng) == 2
+                                        and all(_is_finite(v) for v in rng) and 0 < rng[0] <= rng[1]):
+                raise ValueError(
+                    f"TrainConfig.{name} must be None or [lo, hi] with finite 0 < lo <= hi, got {rng!r} "
+                    f"(e.g. --set {name}=[0.9,1.1])"
+                )
+        weights = self.class_weights
+        if isinstance(weights, str):
+            if weights != "balanced":
+                raise ValueError(
+                    f"TrainConfig.class_weights={weights!r}: use None, 'balanced' or a list of weights"
+                )
+        elif weights is not None:
+            if (not isinstance(weights, tuple) or not weights
+                    or not all(_is_finite(w) and w >= 0 for w in weights) or not sum(weights) > 0):
+                raise ValueError(
+                    f"TrainConfig.class_weights must be None, 'balanced' or one finite weight >= 0 per class "
+                    f"(not all 0), got {weights!r} (e.g. --set class_weights=[1,2,1,1])"
+                )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -216,7 +368,10 @@ class TrainConfig(InputOptions):
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """Inverse of :meth:`to_dict`; missing fields take their defaults, unknown ones are refused."""
+        """Inverse of :meth:`to_dict`; missing fields take their defaults, unknown ones are
+        refused; the old names of :data:`RENAMED_FIELDS` (config.json of older runs) are
+        read as the new ones."""
+        values = upgrade_field_names(values)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -243,6 +398,85 @@ class TrainConfig(InputOptions):
         return mode_for(self.monitor)
 
 
+def upgrade_field_names(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the old names of :data:`RENAMED_FIELDS` replaced by the new ones.
+
+    Raises ValueError when both names are given with different values (which one was
+    meant cannot be told).
+    """
+    out = dict(values)
+    for old, new in RENAMED_FIELDS.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        if new in out and out[new] != value:
+            raise ValueError(f"both {old}={value!r} (the old name) and {new}={out[new]!r} are given; "
+                             f"keep only {new}")
+        out[new] = value
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
+@functools.cache
+def scalar_kinds() -> dict[str, tuple[type, bool]]:
+    """{field: (int | float | bool | str, whether None is allowed)} for every TrainConfig
+    field annotated with one of those types (optionally ``| None``), from the annotations."""
+    hints = typing.get_type_hints(TrainConfig)
+    kinds = {}
+    for f in dataclasses.fields(TrainConfig):
+        hint = hints[f.name]
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and rest[0] in (int, float, bool, str):
+            kinds[f.name] = (rest[0], len(rest) < len(args))
+    return kinds
+
+
+_KIND_TEXT = {int: "an integer (e.g. 2; not 2.0 or \"2\")", float: "a number", bool: "true or false",
+              str: "a string"}
+
+
+def _check_scalar(f: dataclasses.Field, value: Any, kind: type, optional: bool) -> None:
+    """Type, finiteness, range and choices of one scalar field (ValueError naming the fix)."""
+    name = f.name
+    flag = flag_of(f)
+    how = f"{flag} VALUE or --set {name}=VALUE" if flag else f"--set {name}=VALUE"
+    if value is None:
+        if optional:
+            return
+        raise ValueError(f"TrainConfig.{name} must be {_KIND_TEXT[kind]}, got None; set it with {how}")
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, float),
+        bool: isinstance(value, bool),
+        str: isinstance(value, str),
+    }[kind]
+    if not ok:
+        raise ValueError(
+            f"TrainConfig.{name} must be {_KIND_TEXT[kind]}{' or None' if optional else ''}, "
+            f"got {value!r} ({type(value).__name__}); set it with {how}"
+        )
+    if kind is float and not math.isfinite(value):
+        raise ValueError(f"TrainConfig.{name} must be a finite number, got {value!r}; set it with {how}")
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ValueError(f"TrainConfig.{name}={value!r} is not one of {choices}")
+    bounds = f.metadata.get("bounds") or {}
+    if any(_BOUND_VIOLATED[b](value, limit) for b, limit in bounds.items()):
+        wanted = " and ".join(f"{_BOUND_TEXT[b]} {limit}" for b, limit in bounds.items())
+        raise ValueError(
+            f"TrainConfig.{name} must be {wanted}{' or None' if optional else ''}, got {value!r}; "
+            f"set it with {how}. {name}: {f.metadata.get('help', '')}"
+        )
+
+
 def mode_for(metric: str) -> str:
     """Whether lower ("min") or higher ("max") values of ``metric`` are better."""
     return "min" if metric.endswith("loss") else "max"
@@ -251,8 +485,10 @@ def mode_for(metric: str) -> str:
 def result_relevant_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """{field: (saved, current)} for every field that differs and can change results.
 
-    Fields absent from ``saved`` (written by an older cxrjax) compare as their default.
+    Fields absent from ``saved`` (written by an older cxrjax) compare as their default;
+    the old names of :data:`RENAMED_FIELDS` in ``saved`` compare as the new ones.
     """
+    saved = upgrade_field_names(saved)
     defaults = TrainConfig().to_dict()
     diffs = {}
     for name in sorted(set(saved) | set(current)):

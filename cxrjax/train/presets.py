@@ -7,8 +7,8 @@ whose docstring gives the command and the expected time.
 
 Choices where the studies are silent or ambiguous (see ../../docs and SPEC.md):
 
-- Batch sizes are the studies' batch PER DEVICE (TrainConfig docstring): exact on one
-  device; on n devices the global batch is n times larger.
+- Batch sizes are the studies' batch PER DEVICE (``per_device_batch_size``, TrainConfig
+  docstring): exact on one device; on n devices the global batch is n times larger.
 - Model selection: with early stopping, the test evaluation uses the best checkpoint by
   the early-stopping monitor (the epoch early stopping considered best, min_delta
   included). Without early stopping, the studies trained a fixed number of epochs and
@@ -57,7 +57,7 @@ def _s3(model: str, **changes) -> TrainConfig:
         optimizer="adam",
         lr=1e-3,
         epochs=10,
-        batch_size=25,
+        per_device_batch_size=25,
         monitor="val_loss",
         early_stopping_patience=3,
         early_stopping_min_delta=0.001,
@@ -109,7 +109,7 @@ def _s0(model: str, **changes) -> TrainConfig:
         lr=1e-3,
         adam_eps=1e-7,
         epochs=10,
-        batch_size=32,
+        per_device_batch_size=32,
         restore_best=False,
     ).replace(**changes)
 
@@ -174,7 +174,7 @@ def _s4(model: str, **changes) -> TrainConfig:
         optimizer="adam",
         lr=0.01,
         epochs=20,
-        batch_size=32,
+        per_device_batch_size=32,
         monitor="val_accuracy",
         early_stopping_patience=3 if early else None,
         restore_best=early,

@@ -148,14 +148,14 @@ def setup_run(config: TrainConfig, dataset: Any | None = None) -> RunSetup:
     devices = available[:n]
     fields = input_config_fields(config)
     input_config = data.InputConfig(**fields)
-    global_batch = config.batch_size * n
-    eval_global_batch = (config.eval_batch_size or config.batch_size) * n
+    global_batch = config.per_device_batch_size * n
+    eval_global_batch = (config.per_device_eval_batch_size or config.per_device_batch_size) * n
     steps_per_epoch = len(dataset.splits["train"]) // global_batch
     if steps_per_epoch == 0:
         raise ValueError(
             f"the train split of {config.dataset!r} has {len(dataset.splits['train'])} examples, fewer than "
-            f"one global batch of {global_batch} (= batch_size {config.batch_size} per device x {n} "
-            "devices); lower --batch-size or --num-devices"
+            f"one global batch of {global_batch} (= per_device_batch_size {config.per_device_batch_size} x {n} "
+            "devices); lower --per-device-batch-size or --num-devices"
         )
     class_weights = None
     if config.class_weights == "balanced":

@@ -41,7 +41,7 @@ def test_every_file_is_written(finished):
         results = json.loads((run / "results.json").read_text())
         assert results["test"]["accuracy"] == float(row["test_accuracy"])
         assert (run / "metrics.jsonl").exists() and float(row["train_val_gap"]) == float(row["train_val_gap"])
-        config = json.loads((run / "grid_config.json").read_text())
+        config = json.loads((run / "config.json").read_text())
         assert config["seed"] == int(row["seed"]) and config["model_options"]["batchnorm"] == "all"
         assert config["early_stopping_patience"] == (ablation.DEFAULTS.patience if row["cell"].endswith("on") else None)
     md = (exp / "results.md").read_text()

@@ -40,11 +40,11 @@ def test_grid_runs_log_varied_hparams_and_test_metrics(tmp_path):
         grid.RunSpec("big", 0, FakeConfig(0, lr=0.2, model_options={"features": [8]}, data_dir="/elsewhere")),
         grid.RunSpec("bad", 0, FakeConfig(0, lr=-1.0)),
     ]
-    records = grid.run_grid(specs, tmp_path, fake_run, progress=False, ignore_fields=["data_dir"])
+    records = grid.run_grid(specs, tmp_path, fake_run, progress=False)
     assert [r.ok for r in records] == [True, True, False]
     values, metrics = _session(records[1].run_dir)
     # seed and epochs are the same in every run: seed is still logged, epochs is not;
-    # data_dir is an ignored field.
+    # data_dir cannot change results (config.RESULT_IRRELEVANT_FIELDS), so it is not logged.
     assert values == {"cell": "big", "lr": 0.2, "model_options.features": "[8]", "seed": 0.0}
     assert metrics == pytest.approx({"test_accuracy": 0.7, "test_macro_f1": 0.4, "test_loss": 1.0})
     assert _session(records[0].run_dir)[0]["lr"] == 0.1

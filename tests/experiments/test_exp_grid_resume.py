@@ -86,7 +86,7 @@ def test_interrupted_run_is_handed_back_to_the_engine(tmp_path):
 def test_changed_config_is_refused_before_any_training(tmp_path):
     grid.run_grid(specs(cells=("a",), seeds=(0,)), tmp_path, FakeRun(), progress=False)
     fake = FakeRun()
-    with pytest.raises(grid.ConfigMismatchError, match=r"epochs: 2 -> 5") as err:
+    with pytest.raises(grid.ConfigMismatchError, match=r"epochs: saved 2, now 5") as err:
         grid.run_grid(specs(cells=("b", "a"), seeds=(0,), epochs=5), tmp_path, fake, progress=False)
     assert "--workdir" in str(err.value) and str(grid.run_dir_for(tmp_path, "a", 0)) in str(err.value)
     assert fake.calls == []
@@ -147,3 +147,24 @@ def test_parallel_workers_give_the_same_records(tmp_path):
     assert all((r.run_dir / "results.json").exists() and r.run_dir.parent.parent.parent == tmp_path / "par"
                for r in parallel)
     assert grid.trained_count(grid.run_grid(grouped, tmp_path / "par", FakeRun(), progress=False, jobs=2)) == 0
+
+
+def test_grid_run_folders_follow_the_engines_contract(tmp_path):
+    """The grid writes and checks the engine's config.json with the engine's rule: fields
+    that cannot change results (data_dir, progress...) may differ, others are refused
+    with the engine's ConfigMismatchError."""
+    from cxrjax.train import TrainConfig
+    from cxrjax.train import workdir as files
+
+    def run(config, workdir):
+        return {"test": {"accuracy": 0.5}, "epochs_run": config.epochs}
+
+    config = TrainConfig(epochs=1, seed=0)
+    grid.run_grid([grid.RunSpec("a", 0, config)], tmp_path, run, progress=False)
+    run_dir = grid.run_dir_for(tmp_path, "a", 0)
+    assert TrainConfig.from_json_file(run_dir / files.CONFIG_FILE) == config
+    moved = config.replace(data_dir="/elsewhere", progress=False)
+    assert grid.trained_count(grid.run_grid([grid.RunSpec("a", 0, moved)], tmp_path, run, progress=False)) == 0
+    with pytest.raises(files.ConfigMismatchError, match="lr: saved 0.001, now 0.1"):
+        grid.run_grid([grid.RunSpec("a", 0, config.replace(lr=0.1))], tmp_path, run, progress=False)
+    assert grid.ConfigMismatchError is files.ConfigMismatchError

@@ -32,7 +32,7 @@ def test_s3_protocol_and_table(tmp_path, manual):
         assert (c.optimizer, c.lr, c.monitor, c.early_stopping_patience, c.early_stopping_min_delta) == (
             "adam", 1e-3, "val_loss", 3, 0.001)
         assert c.channels == 1 and c.normalization == "half" and c.hflip and c.rotate_degrees == 10.0
-        assert c.restore_best and c.batch_size == 25 // jax.local_device_count()
+        assert c.restore_best and c.per_device_batch_size == 25 // jax.local_device_count()
         vgg_size = 224 if manual else reproduce_s3.DEFAULTS.vgg_image_size
         assert c.image_size == (32 if model == "lenet5" else vgg_size)
         if manual:
@@ -45,5 +45,5 @@ def test_s3_protocol_and_table(tmp_path, manual):
     assert "84.8 (S3)" in md and "72.7 (S3)" in md
     assert "LeNet-5 beats VGG16" in md
     assert ("inside our 95% CI" in md) == manual  # S3's numbers are only tested on S3's data
-    saved = json.loads((tmp_path / "s3" / "runs" / "vgg16_bn" / "seed_1" / "grid_config.json").read_text())
+    saved = json.loads((tmp_path / "s3" / "runs" / "vgg16_bn" / "seed_1" / "config.json").read_text())
     assert saved["model"] == "vgg16_bn" and saved["seed"] == 1

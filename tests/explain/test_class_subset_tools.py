@@ -23,7 +23,7 @@ def subset_run(tmp_path_factory):
     config = TrainConfig(model="s4_exp4", dataset="cxr_phantoms", data_dir=str(root / "data"),
                          dataset_options=DATASET_OPTIONS, classes=("COVID", "Normal"),
                          model_options={"features": [3, 4, 5, 6], "head_width": 7},
-                         image_size=20, channels=1, epochs=1, batch_size=4, num_devices=1, progress=False)
+                         image_size=20, channels=1, epochs=1, per_device_batch_size=4, num_devices=1, progress=False)
     results = train_and_evaluate(config, str(root / "run"))
     return root / "run", results
 

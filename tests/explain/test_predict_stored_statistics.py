@@ -23,7 +23,7 @@ def trained(tmp_path_factory):
     config = TrainConfig(model="s4_exp4", dataset="cxr_phantoms", data_dir=str(root / "data"),
                          dataset_options=DATASET_OPTIONS, normalization="dataset",
                          model_options={"features": [3, 4, 5, 6], "head_width": 7},
-                         image_size=20, channels=1, epochs=1, batch_size=8, num_devices=1, progress=False)
+                         image_size=20, channels=1, epochs=1, per_device_batch_size=8, num_devices=1, progress=False)
     train_and_evaluate(config, str(root / "run"))
     return root
 

@@ -60,7 +60,7 @@ def test_one_epoch_on_two_of_four_phantom_classes_writes_two_class_results(tmp_p
         dataset_options={"num_train": 32, "num_validation": 8, "num_test": 8, "image_size": 32},
         image_size=size,
         epochs=1,
-        batch_size=2,  # x 4 devices = 8 -> 2 steps on the 16 COVID + Normal phantoms
+        per_device_batch_size=2,  # x 4 devices = 8 -> 2 steps on the 16 COVID + Normal phantoms
         progress=False,
     )
     assert config.classes == ("COVID", "Normal")

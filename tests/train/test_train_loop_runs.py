@@ -41,8 +41,8 @@ def base_config(tmp_path_factory):
         hflip=True,
         rotate_degrees=10.0,
         epochs=1,
-        batch_size=4,  # x 4 devices = 16 -> 4 steps per epoch
-        eval_batch_size=2,  # 8 per eval batch: 12 examples -> one padded batch
+        per_device_batch_size=4,  # x 4 devices = 16 -> 4 steps per epoch
+        per_device_eval_batch_size=2,  # 8 per eval batch: 12 examples -> one padded batch
         lr=3e-3,
         progress=False,
         tensorboard=True,
