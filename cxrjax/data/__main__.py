@@ -180,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     except (LayoutError, DecodeError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Nothing half-written stays: TFDS removes its incomplete.* folder on the way out.
+        print("interrupted; nothing was prepared", file=sys.stderr)
+        return 130
     raise AssertionError(args.command)
 
 

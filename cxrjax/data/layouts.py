@@ -17,7 +17,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from cxrjax.data.decode import has_image_extension, is_hidden
+from cxrjax.data.decode import has_image_extension, is_hidden, regular_file_problem
 
 D4_LAYOUT = """\
   ROOT/                                  e.g. COVID-19_Radiography_Dataset/
@@ -319,6 +319,8 @@ def _scan_flat_class(root: Path, class_dir: Path, class_name: str, split: str | 
             skipped.append({"file": _rel(entry, root),
                             "reason": f"not an image file (extension "
                                       f"{entry.suffix or 'none'!r})"})
+        elif (problem := regular_file_problem(entry)) is not None:
+            skipped.append({"file": _rel(entry, root), "reason": problem})
         else:
             images.append(SourceImage(path=entry, relpath=_rel(entry, root),
                                       class_name=class_name, given_split=split))
@@ -356,6 +358,8 @@ def _scan_d4_class(root: Path, class_dir: Path, skipped: list) -> list[SourceIma
                 skipped.append({"file": _rel(entry, root),
                                 "reason": f"not an image file (extension "
                                           f"{entry.suffix or 'none'!r})"})
+            elif (problem := regular_file_problem(entry)) is not None:
+                skipped.append({"file": _rel(entry, root), "reason": problem})
             else:
                 masks[entry.name] = entry
     images = _scan_flat_class(root, images_dir, class_dir.name, None, skipped,

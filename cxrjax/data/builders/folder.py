@@ -31,7 +31,7 @@ from cxrjax.data import duplicates as dup
 from cxrjax.data.builders.base import (CxrBuilder, common_features, counts_by_class,
                                       mask_feature)
 from cxrjax.data.builders.options import CarveOptions, SplitOptions
-from cxrjax.data.decode import DecodeError, decode_grayscale, decode_mask
+from cxrjax.data.decode import DecodeError, decode_grayscale, decode_mask, read_regular_file
 from cxrjax.data.layouts import LayoutError, ScannedTree, SourceImage
 from cxrjax.data.splits import SPLIT_ORDER, stratified_group_split
 
@@ -45,12 +45,19 @@ def num_threads() -> int:
 
 
 def ordered_map(fn: Callable, items: Iterable, workers: int, window: int = 64) -> Iterator:
-    """map(fn, items) over a thread pool, in order, with at most `window` in flight."""
+    """map(fn, items) over a thread pool, in order, with at most `window` in flight.
+
+    However it ends (an exception such as KeyboardInterrupt, or the consumer closing
+    the generator), the calls still queued are cancelled and the pool is not waited
+    for: Ctrl-C stops after the calls already running (one file each), not after the
+    whole window. (`with ThreadPoolExecutor` would wait for every queued call.)
+    """
     if workers <= 1:
         yield from map(fn, items)
         return
     iterator = iter(items)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(workers)
+    try:
         pending = collections.deque(pool.submit(fn, item)
                                     for item in itertools.islice(iterator, window))
         while pending:
@@ -58,6 +65,8 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, window: int = 64) -
             for item in itertools.islice(iterator, 1):
                 pending.append(pool.submit(fn, item))
             yield future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +82,7 @@ class _Check:
 
 def _check_one(image: SourceImage, size: int) -> _Check:
     try:
-        data = image.path.read_bytes()
+        data = read_regular_file(image.path)
     except OSError as error:
         return _Check(error=f"cannot read file ({error})")
     try:
@@ -83,7 +92,7 @@ def _check_one(image: SourceImage, size: int) -> _Check:
     mask_error = None
     if image.mask_path is not None:
         try:
-            decode_mask(image.mask_path.read_bytes(), size=size, source=image.relpath)
+            decode_mask(read_regular_file(image.mask_path), size=size, source=image.relpath)
         except (OSError, DecodeError) as error:
             mask_error = str(error).removeprefix(f"{image.relpath}: ")
     return _Check(digest=dup.sha256_bytes(data), dhash=dup.dhash(pixels),
@@ -234,7 +243,7 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
 
         def build(item: tuple[SourceImage, int, str]) -> tuple[str, dict[str, Any]]:
             image, label, digest = item
-            data = image.path.read_bytes()
+            data = read_regular_file(image.path)
             if dup.sha256_bytes(data) != digest:
                 raise RuntimeError(f"{image.path}: file changed during preparation; "
                                    "prepare again once the folder is stable.")
@@ -244,7 +253,7 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
                        "original_size": np.asarray(decoded.original_size, np.int32)}
             if has_mask_feature:
                 if image.mask_path is not None:
-                    mask = decode_mask(image.mask_path.read_bytes(), size=size,
+                    mask = decode_mask(read_regular_file(image.mask_path), size=size,
                                        source=str(image.mask_path))
                 else:
                     mask = np.zeros((size, size), np.uint8)
