@@ -2,8 +2,12 @@
 
   python -m cxrjax.data prepare NAME [--manual-dir DIR] --data-dir DIR [--json] [options]
       Prepares NAME once (array_record files under DIR) and prints per-split, per-class
-      counts, skipped files (with reasons) and duplicate groups; --json prints one JSON
-      object {"dataset", "class_names", "splits", "skipped", "duplicate_groups"}.
+      counts, skipped files (with reasons), duplicate groups and warnings; --json prints
+      one JSON object {"dataset", "class_names", "splits", "skipped", "duplicate_groups",
+      "duplicates", "warnings"}: duplicates lists each group {"kind", "files",
+      "classes", "splits", "members": [{"file", "label", "split"}], "mixed_labels"}
+      (split null: a copy dropped so no image is in two splits); warnings are the
+      report's warning lines (e.g. a group whose members carry different labels).
   python -m cxrjax.data show NAME --data-dir DIR --out grid.png [--split S] [--masks]
       Writes a labelled grid of prepared samples per class.
   python -m cxrjax.data info NAME
@@ -29,7 +33,8 @@ from cxrjax.data.dataset import get_builder, load_prepared, prepare
 from cxrjax.data.decode import DecodeError
 from cxrjax.data.layouts import LayoutError
 
-JSON_KEYS = ("dataset", "class_names", "splits", "skipped", "duplicate_groups")
+JSON_KEYS = ("dataset", "class_names", "splits", "skipped", "duplicate_groups", "duplicates",
+             "warnings")
 _DEFAULT_DATA_DIR = os.environ.get("CXRJAX_DATA_DIR", "data")
 # CLI flag -> option field; type; help.
 _OPTION_FLAGS: list[tuple[str, dict[str, Any]]] = [
@@ -98,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def json_summary(report: dict[str, Any]) -> dict[str, Any]:
-    """The report reduced to the documented JSON shape of `prepare --json`."""
-    return {key: report[key] for key in JSON_KEYS}
+    """The report reduced to the documented JSON shape of `prepare --json` (reports of
+    older preparations lack duplicates/warnings: empty lists)."""
+    defaults = {"duplicates": [], "warnings": []}
+    return {key: report[key] if key in report else defaults[key] for key in JSON_KEYS}
 
 
 def format_report(report: dict[str, Any], data_path: str | None = None) -> str:
@@ -136,6 +143,10 @@ def format_report(report: dict[str, Any], data_path: str | None = None) -> str:
         lines.append(f"  [{group['kind']}] {' = '.join(group['files'])}  -> {where}"
                      + (f"  (classes: {', '.join(group['classes'])})"
                         if len(group["classes"]) > 1 else ""))
+    warnings = report.get("warnings", [])
+    if warnings:
+        lines.append("")
+        lines += [f"warning: {warning}" for warning in warnings]
     return "\n".join(lines)
 
 

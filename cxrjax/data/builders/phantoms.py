@@ -57,6 +57,8 @@ class CxrPhantoms(CxrBuilder, skip_registration=True):
             "splits": counts_by_class(labels, class_names),
             "skipped": [],
             "duplicate_groups": 0,
+            "duplicates": [],
+            "warnings": [],
             "source": "synthetic (cxrjax.data.phantoms)",
             "layout": "synthetic",
         }
