@@ -29,7 +29,7 @@ import sys
 from typing import Any
 
 from cxrjax.data.builders import DATASETS
-from cxrjax.data.dataset import get_builder, load_prepared, prepare
+from cxrjax.data.dataset import builder_class, get_builder, load_prepared, prepare
 from cxrjax.data.decode import DecodeError
 from cxrjax.data.layouts import LayoutError
 
@@ -74,10 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cxrjax.data",
                                      description="Prepare and inspect cxrjax datasets.")
     commands = parser.add_subparsers(dest="command", required=True)
-    names = sorted(DATASETS)
+    # Not argparse choices: an unknown name is then one "error:" line from main (exit
+    # 2) that lists the known ones, not a usage screen.
+    name_help = f"dataset: {', '.join(sorted(DATASETS))}"
 
     p = commands.add_parser("prepare", help="prepare a dataset and print its report")
-    p.add_argument("name", choices=names)
+    p.add_argument("name", help=name_help)
     p.add_argument("--manual-dir", default=None,
                    help="the unzipped manual download (not needed for cxr_phantoms)")
     p.add_argument("--data-dir", default=_DEFAULT_DATA_DIR,
@@ -89,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(p)
 
     s = commands.add_parser("show", help="write a labelled grid of samples per class")
-    s.add_argument("name", choices=names)
+    s.add_argument("name", help=name_help)
     s.add_argument("--data-dir", default=_DEFAULT_DATA_DIR)
     s.add_argument("--out", required=True, help="PNG file to write")
     s.add_argument("--split", default="train")
@@ -98,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(s)
 
     i = commands.add_parser("info", help="download instructions, layout and options")
-    i.add_argument("name", choices=names)
+    i.add_argument("name", help=name_help)
     return parser
 
 
@@ -164,6 +166,7 @@ def _info(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        builder_class(args.name)  # an unknown name: one error line
         if args.command == "info":
             print(_info(args.name))
             return 0
