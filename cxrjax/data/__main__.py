@@ -8,6 +8,8 @@
       "classes", "splits", "members": [{"file", "label", "split"}], "mixed_labels"}
       (split null: a copy dropped so no image is in two splits); warnings are the
       report's warning lines (e.g. a group whose members carry different labels).
+      Prepared files are reused only while --manual-dir holds what they were prepared
+      from; otherwise --overwrite prepares again.
   python -m cxrjax.data show NAME --data-dir DIR --out grid.png [--split S] [--masks]
       Writes a labelled grid of prepared samples per class.
   python -m cxrjax.data info NAME

@@ -32,6 +32,7 @@ from cxrjax.data.builders.base import (CxrBuilder, common_features, counts_by_cl
                                       mask_feature)
 from cxrjax.data.builders.options import CarveOptions, SplitOptions
 from cxrjax.data.decode import DecodeError, decode_grayscale, decode_mask, read_regular_file
+from cxrjax.data.fingerprint import source_fingerprint
 from cxrjax.data.layouts import LayoutError, ScannedTree, SourceImage
 from cxrjax.data.splits import SPLIT_ORDER, stratified_group_split
 
@@ -117,9 +118,14 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
 
     # ------------------------------------------------------------------ pass 1 + plan
 
-    def _split_generators(self, dl_manager):
+    def source_fingerprint(self, root: str | Path) -> tuple[dict[str, Any], list]:
+        return source_fingerprint(root)
+
+    def _splits(self, dl_manager):
         root = Path(dl_manager.manual_dir)
         tree = self._scan(root)
+        # Before any file is read: a file changed while preparing then differs next time.
+        self._source_summary, self._source_files = source_fingerprint(tree.root)
         self.info.features["label"].names = list(tree.class_names)
         size = self.options.image_size
         images = sorted(tree.images, key=lambda im: im.relpath)  # listing-order independent
@@ -171,6 +177,7 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
             "source": str(tree.root),
             "layout": tree.layout,
             "files_considered": len(images),
+            "source_fingerprint": self._source_summary,
         }
         if self.HAS_LUNG_MASK:
             used = [kept[i] for members in assignment.values() for i in members]

@@ -41,7 +41,7 @@ class CxrPhantoms(CxrBuilder, skip_registration=True):
         features["severity"] = tfds.features.Scalar(dtype=np.float32)
         return features
 
-    def _split_generators(self, dl_manager):
+    def _splits(self, dl_manager):
         del dl_manager  # nothing to download
         ranges, offset = {}, 0
         for split, count in self.options.split_sizes.items():
