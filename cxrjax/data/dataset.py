@@ -14,8 +14,10 @@ other classes dropped from every split, labels remapped to 0..k-1 in the order g
 Prepared files are reused only while their source is what they were prepared from:
 given a manual_dir, the folder's file list, sizes and mtimes must match the ones
 recorded at preparation (`fingerprint.py`), else `SourceChangedError` says what changed
-and that overwrite=True (--overwrite) prepares again. `ds.fingerprint` identifies the
-opened data (e.g. to refuse resuming a run on other data).
+and that overwrite=True (--overwrite) prepares again. Preparation holds a per-folder
+lock (`locks.py`): concurrent preparers wait for each other, then open the same data.
+`ds.fingerprint` identifies the opened data (e.g. to refuse resuming a run on other
+data).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from cxrjax.data.builders.base import quiet_tfds
 from cxrjax.data.fingerprint import (SourceChangedError, data_fingerprint, describe_changes,
                                      with_class_subset)
 from cxrjax.data.layouts import LayoutError
+from cxrjax.data.locks import preparation_lock, remove_incomplete
 from cxrjax.data.subset import checked_index, select_classes, split_options
 
 
@@ -166,16 +169,29 @@ def prepare(name: str, *, data_dir: str | Path, manual_dir: str | Path | None = 
     overwrite: prepare again even if prepared files exist for these options.
     """
     builder = get_builder(name, data_dir=data_dir, options=options)
-    _prepare(builder, manual_dir, overwrite)
-    return builder.read_report()
+    return _prepare(builder, manual_dir, overwrite).read_report()
 
 
-def _prepare(builder: CxrBuilder, manual_dir: str | Path | None, overwrite: bool) -> None:
+def _prepare(builder: CxrBuilder, manual_dir: str | Path | None,
+             overwrite: bool) -> CxrBuilder:
+    """Prepares `builder` unless its files exist (and overwrite is False); returns the
+    builder to open: `builder`, or a new one when another process prepared the data
+    while this one waited for the lock (a TFDS builder reads the metadata when made).
+
+    Reused files are checked against manual_dir (`_check_same_source`). Preparing
+    holds `locks.preparation_lock` on the config folder, and under it first removes
+    `incomplete.*` folders left by interrupted preparations.
+    """
     needs_manual = builder.MANUAL_DOWNLOAD_INSTRUCTIONS is not None
+    folder = Path(builder.data_path).parent  # data_dir/<name>/<config>/
+    what = f"{builder.name} ({builder.builder_config.name})"
     if builder.is_prepared() and not overwrite:
+        with preparation_lock(folder, what, wait=False) as held:
+            if held:  # nobody is preparing: leftovers are stale
+                remove_incomplete(folder)
         if needs_manual and manual_dir is not None:
             _check_same_source(builder, manual_dir)
-        return
+        return builder
     # REUSE_CACHE_IF_EXISTS overwrites the prepared files (there is no download cache).
     mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
             else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
@@ -193,11 +209,20 @@ def _prepare(builder: CxrBuilder, manual_dir: str | Path | None, overwrite: bool
         download_config = dataclasses.replace(download_config,
                                               manual_dir=str(manual_path.resolve()))
     Path(builder.data_dir_root).mkdir(parents=True, exist_ok=True)
-    # Nothing is downloaded; a throw-away download dir keeps data_dir free of TFDS's
-    # empty downloads/ folder.
-    with quiet_tfds(), tempfile.TemporaryDirectory(prefix="cxrjax-tfds-") as scratch:
-        # The file format (array_record) was set when the builder was made.
-        builder.download_and_prepare(download_dir=scratch, download_config=download_config)
+    with preparation_lock(folder, what):
+        remove_incomplete(folder)
+        if not overwrite and builder.is_prepared():  # by the process we waited for
+            builder = type(builder)(data_dir=builder.data_dir_root, options=builder.options)
+            if needs_manual and manual_dir is not None:
+                _check_same_source(builder, manual_dir)
+            return builder
+        # Nothing is downloaded; a throw-away download dir keeps data_dir free of TFDS's
+        # empty downloads/ folder.
+        with quiet_tfds(), tempfile.TemporaryDirectory(prefix="cxrjax-tfds-") as scratch:
+            # The file format (array_record) was set when the builder was made.
+            builder.download_and_prepare(download_dir=scratch,
+                                         download_config=download_config)
+    return builder
 
 
 def _check_same_source(builder: CxrBuilder, manual_dir: str | Path) -> None:
@@ -244,7 +269,7 @@ def load(name: str, *, data_dir: str | Path, manual_dir: str | Path | None = Non
     """
     options, classes = split_options(options, classes)
     builder = get_builder(name, data_dir=data_dir, options=options)
-    _prepare(builder, manual_dir, overwrite=False)
+    builder = _prepare(builder, manual_dir, overwrite=False)
     return select_classes(open_prepared(builder), classes)
 
 
