@@ -2,8 +2,14 @@
 
   python -m cxrjax.data prepare NAME [--manual-dir DIR] --data-dir DIR [--json] [options]
       Prepares NAME once (array_record files under DIR) and prints per-split, per-class
-      counts, skipped files (with reasons) and duplicate groups; --json prints one JSON
-      object {"dataset", "class_names", "splits", "skipped", "duplicate_groups"}.
+      counts, skipped files (with reasons), duplicate groups and warnings; --json prints
+      one JSON object {"dataset", "class_names", "splits", "skipped", "duplicate_groups",
+      "duplicates", "warnings"}: duplicates lists each group {"kind", "files",
+      "classes", "splits", "members": [{"file", "label", "split"}], "mixed_labels"}
+      (split null: a copy dropped so no image is in two splits); warnings are the
+      report's warning lines (e.g. a group whose members carry different labels).
+      Prepared files are reused only while --manual-dir holds what they were prepared
+      from; otherwise --overwrite prepares again.
   python -m cxrjax.data show NAME --data-dir DIR --out grid.png [--split S] [--masks]
       Writes a labelled grid of prepared samples per class.
   python -m cxrjax.data info NAME
@@ -25,11 +31,12 @@ import sys
 from typing import Any
 
 from cxrjax.data.builders import DATASETS
-from cxrjax.data.dataset import get_builder, load_prepared, prepare
+from cxrjax.data.dataset import builder_class, get_builder, load_prepared, prepare
 from cxrjax.data.decode import DecodeError
 from cxrjax.data.layouts import LayoutError
 
-JSON_KEYS = ("dataset", "class_names", "splits", "skipped", "duplicate_groups")
+JSON_KEYS = ("dataset", "class_names", "splits", "skipped", "duplicate_groups", "duplicates",
+             "warnings")
 _DEFAULT_DATA_DIR = os.environ.get("CXRJAX_DATA_DIR", "data")
 # CLI flag -> option field; type; help.
 _OPTION_FLAGS: list[tuple[str, dict[str, Any]]] = [
@@ -69,10 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cxrjax.data",
                                      description="Prepare and inspect cxrjax datasets.")
     commands = parser.add_subparsers(dest="command", required=True)
-    names = sorted(DATASETS)
+    # Not argparse choices: an unknown name is then one "error:" line from main (exit
+    # 2) that lists the known ones, not a usage screen.
+    name_help = f"dataset: {', '.join(sorted(DATASETS))}"
 
     p = commands.add_parser("prepare", help="prepare a dataset and print its report")
-    p.add_argument("name", choices=names)
+    p.add_argument("name", help=name_help)
     p.add_argument("--manual-dir", default=None,
                    help="the unzipped manual download (not needed for cxr_phantoms)")
     p.add_argument("--data-dir", default=_DEFAULT_DATA_DIR,
@@ -84,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(p)
 
     s = commands.add_parser("show", help="write a labelled grid of samples per class")
-    s.add_argument("name", choices=names)
+    s.add_argument("name", help=name_help)
     s.add_argument("--data-dir", default=_DEFAULT_DATA_DIR)
     s.add_argument("--out", required=True, help="PNG file to write")
     s.add_argument("--split", default="train")
@@ -93,13 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(s)
 
     i = commands.add_parser("info", help="download instructions, layout and options")
-    i.add_argument("name", choices=names)
+    i.add_argument("name", help=name_help)
     return parser
 
 
 def json_summary(report: dict[str, Any]) -> dict[str, Any]:
-    """The report reduced to the documented JSON shape of `prepare --json`."""
-    return {key: report[key] for key in JSON_KEYS}
+    """The report reduced to the documented JSON shape of `prepare --json` (reports of
+    older preparations lack duplicates/warnings: empty lists)."""
+    defaults = {"duplicates": [], "warnings": []}
+    return {key: report[key] if key in report else defaults[key] for key in JSON_KEYS}
 
 
 def format_report(report: dict[str, Any], data_path: str | None = None) -> str:
@@ -136,6 +147,10 @@ def format_report(report: dict[str, Any], data_path: str | None = None) -> str:
         lines.append(f"  [{group['kind']}] {' = '.join(group['files'])}  -> {where}"
                      + (f"  (classes: {', '.join(group['classes'])})"
                         if len(group["classes"]) > 1 else ""))
+    warnings = report.get("warnings", [])
+    if warnings:
+        lines.append("")
+        lines += [f"warning: {warning}" for warning in warnings]
     return "\n".join(lines)
 
 
@@ -153,6 +168,7 @@ def _info(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        builder_class(args.name)  # an unknown name: one error line
         if args.command == "info":
             print(_info(args.name))
             return 0
@@ -180,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     except (LayoutError, DecodeError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Nothing half-written stays: TFDS removes its incomplete.* folder on the way out.
+        print("interrupted; nothing was prepared", file=sys.stderr)
+        return 130
     raise AssertionError(args.command)
 
 

@@ -10,10 +10,19 @@ TFDS metadata and `preparation_report.json`); later calls open the same files.
 `classes=("COVID", "Normal")` (or `options={"classes": [...]}`) opens a class subset:
 other classes dropped from every split, labels remapped to 0..k-1 in the order given
 (see `subset.py`). It is a view, never a preparation option.
+
+Prepared files are reused only while their source is what they were prepared from:
+given a manual_dir, the folder's file list, sizes and mtimes must match the ones
+recorded at preparation (`fingerprint.py`), else `SourceChangedError` says what changed
+and that overwrite=True (--overwrite) prepares again. Preparation holds a per-folder
+lock (`locks.py`): concurrent preparers wait for each other, then open the same data.
+`ds.fingerprint` identifies the opened data (e.g. to refuse resuming a run on other
+data).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -25,7 +34,10 @@ import tensorflow_datasets as tfds
 
 from cxrjax.data.builders import DATASETS, REPORT_FILE, CxrBuilder
 from cxrjax.data.builders.base import quiet_tfds
+from cxrjax.data.fingerprint import (SourceChangedError, data_fingerprint, describe_changes,
+                                     with_class_subset)
 from cxrjax.data.layouts import LayoutError
+from cxrjax.data.locks import preparation_lock, remove_incomplete
 from cxrjax.data.subset import checked_index, select_classes, split_options
 
 
@@ -93,6 +105,7 @@ class PreparedDataset:
       for a class subset, `splits` counts the kept classes and `class_subset` says which.
     class_subset: the classes kept (`load(..., classes=...)`), None for all classes;
       then the splits are `subset.SubsetSource`s over the prepared records.
+    fingerprint: what the data is (see the property).
     """
 
     name: str
@@ -113,6 +126,23 @@ class PreparedDataset:
     @property
     def options(self):
         return self.builder.options
+
+    @functools.cached_property
+    def fingerprint(self) -> dict[str, Any]:
+        """Identity of this data, JSON-serialisable, for a training run to store and
+        compare when it resumes (equal fingerprints: the same examples, labels, options
+        and version):
+
+            {"dataset", "config" (every preparation option), "version", "class_names"
+             (of the prepared data), "splits": {split: {"examples": n, "sha256": of the
+             sorted "file name<TAB>label" lines of the prepared split}},
+             "class_subset": None or the kept classes of a view, "sha256": of all above}
+
+        Written at preparation; for data prepared before fingerprints existed it is
+        computed once from the records (one pass reading names and labels only).
+        """
+        prepared = self.report.get("fingerprint") or records_fingerprint(self.builder)
+        return with_class_subset(prepared, self.class_subset)
 
 
 def builder_class(name: str) -> type[CxrBuilder]:
@@ -139,16 +169,29 @@ def prepare(name: str, *, data_dir: str | Path, manual_dir: str | Path | None = 
     overwrite: prepare again even if prepared files exist for these options.
     """
     builder = get_builder(name, data_dir=data_dir, options=options)
-    _prepare(builder, manual_dir, overwrite)
-    return builder.read_report()
+    return _prepare(builder, manual_dir, overwrite).read_report()
 
 
-def _prepare(builder: CxrBuilder, manual_dir: str | Path | None, overwrite: bool) -> None:
+def _prepare(builder: CxrBuilder, manual_dir: str | Path | None,
+             overwrite: bool) -> CxrBuilder:
+    """Prepares `builder` unless its files exist (and overwrite is False); returns the
+    builder to open: `builder`, or a new one when another process prepared the data
+    while this one waited for the lock (a TFDS builder reads the metadata when made).
+
+    Reused files are checked against manual_dir (`_check_same_source`). Preparing
+    holds `locks.preparation_lock` on the config folder, and under it first removes
+    `incomplete.*` folders left by interrupted preparations.
+    """
     needs_manual = builder.MANUAL_DOWNLOAD_INSTRUCTIONS is not None
+    folder = Path(builder.data_path).parent  # data_dir/<name>/<config>/
+    what = f"{builder.name} ({builder.builder_config.name})"
     if builder.is_prepared() and not overwrite:
+        with preparation_lock(folder, what, wait=False) as held:
+            if held:  # nobody is preparing: leftovers are stale
+                remove_incomplete(folder)
         if needs_manual and manual_dir is not None:
             _check_same_source(builder, manual_dir)
-        return
+        return builder
     # REUSE_CACHE_IF_EXISTS overwrites the prepared files (there is no download cache).
     mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
             else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
@@ -166,16 +209,28 @@ def _prepare(builder: CxrBuilder, manual_dir: str | Path | None, overwrite: bool
         download_config = dataclasses.replace(download_config,
                                               manual_dir=str(manual_path.resolve()))
     Path(builder.data_dir_root).mkdir(parents=True, exist_ok=True)
-    # Nothing is downloaded; a throw-away download dir keeps data_dir free of TFDS's
-    # empty downloads/ folder.
-    with quiet_tfds(), tempfile.TemporaryDirectory(prefix="cxrjax-tfds-") as scratch:
-        # The file format (array_record) was set when the builder was made.
-        builder.download_and_prepare(download_dir=scratch, download_config=download_config)
+    with preparation_lock(folder, what):
+        remove_incomplete(folder)
+        if not overwrite and builder.is_prepared():  # by the process we waited for
+            builder = type(builder)(data_dir=builder.data_dir_root, options=builder.options)
+            if needs_manual and manual_dir is not None:
+                _check_same_source(builder, manual_dir)
+            return builder
+        # Nothing is downloaded; a throw-away download dir keeps data_dir free of TFDS's
+        # empty downloads/ folder.
+        with quiet_tfds(), tempfile.TemporaryDirectory(prefix="cxrjax-tfds-") as scratch:
+            # The file format (array_record) was set when the builder was made.
+            builder.download_and_prepare(download_dir=scratch,
+                                         download_config=download_config)
+    return builder
 
 
 def _check_same_source(builder: CxrBuilder, manual_dir: str | Path) -> None:
-    """Refuses to reuse files prepared from another folder under the same options."""
-    source = builder.read_report().get("source")
+    """Refuses to reuse files prepared from another folder under the same options, or
+    from the same folder since changed (files added, removed, resized or touched):
+    reusing them would silently train on what the folder held before."""
+    report = builder.read_report()
+    source = report.get("source")
     requested = Path(manual_dir).expanduser()
     requested = requested.resolve() if requested.exists() else requested
     # The scan may have descended into a single wrapper folder, so accept either.
@@ -184,6 +239,23 @@ def _check_same_source(builder: CxrBuilder, manual_dir: str | Path) -> None:
             f"{builder.data_path} was prepared from {source}, not from {requested}. "
             "Use another data_dir for this folder, omit manual_dir to use the prepared "
             "files, or prepare with overwrite=True (--overwrite) to replace them.")
+    fix = ("Prepare again with overwrite=True (--overwrite) to replace the prepared "
+           "files, or omit manual_dir (--manual-dir) to use them as they are.")
+    fingerprint = builder.source_fingerprint(source)
+    if fingerprint is None:  # a builder that reads no folder
+        return
+    recorded = report.get("source_fingerprint")
+    if recorded is None:
+        raise SourceChangedError(
+            f"{builder.data_path} was prepared by an older cxrjax that did not record what "
+            f"{source} held, so whether the folder changed since cannot be checked. {fix}")
+    current, entries = fingerprint
+    if current["sha256"] != recorded["sha256"]:
+        changes = describe_changes(builder.read_source_files(), entries)
+        raise SourceChangedError(
+            f"{builder.data_path} was prepared from {source}, which has changed since "
+            f"({recorded['files']} entries then, {current['files']} now: {changes}); the "
+            f"prepared files and their report describe the folder as it was. {fix}")
 
 
 def load(name: str, *, data_dir: str | Path, manual_dir: str | Path | None = None,
@@ -197,7 +269,7 @@ def load(name: str, *, data_dir: str | Path, manual_dir: str | Path | None = Non
     """
     options, classes = split_options(options, classes)
     builder = get_builder(name, data_dir=data_dir, options=options)
-    _prepare(builder, manual_dir, overwrite=False)
+    builder = _prepare(builder, manual_dir, overwrite=False)
     return select_classes(open_prepared(builder), classes)
 
 
@@ -220,6 +292,28 @@ def open_prepared(builder: CxrBuilder) -> PreparedDataset:
     builder.verify_prepared(splits)
     return PreparedDataset(name=builder.name, class_names=class_names, splits=splits,
                            builder=builder, report=report)
+
+
+def records_fingerprint(builder: CxrBuilder) -> dict[str, Any]:
+    """`PreparedDataset.fingerprint` (without class subset) computed from the stored
+    records: one pass over every split, decoding only file names and labels."""
+    keep = ("file_name", "label")
+    decoders = {name: tfds.decode.SkipDecoding() for name in builder.info.features
+                if name not in keep}
+    with quiet_tfds():
+        sources = builder.as_data_source(decoders=decoders)
+    splits = {}
+    for split, source in sources.items():
+        pairs = []
+        for start in range(0, len(source), _LABEL_CHUNK):
+            records = source.__getitems__(list(range(start, min(start + _LABEL_CHUNK,
+                                                                 len(source)))))
+            pairs += [(_clean(r)["file_name"], int(r["label"])) for r in records]
+        splits[str(split)] = pairs
+    return data_fingerprint(dataset=builder.name, config=builder.builder_config.name,
+                            version=str(builder.version),
+                            class_names=list(builder.info.features["label"].names),
+                            splits=splits)
 
 
 def prepared_reports(name: str, data_dir: str | Path) -> list[dict[str, Any]]:

@@ -20,6 +20,9 @@ What "robust" means here, and why:
   final resize uses `reducing_gap` (integer `Image.reduce` first, then a filtered
   resize), so memory stays near one 8-bit copy of the source.
 * Truncated/corrupt files fail loudly (PIL's LOAD_TRUNCATED_IMAGES stays off).
+* Only regular files are read (`read_regular_file`): a FIFO named x.png would block
+  open() until a writer appears, for ever, and a symlink to /dev/zero would read until
+  memory runs out.
 
 Resizing to the preparation size is a plain stretch to a square (no letterbox); see
 `resize_square` for why.
@@ -29,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -84,6 +88,61 @@ def is_hidden(path: str | os.PathLike) -> bool:
 
 def has_image_extension(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"),
+               (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+               (stat.S_ISSOCK, "socket"))
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular st_mode is, in words ("FIFO", "character device", ...)."""
+    return next((name for test, name in _FILE_KINDS if test(mode)), "special file")
+
+
+def regular_file_problem(path: str | os.PathLike) -> str | None:
+    """None for a regular file (or a symlink to one), else why it must not be read.
+
+    Looks at the file's metadata only (stat), so nothing is opened: this is how a
+    folder scan sorts out FIFOs, devices, sockets and broken symlinks before any read.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        if path.is_symlink():
+            return f"broken symlink (to {os.readlink(path)}); not read"
+        return f"cannot stat file ({error})"
+    if stat.S_ISREG(mode):
+        return None
+    via = f", via a symlink to {os.readlink(path)}" if path.is_symlink() else ""
+    return f"not a regular file ({file_kind(mode)}{via}); never read"
+
+
+class NotRegularFileError(OSError):
+    """A path that is not a regular file (FIFO, device, socket, folder)."""
+
+
+def read_regular_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a regular file (or a symlink to one); OSError for anything else.
+
+    The file is opened with O_NONBLOCK, so opening a FIFO returns at once instead of
+    waiting for a writer, and the opened descriptor is checked with fstat before any
+    read, so a file swapped for a FIFO or a device after a scan is refused too
+    (`NotRegularFileError`, an OSError).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(f"{path}: not a regular file ({file_kind(mode)})")
+        with os.fdopen(fd, "rb", closefd=True) as handle:
+            fd = -1
+            return handle.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def resize_square(gray: Image.Image, size: int) -> Image.Image:
@@ -190,7 +249,7 @@ def read_grayscale(path: str | os.PathLike, *, size: int | None = None) -> Decod
     """Reads and decodes one file (see `decode_grayscale`)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path)
     except OSError as error:
         raise DecodeError(f"{path}: cannot read ({error})") from error
     return decode_grayscale(data, size=size, source=str(path))

@@ -9,7 +9,11 @@ expected layout.
 
 Why so strict: S0 pointed a directory loader at D4's class folders, read the lung masks
 as images and doubled every class. Here D4 is recognised explicitly, only `images/` is
-read as images, and `masks/` only as masks.
+read as images, and `masks/` only as masks; folders named `images`/`masks` are never
+classes (one D4 class folder on its own is not a two-class dataset "images" vs
+"masks"). Only regular files are candidates: FIFOs, devices, sockets and broken
+symlinks with an image extension are listed as skipped, never opened. Symlinks to
+folders inside class folders are not followed.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from cxrjax.data.decode import has_image_extension, is_hidden
+from cxrjax.data.decode import has_image_extension, is_hidden, regular_file_problem
 
 D4_LAYOUT = """\
   ROOT/                                  e.g. COVID-19_Radiography_Dataset/
@@ -43,6 +47,8 @@ CLASS_LAYOUT = """\
 
 # Folders some archivers add; never data.
 _JUNK_DIRS = frozenset({"__MACOSX", "$RECYCLE.BIN", "System Volume Information"})
+# The insides of a D4 class folder (lower case): never class folders themselves.
+_D4_INNER = frozenset({"images", "masks"})
 _SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation",
                   "val": "validation", "valid": "validation", "test": "test",
                   "testing": "test"}
@@ -179,7 +185,24 @@ def _count_files(directory: Path) -> int:
 
 
 def _skip_dir(directory: Path, root: Path, reason: str, skipped: list) -> None:
-    """Reports a whole folder as one entry (it may hold thousands of files)."""
+    """Reports a whole folder as one entry (it may hold thousands of files).
+
+    A symlink to a folder is not followed. If it points into the scanned tree, its
+    files are not counted as "not read": they are read (or skipped) where they are.
+    """
+    if directory.is_symlink():
+        target = directory.resolve()
+        if target == root or root in target.parents:
+            where = _rel(target, root) + "/" if target != root else "the dataset folder"
+            skipped.append({"file": _rel(directory, root) + "/",
+                            "reason": f"{reason}; symlink to {where}, not followed (the "
+                                      "files there are read or skipped where they are)"})
+            return
+        count = _count_files(target)
+        skipped.append({"file": _rel(directory, root) + "/",
+                        "reason": f"{reason}; symlink to {target}, not followed ({count} "
+                                  f"file{'s' * (count != 1)} not read)"})
+        return
     count = _count_files(directory)
     skipped.append({"file": _rel(directory, root) + "/",
                     "reason": f"{reason} ({count} file{'s' * (count != 1)} not read)"})
@@ -211,9 +234,7 @@ def _resolve_root(root: str | os.PathLike, matches, dataset: str, expected: str)
         if matches(current):
             return current
         subdirs = [e for e in _visible_entries(current) if e.is_dir() and not _is_junk(e)]
-        loose_images = [e for e in _visible_entries(current)
-                        if e.is_file() and has_image_extension(e) and not is_hidden(e)]
-        if len(subdirs) != 1 or loose_images:
+        if len(subdirs) != 1 or _loose_images(current) or _is_d4_inner(subdirs[0]):
             break
         current = subdirs[0]
     entries = [e.name + ("/" if e.is_dir() else "") for e in _visible_entries(current)
@@ -221,13 +242,28 @@ def _resolve_root(root: str | os.PathLike, matches, dataset: str, expected: str)
     found = ", ".join(entries[:10]) + (" ..." if len(entries) > 10 else "") or "nothing"
     where = "" if current == root else f" in {current}"
     raise LayoutError(f"{root}: does not match the layout {dataset} expects (found{where}: "
-                      f"{found}).{_layout_hint(current, dataset)} Expected layout:\n{expected}")
+                      f"{found}).{_layout_hint(root, current, dataset)} "
+                      f"Expected layout:\n{expected}")
 
 
-def _layout_hint(root: Path, dataset: str) -> str:
-    """One sentence saying which other builder the folder looks like, if any."""
-    candidates = _class_candidates(root)
-    if _split_kind(root) and dataset == "covid19_radiography":
+def _layout_hint(root: Path, current: Path, dataset: str) -> str:
+    """One sentence saying what the folder looks like instead (one class folder, a D4
+    class folder, another builder's layout), if anything. `current` is where the
+    descent through single wrapper folders stopped."""
+    candidates = _class_candidates(current)
+    inner = sorted(d.name + "/" for d in candidates if _is_d4_inner(d))
+    if inner:
+        other = (" A D4 tree is prepared with covid19_radiography."
+                 if dataset != "covid19_radiography" else "")
+        return (f" {current.name}/ holds {' and '.join(inner)}: it is one class folder of "
+                "the D4 layout (its images/ and masks/ are never classes), and at least 2 "
+                "classes are needed: pass the folder that holds every class folder."
+                + other)
+    if current != root and _loose_images(current):
+        # The descent only enters a folder that is alone in its parent.
+        return (f" {current.parent} holds a single class folder ({current.name}/); at least "
+                "2 classes are needed, one folder per class.")
+    if _split_kind(current) and dataset == "covid19_radiography":
         return (" It looks like a train/test split layout: prepare it with "
                 "covid19_image_dataset or image_folder.")
     with_images = [d.name for d in candidates if _has_images_subdir(d)]
@@ -236,8 +272,18 @@ def _layout_hint(root: Path, dataset: str) -> str:
         return (f" Folders {with_images} have an images/ subfolder but {without} do not; "
                 "D4 needs images/ in every class folder.")
     if len(candidates) == 1:
-        return f" Only one class folder ({candidates[0].name}/) was found; at least 2 are needed."
+        return (f" Only one class folder ({candidates[0].name}/) was found; at least 2 "
+                "classes are needed.")
     return ""
+
+
+def _is_d4_inner(entry: Path) -> bool:
+    return entry.name.lower() in _D4_INNER
+
+
+def _loose_images(directory: Path) -> list[Path]:
+    return [e for e in _visible_entries(directory)
+            if e.is_file() and has_image_extension(e) and not is_hidden(e)]
 
 
 def _class_candidates(directory: Path) -> list[Path]:
@@ -265,9 +311,10 @@ def _split_kind(root: Path) -> bool:
 
 
 def _radiography_kind(root: Path) -> str | None:
-    """"D4", "D3" or None (no match). A D4/D3 root has >= 2 class folders."""
+    """"D4", "D3" or None (no match). A D4/D3 root has >= 2 class folders, none of
+    them named images/ or masks/ (that is the inside of one D4 class folder)."""
     candidates = _class_candidates(root)
-    if len(candidates) < 2 or _split_kind(root):
+    if len(candidates) < 2 or _split_kind(root) or any(map(_is_d4_inner, candidates)):
         return None
     with_images = [d for d in candidates if _has_images_subdir(d)]
     if len(with_images) == len(candidates):
@@ -283,7 +330,7 @@ def _folder_kind(root: Path) -> bool:
     if _split_kind(root):
         return True
     candidates = _class_candidates(root)
-    return len(candidates) >= 2
+    return len(candidates) >= 2 and not any(map(_is_d4_inner, candidates))
 
 
 def _class_dirs(directory: Path, root: Path, skipped: list,
@@ -298,10 +345,17 @@ def _class_dirs(directory: Path, root: Path, skipped: list,
             class_dirs.append(entry)
         else:
             skipped.append({"file": _rel(entry, root), "reason": "not inside a class folder"})
+    inner = sorted(d.name + "/" for d in class_dirs if _is_d4_inner(d))
+    if inner:
+        raise LayoutError(
+            f"{directory}: holds {' and '.join(inner)}, the insides of one class folder of "
+            "the D4 layout, not class folders; at least 2 classes are needed, one folder "
+            "per class (a D4 tree is prepared with covid19_radiography)."
+            + (f" Expected layout:\n{expected}" if expected else ""))
     if len(class_dirs) < 2:
         names = [d.name for d in class_dirs]
         raise LayoutError(f"{directory}: found {len(class_dirs)} class folder(s) {names}; "
-                          "a classification dataset needs at least 2."
+                          "a classification dataset needs at least 2 classes."
                           + (f" Expected layout:\n{expected}" if expected else ""))
     return class_dirs
 
@@ -319,6 +373,8 @@ def _scan_flat_class(root: Path, class_dir: Path, class_name: str, split: str | 
             skipped.append({"file": _rel(entry, root),
                             "reason": f"not an image file (extension "
                                       f"{entry.suffix or 'none'!r})"})
+        elif (problem := regular_file_problem(entry)) is not None:
+            skipped.append({"file": _rel(entry, root), "reason": problem})
         else:
             images.append(SourceImage(path=entry, relpath=_rel(entry, root),
                                       class_name=class_name, given_split=split))
@@ -356,6 +412,8 @@ def _scan_d4_class(root: Path, class_dir: Path, skipped: list) -> list[SourceIma
                 skipped.append({"file": _rel(entry, root),
                                 "reason": f"not an image file (extension "
                                           f"{entry.suffix or 'none'!r})"})
+            elif (problem := regular_file_problem(entry)) is not None:
+                skipped.append({"file": _rel(entry, root), "reason": problem})
             else:
                 masks[entry.name] = entry
     images = _scan_flat_class(root, images_dir, class_dir.name, None, skipped,

@@ -98,9 +98,10 @@ def test_d4_duplicate_pair_in_two_classes_is_kept_in_one_split(d4):
 
 
 def test_d3_flat_layout_keeps_folder_names(tmp_path):
-    fx.make_d3(tmp_path / "download")
+    fx.make_d3(tmp_path / "download")  # 4 per class: too few for a test split
     ds = data.load("covid19_radiography", data_dir=tmp_path / "prepared",
-                   manual_dir=tmp_path / "download", options={"image_size": SIZE})
+                   manual_dir=tmp_path / "download",
+                   options={"image_size": SIZE, "test_fraction": 0})
     records = _records(ds)
     assert ds.class_names == ["COVID", "NORMAL", "Viral Pneumonia"]
     assert _class_counts(ds, records) == {c: 4 for c in fx.D3_CLASSES}
@@ -186,15 +187,16 @@ def test_image_folder_split_is_deterministic_stratified_and_seeded(tmp_path):
 
 
 def test_options_map_to_distinct_prepared_dirs(tmp_path):
-    fx.make_class_folders(tmp_path / "download", per_class=4)
+    fx.make_class_folders(tmp_path / "download", per_class=4)  # too few for a test split
     kwargs = dict(data_dir=tmp_path / "prepared", manual_dir=tmp_path / "download")
-    small = data.load("image_folder", options={"image_size": 16}, **kwargs)
-    large = data.load("image_folder", options={"image_size": 24}, **kwargs)
+    small = data.load("image_folder", options={"image_size": 16, "test_fraction": 0}, **kwargs)
+    large = data.load("image_folder", options={"image_size": 24, "test_fraction": 0}, **kwargs)
     assert small.data_path != large.data_path
     assert small.splits["train"][0]["image"].shape == (16, 16, 1)
     assert large.splits["train"][0]["image"].shape == (24, 24, 1)
     stamp = (small.data_path / "preparation_report.json").stat().st_mtime_ns
-    reopened = data.load("image_folder", options={"image_size": 16}, **kwargs)
+    reopened = data.load("image_folder", options={"image_size": 16, "test_fraction": 0},
+                         **kwargs)
     assert reopened.data_path == small.data_path
     assert (small.data_path / "preparation_report.json").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="valid options"):
@@ -226,20 +228,21 @@ def test_phantom_dataset_options_draw_with_their_phantom_options_and_check_them_
 def test_reusing_prepared_files_from_another_folder_is_refused(tmp_path):
     fx.make_class_folders(tmp_path / "one", per_class=3)
     fx.make_class_folders(tmp_path / "two", per_class=3, seed=77)
+    options = {"image_size": 16, "test_fraction": 0}  # 3 per class: too few for a test split
     data.prepare("image_folder", data_dir=tmp_path / "p", manual_dir=tmp_path / "one",
-                 options={"image_size": 16})
+                 options=options)
     with pytest.raises(ValueError, match="was prepared from"):
         data.load("image_folder", data_dir=tmp_path / "p", manual_dir=tmp_path / "two",
-                  options={"image_size": 16})
+                  options=options)
     # Without a manual dir, the prepared files are simply opened.
-    ds = data.load("image_folder", data_dir=tmp_path / "p", options={"image_size": 16})
+    ds = data.load("image_folder", data_dir=tmp_path / "p", options=options)
     assert sum(len(s) for s in ds.splits.values()) == 9
     # overwrite=True replaces them with the other folder's images.
     report = data.prepare("image_folder", data_dir=tmp_path / "p", manual_dir=tmp_path / "two",
-                          options={"image_size": 16}, overwrite=True)
+                          options=options, overwrite=True)
     assert report["source"] == str((tmp_path / "two").resolve())
     ds = data.load("image_folder", data_dir=tmp_path / "p", manual_dir=tmp_path / "two",
-                   options={"image_size": 16})
+                   options=options)
     np.testing.assert_array_equal(
         ds.splits["train"][0]["image"][..., 0],
         decode_grayscale((tmp_path / "two" / ds.splits["train"][0]["file_name"]).read_bytes(),

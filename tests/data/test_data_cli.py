@@ -90,6 +90,16 @@ def test_show_writes_a_labelled_grid(tmp_path, capsys):
                  "--split", "validation"]) == 2
 
 
+def test_unknown_dataset_is_a_one_line_error(tmp_path, capsys):
+    for argv in (["prepare", "no_such_dataset", "--data-dir", str(tmp_path)],
+                 ["info", "no_such_dataset"],
+                 ["show", "no_such_dataset", "--data-dir", str(tmp_path), "--out", "x.png"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: unknown dataset 'no_such_dataset'"), err
+        assert len(err.strip().splitlines()) == 1 and "cxr_phantoms" in err
+
+
 _NO_TF_SCRIPT = textwrap.dedent("""
     import importlib.abc, importlib.machinery, json, sys
 

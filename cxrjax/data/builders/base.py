@@ -13,9 +13,14 @@ Choices that hold for all builders, and why:
   zlib-compressed (binary masks shrink 30-80x, in a fraction of a millisecond).
 * The BuilderConfig name encodes every preparation option (see `options.py`).
 * A preparation report (per-split per-class counts, skipped files with reasons,
-  duplicate groups) is written as `preparation_report.json` inside the prepared
-  directory. It is written into TFDS's temporary directory before the final rename,
-  so a prepared dataset always has its report.
+  duplicate groups, warnings, the data's fingerprint and, for a manual download, the
+  source folder's) is written as `preparation_report.json` inside the prepared
+  directory, with the source's file list (`fingerprint.SOURCE_FILES`). Both are written
+  into TFDS's temporary directory before the final rename, so a prepared dataset
+  always has its report.
+* The data fingerprint is computed from the (file name, label) of every example as
+  TFDS writes it (`_split_generators` wraps the subclass's `_splits`), so it describes
+  what was stored, whatever the builder.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from cxrjax.data.builders.options import PreparationOptions, make_options
+from cxrjax.data.fingerprint import SOURCE_FILES, data_fingerprint
 
 REPORT_FILE = "preparation_report.json"
 FILE_FORMAT = "array_record"
@@ -81,7 +87,8 @@ def common_features(size: int) -> dict[str, tfds.features.FeatureConnector]:
 
 class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base of the cxrjax builders. Subclasses set name, OPTIONS_CLASS, _features() and
-    _plan(dl_manager) (returns split generators and fills self._report)."""
+    _splits(dl_manager) (returns {split: generator of (key, example)} and fills
+    self._report)."""
 
     # Bump whenever features, decoding, hashing or splitting change: prepared folders
     # are keyed by it, and TFDS decodes stored records with the *current* features.
@@ -112,6 +119,8 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         elif options is not None or not isinstance(config, CxrBuilderConfig):
             raise TypeError(f"{type(self).__name__}: pass options, not a TFDS config")
         self._report: dict[str, Any] = {}
+        self._written: dict[str, list[tuple[str, int]]] = {}
+        self._source_files: list | None = None
         with quiet_tfds():
             super().__init__(data_dir=str(data_dir), config=config,
                              file_format=FILE_FORMAT, **kwargs)
@@ -137,6 +146,21 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             features=tfds.features.FeaturesDict(self._features()),
             homepage="https://github.com/", disable_shuffling=False)
 
+    def _splits(self, dl_manager) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _split_generators(self, dl_manager):
+        generators = self._splits(dl_manager)
+        self._written = {split: [] for split in generators}
+        return {split: self._tallied(split, examples) for split, examples in generators.items()}
+
+    def _tallied(self, split: str, examples):
+        """The examples, unchanged, noting each one's (file name, label) as it is written."""
+        written = self._written[split]
+        for key, example in examples:
+            written.append((str(example["file_name"]), int(example["label"])))
+            yield key, example
+
     def _download_and_prepare(self, dl_manager, download_config) -> None:
         super()._download_and_prepare(dl_manager, download_config)
         # self.data_path is TFDS's temporary directory here; it is renamed to the final
@@ -145,7 +169,26 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self._report["config"] = self.builder_config.name
         self._report["version"] = str(self.version)
         self._report["options"] = self.options.to_dict()
+        self._report["fingerprint"] = data_fingerprint(
+            dataset=self.name, config=self.builder_config.name, version=str(self.version),
+            class_names=list(self.info.features["label"].names), splits=self._written)
         self.report_path.write_text(json.dumps(self._report, indent=1, sort_keys=False))
+        if self._source_files is not None:
+            (Path(self.data_path) / SOURCE_FILES).write_text(
+                json.dumps({"source": self._report.get("source"),
+                            "entries": self._source_files}))
+
+    def source_fingerprint(self, root: str | Path) -> tuple[dict[str, Any], list] | None:
+        """(summary, entries) of a manual-download folder as `fingerprint.source_fingerprint`
+        computes it; None for builders that read no folder."""
+        return None
+
+    def read_source_files(self) -> list | None:
+        """The source's file list saved when this dataset was prepared, if any."""
+        try:
+            return json.loads((Path(self.data_path) / SOURCE_FILES).read_text())["entries"]
+        except (OSError, ValueError, KeyError):
+            return None
 
     def verify_prepared(self, splits: dict[str, Any]) -> None:
         """Checks opened sources still match what the code would prepare now (raises

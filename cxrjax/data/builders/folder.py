@@ -31,7 +31,8 @@ from cxrjax.data import duplicates as dup
 from cxrjax.data.builders.base import (CxrBuilder, common_features, counts_by_class,
                                       mask_feature)
 from cxrjax.data.builders.options import CarveOptions, SplitOptions
-from cxrjax.data.decode import DecodeError, decode_grayscale, decode_mask
+from cxrjax.data.decode import DecodeError, decode_grayscale, decode_mask, read_regular_file
+from cxrjax.data.fingerprint import source_fingerprint
 from cxrjax.data.layouts import LayoutError, ScannedTree, SourceImage
 from cxrjax.data.splits import SPLIT_ORDER, stratified_group_split
 
@@ -45,12 +46,19 @@ def num_threads() -> int:
 
 
 def ordered_map(fn: Callable, items: Iterable, workers: int, window: int = 64) -> Iterator:
-    """map(fn, items) over a thread pool, in order, with at most `window` in flight."""
+    """map(fn, items) over a thread pool, in order, with at most `window` in flight.
+
+    However it ends (an exception such as KeyboardInterrupt, or the consumer closing
+    the generator), the calls still queued are cancelled and the pool is not waited
+    for: Ctrl-C stops after the calls already running (one file each), not after the
+    whole window. (`with ThreadPoolExecutor` would wait for every queued call.)
+    """
     if workers <= 1:
         yield from map(fn, items)
         return
     iterator = iter(items)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(workers)
+    try:
         pending = collections.deque(pool.submit(fn, item)
                                     for item in itertools.islice(iterator, window))
         while pending:
@@ -58,6 +66,8 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, window: int = 64) -
             for item in itertools.islice(iterator, 1):
                 pending.append(pool.submit(fn, item))
             yield future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +83,7 @@ class _Check:
 
 def _check_one(image: SourceImage, size: int) -> _Check:
     try:
-        data = image.path.read_bytes()
+        data = read_regular_file(image.path)
     except OSError as error:
         return _Check(error=f"cannot read file ({error})")
     try:
@@ -83,7 +93,7 @@ def _check_one(image: SourceImage, size: int) -> _Check:
     mask_error = None
     if image.mask_path is not None:
         try:
-            decode_mask(image.mask_path.read_bytes(), size=size, source=image.relpath)
+            decode_mask(read_regular_file(image.mask_path), size=size, source=image.relpath)
         except (OSError, DecodeError) as error:
             mask_error = str(error).removeprefix(f"{image.relpath}: ")
     return _Check(digest=dup.sha256_bytes(data), dhash=dup.dhash(pixels),
@@ -108,9 +118,14 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
 
     # ------------------------------------------------------------------ pass 1 + plan
 
-    def _split_generators(self, dl_manager):
+    def source_fingerprint(self, root: str | Path) -> tuple[dict[str, Any], list]:
+        return source_fingerprint(root)
+
+    def _splits(self, dl_manager):
         root = Path(dl_manager.manual_dir)
         tree = self._scan(root)
+        # Before any file is read: a file changed while preparing then differs next time.
+        self._source_summary, self._source_files = source_fingerprint(tree.root)
         self.info.features["label"].names = list(tree.class_names)
         size = self.options.image_size
         images = sorted(tree.images, key=lambda im: im.relpath)  # listing-order independent
@@ -145,25 +160,24 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
         for index, reason in dropped:
             skipped.append({"file": kept[index].relpath, "reason": reason})
         split_of = {i: split for split, members in assignment.items() for i in members}
+        self._require_splits(tree, kept, labels, assignment)
 
         class_names = list(tree.class_names)
+        splits = counts_by_class({s: labels[m].tolist() for s, m in assignment.items()
+                                  if len(m)}, class_names)
+        duplicates = [_duplicate_entry(group, kept, split_of) for group in groups]
         self._report = {
             "dataset": self.name,
             "class_names": class_names,
-            "splits": counts_by_class({s: labels[m].tolist() for s, m in assignment.items()
-                                       if len(m)}, class_names),
+            "splits": splits,
             "skipped": sorted(skipped, key=lambda e: e["file"]),
             "duplicate_groups": len(groups),
-            "duplicates": [{
-                "kind": group.kind,
-                "files": [kept[i].relpath for i in group.members],
-                "classes": sorted({kept[i].class_name for i in group.members}),
-                "splits": sorted({split_of[i] for i in group.members if i in split_of},
-                                 key=SPLIT_ORDER.index),
-            } for group in groups],
+            "duplicates": duplicates,
+            "warnings": _split_warnings(splits) + _duplicate_warnings(duplicates),
             "source": str(tree.root),
             "layout": tree.layout,
             "files_considered": len(images),
+            "source_fingerprint": self._source_summary,
         }
         if self.HAS_LUNG_MASK:
             used = [kept[i] for members in assignment.values() for i in members]
@@ -174,6 +188,41 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
         return {split: self._generate_examples(
                     items=[(kept[i], int(labels[i]), digests[i]) for i in members])
                 for split, members in assignment.items() if len(members)}
+
+    def _require_splits(self, tree: ScannedTree, kept: list[SourceImage], labels: np.ndarray,
+                        assignment: dict[str, np.ndarray]) -> None:
+        """Every split the layout gives or the options ask for has examples, else a
+        LayoutError naming the split, why it is empty and the fix (a run would find no
+        validation/test data later, far from the cause)."""
+        for split in tree.given_splits:
+            if not len(assignment.get(split, ())):
+                # <root>/<split folder>/<class>/<file>; the folder may be val/, testing/...
+                folder = next(im.path.parents[1] for im in tree.images
+                              if im.given_split == split)
+                raise LayoutError(
+                    f"{folder}: the given {split} split has no usable image (every file "
+                    "was skipped as unreadable, or dropped as a duplicate of a more "
+                    f"held-out split). Fix or replace the files in {folder}.")
+        options = self.options
+        requested = {"validation": options.validation_fraction,
+                     "test": getattr(options, "test_fraction", 0.0)}
+        pool = [i for i, im in enumerate(kept)
+                if im.given_split in (None, "train")] if tree.given_splits else range(len(kept))
+        empty = [split for split, fraction in requested.items()
+                 if fraction > 0 and split not in tree.given_splits
+                 and not len(assignment.get(split, ()))]
+        if empty:
+            per_class = collections.Counter(tree.class_names[int(labels[i])] for i in pool)
+            counts = ", ".join(f"{name}: {per_class[name]}" for name in tree.class_names)
+            which = " and ".join(f"the {split} split ({split}_fraction {requested[split]:g})"
+                                 for split in empty)
+            flags = " ".join(f"--{split}-fraction 0" for split in empty)
+            raise LayoutError(
+                f"{tree.root}: {which} would be empty: the usable images per class "
+                f"({counts}) are too few for the fraction{'s' * (len(empty) > 1)}, which "
+                f"round{'s' * (len(empty) == 1)} to 0 images in every class. Add images, "
+                f"raise the fraction{'s' * (len(empty) > 1)}, or pass {flags} to prepare "
+                "without.")
 
     def _require_every_class(self, tree: ScannedTree, kept: list[SourceImage]) -> None:
         present = collections.Counter(im.class_name for im in kept)
@@ -234,7 +283,7 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
 
         def build(item: tuple[SourceImage, int, str]) -> tuple[str, dict[str, Any]]:
             image, label, digest = item
-            data = image.path.read_bytes()
+            data = read_regular_file(image.path)
             if dup.sha256_bytes(data) != digest:
                 raise RuntimeError(f"{image.path}: file changed during preparation; "
                                    "prepare again once the folder is stable.")
@@ -244,7 +293,7 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
                        "original_size": np.asarray(decoded.original_size, np.int32)}
             if has_mask_feature:
                 if image.mask_path is not None:
-                    mask = decode_mask(image.mask_path.read_bytes(), size=size,
+                    mask = decode_mask(read_regular_file(image.mask_path), size=size,
                                        source=str(image.mask_path))
                 else:
                     mask = np.zeros((size, size), np.uint8)
@@ -253,6 +302,51 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
             return image.relpath, example
 
         yield from ordered_map(build, items, num_threads())
+
+
+def _duplicate_entry(group: dup.DuplicateGroup, kept: list[SourceImage],
+                     split_of: dict[int, str]) -> dict[str, Any]:
+    """One duplicate group of the report: its members (file, label, split; split None
+    for a copy dropped so no image is in two splits) and whether their labels differ."""
+    members = [{"file": kept[i].relpath, "label": kept[i].class_name,
+                "split": split_of.get(i)} for i in group.members]
+    classes = sorted({m["label"] for m in members})
+    return {
+        "kind": group.kind,
+        "files": [m["file"] for m in members],
+        "classes": classes,
+        "splits": sorted({m["split"] for m in members if m["split"] is not None},
+                         key=SPLIT_ORDER.index),
+        "members": members,
+        "mixed_labels": len(classes) > 1,
+    }
+
+
+def _duplicate_warnings(duplicates: list[dict[str, Any]]) -> list[str]:
+    """One line per kept group whose members carry different labels: the same image
+    taught as two classes (or scored against the wrong one), invisible in the counts."""
+    lines = []
+    for group in duplicates:
+        if not group["mixed_labels"] or not group["splits"]:
+            continue
+        kept = [m for m in group["members"] if m["split"] is not None]
+        files = " = ".join(f"{m['file']} ({m['label']})" for m in kept)
+        lines.append(f"{group['kind']} images with different labels kept in "
+                     f"{', '.join(group['splits'])}: {files}; check which label is right "
+                     "and remove the other copy from the source folder.")
+    return lines
+
+
+def _split_warnings(splits: dict[str, dict[str, int]]) -> list[str]:
+    """One line per split that lacks some classes (too few images for the fractions)."""
+    lines = []
+    for split, counts in splits.items():
+        missing = [name for name, n in counts.items() if n == 0]
+        if missing:
+            lines.append(f"the {split} split has no image of {', '.join(missing)} (too few "
+                         "images per class for the split fractions); its metrics will not "
+                         "cover every class.")
+    return lines
 
 
 class CarveFolderBuilder(FolderBuilder, skip_registration=True):

@@ -41,7 +41,7 @@ class CxrPhantoms(CxrBuilder, skip_registration=True):
         features["severity"] = tfds.features.Scalar(dtype=np.float32)
         return features
 
-    def _split_generators(self, dl_manager):
+    def _splits(self, dl_manager):
         del dl_manager  # nothing to download
         ranges, offset = {}, 0
         for split, count in self.options.split_sizes.items():
@@ -57,6 +57,8 @@ class CxrPhantoms(CxrBuilder, skip_registration=True):
             "splits": counts_by_class(labels, class_names),
             "skipped": [],
             "duplicate_groups": 0,
+            "duplicates": [],
+            "warnings": [],
             "source": "synthetic (cxrjax.data.phantoms)",
             "layout": "synthetic",
         }

@@ -1,0 +1,142 @@
+"""Fingerprints: of a source folder (was it changed since it was prepared?) and of
+prepared data (is this the data a training run was started on?).
+
+Source fingerprint: every file and folder under the scanned root, with its size and
+modification time (nanoseconds), found by a walk that follows symlinks as the scan
+does (each real folder is entered once, so links cannot loop). It is stored with the
+prepared data: the summary (`{"files", "sha256"}`) in the preparation report, the list
+in `SOURCE_FILES` next to it, so a refusal can name what was added, removed or
+changed. Nothing is opened, only stat'ed, so it is recomputed every time prepared files
+are reused for a manual dir.
+
+Data fingerprint: dataset, config (every preparation option), version, class names,
+and per split the number of examples and a SHA-256 of its sorted "file name <TAB>
+label" lines. It identifies the examples and their labels, not their pixels: those are
+fixed by the source (refused when it changed, above), the options and the version.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+SOURCE_FILES = "source_files.json"
+
+
+def source_files(root: str | os.PathLike) -> list[list]:
+    """[[relpath, size, mtime_ns], ...] of every entry under root, sorted; folders end
+    with "/" and have size and mtime -1 (their mtime changes with any listing).
+
+    Real folders are walked first, then symlinked ones, each real folder once: a link
+    to a folder inside the tree lists no second copy of its files (they are named by
+    their real path), a link to one outside lists them under the link's name.
+    """
+    root = Path(root)
+    entries: list[list] = []
+    seen: set[tuple[int, int]] = set()
+    links: list[tuple[Path, str]] = []
+
+    def walk(directory: Path, prefix: str) -> None:
+        try:
+            info = directory.stat()
+            children = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError:
+            return
+        if (info.st_dev, info.st_ino) in seen:
+            return
+        seen.add((info.st_dev, info.st_ino))
+        for child in children:
+            name = prefix + child.name
+            try:
+                is_dir = child.is_dir()  # follows symlinks, as the scan does
+            except OSError:
+                is_dir = False
+            if is_dir:
+                entries.append([name + "/", -1, -1])
+                if child.is_symlink():
+                    links.append((Path(child.path), name + "/"))
+                else:
+                    walk(Path(child.path), name + "/")
+                continue
+            try:
+                stat = child.stat()  # the target of a symlink
+            except OSError:
+                stat = child.stat(follow_symlinks=False)  # broken symlink
+            entries.append([name, int(stat.st_size), int(stat.st_mtime_ns)])
+
+    if root.is_dir():
+        walk(root, "")
+        while links:
+            walk(*links.pop(0))
+    return sorted(entries)
+
+
+def _digest_lines(lines: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(line.encode("utf-8", "surrogateescape"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def source_fingerprint(root: str | os.PathLike) -> tuple[dict[str, Any], list[list]]:
+    """({"files": number of entries, "sha256": digest of the entries}, the entries)."""
+    entries = source_files(root)
+    digest = _digest_lines(json.dumps(entry) for entry in entries)
+    return {"files": len(entries), "sha256": digest}, entries
+
+
+def describe_changes(old: Sequence[Sequence] | None, new: Sequence[Sequence],
+                     examples: int = 3) -> str:
+    """'2 added (e.g. a.png, b.png); 1 removed (e.g. c.png)' between two entry lists."""
+    if old is None:
+        return "the list of its files was not kept, so what changed is unknown"
+    before = {entry[0]: tuple(entry[1:]) for entry in old}
+    after = {entry[0]: tuple(entry[1:]) for entry in new}
+    parts = []
+    for label, names in (("added", sorted(set(after) - set(before))),
+                         ("removed", sorted(set(before) - set(after))),
+                         ("changed", sorted(n for n in set(before) & set(after)
+                                            if before[n] != after[n]))):
+        if names:
+            shown = ", ".join(names[:examples]) + (", ..." if len(names) > examples else "")
+            parts.append(f"{len(names)} {label} (e.g. {shown})")
+    return "; ".join(parts) or "its file list differs"
+
+
+class SourceChangedError(ValueError):
+    """Prepared files whose source folder changed since they were prepared."""
+
+
+def split_digest(pairs: Iterable[tuple[str, int]]) -> str:
+    """SHA-256 of the sorted "file name <TAB> label" lines of one split."""
+    return _digest_lines(f"{name}\t{int(label)}" for name, label in sorted(pairs))
+
+
+def data_fingerprint(*, dataset: str, config: str, version: str, class_names: Sequence[str],
+                     splits: Mapping[str, Sequence[tuple[str, int]]]) -> dict[str, Any]:
+    """The prepared data's fingerprint (see the module docstring); JSON-serialisable.
+
+    splits: {split: [(file name, label), ...]} of every stored record.
+    """
+    return with_class_subset({
+        "dataset": dataset,
+        "config": config,
+        "version": version,
+        "class_names": list(class_names),
+        "splits": {split: {"examples": len(pairs), "sha256": split_digest(pairs)}
+                   for split, pairs in splits.items()},
+    }, None)
+
+
+def with_class_subset(fingerprint: Mapping[str, Any],
+                      classes: Sequence[str] | None) -> dict[str, Any]:
+    """The fingerprint with `class_subset` set (None: all classes) and `sha256` (of
+    everything else) recomputed: a class-subset view is other data than the whole."""
+    body = {k: v for k, v in fingerprint.items() if k != "sha256"}
+    body["class_subset"] = list(classes) if classes is not None else None
+    body["sha256"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return body
