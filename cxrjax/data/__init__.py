@@ -30,6 +30,7 @@ _NAMES = {
                      "prepare"), "cxrjax.data.dataset"),
     **dict.fromkeys(("DecodeError", "decode_grayscale", "read_grayscale"), "cxrjax.data.decode"),
     "LayoutError": "cxrjax.data.layouts",
+    "DataError": "cxrjax.data.errors",
     "SourceChangedError": "cxrjax.data.fingerprint",
     "select_classes": "cxrjax.data.subset",
     **dict.fromkeys(("InputConfig", "train_batches", "eval_batches", "make_iterator",

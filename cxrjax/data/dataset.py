@@ -34,7 +34,8 @@ import tensorflow_datasets as tfds
 
 from cxrjax.data.builders import DATASETS, REPORT_FILE, CxrBuilder
 from cxrjax.data.builders.base import quiet_tfds
-from cxrjax.data.fingerprint import (SourceChangedError, data_fingerprint, describe_changes,
+from cxrjax.data.errors import DataError
+from cxrjax.data.fingerprint import (SourceChangedError, data_fingerprint, describe_changes, pixel_digest,
                                      with_class_subset)
 from cxrjax.data.layouts import LayoutError
 from cxrjax.data.locks import preparation_lock, remove_incomplete
@@ -149,7 +150,7 @@ def builder_class(name: str) -> type[CxrBuilder]:
     try:
         return DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}") from None
+        raise DataError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}") from None
 
 
 def get_builder(name: str, *, data_dir: str | Path, options: Any = None) -> CxrBuilder:
@@ -296,8 +297,8 @@ def open_prepared(builder: CxrBuilder) -> PreparedDataset:
 
 def records_fingerprint(builder: CxrBuilder) -> dict[str, Any]:
     """`PreparedDataset.fingerprint` (without class subset) computed from the stored
-    records: one pass over every split, decoding only file names and labels."""
-    keep = ("file_name", "label")
+    records: one pass over every split, decoding file names, labels and images only."""
+    keep = ("file_name", "label", "image")
     decoders = {name: tfds.decode.SkipDecoding() for name in builder.info.features
                 if name not in keep}
     with quiet_tfds():
@@ -308,7 +309,7 @@ def records_fingerprint(builder: CxrBuilder) -> dict[str, Any]:
         for start in range(0, len(source), _LABEL_CHUNK):
             records = source.__getitems__(list(range(start, min(start + _LABEL_CHUNK,
                                                                  len(source)))))
-            pairs += [(_clean(r)["file_name"], int(r["label"])) for r in records]
+            pairs += [(_clean(r)["file_name"], int(r["label"]), pixel_digest(r["image"])) for r in records]
         splits[str(split)] = pairs
     return data_fingerprint(dataset=builder.name, config=builder.builder_config.name,
                             version=str(builder.version),

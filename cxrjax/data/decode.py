@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from cxrjax.data.errors import DataError
+
 # Extensions that are considered images when scanning a folder. Other files (metadata
 # spreadsheets, READMEs, Thumbs.db) are skipped and reported, never decoded.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -61,7 +63,7 @@ _RESAMPLE = Image.Resampling.BILINEAR
 _REDUCING_GAP = 2.0
 
 
-class DecodeError(ValueError):
+class DecodeError(DataError):
     """A file that cannot be decoded as an image; the message says why."""
 
 

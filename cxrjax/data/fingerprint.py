@@ -11,8 +11,9 @@ are reused for a manual dir.
 
 Data fingerprint: dataset, config (every preparation option), version, class names,
 and per split the number of examples and a SHA-256 of its sorted "file name <TAB>
-label" lines. It identifies the examples and their labels, not their pixels: those are
-fixed by the source (refused when it changed, above), the options and the version.
+label <TAB> pixel digest" lines (:func:`pixel_digest` of the stored image). It
+identifies the examples, their labels and their pixels: two folders whose files have
+the same names but other images are other data (a run resumed on the second is refused).
 """
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from cxrjax.data.errors import DataError
 
 SOURCE_FILES = "source_files.json"
 
@@ -107,20 +112,26 @@ def describe_changes(old: Sequence[Sequence] | None, new: Sequence[Sequence],
     return "; ".join(parts) or "its file list differs"
 
 
-class SourceChangedError(ValueError):
+class SourceChangedError(DataError):
     """Prepared files whose source folder changed since they were prepared."""
 
 
-def split_digest(pairs: Iterable[tuple[str, int]]) -> str:
-    """SHA-256 of the sorted "file name <TAB> label" lines of one split."""
-    return _digest_lines(f"{name}\t{int(label)}" for name, label in sorted(pairs))
+def pixel_digest(image: Any) -> str:
+    """Short SHA-256 of a stored image's pixels (uint8 array, any shape)."""
+    array = np.ascontiguousarray(np.asarray(image, np.uint8))
+    return hashlib.sha256(repr(array.shape).encode() + array.tobytes()).hexdigest()[:16]
+
+
+def split_digest(entries: Iterable[tuple[str, int, str]]) -> str:
+    """SHA-256 of the sorted "file name <TAB> label <TAB> pixel digest" lines of one split."""
+    return _digest_lines(f"{name}\t{int(label)}\t{pixels}" for name, label, pixels in sorted(entries))
 
 
 def data_fingerprint(*, dataset: str, config: str, version: str, class_names: Sequence[str],
                      splits: Mapping[str, Sequence[tuple[str, int]]]) -> dict[str, Any]:
     """The prepared data's fingerprint (see the module docstring); JSON-serialisable.
 
-    splits: {split: [(file name, label), ...]} of every stored record.
+    splits: {split: [(file name, label, pixel digest), ...]} of every stored record.
     """
     return with_class_subset({
         "dataset": dataset,

@@ -21,6 +21,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from cxrjax.data.errors import DataError
 from cxrjax.data.decode import has_image_extension, is_hidden, regular_file_problem
 
 D4_LAYOUT = """\
@@ -54,7 +55,7 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validati
                   "testing": "test"}
 
 
-class LayoutError(ValueError):
+class LayoutError(DataError):
     """A manual-download folder that cannot be used; the message names the path."""
 
 

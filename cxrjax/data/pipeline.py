@@ -29,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cxrjax.data import augment
+from cxrjax.data.errors import DataError
 from cxrjax.data.input_options import NORMALIZATIONS, InputOptions
 
 # Threads per process that assemble whole batches ahead of the consumer, and how many
@@ -178,14 +179,14 @@ def class_weights(ds, split: str = "train") -> np.ndarray:
 
     Frequent classes get weights < 1, rare ones > 1; a weighted mean loss then gives every
     class the same total weight. Read from the split's labels only (no image is decoded).
-    A class absent from the split has no balanced weight: ValueError naming it.
+    A class absent from the split has no balanced weight: DataError naming it.
     """
     labels = split_labels(ds, split)
     k = len(ds.class_names)
     counts = np.bincount(labels, minlength=k).astype(np.float64)
     if np.any(counts == 0):
         missing = [n for n, c in zip(ds.class_names, counts) if c == 0]
-        raise ValueError(f"balanced class weights: the {split} split of {_name(ds)} has no example of "
+        raise DataError(f"balanced class weights: the {split} split of {_name(ds)} has no example of "
                          f"{missing}; give explicit class_weights or drop those classes (classes=...)")
     return (len(labels) / (k * counts)).astype(np.float32)
 

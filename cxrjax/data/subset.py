@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from cxrjax.data.errors import DataError
+
 # The key of `options` (data.load, TrainConfig.dataset_options) that selects classes.
 CLASSES_OPTION = "classes"
 
@@ -66,7 +68,7 @@ def label_map(class_names: Sequence[str], classes: Sequence[str], dataset: str =
     class_names = list(class_names)
     unknown = [c for c in classes if c not in class_names]
     if unknown:
-        raise ValueError(f"unknown class name(s) {unknown} for {dataset}; "
+        raise DataError(f"unknown class name(s) {unknown} for {dataset}; "
                          f"available class names: {class_names}")
     mapping = np.full(len(class_names), -1, np.int64)
     for new, name in enumerate(classes):

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from cxrjax import models
 from cxrjax.train.config import TrainConfig
 from cxrjax.train.data_api import data_api
 from cxrjax.train.evaluation import EnginePredictor
@@ -46,12 +47,16 @@ class RunSetup:
         return EnginePredictor(self.engine, device_state, self.input_config, self.dataset.num_classes)
 
 
+class RunSetupError(ValueError):
+    """A configuration that cannot run with this model, dataset or machine (unknown model,
+    input too small, batch larger than the split, missing split...); the message names
+    the fix. Command-line tools print it as one ``error:`` line."""
+
+
 def resolve_input_shape(config: TrainConfig) -> tuple[int, int]:
     """(image_size, channels): the config's, or the model's defaults."""
-    from cxrjax import models
-
     if config.model not in models.MODELS:
-        raise KeyError(
+        raise RunSetupError(
             f"unknown model {config.model!r}; registered models (cxrjax/models/registry.py): {sorted(models.MODELS)}"
         )
     spec = models.MODELS[config.model]
@@ -75,8 +80,6 @@ def input_config_fields(config: TrainConfig) -> dict[str, Any]:
 
 
 def build_model(config: TrainConfig, num_classes: int, channels: int, axis_name: str | None):
-    from cxrjax import models
-
     return models.create(
         config.model,
         num_classes=num_classes,
@@ -127,16 +130,34 @@ def build_engine(config: TrainConfig, num_classes: int, image_shape: tuple[int, 
     return entry
 
 
+def check_model(config: TrainConfig) -> tuple[dict[str, Any], Any]:
+    """(input fields, InputConfig) after checking the model name, its options and the input
+    size, before any data is opened or prepared (a D4 preparation takes minutes; a typo
+    in the model name should not wait for it)."""
+    fields = input_config_fields(config)
+    try:
+        input_config = data_api().InputConfig(**fields)
+        model = build_model(config, 2, fields["channels"], axis_name=None)
+    except (TypeError, ValueError, KeyError) as err:
+        raise RunSetupError(f"model {config.model!r} with this configuration: {err}") from err
+    smallest = model.min_image_size() if hasattr(model, "min_image_size") else 1
+    if fields["image_size"] < smallest:
+        raise RunSetupError(
+            f"image_size {fields['image_size']} is too small for {config.model!r}: its convolutions and poolings "
+            f"need at least {smallest}x{smallest}; use --image-size {smallest} or larger")
+    return fields, input_config
+
+
 def setup_run(config: TrainConfig, dataset: Any | None = None) -> RunSetup:
     data = data_api()
-
+    fields, input_config = check_model(config)
     if dataset is None:
         dataset = data.load(
             config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir, options=config.dataset_options
         )
     for split in ("train", "validation"):
         if split not in dataset.splits or len(dataset.splits[split]) == 0:
-            raise ValueError(
+            raise RunSetupError(
                 f"dataset {config.dataset!r} has no {split!r} split (splits: {sorted(dataset.splits)}); "
                 "training needs train and validation splits; prepare it with a validation share "
                 "(dataset options, e.g. validation_fraction)"
@@ -144,15 +165,13 @@ def setup_run(config: TrainConfig, dataset: Any | None = None) -> RunSetup:
     available = jax.local_devices()
     n = config.num_devices or len(available)
     if n > len(available):
-        raise ValueError(f"num_devices={n} but only {len(available)} local device(s) are available: {available}")
+        raise RunSetupError(f"num_devices={n} but only {len(available)} local device(s) are available: {available}")
     devices = available[:n]
-    fields = input_config_fields(config)
-    input_config = data.InputConfig(**fields)
     global_batch = config.per_device_batch_size * n
     eval_global_batch = (config.per_device_eval_batch_size or config.per_device_batch_size) * n
     steps_per_epoch = len(dataset.splits["train"]) // global_batch
     if steps_per_epoch == 0:
-        raise ValueError(
+        raise RunSetupError(
             f"the train split of {config.dataset!r} has {len(dataset.splits['train'])} examples, fewer than "
             f"one global batch of {global_batch} (= per_device_batch_size {config.per_device_batch_size} x {n} "
             "devices); lower --per-device-batch-size or --num-devices"
@@ -162,7 +181,7 @@ def setup_run(config: TrainConfig, dataset: Any | None = None) -> RunSetup:
         class_weights = tuple(float(w) for w in data.class_weights(dataset, "train"))
     elif config.class_weights is not None:
         if len(config.class_weights) != dataset.num_classes:
-            raise ValueError(
+            raise RunSetupError(
                 f"class_weights has {len(config.class_weights)} entries but {config.dataset!r} has "
                 f"{dataset.num_classes} classes {dataset.class_names}"
             )
@@ -190,6 +209,9 @@ def setup_run(config: TrainConfig, dataset: Any | None = None) -> RunSetup:
 
 
 def dataset_info(setup: RunSetup) -> dict[str, Any]:
+    """What the run was trained on (checkpoint metadata and results.json), with the
+    prepared data's fingerprint (``PreparedDataset.fingerprint``; None for datasets
+    without one, e.g. a test's in-memory look-alike) so a resume can refuse other data."""
     ds = setup.dataset
     return {
         "name": setup.config.dataset,
@@ -199,4 +221,24 @@ def dataset_info(setup: RunSetup) -> dict[str, Any]:
         "split_sizes": {name: len(src) for name, src in ds.splits.items()},
         "image_size": setup.image_shape[0],
         "channels": setup.image_shape[2],
+        "fingerprint": getattr(ds, "fingerprint", None),
     }
+
+
+def data_differences(saved: dict[str, Any] | None, current: dict[str, Any] | None) -> list[str]:
+    """How two ``dataset_info`` fingerprints differ, in words ([] when they agree, or when
+    either has none: runs from before fingerprints, in-memory datasets)."""
+    if not saved or not current or saved.get("sha256") == current.get("sha256"):
+        return []
+    out = []
+    for key in ("dataset", "config", "version", "class_names", "class_subset"):
+        if saved.get(key) != current.get(key):
+            out.append(f"{key}: trained on {saved.get(key)!r}, now {current.get(key)!r}")
+    old, new = saved.get("splits") or {}, current.get("splits") or {}
+    for split in sorted(set(old) | set(new)):
+        a, b = old.get(split) or {}, new.get(split) or {}
+        if a.get("examples") != b.get("examples"):
+            out.append(f"{split} split: {a.get('examples')} examples when trained, now {b.get('examples')}")
+        elif a.get("sha256") != b.get("sha256"):
+            out.append(f"{split} split: same size ({a.get('examples')}) but other files or labels")
+    return out or ["the prepared data's fingerprint differs"]

@@ -47,7 +47,7 @@ from cxrjax.train.config import TrainConfig, mode_for
 from cxrjax.train.data_api import data_api
 from cxrjax.train.early_stopping import EarlyStopping, ImprovementTracker, PlateauScaler
 from cxrjax.train.evaluation import evaluate_split
-from cxrjax.train.run_setup import RunSetup, dataset_info, setup_run
+from cxrjax.train.run_setup import RunSetup, data_differences, dataset_info, setup_run
 from cxrjax.train.state import from_tree, parameter_count, to_tree
 
 META_FORMAT = 1
@@ -232,6 +232,15 @@ def _progress_from_meta(meta: dict[str, Any], setup: RunSetup, workdir: Path) ->
     if meta.get("format") != META_FORMAT:
         raise ValueError(f"{workdir}: checkpoint metadata format {meta.get('format')} is not {META_FORMAT}; "
                          "it was written by another cxrjax version; use a new --workdir")
+    changed = data_differences((meta.get("dataset") or {}).get("fingerprint"), dataset_info(setup)["fingerprint"])
+    if changed:
+        raise ValueError(
+            f"{workdir}: the checkpoint was trained on other data than this session's "
+            f"({setup.config.dataset!r} from --data-dir {setup.config.data_dir}"
+            f"{', --manual-dir ' + str(setup.config.manual_dir) if setup.config.manual_dir else ''}):\n  "
+            + "\n  ".join(changed)
+            + "\nResume with the data the run was trained on, or use a new --workdir for this data."
+        )
     if meta.get("class_names") != list(setup.dataset.class_names):
         raise ValueError(
             f"{workdir}: the checkpoint was trained on classes {meta.get('class_names')} but the dataset now "

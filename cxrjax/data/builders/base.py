@@ -37,7 +37,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from cxrjax.data.builders.options import PreparationOptions, make_options
-from cxrjax.data.fingerprint import SOURCE_FILES, data_fingerprint
+from cxrjax.data.fingerprint import SOURCE_FILES, data_fingerprint, pixel_digest
 
 REPORT_FILE = "preparation_report.json"
 FILE_FORMAT = "array_record"
@@ -155,10 +155,10 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return {split: self._tallied(split, examples) for split, examples in generators.items()}
 
     def _tallied(self, split: str, examples):
-        """The examples, unchanged, noting each one's (file name, label) as it is written."""
+        """The examples, unchanged, noting each one's (file name, label, pixel digest) as it is written."""
         written = self._written[split]
         for key, example in examples:
-            written.append((str(example["file_name"]), int(example["label"])))
+            written.append((str(example["file_name"]), int(example["label"]), pixel_digest(example["image"])))
             yield key, example
 
     def _download_and_prepare(self, dl_manager, download_config) -> None:
