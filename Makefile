@@ -7,7 +7,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k models -x"`.
 PYTEST_ARGS ?=
 
-.PHONY: venv test ablation bench clean
+.PHONY: venv test lint format ablation bench clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff (config in pyproject.toml): lint rules and the formatter's check; `make format` fixes both.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 ablation: $(STAMP)
 	$(BIN)/python -m experiments.ablation_bn_dropout

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from PIL import Image
+from scipy.stats import binomtest
 
 from cxrjax.data import phantoms
 from cxrjax.data.builders.options import PhantomDatasetOptions, make_options
@@ -65,8 +67,6 @@ def binary_mask(mask: np.ndarray, size: tuple[int, int] | None = None) -> np.nda
         mask = mask.astype(np.uint8) * 255
     mask = mask.astype(np.uint8)
     if size is not None and tuple(mask.shape) != tuple(size):
-        from PIL import Image
-
         mask = np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.BILINEAR))
     return mask >= 128
 
@@ -116,8 +116,6 @@ def _binomial_greater_pvalue(successes: int, n: int, p: float) -> float:
     """P(X >= successes) for X ~ Binomial(n, p): is an accuracy above chance by luck?"""
     if n == 0:
         return 1.0
-    from scipy.stats import binomtest
-
     return float(binomtest(successes, n, p, alternative="greater").pvalue)
 
 

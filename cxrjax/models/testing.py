@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cxrjax.models.registry import MODELS, create
 
@@ -53,9 +55,6 @@ def numpy_variables(model: nn.Module, input_shape: tuple[int, ...], seed: int = 
     Shapes come from ``jax.eval_shape`` of the real ``init``; ``dtype`` (default: the
     parameters' float32) lets float64 tests get float64 variables directly.
     """
-    import jax
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
     abstract = jax.eval_shape(

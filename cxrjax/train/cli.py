@@ -85,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.workdir:
         raise SystemExit("--workdir is required (the run folder; an existing one is resumed)")
+    # Imported here, not at the top: --help, --list-presets and --print-config answer
+    # without loading JAX, orbax or the data layer.
     from cxrjax.reporting.metrics import format_report
     from cxrjax.train.trainer import NonFiniteError, train_and_evaluate
     from cxrjax.train.workdir import ConfigMismatchError

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from cxrjax.data.subset import CLASSES_OPTION  # light: numpy only, no TFDS
 from cxrjax.data.input_options import NORMALIZATIONS, InputOptions
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -68,9 +69,6 @@ RENAMED_FIELDS = {
 
 # Fields stored as tuples in Python and as lists in JSON.
 _TUPLE_FIELDS = ("zoom", "brightness", "classes")
-# The key of dataset_options that carries ``classes`` to cxrjax.data.load (it is
-# cxrjax.data.subset.CLASSES_OPTION; not imported, to keep this module free of TFDS).
-CLASSES_OPTION = "classes"
 
 _BOUND_TEXT = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 _BOUND_VIOLATED = {

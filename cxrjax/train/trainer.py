@@ -219,9 +219,7 @@ def _write_normalization_statistics(workdir: Path, setup: RunSetup) -> None:
     so evaluate / predict / explain need not reopen the training data (issue 7)."""
     if setup.config.normalization != "dataset":
         return
-    from cxrjax.data import dataset_statistics
-
-    stats = dataset_statistics(setup.dataset)   # cached per dataset object; the pipeline uses the same
+    stats = data_api().dataset_statistics(setup.dataset)   # cached per dataset object; the pipeline uses the same
     files.write_json(workdir / files.NORMALIZATION_FILE, {
         "normalization": "dataset", "mean": float(stats.mean), "std": float(stats.std),
         "scale": "[0, 1] pixel values", "source": f"train split of {setup.config.dataset}",
