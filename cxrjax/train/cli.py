@@ -46,6 +46,7 @@ _FLAG_FIELDS = {
     "weight_decay": "weight_decay",
     "grad_clip_norm": "grad_clip_norm",
     "on_nonfinite": "on_nonfinite",
+    "max_skipped_fraction": "max_skipped_fraction",
     "checkpoint_every_steps": "checkpoint_every_steps",
     "compilation_cache": "compilation_cache_dir",
     "dtype": "dtype",
@@ -88,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--grad-clip-norm", type=float)
     p.add_argument("--on-nonfinite", choices=NONFINITE_MODES)
+    p.add_argument("--max-skipped-fraction", type=float,
+                   help="with --on-nonfinite skip: fail a run that skipped more than this fraction of its steps")
     p.add_argument("--checkpoint-every-steps", type=int, help="also checkpoint mid-epoch")
     p.add_argument("--compilation-cache", metavar="DIR", help="JAX persistent compilation cache folder")
     p.add_argument("--dtype", choices=("float32", "bfloat16"))

@@ -114,6 +114,9 @@ class TrainConfig(InputOptions):
     restore_best: bool = True  # test evaluation on the best checkpoint (else: the last epoch)
     # --- robustness, parallelism, numerics ---------------------------------------------
     on_nonfinite: str = "stop"  # stop: raise at once; skip: skip the update and count it
+    # skip: a run that skipped more than this fraction of its steps (all sessions) ends
+    # with TooManySkippedStepsError instead of results.json; in [0, 1] (1: never)
+    max_skipped_fraction: float = 0.5
     parallel: str = "shard_map"  # shard_map (jit over a device mesh) | pmap
     dtype: str = "float32"  # computation dtype; params stay float32
     seed: int = 0
@@ -195,6 +198,8 @@ class TrainConfig(InputOptions):
             raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.max_skipped_fraction <= 1.0:
+            raise ValueError(f"TrainConfig.max_skipped_fraction must be in [0, 1], got {self.max_skipped_fraction}")
         if self.classes is not None:
             if not self.classes or not all(isinstance(c, str) and c for c in self.classes):
                 raise ValueError(f"TrainConfig.classes must be None or class names, got {self.classes!r}")
