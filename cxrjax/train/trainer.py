@@ -2,9 +2,11 @@
 
 What happens, in order:
 
-1. The workdir's ``config.json`` is written, or compared with ``config`` (a different
-   configuration is refused, see workdir.py). If ``results.json`` exists the run is
-   finished and its results are returned without training.
+1. If ``results.json`` exists the run is finished: its config.json is compared with
+   ``config`` and its results are returned without training (nothing is written).
+   Otherwise the workdir is locked for the whole run (``train.lock``: a second training
+   in the same folder is refused, see workdir.py), then its ``config.json`` is written,
+   or compared with ``config`` (a different configuration is refused).
 2. The dataset is opened (``cxrjax.data.load``), the model built with the dataset's
    number of classes and ``axis_name="batch"``, the optimiser from the config, and the
    per-replica steps compiled for ``num_devices`` devices (shard_map or pmap).
@@ -202,18 +204,50 @@ def train_and_evaluate(
     to avoid reopening it); by default ``cxrjax.data.load`` opens ``config.dataset``.
     ``on_checkpoint(step)`` is called after each checkpoint is completely written (with
     a hook, saves are therefore synchronous); tests use it to kill a run at a known point.
+
+    The run holds the folder's lock (workdir.WorkdirLock) from before config.json is
+    compared until it returns: a second training on the same folder raises
+    ``WorkdirLockedError``. A finished run is only read (no lock, nothing written).
+    Storage failures (disk full, read-only folder) raise ``WorkdirStorageError``s.
     """
     config = config.validated()
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    files.prepare_workdir(workdir)
     if config.compilation_cache_dir:
         enable_compilation_cache(config.compilation_cache_dir)
-    files.check_or_write_config(workdir, config)
-    results_path = workdir / files.RESULTS_FILE
-    if results_path.exists():
-        _say(config, f"{workdir}: run already finished; returning {results_path}")
-        return files.read_json(results_path)
+    try:
+        finished = _finished_results(config, workdir)
+        if finished is not None:
+            return finished
+        with files.WorkdirLock(workdir):
+            files.check_or_write_config(workdir, config)
+            finished = _finished_results(config, workdir)  # finished by its holder just before we locked
+            if finished is not None:
+                return finished
+            return _train_and_evaluate(config, workdir, dataset, on_checkpoint)
+    except OSError as err:
+        storage = files.storage_error(err, workdir, "write the run's files")
+        if storage is None:
+            raise
+        raise storage from err
 
+
+def _finished_results(config: TrainConfig, workdir: Path) -> dict[str, Any] | None:
+    """results.json's dict when the run is finished (after the config check), else None."""
+    results_path = workdir / files.RESULTS_FILE
+    if not results_path.exists():
+        return None
+    files.check_or_write_config(workdir, config)  # compares only: a finished run is never rewritten
+    _say(config, f"{workdir}: run already finished; returning {results_path}")
+    results = files.read_json(results_path)
+    for warning in results.get("warnings") or []:
+        _warn(warning)
+    return results
+
+
+def _train_and_evaluate(config: TrainConfig, workdir: Path, dataset: Any | None,
+                        on_checkpoint: Callable[[int], None] | None) -> dict[str, Any]:
+    """The run itself, with the workdir locked and its config.json in place."""
     session_start = time.perf_counter()
     setup = setup_run(config, dataset)
     _write_normalization_statistics(workdir, setup)
@@ -371,6 +405,9 @@ def _train_epochs(setup: RunSetup, device_state: Any, progress: Progress, store:
     while progress.epoch < config.epochs and not progress.stopped_early:
         epoch = progress.epoch + 1  # 1-based, as displayed
         device_state = _train_one_epoch(setup, device_state, progress, save, workdir)
+        # The previous checkpoint is complete by now (it was written while this epoch
+        # trained); a failed save is reported here, at the next epoch, not epochs later.
+        store.wait()
 
         eval_t0 = time.perf_counter()
         val, _ = evaluate_split(setup.predictor(device_state), setup.dataset, "validation",

@@ -174,3 +174,5 @@ def test_a_diverged_run_is_warned_about(base_config, tmp_path, capsys):
     (warning,) = results["warnings"]
     assert warning.startswith("the run diverged") and "train loss" in warning
     assert f"warning: {warning}" in capsys.readouterr().err.splitlines()  # with progress=False too
+    train_and_evaluate(base_config.replace(lr=1e6), tmp_path)  # re-running the finished run repeats it
+    assert f"warning: {warning}" in capsys.readouterr().err.splitlines()
