@@ -19,10 +19,18 @@ one the run's own test evaluation used (results.json's ``evaluated.step``): the 
 the monitored validation metric, or the last epoch when the run was configured with
 ``restore_best=False``; before the run has finished it is the best so far. ``"best"``
 and ``"latest"`` pick those.
+
+A run may be read while it trains (no lock is taken): its retention deletes older
+checkpoints as newer ones are written, possibly while one is being read. ``load_run``
+then reads the newest checkpoint of the same kind instead, and if they keep vanishing
+raises :class:`RunInProgressError` (a ``FileNotFoundError``) saying so. Every loaded run
+says whether it is finished (:attr:`LoadedRun.run_status`: ``"finished"``,
+``"in_progress"`` or ``"unfinished"``, with a note for the two others).
 """
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -54,6 +62,13 @@ class ClassListMismatchError(EvaluationInputError):
 
 class MissingSplitError(EvaluationInputError, SplitNotFoundError):
     """The dataset has no such split."""
+
+
+class RunInProgressError(FileNotFoundError):
+    """The checkpoints of a run that is training vanished (retention) while being read."""
+
+
+RUN_STATUSES = ("finished", "in_progress", "unfinished")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -94,6 +109,8 @@ class LoadedRun:
     epoch: int  # completed epochs at that checkpoint
     checkpoint: str  # "best" | "latest" | "evaluated"
     results: dict[str, Any] | None  # results.json, None while the run is unfinished
+    run_status: str = "finished"  # RUN_STATUSES: results.json exists | a training holds the folder | neither
+    run_status_note: str | None = None  # what the status means for these numbers (None when finished)
 
     @property
     def num_classes(self) -> int:
@@ -127,31 +144,14 @@ def load_run(workdir: str | Path, checkpoint: str = DEFAULT_CHECKPOINT) -> Loade
     config = TrainConfig.from_json_file(config_path)
     results_path = workdir / files.RESULTS_FILE
     results = read_json(results_path) if results_path.exists() else None
-    store = CheckpointStore(workdir / files.CHECKPOINT_DIR, read_only=True)
-    try:
-        if checkpoint == "latest":
-            step = store.latest_step()
-        elif checkpoint == "evaluated" and results is not None:
-            step = int(results["evaluated"]["step"])
-        else:
-            step = store.best_step()
-            if step is None:
-                step = store.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"{workdir / files.CHECKPOINT_DIR} holds no complete checkpoint yet")
-        if step not in store.steps():
-            raise FileNotFoundError(
-                f"{workdir}: checkpoint step {step} ({checkpoint}) is missing; available steps {store.steps()}"
-            )
-        tree, meta = store.restore(step)
-    finally:
-        store.close()
+    step, tree, meta = _restore(workdir, checkpoint, results)
     variables = {"params": tree["params"]}
     if tree.get("batch_stats"):
         variables["batch_stats"] = tree["batch_stats"]
     class_names = list(meta["class_names"])
     fields = dict(meta["input_config"])
     model = build_model(config, len(class_names), fields["channels"], axis_name=None)
+    status, note = run_status(workdir)
     return LoadedRun(
         workdir=workdir,
         config=config,
@@ -164,7 +164,118 @@ def load_run(workdir: str | Path, checkpoint: str = DEFAULT_CHECKPOINT) -> Loade
         epoch=int(meta["epoch"]),
         checkpoint=checkpoint,
         results=results,
+        run_status=status,
+        run_status_note=note,
     )
+
+
+def run_status(workdir: str | Path) -> tuple[str, str | None]:
+    """(status, note) of a run folder: ``"finished"`` (results.json exists; note None),
+    ``"in_progress"`` (a live training holds its lock) or ``"unfinished"`` (neither: it
+    stopped on an error such as non-finite values, was killed, or was interrupted)."""
+    workdir = Path(workdir)
+    if (workdir / files.RESULTS_FILE).exists():
+        return "finished", None
+    holder = files.lock_holder(workdir)
+    if holder is not None:
+        return "in_progress", (
+            f"the run is still training (pid {holder.get('pid')} on {holder.get('host')}, started "
+            f"{holder.get('started')}): no results.json yet, this is a snapshot of an unfinished run")
+    return "unfinished", (
+        "the run is unfinished: no results.json and no training holds the folder (it stopped on an error, "
+        "e.g. non-finite values, or was killed or interrupted); these numbers are of a checkpoint of an "
+        "unfinished run. Re-run the same train command to resume it")
+
+
+_READ_ATTEMPTS = 5  # checkpoints chosen and read, before giving up on a run whose checkpoints keep vanishing
+_VANISH_SECONDS = 5.0  # how long a live run's checkpoints are watched for a deletion, after a failed read
+
+
+def _choose_step(store: CheckpointStore, checkpoint: str, results: dict[str, Any] | None) -> int | None:
+    if checkpoint == "latest":
+        return store.latest_step()
+    if checkpoint == "evaluated" and results is not None:
+        return int(results["evaluated"]["step"])
+    step = store.best_step()
+    return store.latest_step() if step is None else step
+
+
+def _step_dirs(directory: Path) -> set[str]:
+    try:
+        return {p.name for p in directory.iterdir() if p.name.isdigit()}
+    except OSError:
+        return set()
+
+
+def _pruned_meanwhile(workdir: Path, before: set[str]) -> bool:
+    """Whether a live training's retention deleted one of the step folders listed in
+    ``before`` (now, or within :data:`_VANISH_SECONDS`: it deletes files before folders).
+    False at once when no training holds the folder: nothing prunes it then."""
+    if files.lock_holder(workdir) is None:
+        return False
+    directory = workdir / files.CHECKPOINT_DIR
+    deadline = time.monotonic() + _VANISH_SECONDS
+    while before <= _step_dirs(directory):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _no_checkpoint_yet(workdir: Path) -> FileNotFoundError:
+    holder = files.lock_holder(workdir)
+    if holder is not None:
+        return RunInProgressError(f"{workdir} holds no complete checkpoint yet: its training is in progress "
+                                  f"(pid {holder.get('pid')} on {holder.get('host')}); try again after its first epoch")
+    if not (workdir / files.CHECKPOINT_DIR).is_dir():
+        return FileNotFoundError(f"no checkpoints directory {workdir / files.CHECKPOINT_DIR}: is this a cxrjax run "
+                                 "folder (written by python -m cxrjax.train --workdir ...)?")
+    return FileNotFoundError(f"{workdir / files.CHECKPOINT_DIR} holds no complete checkpoint yet (and no training "
+                             "is running in it: re-run the train command to start or resume it)")
+
+
+def _restore(workdir: Path, checkpoint: str, results: dict[str, Any] | None) -> tuple[int, Any, dict[str, Any]]:
+    """(step, state tree, meta) of the chosen checkpoint.
+
+    A live training's retention may delete checkpoints while they are listed or read
+    (orbax then fails with FileNotFoundError, tensorstore NOT_FOUND, "Event loop is
+    closed", ...): when a read fails and a step folder listed before it has gone, the
+    choice is made again on a freshly listed store, up to :data:`_READ_ATTEMPTS` times.
+    A failure without such a deletion (a finished run, a run no training holds, a
+    checkpoint that stays) is a real error and re-raised.
+    """
+    directory = workdir / files.CHECKPOINT_DIR
+    if not directory.is_dir():
+        raise _no_checkpoint_yet(workdir)
+    failed: list[str] = []
+    for _ in range(_READ_ATTEMPTS):
+        before = _step_dirs(directory)
+        store = None
+        try:
+            store = CheckpointStore(directory, read_only=True)
+            step = _choose_step(store, checkpoint, results)
+            if step is None:
+                raise _no_checkpoint_yet(workdir)
+            if step not in store.steps():
+                raise FileNotFoundError(
+                    f"{workdir}: checkpoint step {step} ({checkpoint}) is missing; available steps {store.steps()}"
+                )
+            tree, meta = store.restore(step)
+            return step, tree, meta
+        except Exception as err:
+            if results is not None or not _pruned_meanwhile(workdir, before):
+                raise
+            failed.append(f"{type(err).__name__}: {str(err)[:200]}")
+        finally:
+            if store is not None:
+                try:
+                    store.close()
+                except Exception:  # noqa: BLE001 - a read-only store has nothing to save
+                    pass
+    raise RunInProgressError(
+        f"{workdir}: the run is in progress and its retention deleted the checkpoints being read, "
+        f"{len(failed)} times in a row (last: {failed[-1]}); try again, or wait until the run has "
+        "finished (results.json)")
 
 
 # ------------------------------------------------------------------ the run meets data

@@ -179,10 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                             batch_size=a.batch_size, data_dir=a.data_dir)
     if a.json:
         print(json.dumps({"workdir": str(a.workdir), "checkpoint": {"which": run.checkpoint, "step": run.step},
+                          "run_status": run.run_status, "run_status_note": run.run_status_note,
                           "class_names": list(run.class_names),
                           "predictions": [r.to_dict(run.class_names) for r in results]}, indent=2))
     else:
         print(format_table(results, run.class_names))
+    if run.run_status_note:
+        print(f"note: {run.run_status_note}", file=sys.stderr)
     failed = [r for r in results if r.error is not None]
     if failed:
         print(f"error: {len(failed)} of {len(results)} file(s) could not be read: "

@@ -107,6 +107,8 @@ def evaluate_member(run: Any, ds: Any, request: Mapping[str, Any], options: Eval
     report: dict[str, Any] = {
         "workdir": str(run.workdir),
         "checkpoint": {"which": run.checkpoint, "step": run.step, "epoch": run.epoch},
+        "run_status": run.run_status,  # finished | in_progress | unfinished (no results.json)
+        "run_status_note": run.run_status_note,
         "model": run.config.model,
         "dataset": request["name"],
         "dataset_options": dict(request["options"] or {}),
@@ -225,6 +227,8 @@ def format_member(report: Mapping[str, Any]) -> str:
              f"accuracy {m['accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  "
              f"ROC-AUC (ovr) {_fmt(m['roc_auc_ovr'])}  loss {_fmt(m['loss'])}",
              format_report(m)]
+    if report.get("run_status_note"):
+        lines.insert(1, f"note: {report['run_status_note']}")
     if report.get("lung_mask_probe"):
         lines.append("lung-masked probe: " + report["lung_mask_probe"]["verdict"])
     for method, game in (report.get("pointing_game") or {}).items():

@@ -100,6 +100,7 @@ def explain(workdir: str, out: str | Path, *, dataset: str | None = None, data_d
         grids[name] = path.name
         listing[name] = chosen[k]
     summary = {"workdir": str(run.workdir), "checkpoint": {"which": run.checkpoint, "step": run.step},
+               "run_status": run.run_status, "run_status_note": run.run_status_note,
                "dataset": request["name"], "dataset_options": dict(request["options"] or {}), "split": split,
                "class_names": list(names), "method": method, "layer": maps.layer, "grids": grids,
                "examples": listing,
@@ -148,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (inference.EvaluationInputError, FileNotFoundError, LayoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if summary.get("run_status_note"):
+        print(f"note: {summary['run_status_note']}", file=sys.stderr)
     print(f"accuracy on {summary['dataset']} {summary['split']}: {summary['accuracy']:.4f}")
     for name, grid in summary["grids"].items():
         print(f"{name}: {Path(a.out) / grid}")

@@ -29,7 +29,10 @@ from cxrjax.train.presets import PRESETS
 _LAZY = {
     "train_and_evaluate": "cxrjax.train.trainer",
     "NonFiniteError": "cxrjax.train.trainer",
+    "TooManySkippedStepsError": "cxrjax.train.trainer",
     "ConfigMismatchError": "cxrjax.train.workdir",
+    "WorkdirError": "cxrjax.train.workdir",
+    "WorkdirLockedError": "cxrjax.train.workdir",
     "enable_compilation_cache": "cxrjax.train.compile_cache",
 }
 

@@ -14,19 +14,63 @@ which the best-N policy alone would delete. Mid-epoch checkpoints carry no metri
 are dropped as soon as a newer one exists (``keep_checkpoints_without_metrics=False``).
 
 Saves are asynchronous (the step loop continues while orbax writes) and :meth:`close`
-waits for them; the loop closes the store in a ``finally``. A save killed half-way
+waits for them; the loop closes the store in a ``finally``. The training loop also
+:meth:`wait`\ s before each epoch's validation, so a save that failed (disk full,
+read-only or vanished storage) is reported within the next epoch as a
+:class:`CheckpointSaveError` naming the step, not as orbax's raw error at some later
+save. Only storage failures become that error (a ``WorkdirStorageError``: the CLI prints
+one ``error:`` line); anything else is re-raised as it came. A save killed half-way
 leaves a ``<step>.orbax-checkpoint-tmp-*`` directory, which orbax never lists as a
 step; ``cleanup_tmp_directories`` deletes such leftovers when the store is opened.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import orbax.checkpoint as ocp
 
+from cxrjax.train.workdir import STORAGE_ERRNOS, WorkdirStorageError
+
 BEST_RANK = "best_rank"
+
+
+class CheckpointSaveError(WorkdirStorageError):
+    """Writing checkpoint ``step`` failed because of the storage (see :func:`storage_errno`)."""
+
+    def __init__(self, message: str, errno_: int | None, step: int | None):
+        super().__init__(message, errno_)
+        self.step = step
+
+
+# How tensorstore / orbax spell the storage failures of STORAGE_ERRNOS in their errors
+# (they arrive as ValueError / RuntimeError with the OS error inside the text).
+_STORAGE_TEXT = (
+    (errno.ENOSPC, ("No space left on device", "RESOURCE_EXHAUSTED", "os_error_code='28'")),
+    (errno.EDQUOT, ("Disk quota exceeded", "os_error_code='122'")),
+    (errno.EROFS, ("Read-only file system", "os_error_code='30'")),
+    (errno.EACCES, ("Permission denied", "PERMISSION_DENIED", "os_error_code='13'")),
+    (errno.EPERM, ("Operation not permitted", "os_error_code='1'")),
+)
+
+
+def storage_errno(err: BaseException) -> int | None:
+    """The OS error number when ``err`` (or an error it was raised from) is a storage
+    failure of :data:`cxrjax.train.workdir.STORAGE_ERRNOS`, else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
+            return err.errno
+        text = str(err)
+        for number, needles in _STORAGE_TEXT:
+            if any(needle in text for needle in needles):
+                return number
+        err = err.__cause__ or err.__context__
+    return None
 
 # orbax warnings that are expected here: mid-epoch checkpoints deliberately carry no
 # metrics, and a read-only manager (load_run) reports that it will not save.
@@ -77,6 +121,8 @@ class CheckpointStore:
                 "(written by python -m cxrjax.train --workdir ...)?"
             )
         self._manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"), options=options)
+        self._pending: int | None = None  # the step of the save in flight
+        self._failed = False  # a save error was reported: close() must not raise it again
 
     # --- queries -----------------------------------------------------------------------
     def steps(self) -> list[int]:
@@ -91,14 +137,23 @@ class CheckpointStore:
 
     # --- save / restore ----------------------------------------------------------------
     def save(self, step: int, state_tree: Any, meta: dict[str, Any], best_rank: int | None = None) -> None:
-        """Start an asynchronous save; ``best_rank`` None marks a mid-epoch checkpoint."""
+        """Start an asynchronous save; ``best_rank`` None marks a mid-epoch checkpoint.
+
+        The previous save is waited for first (orbax would, too), so its failure is
+        reported as that step's :class:`CheckpointSaveError`.
+        """
+        self.wait()
         metrics = None if best_rank is None else {BEST_RANK: best_rank}
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state_tree), meta=ocp.args.JsonSave(meta)),
-            metrics=metrics,
-            force=True,
-        )
+        self._pending = step
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state_tree), meta=ocp.args.JsonSave(meta)),
+                metrics=metrics,
+                force=True,
+            )
+        except Exception as err:
+            raise self._save_error(err) from err
 
     def restore(self, step: int, state_target: Any | None = None) -> tuple[Any, dict[str, Any]]:
         """(state tree, meta) of ``step``; ``state_target`` (a tree like the saved one) fixes
@@ -112,12 +167,46 @@ class CheckpointStore:
         return restored["state"], dict(restored["meta"])
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        """Wait for the save in flight; raise :class:`CheckpointSaveError` if it failed."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as err:
+            raise self._save_error(err) from err
+        self._pending = None
+
+    def _save_error(self, err: Exception) -> Exception:
+        """``err`` of the save of ``self._pending`` as a CheckpointSaveError, when the
+        storage caused it; otherwise ``err`` itself."""
+        step, self._pending = self._pending, None
+        number = storage_errno(err)
+        if number is None:
+            return err
+        self._failed = True
+        try:  # on disk: orbax already dropped the steps this save was to replace from its own list
+            complete = [int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and int(p.name) != step]
+        except OSError:
+            complete = []
+        newest = f"the newest complete checkpoint is step {max(complete)}" if complete else "no complete checkpoint exists"
+        cause = re.sub(r"\s+", " ", str(err)).strip()
+        return CheckpointSaveError(
+            f"saving checkpoint step {step} to {self.directory} failed: {STORAGE_ERRNOS[number]} "
+            f"[{errno.errorcode.get(number, number)}]; {newest}. Free some space (or fix the permissions) and "
+            f"re-run the same command to resume from it, or use another --workdir. (orbax: {cause[:400]})",
+            number, step)
 
     def close(self) -> None:
-        """Wait for pending saves and release the manager."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Wait for pending saves and release the manager (a save failure already
+        reported by :meth:`save` / :meth:`wait` is not raised again)."""
+        try:
+            if self._failed:
+                try:
+                    self._manager.wait_until_finished()
+                except Exception:  # noqa: BLE001 - already reported
+                    pass
+            else:
+                self.wait()
+        finally:
+            self._manager.close()
 
     def __enter__(self) -> "CheckpointStore":
         return self

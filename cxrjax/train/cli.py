@@ -89,11 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # without loading JAX, orbax or the data layer.
     from cxrjax.reporting.metrics import format_report
     from cxrjax.train.trainer import NonFiniteError, train_and_evaluate
-    from cxrjax.train.workdir import ConfigMismatchError
+    from cxrjax.train.workdir import ConfigMismatchError, WorkdirError
 
     try:
         results = train_and_evaluate(config, args.workdir)
-    except (ConfigMismatchError, NonFiniteError) as err:
+    except (ConfigMismatchError, NonFiniteError, WorkdirError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     shown = results.get("test") or results.get("validation")

@@ -56,6 +56,7 @@ RESULT_IRRELEVANT_FIELDS = frozenset(
         "log_every_steps",
         "checkpoint_every_steps",
         "compilation_cache_dir",
+        "max_skipped_fraction",  # when to give up on skipped steps, not what is trained
     }
 )
 
@@ -232,6 +233,10 @@ class TrainConfig(InputOptions):
     # --- robustness, parallelism, numerics ---------------------------------------------
     on_nonfinite: str = option("stop", flag=True, choices=NONFINITE_MODES,
                                help="non-finite loss: stop (raise at once) or skip the update and count it")
+    max_skipped_fraction: float = option(
+        0.5, flag=True, ge=0, le=1,
+        help="with --on-nonfinite skip: a run that skipped more than this fraction of its steps (all sessions) "
+             "ends with TooManySkippedStepsError instead of results.json (1: never)")
     parallel: str = option("shard_map", flag=True, choices=PARALLEL_MODES,
                            help="data-parallel compilation: shard_map (jit over a device mesh) or pmap")
     dtype: str = option("float32", flag=True, choices=DTYPES, help="computation dtype; params stay float32")

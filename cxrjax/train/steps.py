@@ -9,10 +9,14 @@ Both functions run on one replica's slice of the global batch inside a named dev
   ``axis_name=AXIS``;
 - the dropout key is ``fold_in(fold_in(rng, step), replica index)``: fresh per step, and
   different on every replica;
-- a non-finite loss or gradient leaves params, optimizer state and BatchNorm statistics
-  exactly as they were; the step counter still advances (a batch was consumed), the skip
-  is counted and the first such step recorded, all on device, so the host learns about
-  it from the metrics it fetches anyway (no extra synchronisation per step).
+- a non-finite loss or gradient, or an update that would make the new params, optimizer
+  state or BatchNorm statistics non-finite (a finite loss can still overflow them, e.g.
+  with a huge learning rate), leaves params, optimizer state and BatchNorm statistics
+  exactly as they were; so the state is finite after every step. The step counter still
+  advances (a batch was consumed), the skip is counted and the first such step recorded,
+  all on device, so the host learns about it from the metrics it fetches anyway (no
+  extra synchronisation per step): ``finite`` (the update was applied) and
+  ``finite_loss_and_grads`` (which of the two checks failed).
 
 Losses: softmax cross-entropy with optional label smoothing and class weights, the mean
 over the batch of ``weight[label] * loss`` (Keras' ``class_weight`` semantics). Eval
@@ -91,10 +95,12 @@ def train_step(
     value = lax.pmean(value, AXIS)
     accuracy = lax.pmean(jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)), AXIS)
 
-    finite = jnp.isfinite(value) & _all_finite(grads)
+    finite_loss_and_grads = jnp.isfinite(value) & _all_finite(grads)
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: u * state.lr_scale.astype(u.dtype), updates)
     new_params = optax.apply_updates(state.params, updates)
+    # The updated state too: finite loss and gradients can still overflow it.
+    finite = finite_loss_and_grads & _all_finite((new_params, new_opt_state, new_batch_stats))
 
     new_state = state.replace(
         step=state.step + 1,
@@ -113,6 +119,7 @@ def train_step(
         "param_norm": optax.global_norm(new_state.params),
         "lr": schedule(state.step) * state.lr_scale,
         "finite": finite,
+        "finite_loss_and_grads": finite_loss_and_grads,
     }
     return new_state, metrics
 

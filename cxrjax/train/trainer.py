@@ -2,9 +2,11 @@
 
 What happens, in order:
 
-1. The workdir's ``config.json`` is written, or compared with ``config`` (a different
-   configuration is refused, see workdir.py). If ``results.json`` exists the run is
-   finished and its results are returned without training.
+1. If ``results.json`` exists the run is finished: its config.json is compared with
+   ``config`` and its results are returned without training (nothing is written).
+   Otherwise the workdir is locked for the whole run (``train.lock``: a second training
+   in the same folder is refused, see workdir.py), then its ``config.json`` is written,
+   or compared with ``config`` (a different configuration is refused).
 2. The dataset is opened (``cxrjax.data.load``), the model built with the dataset's
    number of classes and ``axis_name="batch"``, the optimiser from the config, and the
    per-replica steps compiled for ``num_devices`` devices (shard_map or pmap).
@@ -20,16 +22,24 @@ What happens, in order:
 5. The best checkpoint (or the last, with ``restore_best=False``) is restored and the
    validation and test splits evaluated; plots and ``results.json`` are written.
 
-Non-finite loss or gradients never corrupt the state (steps.py). With
-``on_nonfinite="stop"`` the first such step raises :class:`NonFiniteError` when its
-metrics are fetched, before any later checkpoint is written; with ``"skip"`` the update
-is skipped and counted (``skipped_nonfinite`` per epoch, ``skipped_nonfinite_steps`` in
-the results).
+Non-finite loss or gradients, or an update that would make the state non-finite, never
+corrupt the state (steps.py). With ``on_nonfinite="stop"`` the first such step raises
+:class:`NonFiniteError` when its metrics are fetched, before any later checkpoint is
+written; with ``"skip"`` the update is skipped and counted (``skipped_nonfinite`` per
+epoch, ``skipped_nonfinite_steps`` in the results: every session of the run), and a run
+that skipped more than ``max_skipped_fraction`` of its steps ends with
+:class:`TooManySkippedStepsError` instead of results (its model is barely trained).
+
+A run that finishes but diverged (train loss or gradient norm of the last epoch
+non-finite or above :data:`EXPLODED`) gets a ``warning:`` line on stderr and an entry in
+``results.json["warnings"]``, as do skipped steps.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,18 +64,44 @@ META_FORMAT = 1
 
 
 class NonFiniteError(FloatingPointError):
-    """Loss or gradients became NaN/inf (``on_nonfinite="stop"``)."""
+    """A step's loss or gradients were NaN/inf, or its update would have made the
+    params / optimizer state / BatchNorm statistics so (``on_nonfinite="stop"``)."""
 
-    def __init__(self, *, step: int, epoch: int, batch: int, steps_per_epoch: int, loss: float, workdir: Path):
+    def __init__(self, *, step: int, epoch: int, batch: int, steps_per_epoch: int, loss: float, workdir: Path,
+                 loss_and_grads_finite: bool = False, grad_norm: float = float("nan")):
         self.step, self.epoch, self.batch = step, epoch, batch
+        if loss_and_grads_finite:
+            what = (f"non-finite update: the loss ({loss}) and every gradient were finite (global norm "
+                    f"{grad_norm}), but the new params, optimizer state or BatchNorm statistics would not have been")
+        else:
+            what = f"non-finite loss or gradients (loss={loss}, gradient norm {grad_norm})"
         super().__init__(
-            f"non-finite loss or gradients (loss={loss}) at global step {step}, epoch {epoch} "
-            f"(1-based, as in the progress bar), batch {batch} of that epoch (0-based, of "
-            f"{steps_per_epoch}); the update was not applied, params/optimizer/BatchNorm state "
-            f"are unchanged and no later checkpoint was written ({workdir}). Lower the learning "
-            "rate, set grad_clip_norm, check the data, or set on_nonfinite='skip' to skip such "
-            "batches and count them."
+            f"{what} at global step {step}, epoch {epoch} (1-based, as in the progress bar), batch {batch} of "
+            f"that epoch (0-based, of {steps_per_epoch}). That update was not applied (every step checks its "
+            f"new state, so the state stayed finite) and no checkpoint after it was written ({workdir}). "
+            "Lower the learning rate, set grad_clip_norm, check the data, or set on_nonfinite='skip' to skip "
+            "such batches and count them."
         )
+
+
+class TooManySkippedStepsError(NonFiniteError):
+    """``on_nonfinite="skip"`` skipped more than ``max_skipped_fraction`` of a run's steps."""
+
+    def __init__(self, *, skipped: int, steps: int, max_fraction: float, first_step: int, workdir: Path):
+        FloatingPointError.__init__(
+            self,
+            f"{skipped} of the run's {steps} steps ({skipped / steps:.0%}) were skipped as non-finite "
+            f"(first at global step {first_step}), more than max_skipped_fraction={max_fraction:g}: the model "
+            f"is barely trained, so no results.json was written ({workdir}; its checkpoints are kept). Lower "
+            "the learning rate, set grad_clip_norm or check the data, and train in a new --workdir.",
+        )
+        self.skipped, self.steps = skipped, steps
+        self.step, self.epoch, self.batch = first_step, None, None
+
+
+# A last-epoch train loss or gradient norm above this is a diverged run (cross-entropy of
+# a sane model is a few units; gradient norms are rarely above thousands).
+EXPLODED = 1e6
 
 
 # ----------------------------------------------------------------------------------------
@@ -168,18 +204,50 @@ def train_and_evaluate(
     to avoid reopening it); by default ``cxrjax.data.load`` opens ``config.dataset``.
     ``on_checkpoint(step)`` is called after each checkpoint is completely written (with
     a hook, saves are therefore synchronous); tests use it to kill a run at a known point.
+
+    The run holds the folder's lock (workdir.WorkdirLock) from before config.json is
+    compared until it returns: a second training on the same folder raises
+    ``WorkdirLockedError``. A finished run is only read (no lock, nothing written).
+    Storage failures (disk full, read-only folder) raise ``WorkdirStorageError``s.
     """
     config = config.validated()
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    files.prepare_workdir(workdir)
     if config.compilation_cache_dir:
         enable_compilation_cache(config.compilation_cache_dir)
-    files.check_or_write_config(workdir, config)
-    results_path = workdir / files.RESULTS_FILE
-    if results_path.exists():
-        _say(config, f"{workdir}: run already finished; returning {results_path}")
-        return files.read_json(results_path)
+    try:
+        finished = _finished_results(config, workdir)
+        if finished is not None:
+            return finished
+        with files.WorkdirLock(workdir):
+            files.check_or_write_config(workdir, config)
+            finished = _finished_results(config, workdir)  # finished by its holder just before we locked
+            if finished is not None:
+                return finished
+            return _train_and_evaluate(config, workdir, dataset, on_checkpoint)
+    except OSError as err:
+        storage = files.storage_error(err, workdir, "write the run's files")
+        if storage is None:
+            raise
+        raise storage from err
 
+
+def _finished_results(config: TrainConfig, workdir: Path) -> dict[str, Any] | None:
+    """results.json's dict when the run is finished (after the config check), else None."""
+    results_path = workdir / files.RESULTS_FILE
+    if not results_path.exists():
+        return None
+    files.check_or_write_config(workdir, config)  # compares only: a finished run is never rewritten
+    _say(config, f"{workdir}: run already finished; returning {results_path}")
+    results = files.read_json(results_path)
+    for warning in results.get("warnings") or []:
+        _warn(warning)
+    return results
+
+
+def _train_and_evaluate(config: TrainConfig, workdir: Path, dataset: Any | None,
+                        on_checkpoint: Callable[[int], None] | None) -> dict[str, Any]:
+    """The run itself, with the workdir locked and its config.json in place."""
     session_start = time.perf_counter()
     setup = setup_run(config, dataset)
     _write_normalization_statistics(workdir, setup)
@@ -206,6 +274,7 @@ def train_and_evaluate(
             writer = ScalarWriter(workdir / files.TENSORBOARD_DIR)
         device_state = engine.put_state(state)
         device_state = _train_epochs(setup, device_state, progress, store, workdir, writer, on_checkpoint)
+        _check_skipped_fraction(setup, device_state, progress, workdir)
         results = _final_evaluation(setup, device_state, progress, store, workdir, session_start)
     finally:
         store.close()  # waits for asynchronous saves
@@ -269,6 +338,52 @@ def _say(config: TrainConfig, message: str) -> None:
         tqdm.write(message)
 
 
+def _warn(message: str) -> None:
+    """A ``warning:`` line on stderr, with or without progress output."""
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
+def _skipped_total(setup: RunSetup, device_state: Any) -> tuple[int, int]:
+    """(skipped steps, first skipped step) of the whole run: the device counters, which
+    checkpoints carry over from session to session."""
+    host = setup.engine.host_state((device_state.skipped_steps, device_state.first_nonfinite_step))
+    return int(host[0]), int(host[1])
+
+
+def _check_skipped_fraction(setup: RunSetup, device_state: Any, progress: Progress, workdir: Path) -> None:
+    """Raise TooManySkippedStepsError when the run skipped more than max_skipped_fraction of its steps."""
+    steps = progress.epoch * setup.steps_per_epoch
+    skipped, first = _skipped_total(setup, device_state)
+    if steps and skipped / steps > setup.config.max_skipped_fraction:
+        raise TooManySkippedStepsError(skipped=skipped, steps=steps, max_fraction=setup.config.max_skipped_fraction,
+                                       first_step=first, workdir=workdir)
+
+
+def _run_warnings(setup: RunSetup, progress: Progress, skipped: int) -> list[str]:
+    """What a finished run should be loud about: divergence in its last epoch, skipped steps."""
+    warnings = []
+    last = progress.history[-1] if progress.history else None
+    if last is not None and last.get("skipped_nonfinite") == setup.steps_per_epoch:
+        warnings.append(f"no update of the last epoch ({last['epoch']}) was applied: all its "
+                        f"{setup.steps_per_epoch} steps were skipped as non-finite")
+    elif last is not None:
+        bad = []
+        for key, name in (("train_loss", "train loss"), ("grad_norm", "mean gradient norm")):
+            value = float("nan") if last.get(key) is None else float(last[key])
+            if not math.isfinite(value) or value > EXPLODED:
+                bad.append(f"{name} {value:.3g}")
+        if bad:
+            warnings.append(
+                f"the run diverged: in its last epoch ({last['epoch']}) {' and '.join(bad)} (non-finite or above "
+                f"{EXPLODED:g}); its model and metrics are not trustworthy. Lower the learning rate or set "
+                "grad_clip_norm, and train in a new --workdir.")
+    if skipped:
+        steps = progress.epoch * setup.steps_per_epoch
+        warnings.append(f"{skipped} of {steps} steps were skipped as non-finite (on_nonfinite='skip', "
+                        f"max_skipped_fraction={setup.config.max_skipped_fraction:g})")
+    return warnings
+
+
 class Saver:
     """Writes a checkpoint of the device state with the run's progress and trackers."""
 
@@ -297,6 +412,9 @@ def _train_epochs(setup: RunSetup, device_state: Any, progress: Progress, store:
     while progress.epoch < config.epochs and not progress.stopped_early:
         epoch = progress.epoch + 1  # 1-based, as displayed
         device_state = _train_one_epoch(setup, device_state, progress, save, workdir)
+        # The previous checkpoint is complete by now (it was written while this epoch
+        # trained); a failed save is reported here, at the next epoch, not epochs later.
+        store.wait()
 
         eval_t0 = time.perf_counter()
         val, _ = evaluate_split(setup.predictor(device_state), setup.dataset, "validation",
@@ -363,7 +481,9 @@ def _train_one_epoch(setup: RunSetup, device_state: Any, progress: Progress, sav
             if not sums.add(m) and config.on_nonfinite == "stop":
                 bar.close()
                 raise NonFiniteError(step=step, epoch=epoch, batch=batch_index, steps_per_epoch=spe,
-                                     loss=float(m["loss"]), workdir=workdir)
+                                     loss=float(m["loss"]), workdir=workdir,
+                                     loss_and_grads_finite=bool(m.get("finite_loss_and_grads", False)),
+                                     grad_norm=float(m["grad_norm"]))
         pending.clear()
         bar.set_postfix(loss=f"{sums.mean('loss'):.4f}", acc=f"{sums.mean('accuracy'):.3f}",
                         img_s=f"{session_images / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
@@ -436,6 +556,7 @@ def _final_evaluation(
 ) -> dict[str, Any]:
     config, engine = setup.config, setup.engine
     store.wait()
+    skipped, _ = _skipped_total(setup, device_state)  # of the run; the restored checkpoint's may be fewer
     spe = setup.steps_per_epoch
     stopper, _ = _trackers(config, progress)
     best_epoch = stopper.tracker.best_epoch
@@ -481,7 +602,8 @@ def _final_evaluation(
         "global_batch_size": setup.global_batch_size,
         "steps_per_epoch": spe,
         "parameter_count": parameter_count(host_state.params),
-        "skipped_nonfinite_steps": int(host_state.skipped_steps),
+        "skipped_nonfinite_steps": skipped,
+        "warnings": _run_warnings(setup, progress, skipped),
         "dataset_info": dataset_info(setup),
         "input_config": setup.input_fields,
         "jax_backend": jax.default_backend(),
@@ -493,6 +615,8 @@ def _final_evaluation(
                                 title=f"{config.model}: {split} (accuracy {shown['accuracy']:.3f})")
     plots.plot_roc_curves(preds.labels, preds.probs, names, workdir / files.ROC_CURVES,
                           title=f"{config.model}: {split} ROC (one-vs-rest)")
+    for warning in results["warnings"]:
+        _warn(warning)
     files.write_json(workdir / files.RESULTS_FILE, results)
     if test is not None:
         _say(config, f"test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} "
