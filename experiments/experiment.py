@@ -199,7 +199,7 @@ def run_from_args(
     configuration, ends in one ``error: ...`` line and exit status 2 (as
     ``python -m cxrjax.train``), before any run trains.
     """
-    from cxrjax.train.workdir import ConfigMismatchError
+    from cxrjax.train.trainer import USER_ERRORS
     from experiments import train_options
 
     try:
@@ -212,7 +212,7 @@ def run_from_args(
     try:
         run_experiment(cells, specs, default_workdir(args, experiment), report_spec(specs), run_fn=run_fn,
                        progress=args.grid_progress, jobs=jobs_of(args))
-    except ConfigMismatchError as err:
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

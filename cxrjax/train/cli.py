@@ -88,12 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported here, not at the top: --help, --list-presets and --print-config answer
     # without loading JAX, orbax or the data layer.
     from cxrjax.reporting.metrics import format_report
-    from cxrjax.train.trainer import NonFiniteError, train_and_evaluate
-    from cxrjax.train.workdir import ConfigMismatchError, WorkdirError
+    from cxrjax.train.trainer import USER_ERRORS, train_and_evaluate
 
     try:
         results = train_and_evaluate(config, args.workdir)
-    except (ConfigMismatchError, NonFiniteError, WorkdirError) as err:
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     shown = results.get("test") or results.get("validation")

@@ -49,6 +49,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from cxrjax.data.errors import DataError
 from cxrjax.reporting import plots
 from cxrjax.train import workdir as files
 from cxrjax.train.checkpointing import CheckpointStore
@@ -57,7 +58,7 @@ from cxrjax.train.config import TrainConfig, mode_for
 from cxrjax.train.data_api import data_api
 from cxrjax.train.early_stopping import EarlyStopping, ImprovementTracker, PlateauScaler
 from cxrjax.train.evaluation import evaluate_split
-from cxrjax.train.run_setup import RunSetup, data_differences, dataset_info, setup_run
+from cxrjax.train.run_setup import RunSetup, RunSetupError, data_differences, dataset_info, setup_run
 from cxrjax.train.state import from_tree, parameter_count, to_tree
 
 META_FORMAT = 1
@@ -97,6 +98,11 @@ class TooManySkippedStepsError(NonFiniteError):
         )
         self.skipped, self.steps = skipped, steps
         self.step, self.epoch, self.batch = first_step, None, None
+
+
+# The errors a user fixes (a refused configuration or data, a locked or broken run folder,
+# a run that diverged): command-line tools print them as one ``error:`` line, exit 2.
+USER_ERRORS = (files.ConfigMismatchError, files.WorkdirError, NonFiniteError, RunSetupError, DataError)
 
 
 # A last-epoch train loss or gradient norm above this is a diverged run (cross-entropy of
@@ -297,11 +303,11 @@ def _write_normalization_statistics(workdir: Path, setup: RunSetup) -> None:
 
 def _progress_from_meta(meta: dict[str, Any], setup: RunSetup, workdir: Path) -> Progress:
     if meta.get("format") != META_FORMAT:
-        raise ValueError(f"{workdir}: checkpoint metadata format {meta.get('format')} is not {META_FORMAT}; "
+        raise files.ConfigMismatchError(f"{workdir}: checkpoint metadata format {meta.get('format')} is not {META_FORMAT}; "
                          "it was written by another cxrjax version; use a new --workdir")
     changed = data_differences((meta.get("dataset") or {}).get("fingerprint"), dataset_info(setup)["fingerprint"])
     if changed:
-        raise ValueError(
+        raise files.ConfigMismatchError(
             f"{workdir}: the checkpoint was trained on other data than this session's "
             f"({setup.config.dataset!r} from --data-dir {setup.config.data_dir}"
             f"{', --manual-dir ' + str(setup.config.manual_dir) if setup.config.manual_dir else ''}):\n  "
@@ -309,12 +315,12 @@ def _progress_from_meta(meta: dict[str, Any], setup: RunSetup, workdir: Path) ->
             + "\nResume with the data the run was trained on, or use a new --workdir for this data."
         )
     if meta.get("class_names") != list(setup.dataset.class_names):
-        raise ValueError(
+        raise files.ConfigMismatchError(
             f"{workdir}: the checkpoint was trained on classes {meta.get('class_names')} but the dataset now "
             f"has {list(setup.dataset.class_names)}; use a new --workdir"
         )
     if (meta.get("steps_per_epoch"), meta.get("global_batch_size")) != (setup.steps_per_epoch, setup.global_batch_size):
-        raise ValueError(
+        raise files.ConfigMismatchError(
             f"{workdir}: the checkpoint had {meta.get('steps_per_epoch')} steps per epoch but this session has "
             f"{setup.steps_per_epoch} (global batch {setup.global_batch_size} on {setup.num_devices} devices; the "
             f"checkpoint used {meta.get('global_batch_size')} on {meta.get('num_devices')}); resume with the same "
