@@ -20,6 +20,7 @@ This module is the benchmark's prototype of that path (issue 6 asks for it if th
 pipeline cannot keep up); see benchmarks/README.md for the measured rates and for what
 integrating it into cxrjax.data / cxrjax.train would take.
 """
+
 from __future__ import annotations
 
 import math
@@ -123,9 +124,16 @@ class ResidentSteps:
     compile_s: float
 
 
-def build_resident_steps(model_name: str, images: np.ndarray, labels: np.ndarray, cfg: ResidentConfig, *,
-                         num_classes: int, overrides: dict | None = None,
-                         num_devices: int | None = None) -> ResidentSteps:
+def build_resident_steps(
+    model_name: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    cfg: ResidentConfig,
+    *,
+    num_classes: int,
+    overrides: dict | None = None,
+    num_devices: int | None = None,
+) -> ResidentSteps:
     """The engine's jit(shard_map) of [gather + augment + engine train step], the data
     replicated per device; the engine's eval slot compiles the batch maker alone (its
     per-replica output, concatenated over the devices, is the global batch)."""

@@ -20,6 +20,7 @@ to the plain train step's.
 The dataset is ``cxr_phantoms`` prepared into a temporary directory (or ``--data-dir``,
 reused across runs), stored at 256 px like the real data is stored.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,9 @@ class PipelineOptions:
     batch_size: int = 32
     batches: int = 20
     data_dir: Path | None = None
-    dataset_options: dict[str, Any] = field(default_factory=lambda: {"num_train": 512, "num_validation": 0,
-                                                                      "num_test": 0})
+    dataset_options: dict[str, Any] = field(
+        default_factory=lambda: {"num_train": 512, "num_validation": 0, "num_test": 0}
+    )
     throughput_json: Path | None = None
     resident: str = "auto"  # "auto": only where no worker count keeps up
     resident_steps: int = 5
@@ -109,21 +111,33 @@ def time_pipeline(api: Any, batches: Any, workers: int, max_batches: int, skip: 
         close = getattr(it, "close", None)
         if close is not None:
             close()
-    return {"startup_s": startup, "batches_skipped": skip, "batches_timed": max_batches,
-            "images_per_s": max_batches * batch / elapsed}
+    return {
+        "startup_s": startup,
+        "batches_skipped": skip,
+        "batches_timed": max_batches,
+        "images_per_s": max_batches * batch / elapsed,
+    }
 
 
 def train_step_rate(case: Any, options: PipelineOptions, channels: int) -> tuple[float, str]:
     """(images/s of the train step, where the number comes from)."""
     if options.throughput_json:
         records = json.loads(Path(options.throughput_json).read_text())["records"]
-        rates = [r["images_per_s"] for r in records
-                 if r["model"] == case.model and r["image_size"] == case.image_size
-                 and r.get("dtype") == "float32" and not r.get("error")]
+        rates = [
+            r["images_per_s"]
+            for r in records
+            if r["model"] == case.model
+            and r["image_size"] == case.image_size
+            and r.get("dtype") == "float32"
+            and not r.get("error")
+        ]
         if rates:
             return max(rates), f"{options.throughput_json} (fastest float32 configuration)"
-        print(f"benchmarks.input_pipeline: no {case.label} float32 record in {options.throughput_json}; "
-              "measuring the train step here", file=sys.stderr)
+        print(
+            f"benchmarks.input_pipeline: no {case.label} float32 record in {options.throughput_json}; "
+            "measuring the train step here",
+            file=sys.stderr,
+        )
     import jax
 
     from benchmarks import jax_step
@@ -132,8 +146,13 @@ def train_step_rate(case: Any, options: PipelineOptions, channels: int) -> tuple
 
     n = jax.local_device_count()
     per_device = max(1, options.batch_size // n)
-    cfg = jax_step.JaxStepConfig(model=case.model, image_size=case.image_size, per_device_batch=per_device,
-                                 channels=channels, overrides=dict(options.overrides))
+    cfg = jax_step.JaxStepConfig(
+        model=case.model,
+        image_size=case.image_size,
+        per_device_batch=per_device,
+        channels=channels,
+        overrides=dict(options.overrides),
+    )
     record, _, _ = run_jax_config(cfg, warmup=1, steps=options.train_steps, env=environment())
     return record["images_per_s"], f"measured here (batch {per_device} x {n} devices, {options.train_steps} steps)"
 
@@ -148,15 +167,29 @@ def resident_rate(case: Any, ds: Any, channels: int, options: PipelineOptions) -
     settings = STUDY_INPUT.get(case.model, DEFAULT_INPUT)
     images, labels = device_resident.resident_arrays(ds.splits["train"], case.image_size, channels)
     n = jax.local_device_count()
-    cfg = device_resident.ResidentConfig(per_device_batch=max(1, options.batch_size // n),
-                                         hflip=settings["hflip"], rotate_degrees=settings["rotate_degrees"])
-    steps = device_resident.build_resident_steps(case.model, images, labels, cfg, num_classes=ds.num_classes,
-                                                 overrides=dict(options.overrides))
+    cfg = device_resident.ResidentConfig(
+        per_device_batch=max(1, options.batch_size // n),
+        hflip=settings["hflip"],
+        rotate_degrees=settings["rotate_degrees"],
+    )
+    steps = device_resident.build_resident_steps(
+        case.model, images, labels, cfg, num_classes=ds.num_classes, overrides=dict(options.overrides)
+    )
     global_batch = cfg.per_device_batch * steps.num_devices
-    train_t, state = time_steps(lambda s: steps.train(s, steps.data)[0], steps.state,
-                                warmup=1, steps=options.resident_steps, sync=jax.block_until_ready)
-    batch_t, _ = time_steps(lambda _: steps.make_batch(state, steps.data), None,
-                            warmup=1, steps=options.resident_steps, sync=jax.block_until_ready)
+    train_t, state = time_steps(
+        lambda s: steps.train(s, steps.data)[0],
+        steps.state,
+        warmup=1,
+        steps=options.resident_steps,
+        sync=jax.block_until_ready,
+    )
+    batch_t, _ = time_steps(
+        lambda _: steps.make_batch(state, steps.data),
+        None,
+        warmup=1,
+        steps=options.resident_steps,
+        sync=jax.block_until_ready,
+    )
     return {
         "resident_bytes": int(images.nbytes),
         "compile_s": steps.compile_s,
@@ -190,25 +223,41 @@ def run(options: PipelineOptions) -> dict[str, Any]:
                 for workers in options.workers:
                     cfg = input_config(api, case.model, case.image_size, channels, workers)
                     if kind == "train":
-                        batches = api.train_batches(ds, "train", cfg, seed=0, epoch=0,
-                                                    global_batch_size=options.batch_size)
+                        batches = api.train_batches(
+                            ds, "train", cfg, seed=0, epoch=0, global_batch_size=options.batch_size
+                        )
                     else:  # the eval pipeline on the (larger) train split: same per-example work
                         batches = api.eval_batches(ds, "train", cfg, global_batch_size=options.batch_size)
                     try:
                         timed = time_pipeline(api, batches, workers, options.batches)
                     except Exception as e:  # e.g. a source that cannot be sent to workers
                         message = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                        print(f"benchmarks.input_pipeline: {case.label} {kind} pipeline with {workers} "
-                              f"worker(s) failed: {message}", file=sys.stderr)
-                        timed = {"startup_s": None, "batches_skipped": 0, "batches_timed": 0, "images_per_s": None,
-                                 "error": message}
+                        print(
+                            f"benchmarks.input_pipeline: {case.label} {kind} pipeline with {workers} "
+                            f"worker(s) failed: {message}",
+                            file=sys.stderr,
+                        )
+                        timed = {
+                            "startup_s": None,
+                            "batches_skipped": 0,
+                            "batches_timed": 0,
+                            "images_per_s": None,
+                            "error": message,
+                        }
                     record = {
-                        **env, "model": case.model, "image_size": case.image_size, "channels": channels,
-                        "pipeline": kind, "workers": workers, "batch_size": options.batch_size,
-                        "augmentation": {k: v for k, v in cfg.to_dict().items()
-                                         if k in ("normalization", "hflip", "rotate_degrees")},
+                        **env,
+                        "model": case.model,
+                        "image_size": case.image_size,
+                        "channels": channels,
+                        "pipeline": kind,
+                        "workers": workers,
+                        "batch_size": options.batch_size,
+                        "augmentation": {
+                            k: v for k, v in cfg.to_dict().items() if k in ("normalization", "hflip", "rotate_degrees")
+                        },
                         **timed,
-                        "train_step_images_per_s": step_rate, "train_step_source": step_source,
+                        "train_step_images_per_s": step_rate,
+                        "train_step_source": step_source,
                     }
                     if kind == "train" and timed["images_per_s"] is not None:
                         record["keeps_up"] = timed["images_per_s"] >= step_rate
@@ -216,15 +265,28 @@ def run(options: PipelineOptions) -> dict[str, Any]:
                     records.append(record)
             if options.resident == "always" or (options.resident == "auto" and best < step_rate):
                 resident = resident_rate(case, ds, channels, options)
-                records.append({
-                    **env, "model": case.model, "image_size": case.image_size, "channels": channels,
-                    "pipeline": "device_resident", "workers": None, "batch_size": resident["global_batch"],
-                    **resident, "train_step_images_per_s": step_rate, "train_step_source": step_source,
-                    "resident_over_plain_step": resident["images_per_s"] / step_rate,
-                    "resident_over_best_host_pipeline": resident["images_per_s"] / best if best else None,
-                })
-    return {"schema": SCHEMA, "dataset": "cxr_phantoms", "dataset_options": dict(options.dataset_options),
-            "records": records}
+                records.append(
+                    {
+                        **env,
+                        "model": case.model,
+                        "image_size": case.image_size,
+                        "channels": channels,
+                        "pipeline": "device_resident",
+                        "workers": None,
+                        "batch_size": resident["global_batch"],
+                        **resident,
+                        "train_step_images_per_s": step_rate,
+                        "train_step_source": step_source,
+                        "resident_over_plain_step": resident["images_per_s"] / step_rate,
+                        "resident_over_best_host_pipeline": resident["images_per_s"] / best if best else None,
+                    }
+                )
+    return {
+        "schema": SCHEMA,
+        "dataset": "cxr_phantoms",
+        "dataset_options": dict(options.dataset_options),
+        "records": records,
+    }
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -249,8 +311,10 @@ def markdown(result: dict[str, Any]) -> str:
             )
             continue
         if r.get("error"):
-            lines.append(f"| {r['model']} | {r['image_size']} | {r['pipeline']} | {r['workers']} | {r['batch_size']} "
-                         f"| failed: {r['error'][:100]} | - | {r['train_step_images_per_s']:.3g} | - |")
+            lines.append(
+                f"| {r['model']} | {r['image_size']} | {r['pipeline']} | {r['workers']} | {r['batch_size']} "
+                f"| failed: {r['error'][:100]} | - | {r['train_step_images_per_s']:.3g} | - |"
+            )
             continue
         keeps = {True: "yes", False: "**no**"}.get(r.get("keeps_up"), "-")
         lines.append(
@@ -260,7 +324,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"img/s: steady state, timed after the first batch and {SKIP_BATCHES} more (startup s = first-batch "
-        "latency, worker start-up included); eval is timed on the train split for enough batches. keeps up: train pipeline img/s >= train step img/s. Device-resident: the uint8 split "
+        "latency, worker start-up included); eval is timed on the train split for enough batches. "
+        "keeps up: train pipeline img/s >= train step img/s. Device-resident: the uint8 split "
         "on the device, shuffle + batch + augmentation inside the compiled train step; img/s of that step, "
         "and the ratio to the plain step on a fixed batch (1.0 = input is free).",
     ]
@@ -271,18 +336,30 @@ def build_parser() -> argparse.ArgumentParser:
     from benchmarks.throughput import DEFAULT_CASES, _ints
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.input_pipeline", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=None,
-                   help="names or name@size (default: " + " ".join(c.label for c in DEFAULT_CASES) + ")")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help="names or name@size (default: " + " ".join(c.label for c in DEFAULT_CASES) + ")",
+    )
     p.add_argument("--workers", type=_ints, default=(0, 1, 2), help="worker counts, e.g. 0,1,2")
     p.add_argument("--batch-size", type=int, default=32, help="global batch (default 32, the studies')")
     p.add_argument("--batches", type=int, default=20, help="batches timed after the first (default 20)")
     p.add_argument("--data-dir", type=Path, default=None, help="prepare/reuse phantoms here (default: a temp dir)")
     p.add_argument("--num-train", type=int, default=512)
     p.add_argument("--stored-size", type=int, default=256, help="side of the stored phantoms (default 256)")
-    p.add_argument("--throughput-json", type=Path, default=None,
-                   help="read the train-step rate from a benchmarks.throughput JSON instead of measuring it")
-    p.add_argument("--resident", choices=("auto", "always", "never"), default="auto",
-                   help="time the device-resident path: auto = where no worker count keeps up")
+    p.add_argument(
+        "--throughput-json",
+        type=Path,
+        default=None,
+        help="read the train-step rate from a benchmarks.throughput JSON instead of measuring it",
+    )
+    p.add_argument(
+        "--resident",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="time the device-resident path: auto = where no worker count keeps up",
+    )
     p.add_argument("--overrides", type=json.loads, default={}, help="model options as JSON (tiny test variants)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None)
@@ -301,8 +378,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         batch_size=args.batch_size,
         batches=args.batches,
         data_dir=args.data_dir,
-        dataset_options={"num_train": args.num_train, "num_validation": 0, "num_test": 0,
-                         "image_size": args.stored_size},
+        dataset_options={
+            "num_train": args.num_train,
+            "num_validation": 0,
+            "num_test": 0,
+            "image_size": args.stored_size,
+        },
         throughput_json=args.throughput_json,
         resident=args.resident,
         overrides=_tuples(args.overrides),

@@ -12,6 +12,7 @@ compiled ahead of time (``parallel.lower_step(...).compile()``): compile time is
 measured on its own, and XLA's cost and memory analyses describe the exact executable
 that is timed.
 """
+
 from __future__ import annotations
 
 import functools
@@ -103,11 +104,18 @@ def local_devices(num_devices: int | None) -> list[jax.Device]:
     return devices[:num_devices]
 
 
-def bench_model(name: str, *, num_classes: int, channels: int | None, dtype: str = "float32",
-                overrides: dict[str, Any] | None = None) -> nn.Module:
+def bench_model(
+    name: str,
+    *,
+    num_classes: int,
+    channels: int | None,
+    dtype: str = "float32",
+    overrides: dict[str, Any] | None = None,
+) -> nn.Module:
     """``cxrjax.models.create`` with BatchNorm statistics over the engine's device axis."""
-    return models.create(name, num_classes=num_classes, channels=channels, dtype=DTYPES[dtype], axis_name=AXIS,
-                         **(overrides or {}))
+    return models.create(
+        name, num_classes=num_classes, channels=channels, dtype=DTYPES[dtype], axis_name=AXIS, **(overrides or {})
+    )
 
 
 def adam_steps(model: nn.Module, num_classes: int, learning_rate: float = 1e-3) -> tuple[Any, Callable, Callable]:
@@ -126,7 +134,9 @@ def compile_step(engine: Engine, step: str, state: Any, batch: Any) -> tuple[Any
     return compiled, time.perf_counter() - t0
 
 
-def synthetic_batch(cfg: JaxStepConfig, num_devices: int, channels: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_batch(
+    cfg: JaxStepConfig, num_devices: int, channels: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Host images N(0, 1) float32 [global_batch, S, S, C] and labels, same for both frameworks."""
     rng = np.random.default_rng(seed)
     n = cfg.per_device_batch * num_devices
@@ -142,8 +152,9 @@ class _NoParams:
         return {"params": {}}
 
 
-def host_initialized_state(model: Any, tx: optax.GradientTransformation, input_shape: tuple[int, ...],
-                           seed: int = 0) -> Any:
+def host_initialized_state(
+    model: Any, tx: optax.GradientTransformation, input_shape: tuple[int, ...], seed: int = 0
+) -> Any:
     """The engine's ``TrainState`` with parameters drawn on the host, not by ``model.init``.
 
     Compiling (or eagerly dispatching) a model's random initialisers costs seconds of
@@ -175,15 +186,18 @@ def host_initialized_state(model: Any, tx: optax.GradientTransformation, input_s
     )
 
 
-def build_steps(cfg: JaxStepConfig, images: np.ndarray | None = None, labels: np.ndarray | None = None) -> CompiledSteps:
+def build_steps(
+    cfg: JaxStepConfig, images: np.ndarray | None = None, labels: np.ndarray | None = None
+) -> CompiledSteps:
     """Create the model and the training engine, place the state and batch, and compile
     the engine's train and eval steps ahead of time."""
     if cfg.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {cfg.dtype!r}; choose one of {tuple(DTYPES)}")
     devices = local_devices(cfg.num_devices)
     n = len(devices)
-    model = bench_model(cfg.model, num_classes=cfg.num_classes, channels=cfg.channels, dtype=cfg.dtype,
-                        overrides=cfg.overrides)
+    model = bench_model(
+        cfg.model, num_classes=cfg.num_classes, channels=cfg.channels, dtype=cfg.dtype, overrides=cfg.overrides
+    )
     tx, train_fn, eval_fn = adam_steps(model, cfg.num_classes, cfg.learning_rate)
     engine = make_engine(cfg.parallel, train_fn, eval_fn, devices)  # rejects an unknown parallel mode
     channels = cfg.channels if cfg.channels is not None else models.MODELS[cfg.model].channels

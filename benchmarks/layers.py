@@ -83,8 +83,9 @@ layer (LeNet conv1 at 128: 5.0 -> 1.2 ms) but made the whole LeNet step 1.6-2x s
 Left on XLA (im2col measured slower or equal, or not clearly faster): VGG's 14x14 block
 (dw 55 vs 43 ms with the current loop, 73 vs 122 with the earlier one; not switched),
 LeNet (10x10 and 28x28x1 maps: loop overhead), single-channel first convs (VGG: 50 vs
-51 ms), and S4's 10x10 conv over RGB (dw 24 vs 30 ms). The im2col forward ("im2col") wins only while another process holds a core;
-an im2col input gradient was 1-2.5x slower than XLA's; neither is used. XLA flags
+51 ms), and S4's 10x10 conv over RGB (dw 24 vs 30 ms). The im2col forward ("im2col") wins
+only while another process holds a core; an im2col input gradient was 1-2.5x slower than
+XLA's; neither is used. XLA flags
 (--xla_cpu_use_onednn, --xla_cpu_use_xnnpack, --xla_cpu_experimental_{xnn,ynn}_fusion_type
 =LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION) changed S4 conv1/conv2 by less than the noise
 and did not remove the weight-gradient cliff.
@@ -104,6 +105,7 @@ to 17 or 32 and slicing, made the forward a little faster (conv1 at batch 128: 7
 5.3-5.9 ms) and the weight gradients 1.3-5x slower (13.5 -> 34-67 ms); not used.
 PyTorch's conv1 there: 1.6 ms forward, 2.3 ms weight gradient.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -136,9 +138,15 @@ class LayerCall:
     dtype: Any = jnp.float32
 
 
-def model_layers(name: str, *, image_size: int | None = None, batch_size: int = 32,
-                 channels: int | None = None, num_classes: int = 4,
-                 dtype: Any = jnp.float32) -> list[LayerCall]:
+def model_layers(
+    name: str,
+    *,
+    image_size: int | None = None,
+    batch_size: int = 32,
+    channels: int | None = None,
+    num_classes: int = 4,
+    dtype: Any = jnp.float32,
+) -> list[LayerCall]:
     """Every Conv/Dense call of ``name`` at this input, in call order (traced, not run)."""
     spec = models.MODELS[name]
     model = models.create(name, num_classes=num_classes, channels=channels, dtype=dtype)
@@ -153,8 +161,11 @@ def model_layers(name: str, *, image_size: int | None = None, batch_size: int = 
             if path not in {c.path for c in calls}:
                 shape = tuple(args[0].shape)
                 if isinstance(module, layers.Conv):
-                    calls.append(LayerCall(path, "conv", shape, module.features,
-                                           module.kernel_size, module.padding, module.dtype))
+                    calls.append(
+                        LayerCall(
+                            path, "conv", shape, module.features, module.kernel_size, module.padding, module.dtype
+                        )
+                    )
                 elif isinstance(module, layers.Dense):
                     calls.append(LayerCall(path, "dense", shape, module.features, dtype=module.dtype))
                 else:
@@ -218,8 +229,11 @@ def time_layer(call: LayerCall, formulation: str, repeats: int) -> dict[str, flo
         f, x = pool_function(call, formulation)
         dy = jnp.ones(jax.eval_shape(f, x).shape, x.dtype)
         dx = jax.jit(lambda x, dy: jax.vjp(f, x)[1](dy)[0])
-        return {"fwd_ms": _median_ms(jax.jit(f), (x,), repeats),
-                "dx_ms": _median_ms(dx, (x, dy), repeats), "dw_ms": float("nan")}
+        return {
+            "fwd_ms": _median_ms(jax.jit(f), (x,), repeats),
+            "dx_ms": _median_ms(dx, (x, dy), repeats),
+            "dw_ms": float("nan"),
+        }
     f, (x, kernel, bias) = layer_functions(call, formulation)
     dy = jnp.ones(jax.eval_shape(f, x, kernel, bias).shape, call.dtype)
     fwd = jax.jit(f)
@@ -232,9 +246,17 @@ def time_layer(call: LayerCall, formulation: str, repeats: int) -> dict[str, flo
     }
 
 
-def profile(name: str, *, image_size: int | None, batch_size: int, repeats: int,
-            formulations: tuple[str, ...], dtype: Any = jnp.float32, progress: bool = True,
-            only: tuple[str, ...] | None = None) -> list[dict]:
+def profile(
+    name: str,
+    *,
+    image_size: int | None,
+    batch_size: int,
+    repeats: int,
+    formulations: tuple[str, ...],
+    dtype: Any = jnp.float32,
+    progress: bool = True,
+    only: tuple[str, ...] | None = None,
+) -> list[dict]:
     """One record per (layer, formulation): shapes, the auto choice, and median ms.
 
     ``only``: restrict to these layer paths (e.g. ("conv3", "pool3")).
@@ -250,6 +272,7 @@ def profile(name: str, *, image_size: int | None, batch_size: int, repeats: int,
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         tqdm = None
+
     def candidates(c: LayerCall) -> tuple[str, ...]:
         if c.kind == "conv":  # pad_valid is xla when there is no padding
             return tuple(f for f in formulations if c.padding or f != "pad_valid") or ("xla",)
@@ -261,16 +284,26 @@ def profile(name: str, *, image_size: int | None, batch_size: int, repeats: int,
         auto = ""
         if call.kind == "conv":
             out = min(call.in_shape[1:3]) + 2 * call.padding - call.kernel_size + 1
-            auto = layers.resolve_conv_formulation(call.kernel_size, call.padding, call.in_shape[-1], out,
-                                                   batch=call.in_shape[0])
+            auto = layers.resolve_conv_formulation(
+                call.kernel_size, call.padding, call.in_shape[-1], out, batch=call.in_shape[0]
+            )
         elif call.kind == "pool":
             auto = "mask" if layers.pool_cliff() else "xla"
-        records.append({
-            "model": name, "layer": call.path, "kind": call.kind, "in_shape": list(call.in_shape),
-            "features": call.features, "kernel_size": call.kernel_size, "padding": call.padding,
-            "formulation": formulation, "auto": auto, "backend": jax.default_backend(),
-            **time_layer(call, formulation, repeats),
-        })
+        records.append(
+            {
+                "model": name,
+                "layer": call.path,
+                "kind": call.kind,
+                "in_shape": list(call.in_shape),
+                "features": call.features,
+                "kernel_size": call.kernel_size,
+                "padding": call.padding,
+                "formulation": formulation,
+                "auto": auto,
+                "backend": jax.default_backend(),
+                **time_layer(call, formulation, repeats),
+            }
+        )
     return records
 
 
@@ -283,8 +316,10 @@ def format_table(records: list[dict]) -> str:
         mark = "*" if r["auto"] and r["formulation"] == r["auto"] else ""
         shape = "x".join(str(d) for d in r["in_shape"])
         dw = "-" if r["dw_ms"] != r["dw_ms"] else f"{r['dw_ms']:.2f}"  # NaN: no weights
-        rows.append(f"| {r['layer']} | {shape} | {kp} | {r['formulation']}{mark} | "
-                    f"{r['fwd_ms']:.2f} | {r['dx_ms']:.2f} | {dw} |")
+        rows.append(
+            f"| {r['layer']} | {shape} | {kp} | {r['formulation']}{mark} | "
+            f"{r['fwd_ms']:.2f} | {r['dx_ms']:.2f} | {dw} |"
+        )
     return "\n".join([head, *rows])
 
 
@@ -295,8 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--formulations", default="xla,pad_valid,im2col,im2col_dw",
-                   help=f"comma-separated, timed for every padded conv; of {layers.FORMULATIONS[1:]}")
+    p.add_argument(
+        "--formulations",
+        default="xla,pad_valid,im2col,im2col_dw",
+        help=f"comma-separated, timed for every padded conv; of {layers.FORMULATIONS[1:]}",
+    )
     p.add_argument("--layers", default="", help="comma-separated layer names to profile (default: all)")
     p.add_argument("--json", default=None, help="also write the records to this file")
     args = p.parse_args(argv)
@@ -304,11 +342,19 @@ def main(argv: list[str] | None = None) -> int:
     bad = [f for f in formulations if f not in layers.FORMULATIONS[1:]]
     if bad:
         p.error(f"unknown formulation(s) {bad}; choose from {layers.FORMULATIONS[1:]}")
-    records = profile(args.model, image_size=args.image_size, batch_size=args.batch_size,
-                      repeats=args.repeats, formulations=formulations, dtype=jnp.dtype(args.dtype),
-                      only=tuple(n for n in args.layers.split(",") if n) or None)
-    print(f"{args.model} on {jax.default_backend()} ({jax.devices()[0].device_kind}), "
-          f"batch {args.batch_size}, median of {args.repeats}; * = the formulation the model uses")
+    records = profile(
+        args.model,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        formulations=formulations,
+        dtype=jnp.dtype(args.dtype),
+        only=tuple(n for n in args.layers.split(",") if n) or None,
+    )
+    print(
+        f"{args.model} on {jax.default_backend()} ({jax.devices()[0].device_kind}), "
+        f"batch {args.batch_size}, median of {args.repeats}; * = the formulation the model uses"
+    )
     print(format_table(records))
     if args.json:
         with open(args.json, "w") as fh:

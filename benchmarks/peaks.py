@@ -16,6 +16,7 @@ No CPU peaks are listed: a CPU's peak depends on its SIMD width, core count and 
 and the shared machines this suite runs on in CI make any figure meaningless, so CPU
 records carry ``mfu: null``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,18 +39,12 @@ class DevicePeaks:
 # "NVIDIA A100-SXM4-80GB", "NVIDIA A100-SXM4-40GB", "NVIDIA A100-PCIE-40GB",
 # "NVIDIA A100 80GB PCIe".
 KNOWN_PEAKS: tuple[tuple[str, DevicePeaks], ...] = (
-    ("h200 nvl", DevicePeaks("H200 NVL", 60.0, 417.5, 835.5,
-                             "NVIDIA H200 datasheet (NVL column), dense")),
-    ("h200", DevicePeaks("H200 SXM", 67.0, 494.7, 989.4,
-                         "NVIDIA H200 datasheet (SXM column), dense")),
-    ("h100 pcie", DevicePeaks("H100 PCIe", 51.0, 378.0, 756.5,
-                              "NVIDIA H100 datasheet (PCIe column), dense")),
-    ("h100 nvl", DevicePeaks("H100 NVL", 60.0, 417.5, 835.5,
-                             "NVIDIA H100 datasheet (NVL column, per GPU), dense")),
-    ("h100", DevicePeaks("H100 SXM", 67.0, 494.7, 989.4,
-                         "NVIDIA H100 datasheet (SXM5 column), dense")),
-    ("a100", DevicePeaks("A100", 19.5, 156.0, 312.0,
-                         "NVIDIA A100 datasheet (SXM4 and PCIe share these), dense")),
+    ("h200 nvl", DevicePeaks("H200 NVL", 60.0, 417.5, 835.5, "NVIDIA H200 datasheet (NVL column), dense")),
+    ("h200", DevicePeaks("H200 SXM", 67.0, 494.7, 989.4, "NVIDIA H200 datasheet (SXM column), dense")),
+    ("h100 pcie", DevicePeaks("H100 PCIe", 51.0, 378.0, 756.5, "NVIDIA H100 datasheet (PCIe column), dense")),
+    ("h100 nvl", DevicePeaks("H100 NVL", 60.0, 417.5, 835.5, "NVIDIA H100 datasheet (NVL column, per GPU), dense")),
+    ("h100", DevicePeaks("H100 SXM", 67.0, 494.7, 989.4, "NVIDIA H100 datasheet (SXM5 column), dense")),
+    ("a100", DevicePeaks("A100", 19.5, 156.0, 312.0, "NVIDIA A100 datasheet (SXM4 and PCIe share these), dense")),
 )
 
 

@@ -6,6 +6,7 @@ benchmarks.throughput --from-json FILE --markdown OUT`` re-renders a saved run, 
 of schema /1, whose records lack ``comparison`` (they were all per-device) and, when
 failed, ``global_batch``, or of schema /2, whose records lack ``rounds`` (one round each)).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -70,13 +71,13 @@ def ratio_text(r: dict[str, Any]) -> str:
 
 
 def _comparison(r: dict[str, Any]) -> str:
-    """"whole_host" (CPU) or "per_device" (GPU, and every schema /1 record)."""
+    """ "whole_host" (CPU) or "per_device" (GPU, and every schema /1 record)."""
     return r.get("comparison") or "per_device"
 
 
 RATIO_NOTES = {
     "whole_host": "jax/torch: JAX img/s on `dev` host devices (one per core when dev > 1) / PyTorch img/s "
-                  "using all cores, same global batch.",
+    "using all cores, same global batch.",
     "per_device": "jax/torch: JAX img/s per device / PyTorch img/s on one device at the same per-device batch.",
 }
 
@@ -114,7 +115,8 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
             + f"| {r['images_per_s']:.1f} "
             + f"| {_fmt(r['flops_per_step'] / 1e9 if r.get('flops_per_step') else None)} "
             + f"| {_fmt(r.get('achieved_tflops'))} "
-            + f"| {_fmt(r['mfu'] * 100 if r.get('mfu') is not None else None, '.1f')}{'%' if r.get('mfu') is not None else ''} "
+            + f"| {_fmt(r['mfu'] * 100 if r.get('mfu') is not None else None, '.1f')}"
+            + f"{'%' if r.get('mfu') is not None else ''} "
             + f"| {_mib(r.get('xla_memory_bytes_per_device'))} | {_mib(r.get('peak_device_memory_bytes'))} "
             + f"| {r['eval_images_per_s']:.1f} "
             + f"| {_fmt(torch.get('images_per_s'), '.1f')} | {torch.get('setup', '-')} "
@@ -124,10 +126,15 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     notes = [
         "",
         "step ms: median over the timed steps (10th-90th percentile); img/s = global batch / median.",
-        *(["Rounds: each configuration was timed in several rounds alternating JAX and PyTorch; step times "
-           "are pooled over the rounds, and jax/torch is followed by the range of the ratios within each "
-           "round (a drift of the machine's speed moves both frameworks within a round)."]
-          if any((r.get("rounds") or 1) > 1 for r in records) else []),
+        *(
+            [
+                "Rounds: each configuration was timed in several rounds alternating JAX and PyTorch; step times "
+                "are pooled over the rounds, and jax/torch is followed by the range of the ratios within each "
+                "round (a drift of the machine's speed moves both frameworks within a round)."
+            ]
+            if any((r.get("rounds") or 1) > 1 for r in records)
+            else []
+        ),
         "GFLOP/step and TFLOP/s: XLA cost analysis of the compiled train step, all devices.",
         *(note for c, note in RATIO_NOTES.items() if any(_comparison(r) == c for r in records)),
         "XLA MiB/dev: compiled executable's arguments + outputs + temporaries (memory analysis); "

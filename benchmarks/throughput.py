@@ -37,6 +37,7 @@ The JAX train step is the training engine's own per-replica step (cxrjax.train.s
 forward, CE, grads, pmean, non-finite guard, Adam, BatchNorm statistics), wrapped and
 compiled ahead of time in benchmarks/jax_step.py; see benchmarks/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -113,7 +114,7 @@ class BenchOptions:
 
 
 def parse_case(text: str) -> BenchCase:
-    """"name" (its default cases, or the registry size) or "name@size"."""
+    """ "name" (its default cases, or the registry size) or "name@size"."""
     from cxrjax import models
 
     name, _, size = text.partition("@")
@@ -166,8 +167,9 @@ def set_torch_train_times(torch_json: dict[str, Any], times: Any) -> None:
     torch_json["images_per_s"] = torch_json["batch"] / times.median_s
 
 
-def run_jax_config(cfg: Any, *, warmup: int, steps: int, env: dict[str, Any],
-                   keep: bool = False) -> tuple[dict[str, Any], Any, Any]:
+def run_jax_config(
+    cfg: Any, *, warmup: int, steps: int, env: dict[str, Any], keep: bool = False
+) -> tuple[dict[str, Any], Any, Any]:
     """Compile and time one JAX configuration.
 
     Returns (record without torch, host batch, retimer): with `keep`, a
@@ -185,10 +187,18 @@ def run_jax_config(cfg: Any, *, warmup: int, steps: int, env: dict[str, Any],
     global_batch = cfg.per_device_batch * n
     batch = compiled.batch
     train_times, state = time_steps(
-        lambda s: compiled.train(s, batch)[0], compiled.state, warmup=warmup, steps=steps, sync=jax.block_until_ready
+        lambda s: compiled.train(s, batch)[0],  # noqa: F821 - runs before the del below
+        compiled.state,
+        warmup=warmup,
+        steps=steps,
+        sync=jax.block_until_ready,
     )
     eval_times, _ = time_steps(
-        lambda _: compiled.eval(state, batch), None, warmup=max(1, warmup), steps=steps, sync=jax.block_until_ready
+        lambda _: compiled.eval(state, batch),  # noqa: F821 - runs before the del below
+        None,
+        warmup=max(1, warmup),
+        steps=steps,
+        sync=jax.block_until_ready,
     )
     flops_dev = compiled.train_flops_per_device
     peak, basis = peaks.peak_tflops(env["device_kind"], cfg.dtype)
@@ -226,11 +236,14 @@ def run_jax_config(cfg: Any, *, warmup: int, steps: int, env: dict[str, Any],
         "error": None,
     }
     set_train_times(record, train_times)
-    retimer = Retimer(_state_only(compiled.train, batch), state, jax.block_until_ready,
-                      rounds=[train_times]) if keep else None
+    retimer = (
+        Retimer(_state_only(compiled.train, batch), state, jax.block_until_ready, rounds=[train_times])
+        if keep
+        else None
+    )
     host_images = np.asarray(jax.device_get(batch["image"])).reshape(global_batch, *batch["image"].shape[-3:])
     host_labels = np.asarray(jax.device_get(batch["label"])).reshape(global_batch)
-    del compiled, state, batch
+    del compiled, state, batch  # frees the device buffers (the lambdas above have run)
     return record, (host_images, host_labels), retimer
 
 
@@ -265,7 +278,8 @@ def attach_torch(record: dict[str, Any], torch_result: dict[str, Any] | None) ->
         return
     record["jax_over_torch"] = jax_over_torch(record, record["images_per_s"], torch_result["images_per_s"])
     record["eval_jax_over_torch"] = jax_over_torch(
-        record, record["eval_images_per_s"], torch_result["eval_images_per_s"])
+        record, record["eval_images_per_s"], torch_result["eval_images_per_s"]
+    )
 
 
 def jax_over_torch(record: dict[str, Any], jax_images_per_s: float, torch_images_per_s: float) -> float:
@@ -324,8 +338,14 @@ def run(options: BenchOptions) -> list[dict[str, Any]]:
     for case in options.cases:
         batches = options.batch_sizes or (case.cpu_batches if on_cpu else case.gpu_batches)
         steps = options.steps or (case.cpu_steps or CPU_DEFAULT_STEPS if on_cpu else GPU_DEFAULT_STEPS)
-        warmup = options.warmup if options.warmup is not None else (
-            (case.cpu_warmup if case.cpu_warmup is not None else CPU_DEFAULT_WARMUP) if on_cpu else GPU_DEFAULT_WARMUP
+        warmup = (
+            options.warmup
+            if options.warmup is not None
+            else (
+                (case.cpu_warmup if case.cpu_warmup is not None else CPU_DEFAULT_WARMUP)
+                if on_cpu
+                else GPU_DEFAULT_WARMUP
+            )
         )
         for dtype in dtypes:
             for batch in batches:
@@ -340,16 +360,33 @@ def run(options: BenchOptions) -> list[dict[str, Any]]:
         for parallel, n in members:
             bar.set_postfix_str(f"{case.label} {dtype} b{batch} {parallel} x{n}")
             per_device, global_batch = batch_split(batch, n, on_cpu)
-            config = {"model": case.model, "image_size": case.image_size, "dtype": dtype, "parallel": parallel,
-                      "num_devices": n, "per_device_batch": per_device, "global_batch": global_batch,
-                      "comparison": comparison}
+            config = {
+                "model": case.model,
+                "image_size": case.image_size,
+                "dtype": dtype,
+                "parallel": parallel,
+                "num_devices": n,
+                "per_device_batch": per_device,
+                "global_batch": global_batch,
+                "comparison": comparison,
+            }
             record, host, retimer = _time_jax(config, options, env, steps=steps, warmup=warmup, keep=rounds > 1)
             if host is not None and options.torch and torch_result is None:
                 torch_batch = global_batch if on_cpu else per_device
                 images, labels = host
                 torch_result, torch_retimer = run_torch(
-                    case, dtype, torch_batch, images[:torch_batch], labels[:torch_batch], steps=steps,
-                    warmup=warmup, options=options, on_cpu=on_cpu, eager_won=eager_won, keep=rounds > 1)
+                    case,
+                    dtype,
+                    torch_batch,
+                    images[:torch_batch],
+                    labels[:torch_batch],
+                    steps=steps,
+                    warmup=warmup,
+                    options=options,
+                    on_cpu=on_cpu,
+                    eager_won=eager_won,
+                    keep=rounds > 1,
+                )
             attach_torch(record, torch_result)
             timed.append((record, retimer))
             records.append(record)
@@ -367,8 +404,14 @@ def run(options: BenchOptions) -> list[dict[str, Any]]:
     return records
 
 
-def time_rounds(timed: list[tuple[dict[str, Any], Any]], torch_result: dict[str, Any] | None, torch_retimer: Any,
-                *, rounds: int, steps: int) -> None:
+def time_rounds(
+    timed: list[tuple[dict[str, Any], Any]],
+    torch_result: dict[str, Any] | None,
+    torch_retimer: Any,
+    *,
+    rounds: int,
+    steps: int,
+) -> None:
     """Time `rounds - 1` more rounds of a group, JAX configurations then PyTorch each
     round, and rewrite the records with the pooled step times of all rounds.
 
@@ -399,15 +442,20 @@ def time_rounds(timed: list[tuple[dict[str, Any], Any]], torch_result: dict[str,
             ]
 
 
-def _time_jax(config: dict[str, Any], options: BenchOptions, env: dict[str, Any], *, steps: int,
-              warmup: int, keep: bool = False) -> tuple[dict[str, Any], Any, Any]:
+def _time_jax(
+    config: dict[str, Any], options: BenchOptions, env: dict[str, Any], *, steps: int, warmup: int, keep: bool = False
+) -> tuple[dict[str, Any], Any, Any]:
     """(record, host batch, retimer or None) of one JAX configuration; a failed record and
     no batch if it cannot run."""
     from benchmarks import jax_step
 
     n, per_device = config["num_devices"], config["per_device_batch"]
     if per_device is None:
-        return _failed(env, config, f"global batch {config['global_batch']} is not divisible by {n} devices"), None, None
+        return (
+            _failed(env, config, f"global batch {config['global_batch']} is not divisible by {n} devices"),
+            None,
+            None,
+        )
     cfg = jax_step.JaxStepConfig(
         model=config["model"],
         image_size=config["image_size"],
@@ -433,9 +481,20 @@ def _failed(env: dict[str, Any], config: dict[str, Any], error: str) -> dict[str
     return {**env, **config, "error": error, "torch": None, "jax_over_torch": None, "eval_jax_over_torch": None}
 
 
-def run_torch(case: BenchCase, dtype: str, batch: int, images: Any, labels: Any, *, steps: int, warmup: int,
-              options: BenchOptions, on_cpu: bool, eager_won: set[tuple],
-              keep: bool = False) -> tuple[dict[str, Any] | None, Any]:
+def run_torch(
+    case: BenchCase,
+    dtype: str,
+    batch: int,
+    images: Any,
+    labels: Any,
+    *,
+    steps: int,
+    warmup: int,
+    options: BenchOptions,
+    on_cpu: bool,
+    eager_won: set[tuple],
+    keep: bool = False,
+) -> tuple[dict[str, Any] | None, Any]:
     """(PyTorch's numbers, retimer) at `batch` (CPU: the global batch, all cores; GPU: the
     per-device batch, one device); (None, None), with a message, without torch. With
     `keep`, the retimer times more train steps of the chosen setup.
@@ -446,8 +505,10 @@ def run_torch(case: BenchCase, dtype: str, batch: int, images: Any, labels: Any,
     try:
         from benchmarks import torch_reference
     except ImportError as e:
-        print(f"benchmarks.throughput: PyTorch reference skipped ({e}); install the extra: pip install -e .[torch]",
-              file=sys.stderr)
+        print(
+            f"benchmarks.throughput: PyTorch reference skipped ({e}); install the extra: pip install -e .[torch]",
+            file=sys.stderr,
+        )
         options.torch = False
         return None, None
     compile_mode = options.torch_compile
@@ -456,8 +517,13 @@ def run_torch(case: BenchCase, dtype: str, batch: int, images: Any, labels: Any,
     if on_cpu and compile_mode == "auto" and group in eager_won:
         compile_mode, note = "never", "torch.compile not retried: eager was faster at a smaller batch"
     cfg = torch_reference.TorchConfig(
-        model=case.model, image_size=case.image_size, batch=batch, dtype=dtype,
-        num_classes=options.num_classes, compile=compile_mode, overrides=dict(options.overrides),
+        model=case.model,
+        image_size=case.image_size,
+        batch=batch,
+        dtype=dtype,
+        num_classes=options.num_classes,
+        compile=compile_mode,
+        overrides=dict(options.overrides),
     )
     result = torch_reference.benchmark(cfg, images, labels, warmup=warmup, steps=steps, keep=keep)
     if "eager" in result.setup and len(result.alternatives) > 1:
@@ -493,8 +559,10 @@ def run_devices(argv: list[str], device_counts: list[int], options: BenchOptions
     ``options.batch_sizes`` are per-device batches here; a subprocess with n devices
     gets ``--device-counts n`` and the global batches per-device x n.
     """
-    base = _strip_args(argv, ("--devices", "--json", "--markdown", "--num-devices", "--device-counts",
-                              "--batch-sizes", "--cpu-devices"))
+    base = _strip_args(
+        argv,
+        ("--devices", "--json", "--markdown", "--num-devices", "--device-counts", "--batch-sizes", "--cpu-devices"),
+    )
     batches = options.batch_sizes or (8,)
     counts = sorted(set(device_counts) | {1})
     runs: dict[int, list[dict]] = {}
@@ -502,8 +570,19 @@ def run_devices(argv: list[str], device_counts: list[int], options: BenchOptions
         for n in counts:
             per_device = sorted({b * m for b in batches for m in counts}) if n == 1 else batches
             out = Path(tmp) / f"devices{n}.json"
-            cmd = [sys.executable, "-m", "benchmarks.throughput", *base, "--no-torch", "--device-counts", str(n),
-                   "--batch-sizes", ",".join(str(b * n) for b in per_device), "--json", str(out)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "benchmarks.throughput",
+                *base,
+                "--no-torch",
+                "--device-counts",
+                str(n),
+                "--batch-sizes",
+                ",".join(str(b * n) for b in per_device),
+                "--json",
+                str(out),
+            ]
             print(f"[devices={n}] {' '.join(cmd[1:])}", file=sys.stderr)
             subprocess.run(cmd, env=_forced_env(n), check=True)
             runs[n] = json.loads(out.read_text())["records"]
@@ -515,8 +594,11 @@ def overhead_rows(runs: dict[int, list[dict]], batches: tuple[int, ...]) -> list
     """Per (model, size, dtype, parallel, batch, N): 1-device vs N-device step times."""
 
     def index(recs: list[dict]) -> dict[tuple, dict]:
-        return {(r["model"], r["image_size"], r["dtype"], r["parallel"], r["per_device_batch"]): r
-                for r in recs if not r.get("error")}
+        return {
+            (r["model"], r["image_size"], r["dtype"], r["parallel"], r["per_device_batch"]): r
+            for r in recs
+            if not r.get("error")
+        }
 
     one = index(runs.get(1, []))
     rows = []
@@ -530,13 +612,21 @@ def overhead_rows(runs: dict[int, list[dict]], batches: tuple[int, ...]) -> list
             tn = r["train_step_s"]["median_s"]
             total = one.get((*key[:-1], key[-1] * n))
             t1_total = total["train_step_s"]["median_s"] if total else None
-            rows.append({
-                "model": key[0], "image_size": key[1], "dtype": key[2], "parallel": key[3],
-                "per_device_batch": key[4], "num_devices": n,
-                "step_ms_1": 1e3 * t1, "step_ms_n": 1e3 * tn, "ratio_same_per_device_batch": tn / t1,
-                "step_ms_1_same_total": 1e3 * t1_total if t1_total else None,
-                "ratio_same_total_batch": tn / t1_total if t1_total else None,
-            })
+            rows.append(
+                {
+                    "model": key[0],
+                    "image_size": key[1],
+                    "dtype": key[2],
+                    "parallel": key[3],
+                    "per_device_batch": key[4],
+                    "num_devices": n,
+                    "step_ms_1": 1e3 * t1,
+                    "step_ms_n": 1e3 * tn,
+                    "ratio_same_per_device_batch": tn / t1,
+                    "step_ms_1_same_total": 1e3 * t1_total if t1_total else None,
+                    "ratio_same_total_batch": tn / t1_total if t1_total else None,
+                }
+            )
     return rows
 
 
@@ -594,35 +684,75 @@ def _tuples(value: Any) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=None,
-                   help="names or name@size (default: " + " ".join(c.label for c in DEFAULT_CASES) + ")")
-    p.add_argument("--batch-sizes", type=_ints, default=None,
-                   help="batches, e.g. 8,32: global on CPU, per device on GPU and with --devices (default: per model)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help="names or name@size (default: " + " ".join(c.label for c in DEFAULT_CASES) + ")",
+    )
+    p.add_argument(
+        "--batch-sizes",
+        type=_ints,
+        default=None,
+        help="batches, e.g. 8,32: global on CPU, per device on GPU and with --devices (default: per model)",
+    )
     p.add_argument("--dtypes", type=_strs, default=None, help="float32,bfloat16 (default: float32 on CPU, both on GPU)")
     p.add_argument("--parallel", type=_strs, default=("shard_map",), help="shard_map,pmap (default: shard_map)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="timed train steps per round (default: 10 on CPU, 5 for s4_exp4@224, 3 for VGG; 50 on GPU)")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="rounds per configuration, alternating JAX and PyTorch; step times are pooled "
-                        "(default: 3 on CPU, 1 on GPU)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed train steps per round (default: 10 on CPU, 5 for s4_exp4@224, 3 for VGG; 50 on GPU)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds per configuration, alternating JAX and PyTorch; step times are pooled "
+        "(default: 3 on CPU, 1 on GPU)",
+    )
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 2 on CPU, 5 on GPU)")
-    p.add_argument("--cpu-devices", type=int, default=os.cpu_count() or 1,
-                   help="host devices for XLA:CPU, set in XLA_FLAGS unless it sets a count already; no effect "
-                        "once JAX has started (e.g. under pytest) or on GPU (default: os.cpu_count())")
-    p.add_argument("--device-counts", type=_ints, default=None,
-                   help="time each batch with the first N local devices for each N, e.g. 1,2 "
-                        "(default: 1 and all on CPU, all on GPU)")
-    p.add_argument("--num-devices", type=int, default=None,
-                   help="use the first N local devices only (default: see --device-counts)")
-    p.add_argument("--devices", type=_ints, default=None,
-                   help="data-parallel overhead mode: e.g. 1,4 re-runs with N forced CPU devices each")
+    p.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="host devices for XLA:CPU, set in XLA_FLAGS unless it sets a count already; no effect "
+        "once JAX has started (e.g. under pytest) or on GPU (default: os.cpu_count())",
+    )
+    p.add_argument(
+        "--device-counts",
+        type=_ints,
+        default=None,
+        help="time each batch with the first N local devices for each N, e.g. 1,2 "
+        "(default: 1 and all on CPU, all on GPU)",
+    )
+    p.add_argument(
+        "--num-devices",
+        type=int,
+        default=None,
+        help="use the first N local devices only (default: see --device-counts)",
+    )
+    p.add_argument(
+        "--devices",
+        type=_ints,
+        default=None,
+        help="data-parallel overhead mode: e.g. 1,4 re-runs with N forced CPU devices each",
+    )
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
-    p.add_argument("--torch-compile", choices=("auto", "always", "never"), default="auto",
-                   help="auto: time eager and torch.compile, keep the faster (on CPU, compile is not "
-                        "retried for a model's larger batches once eager won)")
+    p.add_argument(
+        "--torch-compile",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="auto: time eager and torch.compile, keep the faster (on CPU, compile is not "
+        "retried for a model's larger batches once eager won)",
+    )
     p.add_argument("--num-classes", type=int, default=4)
-    p.add_argument("--overrides", type=json.loads, default={},
-                   help='model options as JSON for both frameworks, e.g. \'{"features": [4, 4, 4, 4]}\'')
+    p.add_argument(
+        "--overrides",
+        type=json.loads,
+        default={},
+        help="model options as JSON for both frameworks, e.g. '{\"features\": [4, 4, 4, 4]}'",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the records here")
     p.add_argument("--markdown", type=Path, default=None, help="write the markdown table here")
     p.add_argument("--from-json", type=Path, default=None, help="re-render a saved JSON instead of running")

@@ -10,6 +10,7 @@ On a shared machine the speed of either framework drifts by tens of percent over
 minutes, so the throughput suite can time a configuration in several rounds that
 alternate JAX and PyTorch (:class:`Retimer`, ``--rounds``); :func:`pooled` merges them.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -36,8 +37,15 @@ class StepTimes:
         return (self.p90_s - self.p10_s) / self.median_s if self.median_s > 0 else 0.0
 
     def to_json(self) -> dict[str, float]:
-        return {"median_s": self.median_s, "min_s": self.min_s, "max_s": self.max_s, "p10_s": self.p10_s,
-                "p90_s": self.p90_s, "steps": self.steps, "spread": self.spread}
+        return {
+            "median_s": self.median_s,
+            "min_s": self.min_s,
+            "max_s": self.max_s,
+            "p10_s": self.p10_s,
+            "p90_s": self.p90_s,
+            "steps": self.steps,
+            "spread": self.spread,
+        }
 
 
 def summarize(times: list[float]) -> StepTimes:

@@ -14,6 +14,7 @@ the reason is recorded and eager is used.
 
 Requires the optional extra ``torch`` (``pip install -e .[torch]``).
 """
+
 from __future__ import annotations
 
 import time
@@ -41,8 +42,14 @@ def _flat_features(features: nn.Module, channels: int, image_size: int) -> int:
 class LeNet5(nn.Module):
     """cxrjax.models.lenet.LeNet5: conv 6@5x5, pool, conv 16@5x5, pool, 120, 84, K."""
 
-    def __init__(self, num_classes: int, channels: int = 1, image_size: int = 32,
-                 conv_features: tuple[int, int] = (6, 16), dense_features: tuple[int, int] = (120, 84)):
+    def __init__(
+        self,
+        num_classes: int,
+        channels: int = 1,
+        image_size: int = 32,
+        conv_features: tuple[int, int] = (6, 16),
+        dense_features: tuple[int, int] = (120, 84),
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         cin = channels
@@ -65,9 +72,16 @@ class LeNet5(nn.Module):
 class SimpleCNN(nn.Module):
     """cxrjax.models.s0.SimpleCNN: 3x[conv3x3 valid, ReLU, maxpool, (dropout)], dense, dropout, K."""
 
-    def __init__(self, num_classes: int, channels: int = 3, image_size: int = 150,
-                 filters: tuple[int, ...] = (32, 64, 128), dense: int = 128,
-                 block_dropout: float = 0.0, head_dropout: float = 0.5):
+    def __init__(
+        self,
+        num_classes: int,
+        channels: int = 3,
+        image_size: int = 150,
+        filters: tuple[int, ...] = (32, 64, 128),
+        dense: int = 128,
+        block_dropout: float = 0.0,
+        head_dropout: float = 0.5,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         cin = channels
@@ -97,9 +111,17 @@ S4_LAYOUTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], t
 class S4CNN(nn.Module):
     """cxrjax.models.s4.S4CNN: 4x[conv, (BN), ReLU, (pool), (dropout)], flatten, MLP head."""
 
-    def __init__(self, num_classes: int, channels: int = 3, image_size: int = 128,
-                 layout: str = "exp2", batchnorm: str = "none", dropout: float = 0.0,
-                 head_width: int = 128, features: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        num_classes: int,
+        channels: int = 3,
+        image_size: int = 128,
+        layout: str = "exp2",
+        batchnorm: str = "none",
+        dropout: float = 0.0,
+        head_width: int = 128,
+        features: tuple[int, ...] | None = None,
+    ):
         super().__init__()
         widths, kernels, paddings, pooled = S4_LAYOUTS[layout]
         widths = tuple(features) if features is not None else widths
@@ -137,10 +159,18 @@ VGG16_BLOCKS: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 25
 class VGG(nn.Module):
     """cxrjax.models.vgg.VGG: torchvision's vgg16 / vgg16_bn with 1-channel input and K classes."""
 
-    def __init__(self, num_classes: int, channels: int = 1, image_size: int = 224,
-                 blocks: tuple[tuple[int, ...], ...] = VGG16_BLOCKS, batchnorm: bool = False,
-                 head: str = "classifier", classifier_width: int = 4096, pool_size: int = 7,
-                 dropout: float = 0.5):
+    def __init__(
+        self,
+        num_classes: int,
+        channels: int = 1,
+        image_size: int = 224,
+        blocks: tuple[tuple[int, ...], ...] = VGG16_BLOCKS,
+        batchnorm: bool = False,
+        head: str = "classifier",
+        classifier_width: int = 4096,
+        pool_size: int = 7,
+        dropout: float = 0.5,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         cin = channels
@@ -210,8 +240,9 @@ TORCH_MODELS: dict[str, TorchSpec] = {
 _IGNORED_OPTIONS = {"init", "dtype", "axis_name", "formulation"}
 
 
-def create(name: str, *, num_classes: int, channels: int | None = None,
-           image_size: int | None = None, **overrides: Any) -> nn.Module:
+def create(
+    name: str, *, num_classes: int, channels: int | None = None, image_size: int | None = None, **overrides: Any
+) -> nn.Module:
     """Build the PyTorch twin of ``cxrjax.models.create(name, ...)`` for `image_size` inputs."""
     if name not in TORCH_MODELS:
         raise KeyError(
@@ -285,7 +316,9 @@ def _adam(model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=1e-3)
 
 
-def _steps(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, autocast: torch.dtype | None):
+def _steps(
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, autocast: torch.dtype | None
+):
     device_type = x.device.type
 
     def forward(inputs: torch.Tensor) -> torch.Tensor:
@@ -308,14 +341,23 @@ def _steps(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: tor
     return train_step, eval_step
 
 
-def _run_setup(cfg: TorchConfig, images: np.ndarray, labels: np.ndarray, device: torch.device,
-               compiled: bool, *, warmup: int, steps: int,
-               keep: bool = False) -> tuple[StepTimes, StepTimes, float | None, int, int | None, Retimer | None]:
+def _run_setup(
+    cfg: TorchConfig,
+    images: np.ndarray,
+    labels: np.ndarray,
+    device: torch.device,
+    compiled: bool,
+    *,
+    warmup: int,
+    steps: int,
+    keep: bool = False,
+) -> tuple[StepTimes, StepTimes, float | None, int, int | None, Retimer | None]:
     """Build a fresh model for one setup and time its train and eval steps; with `keep`,
     also a :class:`Retimer` that holds the model for more train steps."""
     torch.manual_seed(0)
-    model = create(cfg.model, num_classes=cfg.num_classes, channels=cfg.channels,
-                   image_size=cfg.image_size, **cfg.overrides)
+    model = create(
+        cfg.model, num_classes=cfg.num_classes, channels=cfg.channels, image_size=cfg.image_size, **cfg.overrides
+    )
     n_params = count_parameters(model)
     channels_last = device.type == "cuda"
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -350,8 +392,16 @@ def _run_setup(cfg: TorchConfig, images: np.ndarray, labels: np.ndarray, device:
     return train_times, eval_times, compile_s, n_params, peak, retime
 
 
-def benchmark(cfg: TorchConfig, images: np.ndarray, labels: np.ndarray, *, warmup: int, steps: int,
-              device: str | None = None, keep: bool = False) -> TorchResult:
+def benchmark(
+    cfg: TorchConfig,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    warmup: int,
+    steps: int,
+    device: str | None = None,
+    keep: bool = False,
+) -> TorchResult:
     """Time the PyTorch train and eval steps on `images` (NHWC float32) and `labels`.
 
     See the module docstring for which setups are tried. Compilation failures are caught
@@ -381,7 +431,7 @@ def benchmark(cfg: TorchConfig, images: np.ndarray, labels: np.ndarray, *, warmu
             if not results:
                 name = f"{prefix} eager{suffix}"
                 results[name] = _run_setup(cfg, images, labels, dev, False, warmup=warmup, steps=steps, keep=keep)
-    best = min(results, key=lambda k: results[k][0].median_s)
+    best = min(results, key=lambda k: results[k][0].median_s)  # noqa: F821 - before the del below
     train_t, eval_t, compile_s, n_params, peak, retime = results[best]
     alternatives = {k: v[0].median_s for k, v in results.items()}
     del results  # frees the other setups' models (only `retime` holds the chosen one)

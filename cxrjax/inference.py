@@ -27,6 +27,7 @@ raises :class:`RunInProgressError` (a ``FileNotFoundError``) saying so. Every lo
 says whether it is finished (:attr:`LoadedRun.run_status`: ``"finished"``,
 ``"in_progress"`` or ``"unfinished"``, with a note for the two others).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -90,7 +91,8 @@ def probability_fn(model: Any):
         if len(_PROBABILITY_FNS) >= 16:
             _PROBABILITY_FNS.clear()
         _PROBABILITY_FNS[key] = jax.jit(
-            lambda variables, x: jax.nn.softmax(model.apply(variables, x, train=False), axis=-1))
+            lambda variables, x: jax.nn.softmax(model.apply(variables, x, train=False), axis=-1)
+        )
     return _PROBABILITY_FNS[key]
 
 
@@ -180,11 +182,13 @@ def run_status(workdir: str | Path) -> tuple[str, str | None]:
     if holder is not None:
         return "in_progress", (
             f"the run is still training (pid {holder.get('pid')} on {holder.get('host')}, started "
-            f"{holder.get('started')}): no results.json yet, this is a snapshot of an unfinished run")
+            f"{holder.get('started')}): no results.json yet, this is a snapshot of an unfinished run"
+        )
     return "unfinished", (
         "the run is unfinished: no results.json and no training holds the folder (it stopped on an error, "
         "e.g. non-finite values, or was killed or interrupted); these numbers are of a checkpoint of an "
-        "unfinished run. Re-run the same train command to resume it")
+        "unfinished run. Re-run the same train command to resume it"
+    )
 
 
 _READ_ATTEMPTS = 5  # checkpoints chosen and read, before giving up on a run whose checkpoints keep vanishing
@@ -225,13 +229,19 @@ def _pruned_meanwhile(workdir: Path, before: set[str]) -> bool:
 def _no_checkpoint_yet(workdir: Path) -> FileNotFoundError:
     holder = files.lock_holder(workdir)
     if holder is not None:
-        return RunInProgressError(f"{workdir} holds no complete checkpoint yet: its training is in progress "
-                                  f"(pid {holder.get('pid')} on {holder.get('host')}); try again after its first epoch")
+        return RunInProgressError(
+            f"{workdir} holds no complete checkpoint yet: its training is in progress "
+            f"(pid {holder.get('pid')} on {holder.get('host')}); try again after its first epoch"
+        )
     if not (workdir / files.CHECKPOINT_DIR).is_dir():
-        return FileNotFoundError(f"no checkpoints directory {workdir / files.CHECKPOINT_DIR}: is this a cxrjax run "
-                                 "folder (written by python -m cxrjax.train --workdir ...)?")
-    return FileNotFoundError(f"{workdir / files.CHECKPOINT_DIR} holds no complete checkpoint yet (and no training "
-                             "is running in it: re-run the train command to start or resume it)")
+        return FileNotFoundError(
+            f"no checkpoints directory {workdir / files.CHECKPOINT_DIR}: is this a cxrjax run "
+            "folder (written by python -m cxrjax.train --workdir ...)?"
+        )
+    return FileNotFoundError(
+        f"{workdir / files.CHECKPOINT_DIR} holds no complete checkpoint yet (and no training "
+        "is running in it: re-run the train command to start or resume it)"
+    )
 
 
 def _restore(workdir: Path, checkpoint: str, results: dict[str, Any] | None) -> tuple[int, Any, dict[str, Any]]:
@@ -275,14 +285,16 @@ def _restore(workdir: Path, checkpoint: str, results: dict[str, Any] | None) -> 
     raise RunInProgressError(
         f"{workdir}: the run is in progress and its retention deleted the checkpoints being read, "
         f"{len(failed)} times in a row (last: {failed[-1]}); try again, or wait until the run has "
-        "finished (results.json)")
+        "finished (results.json)"
+    )
 
 
 # ------------------------------------------------------------------ the run meets data
 
 
-def label_mapping(run_classes: Sequence[str], data_classes: Sequence[str], *,
-                  run_name: str, data_name: str) -> np.ndarray | None:
+def label_mapping(
+    run_classes: Sequence[str], data_classes: Sequence[str], *, run_name: str, data_name: str
+) -> np.ndarray | None:
     """How dataset label ids map to the model's output ids, or a clear error.
 
     None when the lists are identical. When they hold the same names in another order
@@ -299,12 +311,18 @@ def label_mapping(run_classes: Sequence[str], data_classes: Sequence[str], *,
     raise ClassListMismatchError(
         f"class lists do not match: the model in {run_name} was trained on {run_classes} but "
         f"dataset {data_name} has {data_classes}. Evaluate on a dataset with the same classes "
-        "(same names; order may differ), or train a model on this dataset.")
+        "(same names; order may differ), or train a model on this dataset."
+    )
 
 
-def dataset_request(run: LoadedRun, *, dataset: str | None = None, data_dir: str | None = None,
-                    manual_dir: str | None = None,
-                    options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def dataset_request(
+    run: LoadedRun,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Arguments for ``cxrjax.data.load``: the run's training dataset unless overridden.
 
     For the run's own dataset, ``options`` are applied on top of the run's preparation
@@ -315,18 +333,24 @@ def dataset_request(run: LoadedRun, *, dataset: str | None = None, data_dir: str
     name = dataset or config.dataset
     if name == config.dataset:
         options = {**dict(config.dataset_options or {}), **dict(options or {})}
-    return {"name": name, "data_dir": data_dir or config.data_dir,
-            "manual_dir": manual_dir or (config.manual_dir if name == config.dataset else None),
-            "options": options}
+    return {
+        "name": name,
+        "data_dir": data_dir or config.data_dir,
+        "manual_dir": manual_dir or (config.manual_dir if name == config.dataset else None),
+        "options": options,
+    }
 
 
 def open_dataset(request: Mapping[str, Any]) -> Any:
     """``cxrjax.data.load`` of a :func:`dataset_request`."""
     if request["data_dir"] is None:
-        raise EvaluationInputError(f"no data dir for dataset {request['name']!r}: the run's config.json has "
-                                   "none; pass --data-dir DIR (where prepared datasets live)")
-    return data.load(request["name"], data_dir=request["data_dir"],
-                     manual_dir=request["manual_dir"], options=request["options"])
+        raise EvaluationInputError(
+            f"no data dir for dataset {request['name']!r}: the run's config.json has "
+            "none; pass --data-dir DIR (where prepared datasets live)"
+        )
+    return data.load(
+        request["name"], data_dir=request["data_dir"], manual_dir=request["manual_dir"], options=request["options"]
+    )
 
 
 def check_split(ds: Any, split: str) -> None:
@@ -368,13 +392,13 @@ def needs_training_statistics(run: LoadedRun, request: Mapping[str, Any]) -> boo
     """normalization="dataset" on data other than the run's own needs the run's train
     split, unless the run stored its statistics (:func:`stored_statistics`)."""
     config = run.config
-    same = (request["name"] == config.dataset
-            and dict(request["options"] or {}) == dict(config.dataset_options or {}))
+    same = request["name"] == config.dataset and dict(request["options"] or {}) == dict(config.dataset_options or {})
     return run.input_config.normalization == "dataset" and not same and stored_statistics(run) is None
 
 
-def statistics_source(run: LoadedRun, request: Mapping[str, Any] | None = None, *,
-                      data_dir: str | None = None) -> Any | None:
+def statistics_source(
+    run: LoadedRun, request: Mapping[str, Any] | None = None, *, data_dir: str | None = None
+) -> Any | None:
     """The run's own training dataset when normalization="dataset" statistics must be read
     from its train split, else None.
 
@@ -408,13 +432,13 @@ def eval_view(run: LoadedRun, ds: Any, stats_ds: Any | None = None, **extra_spli
     return view
 
 
-def evaluation_view(run: LoadedRun, ds: Any, request: Mapping[str, Any], split: str,
-                    stats_ds: Any | None = None) -> tuple[DatasetView, np.ndarray | None]:
+def evaluation_view(
+    run: LoadedRun, ds: Any, request: Mapping[str, Any], split: str, stats_ds: Any | None = None
+) -> tuple[DatasetView, np.ndarray | None]:
     """(:func:`eval_view`, :func:`label_mapping`) for evaluating ``run`` on ``split`` of ``ds``,
     after checking the split exists and the classes match."""
     check_split(ds, split)
-    mapping = label_mapping(run.class_names, ds.class_names, run_name=str(run.workdir),
-                            data_name=repr(request["name"]))
+    mapping = label_mapping(run.class_names, ds.class_names, run_name=str(run.workdir), data_name=repr(request["name"]))
     return eval_view(run, ds, stats_ds), mapping
 
 

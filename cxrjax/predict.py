@@ -18,6 +18,7 @@ only older runs without that file reopen the training dataset for them.
 A file that cannot be read gets a clear per-file error; the others are still classified,
 and the exit status is 1 so scripts notice.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,9 +56,13 @@ class FilePrediction:
         if self.error is not None:
             return {"file": self.file, "error": self.error}
         k = int(np.argmax(self.probs))
-        out = {"file": self.file, "predicted_class": class_names[k], "predicted_index": k,
-               "probability": float(self.probs[k]),
-               "probabilities": {name: float(p) for name, p in zip(class_names, self.probs)}}
+        out = {
+            "file": self.file,
+            "predicted_class": class_names[k],
+            "predicted_index": k,
+            "probability": float(self.probs[k]),
+            "probabilities": {name: float(p) for name, p in zip(class_names, self.probs)},
+        }
         if self.gradcam is not None:
             out["gradcam"] = self.gradcam
         return out
@@ -89,8 +94,14 @@ def decode_files(paths: Sequence[str], size: int) -> tuple[list[dict[str, Any]],
         except DecodeError as error:
             errors[i] = str(error)
             continue
-        records.append({"image": decoded.pixels[..., None], "label": 0, "file_name": str(path),
-                        "original_size": np.asarray(decoded.original_size, np.int32)})
+        records.append(
+            {
+                "image": decoded.pixels[..., None],
+                "label": 0,
+                "file_name": str(path),
+                "original_size": np.asarray(decoded.original_size, np.int32),
+            }
+        )
     return records, errors
 
 
@@ -104,9 +115,17 @@ def _gradcam_path(out_dir: Path, file: str, used: set[str]) -> Path:
     return out_dir / name
 
 
-def predict_files(run: inference.LoadedRun, paths: Sequence[str], *, gradcam_dir: str | Path | None = None,
-                  layer: str | None = None, method: str = "gradcam", batch_size: int = inference.DEFAULT_BATCH_SIZE,
-                  data_dir: str | None = None, progress: bool = False) -> list[FilePrediction]:
+def predict_files(
+    run: inference.LoadedRun,
+    paths: Sequence[str],
+    *,
+    gradcam_dir: str | Path | None = None,
+    layer: str | None = None,
+    method: str = "gradcam",
+    batch_size: int = inference.DEFAULT_BATCH_SIZE,
+    data_dir: str | None = None,
+    progress: bool = False,
+) -> list[FilePrediction]:
     """Classify ``paths`` with a loaded run (``cxrjax.inference.load_run``), in input order."""
     paths = [str(p) for p in paths]
     records, errors = decode_files(paths, preparation_size(run))
@@ -115,15 +134,15 @@ def predict_files(run: inference.LoadedRun, paths: Sequence[str], *, gradcam_dir
     if not records:
         return results
     files = inference.DatasetView(name="files", class_names=list(run.class_names), splits={})
-    view = inference.eval_view(run, files, inference.statistics_source(run, data_dir=data_dir),
-                               **{PREDICT_SPLIT: records})
+    view = inference.eval_view(
+        run, files, inference.statistics_source(run, data_dir=data_dir), **{PREDICT_SPLIT: records}
+    )
     preds = predict_split(run, view, PREDICT_SPLIT, batch_size, desc="predict", progress=progress)
     for result, p in zip(readable, preds.probs):
         result.probs = p
     if gradcam_dir is not None:
         # Each image's predicted class is explained.
-        maps = saliency(run, view, PREDICT_SPLIT, method=method, layer=layer, batch_size=batch_size,
-                        progress=progress)
+        maps = saliency(run, view, PREDICT_SPLIT, method=method, layer=layer, batch_size=batch_size, progress=progress)
         out_dir = Path(gradcam_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         used: set[str] = set()
@@ -139,17 +158,21 @@ def format_table(results: Sequence[FilePrediction], class_names: Sequence[str]) 
     width = max([len(r.file) for r in results] + [4])
     cols = [max(len(c), 6) for c in class_names]
     pred_w = max(len(c) for c in class_names) + 2
-    lines = [f"{'file':<{width}}  {'predicted':<{pred_w}}{'p':>7}  "
-             + "  ".join(f"{c:>{w}}" for c, w in zip(class_names, cols))]
+    lines = [
+        f"{'file':<{width}}  {'predicted':<{pred_w}}{'p':>7}  "
+        + "  ".join(f"{c:>{w}}" for c, w in zip(class_names, cols))
+    ]
     for r in results:
         name = r.file
         if r.error is not None:
             lines.append(f"{name:<{width}}  ERROR: {r.error}")
             continue
         k = int(np.argmax(r.probs))
-        lines.append(f"{name:<{width}}  {class_names[k]:<{pred_w}}{r.probs[k]:>7.4f}  "
-                     + "  ".join(f"{p:>{w}.4f}" for p, w in zip(r.probs, cols))
-                     + (f"  -> {r.gradcam}" if r.gradcam else ""))
+        lines.append(
+            f"{name:<{width}}  {class_names[k]:<{pred_w}}{r.probs[k]:>7.4f}  "
+            + "  ".join(f"{p:>{w}.4f}" for p, w in zip(r.probs, cols))
+            + (f"  -> {r.gradcam}" if r.gradcam else "")
+        )
     return "\n".join(lines)
 
 
@@ -157,39 +180,62 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m cxrjax.predict",
         description="Class probabilities (in the dataset's class order) and the predicted class for "
-                    "each image file, with the run's own evaluation preprocessing.")
+        "each image file, with the run's own evaluation preprocessing.",
+    )
     p.add_argument("--workdir", required=True, help="run folder written by python -m cxrjax.train")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, BMP, TIFF; 8/16-bit)")
     p.add_argument("--gradcam", metavar="OUT_DIR", help="also write a Grad-CAM overlay PNG per image here")
     p.add_argument("--layer", help="Grad-CAM layer (default: the model's last conv stage)")
-    p.add_argument("--cam-method", default="gradcam", choices=METHODS,
-                   help="saliency method for --gradcam (default: gradcam)")
+    p.add_argument(
+        "--cam-method", default="gradcam", choices=METHODS, help="saliency method for --gradcam (default: gradcam)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--checkpoint", default=inference.DEFAULT_CHECKPOINT, choices=inference.CHECKPOINTS)
     p.add_argument("--batch-size", type=int, default=inference.DEFAULT_BATCH_SIZE)
-    p.add_argument("--data-dir", help="prepared training data: only for runs normalised with dataset "
-                                      "statistics that were trained before normalization.json was stored")
+    p.add_argument(
+        "--data-dir",
+        help="prepared training data: only for runs normalised with dataset "
+        "statistics that were trained before normalization.json was stored",
+    )
     a = p.parse_args(argv)
     try:
         run = inference.load_run(a.workdir, checkpoint=a.checkpoint)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    results = predict_files(run, a.images, gradcam_dir=a.gradcam, layer=a.layer, method=a.cam_method,
-                            batch_size=a.batch_size, data_dir=a.data_dir)
+    results = predict_files(
+        run,
+        a.images,
+        gradcam_dir=a.gradcam,
+        layer=a.layer,
+        method=a.cam_method,
+        batch_size=a.batch_size,
+        data_dir=a.data_dir,
+    )
     if a.json:
-        print(json.dumps({"workdir": str(a.workdir), "checkpoint": {"which": run.checkpoint, "step": run.step},
-                          "run_status": run.run_status, "run_status_note": run.run_status_note,
-                          "class_names": list(run.class_names),
-                          "predictions": [r.to_dict(run.class_names) for r in results]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "workdir": str(a.workdir),
+                    "checkpoint": {"which": run.checkpoint, "step": run.step},
+                    "run_status": run.run_status,
+                    "run_status_note": run.run_status_note,
+                    "class_names": list(run.class_names),
+                    "predictions": [r.to_dict(run.class_names) for r in results],
+                },
+                indent=2,
+            )
+        )
     else:
         print(format_table(results, run.class_names))
     if run.run_status_note:
         print(f"note: {run.run_status_note}", file=sys.stderr)
     failed = [r for r in results if r.error is not None]
     if failed:
-        print(f"error: {len(failed)} of {len(results)} file(s) could not be read: "
-              + "; ".join(r.file for r in failed), file=sys.stderr)
+        print(
+            f"error: {len(failed)} of {len(results)} file(s) could not be read: " + "; ".join(r.file for r in failed),
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 

@@ -56,16 +56,23 @@ results.md, summary.md, accuracy_bars.png, learning_curves.png, and runs/<cell>/
 finished runs and resumes an interrupted one; a changed configuration for an existing
 run folder is refused (use a new --workdir). Statistics: see ``experiments.stats``.
 """
+
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 from experiments import train_options
-from experiments.experiment import (ReportSpec, add_common_arguments, list_cells, per_device_batch, pick_cells,
-                                    run_from_args, seeds_of)
+from experiments.experiment import (
+    ReportSpec,
+    add_common_arguments,
+    list_cells,
+    per_device_batch,
+    pick_cells,
+    run_from_args,
+    seeds_of,
+)
 from experiments.grid import Cell, RunFn, RunSpec
 from experiments.report import Claim
 
@@ -87,31 +94,64 @@ class PhantomDefaults:
     patience: int = 3  # early-stopping patience of the ES cells (S4's)
 
     def dataset_options(self) -> dict[str, Any]:
-        return {"num_train": self.num_train, "num_validation": self.num_validation, "num_test": self.num_test,
-                "image_size": self.image_size, "severity_range": list(self.severity_range)}
+        return {
+            "num_train": self.num_train,
+            "num_validation": self.num_validation,
+            "num_test": self.num_test,
+            "image_size": self.image_size,
+            "severity_range": list(self.severity_range),
+        }
 
 
 DEFAULTS = PhantomDefaults()
 
 # S4's single-run test accuracies (SPEC.md, S4), on D4.
 S4_TEST_ACCURACY = {
-    "Exp1": 0.479, "Exp2": 0.485, "Exp3": 0.596, "Exp4": 0.8375, "Exp5": 0.828,
-    "Exp6": 0.481, "Exp7": 0.481, "Exp8": 0.683, "Exp9": 0.782,
+    "Exp1": 0.479,
+    "Exp2": 0.485,
+    "Exp3": 0.596,
+    "Exp4": 0.8375,
+    "Exp5": 0.828,
+    "Exp6": 0.481,
+    "Exp7": 0.481,
+    "Exp8": 0.683,
+    "Exp9": 0.782,
 }
 # (batchnorm, dropout, early stopping) -> S4 experiment on the Exp2 network
 S4_NAMES = {
-    ("none", 0.0, False): "Exp2", ("first", 0.0, False): "Exp3", ("all", 0.0, False): "Exp4",
-    ("all", 0.0, True): "Exp5", ("none", 0.25, False): "Exp6", ("none", 0.25, True): "Exp7",
-    ("all", 0.25, False): "Exp8", ("all", 0.25, True): "Exp9",
+    ("none", 0.0, False): "Exp2",
+    ("first", 0.0, False): "Exp3",
+    ("all", 0.0, False): "Exp4",
+    ("all", 0.0, True): "Exp5",
+    ("none", 0.25, False): "Exp6",
+    ("none", 0.25, True): "Exp7",
+    ("all", 0.25, False): "Exp8",
+    ("all", 0.25, True): "Exp9",
 }
 S4_CLAIMS = (
     Claim("exp1", "exp2_bn-none_do-0_es-off", "the channel order does not matter without BatchNorm (Exp1 vs Exp2)"),
     Claim("exp2_bn-first_do-0_es-off", "exp2_bn-none_do-0_es-off", "BatchNorm on the first layer helps (Exp3 vs Exp2)"),
-    Claim("exp2_bn-all_do-0_es-off", "exp2_bn-first_do-0_es-off", "BatchNorm on every layer is better still (Exp4 vs Exp3)"),
-    Claim("exp2_bn-all_do-0_es-on", "exp2_bn-all_do-0_es-off", "early stopping costs a little without dropout (Exp5 vs Exp4)"),
+    Claim(
+        "exp2_bn-all_do-0_es-off",
+        "exp2_bn-first_do-0_es-off",
+        "BatchNorm on every layer is better still (Exp4 vs Exp3)",
+    ),
+    Claim(
+        "exp2_bn-all_do-0_es-on",
+        "exp2_bn-all_do-0_es-off",
+        "early stopping costs a little without dropout (Exp5 vs Exp4)",
+    ),
     Claim("exp2_bn-none_do-0.25_es-off", "exp2_bn-none_do-0_es-off", "dropout alone changes nothing (Exp6 vs Exp2)"),
-    Claim("exp2_bn-all_do-0.25_es-off", "exp2_bn-all_do-0_es-off", "dropout 0.25 hurts the BatchNorm network (Exp8 vs Exp4)"),
-    Claim("exp2_bn-all_do-0.25_es-on", "exp2_bn-all_do-0.25_es-off", "early stopping rescues the dropout network (Exp9 vs Exp8)"),
+    Claim(
+        "exp2_bn-all_do-0.25_es-off",
+        "exp2_bn-all_do-0_es-off",
+        "dropout 0.25 hurts the BatchNorm network (Exp8 vs Exp4)",
+    ),
+    Claim(
+        "exp2_bn-all_do-0.25_es-on",
+        "exp2_bn-all_do-0.25_es-off",
+        "early stopping rescues the dropout network (Exp9 vs Exp8)",
+    ),
 )
 S0_CELLS = (("s0_a", "S0-A"), ("s0_b", "S0-B"), ("s0_c", "S0-C"))
 
@@ -129,9 +169,14 @@ def s4_cells() -> list[Cell]:
             label="Exp1: reversed channels",
             factors={"architecture": "exp1", "batch_norm": "none", "dropout": "0", "early_stopping": "off"},
             network="s4_exp1",
-            overrides={"model": "s4_exp1", "model_options": {"layout": "exp1", "batchnorm": "none", "dropout": 0.0},
-                       "early_stopping": False},
-            reference=S4_TEST_ACCURACY["Exp1"], reference_name="Exp1", group="S4 grid",
+            overrides={
+                "model": "s4_exp1",
+                "model_options": {"layout": "exp1", "batchnorm": "none", "dropout": 0.0},
+                "early_stopping": False,
+            },
+            reference=S4_TEST_ACCURACY["Exp1"],
+            reference_name="Exp1",
+            group="S4 grid",
         )
     ]
     for bn in ("none", "first", "all"):
@@ -139,24 +184,40 @@ def s4_cells() -> list[Cell]:
             for es in (False, True):
                 s4 = S4_NAMES.get((bn, rate, es))
                 desc = f"BN {bn}" + (f", DO {_fmt_rate(rate)}" if rate else "") + (", ES" if es else "")
-                cells.append(Cell(
-                    name=f"exp2_bn-{bn}_do-{_fmt_rate(rate)}_es-{'on' if es else 'off'}",
-                    label=f"{s4}: {desc}" if s4 else desc,
-                    factors={"architecture": "exp2", "batch_norm": bn, "dropout": _fmt_rate(rate),
-                             "early_stopping": "on" if es else "off"},
-                    network=f"s4_exp2/bn={bn}/dropout={rate}",
-                    overrides={"model": "s4_exp2",
-                               "model_options": {"layout": "exp2", "batchnorm": bn, "dropout": rate},
-                               "early_stopping": es},
-                    reference=S4_TEST_ACCURACY[s4] if s4 else None, reference_name=s4, group="S4 grid",
-                ))
+                cells.append(
+                    Cell(
+                        name=f"exp2_bn-{bn}_do-{_fmt_rate(rate)}_es-{'on' if es else 'off'}",
+                        label=f"{s4}: {desc}" if s4 else desc,
+                        factors={
+                            "architecture": "exp2",
+                            "batch_norm": bn,
+                            "dropout": _fmt_rate(rate),
+                            "early_stopping": "on" if es else "off",
+                        },
+                        network=f"s4_exp2/bn={bn}/dropout={rate}",
+                        overrides={
+                            "model": "s4_exp2",
+                            "model_options": {"layout": "exp2", "batchnorm": bn, "dropout": rate},
+                            "early_stopping": es,
+                        },
+                        reference=S4_TEST_ACCURACY[s4] if s4 else None,
+                        reference_name=s4,
+                        group="S4 grid",
+                    )
+                )
     return cells
 
 
 def s0_cells() -> list[Cell]:
     return [
-        Cell(name=model, label=label, factors={"model": label}, network=model,
-             overrides={"preset": model}, group="S0 grid (same data, S0's networks and optimiser)")
+        Cell(
+            name=model,
+            label=label,
+            factors={"model": label},
+            network=model,
+            overrides={"preset": model},
+            group="S0 grid (same data, S0's networks and optimiser)",
+        )
         for model, label in S0_CELLS
     ]
 
@@ -166,7 +227,9 @@ def base_config(args: argparse.Namespace, num_devices: int) -> Any:
     from cxrjax.train import PRESETS
 
     config = PRESETS["s4_exp2"].replace(
-        data_dir=args.data_dir, manual_dir=args.manual_dir, progress=False,
+        data_dir=args.data_dir,
+        manual_dir=args.manual_dir,
+        progress=False,
         compilation_cache_dir=args.compilation_cache or None,
         per_device_batch_size=per_device_batch(args, num_devices),
     )
@@ -200,10 +263,20 @@ def cell_config(base: Any, cell: Cell, seed: int, patience: int) -> Any:
         from cxrjax.train import PRESETS
 
         s0 = PRESETS[o["preset"]]
-        keep = ("model", "model_options", "optimizer", "lr", "adam_eps", "monitor",
-                "early_stopping_patience", "early_stopping_min_delta", "restore_best")
-        return base.replace(**{k: getattr(s0, k) for k in keep},
-                            model_options={**base.model_options, **s0.model_options}, seed=seed)
+        keep = (
+            "model",
+            "model_options",
+            "optimizer",
+            "lr",
+            "adam_eps",
+            "monitor",
+            "early_stopping_patience",
+            "early_stopping_min_delta",
+            "restore_best",
+        )
+        return base.replace(
+            **{k: getattr(s0, k) for k in keep}, model_options={**base.model_options, **s0.model_options}, seed=seed
+        )
     es = bool(o.pop("early_stopping"))
     return base.replace(
         model=o["model"],
@@ -227,14 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_specs(args: argparse.Namespace, cells: Sequence[Cell], num_devices: int,
-               changes: dict[str, Any]) -> list[RunSpec]:
+def make_specs(
+    args: argparse.Namespace, cells: Sequence[Cell], num_devices: int, changes: dict[str, Any]
+) -> list[RunSpec]:
     """One RunSpec per cell and seed; ``changes``: the user's training options."""
     base = train_options.apply_changes(base_config(args, num_devices), changes)
     patience = early_stopping_patience(args, changes)
     seeds = seeds_of(args)
-    return [RunSpec(cell.name, seed, cell_config(base, cell, seed, patience))
-            for cell in cells for seed in seeds]
+    return [RunSpec(cell.name, seed, cell_config(base, cell, seed, patience)) for cell in cells for seed in seeds]
 
 
 def describe(specs: Sequence[RunSpec]) -> list[str]:
@@ -245,8 +318,12 @@ def describe(specs: Sequence[RunSpec]) -> list[str]:
         f"Dataset `{c.dataset}`" + (f" ({opts})" if opts else "") + f"; input {c.image_size or 'model default'} px, "
         f"{c.channels} channels; {c.optimizer} lr {c.lr}, batch {c.per_device_batch_size} per device, "
         f"up to {c.epochs} epochs; "
-        + (f"early stopping on {c.monitor}, patience {patience}, best checkpoint tested; "
-           "without it the last epoch is tested." if patience else "no early stopping."),
+        + (
+            f"early stopping on {c.monitor}, patience {patience}, best checkpoint tested; "
+            "without it the last epoch is tested."
+            if patience
+            else "no early stopping."
+        ),
         "S4's numbers are single runs on the COVID-19 Radiography Database (D4), 70/20/10 split.",
     ]
 
@@ -260,13 +337,20 @@ def main(argv: Sequence[str] | None = None, *, run_fn: RunFn | None = None) -> i
         return 0
     if args.dataset not in (PHANTOMS,) and not args.manual_dir:
         print(f"note: {args.dataset} needs --manual-dir unless it is already prepared under {args.data_dir}")
-    return run_from_args(args, EXPERIMENT, cells, make_specs, lambda specs: ReportSpec(
-        title=f"BatchNorm / dropout / early-stopping ablation on {args.dataset}",
-        description=describe(specs),
-        claims=S4_CLAIMS,
-        reference_source="S4",
-        references_comparable=args.dataset == D4,
-    ), run_fn)
+    return run_from_args(
+        args,
+        EXPERIMENT,
+        cells,
+        make_specs,
+        lambda specs: ReportSpec(
+            title=f"BatchNorm / dropout / early-stopping ablation on {args.dataset}",
+            description=describe(specs),
+            claims=S4_CLAIMS,
+            reference_source="S4",
+            references_comparable=args.dataset == D4,
+        ),
+        run_fn,
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ prepared (or found) once and the opened ``PreparedDataset`` is handed to every
 ``train_and_evaluate`` call, instead of each run reopening it. It is opened lazily, at
 the first run that actually trains: re-running a finished grid only rewrites the report.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,27 +19,39 @@ from experiments import grid, report
 from experiments.grid import Cell, RunFn, RunSpec
 
 
-def add_common_arguments(p: argparse.ArgumentParser, *, default_dataset: str | None, experiment: str,
-                         global_batch: int) -> None:
+def add_common_arguments(
+    p: argparse.ArgumentParser, *, default_dataset: str | None, experiment: str, global_batch: int
+) -> None:
     """The options every experiment has: data, workdir, seeds, cells, batch, cache, progress."""
     p.add_argument("--dataset", default=default_dataset, help="cxrjax dataset name")
     p.add_argument("--manual-dir", default=None, help="folder of the downloaded dataset (real datasets)")
     p.add_argument("--data-dir", default="data", help="where prepared datasets live (shared by every run)")
-    p.add_argument("--workdir", default=None,
-                   help=f"experiment folder (default: runs/{experiment}/<dataset>); an existing one is resumed")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help=f"experiment folder (default: runs/{experiment}/<dataset>); an existing one is resumed",
+    )
     p.add_argument("--seeds", type=int, default=3, help="seeds per cell")
     p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
     p.add_argument("--cells", default=None, help="comma-separated cell names to run (default: all; see --list-cells)")
     p.add_argument("--list-cells", action="store_true", help="print the cells and exit")
-    p.add_argument("--compilation-cache", default="runs/jax_cache",
-                   help="JAX persistent compilation cache folder ('' to disable)")
+    p.add_argument(
+        "--compilation-cache", default="runs/jax_cache", help="JAX persistent compilation cache folder ('' to disable)"
+    )
     p.add_argument("--no-progress", dest="grid_progress", action="store_false", help="no overall progress bar")
-    p.add_argument("--jobs", default="auto",
-                   help="runs trained at the same time, each in its own process ('auto': one per CPU core "
-                        "on a CPU backend, 1 on an accelerator)")
-    p.add_argument("--global-batch-size", type=int, default=global_batch,
-                   help="the study's batch, split over the devices (per device = this // devices); "
-                        "--per-device-batch-size overrides")
+    p.add_argument(
+        "--jobs",
+        default="auto",
+        help="runs trained at the same time, each in its own process ('auto': one per CPU core "
+        "on a CPU backend, 1 on an accelerator)",
+    )
+    p.add_argument(
+        "--global-batch-size",
+        type=int,
+        default=global_batch,
+        help="the study's batch, split over the devices (per device = this // devices); "
+        "--per-device-batch-size overrides",
+    )
 
 
 def per_device_batch(args: argparse.Namespace, num_devices: int) -> int:
@@ -117,11 +130,16 @@ class EngineRun:
 
         from cxrjax import data
 
-        key = json.dumps([config.dataset, config.data_dir, config.manual_dir, config.dataset_options],
-                         sort_keys=True, default=str)
+        key = json.dumps(
+            [config.dataset, config.data_dir, config.manual_dir, config.dataset_options], sort_keys=True, default=str
+        )
         if key not in self._datasets:
-            self._datasets[key] = data.load(config.dataset, data_dir=config.data_dir or "data",
-                                            manual_dir=config.manual_dir, options=config.dataset_options)
+            self._datasets[key] = data.load(
+                config.dataset,
+                data_dir=config.data_dir or "data",
+                manual_dir=config.manual_dir,
+                options=config.dataset_options,
+            )
         return self._datasets[key]
 
     def prepare(self, configs: Sequence[Any]) -> None:
@@ -166,17 +184,32 @@ def run_experiment(
         todo = [s.config for s in specs if not grid.is_finished(grid.run_dir_for(workdir, s.cell, s.seed))]
         if todo and jobs > 1:
             run_fn.prepare(todo)
-    records = grid.run_grid(specs, workdir, run_fn, progress=progress, desc=workdir.name,
-                            jobs=jobs, worker_env=worker_env() if jobs > 1 else None)
+    records = grid.run_grid(
+        specs,
+        workdir,
+        run_fn,
+        progress=progress,
+        desc=workdir.name,
+        jobs=jobs,
+        worker_env=worker_env() if jobs > 1 else None,
+    )
     files, summary = report.write_report(
-        workdir, cells, records, title=spec.title, description=spec.description, claims=spec.claims,
-        reference_source=spec.reference_source, references_comparable=spec.references_comparable,
+        workdir,
+        cells,
+        records,
+        title=spec.title,
+        description=spec.description,
+        claims=spec.claims,
+        reference_source=spec.reference_source,
+        references_comparable=spec.references_comparable,
     )
     trained = grid.trained_count(records)
     print(f"\n{summary}\n", file=sys.stdout)
-    print(f"{len(records)} runs ({trained} trained now, {len(records) - trained} already finished). "
-          f"Results: {files.csv}, {files.markdown}, {files.summary}, {files.bars}, {files.curves}",
-          flush=True)
+    print(
+        f"{len(records)} runs ({trained} trained now, {len(records) - trained} already finished). "
+        f"Results: {files.csv}, {files.markdown}, {files.summary}, {files.bars}, {files.curves}",
+        flush=True,
+    )
     return files, summary
 
 
@@ -210,8 +243,15 @@ def run_from_args(
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        run_experiment(cells, specs, default_workdir(args, experiment), report_spec(specs), run_fn=run_fn,
-                       progress=args.grid_progress, jobs=jobs_of(args))
+        run_experiment(
+            cells,
+            specs,
+            default_workdir(args, experiment),
+            report_spec(specs),
+            run_fn=run_fn,
+            progress=args.grid_progress,
+            jobs=jobs_of(args),
+        )
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ Why it is built this way:
 * **Optionally parallel** (``jobs``): worker processes, each running whole groups of runs
   (one network) so that compiled steps are reused; one progress bar in the parent.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -214,8 +215,16 @@ def run_grid(
     records: dict[tuple[str, int], RunRecord] = {}
     for spec in done:
         records[(spec.cell, spec.seed)] = _load_finished(spec, run_dir_for(workdir, spec.cell, spec.seed))
-    bar = tqdm(total=len(specs), initial=len(done), desc=desc, unit="run", disable=not progress,
-               dynamic_ncols=True, position=0, leave=True)
+    bar = tqdm(
+        total=len(specs),
+        initial=len(done),
+        desc=desc,
+        unit="run",
+        disable=not progress,
+        dynamic_ncols=True,
+        position=0,
+        leave=True,
+    )
     failed = 0
 
     def finished(record: RunRecord) -> None:
@@ -282,8 +291,14 @@ def _run_group(specs: list[RunSpec], workdir: str, run_fn: RunFn, queue: Any) ->
         queue.put(run_one(spec, workdir, run_fn))
 
 
-def _run_parallel(todo: Sequence[RunSpec], workdir: str | Path, run_fn: RunFn, jobs: int,
-                  env: dict[str, str], finished: Callable[[RunRecord], None]) -> None:
+def _run_parallel(
+    todo: Sequence[RunSpec],
+    workdir: str | Path,
+    run_fn: RunFn,
+    jobs: int,
+    env: dict[str, str],
+    finished: Callable[[RunRecord], None],
+) -> None:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold JAX threads
@@ -310,15 +325,24 @@ def _interrupt_on_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, interrupt)
 
 
-def _run_pool(ctx: Any, groups: list[list[RunSpec]], total: int, workdir: str | Path, run_fn: RunFn,
-              jobs: int, env: dict[str, str], finished: Callable[[RunRecord], None]) -> None:
+def _run_pool(
+    ctx: Any,
+    groups: list[list[RunSpec]],
+    total: int,
+    workdir: str | Path,
+    run_fn: RunFn,
+    jobs: int,
+    env: dict[str, str],
+    finished: Callable[[RunRecord], None],
+) -> None:
     import queue as queue_lib
     from concurrent.futures import ProcessPoolExecutor
 
     with ctx.Manager() as manager:
         results = manager.Queue()
-        pool = ProcessPoolExecutor(max_workers=min(jobs, len(groups)), mp_context=ctx,
-                                   initializer=_init_worker, initargs=(env,))
+        pool = ProcessPoolExecutor(
+            max_workers=min(jobs, len(groups)), mp_context=ctx, initializer=_init_worker, initargs=(env,)
+        )
         try:
             futures = [pool.submit(_run_group, g, str(workdir), run_fn, results) for g in groups]
             remaining = total
@@ -350,8 +374,7 @@ def _one_line(record: RunRecord) -> str:
     acc = test.get("accuracy")
     acc_text = f"test accuracy {100 * acc:.1f}%" if isinstance(acc, (int, float)) else "no test metrics"
     wall = f", {record.wall_time_s:.0f} s" if record.wall_time_s is not None else ""
-    return (f"{record.cell} seed {record.seed}: {acc_text}, "
-            f"{record.results.get('epochs_run', '?')} epochs{wall}")
+    return f"{record.cell} seed {record.seed}: {acc_text}, {record.results.get('epochs_run', '?')} epochs{wall}"
 
 
 def trained_count(records: Iterable[RunRecord]) -> int:

@@ -17,6 +17,7 @@ Welch's t-test between different networks, paired t-test between runs of the sam
 network) gives p < 0.05; the report also says which of those survive Holm's correction
 for the number of comparisons made.
 """
+
 from __future__ import annotations
 
 import csv
@@ -274,8 +275,16 @@ def _signed(x: float) -> str:
 
 
 def cell_table(cs: Sequence[CellStats], factor_names: Sequence[str], reference_title: str) -> str:
-    head = ["Cell", *factor_names, "n", "Test accuracy % (95% CI)", "Macro F1 % (95% CI)",
-            "Train-val gap (pts)", "Epochs", reference_title]
+    head = [
+        "Cell",
+        *factor_names,
+        "n",
+        "Test accuracy % (95% CI)",
+        "Macro F1 % (95% CI)",
+        "Train-val gap (pts)",
+        "Epochs",
+        reference_title,
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cs:
         ref = "" if c.cell.reference is None else f"{pct(c.cell.reference, 2).rstrip('0').rstrip('.')}"
@@ -283,16 +292,20 @@ def cell_table(cs: Sequence[CellStats], factor_names: Sequence[str], reference_t
             ref = f"{ref} ({c.cell.reference_name})"
         n = f"{c.accuracy.n}" + (f" (+{c.n_failed} failed)" if c.n_failed else "")
         lines.append(
-            "| " + " | ".join([
-                c.cell.label,
-                *[c.cell.factors.get(f, "") for f in factor_names],
-                n,
-                fmt_ci(c.accuracy),
-                fmt_ci(c.macro_f1),
-                pct(c.gap.mean),
-                "n/a" if not math.isfinite(c.epochs_run.mean) else f"{c.epochs_run.mean:.1f}",
-                ref,
-            ]) + " |"
+            "| "
+            + " | ".join(
+                [
+                    c.cell.label,
+                    *[c.cell.factors.get(f, "") for f in factor_names],
+                    n,
+                    fmt_ci(c.accuracy),
+                    fmt_ci(c.macro_f1),
+                    pct(c.gap.mean),
+                    "n/a" if not math.isfinite(c.epochs_run.mean) else f"{c.epochs_run.mean:.1f}",
+                    ref,
+                ]
+            )
+            + " |"
         )
     return "\n".join(lines)
 
@@ -304,9 +317,19 @@ def comparison_table(comps: Sequence[Comparison]) -> str:
         r = c.result
         ci = "" if not math.isfinite(r.ci_low) else f" [{_signed(r.ci_low)}, {_signed(r.ci_high)}]"
         lines.append(
-            "| " + " | ".join([
-                c.label, c.context, f"{_signed(r.diff)}{ci}", r.test, fmt_p(r.p), fmt_p(c.p_holm), verdict(r.p),
-            ]) + " |"
+            "| "
+            + " | ".join(
+                [
+                    c.label,
+                    c.context,
+                    f"{_signed(r.diff)}{ci}",
+                    r.test,
+                    fmt_p(r.p),
+                    fmt_p(c.p_holm),
+                    verdict(r.p),
+                ]
+            )
+            + " |"
         )
     return "\n".join(lines)
 
@@ -368,7 +391,7 @@ def summary_text(
         if a.cell.reference is not None and b.cell.reference is not None:
             ref = f" ({reference_source}: {_signed(a.cell.reference - b.cell.reference)} pts from one run each)"
         out.append(
-            f"- Claim \"{claim.statement}\"{ref}: here {a.cell.label} - {b.cell.label} = "
+            f'- Claim "{claim.statement}"{ref}: here {a.cell.label} - {b.cell.label} = '
             f"{_signed(r.diff)} pts, {r.test} p={fmt_p(r.p)}: {verdict(r.p)}."
         )
     if references_comparable:
@@ -390,8 +413,15 @@ def summary_text(
 # --------------------------------------------------------------------------- plots
 
 
-def plot_accuracy_bars(cs: Sequence[CellStats], rows: Sequence[Mapping[str, Any]], path: Path,
-                       *, title: str, majority: float, reference_source: str) -> None:
+def plot_accuracy_bars(
+    cs: Sequence[CellStats],
+    rows: Sequence[Mapping[str, Any]],
+    path: Path,
+    *,
+    title: str,
+    majority: float,
+    reference_source: str,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -406,8 +436,14 @@ def plot_accuracy_bars(cs: Sequence[CellStats], rows: Sequence[Mapping[str, Any]
     ax.bar(x, np.nan_to_num(means), yerr=err, capsize=4, color="#7fa7d9", edgecolor="#2b5d9b", label="mean, 95% CI")
     for i, c in enumerate(cs):
         seeds = [100 * r["test_accuracy"] for r in rows if r["cell"] == c.cell.name and r["status"] == "ok"]
-        ax.scatter(np.full(len(seeds), i) + np.linspace(-0.15, 0.15, len(seeds)), seeds, s=12, color="k",
-                   zorder=3, label="single seeds" if i == 0 else None)
+        ax.scatter(
+            np.full(len(seeds), i) + np.linspace(-0.15, 0.15, len(seeds)),
+            seeds,
+            s=12,
+            color="k",
+            zorder=3,
+            label="single seeds" if i == 0 else None,
+        )
     refs = [(i, 100 * c.cell.reference) for i, c in enumerate(cs) if c.cell.reference is not None]
     if refs:
         ax.scatter(*zip(*refs), marker="x", s=60, color="#c0392b", zorder=4, label=f"{reference_source} (1 run)")
@@ -440,8 +476,15 @@ def plot_learning_curves(cs: Sequence[CellStats], records: Sequence[RunRecord], 
             epochs, train, val = curves(rec.run_dir)
             col = colors[k % len(colors)]
             ax.plot(epochs, 100 * np.asarray(train), ls="--", color=col, lw=1)
-            ax.plot(epochs, 100 * np.asarray(val), ls="-", color=col, lw=1.2, marker="." if len(epochs) < 3 else None,
-                    label=f"seed {rec.seed}")
+            ax.plot(
+                epochs,
+                100 * np.asarray(val),
+                ls="-",
+                color=col,
+                lw=1.2,
+                marker="." if len(epochs) < 3 else None,
+                label=f"seed {rec.seed}",
+            )
             tested = evaluated_epoch(rec.results)
             if tested in epochs:
                 ax.plot([tested], [100 * val[epochs.index(tested)]], marker="o", mfc="none", color=col, ms=6)
@@ -512,8 +555,9 @@ def write_report(
     write_csv(rows, files.csv)
     cs = cell_stats(cells, rows)
     comps = comparisons(cells, rows)
-    summary = summary_text(cs, comps, claims, rows, references_comparable=references_comparable,
-                           reference_source=reference_source)
+    summary = summary_text(
+        cs, comps, claims, rows, references_comparable=references_comparable, reference_source=reference_source
+    )
     majority = majority_rate(records)
     seeds = sorted({r.seed for r in records})
     walls = [r.wall_time_s for r in records if r.wall_time_s is not None]
@@ -524,14 +568,20 @@ def write_report(
         "t confidence interval. Majority-class rate of the test set: "
         f"{pct(majority)}%. Train-val gap: train minus validation accuracy at the tested epoch "
         "(the best one with early stopping, else the last). Epochs: mean epochs run."
-        + (f" Training wall time, summed over the {len(walls)} timed runs: {sum(walls) / 60:.1f} min." if walls else ""),
+        + (
+            f" Training wall time, summed over the {len(walls)} timed runs: {sum(walls) / 60:.1f} min." if walls else ""
+        ),
         "",
     ]
     for group in dict.fromkeys(c.group for c in cells):
         members = [c for c in cs if c.cell.group == group]
         factor_names = list(dict.fromkeys(k for c in members for k in c.cell.factors))
-        md += [f"## Cells{': ' + group if group else ''}", "",
-               cell_table(members, factor_names, f"{reference_source} (1 run)"), ""]
+        md += [
+            f"## Cells{': ' + group if group else ''}",
+            "",
+            cell_table(members, factor_names, f"{reference_source} (1 run)"),
+            "",
+        ]
     if comps:
         md += [
             "## Differences between cells (test accuracy)",
@@ -545,8 +595,17 @@ def write_report(
             comparison_table(comps),
             "",
         ]
-    md += ["## Summary", "", summary, "", "## Files", "",
-           *[f"- `{p.name}`" for p in files.all()], "- `runs/<cell>/seed_<k>/`: each run's own workdir", ""]
+    md += [
+        "## Summary",
+        "",
+        summary,
+        "",
+        "## Files",
+        "",
+        *[f"- `{p.name}`" for p in files.all()],
+        "- `runs/<cell>/seed_<k>/`: each run's own workdir",
+        "",
+    ]
     files.markdown.write_text("\n".join(md))
     files.summary.write_text(f"# {title}: summary\n\n{summary}\n")
     plot_accuracy_bars(cs, rows, files.bars, title=title, majority=majority, reference_source=reference_source)

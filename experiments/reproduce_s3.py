@@ -34,6 +34,7 @@ results.md (mean and 95% CI per network, S3's number beside it), summary.md,
 accuracy_bars.png, learning_curves.png, runs/<cell>/seed_<k>/. Resumable like every
 experiment here (``experiments.grid``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,15 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from experiments import train_options
-from experiments.experiment import (ReportSpec, add_common_arguments, list_cells, per_device_batch, pick_cells,
-                                    run_from_args, seeds_of)
+from experiments.experiment import (
+    ReportSpec,
+    add_common_arguments,
+    list_cells,
+    per_device_batch,
+    pick_cells,
+    run_from_args,
+    seeds_of,
+)
 from experiments.grid import Cell, RunFn, RunSpec
 from experiments.report import Claim
 
@@ -63,8 +71,13 @@ class PhantomDefaults:
     vgg_image_size: int = 32  # 224 on DP; see the module docstring
 
     def dataset_options(self) -> dict[str, Any]:
-        return {"num_train": self.num_train, "num_validation": self.num_validation, "num_test": self.num_test,
-                "image_size": self.stored_size, "severity_range": list(self.severity_range)}
+        return {
+            "num_train": self.num_train,
+            "num_validation": self.num_validation,
+            "num_test": self.num_test,
+            "image_size": self.stored_size,
+            "severity_range": list(self.severity_range),
+        }
 
 
 DEFAULTS = PhantomDefaults()
@@ -83,8 +96,15 @@ S3_CLAIMS = (
 
 def s3_cells() -> list[Cell]:
     return [
-        Cell(name=name, label=label, factors={"network": name}, network=name,
-             overrides={"preset": preset}, reference=ref, reference_name="S3" if ref is not None else None)
+        Cell(
+            name=name,
+            label=label,
+            factors={"network": name},
+            network=name,
+            overrides={"preset": preset},
+            reference=ref,
+            reference_name="S3" if ref is not None else None,
+        )
         for name, (preset, label, ref) in S3_NETWORKS.items()
     ]
 
@@ -99,7 +119,9 @@ def cell_config(args: argparse.Namespace, cell: Cell, seed: int, num_devices: in
 
     dataset = dataset_of(args)
     config = PRESETS[cell.overrides["preset"]].replace(
-        data_dir=args.data_dir, manual_dir=args.manual_dir, progress=False,
+        data_dir=args.data_dir,
+        manual_dir=args.manual_dir,
+        progress=False,
         compilation_cache_dir=args.compilation_cache or None,
         per_device_batch_size=per_device_batch(args, num_devices),
     )
@@ -127,17 +149,25 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_common_arguments(p, default_dataset=None, experiment=EXPERIMENT, global_batch=25)
-    p.add_argument("--vgg-image-size", type=int, default=None,
-                   help=f"VGG input size (default: 224 on DP as S3, {DEFAULTS.vgg_image_size} on phantoms)")
+    p.add_argument(
+        "--vgg-image-size",
+        type=int,
+        default=None,
+        help=f"VGG input size (default: 224 on DP as S3, {DEFAULTS.vgg_image_size} on phantoms)",
+    )
     train_options.add_train_options(p)
     return p
 
 
-def make_specs(args: argparse.Namespace, cells: Sequence[Cell], num_devices: int,
-               changes: dict[str, Any]) -> list[RunSpec]:
+def make_specs(
+    args: argparse.Namespace, cells: Sequence[Cell], num_devices: int, changes: dict[str, Any]
+) -> list[RunSpec]:
     """One RunSpec per cell and seed; ``changes``: the user's training options."""
-    return [RunSpec(cell.name, seed, cell_config(args, cell, seed, num_devices, changes))
-            for cell in cells for seed in seeds_of(args)]
+    return [
+        RunSpec(cell.name, seed, cell_config(args, cell, seed, num_devices, changes))
+        for cell in cells
+        for seed in seeds_of(args)
+    ]
 
 
 def describe(specs: Sequence[RunSpec]) -> list[str]:
@@ -162,13 +192,20 @@ def main(argv: Sequence[str] | None = None, *, run_fn: RunFn | None = None) -> i
     if args.list_cells:
         list_cells(known)
         return 0
-    return run_from_args(args, EXPERIMENT, cells, make_specs, lambda specs: ReportSpec(
-        title=f"S3 reproduced: LeNet-5 vs VGG16 from scratch on {args.dataset}",
-        description=describe(specs),
-        claims=S3_CLAIMS,
-        reference_source="S3",
-        references_comparable=args.dataset == DP,
-    ), run_fn)
+    return run_from_args(
+        args,
+        EXPERIMENT,
+        cells,
+        make_specs,
+        lambda specs: ReportSpec(
+            title=f"S3 reproduced: LeNet-5 vs VGG16 from scratch on {args.dataset}",
+            description=describe(specs),
+            claims=S3_CLAIMS,
+            reference_source="S3",
+            references_comparable=args.dataset == DP,
+        ),
+        run_fn,
+    )
 
 
 if __name__ == "__main__":

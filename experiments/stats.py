@@ -24,6 +24,7 @@ then not noise at all. With fewer than two runs per side no test is possible (p 
 
 scipy (a hard dependency of scikit-learn) provides the Student t distribution.
 """
+
 from __future__ import annotations
 
 import math

@@ -14,6 +14,7 @@ TrainConfig's field declarations (``cxrjax.train.config_args``):
 
 Only options given explicitly are applied, on top of the experiment's own defaults.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,16 @@ from cxrjax.train.config import TrainConfig
 # --compilation-cache are the experiment's common options (one value for every run),
 # --no-progress is the grid's bar (--progress below turns on each run's bars); classes
 # can still be set with --set.
-EXPERIMENT_FIELDS = ("model", "dataset", "data_dir", "manual_dir", "classes", "seed", "compilation_cache_dir",
-                     "progress")
+EXPERIMENT_FIELDS = (
+    "model",
+    "dataset",
+    "data_dir",
+    "manual_dir",
+    "classes",
+    "seed",
+    "compilation_cache_dir",
+    "progress",
+)
 
 _HELP = {"early_stopping_patience": "patience of the cells WITH early stopping"}
 
@@ -43,11 +52,14 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     )
     config_args.add_config_flags(group, exclude=EXPERIMENT_FIELDS, help_overrides=_HELP)
     config_args.add_passthrough_options(
-        group, dataset_help="dataset preparation option (repeatable), e.g. num_train=800",
+        group,
+        dataset_help="dataset preparation option (repeatable), e.g. num_train=800",
         model_help="model constructor option for every cell (repeatable), e.g. head_width=64; "
-                   "the factors a cell studies (batchnorm, dropout, layout) stay the cell's")
-    group.add_argument("--progress", action="store_true", default=None,
-                       help="also show each run's own per-epoch progress bars")
+        "the factors a cell studies (batchnorm, dropout, layout) stay the cell's",
+    )
+    group.add_argument(
+        "--progress", action="store_true", default=None, help="also show each run's own per-epoch progress bars"
+    )
 
 
 def train_changes(args: argparse.Namespace) -> dict[str, Any]:
@@ -60,11 +72,15 @@ def train_changes(args: argparse.Namespace) -> dict[str, Any]:
         changes["progress"] = args.progress
     changes.update(config_args.set_changes(args.set))
     if args.dataset_option:
-        changes["dataset_options"] = {**changes.get("dataset_options", {}),
-                                      **config_args.key_values(args.dataset_option, "--dataset-option")}
+        changes["dataset_options"] = {
+            **changes.get("dataset_options", {}),
+            **config_args.key_values(args.dataset_option, "--dataset-option"),
+        }
     if args.model_option:
-        changes["model_options"] = {**changes.get("model_options", {}),
-                                    **config_args.key_values(args.model_option, "--model-option")}
+        changes["model_options"] = {
+            **changes.get("model_options", {}),
+            **config_args.key_values(args.model_option, "--model-option"),
+        }
     return changes
 
 

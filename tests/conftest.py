@@ -3,6 +3,7 @@
 XLA reads XLA_FLAGS once, when JAX initialises its backend, so this must run before
 any test module imports jax.
 """
+
 import os
 
 _flag = "--xla_force_host_platform_device_count=4"

@@ -1,4 +1,5 @@
 """The test environment itself: what every other test relies on."""
+
 import sys
 
 

@@ -7,6 +7,7 @@ a module may import its own package and the packages of lower layers only:
 
 and nothing in ``cxrjax`` imports ``experiments`` or ``benchmarks`` (they sit on top).
 """
+
 from __future__ import annotations
 
 import ast
@@ -16,11 +17,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
-    "cxrjax.data": 0, "cxrjax.models": 0, "cxrjax.reporting": 0,
+    "cxrjax.data": 0,
+    "cxrjax.models": 0,
+    "cxrjax.reporting": 0,
     "cxrjax.train": 1,
     "cxrjax.inference": 2,
     "cxrjax.explain": 3,
-    "cxrjax.evaluate": 4, "cxrjax.predict": 4,
+    "cxrjax.evaluate": 4,
+    "cxrjax.predict": 4,
 }
 
 
@@ -90,11 +94,14 @@ def test_imports_run_downward_only():
     assert violations() == []
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("from cxrjax.evaluate import report\n", ["cxrjax/explain/x.py:1 imports cxrjax.evaluate"]),
-    ("def f():\n    from cxrjax import inference\n", []),
-    ("import experiments.grid\n", ["cxrjax/explain/x.py:1 imports experiments.grid"]),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("from cxrjax.evaluate import report\n", ["cxrjax/explain/x.py:1 imports cxrjax.evaluate"]),
+        ("def f():\n    from cxrjax import inference\n", []),
+        ("import experiments.grid\n", ["cxrjax/explain/x.py:1 imports experiments.grid"]),
+    ],
+)
 def test_the_checker_sees_upward_imports(tmp_path, source, expected):
     """The walk finds an upward import at module level and inside functions (so a
     passing ``test_imports_run_downward_only`` means something)."""

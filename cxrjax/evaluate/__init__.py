@@ -14,7 +14,15 @@ Modules: ``report`` (per-run and ensemble reports), ``ensemble`` (probability
 averaging). The run and its dataset come from ``cxrjax.inference``, the probes from
 ``cxrjax.explain``, metrics and plots from ``cxrjax.reporting``.
 """
+
 from cxrjax.evaluate.report import EvalOptions, evaluate, evaluate_member
 from cxrjax.inference import ClassListMismatchError, EvaluationInputError, label_mapping
 
-__all__ = ["ClassListMismatchError", "EvaluationInputError", "EvalOptions", "evaluate", "evaluate_member", "label_mapping"]
+__all__ = [
+    "ClassListMismatchError",
+    "EvaluationInputError",
+    "EvalOptions",
+    "evaluate",
+    "evaluate_member",
+    "label_mapping",
+]

@@ -6,6 +6,7 @@ members' softmax outputs needs no training, cannot overfit, and is never worse t
 members' average log-loss. Members may use different input sizes and channels; what
 must agree is the class list and the examples, in the same order.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -26,11 +27,11 @@ def check_members_aligned(labels: Sequence[np.ndarray], names: Sequence[str]) ->
             raise ValueError(
                 f"ensemble member {name} saw different examples ({other.shape[0]} labels) than "
                 f"{names[0]} ({first.shape[0]} labels): every member must be evaluated on the "
-                "same dataset and split, in the same order")
+                "same dataset and split, in the same order"
+            )
 
 
-def average_probabilities(member_probs: Sequence[np.ndarray],
-                          weights: Sequence[float] | None = None) -> np.ndarray:
+def average_probabilities(member_probs: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
     """Weighted mean of per-member probabilities [N, K] (uniform weights by default)."""
     if not member_probs:
         raise ValueError("an ensemble needs at least one member")

@@ -9,6 +9,7 @@ and, where the dataset carries the masks, the shortcut probes:
 Several runs make an ensemble by averaging their probabilities (``ensemble.py``); its
 metrics (and its lung-masked probe) are reported next to each member's.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -33,18 +34,18 @@ class EvalOptions:
     """What to evaluate and how (the CLI's options, typed)."""
 
     workdirs: tuple[str, ...]
-    dataset: str | None = None          # None: the (first) run's training dataset
-    data_dir: str | None = None         # None: the run's config.data_dir
+    dataset: str | None = None  # None: the (first) run's training dataset
+    data_dir: str | None = None  # None: the run's config.data_dir
     manual_dir: str | None = None
     dataset_options: Mapping[str, Any] | None = None  # on top of the run's, for its own dataset
     split: str = "test"
     checkpoint: str = inference.DEFAULT_CHECKPOINT
     batch_size: int = inference.DEFAULT_BATCH_SIZE
-    probes: bool = True                 # lung-masked probe when the dataset has lung masks
-    pointing_game: bool = True          # Grad-CAM pointing game when it has lesion masks
-    layer: str | None = None            # Grad-CAM layer (default: the model's last conv stage)
+    probes: bool = True  # lung-masked probe when the dataset has lung masks
+    pointing_game: bool = True  # Grad-CAM pointing game when it has lesion masks
+    layer: str | None = None  # Grad-CAM layer (default: the model's last conv stage)
     cam_methods: tuple[str, ...] = METHODS  # saliency methods of the pointing game
-    out: str | None = None              # ensemble report folder (default: the first workdir)
+    out: str | None = None  # ensemble report folder (default: the first workdir)
     progress: bool = True
 
     def __post_init__(self):
@@ -83,26 +84,38 @@ def output_stem(run: Any, ds: Any, request: Mapping[str, Any], split: str) -> st
     return f"eval_{name}_{split}"
 
 
-def _plots(folder: Path, stem: str, labels: np.ndarray, probs: np.ndarray,
-           confusion: Sequence[Sequence[int]], class_names: Sequence[str], title: str) -> dict[str, str]:
+def _plots(
+    folder: Path,
+    stem: str,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    confusion: Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    title: str,
+) -> dict[str, str]:
     paths = {
-        "confusion_matrix": plot_confusion_matrix(confusion, class_names, folder / f"{stem}_confusion_matrix.png",
-                                                  title=f"confusion matrix: {title}"),
-        "roc_curves": plot_roc_curves(labels, probs, class_names, folder / f"{stem}_roc_curves.png",
-                                      title=f"ROC (one vs rest): {title}"),
-        "precision_recall": plot_precision_recall(labels, probs, class_names, folder / f"{stem}_precision_recall.png",
-                                                  title=f"precision-recall: {title}"),
+        "confusion_matrix": plot_confusion_matrix(
+            confusion, class_names, folder / f"{stem}_confusion_matrix.png", title=f"confusion matrix: {title}"
+        ),
+        "roc_curves": plot_roc_curves(
+            labels, probs, class_names, folder / f"{stem}_roc_curves.png", title=f"ROC (one vs rest): {title}"
+        ),
+        "precision_recall": plot_precision_recall(
+            labels, probs, class_names, folder / f"{stem}_precision_recall.png", title=f"precision-recall: {title}"
+        ),
     }
     return {k: Path(v).name for k, v in paths.items()}
 
 
-def evaluate_member(run: Any, ds: Any, request: Mapping[str, Any], options: EvalOptions,
-                    stats_ds: Any | None = None, write: bool = True) -> MemberResult:
+def evaluate_member(
+    run: Any, ds: Any, request: Mapping[str, Any], options: EvalOptions, stats_ds: Any | None = None, write: bool = True
+) -> MemberResult:
     """Evaluate one loaded run on ``ds`` (already opened); write its JSON and plots."""
     split = options.split
     view, mapping = inference.evaluation_view(run, ds, request, split, stats_ds)
-    preds = predict_split(run, view, split, options.batch_size, mapping=mapping, desc=f"eval {split}",
-                          progress=options.progress)
+    preds = predict_split(
+        run, view, split, options.batch_size, mapping=mapping, desc=f"eval {split}", progress=options.progress
+    )
     metrics = classification_report(preds.labels, preds.probs, run.class_names)
     report: dict[str, Any] = {
         "workdir": str(run.workdir),
@@ -122,21 +135,41 @@ def evaluate_member(run: Any, ds: Any, request: Mapping[str, Any], options: Eval
     }
     masked = {}
     if options.probes and inference.has_field(ds, split, "lung_mask"):
-        report["lung_mask_probe"], masked = lung_mask_probe(run, view, split, preds, mapping=mapping,
-                                                            batch_size=options.batch_size, progress=options.progress)
+        report["lung_mask_probe"], masked = lung_mask_probe(
+            run, view, split, preds, mapping=mapping, batch_size=options.batch_size, progress=options.progress
+        )
     if options.pointing_game and inference.has_field(ds, split, "lesion_mask"):
         report["pointing_game"] = pointing_game_split(
-            run, view, split, preds.labels, request=request, cam_methods=options.cam_methods, layer=options.layer,
-            batch_size=options.batch_size, progress=options.progress)
+            run,
+            view,
+            split,
+            preds.labels,
+            request=request,
+            cam_methods=options.cam_methods,
+            layer=options.layer,
+            batch_size=options.batch_size,
+            progress=options.progress,
+        )
     names = inference.split_field(ds, split, "file_name") if inference.has_field(ds, split, "file_name") else None
-    report["predictions"] = {"file_name": names, "label": preds.labels.tolist(),
-                             "predicted": preds.predictions.tolist(), "probs": preds.probs.tolist()}
+    report["predictions"] = {
+        "file_name": names,
+        "label": preds.labels.tolist(),
+        "predicted": preds.predictions.tolist(),
+        "probs": preds.probs.tolist(),
+    }
     member = MemberResult(run=run, report=report, predictions=preds, masked_probs=masked)
     if write:
         folder = Path(run.workdir)
         stem = output_stem(run, ds, request, split)
-        report["plots"] = _plots(folder, stem, preds.labels, preds.probs, metrics["confusion_matrix"],
-                                 run.class_names, f"{run.config.model} on {request['name']} {split}")
+        report["plots"] = _plots(
+            folder,
+            stem,
+            preds.labels,
+            preds.probs,
+            metrics["confusion_matrix"],
+            run.class_names,
+            f"{run.config.model} on {request['name']} {split}",
+        )
         member.path = folder / f"{stem}.json"
         write_json(member.path, report)
     return member
@@ -152,8 +185,13 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
     Returns {"members": [report, ...], "ensemble": report or None}.
     """
     loaded = [inference.load_run(w, checkpoint=options.checkpoint) for w in options.workdirs]
-    request = inference.dataset_request(loaded[0], dataset=options.dataset, data_dir=options.data_dir,
-                                manual_dir=options.manual_dir, options=options.dataset_options)
+    request = inference.dataset_request(
+        loaded[0],
+        dataset=options.dataset,
+        data_dir=options.data_dir,
+        manual_dir=options.manual_dir,
+        options=options.dataset_options,
+    )
     ds = inference.open_dataset(request)
     cache: dict[tuple, Any] = {}
     members = []
@@ -167,12 +205,12 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
             stats_ds = cache[key]
         members.append(evaluate_member(run, ds, request, options, stats_ds=stats_ds))
     ensemble = ensemble_report(members, request, options) if len(members) > 1 else None
-    return {"members": [m.report for m in members], "ensemble": ensemble,
-            "paths": [str(m.path) for m in members]}
+    return {"members": [m.report for m in members], "ensemble": ensemble, "paths": [str(m.path) for m in members]}
 
 
-def ensemble_report(members: Sequence[MemberResult], request: Mapping[str, Any],
-                    options: EvalOptions) -> dict[str, Any]:
+def ensemble_report(
+    members: Sequence[MemberResult], request: Mapping[str, Any], options: EvalOptions
+) -> dict[str, Any]:
     """Average the members' probabilities; report the ensemble next to each member."""
 
     names = [str(m.run.workdir) for m in members]
@@ -181,7 +219,8 @@ def ensemble_report(members: Sequence[MemberResult], request: Mapping[str, Any],
         if list(m.run.class_names) != classes:
             raise inference.ClassListMismatchError(
                 f"ensemble members disagree on the classes: {names[0]} has {classes} but "
-                f"{m.run.workdir} has {list(m.run.class_names)}")
+                f"{m.run.workdir} has {list(m.run.class_names)}"
+            )
     check_members_aligned([m.predictions.labels for m in members], names)
     labels = members[0].predictions.labels
     probs = average_probabilities([m.predictions.probs for m in members])
@@ -189,20 +228,35 @@ def ensemble_report(members: Sequence[MemberResult], request: Mapping[str, Any],
     probe = None
     if all(m.masked_probs for m in members):
         masked = {mode: average_probabilities([m.masked_probs[mode] for m in members]) for mode in probes.MASK_MODES}
-        probe = probes.shortcut_probe_report(labels, probs.argmax(1), masked[probes.LUNGS_ONLY].argmax(1),
-                                             masked[probes.LUNGS_BLANKED].argmax(1), classes)
-    table = [{"workdir": n, "model": m.run.config.model, **_summary(m.report["metrics"]),
-              "lungs_only_accuracy": (m.report["lung_mask_probe"] or {}).get("lungs_only_accuracy"),
-              "lungs_blanked_accuracy": (m.report["lung_mask_probe"] or {}).get("lungs_blanked_accuracy")}
-             for n, m in zip(names, members)]
+        probe = probes.shortcut_probe_report(
+            labels,
+            probs.argmax(1),
+            masked[probes.LUNGS_ONLY].argmax(1),
+            masked[probes.LUNGS_BLANKED].argmax(1),
+            classes,
+        )
+    table = [
+        {
+            "workdir": n,
+            "model": m.run.config.model,
+            **_summary(m.report["metrics"]),
+            "lungs_only_accuracy": (m.report["lung_mask_probe"] or {}).get("lungs_only_accuracy"),
+            "lungs_blanked_accuracy": (m.report["lung_mask_probe"] or {}).get("lungs_blanked_accuracy"),
+        }
+        for n, m in zip(names, members)
+    ]
     report = {
         "method": "mean of the members' softmax probabilities (uniform weights)",
-        "dataset": request["name"], "dataset_options": dict(request["options"] or {}),
-        "split": options.split, "class_names": classes,
+        "dataset": request["name"],
+        "dataset_options": dict(request["options"] or {}),
+        "split": options.split,
+        "class_names": classes,
         "members": table,
-        "ensemble": {**_summary(metrics),
-                     "lungs_only_accuracy": probe and probe["lungs_only_accuracy"],
-                     "lungs_blanked_accuracy": probe and probe["lungs_blanked_accuracy"]},
+        "ensemble": {
+            **_summary(metrics),
+            "lungs_only_accuracy": probe and probe["lungs_only_accuracy"],
+            "lungs_blanked_accuracy": probe and probe["lungs_blanked_accuracy"],
+        },
         "metrics": metrics,
         "lung_mask_probe": probe,
         "predictions": {"label": labels.tolist(), "predicted": probs.argmax(1).tolist(), "probs": probs.tolist()},
@@ -210,8 +264,15 @@ def ensemble_report(members: Sequence[MemberResult], request: Mapping[str, Any],
     folder = Path(options.out or members[0].run.workdir)
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"ensemble_{request['name']}_{options.split}"
-    report["plots"] = _plots(folder, stem, labels, probs, metrics["confusion_matrix"], classes,
-                             f"ensemble of {len(members)} on {request['name']} {options.split}")
+    report["plots"] = _plots(
+        folder,
+        stem,
+        labels,
+        probs,
+        metrics["confusion_matrix"],
+        classes,
+        f"ensemble of {len(members)} on {request['name']} {options.split}",
+    )
     report["path"] = str(folder / f"{stem}.json")
     write_json(folder / f"{stem}.json", report)
     return report
@@ -221,12 +282,14 @@ def format_member(report: Mapping[str, Any]) -> str:
     """The human-readable summary printed by the CLI for one run."""
 
     m = report["metrics"]
-    lines = [f"== {report['workdir']} ({report['model']}, {report['checkpoint']['which']} checkpoint, "
-             f"step {report['checkpoint']['step']}) on {report['dataset']} {report['split']}: "
-             f"{m['num_examples']} examples",
-             f"accuracy {m['accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  "
-             f"ROC-AUC (ovr) {_fmt(m['roc_auc_ovr'])}  loss {_fmt(m['loss'])}",
-             format_report(m)]
+    lines = [
+        f"== {report['workdir']} ({report['model']}, {report['checkpoint']['which']} checkpoint, "
+        f"step {report['checkpoint']['step']}) on {report['dataset']} {report['split']}: "
+        f"{m['num_examples']} examples",
+        f"accuracy {m['accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  "
+        f"ROC-AUC (ovr) {_fmt(m['roc_auc_ovr'])}  loss {_fmt(m['loss'])}",
+        format_report(m),
+    ]
     if report.get("run_status_note"):
         lines.insert(1, f"note: {report['run_status_note']}")
     if report.get("lung_mask_probe"):
@@ -241,9 +304,11 @@ def format_ensemble(report: Mapping[str, Any]) -> str:
     header = f"{'run':<40}{'accuracy':>10}{'macro F1':>10}{'ROC-AUC':>9}{'lungs only':>12}{'blanked':>9}"
     rows = [header]
     for r in [*report["members"], {"workdir": "ENSEMBLE (mean probability)", **report["ensemble"]}]:
-        rows.append(f"{str(r['workdir'])[-40:]:<40}{_fmt(r['accuracy']):>10}{_fmt(r['macro_f1']):>10}"
-                    f"{_fmt(r['roc_auc_ovr']):>9}{_fmt(r.get('lungs_only_accuracy')):>12}"
-                    f"{_fmt(r.get('lungs_blanked_accuracy')):>9}")
+        rows.append(
+            f"{str(r['workdir'])[-40:]:<40}{_fmt(r['accuracy']):>10}{_fmt(r['macro_f1']):>10}"
+            f"{_fmt(r['roc_auc_ovr']):>9}{_fmt(r.get('lungs_only_accuracy')):>12}"
+            f"{_fmt(r.get('lungs_blanked_accuracy')):>9}"
+        )
     if report.get("lung_mask_probe"):
         rows.append("ensemble lung-masked probe: " + report["lung_mask_probe"]["verdict"])
     return "\n".join(rows)

@@ -9,12 +9,14 @@ Writes ``gradcam_<class>.png`` per class: the first ``n`` correctly and the firs
 wrongly classified examples of that true class (split order, so the choice is
 reproducible), each overlaid with the Grad-CAM of the class the model *predicted* and
 captioned with true class, predicted class and probability; on datasets with lesion
-masks (phantoms) the lesion (and the shortcut marker's label box, where drawn) is outlined in white. There it also plays the pointing game
-over the whole split (saliency of the true class against the lesion mask and, on
-phantoms, the shortcut marker's position), with Grad-CAM and LayerCAM both (Grad-CAM
+masks (phantoms) the lesion (and the shortcut marker's label box, where drawn) is
+outlined in white. There it also plays the pointing game over the whole split (saliency
+of the true class against the lesion mask and, on phantoms, the shortcut marker's
+position), with Grad-CAM and LayerCAM both (Grad-CAM
 degenerates on flatten-dense heads, see ``cxrjax.explain.gradcam``), and writes
 ``pointing_game.json`` ({method: result}). ``explain.json`` lists what each grid shows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,16 +35,21 @@ from cxrjax.explain import probes
 from cxrjax.explain.gradcam import METHOD_TITLES, METHODS
 from cxrjax.explain.overlay import Tile, save_grid_png
 from cxrjax.explain.split import pointing_game_split, saliency
-from cxrjax.train.evaluation import predict_split
 from cxrjax.reporting.jsonio import write_json
+from cxrjax.train.evaluation import predict_split
 
-def select_examples(labels: np.ndarray, predicted: np.ndarray, num_classes: int, n: int) -> dict[int, dict[str, list[int]]]:
+
+def select_examples(
+    labels: np.ndarray, predicted: np.ndarray, num_classes: int, n: int
+) -> dict[int, dict[str, list[int]]]:
     """{class: {"correct": first n indices, "wrong": first n indices}} in split order."""
     chosen = {}
     for k in range(num_classes):
         of_class = labels == k
-        chosen[k] = {"correct": np.flatnonzero(of_class & (predicted == k))[:n].tolist(),
-                     "wrong": np.flatnonzero(of_class & (predicted != k))[:n].tolist()}
+        chosen[k] = {
+            "correct": np.flatnonzero(of_class & (predicted == k))[:n].tolist(),
+            "wrong": np.flatnonzero(of_class & (predicted != k))[:n].tolist(),
+        }
     return chosen
 
 
@@ -50,22 +57,36 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "class"
 
 
-def explain(workdir: str, out: str | Path, *, dataset: str | None = None, data_dir: str | None = None,
-            manual_dir: str | None = None, dataset_options: dict | None = None, split: str = "test",
-            n: int = 16, layer: str | None = None, method: str = "gradcam",
-            checkpoint: str = inference.DEFAULT_CHECKPOINT, batch_size: int = inference.DEFAULT_BATCH_SIZE,
-            pointing: bool = True, progress: bool = True) -> dict[str, Any]:
+def explain(
+    workdir: str,
+    out: str | Path,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    dataset_options: dict | None = None,
+    split: str = "test",
+    n: int = 16,
+    layer: str | None = None,
+    method: str = "gradcam",
+    checkpoint: str = inference.DEFAULT_CHECKPOINT,
+    batch_size: int = inference.DEFAULT_BATCH_SIZE,
+    pointing: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Write the grids (and the pointing game where possible) into ``out``; return the summary."""
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     run = inference.load_run(workdir, checkpoint=checkpoint)
-    request = inference.dataset_request(run, dataset=dataset, data_dir=data_dir, manual_dir=manual_dir,
-                                        options=dataset_options)
+    request = inference.dataset_request(
+        run, dataset=dataset, data_dir=data_dir, manual_dir=manual_dir, options=dataset_options
+    )
     ds = inference.open_dataset(request)
-    view, mapping = inference.evaluation_view(run, ds, request, split,
-                                              inference.statistics_source(run, request, data_dir=data_dir))
+    view, mapping = inference.evaluation_view(
+        run, ds, request, split, inference.statistics_source(run, request, data_dir=data_dir)
+    )
     preds = predict_split(run, view, split, batch_size, mapping=mapping, progress=progress)
     chosen = select_examples(preds.labels, preds.predictions, run.num_classes, n)
     indices = sorted({i for c in chosen.values() for kind in c.values() for i in kind})
@@ -89,42 +110,71 @@ def explain(workdir: str, out: str | Path, *, dataset: str | None = None, data_d
                 outline = probes.binary_mask(source[i]["lesion_mask"], images[i].shape[:2]) if has_lesions else None
                 if outline is not None and marker_fn is not None and marker_drawn:  # and the marker's box
                     outline = outline | probes.binary_mask(marker_fn(source[i]), images[i].shape[:2])
-                tiles.append(Tile(images[i], heatmaps[i],
-                                  f"#{i} true {names[k]}\npred {names[int(p.argmax())]} {p.max():.2f}",
-                                  outline=outline))
+                tiles.append(
+                    Tile(
+                        images[i],
+                        heatmaps[i],
+                        f"#{i} true {names[k]}\npred {names[int(p.argmax())]} {p.max():.2f}",
+                        outline=outline,
+                    )
+                )
             total = int(((preds.labels == k) & ((preds.predictions == k) == (kind == "correct"))).sum())
             sections.append((f"{kind} ({len(tiles)} of {total})", tiles))
-        path = save_grid_png(out / f"gradcam_{_slug(name)}.png", sections,
-                             title=f"{METHOD_TITLES[method]} ({maps.layer}, predicted class) - {run.config.model} "
-                                   f"on {request['name']} {split}, true class {name}")
+        path = save_grid_png(
+            out / f"gradcam_{_slug(name)}.png",
+            sections,
+            title=f"{METHOD_TITLES[method]} ({maps.layer}, predicted class) - {run.config.model} "
+            f"on {request['name']} {split}, true class {name}",
+        )
         grids[name] = path.name
         listing[name] = chosen[k]
-    summary = {"workdir": str(run.workdir), "checkpoint": {"which": run.checkpoint, "step": run.step},
-               "run_status": run.run_status, "run_status_note": run.run_status_note,
-               "dataset": request["name"], "dataset_options": dict(request["options"] or {}), "split": split,
-               "class_names": list(names), "method": method, "layer": maps.layer, "grids": grids,
-               "examples": listing,
-               "accuracy": float((preds.predictions == preds.labels).mean()) if len(preds.labels) else None,
-               "pointing_game": None}
+    summary = {
+        "workdir": str(run.workdir),
+        "checkpoint": {"which": run.checkpoint, "step": run.step},
+        "run_status": run.run_status,
+        "run_status_note": run.run_status_note,
+        "dataset": request["name"],
+        "dataset_options": dict(request["options"] or {}),
+        "split": split,
+        "class_names": list(names),
+        "method": method,
+        "layer": maps.layer,
+        "grids": grids,
+        "examples": listing,
+        "accuracy": float((preds.predictions == preds.labels).mean()) if len(preds.labels) else None,
+        "pointing_game": None,
+    }
     if pointing and has_lesions:
         # Both methods: on flatten-dense heads Grad-CAM can point at padding-dominated
         # border cells where LayerCAM does not (cxrjax.explain.gradcam), so show both.
         methods = (method, *[m for m in METHODS if m != method])
-        games = pointing_game_split(run, view, split, preds.labels, request=request, cam_methods=methods,
-                                    layer=layer, batch_size=batch_size, progress=progress)
+        games = pointing_game_split(
+            run,
+            view,
+            split,
+            preds.labels,
+            request=request,
+            cam_methods=methods,
+            layer=layer,
+            batch_size=batch_size,
+            progress=progress,
+        )
         summary["pointing_game"] = games[method]
         summary["pointing_game_all_methods"] = games
         write_json(out / "pointing_game.json", games)
         summary["pointing_game_table"] = "\n".join(
-            f"{METHOD_TITLES[m]} (layer {g['layer']}):\n{probes.format_pointing_game(g)}" for m, g in games.items())
+            f"{METHOD_TITLES[m]} (layer {g['layer']}):\n{probes.format_pointing_game(g)}" for m, g in games.items()
+        )
     write_json(out / "explain.json", summary)
     return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cxrjax.explain",
-                                description="Grad-CAM grids of correctly and wrongly classified examples per "
-                                            "class, and the pointing game on datasets with lesion masks.")
+    p = argparse.ArgumentParser(
+        prog="python -m cxrjax.explain",
+        description="Grad-CAM grids of correctly and wrongly classified examples per "
+        "class, and the pointing game on datasets with lesion masks.",
+    )
     p.add_argument("--workdir", required=True, help="run folder written by python -m cxrjax.train")
     p.add_argument("--dataset", help="dataset name (default: the run's training dataset)")
     p.add_argument("--data-dir", help="where prepared datasets live (default: the run's)")
@@ -134,18 +184,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for the grid PNGs and JSON")
     p.add_argument("--n", type=int, default=16, help="examples per class and outcome (default 16)")
     p.add_argument("--layer", help="Grad-CAM layer (default: the model's last conv stage)")
-    p.add_argument("--cam-method", default="gradcam", choices=METHODS,
-                   help="gradcam (default) or layercam (per-location weights; better for flatten heads)")
+    p.add_argument(
+        "--cam-method",
+        default="gradcam",
+        choices=METHODS,
+        help="gradcam (default) or layercam (per-location weights; better for flatten heads)",
+    )
     p.add_argument("--checkpoint", default=inference.DEFAULT_CHECKPOINT, choices=inference.CHECKPOINTS)
     p.add_argument("--batch-size", type=int, default=inference.DEFAULT_BATCH_SIZE)
     p.add_argument("--no-pointing-game", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
-        summary = explain(a.workdir, a.out, dataset=a.dataset, data_dir=a.data_dir, manual_dir=a.manual_dir,
-                          dataset_options=a.dataset_options, split=a.split, n=a.n, layer=a.layer, method=a.cam_method,
-                          checkpoint=a.checkpoint, batch_size=a.batch_size, pointing=not a.no_pointing_game,
-                          progress=not a.no_progress)
+        summary = explain(
+            a.workdir,
+            a.out,
+            dataset=a.dataset,
+            data_dir=a.data_dir,
+            manual_dir=a.manual_dir,
+            dataset_options=a.dataset_options,
+            split=a.split,
+            n=a.n,
+            layer=a.layer,
+            method=a.cam_method,
+            checkpoint=a.checkpoint,
+            batch_size=a.batch_size,
+            pointing=not a.no_pointing_game,
+            progress=not a.no_progress,
+        )
     except (inference.EvaluationInputError, FileNotFoundError, LayoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

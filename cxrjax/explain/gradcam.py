@@ -51,6 +51,7 @@ the corner marker sits in them, and hiding them would hide the shortcut.
 Everything happens in one jitted function over a batch (forward, backward, weighting,
 upsampling, normalisation).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,7 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict
 
-_FEATURES = "gradcam_features"   # private collection the wrapped perturb sows into
+_FEATURES = "gradcam_features"  # private collection the wrapped perturb sows into
 _PERTURBATIONS = "perturbations"
 _PATCH_LOCK = threading.RLock()
 
@@ -80,8 +81,7 @@ def _recording_perturb():
             return
 
         def perturb(self, name, value, collection=_PERTURBATIONS):
-            if (collection == _PERTURBATIONS and self.scope is not None
-                    and self.is_mutable_collection(_FEATURES)):
+            if collection == _PERTURBATIONS and self.scope is not None and self.is_mutable_collection(_FEATURES):
                 self.sow(_FEATURES, name, value, reduce_fn=lambda _, v: v, init_fn=lambda: None)
             return original(self, name, value, collection)
 
@@ -97,8 +97,7 @@ def _path_str(path: tuple) -> str:
     return "/".join(str(p) for p in path)
 
 
-def perturbation_paths(model: nn.Module, variables: Mapping[str, Any],
-                       example: jax.Array) -> list[tuple]:
+def perturbation_paths(model: nn.Module, variables: Mapping[str, Any], example: jax.Array) -> list[tuple]:
     """Paths (tuples of names) of the model's perturb points, in natural name order.
 
     Flax stores collections as dicts with sorted keys, so the call order is lost;
@@ -106,7 +105,9 @@ def perturbation_paths(model: nn.Module, variables: Mapping[str, Any],
     """
     shapes = jax.eval_shape(
         lambda v, x: model.apply(v, x, train=False, mutable=[_PERTURBATIONS])[1],
-        {k: v for k, v in variables.items() if k != _PERTURBATIONS}, example)
+        {k: v for k, v in variables.items() if k != _PERTURBATIONS},
+        example,
+    )
     return sorted(flatten_dict(dict(shapes.get(_PERTURBATIONS, {}))).keys(), key=_natural_key)
 
 
@@ -124,7 +125,8 @@ def resolve_layer(paths: list[tuple], layer: str | None, model: nn.Module) -> tu
         raise ValueError(
             f"{type(model).__name__} has no perturb points, so Grad-CAM cannot see its conv "
             "activations; models must call `x = self.perturb(name, x)` after each conv stage "
-            "(docs/ARCHITECTURE.md, cxrjax.models)")
+            "(docs/ARCHITECTURE.md, cxrjax.models)"
+        )
     names = [_path_str(p) for p in paths]
     if layer is None:
         feature_names = tuple(getattr(model, "feature_names", ()) or ())
@@ -138,10 +140,11 @@ def resolve_layer(paths: list[tuple], layer: str | None, model: nn.Module) -> tu
     if len(by_leaf) == 1:
         return by_leaf[0]
     if len(by_leaf) > 1:
-        raise ValueError(f"Grad-CAM layer {layer!r} is ambiguous in {type(model).__name__}: "
-                         f"name one of {[_path_str(p) for p in by_leaf]}")
-    raise ValueError(f"Grad-CAM layer {layer!r} does not exist in {type(model).__name__}; "
-                     f"its conv stages are {names}")
+        raise ValueError(
+            f"Grad-CAM layer {layer!r} is ambiguous in {type(model).__name__}: "
+            f"name one of {[_path_str(p) for p in by_leaf]}"
+        )
+    raise ValueError(f"Grad-CAM layer {layer!r} does not exist in {type(model).__name__}; its conv stages are {names}")
 
 
 def _leaf(tree: Mapping[str, Any], path: tuple) -> Any:
@@ -233,12 +236,14 @@ def _build_gradcam(model: nn.Module, path: tuple, method: str) -> Callable:
     def compute(variables, images, targets):
         with _recording_perturb():
             zero_shapes = jax.eval_shape(
-                lambda: model.apply(variables, images, train=False, mutable=[_PERTURBATIONS])[1])
+                lambda: model.apply(variables, images, train=False, mutable=[_PERTURBATIONS])[1]
+            )
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_shapes[_PERTURBATIONS])
 
             def target_logits(perturbations):
-                logits, state = model.apply({**variables, _PERTURBATIONS: perturbations}, images,
-                                            train=False, mutable=[_FEATURES])
+                logits, state = model.apply(
+                    {**variables, _PERTURBATIONS: perturbations}, images, train=False, mutable=[_FEATURES]
+                )
                 logits = logits.astype(jnp.float32)
                 chosen = jnp.where(targets < 0, jnp.argmax(logits, axis=-1), targets)
                 picked = jnp.take_along_axis(logits, chosen[:, None], axis=1)
@@ -248,11 +253,13 @@ def _build_gradcam(model: nn.Module, path: tuple, method: str) -> Callable:
         gradient = _leaf(grads, path).astype(jnp.float32)
         activation = activation.astype(jnp.float32)
         if activation.ndim != 4:
-            raise ValueError(f"Grad-CAM layer {layer_name!r} has shape {activation.shape}; "
-                             "it must be a conv activation [batch, height, width, channels]")
+            raise ValueError(
+                f"Grad-CAM layer {layer_name!r} has shape {activation.shape}; "
+                "it must be a conv activation [batch, height, width, channels]"
+            )
         if method == "gradcam":
-            weights = gradient.mean(axis=(1, 2))                                   # [B, C]
-            cams = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", activation, weights))   # [B, h, w]
+            weights = gradient.mean(axis=(1, 2))  # [B, C]
+            cams = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", activation, weights))  # [B, h, w]
         else:  # layercam: per-location weights
             cams = jax.nn.relu(jnp.sum(jax.nn.relu(gradient) * activation, axis=-1))
         up = jnp.maximum(upsample(cams, images.shape[1:3], model), 0.0)
@@ -267,10 +274,10 @@ def _build_gradcam(model: nn.Module, path: tuple, method: str) -> Callable:
 class GradCAMOutput:
     """One batch of explanations. Arrays are NumPy, first axis = batch."""
 
-    heatmaps: np.ndarray   # float32 [B, H, W]: input size, each scaled to [0, 1] (max = 1)
-    cams: np.ndarray       # float32 [B, h, w]: ReLU(sum_k alpha_k A_k) at the layer's size
-    targets: np.ndarray    # int32 [B]: the class each heatmap explains
-    probs: np.ndarray      # float32 [B, K]: softmax of the logits (same forward pass)
+    heatmaps: np.ndarray  # float32 [B, H, W]: input size, each scaled to [0, 1] (max = 1)
+    cams: np.ndarray  # float32 [B, h, w]: ReLU(sum_k alpha_k A_k) at the layer's size
+    targets: np.ndarray  # int32 [B]: the class each heatmap explains
+    probs: np.ndarray  # float32 [B, K]: softmax of the logits (same forward pass)
     layer: str
 
 
@@ -278,8 +285,13 @@ METHODS = ("gradcam", "layercam")
 METHOD_TITLES = {"gradcam": "Grad-CAM", "layercam": "LayerCAM"}  # as plots and tables name them
 
 
-def make_gradcam_fn(model: nn.Module, variables: Mapping[str, Any], image_shape: tuple[int, ...],
-                    layer: str | None = None, method: str = "gradcam") -> Callable[..., GradCAMOutput]:
+def make_gradcam_fn(
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    image_shape: tuple[int, ...],
+    layer: str | None = None,
+    method: str = "gradcam",
+) -> Callable[..., GradCAMOutput]:
     """A function ``f(images, targets=None) -> GradCAMOutput`` compiled once for the model.
 
     ``image_shape`` is one input's (H, W, C), used to find the perturb points.
@@ -306,14 +318,19 @@ def make_gradcam_fn(model: nn.Module, variables: Mapping[str, Any], image_shape:
         if targets is None:
             targets = np.full((images.shape[0],), -1, np.int32)
         heat, cams, chosen, probs = compiled(variables, images, jnp.asarray(targets, jnp.int32))
-        return GradCAMOutput(np.asarray(heat), np.asarray(cams), np.asarray(chosen),
-                             np.asarray(probs), layer_name)
+        return GradCAMOutput(np.asarray(heat), np.asarray(cams), np.asarray(chosen), np.asarray(probs), layer_name)
 
     return gradcam
 
 
-def gradcam(model: nn.Module, variables: Mapping[str, Any], images, targets=None,
-            layer: str | None = None, method: str = "gradcam") -> GradCAMOutput:
+def gradcam(
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    images,
+    targets=None,
+    layer: str | None = None,
+    method: str = "gradcam",
+) -> GradCAMOutput:
     """Grad-CAM for one batch (see :func:`make_gradcam_fn`, which is cheaper for many batches)."""
     images = np.asarray(images, np.float32)
     return make_gradcam_fn(model, variables, images.shape[1:], layer, method)(images, targets)

@@ -4,6 +4,7 @@ Images are shown as the model saw them (after the eval pipeline's resize and
 normalisation), rescaled per image to [0, 1] for display, so the overlay is pixel-aligned
 with the heatmap whatever normalisation the run used.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,8 +27,7 @@ def display_gray(image: np.ndarray) -> np.ndarray:
     return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
 
 
-def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45,
-                    colormap: str = "jet") -> np.ndarray:
+def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, colormap: str = "jet") -> np.ndarray:
     """uint8 RGB [H, W, 3]: the gray image blended with the colour-mapped heatmap.
 
     The blend weight is ``alpha * heatmap`` per pixel, so cold regions show the X-ray
@@ -43,8 +43,7 @@ def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45,
     return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
-def save_overlay_png(path: str | Path, image: np.ndarray, heatmap: np.ndarray,
-                     alpha: float = 0.45) -> Path:
+def save_overlay_png(path: str | Path, image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> Path:
     """Write :func:`overlay_heatmap` as a PNG; creates the parent folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,11 +58,16 @@ class Tile:
     image: np.ndarray
     heatmap: np.ndarray
     caption: str
-    outline: np.ndarray | None = None   # bool [H, W], e.g. the phantom's lesion mask
+    outline: np.ndarray | None = None  # bool [H, W], e.g. the phantom's lesion mask
 
 
-def save_grid_png(path: str | Path, sections: Sequence[tuple[str, Sequence[Tile]]],
-                  title: str = "", columns: int = 8, tile_inches: float = 1.6) -> Path:
+def save_grid_png(
+    path: str | Path,
+    sections: Sequence[tuple[str, Sequence[Tile]]],
+    title: str = "",
+    columns: int = 8,
+    tile_inches: float = 1.6,
+) -> Path:
     """A labelled grid: each section (a heading and its tiles) starts on a new row.
 
     Empty sections are kept with a "(none)" row so a reader sees that, e.g., a class had
@@ -76,10 +80,11 @@ def save_grid_png(path: str | Path, sections: Sequence[tuple[str, Sequence[Tile]
             rows.append((heading, [None]))
             continue
         for start in range(0, len(tiles), columns):
-            rows.append((heading if start == 0 else "", tiles[start:start + columns]))
+            rows.append((heading if start == 0 else "", tiles[start : start + columns]))
     ncols = max(1, min(columns, max(len(t) for _, t in rows)))
-    fig, axes = plt.subplots(len(rows), ncols, squeeze=False,
-                             figsize=(ncols * tile_inches + 0.4, len(rows) * (tile_inches + 0.3) + 0.5))
+    fig, axes = plt.subplots(
+        len(rows), ncols, squeeze=False, figsize=(ncols * tile_inches + 0.4, len(rows) * (tile_inches + 0.3) + 0.5)
+    )
     for r, (heading, tiles) in enumerate(rows):
         for c in range(ncols):
             ax = axes[r][c]
@@ -89,19 +94,16 @@ def save_grid_png(path: str | Path, sections: Sequence[tuple[str, Sequence[Tile]
             if tile is not None:
                 ax.imshow(overlay_heatmap(tile.image, tile.heatmap))
                 if tile.outline is not None and np.any(tile.outline):
-                    ax.contour(np.asarray(tile.outline, np.float32), levels=[0.5],
-                               colors="white", linewidths=0.6)
+                    ax.contour(np.asarray(tile.outline, np.float32), levels=[0.5], colors="white", linewidths=0.6)
                 ax.set_title(tile.caption, fontsize=6)
             else:
                 for spine in ax.spines.values():
                     spine.set_visible(False)
                 if c == 0:
-                    ax.text(0.5, 0.5, "(none)", ha="center", va="center", fontsize=8,
-                            transform=ax.transAxes)
+                    ax.text(0.5, 0.5, "(none)", ha="center", va="center", fontsize=8, transform=ax.transAxes)
             if c == 0 and heading:
                 ax.set_ylabel(heading, fontsize=7, fontweight="bold")
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path, dpi=110)
-

@@ -28,9 +28,9 @@ probes expose this using masks the datasets already carry:
 
 This module scores; :mod:`cxrjax.explain.split` runs a loaded model over a whole split.
 """
+
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -41,13 +41,13 @@ from cxrjax.data import phantoms
 from cxrjax.data.builders.options import PhantomDatasetOptions, make_options
 from cxrjax.data.subset import split_options
 
-LUNGS_ONLY = "lungs_only"        # everything outside the lungs blanked
+LUNGS_ONLY = "lungs_only"  # everything outside the lungs blanked
 LUNGS_BLANKED = "lungs_blanked"  # the lungs blanked, everything else kept
 MASK_MODES = (LUNGS_ONLY, LUNGS_BLANKED)
 FILL = "mean of the kept pixels"  # what blanked pixels become (see the module docstring)
 
 # Verdict thresholds (documented in the report's "criterion" field).
-SIGNIFICANCE = 0.01     # one-sided binomial test of lungs-blanked accuracy against chance
+SIGNIFICANCE = 0.01  # one-sided binomial test of lungs-blanked accuracy against chance
 SHORTCUT_RETAINED = 0.5  # keeps >= half of its above-chance accuracy without the lungs
 PARTIAL_RETAINED = 0.2
 
@@ -103,8 +103,10 @@ class LungMaskedSource:
     def __getitem__(self, index):
         record = dict(self.source[index])
         if "lung_mask" not in record:
-            raise KeyError(f"record {index} has no 'lung_mask'; the lung-masked probe needs a "
-                           "dataset that stores lung masks (covid19_radiography D4, cxr_phantoms)")
+            raise KeyError(
+                f"record {index} has no 'lung_mask'; the lung-masked probe needs a "
+                "dataset that stores lung masks (covid19_radiography D4, cxr_phantoms)"
+            )
         record["image"] = apply_lung_mask(record["image"], record["lung_mask"], self.mode)
         return record
 
@@ -119,9 +121,13 @@ def _binomial_greater_pvalue(successes: int, n: int, p: float) -> float:
     return float(binomtest(successes, n, p, alternative="greater").pvalue)
 
 
-def shortcut_probe_report(labels: Sequence[int], pred_normal: Sequence[int],
-                          pred_lungs_only: Sequence[int], pred_lungs_blanked: Sequence[int],
-                          class_names: Sequence[str]) -> dict[str, Any]:
+def shortcut_probe_report(
+    labels: Sequence[int],
+    pred_normal: Sequence[int],
+    pred_lungs_only: Sequence[int],
+    pred_lungs_blanked: Sequence[int],
+    class_names: Sequence[str],
+) -> dict[str, Any]:
     """Accuracies on normal / lungs-only / lungs-blanked images, and a verdict in words.
 
     Chance is the majority-class share of the evaluated labels (what always answering
@@ -154,33 +160,60 @@ def shortcut_probe_report(labels: Sequence[int], pred_normal: Sequence[int],
     def pct(x):
         return f"{100 * x:.1f}%"
 
-    head = (f"Accuracy {pct(normal)} on the normal images, {pct(only)} with only the lungs "
-            f"visible, {pct(blanked)} with the lungs blanked (chance = majority class "
-            f"{pct(chance)}, n = {n}).")
+    head = (
+        f"Accuracy {pct(normal)} on the normal images, {pct(only)} with only the lungs "
+        f"visible, {pct(blanked)} with the lungs blanked (chance = majority class "
+        f"{pct(chance)}, n = {n})."
+    )
     if p_normal >= SIGNIFICANCE or gap <= 0:
-        verdict, finding = (head + " The model itself is not significantly above chance, so "
-                            "the probe cannot tell where it looks."), "inconclusive"
+        verdict, finding = (
+            (head + " The model itself is not significantly above chance, so the probe cannot tell where it looks."),
+            "inconclusive",
+        )
     elif p_blanked < SIGNIFICANCE and r_blanked >= SHORTCUT_RETAINED:
-        verdict, finding = (head + f" The model SEEMS TO USE SHORTCUTS: with the lungs blanked it "
-                            f"keeps {pct(r_blanked)} of its above-chance accuracy, so it relies on "
-                            "image content outside the lungs (markers, borders, body shape) "
-                            "rather than on the lung fields."), "shortcut"
+        verdict, finding = (
+            (
+                head + f" The model SEEMS TO USE SHORTCUTS: with the lungs blanked it "
+                f"keeps {pct(r_blanked)} of its above-chance accuracy, so it relies on "
+                "image content outside the lungs (markers, borders, body shape) "
+                "rather than on the lung fields."
+            ),
+            "shortcut",
+        )
     elif p_blanked < SIGNIFICANCE and r_blanked >= PARTIAL_RETAINED:
-        verdict, finding = (head + f" The model PARTLY USES content outside the lungs: with the "
-                            f"lungs blanked it keeps {pct(r_blanked)} of its above-chance "
-                            "accuracy."), "partial_shortcut"
+        verdict, finding = (
+            (
+                head + f" The model PARTLY USES content outside the lungs: with the "
+                f"lungs blanked it keeps {pct(r_blanked)} of its above-chance "
+                "accuracy."
+            ),
+            "partial_shortcut",
+        )
     elif r_only >= SHORTCUT_RETAINED:
-        kept = ("does at least as well as on the normal images" if r_only >= 1.0
-                else f"keeps {pct(r_only)} of its above-chance accuracy")
-        verdict, finding = (head + " No sign of shortcuts outside the lungs: with the lungs "
-                            f"blanked the model falls to (near) chance, and with only the lungs "
-                            f"visible it {kept}, so its accuracy comes from the lung fields."), "no_shortcut"
+        kept = (
+            "does at least as well as on the normal images"
+            if r_only >= 1.0
+            else f"keeps {pct(r_only)} of its above-chance accuracy"
+        )
+        verdict, finding = (
+            (
+                head + " No sign of shortcuts outside the lungs: with the lungs "
+                f"blanked the model falls to (near) chance, and with only the lungs "
+                f"visible it {kept}, so its accuracy comes from the lung fields."
+            ),
+            "no_shortcut",
+        )
     else:
-        verdict, finding = (head + " No sign of shortcuts outside the lungs: with the lungs "
-                            "blanked the model falls to (near) chance. But with only the lungs "
-                            f"visible it keeps just {pct(r_only)} of its above-chance accuracy: "
-                            "masked images are unlike its training images, so the probe cannot "
-                            "confirm that its decision rests on the lung fields alone."), "no_shortcut"
+        verdict, finding = (
+            (
+                head + " No sign of shortcuts outside the lungs: with the lungs "
+                "blanked the model falls to (near) chance. But with only the lungs "
+                f"visible it keeps just {pct(r_only)} of its above-chance accuracy: "
+                "masked images are unlike its training images, so the probe cannot "
+                "confirm that its decision rests on the lung fields alone."
+            ),
+            "no_shortcut",
+        )
     return {
         "num_examples": n,
         "chance_accuracy": chance,
@@ -192,14 +225,16 @@ def shortcut_probe_report(labels: Sequence[int], pred_normal: Sequence[int],
         "lungs_blanked_pvalue_vs_chance": p_blanked,
         "finding": finding,
         "verdict": verdict,
-        "criterion": (f"shortcut if lungs-blanked accuracy is above chance (one-sided binomial "
-                      f"p < {SIGNIFICANCE}) and retains >= {SHORTCUT_RETAINED:.0%} of the "
-                      f"above-chance accuracy; partial if it retains >= {PARTIAL_RETAINED:.0%}"),
+        "criterion": (
+            f"shortcut if lungs-blanked accuracy is above chance (one-sided binomial "
+            f"p < {SIGNIFICANCE}) and retains >= {SHORTCUT_RETAINED:.0%} of the "
+            f"above-chance accuracy; partial if it retains >= {PARTIAL_RETAINED:.0%}"
+        ),
         "fill": FILL,
     }
 
 
-MARKER_NEAR_FRACTION = 1 / 16   # "near the marker": within this share of the image side
+MARKER_NEAR_FRACTION = 1 / 16  # "near the marker": within this share of the image side
 
 
 def phantom_marker_mask(record: Mapping[str, Any], shortcut_strength: float = 0.9) -> np.ndarray:
@@ -231,15 +266,19 @@ def _grow_box(mask: np.ndarray, margin: int) -> np.ndarray:
     out = np.zeros_like(mask, bool)
     rows, cols = np.nonzero(mask)
     if rows.size:
-        out[max(0, rows.min() - margin):rows.max() + margin + 1,
-            max(0, cols.min() - margin):cols.max() + margin + 1] = True
+        out[
+            max(0, rows.min() - margin) : rows.max() + margin + 1, max(0, cols.min() - margin) : cols.max() + margin + 1
+        ] = True
     return out
 
 
-def pointing_rows(heatmaps: np.ndarray, lesion_masks: Sequence[np.ndarray],
-                  labels: Sequence[int],
-                  lung_masks: Sequence[np.ndarray] | None = None,
-                  marker_masks: Sequence[np.ndarray] | None = None) -> list[dict[str, Any]]:
+def pointing_rows(
+    heatmaps: np.ndarray,
+    lesion_masks: Sequence[np.ndarray],
+    labels: Sequence[int],
+    lung_masks: Sequence[np.ndarray] | None = None,
+    marker_masks: Sequence[np.ndarray] | None = None,
+) -> list[dict[str, Any]]:
     """Per-image pointing-game facts; summarise any number of batches' rows together.
 
     ``heatmaps`` [N, H, W] (non-negative, any scale); masks at any size, resized to H, W.
@@ -261,10 +300,13 @@ def pointing_rows(heatmaps: np.ndarray, lesion_masks: Sequence[np.ndarray],
     rows = []
     for i in range(n):
         lesion = binary_mask(lesion_masks[i], (h, w)).reshape(-1)
-        row = {"label": int(labels[i]), "has_lesion": bool(lesion.any()),
-               "hit": bool(has_heat[i] and lesion[peak[i]]),
-               "mass": float(flat[i][lesion].sum() / total[i]) if total[i] > 0 else 0.0,
-               "area": float(lesion.mean())}
+        row = {
+            "label": int(labels[i]),
+            "has_lesion": bool(lesion.any()),
+            "hit": bool(has_heat[i] and lesion[peak[i]]),
+            "mass": float(flat[i][lesion].sum() / total[i]) if total[i] > 0 else 0.0,
+            "area": float(lesion.mean()),
+        }
         if lung_masks is not None:
             lungs = binary_mask(lung_masks[i], (h, w)).reshape(-1)
             row["outside_lungs"] = bool(has_heat[i] and not lungs[peak[i]])
@@ -272,16 +314,18 @@ def pointing_rows(heatmaps: np.ndarray, lesion_masks: Sequence[np.ndarray],
             box = binary_mask(marker_masks[i], (h, w))
             near = _grow_box(box, max(1, int(round(h * MARKER_NEAR_FRACTION)))).reshape(-1)
             box = box.reshape(-1)
-            row.update(on_marker=bool(has_heat[i] and box[peak[i]]),
-                       near_marker=bool(has_heat[i] and near[peak[i]]),
-                       marker_mass=float(flat[i][box].sum() / total[i]) if total[i] > 0 else 0.0,
-                       marker_area=float(box.mean()), marker_near_area=float(near.mean()))
+            row.update(
+                on_marker=bool(has_heat[i] and box[peak[i]]),
+                near_marker=bool(has_heat[i] and near[peak[i]]),
+                marker_mass=float(flat[i][box].sum() / total[i]) if total[i] > 0 else 0.0,
+                marker_area=float(box.mean()),
+                marker_near_area=float(near.mean()),
+            )
         rows.append(row)
     return rows
 
 
-def summarise_pointing(rows: Sequence[Mapping[str, Any]],
-                       class_names: Sequence[str]) -> dict[str, Any]:
+def summarise_pointing(rows: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> dict[str, Any]:
     """{"per_class": {name: {...}}, "overall": {...}} from :func:`pointing_rows`.
 
     Images without a lesion (Normal phantoms, or a finding of severity ~0) count in
@@ -297,66 +341,89 @@ def summarise_pointing(rows: Sequence[Mapping[str, Any]],
 
     def summarise(selected):
         lesioned = [r for r in selected if r["has_lesion"]]
-        out = {"n": len(selected), "n_with_lesion": len(lesioned),
-               "hit_rate": mean([r["hit"] for r in lesioned]),
-               "mean_mass_in_lesion": mean([r["mass"] for r in lesioned]),
-               "mean_lesion_area": mean([r["area"] for r in lesioned])}
+        out = {
+            "n": len(selected),
+            "n_with_lesion": len(lesioned),
+            "hit_rate": mean([r["hit"] for r in lesioned]),
+            "mean_mass_in_lesion": mean([r["mass"] for r in lesioned]),
+            "mean_lesion_area": mean([r["area"] for r in lesioned]),
+        }
         if with_lungs:
             out["max_outside_lungs_rate"] = mean([r["outside_lungs"] for r in selected])
         if with_marker:
-            out.update(max_on_marker_rate=mean([r["on_marker"] for r in selected]),
-                       max_near_marker_rate=mean([r["near_marker"] for r in selected]),
-                       mean_mass_on_marker=mean([r["marker_mass"] for r in selected]),
-                       mean_marker_area=mean([r["marker_area"] for r in selected]),
-                       mean_marker_near_area=mean([r["marker_near_area"] for r in selected]))
+            out.update(
+                max_on_marker_rate=mean([r["on_marker"] for r in selected]),
+                max_near_marker_rate=mean([r["near_marker"] for r in selected]),
+                mean_mass_on_marker=mean([r["marker_mass"] for r in selected]),
+                mean_marker_area=mean([r["marker_area"] for r in selected]),
+                mean_marker_near_area=mean([r["marker_near_area"] for r in selected]),
+            )
         return out
 
-    return {"per_class": {name: summarise([r for r in rows if r["label"] == k])
-                          for k, name in enumerate(class_names)},
-            "overall": summarise(list(rows)),
-            "criterion": ("hit: the Grad-CAM maximum (for the true class) lies inside the lesion "
-                          "mask; mass: share of heatmap mass inside the lesion; a uniform heatmap "
-                          "would get mean_lesion_area"
-                          + ("; max_on_marker / max_near_marker: the maximum lies on the shortcut "
-                             "marker's label box / within 1/16 of the image side of it (over all "
-                             "images of the class; chance: mean_marker_area / "
-                             "mean_marker_near_area)" if with_marker else ""))}
+    return {
+        "per_class": {name: summarise([r for r in rows if r["label"] == k]) for k, name in enumerate(class_names)},
+        "overall": summarise(list(rows)),
+        "criterion": (
+            "hit: the Grad-CAM maximum (for the true class) lies inside the lesion "
+            "mask; mass: share of heatmap mass inside the lesion; a uniform heatmap "
+            "would get mean_lesion_area"
+            + (
+                "; max_on_marker / max_near_marker: the maximum lies on the shortcut "
+                "marker's label box / within 1/16 of the image side of it (over all "
+                "images of the class; chance: mean_marker_area / "
+                "mean_marker_near_area)"
+                if with_marker
+                else ""
+            )
+        ),
+    }
 
 
-def pointing_game(heatmaps: np.ndarray, lesion_masks: Sequence[np.ndarray],
-                  labels: Sequence[int], class_names: Sequence[str],
-                  lung_masks: Sequence[np.ndarray] | None = None,
-                  marker_masks: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
+def pointing_game(
+    heatmaps: np.ndarray,
+    lesion_masks: Sequence[np.ndarray],
+    labels: Sequence[int],
+    class_names: Sequence[str],
+    lung_masks: Sequence[np.ndarray] | None = None,
+    marker_masks: Sequence[np.ndarray] | None = None,
+) -> dict[str, Any]:
     """Per class: does the Grad-CAM maximum fall inside the known lesion? (one batch)"""
-    return summarise_pointing(pointing_rows(heatmaps, lesion_masks, labels, lung_masks, marker_masks),
-                              class_names)
+    return summarise_pointing(pointing_rows(heatmaps, lesion_masks, labels, lung_masks, marker_masks), class_names)
 
 
 def format_pointing_game(result: Mapping[str, Any]) -> str:
     """A small text table of :func:`pointing_game`'s result."""
     marker = "max_on_marker_rate" in result["overall"]
-    lines = [f"{'class':<22}{'n':>6}{'lesions':>9}{'hit rate':>10}{'mass in':>9}{'area':>7}"
-             + (f"{'max outside lungs':>19}" if "max_outside_lungs_rate" in result["overall"] else "")
-             + (f"{'on marker':>11}{'near marker':>13}{'marker mass':>13}" if marker else "")]
+    lines = [
+        f"{'class':<22}{'n':>6}{'lesions':>9}{'hit rate':>10}{'mass in':>9}{'area':>7}"
+        + (f"{'max outside lungs':>19}" if "max_outside_lungs_rate" in result["overall"] else "")
+        + (f"{'on marker':>11}{'near marker':>13}{'marker mass':>13}" if marker else "")
+    ]
 
     def fmt(x, width):
         return f"{'-':>{width}}" if x is None else f"{x:>{width}.3f}"
 
     for name, r in [*result["per_class"].items(), ("(all)", result["overall"])]:
-        line = (f"{name:<22}{r['n']:>6}{r['n_with_lesion']:>9}{fmt(r['hit_rate'], 10)}"
-                f"{fmt(r['mean_mass_in_lesion'], 9)}{fmt(r['mean_lesion_area'], 7)}")
+        line = (
+            f"{name:<22}{r['n']:>6}{r['n_with_lesion']:>9}{fmt(r['hit_rate'], 10)}"
+            f"{fmt(r['mean_mass_in_lesion'], 9)}{fmt(r['mean_lesion_area'], 7)}"
+        )
         if "max_outside_lungs_rate" in r:
             line += fmt(r["max_outside_lungs_rate"], 19)
         if marker:
-            line += (fmt(r["max_on_marker_rate"], 11) + fmt(r["max_near_marker_rate"], 13)
-                     + fmt(r["mean_mass_on_marker"], 13))
+            line += (
+                fmt(r["max_on_marker_rate"], 11)
+                + fmt(r["max_near_marker_rate"], 13)
+                + fmt(r["mean_mass_on_marker"], 13)
+            )
         lines.append(line)
     overall = result["overall"]
     if marker:
         drawn = result.get("marker_drawn")
-        lines.append(f"marker: maximum on the label box / within 1/16 image side of it; chance "
-                     f"(uniform heatmap) {overall['mean_marker_area']:.3f} / "
-                     f"{overall['mean_marker_near_area']:.3f}"
-                     + ("" if drawn is None else "" if drawn else
-                        " (these images have NO marker: the box is where it would be)"))
+        lines.append(
+            f"marker: maximum on the label box / within 1/16 image side of it; chance "
+            f"(uniform heatmap) {overall['mean_marker_area']:.3f} / "
+            f"{overall['mean_marker_near_area']:.3f}"
+            + ("" if drawn is None else "" if drawn else " (these images have NO marker: the box is where it would be)")
+        )
     return "\n".join(lines)

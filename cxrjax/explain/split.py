@@ -10,6 +10,7 @@ the records of a split through its own eval pipeline:
 - :func:`pointing_game_split` - saliency of each image's true class against its lesion
   mask (and, on phantoms, the shortcut marker's box).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,33 +33,51 @@ class Saliency:
     layer: str | None  # the layer the maps were taken at
 
 
-def saliency(run: LoadedRun, view: Any, split: str, *, method: str = "gradcam", layer: str | None = None,
-             targets: Sequence[int] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-             progress: bool = False) -> Saliency:
+def saliency(
+    run: LoadedRun,
+    view: Any,
+    split: str,
+    *,
+    method: str = "gradcam",
+    layer: str | None = None,
+    targets: Sequence[int] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
+) -> Saliency:
     """Saliency maps of the class ``targets[i]`` of every example (None: the predicted class)."""
     fn = make_gradcam_fn(run.model, run.variables, run.input_config.image_shape, layer, method)
     images, heatmaps, used, start = [], [], None, 0
-    for batch, _, mask in iterate_eval_batches(view, split, run.input_config, batch_size,
-                                               desc=f"{method} {split}", progress=progress):
+    for batch, _, mask in iterate_eval_batches(
+        view, split, run.input_config, batch_size, desc=f"{method} {split}", progress=progress
+    ):
         valid = int(mask.sum())
         if targets is None:
             out = fn(batch)
         else:
             chosen = np.zeros(len(batch), np.int32)
-            chosen[:valid] = np.asarray(targets[start:start + valid])
+            chosen[:valid] = np.asarray(targets[start : start + valid])
             out = fn(batch, chosen)
         images.append(batch[:valid])
         heatmaps.append(np.asarray(out.heatmaps)[:valid])
         used, start = out.layer, start + valid
     shape = run.input_config.image_shape
-    return Saliency(images=np.concatenate(images) if images else np.zeros((0, *shape), np.float32),
-                    heatmaps=np.concatenate(heatmaps) if heatmaps else np.zeros((0, *shape[:2]), np.float32),
-                    layer=used)
+    return Saliency(
+        images=np.concatenate(images) if images else np.zeros((0, *shape), np.float32),
+        heatmaps=np.concatenate(heatmaps) if heatmaps else np.zeros((0, *shape[:2]), np.float32),
+        layer=used,
+    )
 
 
-def lung_mask_probe(run: LoadedRun, view: Any, split: str, preds: SplitPredictions, *,
-                    mapping: np.ndarray | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                    progress: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def lung_mask_probe(
+    run: LoadedRun,
+    view: Any,
+    split: str,
+    preds: SplitPredictions,
+    *,
+    mapping: np.ndarray | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The lung-masked probe of one run: its report and the masked probabilities per mode.
 
     ``preds`` are the run's predictions on the unmasked split (the probe's baseline).
@@ -67,17 +86,37 @@ def lung_mask_probe(run: LoadedRun, view: Any, split: str, preds: SplitPredictio
     for mode in probes.MASK_MODES:
         name = f"{split}[{mode}]"
         view.splits[name] = probes.LungMaskedSource(view.splits[split], mode)
-        masked[mode] = predict_split(run, view, name, batch_size, mapping=mapping, progress=progress,
-                                     desc=f"eval {split}, {mode.replace('_', ' ')}").probs
-    report = probes.shortcut_probe_report(preds.labels, preds.predictions, masked[probes.LUNGS_ONLY].argmax(1),
-                                          masked[probes.LUNGS_BLANKED].argmax(1), run.class_names)
+        masked[mode] = predict_split(
+            run,
+            view,
+            name,
+            batch_size,
+            mapping=mapping,
+            progress=progress,
+            desc=f"eval {split}, {mode.replace('_', ' ')}",
+        ).probs
+    report = probes.shortcut_probe_report(
+        preds.labels,
+        preds.predictions,
+        masked[probes.LUNGS_ONLY].argmax(1),
+        masked[probes.LUNGS_BLANKED].argmax(1),
+        run.class_names,
+    )
     return report, masked
 
 
-def pointing_game_split(run: LoadedRun, view: Any, split: str, labels: np.ndarray, *,
-                        request: Mapping[str, Any] | None = None, cam_methods: Sequence[str] = ("gradcam",),
-                        layer: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                        progress: bool = False) -> dict[str, Any]:
+def pointing_game_split(
+    run: LoadedRun,
+    view: Any,
+    split: str,
+    labels: np.ndarray,
+    *,
+    request: Mapping[str, Any] | None = None,
+    cam_methods: Sequence[str] = ("gradcam",),
+    layer: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Saliency (for each image's true class) over a split, scored against its lesion masks.
 
     One result per method of ``cam_methods``: {method: {"per_class": ..., "overall": ...,
@@ -92,14 +131,16 @@ def pointing_game_split(run: LoadedRun, view: Any, split: str, labels: np.ndarra
     records = [source[i] for i in range(len(source))]
     lesions = [r["lesion_mask"] for r in records]
     lungs = [r["lung_mask"] for r in records] if has_field(view, split, "lung_mask") else None
-    marker_fn, marker_drawn = (probes.marker_masker(request["name"], request["options"])
-                               if request is not None else (None, False))
+    marker_fn, marker_drawn = (
+        probes.marker_masker(request["name"], request["options"]) if request is not None else (None, False)
+    )
     markers = [marker_fn(r) for r in records] if marker_fn is not None else None
     extra = {"marker_drawn": marker_drawn} if marker_fn is not None else {}
     games = {}
     for method in cam_methods:
-        maps = saliency(run, view, split, method=method, layer=layer, targets=labels, batch_size=batch_size,
-                        progress=progress)
+        maps = saliency(
+            run, view, split, method=method, layer=layer, targets=labels, batch_size=batch_size, progress=progress
+        )
         rows = probes.pointing_rows(maps.heatmaps, lesions, labels, lungs, markers)
         games[method] = {**probes.summarise_pointing(rows, run.class_names), "layer": maps.layer, **extra}
     return games

@@ -14,6 +14,7 @@ Families (one file each): ``s0`` (SimpleCNN), ``s4`` (S4CNN), ``lenet`` (LeNet5)
 ``vgg`` (VGG); shared layers in ``layers``; tiny test-only variants in ``testing``;
 ``python -m cxrjax.models summary NAME`` prints a per-layer table.
 """
+
 from cxrjax.models.registry import MODELS, ModelSpec, create
 
 __all__ = ["MODELS", "ModelSpec", "create"]

@@ -6,6 +6,7 @@ of the compiled functions. ``--json`` prints
 ``{"model", "input_shape", "params", "forward_flops", "train_step_flops"}`` instead.
 ``python -m cxrjax.models list`` lists the registered models.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown model {args.name!r}; registered models: {', '.join(MODELS)}")
     try:
         num_classes = args.num_classes or MODELS[args.name].num_classes
-        result = summarize(args.name, image_size=args.image_size, channels=args.channels,
-                           num_classes=num_classes, batch_size=args.batch_size)
+        result = summarize(
+            args.name,
+            image_size=args.image_size,
+            channels=args.channels,
+            num_classes=num_classes,
+            batch_size=args.batch_size,
+        )
     except ValueError as e:  # e.g. an input size the model's pooling cannot take
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ collection mutable and would therefore store zero "perturbations" next to the pa
 gets the zero perturbations with
 ``model.apply(variables, x, train=False, mutable=["perturbations"])``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -41,9 +42,7 @@ class Classifier(nn.Module):
         """Raise a clear error for inputs the model cannot take (layout, dtype, size)."""
         name = type(self).__name__
         if x.ndim != 4:
-            raise ValueError(
-                f"{name} expects NHWC images [batch, height, width, channels], got shape {x.shape}"
-            )
+            raise ValueError(f"{name} expects NHWC images [batch, height, width, channels], got shape {x.shape}")
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise TypeError(
                 f"{name} expects float images (normalised by cxrjax.data), got {x.dtype}; "

@@ -21,6 +21,7 @@ an im2col "full correlation" input gradient was measured 1-2.5x slower than XLA'
 Sums are accumulated in float32. :func:`conv2d_im2col` is a ``jax.custom_vjp`` (reverse mode only); tests compare
 its values and gradients with ``lax.conv_general_dilated``.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -60,7 +61,7 @@ def conv_valid_rows(x: Array, kernel: Array, rows: int | None = None) -> Array:
     def body(i, y):
         b, r = i // blocks, (i % blocks) * rows
         xc = lax.dynamic_slice(x, (b, r, 0, 0), (1, rows + k - 1, width, cin))[0]
-        p = jnp.concatenate([xc[di:di + rows, dj:dj + wo] for di in range(k) for dj in range(k)], -1)
+        p = jnp.concatenate([xc[di : di + rows, dj : dj + wo] for di in range(k) for dj in range(k)], -1)
         yc = jnp.dot(p.reshape(rows * wo, k * k * cin), wm, preferred_element_type=jnp.float32)
         return lax.dynamic_update_slice(y, yc.astype(y.dtype).reshape(1, rows, wo, cout), (b, r, 0, 0))
 
@@ -101,7 +102,7 @@ def conv_valid_rows_dw(x: Array, dy: Array, k: int, rows: int | None = None) -> 
         b, r = i // blocks, (i % blocks) * rows
         xc = lax.dynamic_slice(x, (b, r, 0, 0), (1, span, width, cin))[0]
         dc = lax.dynamic_slice(dy, (b, r, 0, 0), (1, rows, wo, cout))[0]
-        q = jnp.concatenate([xc[:, dj:dj + wo] for dj in range(k)], -1).reshape(span * wo, k * cin)
+        q = jnp.concatenate([xc[:, dj : dj + wo] for dj in range(k)], -1).reshape(span * wo, k * cin)
         d = jnp.concatenate([jnp.pad(dc, ((di, k - 1 - di), (0, 0), (0, 0))) for di in range(k)], -1)
         d = d.reshape(span * wo, k * cout)
         return acc + lax.dot_general(q, d, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
@@ -145,8 +146,7 @@ def _forward(x: Array, kernel: Array, padding: int, pad_first: bool, fwd_im2col:
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def conv2d_im2col(x: Array, kernel: Array, padding: int, pad_first: bool = False,
-                  fwd_im2col: bool = True) -> Array:
+def conv2d_im2col(x: Array, kernel: Array, padding: int, pad_first: bool = False, fwd_im2col: bool = True) -> Array:
     """Stride-1 conv of NHWC ``x`` with HWIO ``kernel``, symmetric zero ``padding``.
 
     Weight gradient: im2col row blocks (:func:`conv_valid_rows_dw`). Forward: im2col row

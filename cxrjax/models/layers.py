@@ -20,6 +20,7 @@ Parameters are always float32; ``dtype`` is the computation dtype (float32 or bf
 Parameter names ("kernel" [kh, kw, cin, cout], "bias") match ``flax.linen.Conv`` /
 ``flax.linen.Dense`` so checkpoints and summaries read the same.
 """
+
 from __future__ import annotations
 
 import math
@@ -130,8 +131,14 @@ def batch_dw_cliff(batch: int | None, backend: str | None = None) -> bool:
     return backend == "cpu" and batch is not None and batch > conv_cpu.DW_BATCH_CHUNK
 
 
-def resolve_conv_formulation(kernel_size: int, padding: int, in_channels: int, out_size: int,
-                             backend: str | None = None, batch: int | None = None) -> str:
+def resolve_conv_formulation(
+    kernel_size: int,
+    padding: int,
+    in_channels: int,
+    out_size: int,
+    backend: str | None = None,
+    batch: int | None = None,
+) -> str:
     """The formulation "auto" means for this conv (square output ``out_size``, ``batch``
     examples per device) on this backend."""
     if dw_cliff(kernel_size, in_channels, out_size, backend):
@@ -159,8 +166,7 @@ def conv2d(x: Array, kernel: Array, padding: int, formulation: str = "auto") -> 
     """
     if formulation == "auto":
         out_size = min(x.shape[1], x.shape[2]) + 2 * padding - kernel.shape[0] + 1
-        formulation = resolve_conv_formulation(kernel.shape[0], padding, kernel.shape[2], out_size,
-                                               batch=x.shape[0])
+        formulation = resolve_conv_formulation(kernel.shape[0], padding, kernel.shape[2], out_size, batch=x.shape[0])
     if formulation == "xla":
         pad = [(padding, padding), (padding, padding)]
         return lax.conv_general_dilated(x, kernel, (1, 1), pad, dimension_numbers=_DIMS)

@@ -11,6 +11,7 @@ for 32x32x1 and K = 3 classes (S3 reports about 61.1 k):
 Initialisation: PyTorch defaults ("torch"). Flattening is NHWC (a weight port from
 PyTorch must permute the 400 inputs of the first dense layer from CHW order).
 """
+
 from __future__ import annotations
 
 from typing import Any

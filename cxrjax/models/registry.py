@@ -4,6 +4,7 @@ A plain dict literal (no import-time registration): reading this file tells you 
 model there is, its default input and what it reproduces. Small helpers (`_s0`, `_vgg`,
 `_s4`) hold what a family's rows share.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,14 +45,21 @@ class ModelSpec:
 _S4_SIZE = 128  # S4 does not state its input size; see cxrjax/models/s4.py
 
 
-def _s0(letter: str, *, dense: int, block_dropout: float, head_dropout: float, description: str,
-        notes: str = "") -> ModelSpec:
+def _s0(
+    letter: str, *, dense: int, block_dropout: float, head_dropout: float, description: str, notes: str = ""
+) -> ModelSpec:
     """S0-<letter>: SimpleCNN with filters 32/64/128, 150x150x3, 4 classes (D4)."""
     return ModelSpec(
-        build=functools.partial(SimpleCNN, filters=(32, 64, 128), dense=dense, block_dropout=block_dropout,
-                                head_dropout=head_dropout),
-        image_size=150, channels=3, family="s0", study=f"S0-{letter}", num_classes=4,
-        description=description, notes=notes,
+        build=functools.partial(
+            SimpleCNN, filters=(32, 64, 128), dense=dense, block_dropout=block_dropout, head_dropout=head_dropout
+        ),
+        image_size=150,
+        channels=3,
+        family="s0",
+        study=f"S0-{letter}",
+        num_classes=4,
+        description=description,
+        notes=notes,
     )
 
 
@@ -59,8 +67,13 @@ def _vgg(batchnorm: bool, *, description: str, notes: str) -> ModelSpec:
     """S3's VGG16 (torchvision layout and init), 224x224x1, 3 classes (DP)."""
     return ModelSpec(
         build=functools.partial(VGG, batchnorm=batchnorm, head="classifier", init_style="torchvision"),
-        image_size=224, channels=1, family="vgg", study="S3-VGG16", num_classes=3,
-        description=description, notes=notes,
+        image_size=224,
+        channels=1,
+        family="vgg",
+        study="S3-VGG16",
+        num_classes=3,
+        description=description,
+        notes=notes,
     )
 
 
@@ -68,29 +81,48 @@ def _s4(exp: int, layout: str, batchnorm: str, dropout: float, description: str,
     """S4 Exp<exp>: S4CNN, 128x128x3, 4 classes (D4); description prefixed with "S4 Exp<exp>: "."""
     return ModelSpec(
         build=functools.partial(S4CNN, layout=layout, batchnorm=batchnorm, dropout=dropout),
-        image_size=_S4_SIZE, channels=3, family="s4", study=f"S4-Exp{exp}", num_classes=4,
-        description=f"S4 Exp{exp}: {description}", notes=notes,
+        image_size=_S4_SIZE,
+        channels=3,
+        family="s4",
+        study=f"S4-Exp{exp}",
+        num_classes=4,
+        description=f"S4 Exp{exp}: {description}",
+        notes=notes,
     )
 
 
 MODELS: dict[str, ModelSpec] = {
     "s0_a": _s0(
-        "A", dense=128, block_dropout=0.0, head_dropout=0.5,
+        "A",
+        dense=128,
+        block_dropout=0.0,
+        head_dropout=0.5,
         description="S0-A simple CNN: 3x[conv3x3 32/64/128, ReLU, maxpool], dense 128, dropout 0.5",
         notes="filters not stated by S0-A; S0-C's 32/64/128 used, so identical to s0_c",
     ),
     "s0_b": _s0(
-        "B", dense=64, block_dropout=0.2, head_dropout=0.3,
+        "B",
+        dense=64,
+        block_dropout=0.2,
+        head_dropout=0.3,
         description="S0-B: S0-A + dropout 0.2 after each block, dense 64, dropout 0.3",
         notes="early stopping on validation loss (patience 3) is a training option",
     ),
     "s0_c": _s0(
-        "C", dense=128, block_dropout=0.0, head_dropout=0.5,
+        "C",
+        dense=128,
+        block_dropout=0.0,
+        head_dropout=0.5,
         description="S0-C: conv 32/64/128, dense 128, dropout 0.5",
         notes="S0-E = create('s0_c', num_classes=2, head_dropout=0.0) + early stopping on val accuracy",
     ),
     "lenet5": ModelSpec(
-        build=LeNet5, image_size=32, channels=1, family="lenet", study="S3-LeNet5", num_classes=3,
+        build=LeNet5,
+        image_size=32,
+        channels=1,
+        family="lenet",
+        study="S3-LeNet5",
+        num_classes=3,
         description="S3 LeNet-5: conv 6@5x5, pool, conv 16@5x5, pool, dense 120, 84, K",
     ),
     "vgg16": _vgg(
@@ -108,13 +140,25 @@ MODELS: dict[str, ModelSpec] = {
     "s4_exp2": _s4(2, "exp2", "none", 0.0, "16-32-64-128, k10p0/k6p2/k3p2/k3p2, maxpool except first, MLP head"),
     "s4_exp3": _s4(3, "exp2", "first", 0.0, "Exp2 + BatchNorm on the first layer"),
     "s4_exp4": _s4(4, "exp2", "all", 0.0, "Exp2 + BatchNorm on every layer"),
-    "s4_exp5": _s4(5, "exp2", "all", 0.0, "Exp4's network (+ early stopping)",
-                   "early stopping on validation accuracy is a training option"),
+    "s4_exp5": _s4(
+        5,
+        "exp2",
+        "all",
+        0.0,
+        "Exp4's network (+ early stopping)",
+        "early stopping on validation accuracy is a training option",
+    ),
     "s4_exp6": _s4(6, "exp2", "none", 0.25, "Exp2 + Dropout 0.25 on every layer"),
     "s4_exp7": _s4(7, "exp2", "none", 0.25, "Exp6's network (+ early stopping)", "early stopping is a training option"),
     "s4_exp8": _s4(8, "exp2", "all", 0.25, "Exp6 + BatchNorm on every layer"),
-    "s4_exp9": _s4(9, "exp2", "all", 0.25, "Exp8's network (+ early stopping)",
-                   "early stopping is a training option (the study's text is ambiguous)"),
+    "s4_exp9": _s4(
+        9,
+        "exp2",
+        "all",
+        0.25,
+        "Exp8's network (+ early stopping)",
+        "early stopping is a training option (the study's text is ambiguous)",
+    ),
 }
 
 
@@ -144,7 +188,5 @@ def create(
     fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise TypeError(
-            f"model {name!r} ({cls.__name__}) has no option(s) {unknown}; valid options: {sorted(fields)}"
-        )
+        raise TypeError(f"model {name!r} ({cls.__name__}) has no option(s) {unknown}; valid options: {sorted(fields)}")
     return builder(num_classes=num_classes, channels=channels, dtype=dtype, axis_name=axis_name, **overrides)

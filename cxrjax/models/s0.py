@@ -14,6 +14,7 @@ Initialisation: Keras defaults (Glorot-uniform kernels, zero biases).
 
 At 150x150x3, K = 4: 150 -> 148 -> 74 -> 72 -> 36 -> 34 -> 17; flatten 17*17*128 = 36,992.
 """
+
 from __future__ import annotations
 
 from typing import Any

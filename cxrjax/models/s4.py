@@ -30,6 +30,7 @@ the default here, 224 also works), K = 4, ``head_width`` 128:
   logits 516. Total 515,972.
 Initialisation: PyTorch defaults ("torch").
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -67,9 +68,7 @@ class S4CNN(Classifier):
         if self.layout not in LAYOUTS:
             raise ValueError(f"S4CNN: unknown layout {self.layout!r}; choose one of {tuple(LAYOUTS)}")
         if self.batchnorm not in BATCHNORM_PLACEMENTS:
-            raise ValueError(
-                f"S4CNN: unknown batchnorm {self.batchnorm!r}; choose one of {BATCHNORM_PLACEMENTS}"
-            )
+            raise ValueError(f"S4CNN: unknown batchnorm {self.batchnorm!r}; choose one of {BATCHNORM_PLACEMENTS}")
         features, kernels, paddings, pooled = LAYOUTS[self.layout]
         if self.features is not None:
             if len(self.features) != len(features):

@@ -10,6 +10,7 @@ count 2 x multiply-adds; elementwise ops count too):
   (Adam) add a few FLOPs per parameter per step, which is negligible next to the convs.
 Both are compiled for ``batch_size`` images and divided by it (FLOPs per image).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -101,7 +102,10 @@ def forward_and_train_flops(model: nn.Module, input_shape: tuple[int, ...]) -> t
     def train_step(variables, x, y, key):
         def loss_fn(params):
             logits, updates = model.apply(
-                {**variables, "params": params}, x, train=True, mutable=["batch_stats"],
+                {**variables, "params": params},
+                x,
+                train=True,
+                mutable=["batch_stats"],
                 rngs={"dropout": key},
             )
             logp = jax.nn.log_softmax(logits)
@@ -135,14 +139,18 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerRow]
 
     variables = jax.eval_shape(init, x)
     params = variables["params"]
-    return [
-        LayerRow(path, kind, shape, count_params(params.get(path, {})))
-        for path, (kind, shape) in seen.items()
-    ]
+    return [LayerRow(path, kind, shape, count_params(params.get(path, {}))) for path, (kind, shape) in seen.items()]
 
 
-def summarize(name: str, *, image_size: int | None = None, channels: int | None = None,
-              num_classes: int = 4, batch_size: int = 2, **overrides: Any) -> ModelSummary:
+def summarize(
+    name: str,
+    *,
+    image_size: int | None = None,
+    channels: int | None = None,
+    num_classes: int = 4,
+    batch_size: int = 2,
+    **overrides: Any,
+) -> ModelSummary:
     """Per-layer table and per-image totals for the registered model ``name``."""
     spec = MODELS[name]
     model = create(name, num_classes=num_classes, channels=channels, **overrides)

@@ -6,6 +6,7 @@ paths (including the CPU-cliff rewrites), at a cost of milliseconds. (VGG keeps 
 blocks but one conv per block: XLA:CPU compile time grows with every layer.)
 ``TINY_IMAGE_SIZE`` is a small input every family accepts.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -36,16 +37,21 @@ def tiny_image_size(name: str) -> int:
     return TINY_IMAGE_SIZE[MODELS[name].family]
 
 
-def create_tiny(name: str, *, num_classes: int = 3, channels: int | None = None,
-                dtype: Any = jnp.float32, axis_name: str | None = None, **overrides: Any) -> nn.Module:
+def create_tiny(
+    name: str,
+    *,
+    num_classes: int = 3,
+    channels: int | None = None,
+    dtype: Any = jnp.float32,
+    axis_name: str | None = None,
+    **overrides: Any,
+) -> nn.Module:
     """``models.create(name, ...)`` with the family's tiny widths (overridable)."""
     options = {**TINY_OVERRIDES[MODELS[name].family], **overrides}
-    return create(name, num_classes=num_classes, channels=channels, dtype=dtype,
-                  axis_name=axis_name, **options)
+    return create(name, num_classes=num_classes, channels=channels, dtype=dtype, axis_name=axis_name, **options)
 
 
-def numpy_variables(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0,
-                    dtype: Any = None) -> dict:
+def numpy_variables(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0, dtype: Any = None) -> dict:
     """Random variables for ``model`` made on the host, without compiling an init.
 
     XLA:CPU takes seconds to compile a model's ``init`` (one RNG kernel per parameter);

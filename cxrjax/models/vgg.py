@@ -16,6 +16,7 @@ biases). Parameters at 224x224x1, K = 3: features 14,713,536 (first conv 9*1*64+
 per channel: +8,448). Smallest input: 32x32 (five poolings); the adaptive pool then
 replicates the 1x1 map to 7x7 exactly as PyTorch does.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,11 +29,11 @@ from cxrjax.models.base import Classifier, logits_float32
 from cxrjax.models.layers import (
     Conv,
     Dense,
+    MaxPool,
     Plan,
     adaptive_avg_pool,
     batch_norm,
     flatten,
-    MaxPool,
 )
 
 # Conv widths per block; a max-pool ends every block.

@@ -5,6 +5,7 @@ first into ``null`` and the second into Python numbers, so every file cxrjax wri
 strict JSON that any reader accepts. Files are written to a temporary name and renamed,
 so a kill never leaves half a file behind.
 """
+
 from __future__ import annotations
 
 import json

@@ -11,6 +11,7 @@ ROC-AUC is one-vs-rest per class; a class with no positive (or no negative) exam
 taken over the classes that have one (``None`` if none has), instead of failing the way
 ``sklearn.metrics.roc_auc_score(multi_class="ovr")`` does.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -54,16 +55,14 @@ def classification_report(
     names = list(class_names)
     k = len(names)
     if probs.ndim != 2 or probs.shape != (len(labels), k):
-        raise ValueError(
-            f"probs must have shape [examples, classes] = [{len(labels)}, {k}], got {probs.shape}"
-        )
+        raise ValueError(f"probs must have shape [examples, classes] = [{len(labels)}, {k}], got {probs.shape}")
     if len(labels) and (labels.min() < 0 or labels.max() >= k):
-        raise ValueError(f"labels must be in [0, {k}) for class names {names}, got range [{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"labels must be in [0, {k}) for class names {names}, got range [{labels.min()}, {labels.max()}]"
+        )
     preds = probs.argmax(axis=1) if len(labels) else np.zeros(0, np.int64)
     ids = list(range(k))
-    precision, recall, f1, support = skm.precision_recall_fscore_support(
-        labels, preds, labels=ids, zero_division=0
-    )
+    precision, recall, f1, support = skm.precision_recall_fscore_support(labels, preds, labels=ids, zero_division=0)
     per_class = {
         name: {
             "precision": float(precision[i]),
@@ -75,9 +74,7 @@ def classification_report(
     }
     averages = {}
     for average in ("macro", "weighted"):
-        p, r, f, _ = skm.precision_recall_fscore_support(
-            labels, preds, labels=ids, average=average, zero_division=0
-        )
+        p, r, f, _ = skm.precision_recall_fscore_support(labels, preds, labels=ids, average=average, zero_division=0)
         averages[average] = {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(len(labels))}
     aucs = roc_auc_per_class(labels, probs)
     defined = [a for a in aucs if a is not None]

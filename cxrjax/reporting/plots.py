@@ -9,6 +9,7 @@ Why precision-recall next to ROC: with imbalanced classes (D4 has 7.6x more Norm
 Viral Pneumonia images) a ROC curve can look excellent while most of a rare class's
 positive predictions are wrong; the PR curve and its average precision show that.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -126,8 +127,9 @@ def plot_roc_curves(
     return save_figure(fig, path)
 
 
-def plot_precision_recall(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
-                          path: str | Path, title: str = "") -> Path:
+def plot_precision_recall(
+    labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str | Path, title: str = ""
+) -> Path:
     """One-vs-rest precision-recall curve per class, with average precision in the legend."""
     labels = np.asarray(labels)
     probs = np.asarray(probs)

@@ -18,6 +18,7 @@ prediction function), ``tensorboard``, ``workdir`` (run-folder files), ``trainer
 The heavy parts (JAX, orbax, matplotlib) are imported on first use of the names below,
 so ``python -m cxrjax.train --help`` answers at once.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """``python -m cxrjax.train``: see cxrjax/train/cli.py."""
+
 import sys
 
 from cxrjax.train.cli import main

@@ -1,4 +1,4 @@
-"""orbax checkpoints of a run: ``<workdir>/checkpoints/<step>/{state,meta}``.
+r"""orbax checkpoints of a run: ``<workdir>/checkpoints/<step>/{state,meta}``.
 
 One ``ocp.CheckpointManager`` with two items per step: ``state`` (the TrainState as a
 nested dict of arrays) and ``meta`` (JSON: epoch, position in the epoch, the grain
@@ -23,6 +23,7 @@ one ``error:`` line); anything else is re-raised as it came. A save killed half-
 leaves a ``<step>.orbax-checkpoint-tmp-*`` directory, which orbax never lists as a
 step; ``cleanup_tmp_directories`` deletes such leftovers when the store is opened.
 """
+
 from __future__ import annotations
 
 import errno
@@ -71,6 +72,7 @@ def storage_errno(err: BaseException) -> int | None:
                 return number
         err = err.__cause__ or err.__context__
     return None
+
 
 # orbax warnings that are expected here: mid-epoch checkpoints deliberately carry no
 # metrics, and a read-only manager (load_run) reports that it will not save.
@@ -160,9 +162,7 @@ class CheckpointStore:
         structure and dtypes, None restores the tree as saved (numpy arrays)."""
         restored = self._manager.restore(
             step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(state_target), meta=ocp.args.JsonRestore()
-            ),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(state_target), meta=ocp.args.JsonRestore()),
         )
         return restored["state"], dict(restored["meta"])
 
@@ -186,13 +186,17 @@ class CheckpointStore:
             complete = [int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and int(p.name) != step]
         except OSError:
             complete = []
-        newest = f"the newest complete checkpoint is step {max(complete)}" if complete else "no complete checkpoint exists"
+        newest = (
+            f"the newest complete checkpoint is step {max(complete)}" if complete else "no complete checkpoint exists"
+        )
         cause = re.sub(r"\s+", " ", str(err)).strip()
         return CheckpointSaveError(
             f"saving checkpoint step {step} to {self.directory} failed: {STORAGE_ERRNOS[number]} "
             f"[{errno.errorcode.get(number, number)}]; {newest}. Free some space (or fix the permissions) and "
             f"re-run the same command to resume from it, or use another --workdir. (orbax: {cause[:400]})",
-            number, step)
+            number,
+            step,
+        )
 
     def close(self) -> None:
         """Wait for pending saves and release the manager (a save failure already

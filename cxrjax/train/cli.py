@@ -16,6 +16,7 @@ A configuration TrainConfig refuses (``--lr nan``, ``--set epochs=1.5`` ...), li
 workdir holding a different configuration, ends in one ``error: ...`` line and exit
 status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--workdir", help="run folder (created; resumed if it exists)")
-    p.add_argument("--preset", choices=sorted(PRESETS), metavar="NAME",
-                   help="start from a named study preset (see --list-presets)")
+    p.add_argument(
+        "--preset", choices=sorted(PRESETS), metavar="NAME", help="start from a named study preset (see --list-presets)"
+    )
     p.add_argument("--list-presets", action="store_true", help="list presets with their commands and exit")
     config_args.add_config_flags(p)
     config_args.add_passthrough_options(p)
@@ -99,10 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = "test" if results.get("test") else "validation"
     print(f"\n{split} set ({results['evaluated']['checkpoint']} checkpoint, epoch {results['evaluated']['epoch']}):")
     print(format_report(shown))
-    print(f"\nbest epoch {results['best_epoch']} of {results['epochs_run']} run"
-          f"{' (stopped early)' if results['stopped_early'] else ''}; "
-          f"{results['train_images_per_second'] or float('nan'):.0f} train images/s on "
-          f"{results['num_devices']} {results['jax_backend']} device(s)")
-    print(f"results: {args.workdir}/results.json, metrics.jsonl, learning_curves.png, "
-          "confusion_matrix.png, roc_curves.png")
+    print(
+        f"\nbest epoch {results['best_epoch']} of {results['epochs_run']} run"
+        f"{' (stopped early)' if results['stopped_early'] else ''}; "
+        f"{results['train_images_per_second'] or float('nan'):.0f} train images/s on "
+        f"{results['num_devices']} {results['jax_backend']} device(s)"
+    )
+    print(
+        f"results: {args.workdir}/results.json, metrics.jsonl, learning_curves.png, "
+        "confusion_matrix.png, roc_curves.png"
+    )
     return 0

@@ -7,6 +7,7 @@ stored under ``path`` and reused by any later process with the same program.
 
 The cache is process-wide JAX configuration: once enabled it stays on for the process.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

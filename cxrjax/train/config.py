@@ -21,6 +21,7 @@ device), the ``pmap`` convention. A study's "batch 32" on 4 devices is therefore
 so on one device they are exact and on n devices the global batch is n times larger
 (say so when comparing).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from cxrjax.data.subset import CLASSES_OPTION  # light: numpy only, no TFDS
 from cxrjax.data.input_options import NORMALIZATIONS, InputOptions
+from cxrjax.data.subset import CLASSES_OPTION  # light: numpy only, no TFDS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "step", "warmup_cosine", "plateau")
@@ -105,8 +106,7 @@ def option(
     unknown = set(bounds) - set(_BOUND_TEXT)
     if unknown:
         raise TypeError(f"option(): unknown bound(s) {sorted(unknown)}; use gt, ge, lt, le")
-    metadata = {"help": help, "flag": flag, "choices": choices, "metavar": metavar, "parse": parse,
-                "bounds": bounds}
+    metadata = {"help": help, "flag": flag, "choices": choices, "metavar": metavar, "parse": parse, "bounds": bounds}
     kwargs: dict[str, Any] = {"metadata": metadata}
     if default_factory is not dataclasses.MISSING:
         kwargs["default_factory"] = default_factory
@@ -158,42 +158,58 @@ class TrainConfig(InputOptions):
 
     # --- what to train, on what ------------------------------------------------------
     model: str = option("lenet5", flag=True, help="model name (cxrjax.models.MODELS)")
-    dataset: str = option("cxr_phantoms", flag=True,
-                          help="dataset name cxrjax.data.load knows, e.g. cxr_phantoms, covid19_radiography")
+    dataset: str = option(
+        "cxr_phantoms", flag=True, help="dataset name cxrjax.data.load knows, e.g. cxr_phantoms, covid19_radiography"
+    )
     data_dir: str = option("data", flag=True, help="where prepared datasets live (cxrjax.data.load(data_dir=))")
-    manual_dir: str | None = option(None, flag=True,
-                                    help="folder of the user's downloaded dataset (real datasets)")
-    dataset_options: dict[str, Any] = option(default_factory=dict,
-                                             help="dataset preparation options, passed to cxrjax.data.load(options=)")
+    manual_dir: str | None = option(None, flag=True, help="folder of the user's downloaded dataset (real datasets)")
+    dataset_options: dict[str, Any] = option(
+        default_factory=dict, help="dataset preparation options, passed to cxrjax.data.load(options=)"
+    )
     # Mirrored into dataset_options["classes"], so everything that opens the run's dataset
     # from its options (trainer, evaluate, predict, explain) sees the same subset.
     classes: tuple[str, ...] | None = option(
-        None, flag=True, metavar="A,B,...", parse=class_list,
+        None,
+        flag=True,
+        metavar="A,B,...",
+        parse=class_list,
         help="keep only these classes, labelled 0..k-1 in this order, e.g. COVID,Normal (other classes "
-        "are dropped from every split); 'all' keeps every class")
-    model_options: dict[str, Any] = option(default_factory=dict,
-                                           help="model constructor overrides, cxrjax.models.create(**overrides)")
+        "are dropped from every split); 'all' keeps every class",
+    )
+    model_options: dict[str, Any] = option(
+        default_factory=dict, help="model constructor overrides, cxrjax.models.create(**overrides)"
+    )
     image_size: int | None = option(None, flag=True, ge=1, help="model input size in pixels (None: the model's)")
     channels: int | None = option(None, flag=True, ge=1, help="input channels, 1 or 3 (None: the model's)")
     # --- input pipeline (cxrjax.data.InputConfig): the InputOptions fields ---------------
-    normalization: str = _input_option("normalization", flag=True, choices=NORMALIZATIONS,
-                                       help="unit: [0,1]; half: (x-0.5)/0.5; dataset: train split mean/std")
+    normalization: str = _input_option(
+        "normalization",
+        flag=True,
+        choices=NORMALIZATIONS,
+        help="unit: [0,1]; half: (x-0.5)/0.5; dataset: train split mean/std",
+    )
     hflip: bool = _input_option("hflip", help="random horizontal flips (training)")
-    rotate_degrees: float = _input_option("rotate_degrees", ge=0,
-                                          help="random rotation, uniform in [-this, this] degrees (training)")
+    rotate_degrees: float = _input_option(
+        "rotate_degrees", ge=0, help="random rotation, uniform in [-this, this] degrees (training)"
+    )
     zoom: tuple[float, float] | None = _input_option("zoom", help="random zoom (lo, hi), 0 < lo <= hi (training)")
     brightness: tuple[float, float] | None = _input_option(
-        "brightness", help="random brightness factor (lo, hi), 0 < lo <= hi (training)")
+        "brightness", help="random brightness factor (lo, hi), 0 < lo <= hi (training)"
+    )
     balanced_sampling: bool = _input_option(
-        "balanced_sampling", help="draw each epoch with replacement so classes are equally likely")
-    num_workers: int = _input_option("num_workers", flag=True, ge=0,
-                                     help="grain worker processes (0: in the main process)")
+        "balanced_sampling", help="draw each epoch with replacement so classes are equally likely"
+    )
+    num_workers: int = _input_option(
+        "num_workers", flag=True, ge=0, help="grain worker processes (0: in the main process)"
+    )
     # --- length and batch ------------------------------------------------------------
     epochs: int = option(10, flag=True, ge=1, help="maximum epochs")
-    per_device_batch_size: int = option(32, flag=True, ge=1, metavar="N",
-                                        help="training batch PER DEVICE; global batch = this x devices")
-    per_device_eval_batch_size: int | None = option(None, ge=1,
-                                                    help="evaluation batch per device (None: per_device_batch_size)")
+    per_device_batch_size: int = option(
+        32, flag=True, ge=1, metavar="N", help="training batch PER DEVICE; global batch = this x devices"
+    )
+    per_device_eval_batch_size: int | None = option(
+        None, ge=1, help="evaluation batch per device (None: per_device_batch_size)"
+    )
     num_devices: int | None = option(None, flag=True, ge=1, help="devices to train on (None: every local device)")
     # --- optimisation ----------------------------------------------------------------
     optimizer: str = option("adam", flag=True, choices=OPTIMIZERS, help="optimizer")
@@ -205,51 +221,67 @@ class TrainConfig(InputOptions):
     adam_b1: float = option(0.9, ge=0, lt=1, help="Adam beta1")
     adam_b2: float = option(0.999, ge=0, lt=1, help="Adam beta2")
     adam_eps: float = option(1e-8, gt=0, help="Adam epsilon (PyTorch's default; Keras uses 1e-7)")
-    weight_decay: float = option(0.0, flag=True, ge=0,
-                                 help="weight decay: decoupled for adamw, L2 added to the gradient for adam/sgd")
+    weight_decay: float = option(
+        0.0, flag=True, ge=0, help="weight decay: decoupled for adamw, L2 added to the gradient for adam/sgd"
+    )
     step_every_epochs: int = option(10, ge=1, help='schedule="step": multiply lr by step_gamma every N epochs')
     step_gamma: float = option(0.1, gt=0, help='schedule="step": the factor')
     warmup_epochs: float = option(0.0, ge=0, help='schedule="warmup_cosine": linear warm-up epochs')
     min_lr: float = option(0.0, ge=0, help='schedule="warmup_cosine": final lr')
-    plateau_monitor: str = option("val_loss", choices=MONITORS,
-                                  help='schedule="plateau" (Keras ReduceLROnPlateau): the metric')
+    plateau_monitor: str = option(
+        "val_loss", choices=MONITORS, help='schedule="plateau" (Keras ReduceLROnPlateau): the metric'
+    )
     plateau_factor: float = option(0.5, gt=0, lt=1, help='schedule="plateau": lr *= this on a plateau')
     plateau_patience: int = option(2, ge=0, help='schedule="plateau": epochs without improvement')
     plateau_min_delta: float = option(1e-4, ge=0, help='schedule="plateau": smallest improvement')
     plateau_min_lr: float = option(0.0, ge=0, help='schedule="plateau": lr floor')
     label_smoothing: float = option(0.0, flag=True, ge=0, lt=1, help="label smoothing")
-    grad_clip_norm: float | None = option(None, flag=True, gt=0,
-                                          help="clip the gradient's global norm to this (None: no clipping)")
+    grad_clip_norm: float | None = option(
+        None, flag=True, gt=0, help="clip the gradient's global norm to this (None: no clipping)"
+    )
     class_weights: str | tuple[float, ...] | None = option(
-        None, help='loss weight per class: None, "balanced" or one finite weight >= 0 per class')
+        None, help='loss weight per class: None, "balanced" or one finite weight >= 0 per class'
+    )
     # --- early stopping and model selection -------------------------------------------
-    monitor: str = option("val_loss", flag=True, choices=MONITORS,
-                          help="early-stopping and best-checkpoint metric")
-    early_stopping_patience: int | None = option(None, flag=True, ge=0,
-                                                 help="epochs without improvement before stopping (None: never)")
-    early_stopping_min_delta: float = option(0.0, flag=True, ge=0,
-                                             help="smallest change of the monitor that counts as an improvement")
+    monitor: str = option("val_loss", flag=True, choices=MONITORS, help="early-stopping and best-checkpoint metric")
+    early_stopping_patience: int | None = option(
+        None, flag=True, ge=0, help="epochs without improvement before stopping (None: never)"
+    )
+    early_stopping_min_delta: float = option(
+        0.0, flag=True, ge=0, help="smallest change of the monitor that counts as an improvement"
+    )
     restore_best: bool = option(True, help="test the best checkpoint (else: the last epoch)")
     # --- robustness, parallelism, numerics ---------------------------------------------
-    on_nonfinite: str = option("stop", flag=True, choices=NONFINITE_MODES,
-                               help="non-finite loss: stop (raise at once) or skip the update and count it")
+    on_nonfinite: str = option(
+        "stop",
+        flag=True,
+        choices=NONFINITE_MODES,
+        help="non-finite loss: stop (raise at once) or skip the update and count it",
+    )
     max_skipped_fraction: float = option(
-        0.5, flag=True, ge=0, le=1,
+        0.5,
+        flag=True,
+        ge=0,
+        le=1,
         help="with --on-nonfinite skip: a run that skipped more than this fraction of its steps (all sessions) "
-             "ends with TooManySkippedStepsError instead of results.json (1: never)")
-    parallel: str = option("shard_map", flag=True, choices=PARALLEL_MODES,
-                           help="data-parallel compilation: shard_map (jit over a device mesh) or pmap")
+        "ends with TooManySkippedStepsError instead of results.json (1: never)",
+    )
+    parallel: str = option(
+        "shard_map",
+        flag=True,
+        choices=PARALLEL_MODES,
+        help="data-parallel compilation: shard_map (jit over a device mesh) or pmap",
+    )
     dtype: str = option("float32", flag=True, choices=DTYPES, help="computation dtype; params stay float32")
     seed: int = option(0, flag=True, help="seed of the initial weights, batches and augmentation")
     # --- checkpoints and logging (result-irrelevant) -----------------------------------
-    checkpoint_every_steps: int | None = option(None, flag=True, ge=1,
-                                                help="also checkpoint mid-epoch every N steps")
-    log_every_steps: int = option(20, ge=1,
-                                  help="fetch metrics to the host (progress bar, NaN check) every N steps")
+    checkpoint_every_steps: int | None = option(None, flag=True, ge=1, help="also checkpoint mid-epoch every N steps")
+    log_every_steps: int = option(20, ge=1, help="fetch metrics to the host (progress bar, NaN check) every N steps")
     tensorboard: bool = option(False, flag=True, help="also write TensorBoard event files")
     progress: bool = option(True, flag=True, help="tqdm progress bars")
-    compilation_cache_dir: str | None = option(None, flag="--compilation-cache", metavar="DIR",
-                                               help="JAX persistent compilation cache folder")
+    compilation_cache_dir: str | None = option(
+        None, flag="--compilation-cache", metavar="DIR", help="JAX persistent compilation cache folder"
+    )
 
     # ------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -290,8 +322,10 @@ class TrainConfig(InputOptions):
         if isinstance(given, str):
             given = [c.strip() for c in given.split(",") if c.strip()]
         if given is not None and not isinstance(given, (list, tuple)):
-            raise ValueError(f"TrainConfig.dataset_options['classes'] must be class names, got {given!r}; "
-                             "set the subset with --classes COVID,Normal or --set 'classes=[\"COVID\",\"Normal\"]'")
+            raise ValueError(
+                f"TrainConfig.dataset_options['classes'] must be class names, got {given!r}; "
+                'set the subset with --classes COVID,Normal or --set \'classes=["COVID","Normal"]\''
+            )
         given = tuple(given) if given is not None else None
         classes = self.classes if self.classes is not None else given
         if self.classes is not None and given is not None and given != self.classes:
@@ -333,15 +367,19 @@ class TrainConfig(InputOptions):
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
                 raise ValueError(f"TrainConfig.{name} must be a dict with string keys, got {value!r}")
         if self.classes is not None:
-            if (not isinstance(self.classes, tuple) or not self.classes
-                    or not all(isinstance(c, str) and c for c in self.classes)):
+            if (
+                not isinstance(self.classes, tuple)
+                or not self.classes
+                or not all(isinstance(c, str) and c for c in self.classes)
+            ):
                 raise ValueError(f"TrainConfig.classes must be None or class names, got {self.classes!r}")
             if len(set(self.classes)) != len(self.classes):
                 raise ValueError(f"TrainConfig.classes={list(self.classes)} names a class more than once")
         for name in ("zoom", "brightness"):
             rng = getattr(self, name)
-            if rng is not None and not (isinstance(rng, tuple) and len(rng) == 2
-                                        and all(_is_finite(v) for v in rng) and 0 < rng[0] <= rng[1]):
+            if rng is not None and not (
+                isinstance(rng, tuple) and len(rng) == 2 and all(_is_finite(v) for v in rng) and 0 < rng[0] <= rng[1]
+            ):
                 raise ValueError(
                     f"TrainConfig.{name} must be None or [lo, hi] with finite 0 < lo <= hi, got {rng!r} "
                     f"(e.g. --set {name}=[0.9,1.1])"
@@ -349,12 +387,14 @@ class TrainConfig(InputOptions):
         weights = self.class_weights
         if isinstance(weights, str):
             if weights != "balanced":
-                raise ValueError(
-                    f"TrainConfig.class_weights={weights!r}: use None, 'balanced' or a list of weights"
-                )
+                raise ValueError(f"TrainConfig.class_weights={weights!r}: use None, 'balanced' or a list of weights")
         elif weights is not None:
-            if (not isinstance(weights, tuple) or not weights
-                    or not all(_is_finite(w) and w >= 0 for w in weights) or not sum(weights) > 0):
+            if (
+                not isinstance(weights, tuple)
+                or not weights
+                or not all(_is_finite(w) and w >= 0 for w in weights)
+                or not sum(weights) > 0
+            ):
                 raise ValueError(
                     f"TrainConfig.class_weights must be None, 'balanced' or one finite weight >= 0 per class "
                     f"(not all 0), got {weights!r} (e.g. --set class_weights=[1,2,1,1])"
@@ -378,9 +418,7 @@ class TrainConfig(InputOptions):
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(
-                f"unknown TrainConfig field(s) {unknown}; valid fields: {sorted(known)}"
-            )
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; valid fields: {sorted(known)}")
         return cls(**values)
 
     def to_json(self) -> str:
@@ -397,7 +435,7 @@ class TrainConfig(InputOptions):
     # ------------------------------------------------------------------------------
     @property
     def monitor_mode(self) -> str:
-        """"min" for losses, "max" for accuracies and F1."""
+        """ "min" for losses, "max" for accuracies and F1."""
         return mode_for(self.monitor)
 
 
@@ -413,8 +451,7 @@ def upgrade_field_names(values: dict[str, Any]) -> dict[str, Any]:
             continue
         value = out.pop(old)
         if new in out and out[new] != value:
-            raise ValueError(f"both {old}={value!r} (the old name) and {new}={out[new]!r} are given; "
-                             f"keep only {new}")
+            raise ValueError(f"both {old}={value!r} (the old name) and {new}={out[new]!r} are given; keep only {new}")
         out[new] = value
     return out
 
@@ -442,8 +479,7 @@ def scalar_kinds() -> dict[str, tuple[type, bool]]:
     return kinds
 
 
-_KIND_TEXT = {int: "an integer (e.g. 2; not 2.0 or \"2\")", float: "a number", bool: "true or false",
-              str: "a string"}
+_KIND_TEXT = {int: 'an integer (e.g. 2; not 2.0 or "2")', float: "a number", bool: "true or false", str: "a string"}
 
 
 def _check_scalar(f: dataclasses.Field, value: Any, kind: type, optional: bool) -> None:

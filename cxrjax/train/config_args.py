@@ -16,6 +16,7 @@ Errors in what was typed (``--set`` of an unknown field, ``KEY`` without ``=VALU
 ValueError, like TrainConfig's own; the command lines turn them into one ``error:`` line
 and exit status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ import json
 import sys
 from typing import Any, Iterable, Mapping, Sequence
 
-from cxrjax.train.config import RENAMED_FIELDS, TrainConfig, scalar_kinds, flag_of
+from cxrjax.train.config import RENAMED_FIELDS, TrainConfig, flag_of, scalar_kinds
 
 _NEW_TO_OLD = {new: old for old, new in RENAMED_FIELDS.items()}
 
@@ -37,13 +38,23 @@ def deprecated(old: str, new: str) -> None:
 class _StoreMaybeDeprecated(argparse.Action):
     """Store the value; warn when it came through a deprecated option string."""
 
-    def __init__(self, option_strings: Sequence[str], dest: str,
-                 deprecated_spellings: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        option_strings: Sequence[str],
+        dest: str,
+        deprecated_spellings: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.deprecated_spellings = dict(deprecated_spellings or {})
         super().__init__(option_strings, dest, **kwargs)
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         if option_string in self.deprecated_spellings:
             deprecated(option_string, self.deprecated_spellings[option_string])
         setattr(namespace, self.dest, values)
@@ -61,8 +72,12 @@ def flag_fields(exclude: Iterable[str] = ()) -> list[dataclasses.Field]:
     return sorted(fields, key=lambda f: order.get(f.name, -1))
 
 
-def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, exclude: Iterable[str] = (),
-                     help_overrides: Mapping[str, str] | None = None) -> list[str]:
+def add_config_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *,
+    exclude: Iterable[str] = (),
+    help_overrides: Mapping[str, str] | None = None,
+) -> list[str]:
     """Add one flag per TrainConfig field with a named flag (but those in ``exclude``);
     return the field names, for :func:`flag_changes`.
 
@@ -77,8 +92,9 @@ def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
         help_ = (help_overrides or {}).get(f.name, meta["help"])
         kind = kinds.get(f.name, (None, False))[0]
         if kind is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_)
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_
+            )
         else:
             spellings = [flag]
             old_flags = {}
@@ -87,10 +103,17 @@ def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
                 spellings.append(old_flag)
                 old_flags[old_flag] = flag
                 help_ += f" ({old_flag}: deprecated spelling)"
-            parser.add_argument(*spellings, dest=f.name, action=_StoreMaybeDeprecated,
-                                deprecated_spellings=old_flags, type=meta["parse"] or kind,
-                                choices=meta["choices"], metavar=meta["metavar"], default=argparse.SUPPRESS,
-                                help=help_)
+            parser.add_argument(
+                *spellings,
+                dest=f.name,
+                action=_StoreMaybeDeprecated,
+                deprecated_spellings=old_flags,
+                type=meta["parse"] or kind,
+                choices=meta["choices"],
+                metavar=meta["metavar"],
+                default=argparse.SUPPRESS,
+                help=help_,
+            )
         names.append(f.name)
     return names
 
@@ -100,15 +123,23 @@ def flag_changes(args: argparse.Namespace, names: Iterable[str]) -> dict[str, An
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
 
-def add_passthrough_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
-                            dataset_help: str = "dataset preparation option (repeatable), e.g. num_train=500",
-                            model_help: str = "model constructor override (repeatable), e.g. dropout=0.25") -> None:
+def add_passthrough_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *,
+    dataset_help: str = "dataset preparation option (repeatable), e.g. num_train=500",
+    model_help: str = "model constructor override (repeatable), e.g. dropout=0.25",
+) -> None:
     """``--dataset-option KEY=VALUE``, ``--model-option KEY=VALUE`` and ``--set FIELD=VALUE``."""
     parser.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE", help=dataset_help)
     parser.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE", help=model_help)
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="set any TrainConfig field (repeatable), VALUE parsed as JSON if it parses, "
-                        "e.g. --set label_smoothing=0.1 --set zoom=[1,1.2]")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="set any TrainConfig field (repeatable), VALUE parsed as JSON if it parses, "
+        "e.g. --set label_smoothing=0.1 --set zoom=[1,1.2]",
+    )
 
 
 def parse_value(text: str) -> Any:

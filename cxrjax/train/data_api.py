@@ -6,12 +6,12 @@ Resolved lazily (``cxrjax.data``'s pipeline imports grain and JAX) and in one pl
 the engine's whole dependency on the data layer is this list of names (and tests can
 substitute a pipeline, e.g. to inject a NaN batch).
 """
+
 from __future__ import annotations
 
 import types
 
-NAMES = ("load", "InputConfig", "train_batches", "eval_batches", "make_iterator", "class_weights",
-         "dataset_statistics")
+NAMES = ("load", "InputConfig", "train_batches", "eval_batches", "make_iterator", "class_weights", "dataset_statistics")
 
 
 def data_api() -> types.SimpleNamespace:

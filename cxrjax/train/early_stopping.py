@@ -12,6 +12,7 @@ The best checkpoint is the tracker's best epoch, so the checkpoint restored for 
 evaluation is exactly the epoch early stopping considered best (min_delta included).
 All three are plain dataclasses whose state round-trips through JSON for exact resume.
 """
+
 from __future__ import annotations
 
 import dataclasses

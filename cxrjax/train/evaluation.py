@@ -12,6 +12,7 @@ batch), and the padding is dropped with the mask. So ``labels[i]`` and ``probs[i
 the i-th example of the split: no shuffling, no dropped remainder (S0's diagonal ROC
 curves came from breaking exactly this).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,8 +54,9 @@ class SplitPredictions:
         return self.probs.argmax(axis=1) if len(self.labels) else np.zeros(0, np.int64)
 
 
-def iterate_eval_batches(dataset: Any, split: str, input_config: Any, batch_size: int, *,
-                         desc: str = "", progress: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def iterate_eval_batches(
+    dataset: Any, split: str, input_config: Any, batch_size: int, *, desc: str = "", progress: bool = False
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(images float32 [B, S, S, C], labels [B], mask bool [B]) over a split, in order.
 
     ``batch_size`` is the global batch (all devices together). Worker processes, if the
@@ -62,31 +64,41 @@ def iterate_eval_batches(dataset: Any, split: str, input_config: Any, batch_size
     """
     if split not in dataset.splits:
         raise SplitNotFoundError(
-            f"dataset {getattr(dataset, 'name', '?')!r} has no split {split!r}; its splits are {sorted(dataset.splits)}")
+            f"dataset {getattr(dataset, 'name', '?')!r} has no split {split!r}; its splits are {sorted(dataset.splits)}"
+        )
     data = data_api()
     batches = data.eval_batches(dataset, split, input_config, global_batch_size=batch_size)
     iterator = data.make_iterator(batches, num_workers=getattr(input_config, "num_workers", 0))
     try:
-        for batch in tqdm(iterator, total=len(batches), desc=desc or f"eval {split}", unit="batch",
-                          disable=not progress, leave=False):
-            yield (np.asarray(batch["image"], np.float32), np.asarray(batch["label"]),
-                   np.asarray(batch["mask"], bool))
+        for batch in tqdm(
+            iterator, total=len(batches), desc=desc or f"eval {split}", unit="batch", disable=not progress, leave=False
+        ):
+            yield (np.asarray(batch["image"], np.float32), np.asarray(batch["label"]), np.asarray(batch["mask"], bool))
     finally:
         close = getattr(iterator, "close", None)
         if close is not None:
             close()
 
 
-def predict_split(predictor: Predictor, dataset: Any, split: str, batch_size: int, *,
-                  mapping: np.ndarray | None = None, desc: str = "", progress: bool = False) -> SplitPredictions:
+def predict_split(
+    predictor: Predictor,
+    dataset: Any,
+    split: str,
+    batch_size: int,
+    *,
+    mapping: np.ndarray | None = None,
+    desc: str = "",
+    progress: bool = False,
+) -> SplitPredictions:
     """Probabilities for every example of ``split`` through ``predictor``'s eval pipeline.
 
     ``mapping`` (``perm[data_label] = model_label``, from ``cxrjax.inference.label_mapping``)
     puts the dataset's labels in the model's class order.
     """
     outputs, labels, masks = [], [], []
-    for images, batch_labels, mask in iterate_eval_batches(dataset, split, predictor.input_config, batch_size,
-                                                           desc=desc, progress=progress):
+    for images, batch_labels, mask in iterate_eval_batches(
+        dataset, split, predictor.input_config, batch_size, desc=desc, progress=progress
+    ):
         outputs.append(predictor.probabilities(images))
         labels.append(batch_labels)
         masks.append(mask)
@@ -116,8 +128,9 @@ class EnginePredictor:
         return np.exp(self.engine.host_outputs(outputs))  # the eval step returns log-probabilities
 
 
-def evaluate_split(predictor: Predictor, dataset: Any, split: str, batch_size: int, *,
-                   progress: bool = False) -> tuple[dict[str, Any], SplitPredictions]:
+def evaluate_split(
+    predictor: Predictor, dataset: Any, split: str, batch_size: int, *, progress: bool = False
+) -> tuple[dict[str, Any], SplitPredictions]:
     """(classification report named by ``dataset.class_names``, predictions) of one split."""
     preds = predict_split(predictor, dataset, split, batch_size, progress=progress)
     return classification_report(preds.labels, preds.probs, dataset.class_names), preds

@@ -18,6 +18,7 @@ here is the same as scaling the learning rate, because the learning rate is thei
   ``plateau`` (constant here; reduced on the host by early_stopping.PlateauScaler).
   ``decay`` > 0 divides any of them by ``1 + decay * step`` (Keras' legacy SGD decay, S2).
 """
+
 from __future__ import annotations
 
 import optax

@@ -22,6 +22,7 @@ for callers that compile it themselves (the benchmarks). Steps are traced and ru
 unless the caller fetches it: a step is dispatched asynchronously and returns device
 arrays.
 """
+
 from __future__ import annotations
 
 import functools
@@ -50,17 +51,14 @@ class ShardMapEngine:
 
     kind = "shard_map"
 
-    def __init__(self, train_fn: TrainFn, eval_fn: EvalFn, devices: Sequence[jax.Device], *,
-                 batch_spec: P = P(AXIS)):
+    def __init__(self, train_fn: TrainFn, eval_fn: EvalFn, devices: Sequence[jax.Device], *, batch_spec: P = P(AXIS)):
         self.devices = list(devices)
         self.num_devices = len(self.devices)
         self.mesh = jax.make_mesh((self.num_devices,), (AXIS,), devices=self.devices)
         self._replicated = NamedSharding(self.mesh, P())
         self._split_batch = NamedSharding(self.mesh, batch_spec)
         self._train = jax.jit(
-            jax.shard_map(
-                train_fn, mesh=self.mesh, in_specs=(P(), batch_spec), out_specs=(P(), P()), check_vma=False
-            ),
+            jax.shard_map(train_fn, mesh=self.mesh, in_specs=(P(), batch_spec), out_specs=(P(), P()), check_vma=False),
             donate_argnums=0,
         )
         self._eval = jax.jit(
@@ -106,9 +104,7 @@ class PmapEngine:
     # The device axis: the one place batches are reshaped for pmap, and back.
     def _split(self, x: np.ndarray) -> np.ndarray:
         if x.shape[0] % self.num_devices:
-            raise ValueError(
-                f"batch of {x.shape[0]} examples cannot be split evenly over {self.num_devices} devices"
-            )
+            raise ValueError(f"batch of {x.shape[0]} examples cannot be split evenly over {self.num_devices} devices")
         return x.reshape(self.num_devices, x.shape[0] // self.num_devices, *x.shape[1:])
 
     def _merge(self, x: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ Expected times: measured on this project's 2-core CPU development machine (share
 noisy) for the phantom presets; for the real datasets they are extrapolated from the
 measured CPU throughput of the same network and are rough.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -153,8 +154,14 @@ def s0_e() -> TrainConfig:
     Expected: ~1.5-2 h on a 2-core CPU (~11 k training images/epoch at 150 px), less if it
     stops early. S0 reported accuracy 0.63 (COVID recall 0.23).
     """
-    return _s0("s0_c", classes=("COVID", "Normal"), model_options={"head_dropout": 0.0},
-               monitor="val_accuracy", early_stopping_patience=3, restore_best=True)
+    return _s0(
+        "s0_c",
+        classes=("COVID", "Normal"),
+        model_options={"head_dropout": 0.0},
+        monitor="val_accuracy",
+        early_stopping_patience=3,
+        restore_best=True,
+    )
 
 
 # ------------------------------------------------------------------------------------
@@ -222,8 +229,12 @@ def _phantoms(base: TrainConfig, *, image_size: int, num_train: int, epochs: int
     return base.replace(
         dataset=PHANTOMS,
         manual_dir=None,
-        dataset_options={"num_train": num_train, "num_validation": num_train // 5,
-                         "num_test": num_train // 5, "image_size": max(image_size, 32)},
+        dataset_options={
+            "num_train": num_train,
+            "num_validation": num_train // 5,
+            "num_test": num_train // 5,
+            "image_size": max(image_size, 32),
+        },
         image_size=image_size,
         epochs=epochs,
         **changes,
@@ -260,14 +271,21 @@ def s3_vgg16_bn_phantoms() -> TrainConfig:
     return _phantoms(s3_vgg16_bn(), image_size=64, num_train=400, epochs=3)
 
 
-def _make_phantom(name: str, base: Callable[[], TrainConfig], image_size: int, num_train: int,
-                  epochs: int, expected: str) -> Callable[[], TrainConfig]:
+def _make_phantom(
+    name: str, base: Callable[[], TrainConfig], image_size: int, num_train: int, epochs: int, expected: str
+) -> Callable[[], TrainConfig]:
     def preset() -> TrainConfig:
         return _phantoms(base(), image_size=image_size, num_train=num_train, epochs=epochs)
 
     classes = base().classes
-    kept = (f" of which only the {' and '.join(classes)} phantoms are kept (classes={classes!r}, "
-            f"about {num_train * len(classes) // 4} images),") if classes else ""
+    kept = (
+        (
+            f" of which only the {' and '.join(classes)} phantoms are kept (classes={classes!r}, "
+            f"about {num_train * len(classes) // 4} images),"
+        )
+        if classes
+        else ""
+    )
     preset.__name__ = preset.__qualname__ = f"{name}_phantoms"
     preset.__doc__ = (
         f"{name}'s network and protocol on {num_train} training phantoms{kept} at {image_size}x{image_size}, "
@@ -282,8 +300,15 @@ _S0_PHANTOMS = {
     for name, fn in {"s0_a": s0_a, "s0_b": s0_b, "s0_c": s0_c, "s0_e": s0_e}.items()
 }
 _S4_PHANTOMS = {
-    name: _make_phantom(name, fn, 64, 1000, 10, "~3 min (s4_exp4 measured 167 s incl. preparing the "
-                        "phantoms, 70 train images/s, test accuracy 0.69, on a quiet 2-core CPU)")
+    name: _make_phantom(
+        name,
+        fn,
+        64,
+        1000,
+        10,
+        "~3 min (s4_exp4 measured 167 s incl. preparing the "
+        "phantoms, 70 train images/s, test accuracy 0.69, on a quiet 2-core CPU)",
+    )
     for name, fn in S4_PRESETS.items()
 }
 

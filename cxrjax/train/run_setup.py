@@ -5,6 +5,7 @@ InputConfig, the model, optimizer, compiled data-parallel steps and initialiser.
 that changes the compiled program, so an experiment grid whose runs differ only in the
 seed (or early stopping) compiles once.
 """
+
 from __future__ import annotations
 
 import collections
@@ -90,19 +91,47 @@ def build_model(config: TrainConfig, num_classes: int, channels: int, axis_name:
     )
 
 
-def _engine_key(config: TrainConfig, num_classes: int, image_shape: tuple[int, int, int], steps_per_epoch: int,
-                class_weights: tuple[float, ...] | None, devices: tuple) -> str:
+def _engine_key(
+    config: TrainConfig,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    steps_per_epoch: int,
+    class_weights: tuple[float, ...] | None,
+    devices: tuple,
+) -> str:
     step_fields = [
-        "model", "model_options", "dtype", "parallel", "optimizer", "lr", "schedule", "momentum",
-        "nesterov", "decay", "adam_b1", "adam_b2", "adam_eps", "weight_decay", "step_every_epochs",
-        "step_gamma", "warmup_epochs", "min_lr", "label_smoothing", "grad_clip_norm",
+        "model",
+        "model_options",
+        "dtype",
+        "parallel",
+        "optimizer",
+        "lr",
+        "schedule",
+        "momentum",
+        "nesterov",
+        "decay",
+        "adam_b1",
+        "adam_b2",
+        "adam_eps",
+        "weight_decay",
+        "step_every_epochs",
+        "step_gamma",
+        "warmup_epochs",
+        "min_lr",
+        "label_smoothing",
+        "grad_clip_norm",
     ]
     if config.schedule == "warmup_cosine":
         step_fields.append("epochs")  # the only schedule whose shape depends on the run length
     d = config.to_dict()
     key = {f: d[f] for f in step_fields}
-    key.update(num_classes=num_classes, image_shape=list(image_shape), steps_per_epoch=steps_per_epoch,
-               class_weights=class_weights, devices=[str(x) for x in devices])
+    key.update(
+        num_classes=num_classes,
+        image_shape=list(image_shape),
+        steps_per_epoch=steps_per_epoch,
+        class_weights=class_weights,
+        devices=[str(x) for x in devices],
+    )
     return json.dumps(key, sort_keys=True)
 
 
@@ -112,8 +141,14 @@ _ENGINES: "collections.OrderedDict[str, tuple[Any, Any, Engine, Any]]" = collect
 _ENGINE_CACHE_SIZE = 4
 
 
-def build_engine(config: TrainConfig, num_classes: int, image_shape: tuple[int, int, int], steps_per_epoch: int,
-                 class_weights: tuple[float, ...] | None, devices: list) -> tuple[Any, Any, Engine, Any]:
+def build_engine(
+    config: TrainConfig,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    steps_per_epoch: int,
+    class_weights: tuple[float, ...] | None,
+    devices: list,
+) -> tuple[Any, Any, Engine, Any]:
     """(model, optimizer, engine, init_fn: seed -> TrainState), memoised per process."""
     key = _engine_key(config, num_classes, image_shape, steps_per_epoch, class_weights, tuple(devices))
     if key in _ENGINES:
@@ -144,7 +179,8 @@ def check_model(config: TrainConfig) -> tuple[dict[str, Any], Any]:
     if fields["image_size"] < smallest:
         raise RunSetupError(
             f"image_size {fields['image_size']} is too small for {config.model!r}: its convolutions and poolings "
-            f"need at least {smallest}x{smallest}; use --image-size {smallest} or larger")
+            f"need at least {smallest}x{smallest}; use --image-size {smallest} or larger"
+        )
     return fields, input_config
 
 

@@ -3,6 +3,7 @@
 Plain data only (no functions), so it can be donated, replicated over devices and
 checkpointed as a nested dict (:func:`to_tree` / :func:`from_tree`).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable

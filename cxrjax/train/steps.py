@@ -23,6 +23,7 @@ over the batch of ``weight[label] * loss`` (Keras' ``class_weight`` semantics). 
 returns per-example log-probabilities; validation loss and metrics are computed on the
 host over the full split (mask-aware), without label smoothing.
 """
+
 from __future__ import annotations
 
 import functools

@@ -13,6 +13,7 @@ experiment's workdir to compare its runs).
 tensorboardX is imported inside the functions, not here, so a run without TensorBoard
 (and ``import cxrjax.train``) does not pay for it.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,9 @@ class ScalarWriter:
         # tensorboardX names the file by the second and host and opens it with "wb": the
         # suffix keeps a session resumed within the same second from truncating the last
         # one's file, and sorts after it (TensorBoard reads a folder's files by name).
-        self._writer = SummaryWriter(str(self.logdir), filename_suffix=f".{time.time_ns()}.cxrjax",
-                                     flush_secs=self.FLUSH_SECONDS)
+        self._writer = SummaryWriter(
+            str(self.logdir), filename_suffix=f".{time.time_ns()}.cxrjax", flush_secs=self.FLUSH_SECONDS
+        )
 
     def scalars(self, step: int, values: Mapping[str, float | None]) -> None:
         for tag, value in values.items():

@@ -34,6 +34,7 @@ A run that finishes but diverged (train loss or gradient norm of the last epoch
 non-finite or above :data:`EXPLODED`) gets a ``warning:`` line on stderr and an entry in
 ``results.json["warnings"]``, as do skipped steps.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,12 +69,24 @@ class NonFiniteError(FloatingPointError):
     """A step's loss or gradients were NaN/inf, or its update would have made the
     params / optimizer state / BatchNorm statistics so (``on_nonfinite="stop"``)."""
 
-    def __init__(self, *, step: int, epoch: int, batch: int, steps_per_epoch: int, loss: float, workdir: Path,
-                 loss_and_grads_finite: bool = False, grad_norm: float = float("nan")):
+    def __init__(
+        self,
+        *,
+        step: int,
+        epoch: int,
+        batch: int,
+        steps_per_epoch: int,
+        loss: float,
+        workdir: Path,
+        loss_and_grads_finite: bool = False,
+        grad_norm: float = float("nan"),
+    ):
         self.step, self.epoch, self.batch = step, epoch, batch
         if loss_and_grads_finite:
-            what = (f"non-finite update: the loss ({loss}) and every gradient were finite (global norm "
-                    f"{grad_norm}), but the new params, optimizer state or BatchNorm statistics would not have been")
+            what = (
+                f"non-finite update: the loss ({loss}) and every gradient were finite (global norm "
+                f"{grad_norm}), but the new params, optimizer state or BatchNorm statistics would not have been"
+            )
         else:
             what = f"non-finite loss or gradients (loss={loss}, gradient norm {grad_norm})"
         super().__init__(
@@ -251,8 +264,9 @@ def _finished_results(config: TrainConfig, workdir: Path) -> dict[str, Any] | No
     return results
 
 
-def _train_and_evaluate(config: TrainConfig, workdir: Path, dataset: Any | None,
-                        on_checkpoint: Callable[[int], None] | None) -> dict[str, Any]:
+def _train_and_evaluate(
+    config: TrainConfig, workdir: Path, dataset: Any | None, on_checkpoint: Callable[[int], None] | None
+) -> dict[str, Any]:
     """The run itself, with the workdir locked and its config.json in place."""
     session_start = time.perf_counter()
     setup = setup_run(config, dataset)
@@ -269,8 +283,11 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, dataset: Any | None,
             state = from_tree(target, tree)
             progress = _progress_from_meta(meta, setup, workdir)
             files.write_history(workdir, progress.history)
-            _say(config, f"{workdir}: resuming from checkpoint step {latest} (epoch {progress.epoch + 1}, "
-                         f"batch {progress.batch_in_epoch} of {setup.steps_per_epoch})")
+            _say(
+                config,
+                f"{workdir}: resuming from checkpoint step {latest} (epoch {progress.epoch + 1}, "
+                f"batch {progress.batch_in_epoch} of {setup.steps_per_epoch})",
+            )
         else:
             state = target
             files.write_history(workdir, [])
@@ -294,17 +311,26 @@ def _write_normalization_statistics(workdir: Path, setup: RunSetup) -> None:
     so evaluate / predict / explain need not reopen the training data (issue 7)."""
     if setup.config.normalization != "dataset":
         return
-    stats = data_api().dataset_statistics(setup.dataset)   # cached per dataset object; the pipeline uses the same
-    files.write_json(workdir / files.NORMALIZATION_FILE, {
-        "normalization": "dataset", "mean": float(stats.mean), "std": float(stats.std),
-        "scale": "[0, 1] pixel values", "source": f"train split of {setup.config.dataset}",
-        "dataset_options": dict(setup.config.dataset_options or {})})
+    stats = data_api().dataset_statistics(setup.dataset)  # cached per dataset object; the pipeline uses the same
+    files.write_json(
+        workdir / files.NORMALIZATION_FILE,
+        {
+            "normalization": "dataset",
+            "mean": float(stats.mean),
+            "std": float(stats.std),
+            "scale": "[0, 1] pixel values",
+            "source": f"train split of {setup.config.dataset}",
+            "dataset_options": dict(setup.config.dataset_options or {}),
+        },
+    )
 
 
 def _progress_from_meta(meta: dict[str, Any], setup: RunSetup, workdir: Path) -> Progress:
     if meta.get("format") != META_FORMAT:
-        raise files.ConfigMismatchError(f"{workdir}: checkpoint metadata format {meta.get('format')} is not {META_FORMAT}; "
-                         "it was written by another cxrjax version; use a new --workdir")
+        raise files.ConfigMismatchError(
+            f"{workdir}: checkpoint metadata format {meta.get('format')} is not {META_FORMAT}; "
+            "it was written by another cxrjax version; use a new --workdir"
+        )
     changed = data_differences((meta.get("dataset") or {}).get("fingerprint"), dataset_info(setup)["fingerprint"])
     if changed:
         raise files.ConfigMismatchError(
@@ -361,8 +387,13 @@ def _check_skipped_fraction(setup: RunSetup, device_state: Any, progress: Progre
     steps = progress.epoch * setup.steps_per_epoch
     skipped, first = _skipped_total(setup, device_state)
     if steps and skipped / steps > setup.config.max_skipped_fraction:
-        raise TooManySkippedStepsError(skipped=skipped, steps=steps, max_fraction=setup.config.max_skipped_fraction,
-                                       first_step=first, workdir=workdir)
+        raise TooManySkippedStepsError(
+            skipped=skipped,
+            steps=steps,
+            max_fraction=setup.config.max_skipped_fraction,
+            first_step=first,
+            workdir=workdir,
+        )
 
 
 def _run_warnings(setup: RunSetup, progress: Progress, skipped: int) -> list[str]:
@@ -370,8 +401,10 @@ def _run_warnings(setup: RunSetup, progress: Progress, skipped: int) -> list[str
     warnings = []
     last = progress.history[-1] if progress.history else None
     if last is not None and last.get("skipped_nonfinite") == setup.steps_per_epoch:
-        warnings.append(f"no update of the last epoch ({last['epoch']}) was applied: all its "
-                        f"{setup.steps_per_epoch} steps were skipped as non-finite")
+        warnings.append(
+            f"no update of the last epoch ({last['epoch']}) was applied: all its "
+            f"{setup.steps_per_epoch} steps were skipped as non-finite"
+        )
     elif last is not None:
         bad = []
         for key, name in (("train_loss", "train loss"), ("grad_norm", "mean gradient norm")):
@@ -382,19 +415,28 @@ def _run_warnings(setup: RunSetup, progress: Progress, skipped: int) -> list[str
             warnings.append(
                 f"the run diverged: in its last epoch ({last['epoch']}) {' and '.join(bad)} (non-finite or above "
                 f"{EXPLODED:g}); its model and metrics are not trustworthy. Lower the learning rate or set "
-                "grad_clip_norm, and train in a new --workdir.")
+                "grad_clip_norm, and train in a new --workdir."
+            )
     if skipped:
         steps = progress.epoch * setup.steps_per_epoch
-        warnings.append(f"{skipped} of {steps} steps were skipped as non-finite (on_nonfinite='skip', "
-                        f"max_skipped_fraction={setup.config.max_skipped_fraction:g})")
+        warnings.append(
+            f"{skipped} of {steps} steps were skipped as non-finite (on_nonfinite='skip', "
+            f"max_skipped_fraction={setup.config.max_skipped_fraction:g})"
+        )
     return warnings
 
 
 class Saver:
     """Writes a checkpoint of the device state with the run's progress and trackers."""
 
-    def __init__(self, setup: RunSetup, progress: Progress, store: CheckpointStore,
-                 trackers: tuple[EarlyStopping, PlateauScaler | None], on_checkpoint: Callable[[int], None] | None):
+    def __init__(
+        self,
+        setup: RunSetup,
+        progress: Progress,
+        store: CheckpointStore,
+        trackers: tuple[EarlyStopping, PlateauScaler | None],
+        on_checkpoint: Callable[[int], None] | None,
+    ):
         self.setup, self.progress, self.store, self.on_checkpoint = setup, progress, store, on_checkpoint
         self.stopper, self.plateau = trackers
 
@@ -408,8 +450,15 @@ class Saver:
             self.on_checkpoint(step)
 
 
-def _train_epochs(setup: RunSetup, device_state: Any, progress: Progress, store: CheckpointStore, workdir: Path,
-                  writer: Any, on_checkpoint: Callable[[int], None] | None) -> Any:
+def _train_epochs(
+    setup: RunSetup,
+    device_state: Any,
+    progress: Progress,
+    store: CheckpointStore,
+    workdir: Path,
+    writer: Any,
+    on_checkpoint: Callable[[int], None] | None,
+) -> Any:
     """Train the remaining epochs; each ends with validation, a metrics line and a checkpoint."""
     config = setup.config
     trackers = _trackers(config, progress)
@@ -423,8 +472,13 @@ def _train_epochs(setup: RunSetup, device_state: Any, progress: Progress, store:
         store.wait()
 
         eval_t0 = time.perf_counter()
-        val, _ = evaluate_split(setup.predictor(device_state), setup.dataset, "validation",
-                                setup.eval_global_batch_size, progress=config.progress)
+        val, _ = evaluate_split(
+            setup.predictor(device_state),
+            setup.dataset,
+            "validation",
+            setup.eval_global_batch_size,
+            progress=config.progress,
+        )
         monitored = {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
         improved = stopper.update(monitored[config.monitor], epoch)
         if stopper.should_stop and epoch < config.epochs:
@@ -436,28 +490,44 @@ def _train_epochs(setup: RunSetup, device_state: Any, progress: Progress, store:
             if lr_scale != old:
                 host = setup.engine.host_state(device_state)
                 device_state = setup.engine.put_state(host.replace(lr_scale=np.float32(lr_scale)))
-        record = _epoch_record(setup, progress, epoch, monitored, lr_scale, improved, stopper,
-                               eval_seconds=time.perf_counter() - eval_t0)
+        record = _epoch_record(
+            setup, progress, epoch, monitored, lr_scale, improved, stopper, eval_seconds=time.perf_counter() - eval_t0
+        )
         progress.history.append(record)
         files.append_history(workdir, record)
         if writer is not None:
             writer.scalars(record["step"], {k: record[k] for k in TENSORBOARD_SCALARS})
-        _say(config, f"epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
-                     f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f} macro-F1 {val['macro_f1']:.4f}"
-                     f"{' *' if improved else ''} | {record['images_per_second']:.0f} img/s")
+        _say(
+            config,
+            f"epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
+            f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f} macro-F1 {val['macro_f1']:.4f}"
+            f"{' *' if improved else ''} | {record['images_per_second']:.0f} img/s",
+        )
         progress.epoch += 1
         progress.batch_in_epoch = 0
         progress.iterator_state = None
         progress.sums = EpochSums()
         save(progress.epoch * setup.steps_per_epoch, device_state, epoch if improved else -1)
         if progress.stopped_early:
-            _say(config, f"early stopping after epoch {epoch}: {config.monitor} did not improve for "
-                         f"{config.early_stopping_patience} epoch(s); best epoch {stopper.tracker.best_epoch}")
+            _say(
+                config,
+                f"early stopping after epoch {epoch}: {config.monitor} did not improve for "
+                f"{config.early_stopping_patience} epoch(s); best epoch {stopper.tracker.best_epoch}",
+            )
     return device_state
 
 
-TENSORBOARD_SCALARS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr",
-                       "grad_norm", "param_norm", "images_per_second")
+TENSORBOARD_SCALARS = (
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_macro_f1",
+    "lr",
+    "grad_norm",
+    "param_norm",
+    "images_per_second",
+)
 
 
 def _train_one_epoch(setup: RunSetup, device_state: Any, progress: Progress, save: Saver, workdir: Path) -> Any:
@@ -470,29 +540,52 @@ def _train_one_epoch(setup: RunSetup, device_state: Any, progress: Progress, sav
     data = data_api()
     config, engine, spe = setup.config, setup.engine, setup.steps_per_epoch
     epoch = progress.epoch + 1
-    batches = data.train_batches(setup.dataset, "train", setup.input_config, seed=config.seed, epoch=progress.epoch,
-                                 global_batch_size=setup.global_batch_size)
+    batches = data.train_batches(
+        setup.dataset,
+        "train",
+        setup.input_config,
+        seed=config.seed,
+        epoch=progress.epoch,
+        global_batch_size=setup.global_batch_size,
+    )
     iterator = data.make_iterator(batches, num_workers=config.num_workers)
     if progress.iterator_state is not None:
         iterator.set_state(progress.iterator_state)
     sums = progress.sums
     pending: list[tuple[int, int, Any]] = []  # (global step, batch index, device metrics)
     session_images, t0 = 0, time.perf_counter()
-    bar = tqdm(total=spe, initial=progress.batch_in_epoch, desc=f"epoch {epoch}/{config.epochs}",
-               unit="batch", disable=not config.progress, leave=True, dynamic_ncols=True)
+    bar = tqdm(
+        total=spe,
+        initial=progress.batch_in_epoch,
+        desc=f"epoch {epoch}/{config.epochs}",
+        unit="batch",
+        disable=not config.progress,
+        leave=True,
+        dynamic_ncols=True,
+    )
 
     def flush() -> None:
         fetched = engine.host_metrics([m for _, _, m in pending]) if pending else []
         for (step, batch_index, _), m in zip(pending, fetched):
             if not sums.add(m) and config.on_nonfinite == "stop":
                 bar.close()
-                raise NonFiniteError(step=step, epoch=epoch, batch=batch_index, steps_per_epoch=spe,
-                                     loss=float(m["loss"]), workdir=workdir,
-                                     loss_and_grads_finite=bool(m.get("finite_loss_and_grads", False)),
-                                     grad_norm=float(m["grad_norm"]))
+                raise NonFiniteError(
+                    step=step,
+                    epoch=epoch,
+                    batch=batch_index,
+                    steps_per_epoch=spe,
+                    loss=float(m["loss"]),
+                    workdir=workdir,
+                    loss_and_grads_finite=bool(m.get("finite_loss_and_grads", False)),
+                    grad_norm=float(m["grad_norm"]),
+                )
         pending.clear()
-        bar.set_postfix(loss=f"{sums.mean('loss'):.4f}", acc=f"{sums.mean('accuracy'):.3f}",
-                        img_s=f"{session_images / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
+        bar.set_postfix(
+            loss=f"{sums.mean('loss'):.4f}",
+            acc=f"{sums.mean('accuracy'):.3f}",
+            img_s=f"{session_images / max(time.perf_counter() - t0, 1e-9):.0f}",
+            refresh=False,
+        )
 
     try:
         for batch_index in range(progress.batch_in_epoch, spe):
@@ -504,8 +597,11 @@ def _train_one_epoch(setup: RunSetup, device_state: Any, progress: Progress, sav
             session_images += setup.global_batch_size
             bar.update(1)
             last = batch_index == spe - 1
-            mid_checkpoint = (config.checkpoint_every_steps is not None and not last
-                              and (step + 1) % config.checkpoint_every_steps == 0)
+            mid_checkpoint = (
+                config.checkpoint_every_steps is not None
+                and not last
+                and (step + 1) % config.checkpoint_every_steps == 0
+            )
             if last or mid_checkpoint or len(pending) >= config.log_every_steps:
                 flush()
             if mid_checkpoint:
@@ -526,8 +622,16 @@ def _train_one_epoch(setup: RunSetup, device_state: Any, progress: Progress, sav
     return device_state
 
 
-def _epoch_record(setup: RunSetup, progress: Progress, epoch: int, monitored: dict[str, float],
-                  lr_scale: float | None, improved: bool, stopper: EarlyStopping, eval_seconds: float) -> dict[str, Any]:
+def _epoch_record(
+    setup: RunSetup,
+    progress: Progress,
+    epoch: int,
+    monitored: dict[str, float],
+    lr_scale: float | None,
+    improved: bool,
+    stopper: EarlyStopping,
+    eval_seconds: float,
+) -> dict[str, Any]:
     """The epoch's line of metrics.jsonl."""
     sums = progress.sums
     images = sums.steps * setup.global_batch_size
@@ -576,15 +680,20 @@ def _final_evaluation(
         evaluated = {"checkpoint": "last", "step": int(progress.epoch * spe), "epoch": int(progress.epoch)}
     names = list(setup.dataset.class_names)
     predictor = setup.predictor(device_state)
-    val, val_preds = evaluate_split(predictor, setup.dataset, "validation", setup.eval_global_batch_size,
-                                    progress=config.progress)
+    val, val_preds = evaluate_split(
+        predictor, setup.dataset, "validation", setup.eval_global_batch_size, progress=config.progress
+    )
     test = test_preds = None
     if "test" in setup.dataset.splits and len(setup.dataset.splits["test"]):
-        test, test_preds = evaluate_split(predictor, setup.dataset, "test", setup.eval_global_batch_size,
-                                          progress=config.progress)
+        test, test_preds = evaluate_split(
+            predictor, setup.dataset, "test", setup.eval_global_batch_size, progress=config.progress
+        )
     history = progress.history
-    speeds = [h["images_per_second"] for h in (history[1:] if len(history) > 1 else history)
-              if h.get("images_per_second") is not None and np.isfinite(h["images_per_second"])]
+    speeds = [
+        h["images_per_second"]
+        for h in (history[1:] if len(history) > 1 else history)
+        if h.get("images_per_second") is not None and np.isfinite(h["images_per_second"])
+    ]
     host_state = engine.host_state(device_state)
     best_record = next((h for h in history if h["epoch"] == best_epoch), None)
     results = {
@@ -614,18 +723,31 @@ def _final_evaluation(
         "input_config": setup.input_fields,
         "jax_backend": jax.default_backend(),
     }
-    plots.plot_learning_curves(history, workdir / files.LEARNING_CURVES, best_epoch=best_epoch,
-                               evaluated_epoch=evaluated["epoch"], title=f"{config.model} on {config.dataset}")
+    plots.plot_learning_curves(
+        history,
+        workdir / files.LEARNING_CURVES,
+        best_epoch=best_epoch,
+        evaluated_epoch=evaluated["epoch"],
+        title=f"{config.model} on {config.dataset}",
+    )
     shown, preds, split = (test, test_preds, "test") if test is not None else (val, val_preds, "validation")
-    plots.plot_confusion_matrix(shown["confusion_matrix"], names, workdir / files.CONFUSION_MATRIX,
-                                title=f"{config.model}: {split} (accuracy {shown['accuracy']:.3f})")
-    plots.plot_roc_curves(preds.labels, preds.probs, names, workdir / files.ROC_CURVES,
-                          title=f"{config.model}: {split} ROC (one-vs-rest)")
+    plots.plot_confusion_matrix(
+        shown["confusion_matrix"],
+        names,
+        workdir / files.CONFUSION_MATRIX,
+        title=f"{config.model}: {split} (accuracy {shown['accuracy']:.3f})",
+    )
+    plots.plot_roc_curves(
+        preds.labels, preds.probs, names, workdir / files.ROC_CURVES, title=f"{config.model}: {split} ROC (one-vs-rest)"
+    )
     for warning in results["warnings"]:
         _warn(warning)
     files.write_json(workdir / files.RESULTS_FILE, results)
     if test is not None:
-        _say(config, f"test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} "
-                     f"({evaluated['checkpoint']} checkpoint, epoch {evaluated['epoch']}); results in "
-                     f"{workdir / files.RESULTS_FILE}")
+        _say(
+            config,
+            f"test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} "
+            f"({evaluated['checkpoint']} checkpoint, epoch {evaluated['epoch']}); results in "
+            f"{workdir / files.RESULTS_FILE}",
+        )
     return files.read_json(workdir / files.RESULTS_FILE)

@@ -26,6 +26,7 @@ file itself stays (deleting it while a run holds it would let a second run in). 
 training is live. A finished run is only read, so re-running it needs no lock and
 works on read-only storage.
 """
+
 from __future__ import annotations
 
 import errno
@@ -103,8 +104,11 @@ def storage_error(err: BaseException, workdir: Path, doing: str) -> WorkdirStora
     reason = f"{STORAGE_ERRNOS[err.errno]} [{errno.errorcode.get(err.errno, err.errno)}]"
     filename = None if err.filename is None else Path(os.fsdecode(err.filename))
     if filename is not None and not _inside(filename, workdir):
-        return WorkdirStorageError(f"cannot use {filename}: {reason} (training in {workdir}); fix that "
-                                   "location's space or permissions and re-run the same command", err.errno)
+        return WorkdirStorageError(
+            f"cannot use {filename}: {reason} (training in {workdir}); fix that "
+            "location's space or permissions and re-run the same command",
+            err.errno,
+        )
     where = f" ({filename})" if filename is not None else ""
     return WorkdirStorageError(
         f"{workdir}: cannot {doing}: {reason}{where}. Training needs a writable run folder with free space: "
@@ -140,8 +144,9 @@ def prepare_workdir(workdir: Path) -> None:
 def _holder_text(holder: dict[str, Any]) -> str:
     if not holder:
         return "a process that has not written its details yet"
-    return (f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
-            + (f": {holder['command']}" if holder.get("command") else ""))
+    return f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}" + (
+        f": {holder['command']}" if holder.get("command") else ""
+    )
 
 
 def _parse_holder(raw: bytes) -> dict[str, Any]:
@@ -193,11 +198,15 @@ class WorkdirLock:
                     f"{self.workdir} is in use: another training holds its lock ({_holder_text(holder)}; "
                     f"lock file {self.path}). Two trainings in one folder would mix their checkpoints, "
                     "metrics and results. Wait for it to finish (or stop it), or use another --workdir; "
-                    "the lock is released automatically when that process ends.", holder) from None
+                    "the lock is released automatically when that process ends.",
+                    holder,
+                ) from None
             except OSError as err:
                 os.close(fd)
-                raise WorkdirError(f"cannot lock {self.path} ({err.strerror}): this file system may not "
-                                   "support file locks (fcntl.flock); use a local folder as --workdir") from err
+                raise WorkdirError(
+                    f"cannot lock {self.path} ({err.strerror}): this file system may not "
+                    "support file locks (fcntl.flock); use a local folder as --workdir"
+                ) from err
             # Locked. If the file was deleted (or replaced) between open and flock, the lock
             # is on an orphan inode that a newcomer would not see: start again on the new file.
             try:
@@ -208,8 +217,12 @@ class WorkdirLock:
                 break
             os.close(fd)
         self._fd = fd
-        holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": _command_line()}
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": _command_line(),
+        }
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
@@ -312,7 +325,8 @@ def check_or_write_config(workdir: Path, config: TrainConfig | Mapping[str, Any]
         except json.JSONDecodeError as err:
             if has_progress(workdir):
                 raise ConfigMismatchError(
-                    f"{path} is not valid JSON ({err}); delete the folder or use another --workdir") from err
+                    f"{path} is not valid JSON ({err}); delete the folder or use another --workdir"
+                ) from err
     if saved is not None and has_progress(workdir):
         diffs = result_relevant_differences(saved, current)
         if diffs:

@@ -6,6 +6,7 @@ JSON (so nothing is measured twice), and the device-resident step with one timed
 The resident batch maker is checked on its own for what makes it a correct input
 pipeline: every example once per epoch, labels aligned, a fresh order per epoch.
 """
+
 import json
 import math
 
@@ -21,16 +22,47 @@ STEP_RATE = 1e9  # a train step no pipeline can keep up with -> the resident pat
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("input_pipeline")
     throughput_json = out / "throughput.json"
-    throughput_json.write_text(json.dumps({"records": [
-        {"model": "lenet5", "image_size": 32, "dtype": "float32", "images_per_s": STEP_RATE, "error": None},
-        {"model": "lenet5", "image_size": 32, "dtype": "bfloat16", "images_per_s": 10 * STEP_RATE, "error": None},
-    ]}))
-    result = input_pipeline.main([
-        "--models", "lenet5@32", "--workers", "0", "--batch-size", "4", "--batches", "1",
-        "--num-train", "8", "--stored-size", "32",
-        "--data-dir", str(out / "data"), "--throughput-json", str(throughput_json),
-        "--json", str(out / "p.json"), "--markdown", str(out / "p.md"), "--no-progress",
-    ])
+    throughput_json.write_text(
+        json.dumps(
+            {
+                "records": [
+                    {"model": "lenet5", "image_size": 32, "dtype": "float32", "images_per_s": STEP_RATE, "error": None},
+                    {
+                        "model": "lenet5",
+                        "image_size": 32,
+                        "dtype": "bfloat16",
+                        "images_per_s": 10 * STEP_RATE,
+                        "error": None,
+                    },
+                ]
+            }
+        )
+    )
+    result = input_pipeline.main(
+        [
+            "--models",
+            "lenet5@32",
+            "--workers",
+            "0",
+            "--batch-size",
+            "4",
+            "--batches",
+            "1",
+            "--num-train",
+            "8",
+            "--stored-size",
+            "32",
+            "--data-dir",
+            str(out / "data"),
+            "--throughput-json",
+            str(throughput_json),
+            "--json",
+            str(out / "p.json"),
+            "--markdown",
+            str(out / "p.md"),
+            "--no-progress",
+        ]
+    )
     return result, out
 
 
@@ -59,18 +91,21 @@ def test_smoke_records(smoke):
 @pytest.fixture(scope="module")
 def batch_maker():
     import jax
-    from jax.sharding import Mesh, PartitionSpec as P
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
 
     n = jax.device_count()
     cfg = device_resident.ResidentConfig(per_device_batch=2, hflip=False, rotate_degrees=0.0, seed=3)
     num_examples = 4 * 2 * n  # four steps per epoch
     fn = device_resident.make_batch_fn(num_examples, n, cfg)
     mesh = Mesh(np.array(jax.devices()), (device_resident.AXIS,))
-    make = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P(device_resident.AXIS),
-                                 check_vma=False))
+    make = jax.jit(
+        jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P(device_resident.AXIS), check_vma=False)
+    )
     # Example i is an image filled with the value i; its label is i + 100.
-    images = np.broadcast_to(np.arange(num_examples, dtype=np.uint8)[:, None, None, None],
-                             (num_examples, 3, 3, 1)).copy()
+    images = np.broadcast_to(
+        np.arange(num_examples, dtype=np.uint8)[:, None, None, None], (num_examples, 3, 3, 1)
+    ).copy()
     labels = np.arange(num_examples, dtype=np.int32) + 100
 
     def batch(step):

@@ -6,6 +6,7 @@ forced CPU devices, shard_map, two rounds of one timed step, PyTorch eager once 
 inputs, or runs that stop before compiling. (The pmap wrapper is the same per-replica
 step; it is left to the CLI to keep this file inside its time budget.)
 """
+
 import json
 from pathlib import Path
 
@@ -18,13 +19,41 @@ OLD_CPU_RESULTS = RESULTS / "2026-11-22-cpu-2core.json"
 SCHEMA_2_RESULTS = RESULTS / "2026-11-22-cpu-2core-whole-host.json"
 
 RECORD_KEYS = {
-    "model", "image_size", "dtype", "parallel", "num_devices", "per_device_batch", "global_batch",
-    "device_kind", "platform", "device_count", "jax_version", "torch_version", "date",
-    "compile_s", "eval_compile_s", "train_step_s", "images_per_s", "flops_per_step",
-    "flops_per_step_per_device", "achieved_tflops", "peak_tflops", "peak_basis", "mfu",
-    "xla_memory_bytes_per_device", "peak_device_memory_bytes", "eval_step_s", "eval_images_per_s",
-    "parameters", "torch", "jax_over_torch", "eval_jax_over_torch", "error", "comparison",
-    "rounds", "jax_over_torch_rounds",
+    "model",
+    "image_size",
+    "dtype",
+    "parallel",
+    "num_devices",
+    "per_device_batch",
+    "global_batch",
+    "device_kind",
+    "platform",
+    "device_count",
+    "jax_version",
+    "torch_version",
+    "date",
+    "compile_s",
+    "eval_compile_s",
+    "train_step_s",
+    "images_per_s",
+    "flops_per_step",
+    "flops_per_step_per_device",
+    "achieved_tflops",
+    "peak_tflops",
+    "peak_basis",
+    "mfu",
+    "xla_memory_bytes_per_device",
+    "peak_device_memory_bytes",
+    "eval_step_s",
+    "eval_images_per_s",
+    "parameters",
+    "torch",
+    "jax_over_torch",
+    "eval_jax_over_torch",
+    "error",
+    "comparison",
+    "rounds",
+    "jax_over_torch_rounds",
 }
 STEP_KEYS = {"median_s", "min_s", "max_s", "p10_s", "p90_s", "steps", "spread"}
 
@@ -33,11 +62,29 @@ STEP_KEYS = {"median_s", "min_s", "max_s", "p10_s", "p90_s", "steps", "spread"}
 def smoke(tmp_path_factory):
     pytest.importorskip("torch", reason="the PyTorch reference needs the optional extra: pip install -e .[torch]")
     out = tmp_path_factory.mktemp("throughput")
-    result = throughput.main([
-        "--models", "lenet5@32", "--batch-sizes", "8", "--steps", "1", "--warmup", "0", "--rounds", "2",
-        "--parallel", "shard_map", "--torch-compile", "never", "--no-progress",
-        "--json", str(out / "t.json"), "--markdown", str(out / "t.md"),
-    ])
+    result = throughput.main(
+        [
+            "--models",
+            "lenet5@32",
+            "--batch-sizes",
+            "8",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--rounds",
+            "2",
+            "--parallel",
+            "shard_map",
+            "--torch-compile",
+            "never",
+            "--no-progress",
+            "--json",
+            str(out / "t.json"),
+            "--markdown",
+            str(out / "t.md"),
+        ]
+    )
     return result, out
 
 
@@ -89,7 +136,9 @@ def test_smoke_markdown_has_a_row_per_record(smoke):
     rows = [line for line in table.splitlines() if line.startswith("| lenet5 |")]
     assert len(rows) == len(result["records"])
     for r, row in zip(result["records"], rows):
-        assert row.startswith(f"| lenet5 | 32 | float32 | shard_map | {r['num_devices']} | {r['per_device_batch']} | 8 |")
+        assert row.startswith(
+            f"| lenet5 | 32 | float32 | shard_map | {r['num_devices']} | {r['per_device_batch']} | 8 |"
+        )
         lo, hi = min(r["jax_over_torch_rounds"]), max(r["jax_over_torch_rounds"])
         assert row.endswith(f"| {r['jax_over_torch']:.2f} ({lo:.2f}-{hi:.2f}) |")
     assert "host devices (one per core when dev > 1) / PyTorch img/s using all cores" in table
@@ -115,15 +164,18 @@ def test_torch_and_flax_parameter_counts_match(name, size):
     assert torch_reference.count_parameters(torch_model) == flax_count
 
 
-@pytest.mark.parametrize("kind,dtype,expected", [
-    ("NVIDIA H100 80GB HBM3", "bfloat16", 989.4),
-    ("NVIDIA H100 80GB HBM3", "float32", 494.7),
-    ("NVIDIA H100 PCIe", "bfloat16", 756.5),
-    ("NVIDIA H200", "bfloat16", 989.4),
-    ("NVIDIA A100-SXM4-80GB", "float32", 156.0),
-    ("NVIDIA A100-PCIE-40GB", "bfloat16", 312.0),
-    ("cpu", "float32", None),
-])
+@pytest.mark.parametrize(
+    "kind,dtype,expected",
+    [
+        ("NVIDIA H100 80GB HBM3", "bfloat16", 989.4),
+        ("NVIDIA H100 80GB HBM3", "float32", 494.7),
+        ("NVIDIA H100 PCIe", "bfloat16", 756.5),
+        ("NVIDIA H200", "bfloat16", 989.4),
+        ("NVIDIA A100-SXM4-80GB", "float32", 156.0),
+        ("NVIDIA A100-PCIE-40GB", "bfloat16", 312.0),
+        ("cpu", "float32", None),
+    ],
+)
 def test_peak_table(kind, dtype, expected):
     peak, basis = peaks.peak_tflops(kind, dtype)
     assert peak == expected
@@ -147,8 +199,9 @@ def test_pooled_rounds_are_the_summary_of_all_their_steps():
 
 def test_retimer_warms_up_carries_state_and_records_each_round():
     calls = []
-    retimer = timing.Retimer(lambda s: s + 1, 0, sync=lambda s: None, rounds=[timing.summarize([1.0])],
-                             before=lambda: calls.append("before"))
+    retimer = timing.Retimer(
+        lambda s: s + 1, 0, sync=lambda s: None, rounds=[timing.summarize([1.0])], before=lambda: calls.append("before")
+    )
     times = retimer(3)
     assert retimer.state == 4  # one untimed step, then three timed
     assert times.steps == 3 and retimer.rounds[-1] is times and len(retimer.rounds) == 2
@@ -172,8 +225,10 @@ def test_rounds_alternate_frameworks_and_pool_the_step_times():
     extra = dict(rounds=1, peak_tflops=None, flops_per_step_per_device=1e9, eval_images_per_s=100.0)
     one, four = _record(1, 8 / 0.1, **extra), _record(4, 8 / 0.1, **extra)
     torch_json = {**_fake_torch(8 / 0.2, 100.0), "rounds": 1}
-    timed = [(one, _ScriptedRetimer("jax1", [0.1, 0.2, 0.4], log)),
-             (four, _ScriptedRetimer("jax4", [0.1, 0.1, 0.1], log))]
+    timed = [
+        (one, _ScriptedRetimer("jax1", [0.1, 0.2, 0.4], log)),
+        (four, _ScriptedRetimer("jax4", [0.1, 0.1, 0.1], log)),
+    ]
     torch_retimer = _ScriptedRetimer("torch", [0.2, 0.4, 0.2], log)
     throughput.time_rounds(timed, torch_json, torch_retimer, rounds=3, steps=2)
     assert log == ["jax1", "jax4", "torch", "jax1", "jax4", "torch"]
@@ -192,8 +247,15 @@ def test_rounds_alternate_frameworks_and_pool_the_step_times():
 
 def test_data_parallel_overhead_rows():
     def rec(batch, seconds):
-        return {"model": "m", "image_size": 8, "dtype": "float32", "parallel": "shard_map",
-                "per_device_batch": batch, "train_step_s": {"median_s": seconds}, "error": None}
+        return {
+            "model": "m",
+            "image_size": 8,
+            "dtype": "float32",
+            "parallel": "shard_map",
+            "per_device_batch": batch,
+            "train_step_s": {"median_s": seconds},
+            "error": None,
+        }
 
     runs = {1: [rec(2, 0.010), rec(8, 0.030)], 4: [rec(2, 0.050)]}
     (row,) = throughput.overhead_rows(runs, (2,))
@@ -221,10 +283,20 @@ def test_devices_mode_passes_global_batches_per_device_count(monkeypatch):
         cmds.append(cmd)
         n = int(cmd[cmd.index("--device-counts") + 1])
         assert f"--xla_force_host_platform_device_count={n}" in env["XLA_FLAGS"]
-        records = [{"model": "lenet5", "image_size": 32, "dtype": "float32", "parallel": "shard_map",
-                    "num_devices": n, "per_device_batch": g // n, "global_batch": g, "error": None,
-                    "train_step_s": {"median_s": 0.001 * g}}
-                   for g in throughput._ints(cmd[cmd.index("--batch-sizes") + 1])]
+        records = [
+            {
+                "model": "lenet5",
+                "image_size": 32,
+                "dtype": "float32",
+                "parallel": "shard_map",
+                "num_devices": n,
+                "per_device_batch": g // n,
+                "global_batch": g,
+                "error": None,
+                "train_step_s": {"median_s": 0.001 * g},
+            }
+            for g in throughput._ints(cmd[cmd.index("--batch-sizes") + 1])
+        ]
         Path(cmd[cmd.index("--json") + 1]).write_text(json.dumps({"records": records}))
 
     monkeypatch.setattr(throughput.subprocess, "run", fake_run)
@@ -259,13 +331,21 @@ def test_batch_split_is_global_on_cpu_and_per_device_on_gpu():
 def test_indivisible_global_batch_is_an_error_record_and_the_sweep_goes_on():
     seen = []
     options = throughput.BenchOptions(
-        cases=[throughput.BenchCase("lenet5", 32, (6,), (6,))], batch_sizes=(6, 10), device_counts=(4,),
-        steps=1, warmup=0, torch=False, progress=False, on_record=lambda records: seen.append(len(records)),
+        cases=[throughput.BenchCase("lenet5", 32, (6,), (6,))],
+        batch_sizes=(6, 10),
+        device_counts=(4,),
+        steps=1,
+        warmup=0,
+        torch=False,
+        progress=False,
+        on_record=lambda records: seen.append(len(records)),
     )
     records = throughput.run(options)  # nothing divides: fails before compiling anything
     assert seen == [1, 2]
     assert [r["error"] for r in records] == [
-        "global batch 6 is not divisible by 4 devices", "global batch 10 is not divisible by 4 devices"]
+        "global batch 6 is not divisible by 4 devices",
+        "global batch 10 is not divisible by 4 devices",
+    ]
     r = records[0]
     assert (r["num_devices"], r["per_device_batch"], r["global_batch"], r["comparison"]) == (4, None, 6, "whole_host")
     assert r["torch"] is None and r["jax_over_torch"] is None
@@ -276,13 +356,21 @@ def _fake_torch(images_per_s, eval_images_per_s):
     return {"setup": "cpu eager", "batch": 8, "images_per_s": images_per_s, "eval_images_per_s": eval_images_per_s}
 
 
-@pytest.mark.parametrize("comparison,expected,expected_eval", [
-    ("whole_host", 400.0 / 100.0, 1000.0 / 200.0),  # global img/s / torch img/s
-    ("per_device", 400.0 / 4 / 100.0, 1000.0 / 4 / 200.0),  # per device / torch on one device
-])
+@pytest.mark.parametrize(
+    "comparison,expected,expected_eval",
+    [
+        ("whole_host", 400.0 / 100.0, 1000.0 / 200.0),  # global img/s / torch img/s
+        ("per_device", 400.0 / 4 / 100.0, 1000.0 / 4 / 200.0),  # per device / torch on one device
+    ],
+)
 def test_jax_over_torch_by_comparison(comparison, expected, expected_eval):
-    record = {"comparison": comparison, "num_devices": 4, "images_per_s": 400.0, "eval_images_per_s": 1000.0,
-              "error": None}
+    record = {
+        "comparison": comparison,
+        "num_devices": 4,
+        "images_per_s": 400.0,
+        "eval_images_per_s": 1000.0,
+        "error": None,
+    }
     torch_result = _fake_torch(100.0, 200.0)
     throughput.attach_torch(record, torch_result)
     assert record["torch"] is torch_result
@@ -308,10 +396,21 @@ def test_num_devices_and_device_counts_exclude_each_other():
 
 
 def _record(n, images_per_s, comparison="whole_host", **extra):
-    return {"model": "m", "image_size": 8, "dtype": "float32", "parallel": "shard_map", "num_devices": n,
-            "per_device_batch": 8 // n, "global_batch": 8, "comparison": comparison, "error": None,
-            "images_per_s": images_per_s, "torch": _fake_torch(50.0, 100.0), "jax_over_torch": images_per_s / 50.0,
-            **extra}
+    return {
+        "model": "m",
+        "image_size": 8,
+        "dtype": "float32",
+        "parallel": "shard_map",
+        "num_devices": n,
+        "per_device_batch": 8 // n,
+        "global_batch": 8,
+        "comparison": comparison,
+        "error": None,
+        "images_per_s": images_per_s,
+        "torch": _fake_torch(50.0, 100.0),
+        "jax_over_torch": images_per_s / 50.0,
+        **extra,
+    }
 
 
 def test_best_setup_table_picks_the_fastest_device_count():

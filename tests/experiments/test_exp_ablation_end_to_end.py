@@ -1,6 +1,7 @@
 """`python -m experiments.ablation_bn_dropout` end to end with the real training engine on
 tiny phantoms: 2 cells x 2 seeds x 1 epoch writes every file; a second invocation trains
 nothing."""
+
 import csv
 import json
 
@@ -13,11 +14,37 @@ CELLS = ("exp2_bn-all_do-0_es-off", "exp2_bn-all_do-0_es-on")  # one network: co
 
 def tiny_args(tmp):
     return [
-        "--workdir", str(tmp / "exp"), "--data-dir", str(tmp / "data"), "--compilation-cache", "",
-        "--cells", ",".join(CELLS), "--seeds", "2", "--epochs", "1", "--no-progress",
-        "--dataset-option", "num_train=32", "--dataset-option", "num_validation=8",
-        "--dataset-option", "num_test=8", "--dataset-option", "image_size=20", "--image-size", "20",
-        "--global-batch-size", "8", "--jobs", "1", "--model-option", "features=[3,4,5,6]", "--model-option", "head_width=7",
+        "--workdir",
+        str(tmp / "exp"),
+        "--data-dir",
+        str(tmp / "data"),
+        "--compilation-cache",
+        "",
+        "--cells",
+        ",".join(CELLS),
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--dataset-option",
+        "num_train=32",
+        "--dataset-option",
+        "num_validation=8",
+        "--dataset-option",
+        "num_test=8",
+        "--dataset-option",
+        "image_size=20",
+        "--image-size",
+        "20",
+        "--global-batch-size",
+        "8",
+        "--jobs",
+        "1",
+        "--model-option",
+        "features=[3,4,5,6]",
+        "--model-option",
+        "head_width=7",
     ]
 
 

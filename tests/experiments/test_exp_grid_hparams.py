@@ -1,5 +1,6 @@
 """experiments.grid logs each finished run's varied hyper-parameters and test metrics for
 TensorBoard's HParams view (read back with TensorBoard's EventAccumulator)."""
+
 import dataclasses
 
 import pytest

@@ -1,5 +1,6 @@
 """experiments.grid + experiments.report with a fake run function: resume, skip, refuse a
 changed config, record failures, and write every report file with the right numbers."""
+
 import csv
 import dataclasses
 import json
@@ -19,8 +20,17 @@ class FakeConfig:
 
 # test accuracy per (cell, seed): "a" and "b" train different networks, "a_es" is "a"'s
 # network with another training option (paired with "a" by seed).
-ACC = {("a", 0): 0.50, ("a", 1): 0.60, ("b", 0): 0.80, ("b", 1): 0.90, ("a_es", 0): 0.55, ("a_es", 1): 0.62,
-       ("a", 2): 0.55, ("b", 2): 0.85, ("a_es", 2): 0.56}
+ACC = {
+    ("a", 0): 0.50,
+    ("a", 1): 0.60,
+    ("b", 0): 0.80,
+    ("b", 1): 0.90,
+    ("a_es", 0): 0.55,
+    ("a_es", 1): 0.62,
+    ("a", 2): 0.55,
+    ("b", 2): 0.85,
+    ("a_es", 2): 0.56,
+}
 CELLS = [
     grid.Cell("a", "A", {"bn": "none", "es": "off"}, network="net_a", reference=0.479, reference_name="Exp2"),
     grid.Cell("b", "B", {"bn": "all", "es": "off"}, network="net_b"),
@@ -44,8 +54,11 @@ class FakeRun:
         ]
         Path(workdir, "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
         cm = [[6, 0], [2, 2]]  # majority class = 6 of 10
-        return {"test": {"accuracy": acc, "macro_f1": acc - 0.05, "confusion_matrix": cm},
-                "best_epoch": 2, "epochs_run": 2}
+        return {
+            "test": {"accuracy": acc, "macro_f1": acc - 0.05, "confusion_matrix": cm},
+            "best_epoch": 2,
+            "epochs_run": 2,
+        }
 
 
 def specs(cells=("a", "b", "a_es"), seeds=(0, 1), epochs=2):
@@ -111,7 +124,11 @@ def test_failed_run_is_recorded_reported_and_retried(tmp_path):
 def test_report_files_and_numbers(tmp_path):
     records = grid.run_grid(specs(), tmp_path, FakeRun(), progress=False)
     files, summary = report.write_report(
-        tmp_path, CELLS, records, title="Fake grid", claims=[report.Claim("b", "a", "BN helps")],
+        tmp_path,
+        CELLS,
+        records,
+        title="Fake grid",
+        claims=[report.Claim("b", "a", "BN helps")],
         reference_source="S4",
     )
     for path in files.all():
@@ -127,7 +144,9 @@ def test_report_files_and_numbers(tmp_path):
     # a vs b differ in bn (different networks: Welch); a vs a_es in es (same network: paired);
     # b vs a_es differ in two factors: not compared.
     assert [(c.a.name, c.b.name, c.factor, c.result.test) for c in comps] == [
-        ("b", "a", "bn", "welch"), ("a_es", "a", "es", "paired")]
+        ("b", "a", "bn", "welch"),
+        ("a_es", "a", "es", "paired"),
+    ]
     assert comps[0].result.diff == pytest.approx(0.30)
     assert comps[1].result.diff == pytest.approx(0.035)  # mean of 0.05 and 0.02
     md = files.markdown.read_text()
@@ -139,13 +158,16 @@ def test_report_files_and_numbers(tmp_path):
 
 def test_parallel_workers_give_the_same_records(tmp_path):
     grouped = [dataclasses.replace(s, group=s.cell) for s in specs()]
-    parallel = grid.run_grid(grouped, tmp_path / "par", FakeRun(), progress=False, jobs=2,
-                             worker_env={"CXRJAX_FAKE_WORKER": "1"})
+    parallel = grid.run_grid(
+        grouped, tmp_path / "par", FakeRun(), progress=False, jobs=2, worker_env={"CXRJAX_FAKE_WORKER": "1"}
+    )
     serial = grid.run_grid(specs(), tmp_path / "ser", FakeRun(), progress=False)
     assert [(r.cell, r.seed, r.results, r.trained) for r in parallel] == [
-        (r.cell, r.seed, r.results, r.trained) for r in serial]
-    assert all((r.run_dir / "results.json").exists() and r.run_dir.parent.parent.parent == tmp_path / "par"
-               for r in parallel)
+        (r.cell, r.seed, r.results, r.trained) for r in serial
+    ]
+    assert all(
+        (r.run_dir / "results.json").exists() and r.run_dir.parent.parent.parent == tmp_path / "par" for r in parallel
+    )
     assert grid.trained_count(grid.run_grid(grouped, tmp_path / "par", FakeRun(), progress=False, jobs=2)) == 0
 
 

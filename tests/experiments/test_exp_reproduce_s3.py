@@ -1,5 +1,6 @@
 """experiments.reproduce_s3: S3's protocol per network (on phantoms and on DP), S3's numbers
 in the table; with a fake run function (no training)."""
+
 import json
 
 import jax
@@ -23,14 +24,29 @@ class Fake:
 @pytest.mark.parametrize("manual", [False, True], ids=["phantoms", "dp"])
 def test_s3_protocol_and_table(tmp_path, manual):
     fake = Fake()
-    argv = ["--workdir", str(tmp_path / "s3"), "--seeds", "2", "--no-progress", "--compilation-cache", "", "--jobs", "1"]
+    argv = [
+        "--workdir",
+        str(tmp_path / "s3"),
+        "--seeds",
+        "2",
+        "--no-progress",
+        "--compilation-cache",
+        "",
+        "--jobs",
+        "1",
+    ]
     if manual:
         argv += ["--manual-dir", str(tmp_path / "Covid19-dataset")]
     assert reproduce_s3.main(argv, run_fn=fake) == 0
     assert sorted(fake.configs) == sorted((m, s) for m in ("lenet5", "vgg16", "vgg16_bn") for s in (0, 1))
     for (model, _), c in fake.configs.items():
         assert (c.optimizer, c.lr, c.monitor, c.early_stopping_patience, c.early_stopping_min_delta) == (
-            "adam", 1e-3, "val_loss", 3, 0.001)
+            "adam",
+            1e-3,
+            "val_loss",
+            3,
+            0.001,
+        )
         assert c.channels == 1 and c.normalization == "half" and c.hflip and c.rotate_degrees == 10.0
         assert c.restore_best and c.per_device_batch_size == 25 // jax.local_device_count()
         vgg_size = 224 if manual else reproduce_s3.DEFAULTS.vgg_image_size

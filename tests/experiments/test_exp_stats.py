@@ -1,4 +1,5 @@
 """experiments.stats against values computed by hand (closed forms of Student's t)."""
+
 import math
 
 import pytest

@@ -2,6 +2,7 @@
 from the same TrainConfig field declarations (same spelling, type, choices), minus the
 fields an experiment decides itself; the old --batch-size / --set batch_size spellings
 still work with a deprecation message."""
+
 import argparse
 
 from cxrjax.train.cli import build_parser as train_parser
@@ -14,18 +15,33 @@ def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 def test_experiment_flags_are_the_train_clis():
     train, exp = _options(train_parser()), _options(reproduce_s3.build_parser())
-    config_flags = {s: a for s, a in train.items() if a.dest not in ("help", "workdir", "preset", "list_presets",
-                                                                     "print_config")}
+    config_flags = {
+        s: a for s, a in train.items() if a.dest not in ("help", "workdir", "preset", "list_presets", "print_config")
+    }
     shared = set(config_flags) & set(exp)
-    for spelling in shared - {"--dataset", "--data-dir", "--manual-dir", "--compilation-cache", "--no-progress",
-                              "--progress"}:
+    for spelling in shared - {
+        "--dataset",
+        "--data-dir",
+        "--manual-dir",
+        "--compilation-cache",
+        "--no-progress",
+        "--progress",
+    }:
         a, b = config_flags[spelling], exp[spelling]
         assert (a.dest, a.type, a.choices) == (b.dest, b.type, b.choices), spelling
     # Every flagged field but the experiment's own is passed through.
     missing = set(config_flags) - set(exp)
     assert {config_flags[s].dest for s in missing} <= set(train_options.EXPERIMENT_FIELDS), missing
-    for spelling in ("--epochs", "--lr", "--per-device-batch-size", "--batch-size", "--normalization",
-                     "--num-workers", "--grad-clip-norm", "--dtype"):
+    for spelling in (
+        "--epochs",
+        "--lr",
+        "--per-device-batch-size",
+        "--batch-size",
+        "--normalization",
+        "--num-workers",
+        "--grad-clip-norm",
+        "--dtype",
+    ):
         assert spelling in exp, spelling
 
 
@@ -47,8 +63,19 @@ def test_an_experiment_reports_a_deprecated_spelling_once(tmp_path, capsys):
         seen.append(config.per_device_batch_size)
         return {"test": {"accuracy": 0.5}}
 
-    argv = ["--workdir", str(tmp_path / "s3"), "--seeds", "1", "--no-progress", "--compilation-cache", "",
-            "--jobs", "1", "--set", "batch_size=5"]
+    argv = [
+        "--workdir",
+        str(tmp_path / "s3"),
+        "--seeds",
+        "1",
+        "--no-progress",
+        "--compilation-cache",
+        "",
+        "--jobs",
+        "1",
+        "--set",
+        "batch_size=5",
+    ]
     assert reproduce_s3.main(argv, run_fn=fake) == 0
     assert seen == [5, 5, 5]  # every cell got it, under its new name
     assert capsys.readouterr().err.count("--set batch_size=... is deprecated") == 1

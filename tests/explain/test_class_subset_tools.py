@@ -6,6 +6,7 @@ not a preparation option: every tool that reopens or re-derives the run's datase
 must drop it before asking the builder for its options. Before, all three crashed with
 ``unknown option(s) ['classes'] for cxr_phantoms``.
 """
+
 import json
 
 import numpy as np
@@ -20,10 +21,20 @@ def subset_run(tmp_path_factory):
     from cxrjax.train import TrainConfig, train_and_evaluate
 
     root = tmp_path_factory.mktemp("subset_tools")
-    config = TrainConfig(model="s4_exp4", dataset="cxr_phantoms", data_dir=str(root / "data"),
-                         dataset_options=DATASET_OPTIONS, classes=("COVID", "Normal"),
-                         model_options={"features": [3, 4, 5, 6], "head_width": 7},
-                         image_size=20, channels=1, epochs=1, per_device_batch_size=4, num_devices=1, progress=False)
+    config = TrainConfig(
+        model="s4_exp4",
+        dataset="cxr_phantoms",
+        data_dir=str(root / "data"),
+        dataset_options=DATASET_OPTIONS,
+        classes=("COVID", "Normal"),
+        model_options={"features": [3, 4, 5, 6], "head_width": 7},
+        image_size=20,
+        channels=1,
+        epochs=1,
+        per_device_batch_size=4,
+        num_devices=1,
+        progress=False,
+    )
     results = train_and_evaluate(config, str(root / "run"))
     return root / "run", results
 
@@ -46,8 +57,9 @@ def test_predict_on_a_file(subset_run, tmp_path, capsys):
     from cxrjax.predict import main
 
     run_dir, _ = subset_run
-    ds = load("cxr_phantoms", data_dir=str(run_dir.parent / "data"), options=DATASET_OPTIONS,
-              classes=("COVID", "Normal"))
+    ds = load(
+        "cxr_phantoms", data_dir=str(run_dir.parent / "data"), options=DATASET_OPTIONS, classes=("COVID", "Normal")
+    )
     path = tmp_path / "x.png"
     Image.fromarray(ds.splits["test"][0]["image"][..., 0]).save(path)
     capsys.readouterr()
@@ -61,8 +73,22 @@ def test_explain_grids(subset_run, tmp_path):
     from cxrjax.explain.__main__ import main
 
     run_dir, _ = subset_run
-    assert main(["--workdir", str(run_dir), "--out", str(tmp_path / "cams"), "--n", "2", "--batch-size", "4",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--workdir",
+                str(run_dir),
+                "--out",
+                str(tmp_path / "cams"),
+                "--n",
+                "2",
+                "--batch-size",
+                "4",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "cams" / "explain.json").read_text())
     assert sorted(summary["grids"]) == ["COVID", "Normal"]
     assert np.isfinite(summary["accuracy"])

@@ -1,6 +1,7 @@
 """evaluate / predict / explain say when a run is not finished (no results.json): a
 ``run_status`` field in their JSON and a printed note, for a run stopped by a non-finite
 step (here) as for one killed or still training (tests/train/test_train_workdir_lock.py)."""
+
 import json
 import types
 
@@ -21,9 +22,19 @@ def runs(tmp_path_factory):
     from cxrjax.train import TrainConfig, train_and_evaluate
 
     root = tmp_path_factory.mktemp("run_status")
-    config = TrainConfig(model="s4_exp4", dataset="cxr_phantoms", data_dir=str(root / "data"),
-                         dataset_options=DATASET_OPTIONS, model_options={"features": [3, 4, 5, 6], "head_width": 7},
-                         image_size=20, channels=1, epochs=2, per_device_batch_size=8, num_devices=1, progress=False)
+    config = TrainConfig(
+        model="s4_exp4",
+        dataset="cxr_phantoms",
+        data_dir=str(root / "data"),
+        dataset_options=DATASET_OPTIONS,
+        model_options={"features": [3, 4, 5, 6], "head_width": 7},
+        image_size=20,
+        channels=1,
+        epochs=2,
+        per_device_batch_size=8,
+        num_devices=1,
+        progress=False,
+    )
     train_and_evaluate(config.replace(epochs=1), root / "finished")
     real = trainer_module.data_api()
 
@@ -34,8 +45,9 @@ def runs(tmp_path_factory):
         return batches.map(lambda b: dict(b, image=np.full_like(np.asarray(b["image"]), np.nan)))
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer_module, "data_api", lambda: types.SimpleNamespace(**{**vars(real),
-                                                                               "train_batches": train_batches}))
+        mp.setattr(
+            trainer_module, "data_api", lambda: types.SimpleNamespace(**{**vars(real), "train_batches": train_batches})
+        )
         with pytest.raises(NonFiniteError):
             train_and_evaluate(config, root / "stopped")
     assert not (root / "stopped" / "results.json").exists()
@@ -51,14 +63,18 @@ def test_evaluate_says_a_stopped_run_is_unfinished(runs, capsys):
     from cxrjax.evaluate.__main__ import main
 
     finished, stopped, _ = runs
-    assert main(["--workdir", str(stopped), "--batch-size", "8", "--no-progress", "--no-probes",
-                 "--no-pointing-game"]) == 0
+    assert (
+        main(["--workdir", str(stopped), "--batch-size", "8", "--no-progress", "--no-probes", "--no-pointing-game"])
+        == 0
+    )
     out = capsys.readouterr().out
     report = json.loads((stopped / "eval_cxr_phantoms_test.json").read_text())
     assert report["run_status"] == "unfinished" and "no results.json" in report["run_status_note"]
     assert f"note: {report['run_status_note']}" in out.splitlines()
-    assert main(["--workdir", str(finished), "--batch-size", "8", "--no-progress", "--no-probes",
-                 "--no-pointing-game"]) == 0
+    assert (
+        main(["--workdir", str(finished), "--batch-size", "8", "--no-progress", "--no-probes", "--no-pointing-game"])
+        == 0
+    )
     assert "note:" not in capsys.readouterr().out
     report = json.loads((finished / "eval_cxr_phantoms_test.json").read_text())
     assert (report["run_status"], report["run_status_note"]) == ("finished", None)

@@ -5,6 +5,7 @@ order, probabilities summing to 1, evaluate == the training run's own test evalu
 predict on files == evaluate on the same examples, a corrupt file among the inputs,
 class-list mismatch, label remapping, ensembles, the explain grids.
 """
+
 import json
 from pathlib import Path
 
@@ -12,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrjax.data.phantoms import CLASS_NAMES
 from cxrjax import inference as R
+from cxrjax.data.phantoms import CLASS_NAMES
 from cxrjax.evaluate.ensemble import average_probabilities, check_members_aligned
 
-NUM_TEST = 12   # not a multiple of the eval batch: the last batch is padded
+NUM_TEST = 12  # not a multiple of the eval batch: the last batch is padded
 DATASET_OPTIONS = {"image_size": 32, "num_train": 32, "num_validation": 8, "num_test": NUM_TEST}
 
 
@@ -25,10 +26,19 @@ def run_dir(tmp_path_factory):
     from cxrjax.train import TrainConfig, train_and_evaluate
 
     root = tmp_path_factory.mktemp("explain_cli")
-    config = TrainConfig(model="s4_exp4", dataset="cxr_phantoms", data_dir=str(root / "data"),
-                         dataset_options=DATASET_OPTIONS,
-                         model_options={"features": [3, 4, 5, 6], "head_width": 7},
-                         image_size=20, channels=1, epochs=1, per_device_batch_size=8, num_devices=1, progress=False)
+    config = TrainConfig(
+        model="s4_exp4",
+        dataset="cxr_phantoms",
+        data_dir=str(root / "data"),
+        dataset_options=DATASET_OPTIONS,
+        model_options={"features": [3, 4, 5, 6], "head_width": 7},
+        image_size=20,
+        channels=1,
+        epochs=1,
+        per_device_batch_size=8,
+        num_devices=1,
+        progress=False,
+    )
     train_and_evaluate(config, str(root / "run"))
     return root / "run"
 
@@ -75,7 +85,7 @@ def test_evaluate_reports_the_probes_on_phantoms(evaluated):
     for game in evaluated["pointing_game"].values():
         assert list(game["per_class"]) == list(CLASS_NAMES) and game["layer"] == "feat4"
         assert game["overall"]["n"] == NUM_TEST
-        assert game["per_class"]["Normal"]["n_with_lesion"] == 0   # Normal phantoms have no lesion
+        assert game["per_class"]["Normal"]["n_with_lesion"] == 0  # Normal phantoms have no lesion
         # phantoms: also scored against the (here not drawn) shortcut marker's position
         assert game["marker_drawn"] is False
         assert 0.0 <= game["overall"]["max_on_marker_rate"] <= game["overall"]["max_near_marker_rate"] <= 1.0
@@ -107,7 +117,7 @@ def test_predict_on_files_equals_evaluate_and_survives_bad_files(run_dir, evalua
     capsys.readouterr()
     rc = main(["--workdir", str(run_dir), *inputs, "--json", "--gradcam", str(tmp_path / "cams")])
     out = json.loads(capsys.readouterr().out)
-    assert rc == 1   # some files failed, the rest were classified
+    assert rc == 1  # some files failed, the rest were classified
     assert out["class_names"] == list(CLASS_NAMES)
     rows = out["predictions"]
     assert [r["file"] for r in rows] == inputs
@@ -120,7 +130,7 @@ def test_predict_on_files_equals_evaluate_and_survives_bad_files(run_dir, evalua
         assert probs.sum() == pytest.approx(1.0, abs=1e-5)
         np.testing.assert_allclose(probs, expected[i], rtol=1e-5, atol=1e-6)
         assert row["predicted_class"] == CLASS_NAMES[int(expected[i].argmax())]
-        assert Image.open(row["gradcam"]).size == (20, 20)   # the model's input size
+        assert Image.open(row["gradcam"]).size == (20, 20)  # the model's input size
 
 
 def test_predict_table_output(run_dir, tmp_path, capsys):
@@ -142,8 +152,7 @@ def test_class_list_mismatch_and_remapping(run_dir, evaluated):
     run = load_run(run_dir, checkpoint="best")
     ds = load("cxr_phantoms", data_dir=str(run_dir.parent / "data"), options=DATASET_OPTIONS)
     request = {"name": "cxr_phantoms", "options": DATASET_OPTIONS}
-    options = EvalOptions(workdirs=(str(run_dir),), batch_size=8, probes=False, pointing_game=False,
-                          progress=False)
+    options = EvalOptions(workdirs=(str(run_dir),), batch_size=8, probes=False, pointing_game=False, progress=False)
     other = R.DatasetView("other", ["cat", "dog", "Normal", "COVID"], {"test": ds.splits["test"]})
     with pytest.raises(R.ClassListMismatchError) as error:
         evaluate_member(run, other, request, options, write=False)
@@ -151,7 +160,7 @@ def test_class_list_mismatch_and_remapping(run_dir, evaluated):
     assert str(list(CLASS_NAMES)) in str(error.value)
 
     # Same classes in another order: labels are remapped into the model's order.
-    order = [2, 0, 3, 1]   # dataset id -> model id is the inverse of this listing
+    order = [2, 0, 3, 1]  # dataset id -> model id is the inverse of this listing
     names = [CLASS_NAMES[k] for k in order]
 
     class Relabelled:
@@ -175,8 +184,23 @@ def test_class_list_mismatch_and_remapping(run_dir, evaluated):
 def test_ensemble_of_runs(run_dir, evaluated, tmp_path):
     from cxrjax.evaluate.__main__ import main
 
-    assert main(["--workdir", str(run_dir), "--workdir", str(run_dir), "--batch-size", "8",
-                 "--no-pointing-game", "--no-progress", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "--workdir",
+                str(run_dir),
+                "--workdir",
+                str(run_dir),
+                "--batch-size",
+                "8",
+                "--no-pointing-game",
+                "--no-progress",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "ensemble_cxr_phantoms_test.json").read_text())
     assert len(report["members"]) == 2 and report["class_names"] == list(CLASS_NAMES)
     # Two copies of one run: the average is the run itself.
@@ -184,7 +208,8 @@ def test_ensemble_of_runs(run_dir, evaluated, tmp_path):
     assert report["ensemble"]["accuracy"] == pytest.approx(evaluated["metrics"]["accuracy"])
     assert report["members"][0]["accuracy"] == pytest.approx(evaluated["metrics"]["accuracy"])
     assert report["lung_mask_probe"]["lungs_blanked_accuracy"] == pytest.approx(
-        evaluated["lung_mask_probe"]["lungs_blanked_accuracy"])
+        evaluated["lung_mask_probe"]["lungs_blanked_accuracy"]
+    )
 
 
 def test_average_probabilities_by_hand():
@@ -211,6 +236,6 @@ def test_explain_writes_grids_and_pointing_game(run_dir, evaluated, tmp_path):
         wrong = np.flatnonzero((labels == k) & (predicted != k)).tolist()
         assert shown == {"correct": correct[:2], "wrong": wrong[:2]}
     games = json.loads((tmp_path / "pointing_game.json").read_text())
-    assert list(games) == ["gradcam", "layercam"]   # the chosen method first, then the other
+    assert list(games) == ["gradcam", "layercam"]  # the chosen method first, then the other
     for game in games.values():
         assert list(game["per_class"]) == list(CLASS_NAMES) and "max_on_marker_rate" in game["overall"]

@@ -1,4 +1,5 @@
 """Grad-CAM against a hand computation, and on models whose logit depends on one region."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -25,8 +26,9 @@ class TwoStage(nn.Module):
 
 
 def conv(x, p):
-    return lax.conv_general_dilated(x, p["kernel"], (1, 1), "SAME",
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"]
+    return (
+        lax.conv_general_dilated(x, p["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def test_gradcam_matches_hand_computation(two_stage):
     out = gradcam(model, variables, x, targets)
     chosen = np.where(targets < 0, logits.argmax(-1), targets)
     # d logit_c / d A2[i, j, k] = W[k, c] / (6 * 6) everywhere, so alpha_k = W[k, c] / 36.
-    w = np.asarray(p["head"]["kernel"])[:, chosen].T / 36.0                   # [3, 5]
+    w = np.asarray(p["head"]["kernel"])[:, chosen].T / 36.0  # [3, 5]
     expected = np.maximum(np.einsum("bhwk,bk->bhw", a2, w), 0.0)
     assert out.layer == "feat1"
     np.testing.assert_array_equal(out.targets, chosen)
@@ -110,7 +112,7 @@ def test_gradcam_maximum_lies_in_the_region_the_logit_depends_on():
             assert y0 <= r < y1 and x0 <= c < x1, (region, (r, c))
             # and the heatmap is cold far from the region
             far = np.ones_like(heat, bool)
-            far[max(0, y0 - 6):y1 + 6, max(0, x0 - 6):x1 + 6] = False  # receptive field + upsampling
+            far[max(0, y0 - 6) : y1 + 6, max(0, x0 - 6) : x1 + 6] = False  # receptive field + upsampling
             assert heat[far].max(initial=0.0) < 1e-6
         np.testing.assert_array_equal(out.targets, 0)
         # Explaining the counter-class (whose logit falls with the evidence) gives an empty map.
@@ -169,7 +171,7 @@ def test_aligned_upsampling_keeps_the_maximum_in_the_region():
     base = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x[:1])
     from cxrjax.explain.gradcam import feature_geometry
 
-    assert feature_geometry(model, 8, 16) == (1.0, 2.0)     # after the pool: stride 2
+    assert feature_geometry(model, 8, 16) == (1.0, 2.0)  # after the pool: stride 2
     for y0, y1, x0, x1 in [(0, 8, 0, 8), (10, 16, 6, 14)]:
         gate = np.zeros((16, 16), np.float32)
         gate[y0:y1, x0:x1] = 1.0
@@ -187,12 +189,12 @@ def test_feature_geometry_of_s4_and_vgg():
     s4 = create("s4_exp4", num_classes=4)
     # 64 -k10p0-> 55 -k6p2-> 54 -pool-> 27 -k3p2-> 29 -pool-> 14 -k3p2-> 16
     assert feature_geometry(s4, 55, 64) == (5.0, 1.0)
-    assert feature_geometry(s4, 29, 64) == (4.0, 2.0)    # third stage: stride 2, starts at 4
-    assert feature_geometry(s4, 16, 64) == (1.0, 4.0)    # last stage: cell j centred at 1 + 4j
-    assert feature_geometry(s4, 15, 64) is None          # no conv output of that size
+    assert feature_geometry(s4, 29, 64) == (4.0, 2.0)  # third stage: stride 2, starts at 4
+    assert feature_geometry(s4, 16, 64) == (1.0, 4.0)  # last stage: cell j centred at 1 + 4j
+    assert feature_geometry(s4, 15, 64) is None  # no conv output of that size
     vgg = create("vgg16", num_classes=4)
-    assert feature_geometry(vgg, 64, 64) == (0.5, 1.0)   # 3x3 padding-1 convs keep the centres
-    assert feature_geometry(vgg, 32, 64) == (1.0, 2.0)   # after one 2x2 pooling
+    assert feature_geometry(vgg, 64, 64) == (0.5, 1.0)  # 3x3 padding-1 convs keep the centres
+    assert feature_geometry(vgg, 32, 64) == (1.0, 2.0)  # after one 2x2 pooling
     assert feature_geometry(vgg, 16, 64) == (2.0, 4.0)
     m = interpolation_matrix(64, 16, 1.0, 4.0)
     np.testing.assert_allclose(m.sum(1), 1.0, rtol=1e-6)

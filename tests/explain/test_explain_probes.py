@@ -8,6 +8,7 @@ corner (outside the body); class "Normal" has neither. Two hand-made models (one
   outside the lungs, never at the lesion.
 - the "lungs" model looks only inside the lungs: the opposite on every count.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ from cxrjax.explain import probes
 from cxrjax.explain.gradcam import make_gradcam_fn
 
 SIZE = 16
-LUNG_BOXES = ((4, 13, 2, 7), (4, 13, 9, 14))   # (y0, y1, x0, x1), end-exclusive
+LUNG_BOXES = ((4, 13, 2, 7), (4, 13, 9, 14))  # (y0, y1, x0, x1), end-exclusive
 CORNER_BOX = ((0, 2, 0, 2),)
 CLASS_NAMES = ("Normal", "Sick")
 N_NORMAL, N_SICK = 24, 16
@@ -43,9 +44,9 @@ def make_data(seed=0):
         if label == 1:
             y0, y1, x0, x1 = LUNG_BOXES[rng.integers(2)]
             y, x = rng.integers(y0, y1 - 2), rng.integers(x0, x1 - 2)
-            lesion[y:y + 3, x:x + 3] = True
+            lesion[y : y + 3, x : x + 3] = True
             img[lesion] = 200
-            img[0:2, 0:2] = 255                        # the class-correlated marker
+            img[0:2, 0:2] = 255  # the class-correlated marker
         images.append(img)
         lesions.append(lesion)
         labels.append(label)
@@ -147,7 +148,7 @@ def test_probe_flags_the_model_that_only_looks_outside_the_lungs(data, variables
     chance = N_NORMAL / (N_NORMAL + N_SICK)
     assert report["chance_accuracy"] == pytest.approx(chance)
     assert report["normal_accuracy"] == 1.0
-    assert report["lungs_blanked_accuracy"] == 1.0           # marker still visible
+    assert report["lungs_blanked_accuracy"] == 1.0  # marker still visible
     assert report["lungs_only_accuracy"] == pytest.approx(chance)  # marker gone: all "Normal"
     assert report["lungs_blanked_retained"] == pytest.approx(1.0)
     assert report["finding"] == "shortcut"
@@ -177,16 +178,22 @@ def test_pointing_game_by_hand():
     lesion[:2, :2] = 255
     blank = np.zeros((4, 4), np.uint8)
     heat = np.zeros((4, 4, 4), np.float32)
-    heat[0, 0, 0] = 3.0; heat[0, 3, 3] = 1.0        # peak inside, mass 3/4
-    heat[1, 3, 3] = 2.0; heat[1, 1, 1] = 2.0        # tie broken by argmax order -> (1,1) inside, mass 1/2
-    heat[2, 2, 2] = 1.0                              # peak outside, mass 0
-    heat[3, 0, 0] = 1.0                              # Normal: no lesion, not counted
+    heat[0, 0, 0] = 3.0
+    heat[0, 3, 3] = 1.0  # peak inside, mass 3/4
+    heat[1, 3, 3] = 2.0
+    heat[1, 1, 1] = 2.0  # tie broken by argmax order -> (1,1) inside, mass 1/2
+    heat[2, 2, 2] = 1.0  # peak outside, mass 0
+    heat[3, 0, 0] = 1.0  # Normal: no lesion, not counted
     lungs = np.zeros((4, 4), np.uint8)
-    lungs[:, :3] = 255                               # (3,3) is outside the lungs
+    lungs[:, :3] = 255  # (3,3) is outside the lungs
+
     # masks given at 8x8: they are resized to the heatmap size
-    up = lambda m: np.kron(m, np.ones((2, 2), np.uint8))
-    result = probes.pointing_game(heat, [up(lesion)] * 3 + [up(blank)], [1, 1, 1, 0],
-                                  CLASS_NAMES, lung_masks=[up(lungs)] * 4)
+    def up(m):
+        return np.kron(m, np.ones((2, 2), np.uint8))
+
+    result = probes.pointing_game(
+        heat, [up(lesion)] * 3 + [up(blank)], [1, 1, 1, 0], CLASS_NAMES, lung_masks=[up(lungs)] * 4
+    )
     sick, normal = result["per_class"]["Sick"], result["per_class"]["Normal"]
     assert sick["n"] == 3 and sick["n_with_lesion"] == 3
     assert sick["hit_rate"] == pytest.approx(2 / 3)
@@ -204,8 +211,9 @@ def test_gradcam_pointing_game_separates_shortcut_from_lesion_model(data, variab
     scores = {}
     for name in GATES:
         out = make_gradcam_fn(MODEL, variables[name], x.shape[1:])(x, labels)
-        scores[name] = probes.pointing_game(out.heatmaps, lesion_masks, labels, CLASS_NAMES,
-                                            lung_masks=lung_masks)["per_class"]["Sick"]
+        scores[name] = probes.pointing_game(out.heatmaps, lesion_masks, labels, CLASS_NAMES, lung_masks=lung_masks)[
+            "per_class"
+        ]["Sick"]
     assert scores["lungs"]["hit_rate"] == 1.0 and scores["lungs"]["max_outside_lungs_rate"] == 0.0
     assert scores["corner"]["hit_rate"] == 0.0 and scores["corner"]["max_outside_lungs_rate"] == 1.0
     assert scores["lungs"]["mean_mass_in_lesion"] > 0.5 > scores["corner"]["mean_mass_in_lesion"]
@@ -217,13 +225,13 @@ def test_phantom_marker_mask_is_where_the_generator_draws_the_marker():
     size = 64
     on = phantoms.PhantomOptions(image_size=size, shortcut_marker=True)
     off = phantoms.PhantomOptions(image_size=size)
-    corners = {(0, 0): 0, (0, 1): 1, (1, 0): 2, (1, 1): 3}   # phantoms._MARKER_CORNERS
+    corners = {(0, 0): 0, (0, 1): 1, (1, 0): 2, (1, 1): 3}  # phantoms._MARKER_CORNERS
     for index in range(12):
         marked, clean = phantoms.phantom_example(3, index, on), phantoms.phantom_example(3, index, off)
         box = probes.phantom_marker_mask(marked)
         assert box.shape == (size, size) and 0 < box.mean() < 0.05
         changed = marked["image"][..., 0] != clean["image"][..., 0]
-        assert changed.any() and not (changed & ~box).any()      # every marker pixel is in the box
+        assert changed.any() and not (changed & ~box).any()  # every marker pixel is in the box
         rows, cols = np.nonzero(box)
         corner = (int(rows.mean() > size / 2), int(cols.mean() > size / 2))
         assert corners[corner] == marked["marker_class"]
@@ -236,20 +244,21 @@ def test_phantom_marker_mask_is_where_the_generator_draws_the_marker():
 
 def test_pointing_game_scores_the_marker_by_hand():
     marker = np.zeros((16, 16), bool)
-    marker[0:2, 0:3] = True                       # label box in the top-left corner
+    marker[0:2, 0:3] = True  # label box in the top-left corner
     lesion = np.zeros((16, 16), bool)
     lesion[8:12, 8:12] = True
     heat = np.zeros((3, 16, 16), np.float32)
-    heat[0, 1, 1] = 1.0                           # on the marker
-    heat[1, 2, 3] = 1.0; heat[1, 10, 10] = 0.5    # next to it (within 16/16 = 1 px), 1/3 in the lesion
-    heat[2, 10, 10] = 1.0                         # on the lesion
+    heat[0, 1, 1] = 1.0  # on the marker
+    heat[1, 2, 3] = 1.0
+    heat[1, 10, 10] = 0.5  # next to it (within 16/16 = 1 px), 1/3 in the lesion
+    heat[2, 10, 10] = 1.0  # on the lesion
     result = probes.pointing_game(heat, [lesion] * 3, [1, 1, 1], CLASS_NAMES, marker_masks=[marker] * 3)
     sick = result["per_class"]["Sick"]
     assert sick["max_on_marker_rate"] == pytest.approx(1 / 3)
     assert sick["max_near_marker_rate"] == pytest.approx(2 / 3)
     assert sick["mean_mass_on_marker"] == pytest.approx(1 / 3)
     assert sick["mean_marker_area"] == pytest.approx(6 / 256)
-    assert sick["mean_marker_near_area"] == pytest.approx(12 / 256)   # rows 0-2, cols 0-3
+    assert sick["mean_marker_near_area"] == pytest.approx(12 / 256)  # rows 0-2, cols 0-3
     assert sick["hit_rate"] == pytest.approx(1 / 3)
     table = probes.format_pointing_game({**result, "marker_drawn": False})
     assert "on marker" in table and "NO marker" in table

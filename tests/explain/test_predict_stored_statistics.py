@@ -5,6 +5,7 @@ normalization.json; with the prepared data moved away, predict on image files st
 gives the probabilities evaluate gave before, and the data folder is not re-created.
 Without the file (a run from before issue 7), predict falls back to the training data.
 """
+
 import json
 import shutil
 
@@ -20,10 +21,20 @@ def trained(tmp_path_factory):
     from cxrjax.train import TrainConfig, train_and_evaluate
 
     root = tmp_path_factory.mktemp("stored_stats")
-    config = TrainConfig(model="s4_exp4", dataset="cxr_phantoms", data_dir=str(root / "data"),
-                         dataset_options=DATASET_OPTIONS, normalization="dataset",
-                         model_options={"features": [3, 4, 5, 6], "head_width": 7},
-                         image_size=20, channels=1, epochs=1, per_device_batch_size=8, num_devices=1, progress=False)
+    config = TrainConfig(
+        model="s4_exp4",
+        dataset="cxr_phantoms",
+        data_dir=str(root / "data"),
+        dataset_options=DATASET_OPTIONS,
+        normalization="dataset",
+        model_options={"features": [3, 4, 5, 6], "head_width": 7},
+        image_size=20,
+        channels=1,
+        epochs=1,
+        per_device_batch_size=8,
+        num_devices=1,
+        progress=False,
+    )
     train_and_evaluate(config, str(root / "run"))
     return root
 
@@ -47,8 +58,12 @@ def test_predict_without_the_training_data(trained, capsys):
         path = trained / f"test{i}.png"
         Image.fromarray(ds.splits["test"][i]["image"][..., 0]).save(path)
         files.append(str(path))
-    assert evaluate_main(["--workdir", str(run_dir), "--batch-size", "8", "--no-progress",
-                          "--no-probes", "--no-pointing-game"]) == 0
+    assert (
+        evaluate_main(
+            ["--workdir", str(run_dir), "--batch-size", "8", "--no-progress", "--no-probes", "--no-pointing-game"]
+        )
+        == 0
+    )
     expected = np.asarray(json.loads((run_dir / "eval_cxr_phantoms_test.json").read_text())["predictions"]["probs"])
 
     moved = trained / "data_moved_away"
@@ -57,7 +72,7 @@ def test_predict_without_the_training_data(trained, capsys):
         capsys.readouterr()
         assert predict_main(["--workdir", str(run_dir), *files, "--json"]) == 0
         rows = json.loads(capsys.readouterr().out)["predictions"]
-        assert not data_dir.exists()       # nothing was prepared again
+        assert not data_dir.exists()  # nothing was prepared again
         got = np.asarray([list(r["probabilities"].values()) for r in rows])
         np.testing.assert_allclose(got, expected[:3], rtol=1e-5, atol=1e-6)
 

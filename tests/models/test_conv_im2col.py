@@ -4,6 +4,7 @@ Small shapes, float32: values and both gradients must match ``lax.conv_general_d
 up to summation order, for every (kernel, padding) pattern the models use, odd sizes
 (the last row block is padded), and blocks of 1 row and of more rows than the output.
 """
+
 from __future__ import annotations
 
 import jax
@@ -19,8 +20,7 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 
 def _reference(x, kernel, padding):
     pad = [(padding, padding), (padding, padding)]
-    return lax.conv_general_dilated(x, kernel, (1, 1), pad, dimension_numbers=_DIMS,
-                                    precision=lax.Precision.HIGHEST)
+    return lax.conv_general_dilated(x, kernel, (1, 1), pad, dimension_numbers=_DIMS, precision=lax.Precision.HIGHEST)
 
 
 def _data(n, size, cin, cout, k, seed=0):
@@ -60,8 +60,13 @@ def test_formulation_matches_lax(formulation, n, size, cin, cout, k, p):
     got = jax.jit(lambda x, w: _value_and_grads(lambda x, w: layers.conv2d(x, w, p, formulation), x, w))(x, kernel)
     for name, r, g in zip(("y", "dx", "dw"), ref, got):
         assert g.shape == r.shape and g.dtype == r.dtype, name
-        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(r))),
-                                   err_msg=f"{formulation} {name}")
+        np.testing.assert_allclose(
+            np.asarray(g),
+            np.asarray(r),
+            rtol=2e-5,
+            atol=2e-5 * float(jnp.max(jnp.abs(r))),
+            err_msg=f"{formulation} {name}",
+        )
 
 
 @pytest.mark.parametrize("chunk", [2, 3, conv_cpu.DW_BATCH_CHUNK])
@@ -73,8 +78,13 @@ def test_chunked_dw_sums_every_chunk(monkeypatch, chunk, k, p):
     ref = _value_and_grads(lambda x, w: _reference(x, w, p), x, kernel)
     got = _value_and_grads(lambda x, w: layers.conv2d(x, w, p, "chunked_dw"), x, kernel)
     for name, r, g in zip(("y", "dx", "dw"), ref, got):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(r))),
-                                   err_msg=f"chunk {chunk} {name}")
+        np.testing.assert_allclose(
+            np.asarray(g),
+            np.asarray(r),
+            rtol=2e-5,
+            atol=2e-5 * float(jnp.max(jnp.abs(r))),
+            err_msg=f"chunk {chunk} {name}",
+        )
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 100])
@@ -90,11 +100,16 @@ def test_row_blocks_cover_every_row(rows):
 def test_bfloat16_runs_and_is_close():
     x, kernel = _data(2, 10, 4, 5, 3)
     f = lambda fm: _value_and_grads(  # noqa: E731
-        lambda x, w: layers.conv2d(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), 1, fm), x, kernel)
+        lambda x, w: layers.conv2d(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), 1, fm), x, kernel
+    )
     for r, g in zip(f("xla"), f("im2col")):
         assert g.dtype == r.dtype
-        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32), rtol=0.05,
-                                   atol=0.05 * float(jnp.max(jnp.abs(r.astype(jnp.float32)))))
+        np.testing.assert_allclose(
+            np.asarray(g, np.float32),
+            np.asarray(r, np.float32),
+            rtol=0.05,
+            atol=0.05 * float(jnp.max(jnp.abs(r.astype(jnp.float32)))),
+        )
 
 
 def test_auto_is_plain_lax_off_cpu():
@@ -118,7 +133,8 @@ def test_auto_rule_on_cpu():
     assert rule(3, 2, 32, 13) == "pad_valid"  # S4 conv3 at 32 px: small map, padding cliff
     # Past 16 examples per device, the convs left on XLA get the batch-chunked weight gradient.
     batched = lambda k, p, c, out, b: layers.resolve_conv_formulation(  # noqa: E731
-        k, p, c, out, backend="cpu", batch=b)
+        k, p, c, out, backend="cpu", batch=b
+    )
     assert batched(10, 0, 3, 119, 16) == "xla"  # S4 conv1 at batch 16: still fast
     assert batched(10, 0, 3, 119, 17) == "chunked_dw"  # ... and at 32: 638 -> 101 ms
     assert batched(5, 0, 1, 28, 128) == "chunked_dw"  # LeNet conv1 at batch 128

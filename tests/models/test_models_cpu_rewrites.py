@@ -7,6 +7,7 @@ These tests prove the rewrites change nothing but speed: same outputs, input gra
 and weight gradients as the reference formulations, per layer (float64 to rounding,
 float32; bit-equal for pooling, ties included) and for a whole model.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,8 +55,9 @@ def test_pad_valid_equals_reference(kernel, padding, dtype, rtol):
         out = _conv_and_grads("pad_valid", padding)(x, w)
         for name, a, b in zip(("output", "input grad", "weight grad"), out, ref):
             assert a.shape == b.shape and a.dtype == b.dtype == dtype
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol,
-                                       atol=rtol * float(jnp.max(jnp.abs(b))), err_msg=name)
+            np.testing.assert_allclose(
+                np.asarray(a), np.asarray(b), rtol=rtol, atol=rtol * float(jnp.max(jnp.abs(b))), err_msg=name
+            )
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 9, 2)])  # even and odd (floor mode)
@@ -90,8 +92,13 @@ def test_whole_model_outputs_and_gradients_unchanged(name, monkeypatch):
     x = jnp.asarray(np.random.default_rng(4).normal(size=shape), jnp.float32)
 
     def loss(params, x):
-        logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"],
-                                rngs={"dropout": jax.random.key(0, impl="rbg")})
+        logits, _ = model.apply(
+            {**variables, "params": params},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.key(0, impl="rbg")},
+        )
         return jnp.sum(jnp.sin(logits)), logits
 
     def run():
@@ -109,5 +116,4 @@ def test_whole_model_outputs_and_gradients_unchanged(name, monkeypatch):
     assert " pad[" in jaxpr_rewritten and " pad[" not in jaxpr_reference
     assert "select_and_scatter" in jaxpr_reference and "select_and_scatter" not in jaxpr_rewritten
     for a, b in zip(jax.tree.leaves(rewritten), jax.tree.leaves(reference)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
-                                   atol=1e-5 * float(jnp.max(jnp.abs(b))))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))

@@ -4,10 +4,12 @@ With ``axis_name`` set, BatchNorm inside ``jit(shard_map)`` over 4 devices (forc
 devices, tests/conftest.py) must give exactly the statistics, running-stat updates and
 train-mode logits that one device computes on the concatenated global batch.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from cxrjax.models import testing
 
@@ -25,8 +27,7 @@ def test_batch_stats_equal_those_of_the_global_batch():
     def per_device(v, x):
         return replicated.apply(v, x, train=True, mutable=["batch_stats"])
 
-    step = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("batch")),
-                                 out_specs=(P("batch"), P())))
+    step = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("batch")), out_specs=(P("batch"), P())))
     x_sharded = jax.device_put(x, NamedSharding(mesh, P("batch")))
     v_replicated = jax.device_put(variables, NamedSharding(mesh, P()))
     logits_dp, stats_dp = step(v_replicated, x_sharded)

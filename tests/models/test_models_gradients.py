@@ -6,6 +6,7 @@ tests keep float32. Central differences along random directions of (params, inpu
 compared with ``<grad, direction>``; relative error must be below 1e-5. Each model is
 compiled once (``value_and_grad``); the finite differences reuse the same executable.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,8 +36,9 @@ def test_finite_differences_float64(name):
         @jax.jit
         def value_and_grad(params, x):
             def loss(params, x):
-                logits, _ = model.apply({**variables, "params": params}, x, train=True,
-                                        mutable=["batch_stats"], rngs={"dropout": key})
+                logits, _ = model.apply(
+                    {**variables, "params": params}, x, train=True, mutable=["batch_stats"], rngs={"dropout": key}
+                )
                 assert logits.dtype == jnp.float64
                 return jnp.sum(logits * weights)
 

@@ -3,6 +3,7 @@
 Tiny variants (same layers, small widths) of the families that have dropout and/or
 BatchNorm; one compiled function per (model, mode) shared by the tests of that model.
 """
+
 import functools
 
 import jax
@@ -32,10 +33,12 @@ class Harness:
         self.variables = testing.numpy_variables(self.model, self.shape, seed=0)
         self.x = jnp.asarray(np.random.default_rng(1).normal(size=self.shape), jnp.float32)
         model = self.model
-        self.eval = jax.jit(lambda v, x, key: model.apply(
-            v, x, train=False, mutable=["batch_stats"], rngs={"dropout": key}))
-        self.train = jax.jit(lambda v, x, key: model.apply(
-            v, x, train=True, mutable=["batch_stats"], rngs={"dropout": key}))
+        self.eval = jax.jit(
+            lambda v, x, key: model.apply(v, x, train=False, mutable=["batch_stats"], rngs={"dropout": key})
+        )
+        self.train = jax.jit(
+            lambda v, x, key: model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": key})
+        )
 
 
 @functools.lru_cache(maxsize=None)
@@ -132,6 +135,8 @@ def test_batchnorm_running_statistics_follow_pytorch_momentum():
     y = conv2d(h.x, params["conv1"]["kernel"], 0, "xla") + params["conv1"]["bias"]  # exp2 conv1: k10 p0
     mean, var = jnp.mean(y, axis=(0, 1, 2)), jnp.var(y, axis=(0, 1, 2))
     new = stats["batch_stats"]["bn1"]
-    np.testing.assert_allclose(np.asarray(new["mean"]), np.asarray(0.9 * old["mean"] + 0.1 * mean), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(new["mean"]), np.asarray(0.9 * old["mean"] + 0.1 * mean), rtol=1e-4, atol=1e-6
+    )
     # flax uses the biased batch variance (PyTorch's running_var uses the unbiased one).
     np.testing.assert_allclose(np.asarray(new["var"]), np.asarray(0.9 * old["var"] + 0.1 * var), rtol=1e-4, atol=1e-6)

@@ -2,6 +2,7 @@
 
 Counted on abstract shapes (``jax.eval_shape``): VGG16's 537 MB are never allocated.
 """
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -53,9 +54,13 @@ def test_vgg16_size_independent_thanks_to_adaptive_pool():
 
 # S4 at its default 128x128x3, 4 classes, head Dense 128 (see cxrjax/models/s4.py).
 # exp2: 128 -k10p0-> 119 -k6p2-> 118 -pool-> 59 -k3p2-> 61 -pool-> 30 -k3p2-> 32 -pool-> 16
-S4_EXP2 = conv(10, 3, 16) + conv(6, 16, 32) + conv(3, 32, 64) + conv(3, 64, 128) + dense(16 * 16 * 128, 128) + dense(128, 4)
+S4_EXP2 = (
+    conv(10, 3, 16) + conv(6, 16, 32) + conv(3, 32, 64) + conv(3, 64, 128) + dense(16 * 16 * 128, 128) + dense(128, 4)
+)
 # exp1: 128 -k8p2-> 125 -pool-> 62 -k4p2-> 63 -pool-> 31 -k3p2-> 33 -pool-> 16 -k3p2-> 18 -pool-> 9
-S4_EXP1 = conv(8, 3, 128) + conv(4, 128, 64) + conv(3, 64, 32) + conv(3, 32, 32) + dense(9 * 9 * 32, 128) + dense(128, 4)
+S4_EXP1 = (
+    conv(8, 3, 128) + conv(4, 128, 64) + conv(3, 64, 32) + conv(3, 32, 32) + dense(9 * 9 * 32, 128) + dense(128, 4)
+)
 BN_FIRST = 2 * 16
 BN_ALL = 2 * (16 + 32 + 64 + 128)
 

@@ -4,6 +4,7 @@ Shapes are checked abstractly (``jax.eval_shape``: tracing, no compute), so even
 224x224 costs milliseconds. ``SHAPE_CASES`` must name every registered model: a model
 added to the registry without a shape case fails ``test_every_registered_model_has_shape_cases``.
 """
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -62,11 +63,15 @@ def test_output_shapes(name):
     other = 4 - spec.channels  # 1 <-> 3
     smallest, another = SHAPE_CASES[name]
     assert models.create(name, num_classes=5).min_image_size() == smallest
-    for size, channels, train in [(spec.image_size, spec.channels, True), (smallest, other, False),
-                                  (another, other, False)]:
+    for size, channels, train in [
+        (spec.image_size, spec.channels, True),
+        (smallest, other, False),
+        (another, other, False),
+    ]:
         model = models.create(name, num_classes=5, channels=channels)
         variables, logits, train_logits, perturbations = _abstract_forward(
-            model, (2, size, size, channels), train=train)
+            model, (2, size, size, channels), train=train
+        )
         assert set(variables) <= {"params", "batch_stats"}, "init must not return perturbations"
         assert logits.shape == (2, 5) and logits.dtype == jnp.float32
         assert train_logits.shape == (2, 5) and train_logits.dtype == jnp.float32
@@ -91,8 +96,9 @@ def test_wrong_channels_and_dtype_are_clear_errors():
     with pytest.raises(ValueError, match="channels=3"):
         _abstract_forward(model, (1, 32, 32, 3))
     with pytest.raises(TypeError, match="float"):
-        jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
-                       jax.ShapeDtypeStruct((1, 32, 32, 1), jnp.uint8))
+        jax.eval_shape(
+            lambda x: model.init(jax.random.key(0), x, train=False), jax.ShapeDtypeStruct((1, 32, 32, 1), jnp.uint8)
+        )
     with pytest.raises(KeyError, match="registered models"):
         models.create("resnet50", num_classes=3)
     with pytest.raises(TypeError, match="no option"):

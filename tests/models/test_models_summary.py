@@ -1,4 +1,5 @@
 """`python -m cxrjax.models summary`: the per-layer table, parameter and FLOP totals."""
+
 import json
 
 import pytest
@@ -25,9 +26,15 @@ def test_summary_json_schema_and_values(capsys):
 
 def test_summary_table_lists_every_layer():
     # The table part of the summary (the FLOP totals are checked on lenet5 above).
-    result = ModelSummary("s4_exp3", (16, 16, 1), 2,
-                          layer_rows(models.create("s4_exp3", num_classes=2, channels=1), (2, 16, 16, 1)),
-                          params=0, forward_flops=0.0, train_step_flops=0.0)
+    result = ModelSummary(
+        "s4_exp3",
+        (16, 16, 1),
+        2,
+        layer_rows(models.create("s4_exp3", num_classes=2, channels=1), (2, 16, 16, 1)),
+        params=0,
+        forward_flops=0.0,
+        train_step_flops=0.0,
+    )
     out = result.to_text()
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line[:1].isalpha()}
     for layer in ["conv1", "bn1", "conv2", "conv3", "conv4", "head", "logits"]:

@@ -1,6 +1,7 @@
 """TrainConfig.classes end to end: S0-E's COVID-vs-Normal preset, shrunk, trains one epoch
 on tiny phantoms and its results, checkpoint and reloaded run are 2-class; plus the
 config/CLI plumbing of the option."""
+
 import json
 
 import pytest
@@ -83,7 +84,8 @@ def test_one_epoch_on_two_of_four_phantom_classes_writes_two_class_results(tmp_p
     # the same test predictions as the run's own evaluation.
     from cxrjax.evaluate import EvalOptions, evaluate
 
-    report = evaluate(EvalOptions(workdirs=(str(workdir),), checkpoint="evaluated", probes=False,
-                                  pointing_game=False, progress=False))["members"][0]
+    report = evaluate(
+        EvalOptions(workdirs=(str(workdir),), checkpoint="evaluated", probes=False, pointing_game=False, progress=False)
+    )["members"][0]
     assert report["class_names"] == ["COVID", "Normal"]
     assert report["metrics"]["confusion_matrix"] == saved["test"]["confusion_matrix"]

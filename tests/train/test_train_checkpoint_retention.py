@@ -1,4 +1,5 @@
 """Checkpoint retention keeps the latest AND the best; half-written checkpoints are ignored."""
+
 import numpy as np
 
 from cxrjax.train.checkpointing import CheckpointStore

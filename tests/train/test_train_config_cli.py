@@ -1,4 +1,5 @@
 """TrainConfig JSON round trip, presets, CLI precedence, and the workdir config check."""
+
 import pytest
 
 from cxrjax.train.cli import build_parser, config_from_args
@@ -30,13 +31,29 @@ def test_unknown_and_invalid_fields_are_refused():
 
 
 def test_cli_explicit_flags_override_the_preset():
-    args = build_parser().parse_args([
-        "--preset", "s4_exp4_phantoms", "--epochs", "3", "--lr", "0.001",
-        "--dataset-option", "num_train=64", "--set", "zoom=[1, 1.2]", "--no-progress",
-    ])
+    args = build_parser().parse_args(
+        [
+            "--preset",
+            "s4_exp4_phantoms",
+            "--epochs",
+            "3",
+            "--lr",
+            "0.001",
+            "--dataset-option",
+            "num_train=64",
+            "--set",
+            "zoom=[1, 1.2]",
+            "--no-progress",
+        ]
+    )
     config = config_from_args(args)
     base = PRESETS["s4_exp4_phantoms"]
-    assert (config.epochs, config.lr, config.model, config.per_device_batch_size) == (3, 0.001, base.model, base.per_device_batch_size)
+    assert (config.epochs, config.lr, config.model, config.per_device_batch_size) == (
+        3,
+        0.001,
+        base.model,
+        base.per_device_batch_size,
+    )
     assert config.dataset_options == {**base.dataset_options, "num_train": 64}
     assert config.zoom == (1, 1.2) and config.progress is False
 

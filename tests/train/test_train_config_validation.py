@@ -2,6 +2,7 @@
 non-finite floats, out-of-range numbers, non-integers for integer fields; the train CLI
 and the experiments turn the refusal into one ``error: ...`` line and exit status 2,
 before anything is written or trained."""
+
 import dataclasses
 import math
 
@@ -38,13 +39,16 @@ def test_every_float_field_must_be_finite(name, value):
         TrainConfig(**{name: value})
 
 
-@pytest.mark.parametrize("argv, field", [
-    (["--lr", "nan"], "lr"),
-    (["--early-stopping-min-delta", "nan"], "early_stopping_min_delta"),
-    (["--set", "lr=NaN"], "lr"),
-    (["--set", "class_weights=[1, NaN, 1, 1]"], "class_weights"),
-    (["--set", "zoom=[1, Infinity]"], "zoom"),
-])
+@pytest.mark.parametrize(
+    "argv, field",
+    [
+        (["--lr", "nan"], "lr"),
+        (["--early-stopping-min-delta", "nan"], "early_stopping_min_delta"),
+        (["--set", "lr=NaN"], "lr"),
+        (["--set", "class_weights=[1, NaN, 1, 1]"], "class_weights"),
+        (["--set", "zoom=[1, Infinity]"], "zoom"),
+    ],
+)
 def test_cli_refuses_non_finite_values(argv, field, capsys):
     _refused(argv, capsys, f"TrainConfig.{field}")
 
@@ -65,32 +69,55 @@ def test_grad_clip_norm_must_be_positive_or_none(value, capsys):
     assert TrainConfig(grad_clip_norm=1).grad_clip_norm == 1.0
 
 
-@pytest.mark.parametrize("name, value", [
-    ("momentum", -0.1), ("momentum", 1.0), ("adam_b1", 1.0), ("adam_b2", -0.5), ("adam_eps", 0.0),
-    ("weight_decay", -1e-4), ("decay", -1.0), ("step_gamma", 0.0), ("warmup_epochs", -1.0), ("min_lr", -1.0),
-    ("plateau_factor", 1.0), ("plateau_factor", 0.0), ("plateau_min_delta", -1.0), ("plateau_min_lr", -1.0),
-    ("label_smoothing", 1.0), ("early_stopping_min_delta", -0.1), ("rotate_degrees", -5.0), ("lr", 0.0),
-    ("plateau_patience", -1), ("num_workers", -1), ("early_stopping_patience", -1), ("epochs", 0),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("momentum", -0.1),
+        ("momentum", 1.0),
+        ("adam_b1", 1.0),
+        ("adam_b2", -0.5),
+        ("adam_eps", 0.0),
+        ("weight_decay", -1e-4),
+        ("decay", -1.0),
+        ("step_gamma", 0.0),
+        ("warmup_epochs", -1.0),
+        ("min_lr", -1.0),
+        ("plateau_factor", 1.0),
+        ("plateau_factor", 0.0),
+        ("plateau_min_delta", -1.0),
+        ("plateau_min_lr", -1.0),
+        ("label_smoothing", 1.0),
+        ("early_stopping_min_delta", -0.1),
+        ("rotate_degrees", -5.0),
+        ("lr", 0.0),
+        ("plateau_patience", -1),
+        ("num_workers", -1),
+        ("early_stopping_patience", -1),
+        ("epochs", 0),
+    ],
+)
 def test_numbers_out_of_range_are_refused(name, value):
     with pytest.raises(ValueError, match=rf"TrainConfig\.{name} must be "):
         TrainConfig(**{name: value})
 
 
-@pytest.mark.parametrize("argv, field", [
-    (["--set", "epochs=1.5"], "epochs"),  # trained 2 epochs
-    (["--set", "epochs=2.0"], "epochs"),  # integral floats are refused too: write 2
-    (["--set", 'epochs="two"'], "epochs"),  # "'<' not supported"
-    (["--set", "epochs=true"], "epochs"),  # bool is not an int
-    (["--set", "per_device_batch_size=8.5"], "per_device_batch_size"),  # "cannot schedule new futures"
-    (["--set", "batch_size=8.5"], "per_device_batch_size"),  # the old name, mapped
-    (["--set", "seed=0.5"], "seed"),
-    (["--set", "image_size=20.5"], "image_size"),
-    (["--set", "hflip=1"], "hflip"),
-    (["--set", "lr=\"0.1\""], "lr"),
-    (["--set", "optimizer=3"], "optimizer"),
-    (["--dataset-option", "classes=5"], "dataset_options['classes']"),
-])
+@pytest.mark.parametrize(
+    "argv, field",
+    [
+        (["--set", "epochs=1.5"], "epochs"),  # trained 2 epochs
+        (["--set", "epochs=2.0"], "epochs"),  # integral floats are refused too: write 2
+        (["--set", 'epochs="two"'], "epochs"),  # "'<' not supported"
+        (["--set", "epochs=true"], "epochs"),  # bool is not an int
+        (["--set", "per_device_batch_size=8.5"], "per_device_batch_size"),  # "cannot schedule new futures"
+        (["--set", "batch_size=8.5"], "per_device_batch_size"),  # the old name, mapped
+        (["--set", "seed=0.5"], "seed"),
+        (["--set", "image_size=20.5"], "image_size"),
+        (["--set", "hflip=1"], "hflip"),
+        (["--set", 'lr="0.1"'], "lr"),
+        (["--set", "optimizer=3"], "optimizer"),
+        (["--dataset-option", "classes=5"], "dataset_options['classes']"),
+    ],
+)
 def test_cli_refuses_wrong_types_naming_the_field_and_the_fix(argv, field, capsys):
     line = _refused(argv, capsys, f"TrainConfig.{field} must be", "--set")
     assert "not supported" not in line
@@ -122,8 +149,19 @@ def test_the_experiments_refuse_with_one_error_line(tmp_path, capsys):
     from experiments import reproduce_s3
 
     calls = []
-    argv = ["--workdir", str(tmp_path / "s3"), "--seeds", "1", "--no-progress", "--compilation-cache", "",
-            "--jobs", "1", "--set", "epochs=1.5"]
+    argv = [
+        "--workdir",
+        str(tmp_path / "s3"),
+        "--seeds",
+        "1",
+        "--no-progress",
+        "--compilation-cache",
+        "",
+        "--jobs",
+        "1",
+        "--set",
+        "epochs=1.5",
+    ]
     assert reproduce_s3.main(argv, run_fn=lambda config, workdir: calls.append(workdir)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: invalid training option: TrainConfig.epochs"), err

@@ -1,4 +1,5 @@
 """Early stopping, improvement tracking (min_delta, ties, NaN) and reduce-on-plateau."""
+
 import math
 
 from cxrjax.train.early_stopping import EarlyStopping, ImprovementTracker, PlateauScaler

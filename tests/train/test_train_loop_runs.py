@@ -6,6 +6,7 @@ prepared dataset, so the train/eval steps are compiled once for the whole module
 engine is memoised per process, and the persistent compilation cache lets the resuming
 subprocess skip compilation).
 """
+
 import json
 import os
 import subprocess
@@ -17,9 +18,9 @@ import jax
 import numpy as np
 import pytest
 
+from cxrjax.inference import load_run
 from cxrjax.train import trainer as trainer_module
 from cxrjax.train.config import TrainConfig
-from cxrjax.inference import load_run
 from cxrjax.train.evaluation import predict_split
 from cxrjax.train.trainer import NonFiniteError, train_and_evaluate
 from cxrjax.train.workdir import ConfigMismatchError
@@ -62,8 +63,14 @@ def _history(workdir):
 
 def test_one_epoch_run_writes_every_file(base_config, tmp_path):
     results = train_and_evaluate(base_config, tmp_path)
-    for name in ("config.json", "metrics.jsonl", "results.json", "learning_curves.png",
-                 "confusion_matrix.png", "roc_curves.png"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "results.json",
+        "learning_curves.png",
+        "confusion_matrix.png",
+        "roc_curves.png",
+    ):
         assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
     assert len(_history(tmp_path)) == 1
     assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1
@@ -158,15 +165,20 @@ def test_killed_run_resumed_in_a_new_process_ends_identical(base_config, tmp_pat
     partial = checkpoints / "8.orbax-checkpoint-tmp-1700000000000000"
     (partial / "state").mkdir(parents=True)
     (partial / "state" / "_METADATA").write_text("{truncated")
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import json, sys
         from cxrjax.train import TrainConfig, train_and_evaluate
         config = TrainConfig.from_dict(json.loads(sys.argv[1]))
         train_and_evaluate(config, sys.argv[2])
     """)
     env = dict(os.environ)
-    done = subprocess.run([sys.executable, "-c", script, json.dumps(config.to_dict()), str(tmp_path / "resumed")],
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(config.to_dict()), str(tmp_path / "resumed")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = json.loads((tmp_path / "resumed" / "results.json").read_text())
 
@@ -181,6 +193,10 @@ def test_killed_run_resumed_in_a_new_process_ends_identical(base_config, tmp_pat
     # loss is that epoch's, and load_run's default is that checkpoint.
     best = _history(tmp_path / "resumed")[resumed["best_epoch"] - 1]
     assert resumed["validation"]["loss"] == pytest.approx(best["val_loss"], rel=1e-6)
-    assert resumed["evaluated"] == {"checkpoint": "best", "step": 4 * resumed["best_epoch"], "epoch": resumed["best_epoch"]}
+    assert resumed["evaluated"] == {
+        "checkpoint": "best",
+        "step": 4 * resumed["best_epoch"],
+        "epoch": resumed["best_epoch"],
+    }
     assert load_run(tmp_path / "resumed").step == resumed["evaluated"]["step"]
     assert not partial.exists()  # the leftover was cleaned up

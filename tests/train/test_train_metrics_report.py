@@ -1,4 +1,5 @@
 """classification_report against values computed by hand on a small known confusion."""
+
 import math
 
 import numpy as np

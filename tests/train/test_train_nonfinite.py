@@ -6,6 +6,7 @@ The runs share test_train_loop_runs.py's tiny BatchNorm network (4 steps per epo
 devices); a non-finite batch is injected through the trainer's data API, and a huge
 learning rate (1e39 is inf in float32) makes an update overflow with a finite loss.
 """
+
 import functools
 import json
 import types
@@ -89,10 +90,10 @@ def test_a_finite_loss_step_whose_update_overflows_is_not_applied():
     model, tx = _Tiny(axis_name=AXIS), optax.sgd(1e39)  # 1e39 is inf in float32
     state = create_train_state(model, tx, seed=0, input_shape=(8, 8, 1))
     rng = np.random.default_rng(0)
-    batch = {"image": rng.normal(size=(8, 8, 8, 1)).astype(np.float32),
-             "label": rng.integers(0, 3, 8).astype(np.int32)}
-    train_fn = functools.partial(train_step, model=model, tx=tx, schedule=optax.constant_schedule(1e39),
-                                 loss=LossConfig(num_classes=3))
+    batch = {"image": rng.normal(size=(8, 8, 8, 1)).astype(np.float32), "label": rng.integers(0, 3, 8).astype(np.int32)}
+    train_fn = functools.partial(
+        train_step, model=model, tx=tx, schedule=optax.constant_schedule(1e39), loss=LossConfig(num_classes=3)
+    )
     engine = make_engine("shard_map", train_fn, functools.partial(eval_step, model=model), jax.devices()[:2])
     new_state, metrics = engine.train_step(engine.put_state(state), engine.put_batch(batch))
     new_state, metrics = engine.host_state(new_state), engine.host_metrics(metrics)
@@ -148,7 +149,8 @@ class _Killed(Exception):
 
 
 def test_results_count_the_skipped_steps_of_every_session_not_the_restored_checkpoint(
-        base_config, tmp_path, monkeypatch):
+    base_config, tmp_path, monkeypatch
+):
     # 2 epochs, epoch 1 the best (epoch 2 cannot improve by min_delta 100), so the test
     # evaluation restores epoch 1's checkpoint, which counted 1 skip; the run skipped 3.
     _inject_nan(monkeypatch, {0: {2}, 1: {1, 3}})

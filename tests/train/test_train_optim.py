@@ -3,6 +3,7 @@
 Everything is evaluated through one jitted call per test: op-by-op (eager) evaluation
 would compile every primitive separately, which is slow on CPU.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -4,6 +4,7 @@
 sessions (a moved folder resumes); but the prepared data's fingerprint, stored with
 every checkpoint, must be the same: before, epoch 1 trained on one folder and epochs
 2-4 on another, silently."""
+
 import pytest
 
 from cxrjax.train import TrainConfig, train_and_evaluate
@@ -22,9 +23,18 @@ def test_resume_on_another_folder_is_refused_and_a_moved_copy_resumes(tmp_path):
     first = make_class_folders(tmp_path / "first", classes=("a", "b"), per_class=12)
     other = make_class_folders(tmp_path / "other", classes=("a", "b"), per_class=12, seed=99)
     options = {"validation_fraction": 0.25, "test_fraction": 0.25, "image_size": 16}
-    config = TrainConfig(model="lenet5", dataset="image_folder", manual_dir=str(first), data_dir=str(tmp_path / "d1"),
-                         dataset_options=options, image_size=32, epochs=2, per_device_batch_size=2, num_devices=1,
-                         progress=False)
+    config = TrainConfig(
+        model="lenet5",
+        dataset="image_folder",
+        manual_dir=str(first),
+        data_dir=str(tmp_path / "d1"),
+        dataset_options=options,
+        image_size=32,
+        epochs=2,
+        per_device_batch_size=2,
+        num_devices=1,
+        progress=False,
+    )
     with pytest.raises(_Killed):
         train_and_evaluate(config, tmp_path / "run", on_checkpoint=_kill_after_first_checkpoint)
     with pytest.raises(ValueError, match="trained on other data") as error:

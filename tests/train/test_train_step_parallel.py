@@ -1,5 +1,6 @@
 """The data-parallel step: 4 devices == 1 device on the same global batch; pmap == shard_map;
 the non-finite guard leaves the state untouched and counts the skip."""
+
 import functools
 
 import flax.linen as nn
@@ -40,7 +41,10 @@ def setup():
         "label": rng.integers(0, 3, GLOBAL_BATCH).astype(np.int32),
     }
     train_fn = functools.partial(
-        train_step, model=model, tx=tx, schedule=optax.constant_schedule(LR),
+        train_step,
+        model=model,
+        tx=tx,
+        schedule=optax.constant_schedule(LR),
         loss=LossConfig(num_classes=3, label_smoothing=0.1),
     )
     eval_fn = functools.partial(eval_step, model=model)
@@ -86,8 +90,11 @@ def test_multi_device_step_equals_single_device_step(setup, other):
 
 def test_eval_outputs_agree_and_keep_example_order(setup):
     state, batch, engines, _ = setup
-    logp = {key: e.host_outputs(e.eval_step(e.put_state(state), e.put_batch({"image": batch["image"]})))
-            for key, e in engines.items() if key[1] == 4}
+    logp = {
+        key: e.host_outputs(e.eval_step(e.put_state(state), e.put_batch({"image": batch["image"]})))
+        for key, e in engines.items()
+        if key[1] == 4
+    }
     direct = jax.nn.log_softmax(TinyBN().apply(state.variables, batch["image"], train=False))
     for out in logp.values():
         assert out.shape == (GLOBAL_BATCH, 3)

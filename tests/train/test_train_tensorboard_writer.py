@@ -1,5 +1,6 @@
 """cxrjax.train.tensorboard (tensorboardX) read back with TensorBoard's own reader,
 EventAccumulator: scalars' tags, steps and values; the HParams plugin's session data."""
+
 from tensorboard.backend.event_processing import event_accumulator
 
 from cxrjax.train.tensorboard import (
@@ -43,8 +44,14 @@ def test_scalars_read_back_by_tag_step_and_value(tmp_path):
 
 
 def test_hparams_plugin_data_read_back(tmp_path):
-    hparams = {"lr": 0.003, "model": "s4_exp8", "hflip": True, "seed": 2, "model_options.features": [4, 8],
-               "dropout": None}
+    hparams = {
+        "lr": 0.003,
+        "model": "s4_exp8",
+        "hflip": True,
+        "seed": 2,
+        "model_options.features": [4, 8],
+        "dropout": None,
+    }
     session = write_hparams(tmp_path, hparams, {"test_accuracy": 0.75, "test_loss": float("nan")})
     assert session == tmp_path / "hparams"
     assert not list(tmp_path.glob("events.out.tfevents.*"))  # nothing beside the session folder
@@ -71,10 +78,22 @@ def test_run_hparams_take_the_test_metrics_of_results(tmp_path):
 
 def test_varied_hparams_keeps_only_what_differs_with_one_type_per_field():
     configs = [
-        {"model": "a", "lr": 0.1, "seed": 0, "patience": None, "model_options": {"features": [4], "head": 8},
-         "data_dir": "/x"},
-        {"model": "a", "lr": 0.2, "seed": 1, "patience": 3, "model_options": {"features": [8], "head": 8, "bn": "all"},
-         "data_dir": "/y"},
+        {
+            "model": "a",
+            "lr": 0.1,
+            "seed": 0,
+            "patience": None,
+            "model_options": {"features": [4], "head": 8},
+            "data_dir": "/x",
+        },
+        {
+            "model": "a",
+            "lr": 0.2,
+            "seed": 1,
+            "patience": 3,
+            "model_options": {"features": [8], "head": 8, "bn": "all"},
+            "data_dir": "/y",
+        },
     ]
     assert varied_hparams(configs, ignore=["data_dir"]) == [
         {"lr": 0.1, "model_options.bn": "null", "model_options.features": "[4]", "patience": "null", "seed": 0},

@@ -6,6 +6,7 @@ A full disk is an ``OSError(ENOSPC)`` raised inside orbax's asynchronous array w
 (or by the metrics writer); read-only storage is ``chattr -R +i`` (the tests run as root,
 which ignores ``chmod``; the immutable flag stops root too; without root, chmod).
 """
+
 import errno
 import json
 import os
@@ -58,10 +59,35 @@ def _cli(args, capsys):
 
 def _cli_args(config, workdir, *extra):
     opts = [f"--dataset-option={k}={v}" for k, v in config.dataset_options.items()]
-    return ["--model", config.model, "--model-option", "features=[4,4,8,8]", "--model-option", "head_width=16",
-            "--data-dir", config.data_dir, *opts, "--image-size", "32", "--channels", "1", "--per-device-batch-size", "4",
-            "--set", "per_device_eval_batch_size=2", "--lr", "0.003", "--epochs", str(config.epochs), "--no-progress",
-            "--compilation-cache", config.compilation_cache_dir, "--workdir", str(workdir), *extra]
+    return [
+        "--model",
+        config.model,
+        "--model-option",
+        "features=[4,4,8,8]",
+        "--model-option",
+        "head_width=16",
+        "--data-dir",
+        config.data_dir,
+        *opts,
+        "--image-size",
+        "32",
+        "--channels",
+        "1",
+        "--per-device-batch-size",
+        "4",
+        "--set",
+        "per_device_eval_batch_size=2",
+        "--lr",
+        "0.003",
+        "--epochs",
+        str(config.epochs),
+        "--no-progress",
+        "--compilation-cache",
+        config.compilation_cache_dir,
+        "--workdir",
+        str(workdir),
+        *extra,
+    ]
 
 
 def test_workdir_that_is_a_file_is_one_error_line(base_config, tmp_path, capsys):
@@ -118,8 +144,7 @@ def test_a_finished_run_on_read_only_storage_is_returned(base_config, tmp_path, 
     assert (workdir / "config.json").read_bytes() == before
 
 
-def test_disk_full_during_an_async_checkpoint_save_is_reported_at_that_save(base_config, tmp_path, capsys,
-                                                                            monkeypatch):
+def test_disk_full_during_an_async_checkpoint_save_is_reported_at_that_save(base_config, tmp_path, capsys, monkeypatch):
     """The save of step 4 (end of epoch 1) fails in orbax's background writer; before, the
     raw RESOURCE_EXHAUSTED came at a later save, after more epochs had been logged."""
     from orbax.checkpoint._src.serialization import type_handlers

@@ -6,6 +6,7 @@ Every subprocess and every wait is bounded (timeouts), so a regression fails ins
 hanging. The trainer subprocess pauses in ``on_checkpoint`` (waiting for a file the test
 writes), which puts it at a known point of a live run while it holds the lock.
 """
+
 import json
 import os
 import signal
@@ -62,25 +63,55 @@ def cli_args(tmp_path_factory):
     root = tmp_path_factory.mktemp("lock")
 
     def args(workdir, *extra):
-        return ["--data-dir", str(root / "data"), "--dataset-option", "num_train=64",
-                "--dataset-option", "num_validation=16", "--dataset-option", "num_test=16",
-                "--dataset-option", "image_size=32", "--image-size", "32", "--batch-size", "4",
-                "--model", "s4_exp8", "--model-option", "features=[4,4,8,8]", "--model-option", "head_width=16",
-                "--epochs", "2", "--no-progress", "--compilation-cache", str(root / "jax_cache"),
-                "--workdir", str(workdir), *extra]
+        return [
+            "--data-dir",
+            str(root / "data"),
+            "--dataset-option",
+            "num_train=64",
+            "--dataset-option",
+            "num_validation=16",
+            "--dataset-option",
+            "num_test=16",
+            "--dataset-option",
+            "image_size=32",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--model",
+            "s4_exp8",
+            "--model-option",
+            "features=[4,4,8,8]",
+            "--model-option",
+            "head_width=16",
+            "--epochs",
+            "2",
+            "--no-progress",
+            "--compilation-cache",
+            str(root / "jax_cache"),
+            "--workdir",
+            str(workdir),
+            *extra,
+        ]
 
     return args
 
 
 def _start_trainer(signals: Path, argv: list[str]) -> subprocess.Popen:
     signals.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([sys.executable, "-c", TRAINER, str(signals), *argv], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", TRAINER, str(signals), *argv],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _cli(argv: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cxrjax.train", *argv], cwd=ROOT, capture_output=True,
-                          text=True, timeout=TIMEOUT)
+    return subprocess.run(
+        [sys.executable, "-m", "cxrjax.train", *argv], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT
+    )
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -148,8 +179,16 @@ def test_racing_processes_get_exactly_one_lock(tmp_path):
     from cxrjax.train.workdir import WorkdirLock
 
     start = time.time() + 1.5  # all start their attempt at the same instant
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), str(start)], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(tmp_path), str(start)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     outcomes = []
     for p in procs:
         out, err = p.communicate(timeout=60)
@@ -172,8 +211,10 @@ def test_lock_is_exclusive_within_a_process_and_killed_acquirers_leave_nothing(t
     first.release()
     # A process killed right after taking the lock, before writing its note (the window
     # of an acquisition): the lock is free and the next holder writes its own note.
-    script = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
-              "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'{\"pid\": 1, \"hos'); os.kill(os.getpid(), 9)")
+    script = (
+        "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+        'fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b\'{"pid": 1, "hos\'); os.kill(os.getpid(), 9)'
+    )
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / files.LOCK_FILE)], timeout=60)
     assert done.returncode == -signal.SIGKILL
     with WorkdirLock(tmp_path):
@@ -196,8 +237,9 @@ def test_reader_survives_retention_deleting_the_checkpoint_it_reads(cli_args, tm
         if not deleted:  # the first read: let the trainer write the next checkpoint, deleting this one
             deleted.append(step)
             (signals / f"go_{step}").touch()
-            _wait_for(lambda: not (workdir / "checkpoints" / str(step)).exists(), f"retention to delete {step}",
-                      proc=trainer)
+            _wait_for(
+                lambda: not (workdir / "checkpoints" / str(step)).exists(), f"retention to delete {step}", proc=trainer
+            )
         return real_restore(self, step, state_target)
 
     try:
