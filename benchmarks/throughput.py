@@ -682,14 +682,35 @@ def _tuples(value: Any) -> Any:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
+def add_models_argument(p: argparse.ArgumentParser) -> None:
+    """``--models name[@size] ...`` (read with :func:`expand_cases`; default DEFAULT_CASES),
+    as every benchmark that times the study models takes it."""
     p.add_argument(
         "--models",
         nargs="+",
         default=None,
         help="names or name@size (default: " + " ".join(c.label for c in DEFAULT_CASES) + ")",
     )
+
+
+# BenchOptions fields that are the command-line options of the same name, as given.
+_PLAIN_OPTIONS = (
+    "batch_sizes",
+    "dtypes",
+    "parallel",
+    "steps",
+    "warmup",
+    "rounds",
+    "torch_compile",
+    "num_devices",
+    "device_counts",
+    "num_classes",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
+    add_models_argument(p)
     p.add_argument(
         "--batch-sizes",
         type=_ints,
@@ -783,19 +804,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         options = BenchOptions(
             cases=expand_cases(args.models) if args.models else list(DEFAULT_CASES),
-            batch_sizes=args.batch_sizes,
-            dtypes=args.dtypes,
-            parallel=args.parallel,
-            steps=args.steps,
-            warmup=args.warmup,
-            rounds=args.rounds,
             torch=not args.no_torch,
-            torch_compile=args.torch_compile,
-            num_devices=args.num_devices,
-            device_counts=args.device_counts,
-            num_classes=args.num_classes,
             overrides=_tuples(args.overrides),
             progress=not args.no_progress,
+            **{name: getattr(args, name) for name in _PLAIN_OPTIONS},
         )
         result = {"schema": SCHEMA, "records": [], "data_parallel_overhead": []}
         if args.json:

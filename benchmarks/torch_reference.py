@@ -39,7 +39,19 @@ def _flat_features(features: nn.Module, channels: int, image_size: int) -> int:
         return int(features(torch.zeros(1, channels, image_size, image_size)).numel())
 
 
-class LeNet5(nn.Module):
+class _Twin(nn.Module):
+    """What every twin computes, as the Flax models do: its ``features`` (the conv
+    stages), then its ``head`` (flatten or pool, dense layers, logits); each twin builds
+    both in ``__init__``."""
+
+    features: nn.Sequential
+    head: nn.Sequential
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class LeNet5(_Twin):
     """cxrjax.models.lenet.LeNet5: conv 6@5x5, pool, conv 16@5x5, pool, 120, 84, K."""
 
     def __init__(
@@ -65,11 +77,8 @@ class LeNet5(nn.Module):
         head.append(nn.Linear(n, num_classes))
         self.head = nn.Sequential(*head)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
-
-class SimpleCNN(nn.Module):
+class SimpleCNN(_Twin):
     """cxrjax.models.s0.SimpleCNN: 3x[conv3x3 valid, ReLU, maxpool, (dropout)], dense, dropout, K."""
 
     def __init__(
@@ -98,9 +107,6 @@ class SimpleCNN(nn.Module):
         head.append(nn.Linear(dense, num_classes))
         self.head = nn.Sequential(*head)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
 
 S4_LAYOUTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[bool, ...]]] = {
     "exp1": ((128, 64, 32, 32), (8, 4, 3, 3), (2, 2, 2, 2), (True, True, True, True)),
@@ -108,7 +114,7 @@ S4_LAYOUTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], t
 }
 
 
-class S4CNN(nn.Module):
+class S4CNN(_Twin):
     """cxrjax.models.s4.S4CNN: 4x[conv, (BN), ReLU, (pool), (dropout)], flatten, MLP head."""
 
     def __init__(
@@ -149,14 +155,11 @@ class S4CNN(nn.Module):
         head.append(nn.Linear(n, num_classes))
         self.head = nn.Sequential(*head)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
 
 VGG16_BLOCKS: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 
-class VGG(nn.Module):
+class VGG(_Twin):
     """cxrjax.models.vgg.VGG: torchvision's vgg16 / vgg16_bn with 1-channel input and K classes."""
 
     def __init__(
@@ -200,9 +203,6 @@ class VGG(nn.Module):
         else:
             raise ValueError(f"VGG: unknown head {head!r}; choose 'classifier' or 'gap'")
         self.head = nn.Sequential(*tail)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 @dataclass(frozen=True)

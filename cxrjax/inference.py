@@ -13,6 +13,10 @@ exactly the same model, preprocessing (the run's own eval pipeline) and label al
   :func:`label_mapping` checks its classes against the model's.
 - :func:`eval_view`: the dataset's splits with the normalisation statistics the run was
   trained with, plus any extra "splits" (masked views, files handed to predict).
+- The three command lines' shared options (:func:`run_parser`,
+  :func:`add_checkpoint_arguments`, :func:`add_dataset_arguments`) and their handling
+  of user errors (:data:`USER_ERRORS`, :func:`user_error`): one ``error:`` line and
+  exit status 2 instead of a traceback.
 
 Which checkpoint (:data:`CHECKPOINTS`): ``"evaluated"`` (the default everywhere) is the
 one the run's own test evaluation used (results.json's ``evaluated.step``): the best by
@@ -30,7 +34,10 @@ says whether it is finished (:attr:`LoadedRun.run_status`: ``"finished"``,
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -451,3 +458,60 @@ def split_field(ds: Any, split: str, key: str) -> list[Any]:
 def has_field(ds: Any, split: str, key: str) -> bool:
     source = ds.splits.get(split)
     return source is not None and len(source) > 0 and key in source[0]
+
+
+# ---------------------------------------------------------------- the command lines
+
+# What evaluate / explain / predict report as one ``error: ...`` line (exit status 2):
+# bad input (dataset, split, classes), a missing run folder, checkpoint or data folder.
+USER_ERRORS = (EvaluationInputError, FileNotFoundError, data.LayoutError)
+
+CHECKPOINT_HELP = (
+    "which checkpoint (default: the one the run's own test evaluation used, i.e. the best by its "
+    "monitored validation metric unless it was trained with restore_best=False)"
+)
+
+
+def run_parser(prog: str, description: str, *, ensemble: bool = False) -> argparse.ArgumentParser:
+    """The parser of a command line that reads run folders, with its ``--workdir``: one run,
+    or with ``ensemble`` one or more (a list)."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    runs = "run folder written by python -m cxrjax.train"
+    if ensemble:
+        p.add_argument(
+            "--workdir", action="append", required=True, metavar="RUN", help=f"{runs} (repeat for an ensemble)"
+        )
+    else:
+        p.add_argument("--workdir", required=True, help=runs)
+    return p
+
+
+def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` (:data:`CHECKPOINTS`) and ``--batch-size``: how a run is loaded and
+    fed, the same in every command line that loads one."""
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, choices=CHECKPOINTS, help=CHECKPOINT_HELP)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+
+
+def add_dataset_arguments(p: argparse.ArgumentParser, *, options_help: str = "preparation options as JSON") -> None:
+    """The data a run is evaluated on (:func:`dataset_request`; default: its own) and the
+    split; :func:`common_kwargs` reads them back."""
+    p.add_argument("--dataset", help="dataset name (default: the run's training dataset)")
+    p.add_argument("--data-dir", help="where prepared datasets live (default: the run's)")
+    p.add_argument("--manual-dir", help="your download of a real dataset, if not yet prepared")
+    p.add_argument("--dataset-options", type=json.loads, metavar="JSON", help=options_help)
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+
+
+def common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of :func:`add_dataset_arguments` and :func:`add_checkpoint_arguments`,
+    by the keyword names ``explain`` and ``EvalOptions`` take them."""
+    names = ("dataset", "data_dir", "manual_dir", "dataset_options", "split", "checkpoint", "batch_size")
+    return {name: getattr(args, name) for name in names}
+
+
+def user_error(error: BaseException) -> int:
+    """Print a user error (:data:`USER_ERRORS`) as one ``error:`` line on stderr; returns
+    the exit status, 2."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2

@@ -21,7 +21,6 @@ and the exit status is 1 so scripts notice.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from cxrjax.data import DATASETS
 from cxrjax.data.builders.options import make_options
 from cxrjax.data.decode import DecodeError, read_grayscale
 from cxrjax.data.subset import split_options
-from cxrjax.explain.gradcam import METHODS
+from cxrjax.explain.gradcam import add_saliency_arguments
 from cxrjax.explain.overlay import save_overlay_png
 from cxrjax.explain.split import saliency
 from cxrjax.train.evaluation import predict_split
@@ -177,21 +176,16 @@ def format_table(results: Sequence[FilePrediction], class_names: Sequence[str]) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m cxrjax.predict",
-        description="Class probabilities (in the dataset's class order) and the predicted class for "
+    p = inference.run_parser(
+        "python -m cxrjax.predict",
+        "Class probabilities (in the dataset's class order) and the predicted class for "
         "each image file, with the run's own evaluation preprocessing.",
     )
-    p.add_argument("--workdir", required=True, help="run folder written by python -m cxrjax.train")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, BMP, TIFF; 8/16-bit)")
     p.add_argument("--gradcam", metavar="OUT_DIR", help="also write a Grad-CAM overlay PNG per image here")
-    p.add_argument("--layer", help="Grad-CAM layer (default: the model's last conv stage)")
-    p.add_argument(
-        "--cam-method", default="gradcam", choices=METHODS, help="saliency method for --gradcam (default: gradcam)"
-    )
+    add_saliency_arguments(p, method_help="saliency method for --gradcam (default: gradcam)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--checkpoint", default=inference.DEFAULT_CHECKPOINT, choices=inference.CHECKPOINTS)
-    p.add_argument("--batch-size", type=int, default=inference.DEFAULT_BATCH_SIZE)
+    inference.add_checkpoint_arguments(p)
     p.add_argument(
         "--data-dir",
         help="prepared training data: only for runs normalised with dataset "
@@ -201,8 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run = inference.load_run(a.workdir, checkpoint=a.checkpoint)
     except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return inference.user_error(error)
     results = predict_files(
         run,
         a.images,

@@ -61,49 +61,31 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from experiments import train_options
-from experiments.experiment import (
-    ReportSpec,
-    add_common_arguments,
-    list_cells,
-    per_device_batch,
-    pick_cells,
-    run_from_args,
-    seeds_of,
-)
+from experiments import experiment, train_options
 from experiments.grid import Cell, RunFn, RunSpec
 from experiments.report import Claim
 
 EXPERIMENT = "ablation_bn_dropout"
+DESCRIPTION = (
+    "S4's BatchNorm / dropout / early-stopping ablation over several seeds, with "
+    "confidence intervals and significance tests. Resumable: re-run the same command."
+)
 PHANTOMS = "cxr_phantoms"
 D4 = "covid19_radiography"
 
 
 @dataclass(frozen=True)
-class PhantomDefaults:
-    """The default run on the synthetic phantoms (see the module docstring for why)."""
+class PhantomDefaults(experiment.PhantomSplit):
+    """The default run on the synthetic phantoms (see the module docstring for why);
+    ``image_size`` is the model input as well as the stored size."""
 
-    image_size: int = 32  # model input and stored size
-    num_train: int = 640
-    num_validation: int = 128
-    num_test: int = 256
-    severity_range: tuple[float, float] = (0.5, 1.0)  # findings at least half-developed
     epochs: int = 12
     patience: int = 3  # early-stopping patience of the ES cells (S4's)
 
-    def dataset_options(self) -> dict[str, Any]:
-        return {
-            "num_train": self.num_train,
-            "num_validation": self.num_validation,
-            "num_test": self.num_test,
-            "image_size": self.image_size,
-            "severity_range": list(self.severity_range),
-        }
 
-
-DEFAULTS = PhantomDefaults()
+DEFAULTS = PhantomDefaults(num_train=640, num_validation=128, num_test=256, image_size=32)
 
 # S4's single-run test accuracies (SPEC.md, S4), on D4.
 S4_TEST_ACCURACY = {
@@ -209,37 +191,17 @@ def s4_cells() -> list[Cell]:
 
 
 def s0_cells() -> list[Cell]:
-    return [
-        Cell(
-            name=model,
-            label=label,
-            factors={"model": label},
-            network=model,
-            overrides={"preset": model},
-            group="S0 grid (same data, S0's networks and optimiser)",
-        )
-        for model, label in S0_CELLS
-    ]
+    group = "S0 grid (same data, S0's networks and optimiser)"
+    return [experiment.preset_cell(model, label, model, {"model": label}, group=group) for model, label in S0_CELLS]
 
 
 def base_config(args: argparse.Namespace, num_devices: int) -> Any:
     """S4's settings (engine preset) on the chosen dataset, before the user's changes."""
-    from cxrjax.train import PRESETS
-
-    config = PRESETS["s4_exp2"].replace(
-        data_dir=args.data_dir,
-        manual_dir=args.manual_dir,
-        progress=False,
-        compilation_cache_dir=args.compilation_cache or None,
-        per_device_batch_size=per_device_batch(args, num_devices),
-    )
+    config = experiment.preset_config(args, "s4_exp2", num_devices)
     if args.dataset == PHANTOMS:
         d = DEFAULTS
         config = config.replace(
-            dataset=PHANTOMS,
-            dataset_options=d.dataset_options(),
-            image_size=d.image_size,
-            epochs=d.epochs,
+            dataset=PHANTOMS, dataset_options=d.dataset_options(), image_size=d.image_size, epochs=d.epochs
         )
     elif args.dataset != D4:
         config = config.replace(dataset=args.dataset, dataset_options={})
@@ -263,9 +225,8 @@ def cell_config(base: Any, cell: Cell, seed: int, patience: int) -> Any:
         from cxrjax.train import PRESETS
 
         s0 = PRESETS[o["preset"]]
-        keep = (
+        keep = (  # model_options are merged below
             "model",
-            "model_options",
             "optimizer",
             "lr",
             "adam_eps",
@@ -288,34 +249,24 @@ def cell_config(base: Any, cell: Cell, seed: int, patience: int) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.ablation_bn_dropout",
-        description="S4's BatchNorm / dropout / early-stopping ablation over several seeds, with "
-        "confidence intervals and significance tests. Resumable: re-run the same command.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_common_arguments(p, default_dataset=PHANTOMS, experiment=EXPERIMENT, global_batch=32)
+    p = experiment.parser(EXPERIMENT, DESCRIPTION, default_dataset=PHANTOMS, global_batch=32)
     p.add_argument("--s0", action="store_true", help="also run S0's grid (S0-A, S0-B, S0-C)")
     train_options.add_train_options(p)
     return p
 
 
-def make_specs(
-    args: argparse.Namespace, cells: Sequence[Cell], num_devices: int, changes: dict[str, Any]
-) -> list[RunSpec]:
-    """One RunSpec per cell and seed; ``changes``: the user's training options."""
+def run_configs(args: argparse.Namespace, num_devices: int, changes: dict[str, Any]) -> Callable[[Cell, int], Any]:
+    """The TrainConfig of each (cell, seed); ``changes``: the user's training options."""
     base = train_options.apply_changes(base_config(args, num_devices), changes)
     patience = early_stopping_patience(args, changes)
-    seeds = seeds_of(args)
-    return [RunSpec(cell.name, seed, cell_config(base, cell, seed, patience)) for cell in cells for seed in seeds]
+    return lambda cell, seed: cell_config(base, cell, seed, patience)
 
 
 def describe(specs: Sequence[RunSpec]) -> list[str]:
     c = specs[0].config
-    opts = ", ".join(f"{k}={v}" for k, v in c.dataset_options.items())
     patience = next((s.config.early_stopping_patience for s in specs if s.config.early_stopping_patience), None)
     return [
-        f"Dataset `{c.dataset}`" + (f" ({opts})" if opts else "") + f"; input {c.image_size or 'model default'} px, "
+        experiment.dataset_phrase(c) + f"; input {c.image_size or 'model default'} px, "
         f"{c.channels} channels; {c.optimizer} lr {c.lr}, batch {c.per_device_batch_size} per device, "
         f"up to {c.epochs} epochs; "
         + (
@@ -331,26 +282,15 @@ def describe(specs: Sequence[RunSpec]) -> list[str]:
 def main(argv: Sequence[str] | None = None, *, run_fn: RunFn | None = None) -> int:
     args = build_parser().parse_args(argv)
     known = s4_cells() + s0_cells()
-    cells = pick_cells(args, s4_cells() + (s0_cells() if args.s0 else []), known)
-    if args.list_cells:
-        list_cells(known)
-        return 0
+    cells = experiment.pick_cells(args, s4_cells() + (s0_cells() if args.s0 else []), known)
+    note = None
     if args.dataset not in (PHANTOMS,) and not args.manual_dir:
-        print(f"note: {args.dataset} needs --manual-dir unless it is already prepared under {args.data_dir}")
-    return run_from_args(
-        args,
-        EXPERIMENT,
-        cells,
-        make_specs,
-        lambda specs: ReportSpec(
-            title=f"BatchNorm / dropout / early-stopping ablation on {args.dataset}",
-            description=describe(specs),
-            claims=S4_CLAIMS,
-            reference_source="S4",
-            references_comparable=args.dataset == D4,
-        ),
-        run_fn,
+        note = f"note: {args.dataset} needs --manual-dir unless it is already prepared under {args.data_dir}"
+    title = f"BatchNorm / dropout / early-stopping ablation on {args.dataset}"
+    report = experiment.ReportSpec(
+        title, claims=S4_CLAIMS, reference_source="S4", references_comparable=args.dataset == D4
     )
+    return experiment.run_from_args(args, EXPERIMENT, cells, known, run_configs, report, describe, run_fn, note=note)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """What every experiment module does after it has built its cells and configs: open the
-dataset once, run the grid through the training engine, write the report, name the files.
+dataset once, run the grid through the training engine, write the report, name the files;
+and what they build those from: the common options (:func:`parser`), an engine preset
+with the command line's settings (:func:`preset_config`), the default phantoms
+(:class:`PhantomSplit`), cells that train a preset (:func:`preset_cell`).
 
 Why open the dataset here: every run of a grid uses the same prepared split, so it is
 prepared (or found) once and the opened ``PreparedDataset`` is handed to every
@@ -11,12 +14,26 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from experiments import grid, report
 from experiments.grid import Cell, RunFn, RunSpec
+
+
+def parser(
+    experiment: str, description: str, *, default_dataset: str | None, global_batch: int
+) -> argparse.ArgumentParser:
+    """The parser of ``python -m experiments.<experiment>`` with the options every experiment
+    has (:func:`add_common_arguments`); the experiment adds its own, then the training options."""
+    p = argparse.ArgumentParser(
+        prog=f"python -m experiments.{experiment}",
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_common_arguments(p, default_dataset=default_dataset, experiment=experiment, global_batch=global_batch)
+    return p
 
 
 def add_common_arguments(
@@ -58,6 +75,46 @@ def per_device_batch(args: argparse.Namespace, num_devices: int) -> int:
     return max(1, args.global_batch_size // num_devices)
 
 
+def preset_config(args: argparse.Namespace, preset: str, num_devices: int) -> Any:
+    """The engine preset ``preset`` with what every experiment sets from its command line:
+    the data folders, no per-run progress bar (the grid has one), the compilation cache and
+    the per-device share of ``--global-batch-size``."""
+    from cxrjax.train import PRESETS
+
+    return PRESETS[preset].replace(
+        data_dir=args.data_dir,
+        manual_dir=args.manual_dir,
+        progress=False,
+        compilation_cache_dir=args.compilation_cache or None,
+        per_device_batch_size=per_device_batch(args, num_devices),
+    )
+
+
+@dataclass(frozen=True)
+class PhantomSplit:
+    """The ``cxr_phantoms`` an experiment runs on without real data: split sizes, the side
+    the images are stored at, and the findings' severity range (by default at least
+    half-developed: with the generator's 0-1 many images are nearly finding-free).
+    Experiments subclass it to add their own defaults (epochs, input sizes)."""
+
+    num_train: int
+    num_validation: int
+    num_test: int
+    image_size: int  # stored side
+    severity_range: tuple[float, float] = (0.5, 1.0)
+
+    def dataset_options(self) -> dict[str, Any]:
+        """The ``dataset_options`` of the TrainConfig (cxr_phantoms' preparation options)."""
+        options = {f.name: getattr(self, f.name) for f in fields(PhantomSplit)}
+        return {**options, "severity_range": list(self.severity_range)}
+
+
+def dataset_phrase(config: Any) -> str:
+    """How every report's description begins: ``Dataset `name` (its options)``."""
+    opts = ", ".join(f"{k}={v}" for k, v in config.dataset_options.items())
+    return f"Dataset `{config.dataset}`" + (f" ({opts})" if opts else "")
+
+
 def default_workdir(args: argparse.Namespace, experiment: str) -> Path:
     return Path(args.workdir or Path("runs") / experiment / args.dataset)
 
@@ -78,6 +135,12 @@ def pick_cells(args: argparse.Namespace, default: Sequence[Cell], known: Sequenc
     if unknown:
         raise SystemExit(f"unknown cell(s) {unknown}; cells: {sorted(by_name)}")
     return [by_name[w] for w in wanted]
+
+
+def preset_cell(name: str, label: str, preset: str, factors: Mapping[str, str], **extra: Any) -> Cell:
+    """A cell that trains the engine preset ``preset``, its network named after the cell;
+    ``extra``: the other :class:`~experiments.grid.Cell` fields (reference, group)."""
+    return Cell(name=name, label=label, factors=factors, network=name, overrides={"preset": preset}, **extra)
 
 
 def list_cells(cells: Sequence[Cell]) -> None:
@@ -213,20 +276,30 @@ def run_experiment(
     return files, summary
 
 
+ConfigsFn = Callable[[argparse.Namespace, int, dict[str, Any]], Callable[[Cell, int], Any]]
+
+
 def run_from_args(
     args: argparse.Namespace,
     experiment: str,
     cells: Sequence[Cell],
-    make_specs: Callable[[argparse.Namespace, Sequence[Cell], int, dict[str, Any]], list[RunSpec]],
-    report_spec: Callable[[Sequence[RunSpec]], ReportSpec],
+    known: Sequence[Cell],
+    run_configs: ConfigsFn,
+    report: ReportSpec,
+    describe: Callable[[Sequence[RunSpec]], list[str]],
     run_fn: RunFn | None = None,
+    *,
+    note: str | None = None,
 ) -> int:
-    """An experiment's ``main`` after parsing: build the runs for the local devices (or
-    ``--num-devices``), run them in ``--workdir`` and report (see :func:`run_experiment`).
+    """An experiment's ``main`` after parsing and picking ``cells``: ``--list-cells`` prints
+    the ``known`` cells; otherwise ``note`` (if any) is printed, one run is built per cell
+    and seed for the local devices (or ``--num-devices``), and they are run in
+    ``--workdir`` and reported (see :func:`run_experiment`; ``describe(specs)`` is the
+    report's description).
 
-    ``make_specs(args, cells, num_devices, changes)`` gets the user's training options
-    (``train_options.train_changes``), read once here, so a deprecated spelling is
-    reported once.
+    ``run_configs(args, num_devices, changes)`` returns the TrainConfig of a (cell, seed);
+    it gets the user's training options (``train_options.train_changes``), read once here,
+    so a deprecated spelling is reported once.
 
     A training option TrainConfig refuses, or a run folder that holds a different
     configuration, ends in one ``error: ...`` line and exit status 2 (as
@@ -235,10 +308,17 @@ def run_from_args(
     from cxrjax.train.trainer import USER_ERRORS
     from experiments import train_options
 
+    if args.list_cells:
+        list_cells(known)
+        return 0
+    if note:
+        print(note)
     try:
         changes = train_options.train_changes(args)
         num_devices = changes.get("num_devices") or local_device_count()
-        specs = make_specs(args, cells, num_devices, changes)
+        config_of = run_configs(args, num_devices, changes)
+        seeds = seeds_of(args)
+        specs = [RunSpec(cell.name, seed, config_of(cell, seed)) for cell in cells for seed in seeds]
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -247,7 +327,7 @@ def run_from_args(
             cells,
             specs,
             default_workdir(args, experiment),
-            report_spec(specs),
+            replace(report, description=describe(specs)),
             run_fn=run_fn,
             progress=args.grid_progress,
             jobs=jobs_of(args),

@@ -36,6 +36,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -44,7 +45,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -299,53 +300,22 @@ def _run_parallel(
     env: dict[str, str],
     finished: Callable[[RunRecord], None],
 ) -> None:
+    """Run ``todo`` in up to ``jobs`` spawned worker processes (one group of specs per
+    task, ``env`` set in each worker), calling ``finished`` here as each run ends."""
     import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold JAX threads
-    groups = _groups(todo)
-    previous = _interrupt_on_sigterm()
-    try:
-        _run_pool(ctx, groups, len(todo), workdir, run_fn, jobs, env, finished)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt_on_sigterm() -> Any:
-    """Treat SIGTERM like Ctrl-C while workers run, so they are stopped too (a background
-    job ignores SIGINT). Returns the previous handler (None off the main thread)."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    return signal.signal(signal.SIGTERM, interrupt)
-
-
-def _run_pool(
-    ctx: Any,
-    groups: list[list[RunSpec]],
-    total: int,
-    workdir: str | Path,
-    run_fn: RunFn,
-    jobs: int,
-    env: dict[str, str],
-    finished: Callable[[RunRecord], None],
-) -> None:
     import queue as queue_lib
     from concurrent.futures import ProcessPoolExecutor
 
-    with ctx.Manager() as manager:
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold JAX threads
+    groups = _groups(todo)
+    with _sigterm_interrupts(), ctx.Manager() as manager:
         results = manager.Queue()
         pool = ProcessPoolExecutor(
             max_workers=min(jobs, len(groups)), mp_context=ctx, initializer=_init_worker, initargs=(env,)
         )
         try:
             futures = [pool.submit(_run_group, g, str(workdir), run_fn, results) for g in groups]
-            remaining = total
+            remaining = len(todo)
             while remaining:
                 try:
                     record = results.get(timeout=1.0)
@@ -365,6 +335,28 @@ def _run_pool(
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C while workers run, so they are stopped too (a background
+    job ignores SIGINT); the previous handler is restored on leaving. Off the main thread
+    (where no handler can be set) it does nothing."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: a handler not set from Python, which cannot be restored
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _one_line(record: RunRecord) -> str:

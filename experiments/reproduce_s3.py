@@ -39,48 +39,30 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from experiments import train_options
-from experiments.experiment import (
-    ReportSpec,
-    add_common_arguments,
-    list_cells,
-    per_device_batch,
-    pick_cells,
-    run_from_args,
-    seeds_of,
-)
+from experiments import experiment, train_options
 from experiments.grid import Cell, RunFn, RunSpec
 from experiments.report import Claim
 
 EXPERIMENT = "reproduce_s3"
+DESCRIPTION = (
+    "S3's LeNet-5 vs VGG16 (and VGG16-BN) over several seeds with S3's protocol, on DP "
+    "(--manual-dir) or on phantoms. Resumable: re-run the same command."
+)
 DP = "covid19_image_dataset"
 PHANTOMS = "cxr_phantoms"
 
 
 @dataclass(frozen=True)
-class PhantomDefaults:
-    """DP-sized phantoms (DP: 251 train/ images, 80/20 -> ~200/51, 66 test/ images)."""
+class PhantomDefaults(experiment.PhantomSplit):
+    """DP-sized phantoms (DP: 251 train/ images, 80/20 -> ~200/51, 66 test/ images),
+    stored at 32 px, with the ablation's default severities."""
 
-    num_train: int = 200
-    num_validation: int = 52
-    num_test: int = 68
-    stored_size: int = 32
-    severity_range: tuple[float, float] = (0.5, 1.0)  # as the ablation's default phantoms
     vgg_image_size: int = 32  # 224 on DP; see the module docstring
 
-    def dataset_options(self) -> dict[str, Any]:
-        return {
-            "num_train": self.num_train,
-            "num_validation": self.num_validation,
-            "num_test": self.num_test,
-            "image_size": self.stored_size,
-            "severity_range": list(self.severity_range),
-        }
 
-
-DEFAULTS = PhantomDefaults()
+DEFAULTS = PhantomDefaults(num_train=200, num_validation=52, num_test=68, image_size=32)
 
 # cell name -> (preset, label, S3's single-run test accuracy)
 S3_NETWORKS = {
@@ -96,14 +78,8 @@ S3_CLAIMS = (
 
 def s3_cells() -> list[Cell]:
     return [
-        Cell(
-            name=name,
-            label=label,
-            factors={"network": name},
-            network=name,
-            overrides={"preset": preset},
-            reference=ref,
-            reference_name="S3" if ref is not None else None,
+        experiment.preset_cell(
+            name, label, preset, {"network": name}, reference=ref, reference_name="S3" if ref is not None else None
         )
         for name, (preset, label, ref) in S3_NETWORKS.items()
     ]
@@ -115,24 +91,12 @@ def dataset_of(args: argparse.Namespace) -> str:
 
 def cell_config(args: argparse.Namespace, cell: Cell, seed: int, num_devices: int, changes: dict) -> Any:
     """S3's preset for the cell's network, on the chosen data, with the user's changes."""
-    from cxrjax.train import PRESETS
-
     dataset = dataset_of(args)
-    config = PRESETS[cell.overrides["preset"]].replace(
-        data_dir=args.data_dir,
-        manual_dir=args.manual_dir,
-        progress=False,
-        compilation_cache_dir=args.compilation_cache or None,
-        per_device_batch_size=per_device_batch(args, num_devices),
-    )
+    config = experiment.preset_config(args, cell.overrides["preset"], num_devices)
     if dataset == PHANTOMS:
         d = DEFAULTS
         size = config.image_size if cell.name == "lenet5" else (args.vgg_image_size or d.vgg_image_size)
-        config = config.replace(
-            dataset=PHANTOMS,
-            dataset_options=d.dataset_options(),
-            image_size=size,
-        )
+        config = config.replace(dataset=PHANTOMS, dataset_options=d.dataset_options(), image_size=size)
     else:
         if dataset != DP:
             config = config.replace(dataset=dataset, dataset_options={})
@@ -142,13 +106,7 @@ def cell_config(args: argparse.Namespace, cell: Cell, seed: int, num_devices: in
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.reproduce_s3",
-        description="S3's LeNet-5 vs VGG16 (and VGG16-BN) over several seeds with S3's protocol, on DP "
-        "(--manual-dir) or on phantoms. Resumable: re-run the same command.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_common_arguments(p, default_dataset=None, experiment=EXPERIMENT, global_batch=25)
+    p = experiment.parser(EXPERIMENT, DESCRIPTION, default_dataset=None, global_batch=25)
     p.add_argument(
         "--vgg-image-size",
         type=int,
@@ -159,23 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_specs(
-    args: argparse.Namespace, cells: Sequence[Cell], num_devices: int, changes: dict[str, Any]
-) -> list[RunSpec]:
-    """One RunSpec per cell and seed; ``changes``: the user's training options."""
-    return [
-        RunSpec(cell.name, seed, cell_config(args, cell, seed, num_devices, changes))
-        for cell in cells
-        for seed in seeds_of(args)
-    ]
+def run_configs(args: argparse.Namespace, num_devices: int, changes: dict[str, Any]) -> Callable[[Cell, int], Any]:
+    """The TrainConfig of each (cell, seed); ``changes``: the user's training options."""
+    return lambda cell, seed: cell_config(args, cell, seed, num_devices, changes)
 
 
 def describe(specs: Sequence[RunSpec]) -> list[str]:
     c = specs[0].config
-    opts = ", ".join(f"{k}={v}" for k, v in c.dataset_options.items())
     sizes = ", ".join(dict.fromkeys(f"{s.cell} {s.config.image_size} px" for s in specs))
     return [
-        f"Dataset `{c.dataset}`" + (f" ({opts})" if opts else "") + f"; inputs: {sizes}; {c.channels} channel(s); "
+        experiment.dataset_phrase(c) + f"; inputs: {sizes}; {c.channels} channel(s); "
         f"{c.optimizer} lr {c.lr}, batch {c.per_device_batch_size} per device, up to {c.epochs} epochs, "
         "early stopping on "
         f"{c.monitor} (patience {c.early_stopping_patience}, min_delta {c.early_stopping_min_delta}), best "
@@ -188,24 +139,12 @@ def main(argv: Sequence[str] | None = None, *, run_fn: RunFn | None = None) -> i
     args = build_parser().parse_args(argv)
     args.dataset = dataset_of(args)
     known = s3_cells()
-    cells = pick_cells(args, known, known)
-    if args.list_cells:
-        list_cells(known)
-        return 0
-    return run_from_args(
-        args,
-        EXPERIMENT,
-        cells,
-        make_specs,
-        lambda specs: ReportSpec(
-            title=f"S3 reproduced: LeNet-5 vs VGG16 from scratch on {args.dataset}",
-            description=describe(specs),
-            claims=S3_CLAIMS,
-            reference_source="S3",
-            references_comparable=args.dataset == DP,
-        ),
-        run_fn,
+    cells = experiment.pick_cells(args, known, known)
+    title = f"S3 reproduced: LeNet-5 vs VGG16 from scratch on {args.dataset}"
+    report = experiment.ReportSpec(
+        title, claims=S3_CLAIMS, reference_source="S3", references_comparable=args.dataset == DP
     )
+    return experiment.run_from_args(args, EXPERIMENT, cells, known, run_configs, report, describe, run_fn)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Every name is loaded on first use: `cxrjax.data.pipeline` imports grain and JAX,
 preparation (and its worker processes) never needs, and the builders import TFDS, which
 `cxrjax.train.config` (via `cxrjax.data.input_options`) never needs.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -24,17 +25,29 @@ import importlib
 # `cxrjax.train.config` uses) can then be imported without either.
 _NAMES = {
     "DATASETS": "cxrjax.data.builders",
-    **dict.fromkeys(("CarveOptions", "PhantomDatasetOptions", "PreparationOptions", "SplitOptions"),
-                    "cxrjax.data.builders.options"),
-    **dict.fromkeys(("PreparedDataset", "RecordSource", "get_builder", "load", "load_prepared",
-                     "prepare"), "cxrjax.data.dataset"),
+    **dict.fromkeys(
+        ("CarveOptions", "PhantomDatasetOptions", "PreparationOptions", "SplitOptions"), "cxrjax.data.builders.options"
+    ),
+    **dict.fromkeys(
+        ("PreparedDataset", "RecordSource", "get_builder", "load", "load_prepared", "prepare"), "cxrjax.data.dataset"
+    ),
     **dict.fromkeys(("DecodeError", "decode_grayscale", "read_grayscale"), "cxrjax.data.decode"),
     "LayoutError": "cxrjax.data.layouts",
     "DataError": "cxrjax.data.errors",
     "SourceChangedError": "cxrjax.data.fingerprint",
     "select_classes": "cxrjax.data.subset",
-    **dict.fromkeys(("InputConfig", "train_batches", "eval_batches", "make_iterator",
-                     "class_weights", "dataset_statistics", "set_dataset_statistics"), "cxrjax.data.pipeline"),
+    **dict.fromkeys(
+        (
+            "InputConfig",
+            "train_batches",
+            "eval_batches",
+            "make_iterator",
+            "class_weights",
+            "dataset_statistics",
+            "set_dataset_statistics",
+        ),
+        "cxrjax.data.pipeline",
+    ),
 }
 
 __all__ = sorted(_NAMES)

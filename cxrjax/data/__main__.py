@@ -20,6 +20,7 @@ Options (each applies to the datasets whose options have it; see `info`):
   --near-duplicate-distance D --num-train N --num-validation N --num-test N
   --shortcut-marker --shortcut-strength P --severity-range LO HI --noise-std S
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,7 @@ from cxrjax.data.dataset import builder_class, get_builder, load_prepared, prepa
 from cxrjax.data.decode import DecodeError
 from cxrjax.data.layouts import LayoutError
 
-JSON_KEYS = ("dataset", "class_names", "splits", "skipped", "duplicate_groups", "duplicates",
-             "warnings")
+JSON_KEYS = ("dataset", "class_names", "splits", "skipped", "duplicate_groups", "duplicates", "warnings")
 _DEFAULT_DATA_DIR = os.environ.get("CXRJAX_DATA_DIR", "data")
 # CLI flag -> option field; type; help.
 _OPTION_FLAGS: list[tuple[str, dict[str, Any]]] = [
@@ -44,16 +44,25 @@ _OPTION_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("seed", dict(type=int, help="seed of the split / the phantom stream (default 0)")),
     ("validation_fraction", dict(type=float, help="validation share (default 0.2)")),
     ("test_fraction", dict(type=float, help="test share when no test/ is given (default 0.1)")),
-    ("near_duplicate_distance", dict(type=int, help="max Hamming distance of 256-bit dHashes "
-                                     "of near-duplicates (default 10; -1: identical files only)")),
+    (
+        "near_duplicate_distance",
+        dict(
+            type=int,
+            help="max Hamming distance of 256-bit dHashes of near-duplicates (default 10; -1: identical files only)",
+        ),
+    ),
     ("num_train", dict(type=int, help="phantoms in train (default 2000)")),
     ("num_validation", dict(type=int, help="phantoms in validation (default 400)")),
     ("num_test", dict(type=int, help="phantoms in test (default 400)")),
-    ("shortcut_marker", dict(action="store_const", const=True,
-                             help="phantoms: draw the class-correlated corner marker")),
+    (
+        "shortcut_marker",
+        dict(action="store_const", const=True, help="phantoms: draw the class-correlated corner marker"),
+    ),
     ("shortcut_strength", dict(type=float, help="phantoms: P(marker corner = class)")),
-    ("severity_range", dict(type=float, nargs=2, metavar=("LO", "HI"),
-                            help="phantoms: severity drawn uniformly in [LO, HI]")),
+    (
+        "severity_range",
+        dict(type=float, nargs=2, metavar=("LO", "HI"), help="phantoms: severity drawn uniformly in [LO, HI]"),
+    ),
     ("noise_std", dict(type=float, help="phantoms: quantum noise std on [0, 1]")),
 ]
 
@@ -65,16 +74,14 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _options_from(args: argparse.Namespace) -> dict[str, Any] | None:
-    given = {field: getattr(args, field) for field, _ in _OPTION_FLAGS
-             if getattr(args, field) is not None}
+    given = {field: getattr(args, field) for field, _ in _OPTION_FLAGS if getattr(args, field) is not None}
     if "severity_range" in given:
         given["severity_range"] = tuple(given["severity_range"])
     return given or None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cxrjax.data",
-                                     description="Prepare and inspect cxrjax datasets.")
+    parser = argparse.ArgumentParser(prog="python -m cxrjax.data", description="Prepare and inspect cxrjax datasets.")
     commands = parser.add_subparsers(dest="command", required=True)
     # Not argparse choices: an unknown name is then one "error:" line from main (exit
     # 2) that lists the known ones, not a usage screen.
@@ -82,14 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("prepare", help="prepare a dataset and print its report")
     p.add_argument("name", help=name_help)
-    p.add_argument("--manual-dir", default=None,
-                   help="the unzipped manual download (not needed for cxr_phantoms)")
-    p.add_argument("--data-dir", default=_DEFAULT_DATA_DIR,
-                   help=f"where prepared files go (default: $CXRJAX_DATA_DIR or "
-                        f"{_DEFAULT_DATA_DIR!r})")
+    p.add_argument("--manual-dir", default=None, help="the unzipped manual download (not needed for cxr_phantoms)")
+    p.add_argument(
+        "--data-dir",
+        default=_DEFAULT_DATA_DIR,
+        help=f"where prepared files go (default: $CXRJAX_DATA_DIR or {_DEFAULT_DATA_DIR!r})",
+    )
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.add_argument("--overwrite", action="store_true",
-                   help="prepare again even if prepared files exist for these options")
+    p.add_argument(
+        "--overwrite", action="store_true", help="prepare again even if prepared files exist for these options"
+    )
     _add_options(p)
 
     s = commands.add_parser("show", help="write a labelled grid of samples per class")
@@ -129,14 +138,11 @@ def format_report(report: dict[str, Any], data_path: str | None = None) -> str:
     for split, counts in splits.items():
         row = [counts.get(c, 0) for c in classes]
         totals = [a + b for a, b in zip(totals, row)]
-        lines.append(f"{split:<12}" + "".join(f"{n:>{width + 2}}" for n in row)
-                     + f"{sum(row):>9}")
-    lines.append(f"{'total':<12}" + "".join(f"{n:>{width + 2}}" for n in totals)
-                 + f"{sum(totals):>9}")
+        lines.append(f"{split:<12}" + "".join(f"{n:>{width + 2}}" for n in row) + f"{sum(row):>9}")
+    lines.append(f"{'total':<12}" + "".join(f"{n:>{width + 2}}" for n in totals) + f"{sum(totals):>9}")
     if "lung_masks" in report:
         masks = report["lung_masks"]
-        lines.append(f"\nlung masks: {masks['with_mask']} images with one, "
-                     f"{masks['without_mask']} without")
+        lines.append(f"\nlung masks: {masks['with_mask']} images with one, {masks['without_mask']} without")
     skipped = report["skipped"]
     lines.append(f"\nskipped: {len(skipped)}")
     lines += [f"  {entry['file']}: {entry['reason']}" for entry in skipped]
@@ -144,9 +150,10 @@ def format_report(report: dict[str, Any], data_path: str | None = None) -> str:
     lines.append(f"\nduplicate groups: {report['duplicate_groups']}")
     for group in groups:
         where = ", ".join(group.get("splits", [])) or "dropped"
-        lines.append(f"  [{group['kind']}] {' = '.join(group['files'])}  -> {where}"
-                     + (f"  (classes: {', '.join(group['classes'])})"
-                        if len(group["classes"]) > 1 else ""))
+        lines.append(
+            f"  [{group['kind']}] {' = '.join(group['files'])}  -> {where}"
+            + (f"  (classes: {', '.join(group['classes'])})" if len(group["classes"]) > 1 else "")
+        )
     warnings = report.get("warnings", [])
     if warnings:
         lines.append("")
@@ -176,8 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prepare":
             # TFDS prints progress to stdout; keep stdout for the report (and clean JSON).
             with contextlib.redirect_stdout(sys.stderr):
-                report = prepare(args.name, data_dir=args.data_dir, manual_dir=args.manual_dir,
-                                 options=options, overwrite=args.overwrite)
+                report = prepare(
+                    args.name,
+                    data_dir=args.data_dir,
+                    manual_dir=args.manual_dir,
+                    options=options,
+                    overwrite=args.overwrite,
+                )
             if args.json:
                 print(json.dumps(json_summary(report)))
             else:
@@ -188,10 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             from cxrjax.data.grid import sample_grid
 
             dataset = load_prepared(args.name, data_dir=args.data_dir, options=options)
-            out = sample_grid(dataset, args.out, split=args.split, per_class=args.per_class,
-                              masks=args.masks)
-            print(f"wrote {out} ({dataset.name}/{args.split}, {args.per_class} per class, "
-                  f"from {dataset.data_path})")
+            out = sample_grid(dataset, args.out, split=args.split, per_class=args.per_class, masks=args.masks)
+            print(f"wrote {out} ({dataset.name}/{args.split}, {args.per_class} per class, from {dataset.data_path})")
             return 0
     except (LayoutError, DecodeError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

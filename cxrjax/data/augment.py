@@ -37,9 +37,14 @@ class AugmentParams(NamedTuple):
     brightness: float = 1.0
 
 
-def draw_params(rng: np.random.Generator, *, hflip: bool, rotate_degrees: float,
-                zoom: tuple[float, float] | None,
-                brightness: tuple[float, float] | None) -> AugmentParams:
+def draw_params(
+    rng: np.random.Generator,
+    *,
+    hflip: bool,
+    rotate_degrees: float,
+    zoom: tuple[float, float] | None,
+    brightness: tuple[float, float] | None,
+) -> AugmentParams:
     """Draws the augmentation of one example.
 
     Always consumes exactly four uniforms in a fixed order, so switching one augmentation
@@ -50,8 +55,7 @@ def draw_params(rng: np.random.Generator, *, hflip: bool, rotate_degrees: float,
         flip=bool(hflip and r[0] < 0.5),
         angle_degrees=float((2.0 * r[1] - 1.0) * rotate_degrees),
         zoom=float(zoom[0] + r[2] * (zoom[1] - zoom[0])) if zoom else 1.0,
-        brightness=float(brightness[0] + r[3] * (brightness[1] - brightness[0]))
-        if brightness else 1.0,
+        brightness=float(brightness[0] + r[3] * (brightness[1] - brightness[0])) if brightness else 1.0,
     )
 
 

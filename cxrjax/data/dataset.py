@@ -19,6 +19,7 @@ lock (`locks.py`): concurrent preparers wait for each other, then open the same 
 `ds.fingerprint` identifies the opened data (e.g. to refuse resuming a run on other
 data).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,13 @@ import tensorflow_datasets as tfds
 from cxrjax.data.builders import DATASETS, REPORT_FILE, CxrBuilder
 from cxrjax.data.builders.base import quiet_tfds
 from cxrjax.data.errors import DataError
-from cxrjax.data.fingerprint import (SourceChangedError, data_fingerprint, describe_changes, pixel_digest,
-                                     with_class_subset)
+from cxrjax.data.fingerprint import (
+    SourceChangedError,
+    data_fingerprint,
+    describe_changes,
+    pixel_digest,
+    with_class_subset,
+)
 from cxrjax.data.layouts import LayoutError
 from cxrjax.data.locks import preparation_lock, remove_incomplete
 from cxrjax.data.subset import checked_index, select_classes, split_options
@@ -161,8 +167,14 @@ def get_builder(name: str, *, data_dir: str | Path, options: Any = None) -> CxrB
     return builder_class(name)(data_dir=Path(data_dir).expanduser(), options=options)
 
 
-def prepare(name: str, *, data_dir: str | Path, manual_dir: str | Path | None = None,
-            options: Any = None, overwrite: bool = False) -> dict[str, Any]:
+def prepare(
+    name: str,
+    *,
+    data_dir: str | Path,
+    manual_dir: str | Path | None = None,
+    options: Any = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Prepares `name` under data_dir if needed and returns its preparation report.
 
     Real datasets need `manual_dir` (the user's unzipped download; see
@@ -173,8 +185,7 @@ def prepare(name: str, *, data_dir: str | Path, manual_dir: str | Path | None = 
     return _prepare(builder, manual_dir, overwrite).read_report()
 
 
-def _prepare(builder: CxrBuilder, manual_dir: str | Path | None,
-             overwrite: bool) -> CxrBuilder:
+def _prepare(builder: CxrBuilder, manual_dir: str | Path | None, overwrite: bool) -> CxrBuilder:
     """Prepares `builder` unless its files exist (and overwrite is False); returns the
     builder to open: `builder`, or a new one when another process prepared the data
     while this one waited for the lock (a TFDS builder reads the metadata when made).
@@ -194,21 +205,25 @@ def _prepare(builder: CxrBuilder, manual_dir: str | Path | None,
             _check_same_source(builder, manual_dir)
         return builder
     # REUSE_CACHE_IF_EXISTS overwrites the prepared files (there is no download cache).
-    mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
-            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+    mode = (
+        tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
+        if overwrite
+        else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+    )
     download_config = tfds.download.DownloadConfig(download_mode=mode)
     if needs_manual:
         if manual_dir is None:
             raise LayoutError(
                 f"{builder.name} is not prepared in {builder.data_path}; pass the folder "
                 f"of your download as manual_dir (--manual-dir). "
-                f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+                f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            )
         manual_path = Path(manual_dir).expanduser()
         if not manual_path.is_dir():
-            raise LayoutError(f"{manual_path}: manual dir does not exist or is not a folder. "
-                              f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-        download_config = dataclasses.replace(download_config,
-                                              manual_dir=str(manual_path.resolve()))
+            raise LayoutError(
+                f"{manual_path}: manual dir does not exist or is not a folder. {builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            )
+        download_config = dataclasses.replace(download_config, manual_dir=str(manual_path.resolve()))
     Path(builder.data_dir_root).mkdir(parents=True, exist_ok=True)
     with preparation_lock(folder, what):
         remove_incomplete(folder)
@@ -221,8 +236,7 @@ def _prepare(builder: CxrBuilder, manual_dir: str | Path | None,
         # empty downloads/ folder.
         with quiet_tfds(), tempfile.TemporaryDirectory(prefix="cxrjax-tfds-") as scratch:
             # The file format (array_record) was set when the builder was made.
-            builder.download_and_prepare(download_dir=scratch,
-                                         download_config=download_config)
+            builder.download_and_prepare(download_dir=scratch, download_config=download_config)
     return builder
 
 
@@ -239,9 +253,12 @@ def _check_same_source(builder: CxrBuilder, manual_dir: str | Path) -> None:
         raise ValueError(
             f"{builder.data_path} was prepared from {source}, not from {requested}. "
             "Use another data_dir for this folder, omit manual_dir to use the prepared "
-            "files, or prepare with overwrite=True (--overwrite) to replace them.")
-    fix = ("Prepare again with overwrite=True (--overwrite) to replace the prepared "
-           "files, or omit manual_dir (--manual-dir) to use them as they are.")
+            "files, or prepare with overwrite=True (--overwrite) to replace them."
+        )
+    fix = (
+        "Prepare again with overwrite=True (--overwrite) to replace the prepared "
+        "files, or omit manual_dir (--manual-dir) to use them as they are."
+    )
     fingerprint = builder.source_fingerprint(source)
     if fingerprint is None:  # a builder that reads no folder
         return
@@ -249,18 +266,26 @@ def _check_same_source(builder: CxrBuilder, manual_dir: str | Path) -> None:
     if recorded is None:
         raise SourceChangedError(
             f"{builder.data_path} was prepared by an older cxrjax that did not record what "
-            f"{source} held, so whether the folder changed since cannot be checked. {fix}")
+            f"{source} held, so whether the folder changed since cannot be checked. {fix}"
+        )
     current, entries = fingerprint
     if current["sha256"] != recorded["sha256"]:
         changes = describe_changes(builder.read_source_files(), entries)
         raise SourceChangedError(
             f"{builder.data_path} was prepared from {source}, which has changed since "
             f"({recorded['files']} entries then, {current['files']} now: {changes}); the "
-            f"prepared files and their report describe the folder as it was. {fix}")
+            f"prepared files and their report describe the folder as it was. {fix}"
+        )
 
 
-def load(name: str, *, data_dir: str | Path, manual_dir: str | Path | None = None,
-         options: Any = None, classes: Sequence[str] | None = None) -> PreparedDataset:
+def load(
+    name: str,
+    *,
+    data_dir: str | Path,
+    manual_dir: str | Path | None = None,
+    options: Any = None,
+    classes: Sequence[str] | None = None,
+) -> PreparedDataset:
     """Prepares `name` if needed (with progress bars), then opens every split for
     random access (array_record through TFDS's data source; no TensorFlow).
 
@@ -283,38 +308,39 @@ def open_prepared(builder: CxrBuilder) -> PreparedDataset:
     class_names = list(builder.info.features["label"].names)
     report = builder.read_report()
     if report.get("class_names") and report["class_names"] != class_names:
-        raise ValueError(f"{builder.data_path}: class names in the report "
-                         f"{report['class_names']} differ from the stored features "
-                         f"{class_names}; the folder is inconsistent, prepare it again.")
-    splits = {str(split): RecordSource(source, str(split), label_sources[split])
-              for split, source in sources.items()}
+        raise ValueError(
+            f"{builder.data_path}: class names in the report "
+            f"{report['class_names']} differ from the stored features "
+            f"{class_names}; the folder is inconsistent, prepare it again."
+        )
+    splits = {str(split): RecordSource(source, str(split), label_sources[split]) for split, source in sources.items()}
     order = {"train": 0, "validation": 1, "test": 2}
     splits = dict(sorted(splits.items(), key=lambda kv: order.get(kv[0], 3)))
     builder.verify_prepared(splits)
-    return PreparedDataset(name=builder.name, class_names=class_names, splits=splits,
-                           builder=builder, report=report)
+    return PreparedDataset(name=builder.name, class_names=class_names, splits=splits, builder=builder, report=report)
 
 
 def records_fingerprint(builder: CxrBuilder) -> dict[str, Any]:
     """`PreparedDataset.fingerprint` (without class subset) computed from the stored
     records: one pass over every split, decoding file names, labels and images only."""
     keep = ("file_name", "label", "image")
-    decoders = {name: tfds.decode.SkipDecoding() for name in builder.info.features
-                if name not in keep}
+    decoders = {name: tfds.decode.SkipDecoding() for name in builder.info.features if name not in keep}
     with quiet_tfds():
         sources = builder.as_data_source(decoders=decoders)
     splits = {}
     for split, source in sources.items():
         pairs = []
         for start in range(0, len(source), _LABEL_CHUNK):
-            records = source.__getitems__(list(range(start, min(start + _LABEL_CHUNK,
-                                                                 len(source)))))
+            records = source.__getitems__(list(range(start, min(start + _LABEL_CHUNK, len(source)))))
             pairs += [(_clean(r)["file_name"], int(r["label"]), pixel_digest(r["image"])) for r in records]
         splits[str(split)] = pairs
-    return data_fingerprint(dataset=builder.name, config=builder.builder_config.name,
-                            version=str(builder.version),
-                            class_names=list(builder.info.features["label"].names),
-                            splits=splits)
+    return data_fingerprint(
+        dataset=builder.name,
+        config=builder.builder_config.name,
+        version=str(builder.version),
+        class_names=list(builder.info.features["label"].names),
+        splits=splits,
+    )
 
 
 def prepared_reports(name: str, data_dir: str | Path) -> list[dict[str, Any]]:
@@ -329,9 +355,9 @@ def prepared_reports(name: str, data_dir: str | Path) -> list[dict[str, Any]]:
     return reports
 
 
-def load_prepared(name: str, *, data_dir: str | Path,
-                  options: Mapping[str, Any] | None = None,
-                  classes: Sequence[str] | None = None) -> PreparedDataset:
+def load_prepared(
+    name: str, *, data_dir: str | Path, options: Mapping[str, Any] | None = None, classes: Sequence[str] | None = None
+) -> PreparedDataset:
     """Opens a prepared dataset without preparing anything.
 
     options None: the default configuration if prepared, else the only prepared one;
@@ -350,11 +376,16 @@ def load_prepared(name: str, *, data_dir: str | Path,
                 configs = [r.get("config") for r in reports]
                 raise LayoutError(
                     f"{name} is not prepared with default options under {data_dir}"
-                    + (f"; prepared configurations: {configs}. Pass the options of one."
-                       if configs else "; prepare it first (python -m cxrjax.data prepare "
-                       f"{name} --data-dir {data_dir} ...)."))
+                    + (
+                        f"; prepared configurations: {configs}. Pass the options of one."
+                        if configs
+                        else f"; prepare it first (python -m cxrjax.data prepare {name} --data-dir {data_dir} ...)."
+                    )
+                )
             builder = get_builder(name, data_dir=data_dir, options=reports[0]["options"])
     if not builder.is_prepared():
-        raise LayoutError(f"{name} is not prepared in {builder.data_path}; prepare it first "
-                          f"(python -m cxrjax.data prepare {name} --data-dir {data_dir} ...).")
+        raise LayoutError(
+            f"{name} is not prepared in {builder.data_path}; prepare it first "
+            f"(python -m cxrjax.data prepare {name} --data-dir {data_dir} ...)."
+        )
     return select_classes(open_prepared(builder), classes)

@@ -27,6 +27,7 @@ What "robust" means here, and why:
 Resizing to the preparation size is a plain stretch to a square (no letterbox); see
 `resize_square` for why.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -92,9 +93,13 @@ def has_image_extension(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-_FILE_KINDS = ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"),
-               (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
-               (stat.S_ISSOCK, "socket"))
+_FILE_KINDS = (
+    (stat.S_ISDIR, "folder"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISSOCK, "socket"),
+)
 
 
 def file_kind(mode: int) -> str:
@@ -198,8 +203,7 @@ def _to_grayscale(image: Image.Image) -> Image.Image:
         raise DecodeError(f"unsupported image mode {mode!r}") from error
 
 
-def decode_grayscale(data: bytes, *, size: int | None = None,
-                     source: str = "<bytes>") -> DecodedImage:
+def decode_grayscale(data: bytes, *, size: int | None = None, source: str = "<bytes>") -> DecodedImage:
     """Decodes image bytes to uint8 grayscale, stretched to size x size if size is given.
 
     Raises DecodeError (naming `source`) for anything that is not a complete image of a
@@ -216,7 +220,8 @@ def decode_grayscale(data: bytes, *, size: int | None = None,
             if image.format not in SUPPORTED_FORMATS:
                 raise DecodeError(
                     f"{source}: unsupported image format {image.format!r} "
-                    f"(supported: {', '.join(sorted(SUPPORTED_FORMATS))})")
+                    f"(supported: {', '.join(sorted(SUPPORTED_FORMATS))})"
+                )
             orientation = _orientation(image)
             width, height = image.size
             if orientation in (5, 6, 7, 8):
@@ -226,8 +231,9 @@ def decode_grayscale(data: bytes, *, size: int | None = None,
                 gap = int(size * _REDUCING_GAP)
                 image.draft("L", (gap, gap))
             if ImageFile.LOAD_TRUNCATED_IMAGES:
-                raise DecodeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; refusing "
-                                  "to decode silently-truncated files")
+                raise DecodeError(
+                    "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; refusing to decode silently-truncated files"
+                )
             image.load()
             decoded_size = (int(image.size[1]), int(image.size[0]))
             gray = _to_grayscale(image)
@@ -239,12 +245,18 @@ def decode_grayscale(data: bytes, *, size: int | None = None,
             pixels = np.array(gray, dtype=np.uint8)
     except DecodeError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError,
-            EOFError, Image.DecompressionBombError, MemoryError) as error:
-        raise DecodeError(f"{source}: not a readable image "
-                          f"({type(error).__name__}: {error})") from error
-    return DecodedImage(pixels=pixels, original_size=(int(height), int(width)),
-                        decoded_size=decoded_size)
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        TypeError,
+        EOFError,
+        Image.DecompressionBombError,
+        MemoryError,
+    ) as error:
+        raise DecodeError(f"{source}: not a readable image ({type(error).__name__}: {error})") from error
+    return DecodedImage(pixels=pixels, original_size=(int(height), int(width)), decoded_size=decoded_size)
 
 
 def read_grayscale(path: str | os.PathLike, *, size: int | None = None) -> DecodedImage:

@@ -25,6 +25,7 @@ docs/measurements.md#near-duplicate-thresholds.
 
 Pairs are merged into groups with union-find (path halving, union by size).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,16 +50,19 @@ def sha256_bytes(data: bytes) -> str:
 
 def dhash(gray: np.ndarray) -> np.ndarray:
     """256-bit difference hash of a uint8 [H, W] image, as uint64 [4] (row-major bits)."""
-    small = np.asarray(Image.fromarray(np.asarray(gray, np.uint8)).resize(
-        (DHASH_SIDE + 1, DHASH_SIDE), Image.Resampling.BILINEAR), np.int16)
+    small = np.asarray(
+        Image.fromarray(np.asarray(gray, np.uint8)).resize((DHASH_SIDE + 1, DHASH_SIDE), Image.Resampling.BILINEAR),
+        np.int16,
+    )
     bits = (small[:, :-1] > small[:, 1:]).reshape(-1)
     return np.packbits(bits.astype(np.uint8)).view(">u8").astype(np.uint64)
 
 
 def thumbnail(gray: np.ndarray, size: int = THUMBNAIL_SIZE) -> np.ndarray:
     """Zero-mean, unit-norm float32 [size*size] thumbnail: dot product = correlation."""
-    small = np.asarray(Image.fromarray(np.asarray(gray, np.uint8)).resize(
-        (size, size), Image.Resampling.BILINEAR), np.float32).reshape(-1)
+    small = np.asarray(
+        Image.fromarray(np.asarray(gray, np.uint8)).resize((size, size), Image.Resampling.BILINEAR), np.float32
+    ).reshape(-1)
     small -= small.mean()
     norm = float(np.linalg.norm(small))
     return small / norm if norm > 0 else small
@@ -104,12 +108,13 @@ def near_pairs(hashes: np.ndarray, max_distance: int, chunk: int = _CHUNK) -> np
     return np.concatenate(found).astype(np.int64)
 
 
-def confirm_pairs(pairs: np.ndarray, thumbnails: np.ndarray,
-                  min_correlation: float = NEAR_DUPLICATE_MIN_CORRELATION) -> np.ndarray:
+def confirm_pairs(
+    pairs: np.ndarray, thumbnails: np.ndarray, min_correlation: float = NEAR_DUPLICATE_MIN_CORRELATION
+) -> np.ndarray:
     """The pairs whose thumbnails correlate at least min_correlation (chunked)."""
     keep = []
     for start in range(0, len(pairs), _PAIR_CHUNK):
-        part = pairs[start:start + _PAIR_CHUNK]
+        part = pairs[start : start + _PAIR_CHUNK]
         correlation = np.einsum("kt,kt->k", thumbnails[part[:, 0]], thumbnails[part[:, 1]])
         keep.append(part[correlation >= min_correlation])
     return np.concatenate(keep) if keep else np.zeros((0, 2), np.int64)
@@ -156,10 +161,14 @@ class DuplicateGroup:
     kind: str
 
 
-def find_duplicates(digests: Sequence[str], hashes: np.ndarray,
-                    thumbnails: np.ndarray | None, *, max_distance: int = DEFAULT_MAX_DISTANCE,
-                    min_correlation: float = NEAR_DUPLICATE_MIN_CORRELATION,
-                    ) -> tuple[np.ndarray, list[DuplicateGroup]]:
+def find_duplicates(
+    digests: Sequence[str],
+    hashes: np.ndarray,
+    thumbnails: np.ndarray | None,
+    *,
+    max_distance: int = DEFAULT_MAX_DISTANCE,
+    min_correlation: float = NEAR_DUPLICATE_MIN_CORRELATION,
+) -> tuple[np.ndarray, list[DuplicateGroup]]:
     """Groups duplicates. Returns (group id per item, groups with >= 2 members).
 
     hashes: uint64 [N, W] from `dhash`. max_distance < 0 disables the perceptual test

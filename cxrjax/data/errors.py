@@ -5,6 +5,7 @@ dataset or class name, an unreadable image) is a :class:`DataError` whose messag
 the file or option and the fix, so command-line tools print it as one ``error:`` line
 instead of a traceback. A ``ValueError``, so callers that catch those keep working.
 """
+
 from __future__ import annotations
 
 

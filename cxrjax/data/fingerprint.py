@@ -15,6 +15,7 @@ label <TAB> pixel digest" lines (:func:`pixel_digest` of the stored image). It
 identifies the examples, their labels and their pixels: two folders whose files have
 the same names but other images are other data (a run resumed on the second is refused).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -94,18 +95,18 @@ def source_fingerprint(root: str | os.PathLike) -> tuple[dict[str, Any], list[li
     return {"files": len(entries), "sha256": digest}, entries
 
 
-def describe_changes(old: Sequence[Sequence] | None, new: Sequence[Sequence],
-                     examples: int = 3) -> str:
+def describe_changes(old: Sequence[Sequence] | None, new: Sequence[Sequence], examples: int = 3) -> str:
     """'2 added (e.g. a.png, b.png); 1 removed (e.g. c.png)' between two entry lists."""
     if old is None:
         return "the list of its files was not kept, so what changed is unknown"
     before = {entry[0]: tuple(entry[1:]) for entry in old}
     after = {entry[0]: tuple(entry[1:]) for entry in new}
     parts = []
-    for label, names in (("added", sorted(set(after) - set(before))),
-                         ("removed", sorted(set(before) - set(after))),
-                         ("changed", sorted(n for n in set(before) & set(after)
-                                            if before[n] != after[n]))):
+    for label, names in (
+        ("added", sorted(set(after) - set(before))),
+        ("removed", sorted(set(before) - set(after))),
+        ("changed", sorted(n for n in set(before) & set(after) if before[n] != after[n])),
+    ):
         if names:
             shown = ", ".join(names[:examples]) + (", ..." if len(names) > examples else "")
             parts.append(f"{len(names)} {label} (e.g. {shown})")
@@ -127,24 +128,33 @@ def split_digest(entries: Iterable[tuple[str, int, str]]) -> str:
     return _digest_lines(f"{name}\t{int(label)}\t{pixels}" for name, label, pixels in sorted(entries))
 
 
-def data_fingerprint(*, dataset: str, config: str, version: str, class_names: Sequence[str],
-                     splits: Mapping[str, Sequence[tuple[str, int]]]) -> dict[str, Any]:
+def data_fingerprint(
+    *,
+    dataset: str,
+    config: str,
+    version: str,
+    class_names: Sequence[str],
+    splits: Mapping[str, Sequence[tuple[str, int]]],
+) -> dict[str, Any]:
     """The prepared data's fingerprint (see the module docstring); JSON-serialisable.
 
     splits: {split: [(file name, label, pixel digest), ...]} of every stored record.
     """
-    return with_class_subset({
-        "dataset": dataset,
-        "config": config,
-        "version": version,
-        "class_names": list(class_names),
-        "splits": {split: {"examples": len(pairs), "sha256": split_digest(pairs)}
-                   for split, pairs in splits.items()},
-    }, None)
+    return with_class_subset(
+        {
+            "dataset": dataset,
+            "config": config,
+            "version": version,
+            "class_names": list(class_names),
+            "splits": {
+                split: {"examples": len(pairs), "sha256": split_digest(pairs)} for split, pairs in splits.items()
+            },
+        },
+        None,
+    )
 
 
-def with_class_subset(fingerprint: Mapping[str, Any],
-                      classes: Sequence[str] | None) -> dict[str, Any]:
+def with_class_subset(fingerprint: Mapping[str, Any], classes: Sequence[str] | None) -> dict[str, Any]:
     """The fingerprint with `class_subset` set (None: all classes) and `sha256` (of
     everything else) recomputed: a class-subset view is other data than the whole."""
     body = {k: v for k, v in fingerprint.items() if k != "sha256"}

@@ -4,6 +4,7 @@
 Pure Python (no grain, JAX or TFDS), so `cxrjax.train.config` can import it cheaply.
 Each class validates them in its own way: InputConfig strictly, when a pipeline is made.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -14,6 +14,7 @@ its holder. Only the holder removes `incomplete.*` folders, so never a live
 preparer's. (flock works between processes of one machine; on network file systems
 that ignore it, prepare on one machine first.)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,7 @@ LOCK_FILE = ".prepare.lock"
 
 
 @contextlib.contextmanager
-def preparation_lock(folder: str | os.PathLike, what: str, *,
-                     wait: bool = True) -> Iterator[bool]:
+def preparation_lock(folder: str | os.PathLike, what: str, *, wait: bool = True) -> Iterator[bool]:
     """Holds the preparation lock of `folder` (created if missing) while in the block.
 
     Yields True once held. wait=False never blocks: it yields False if another process
@@ -57,9 +57,13 @@ def preparation_lock(folder: str | os.PathLike, what: str, *,
                 return
             handle.seek(0)
             holder = handle.read().strip()
-            print(f"cxrjax: {what} is being prepared by another process"
-                  f"{f' (pid {holder})' if holder else ''}; waiting for it to finish "
-                  f"(lock {path}) ...", file=sys.stderr, flush=True)
+            print(
+                f"cxrjax: {what} is being prepared by another process"
+                f"{f' (pid {holder})' if holder else ''}; waiting for it to finish "
+                f"(lock {path}) ...",
+                file=sys.stderr,
+                flush=True,
+            )
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             handle.truncate(0)
@@ -82,6 +86,10 @@ def remove_incomplete(folder: str | os.PathLike) -> list[str]:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry.name)
     if removed:
-        print(f"cxrjax: removed {len(removed)} folder(s) left in {folder} by an interrupted "
-              f"preparation: {', '.join(removed)}", file=sys.stderr, flush=True)
+        print(
+            f"cxrjax: removed {len(removed)} folder(s) left in {folder} by an interrupted "
+            f"preparation: {', '.join(removed)}",
+            file=sys.stderr,
+            flush=True,
+        )
     return removed

@@ -76,12 +76,10 @@ class PhantomOptions:
         if self.image_size < 16:
             raise ValueError(f"PhantomOptions.image_size must be >= 16, got {self.image_size}")
         if not 0.0 <= self.shortcut_strength <= 1.0:
-            raise ValueError(
-                f"PhantomOptions.shortcut_strength must be in [0, 1], got {self.shortcut_strength}")
+            raise ValueError(f"PhantomOptions.shortcut_strength must be in [0, 1], got {self.shortcut_strength}")
         lo, hi = self.severity_range
         if not 0.0 <= lo <= hi:
-            raise ValueError("PhantomOptions.severity_range must satisfy 0 <= lo <= hi, "
-                             f"got {self.severity_range}")
+            raise ValueError(f"PhantomOptions.severity_range must satisfy 0 <= lo <= hi, got {self.severity_range}")
         # Lists from JSON configs become tuples so the options stay hashable.
         object.__setattr__(self, "severity_range", (float(lo), float(hi)))
 
@@ -168,9 +166,9 @@ def _upsampler(grid: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     pos = (np.arange(size) + 0.5) * (grid / size) - 0.5  # pixel centres in grid units
     idx = np.floor(pos).astype(np.intp)[:, None] + np.arange(-1, 3)[None, :]
     d = np.abs(pos[:, None] - idx)
-    w = np.where(d < 1, 2 / 3 - d ** 2 + d ** 3 / 2, np.where(d < 2, (2 - d) ** 3 / 6, 0.0))
+    w = np.where(d < 1, 2 / 3 - d**2 + d**3 / 2, np.where(d < 2, (2 - d) ** 3 / 6, 0.0))
     w[(idx < 0) | (idx >= grid)] = 0.0
-    w /= np.sqrt((w ** 2).sum(axis=1, keepdims=True))
+    w /= np.sqrt((w**2).sum(axis=1, keepdims=True))
     idx = np.clip(idx, 0, grid - 1)
     dense = np.zeros((size, grid), dtype=np.float32)
     np.add.at(dense, (np.arange(size)[:, None], idx), w)
@@ -191,7 +189,7 @@ def _smooth_noise(rng: np.random.Generator, grid: int, size: int) -> np.ndarray:
     block = max(1, 200_000 // (size * grid))
     out = np.empty((size, size), dtype=np.float32)
     for j in range(0, size, block):
-        out[:, j:j + block] = dense @ rows[:, j:j + block]
+        out[:, j : j + block] = dense @ rows[:, j : j + block]
     return out
 
 
@@ -248,11 +246,15 @@ class _Anatomy:
         uni = lambda lo, hi: float(rng.uniform(lo, hi))
         dome_r = uni(0.36, 0.46)
         return _Anatomy(
-            body_w=uni(0.82, 0.93), lung_c0=uni(0.40, 0.44), lung_w0=uni(0.25, 0.29),
-            apex=uni(-0.76, -0.68), dome_r=dome_r,
+            body_w=uni(0.82, 0.93),
+            lung_c0=uni(0.40, 0.44),
+            lung_w0=uni(0.25, 0.29),
+            apex=uni(-0.76, -0.68),
+            dome_r=dome_r,
             dome_l=dome_r + uni(0.02, 0.08),  # the left hemidiaphragm sits lower
             dome_c=uni(1.4, 2.2),
-            heart=(uni(0.06, 0.11), uni(0.30, 0.36), uni(0.29, 0.35), uni(0.24, 0.29)))
+            heart=(uni(0.06, 0.11), uni(0.30, 0.36), uni(0.29, 0.35), uni(0.24, 0.29)),
+        )
 
     def lung_centre(self, v):
         return self.lung_c0 + 0.07 * v
@@ -317,8 +319,9 @@ def _render(rng: np.random.Generator, label: int, opts: PhantomOptions):
     hu, hv, hrx, hry = A.heart
     # the heart: an ellipse above its centre line, a column below it, so that it sits
     # on the diaphragm with no lung underneath
-    d_heart = (((u - hu) / hrx) ** 2 * (0.5 * hry) - 0.5 * hry)[None, :] \
-        + (np.minimum(v - hv, 0.0) ** 2 * (0.5 / hry))[:, None]
+    d_heart = (((u - hu) / hrx) ** 2 * (0.5 * hry) - 0.5 * hry)[None, :] + (np.minimum(v - hv, 0.0) ** 2 * (0.5 / hry))[
+        :, None
+    ]
     rs = _rows(v, -0.42, -0.24)
     q = ((u - 0.10) / 0.08) ** 2 + (((v[rs] + 0.33) / 0.07) ** 2)[:, None]
     np.minimum(d_heart[rs], (q - 1.0) * 0.035, out=d_heart[rs])  # aortic knob
@@ -330,8 +333,11 @@ def _render(rng: np.random.Generator, label: int, opts: PhantomOptions):
     coarse = _smooth_noise(rng, 4, S)  # reused below: each field costs as much as 10 ops
     depth = 0.06 * coarse
     depth += (0.8 + 0.2 * np.clip(1.0 - (1.5 * v) ** 2, 0.0, 1.0))[:, None]
-    depth -= (soft_lower / lung_dark) * np.clip((v - 0.0) * 3.0, 0.0, 1.0)[:, None] \
+    depth -= (
+        (soft_lower / lung_dark)
+        * np.clip((v - 0.0) * 3.0, 0.0, 1.0)[:, None]
         * np.clip((t - 0.25) * 3.0, 0.0, 1.0)[None, :]
+    )
     depth *= lung_soft
     dens -= lung_dark * depth
 
@@ -424,8 +430,9 @@ def _render(rng: np.random.Generator, label: int, opts: PhantomOptions):
     ra = (v / sp_a)[:, None] + ((0.55 * t - 0.20 * t * t + 0.9) / sp_a)[None, :]
     phase = ra - np.floor(ra)
     ant = _ramp(-np.minimum(phase, 0.30 - phase), eps / rib_sp)
-    ant *= (np.clip((0.35 - v) * 4.0, 0.0, 1.0) * np.clip((v + 0.6) * 4.0, 0.0, 1.0))[:, None] \
-        * (0.03 * np.clip((t - 0.15) * 8.0, 0.0, 1.0) * wall)[None, :]
+    ant *= (np.clip((0.35 - v) * 4.0, 0.0, 1.0) * np.clip((v + 0.6) * 4.0, 0.0, 1.0))[:, None] * (
+        0.03 * np.clip((t - 0.15) * 8.0, 0.0, 1.0) * wall
+    )[None, :]
     dens += ant
     # clavicles
     cl = -0.60 - 0.35 * (t - 0.08) + 0.25 * (t - 0.08) ** 2
@@ -470,14 +477,22 @@ def _pick_consolidation_site(rng: np.random.Generator, side: int, A: _Anatomy):
 
 
 # 3x5 bitmap glyphs: the marker is a short "word" of random glyphs, like a site label.
-_GLYPHS = np.array([
-    [0b111, 0b101, 0b101, 0b101, 0b111], [0b010, 0b110, 0b010, 0b010, 0b111],
-    [0b111, 0b001, 0b111, 0b100, 0b111], [0b111, 0b001, 0b011, 0b001, 0b111],
-    [0b101, 0b101, 0b111, 0b001, 0b001], [0b111, 0b100, 0b111, 0b001, 0b111],
-    [0b101, 0b101, 0b111, 0b101, 0b101], [0b110, 0b101, 0b110, 0b101, 0b110],
-    [0b100, 0b100, 0b100, 0b100, 0b111], [0b111, 0b100, 0b100, 0b100, 0b111],
-    [0b101, 0b111, 0b111, 0b101, 0b101], [0b111, 0b010, 0b010, 0b010, 0b010],
-])
+_GLYPHS = np.array(
+    [
+        [0b111, 0b101, 0b101, 0b101, 0b111],
+        [0b010, 0b110, 0b010, 0b010, 0b111],
+        [0b111, 0b001, 0b111, 0b100, 0b111],
+        [0b111, 0b001, 0b011, 0b001, 0b111],
+        [0b101, 0b101, 0b111, 0b001, 0b001],
+        [0b111, 0b100, 0b111, 0b001, 0b111],
+        [0b101, 0b101, 0b111, 0b101, 0b101],
+        [0b110, 0b101, 0b110, 0b101, 0b110],
+        [0b100, 0b100, 0b100, 0b100, 0b111],
+        [0b111, 0b100, 0b100, 0b100, 0b111],
+        [0b101, 0b111, 0b111, 0b101, 0b101],
+        [0b111, 0b010, 0b010, 0b010, 0b010],
+    ]
+)
 
 
 def _draw_marker(image: np.ndarray, label: int, opts: PhantomOptions, rng) -> int:
@@ -494,7 +509,7 @@ def _draw_marker(image: np.ndarray, label: int, opts: PhantomOptions, rng) -> in
     bits = np.zeros((5, n_chars * 4 - 1), dtype=bool)
     for i, g in enumerate(rng.integers(len(_GLYPHS), size=n_chars)):
         rows = _GLYPHS[g]
-        bits[:, i * 4:i * 4 + 3] = (rows[:, None] >> np.array([2, 1, 0])) & 1
+        bits[:, i * 4 : i * 4 + 3] = (rows[:, None] >> np.array([2, 1, 0])) & 1
     glyph = np.kron(bits, np.ones((cell, cell), dtype=bool))
     h, w = glyph.shape
     margin = max(1, S // 32)
@@ -502,8 +517,8 @@ def _draw_marker(image: np.ndarray, label: int, opts: PhantomOptions, rng) -> in
     y0 = margin if row == 0 else S - margin - h
     x0 = margin if col == 0 else S - margin - w
     # white glyphs on a dark label box, so the marker shows on any background
-    box = image[max(0, y0 - cell):y0 + h + cell, max(0, x0 - cell):x0 + w + cell]
+    box = image[max(0, y0 - cell) : y0 + h + cell, max(0, x0 - cell) : x0 + w + cell]
     box[...] = np.minimum(box, np.uint8(rng.integers(0, 25)))
-    region = image[y0:y0 + h, x0:x0 + w]
-    region[glyph[:region.shape[0], :region.shape[1]]] = np.uint8(rng.integers(225, 256))
+    region = image[y0 : y0 + h, x0 : x0 + w]
+    region[glyph[: region.shape[0], : region.shape[1]]] = np.uint8(rng.integers(225, 256))
     return marker_class

@@ -100,8 +100,9 @@ class ImageStatistics(NamedTuple):
 # ----------------------------------------------------------------------------- pipelines
 
 
-def train_batches(ds, split: str, cfg: InputConfig, *, seed: int, epoch: int,
-                  global_batch_size: int) -> grain.MapDataset:
+def train_batches(
+    ds, split: str, cfg: InputConfig, *, seed: int, epoch: int, global_batch_size: int
+) -> grain.MapDataset:
     """Training batches of one epoch: {"image": float32[b, S, S, C], "label": int32[b]}.
 
     b = global_batch_size / jax.process_count() rows per process. len() is
@@ -116,7 +117,8 @@ def train_batches(ds, split: str, cfg: InputConfig, *, seed: int, epoch: int,
     if num_batches == 0:
         raise ValueError(
             f"train_batches: split {split!r} of {_name(ds)} has {n} examples, fewer than "
-            f"global_batch_size={global_batch_size}; use a smaller batch size")
+            f"global_batch_size={global_batch_size}; use a smaller batch size"
+        )
     if cfg.balanced_sampling:
         order = balanced_order(split_labels(ds, split), seed, epoch)
     else:
@@ -138,8 +140,7 @@ def eval_batches(ds, split: str, cfg: InputConfig, *, global_batch_size: int) ->
     process, count = _process_info()
     local = _local_batch_size(global_batch_size, count)
     num_batches = -(-n // global_batch_size)
-    example = _Example(src, np.arange(n), n, cfg, _stats_for(ds, cfg), augment_seed=None,
-                       with_mask=True)
+    example = _Example(src, np.arange(n), n, cfg, _stats_for(ds, cfg), augment_seed=None, with_mask=True)
     positions = _local_positions(num_batches, global_batch_size, process, local)
     return grain.MapDataset.source(positions).map(example).batch(local, drop_remainder=True)
 
@@ -151,12 +152,12 @@ def make_iterator(batches: grain.MapDataset, num_workers: int = 0) -> grain.Data
     fresh iterator over the same batches resumes at exactly the next batch. With
     workers, call `.close()` when done (or let it be garbage-collected).
     """
-    it = batches.to_iter_dataset(
-        grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_READ_BUFFER))
+    it = batches.to_iter_dataset(grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_READ_BUFFER))
     if num_workers > 0:
         _allow_unparsed_absl_flags()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=num_workers, per_worker_buffer_size=_WORKER_BUFFER))
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=_WORKER_BUFFER)
+        )
     return iter(it)
 
 
@@ -186,8 +187,10 @@ def class_weights(ds, split: str = "train") -> np.ndarray:
     counts = np.bincount(labels, minlength=k).astype(np.float64)
     if np.any(counts == 0):
         missing = [n for n, c in zip(ds.class_names, counts) if c == 0]
-        raise DataError(f"balanced class weights: the {split} split of {_name(ds)} has no example of "
-                         f"{missing}; give explicit class_weights or drop those classes (classes=...)")
+        raise DataError(
+            f"balanced class weights: the {split} split of {_name(ds)} has no example of "
+            f"{missing}; give explicit class_weights or drop those classes (classes=...)"
+        )
     return (len(labels) / (k * counts)).astype(np.float32)
 
 
@@ -197,14 +200,14 @@ def split_labels(ds, split: str) -> np.ndarray:
     Uses the source's `labels` attribute when it has one of the right length; otherwise
     reads every record.
     """
+
     def read():
         src = _source(ds, split)
         n = len(src)
         labels = getattr(src, "labels", None)
         if labels is not None and len(labels) == n:
             return np.asarray(labels, dtype=np.int64)
-        return np.fromiter((int(r["label"]) for r in _records(src, f"labels of {split}")),
-                           dtype=np.int64, count=n)
+        return np.fromiter((int(r["label"]) for r in _records(src, f"labels of {split}")), dtype=np.int64, count=n)
 
     return _memo(ds, ("labels", split), read)
 
@@ -215,6 +218,7 @@ def dataset_statistics(ds) -> ImageStatistics:
     Used by normalization="dataset". Computed once per dataset object (a pass over the
     train split, exact, in float64) and cached.
     """
+
     def compute():
         src = _source(ds, "train")
         if len(src) == 0:
@@ -241,8 +245,10 @@ def set_dataset_statistics(ds, mean: float, std: float) -> ImageStatistics:
     stats = ImageStatistics(mean=float(mean), std=float(std))
     _memo(ds, ("statistics",), lambda: stats)
     if dataset_statistics(ds) != stats:
-        raise ValueError(f"set_dataset_statistics: statistics of {_name(ds)} were already computed "
-                         f"({dataset_statistics(ds)}); set them before the first use")
+        raise ValueError(
+            f"set_dataset_statistics: statistics of {_name(ds)} were already computed "
+            f"({dataset_statistics(ds)}); set them before the first use"
+        )
     return stats
 
 
@@ -256,9 +262,16 @@ class _Example:
     can ship it to worker processes; holds everything it needs, computes from nothing
     but its arguments."""
 
-    def __init__(self, src, order: np.ndarray, n_valid: int, cfg: InputConfig,
-                 stats: ImageStatistics | None, augment_seed: tuple[int, int] | None,
-                 with_mask: bool = False):
+    def __init__(
+        self,
+        src,
+        order: np.ndarray,
+        n_valid: int,
+        cfg: InputConfig,
+        stats: ImageStatistics | None,
+        augment_seed: tuple[int, int] | None,
+        with_mask: bool = False,
+    ):
         self.src = src
         self.order = np.asarray(order, dtype=np.int64)
         self.n_valid = n_valid
@@ -276,8 +289,7 @@ class _Example:
         position = int(position)
         cfg = self.cfg
         if position >= self.n_valid:  # evaluation padding
-            out = {"image": np.zeros((cfg.image_size, cfg.image_size, cfg.channels), np.float32),
-                   "label": np.int32(0)}
+            out = {"image": np.zeros(cfg.image_shape, np.float32), "label": np.int32(0)}
             if self.with_mask:
                 out["mask"] = np.False_
             return out
@@ -288,8 +300,11 @@ class _Example:
             seed, epoch = self.augment_seed
             params = augment.draw_params(
                 np.random.default_rng([seed, epoch, position, _AUGMENT_TAG]),
-                hflip=cfg.hflip, rotate_degrees=cfg.rotate_degrees, zoom=cfg.zoom,
-                brightness=cfg.brightness)
+                hflip=cfg.hflip,
+                rotate_degrees=cfg.rotate_degrees,
+                zoom=cfg.zoom,
+                brightness=cfg.brightness,
+            )
             image = augment.geometry(image, params)
             brightness = params.brightness
         x = augment.to_unit_float(image, brightness)
@@ -330,7 +345,8 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
         raise ValueError(
             f"global_batch_size={global_batch_size} is not divisible by the number of "
             f"processes ({process_count}); every process must get the same number of rows. "
-            f"Use a multiple of {process_count}.")
+            f"Use a multiple of {process_count}."
+        )
     return global_batch_size // process_count
 
 
@@ -343,8 +359,10 @@ def _process_info() -> tuple[int, int]:
 def _source(ds, split: str):
     splits = getattr(ds, "splits", None)
     if splits is None:
-        raise TypeError(f"{_name(ds)} has no .splits; expected a cxrjax.data.PreparedDataset "
-                        "or any object with .splits (dict of random-access sources)")
+        raise TypeError(
+            f"{_name(ds)} has no .splits; expected a cxrjax.data.PreparedDataset "
+            "or any object with .splits (dict of random-access sources)"
+        )
     if split not in splits:
         raise KeyError(f"split {split!r} not in {_name(ds)}; available: {sorted(splits)}")
     return splits[split]

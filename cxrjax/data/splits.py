@@ -16,6 +16,7 @@ Algorithm, per class (stratum):
      below its target (ties: split order). With no duplicates this meets every target
      exactly; with groups it is within one group size.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -47,9 +48,12 @@ def largest_remainder(total: int, fractions: Sequence[float]) -> list[int]:
     return [int(s) for s in sizes]
 
 
-def stratified_group_split(labels: Sequence[int], groups: Sequence[int] | None,
-                           fractions: Mapping[str, float], seed: int,
-                           ) -> dict[str, np.ndarray]:
+def stratified_group_split(
+    labels: Sequence[int],
+    groups: Sequence[int] | None,
+    fractions: Mapping[str, float],
+    seed: int,
+) -> dict[str, np.ndarray]:
     """Splits item indices 0..N-1 into the named splits (see the module docstring).
 
     labels: class id per item. groups: group id per item (items sharing an id always
@@ -62,8 +66,7 @@ def stratified_group_split(labels: Sequence[int], groups: Sequence[int] | None,
     groups = np.arange(n) if groups is None else np.asarray(groups, np.int64)
     if len(groups) != n:
         raise ValueError(f"{len(groups)} group ids for {n} labels")
-    names = [s for s in SPLIT_ORDER if s in fractions] + \
-            sorted(s for s in fractions if s not in SPLIT_ORDER)
+    names = [s for s in SPLIT_ORDER if s in fractions] + sorted(s for s in fractions if s not in SPLIT_ORDER)
     active = check_fractions({s: fractions[s] for s in names})
     names = [s for s in names if s in active]
     assigned: dict[str, list[int]] = {s: [] for s in fractions}

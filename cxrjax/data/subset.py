@@ -12,6 +12,7 @@ folder), and every subset of one preparation shares its files.
 Cost: the labels of every split are read once (`RecordSource.labels`), then records are
 read lazily as before.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,8 +55,9 @@ def split_options(options: Any, classes: Any = None) -> tuple[Any, tuple[str, ..
         from_options = normalize_classes(options[CLASSES_OPTION])
         options = {k: v for k, v in options.items() if k != CLASSES_OPTION}
         if classes is not None and from_options is not None and classes != from_options:
-            raise ValueError(f"classes={list(classes)} but options['classes']={list(from_options)}; "
-                             "give the class subset once")
+            raise ValueError(
+                f"classes={list(classes)} but options['classes']={list(from_options)}; give the class subset once"
+            )
         classes = classes or from_options
     return options, classes
 
@@ -68,8 +70,7 @@ def label_map(class_names: Sequence[str], classes: Sequence[str], dataset: str =
     class_names = list(class_names)
     unknown = [c for c in classes if c not in class_names]
     if unknown:
-        raise DataError(f"unknown class name(s) {unknown} for {dataset}; "
-                         f"available class names: {class_names}")
+        raise DataError(f"unknown class name(s) {unknown} for {dataset}; available class names: {class_names}")
     mapping = np.full(len(class_names), -1, np.int64)
     for new, name in enumerate(classes):
         mapping[class_names.index(name)] = new
@@ -100,8 +101,15 @@ class SubsetSource(Sequence):
     new label (None: labels kept); ``labels`` the view's labels when known (else None).
     """
 
-    def __init__(self, source: Any, indices: Any, *, mapping: np.ndarray | None = None, split: str = "",
-                 labels: np.ndarray | None = None):
+    def __init__(
+        self,
+        source: Any,
+        indices: Any,
+        *,
+        mapping: np.ndarray | None = None,
+        split: str = "",
+        labels: np.ndarray | None = None,
+    ):
         self._source = source
         self._mapping = None if mapping is None else np.asarray(mapping, np.int64)
         self.split = split or getattr(source, "split", "")
@@ -146,12 +154,12 @@ def source_labels_of(source: Any) -> np.ndarray:
     labels = getattr(source, "labels", None)
     if labels is not None and len(labels) == len(source):
         return np.asarray(labels, np.int64)
-    return np.fromiter((int(source[i]["label"]) for i in range(len(source))), np.int64,
-                       count=len(source))
+    return np.fromiter((int(source[i]["label"]) for i in range(len(source))), np.int64, count=len(source))
 
 
 def select_classes(ds: Any, classes: Any) -> Any:
-    """`ds` (a PreparedDataset, or any dataclass with class_names and splits) restricted to `classes`, relabelled 0..k-1 in that order.
+    """`ds` (a PreparedDataset, or any dataclass with class_names and splits) restricted to
+    `classes`, relabelled 0..k-1 in that order.
 
     None returns `ds` itself. Splits left without examples are dropped. The view's
     `report` is the preparation report with `splits` counting the kept classes only and
@@ -176,8 +184,7 @@ def select_classes(ds: Any, classes: Any) -> Any:
         report = dict(ds.report or {})
         report["splits"] = counts
         report["class_names"] = list(classes)
-        report["class_subset"] = {"classes": list(classes), "all_class_names": list(ds.class_names),
-                                  "dropped": dropped}
+        report["class_subset"] = {"classes": list(classes), "all_class_names": list(ds.class_names), "dropped": dropped}
         changes["report"] = report
     if "class_subset" in fields:
         changes["class_subset"] = classes

@@ -19,8 +19,6 @@ degenerates on flatten-dense heads, see ``cxrjax.explain.gradcam``), and writes
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -29,10 +27,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from cxrjax import inference
-from cxrjax.data import LayoutError
 from cxrjax.data.subset import SubsetSource
 from cxrjax.explain import probes
-from cxrjax.explain.gradcam import METHOD_TITLES, METHODS
+from cxrjax.explain.gradcam import METHOD_TITLES, METHODS, add_saliency_arguments
 from cxrjax.explain.overlay import Tile, save_grid_png
 from cxrjax.explain.split import pointing_game_split, saliency
 from cxrjax.reporting.jsonio import write_json
@@ -170,28 +167,18 @@ def explain(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m cxrjax.explain",
-        description="Grad-CAM grids of correctly and wrongly classified examples per "
+    p = inference.run_parser(
+        "python -m cxrjax.explain",
+        "Grad-CAM grids of correctly and wrongly classified examples per "
         "class, and the pointing game on datasets with lesion masks.",
     )
-    p.add_argument("--workdir", required=True, help="run folder written by python -m cxrjax.train")
-    p.add_argument("--dataset", help="dataset name (default: the run's training dataset)")
-    p.add_argument("--data-dir", help="where prepared datasets live (default: the run's)")
-    p.add_argument("--manual-dir", help="your download of a real dataset, if not yet prepared")
-    p.add_argument("--dataset-options", type=json.loads, metavar="JSON", help="preparation options as JSON")
-    p.add_argument("--split", default="test")
+    inference.add_dataset_arguments(p)
     p.add_argument("--out", required=True, help="folder for the grid PNGs and JSON")
     p.add_argument("--n", type=int, default=16, help="examples per class and outcome (default 16)")
-    p.add_argument("--layer", help="Grad-CAM layer (default: the model's last conv stage)")
-    p.add_argument(
-        "--cam-method",
-        default="gradcam",
-        choices=METHODS,
-        help="gradcam (default) or layercam (per-location weights; better for flatten heads)",
+    add_saliency_arguments(
+        p, method_help="gradcam (default) or layercam (per-location weights; better for flatten heads)"
     )
-    p.add_argument("--checkpoint", default=inference.DEFAULT_CHECKPOINT, choices=inference.CHECKPOINTS)
-    p.add_argument("--batch-size", type=int, default=inference.DEFAULT_BATCH_SIZE)
+    inference.add_checkpoint_arguments(p)
     p.add_argument("--no-pointing-game", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -199,22 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = explain(
             a.workdir,
             a.out,
-            dataset=a.dataset,
-            data_dir=a.data_dir,
-            manual_dir=a.manual_dir,
-            dataset_options=a.dataset_options,
-            split=a.split,
+            **inference.common_kwargs(a),
             n=a.n,
             layer=a.layer,
             method=a.cam_method,
-            checkpoint=a.checkpoint,
-            batch_size=a.batch_size,
             pointing=not a.no_pointing_game,
             progress=not a.no_progress,
         )
-    except (inference.EvaluationInputError, FileNotFoundError, LayoutError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except inference.USER_ERRORS as error:
+        return inference.user_error(error)
     if summary.get("run_status_note"):
         print(f"note: {summary['run_status_note']}", file=sys.stderr)
     print(f"accuracy on {summary['dataset']} {summary['split']}: {summary['accuracy']:.4f}")

@@ -54,6 +54,7 @@ upsampling, normalisation).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import re
 import threading
@@ -283,6 +284,20 @@ class GradCAMOutput:
 
 METHODS = ("gradcam", "layercam")
 METHOD_TITLES = {"gradcam": "Grad-CAM", "layercam": "LayerCAM"}  # as plots and tables name them
+LAYER_HELP = "Grad-CAM layer (default: the model's last conv stage)"
+
+
+def add_saliency_arguments(
+    p: argparse.ArgumentParser, *, method_help: str, layer_help: str = LAYER_HELP, several: bool = False
+) -> None:
+    """``--layer`` and ``--cam-method`` (one of :data:`METHODS`) for a command line that
+    draws saliency maps: one method (default gradcam), or with ``several`` a repeatable
+    one (a list; None when not given)."""
+    p.add_argument("--layer", help=layer_help)
+    if several:
+        p.add_argument("--cam-method", action="append", choices=METHODS, help=method_help)
+    else:
+        p.add_argument("--cam-method", default="gradcam", choices=METHODS, help=method_help)
 
 
 def make_gradcam_fn(

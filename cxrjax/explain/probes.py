@@ -121,6 +121,41 @@ def _binomial_greater_pvalue(successes: int, n: int, p: float) -> float:
     return float(binomtest(successes, n, p, alternative="greater").pvalue)
 
 
+# The probe's verdicts, in the order shortcut_probe_report tests for them: case ->
+# (finding, what follows the accuracies; {blanked} / {only}: the share of the
+# above-chance accuracy kept with the lungs blanked / with only the lungs, {kept}: how
+# the lungs-only accuracy compares).
+_VERDICTS = {
+    "inconclusive": (
+        "inconclusive",
+        " The model itself is not significantly above chance, so the probe cannot tell where it looks.",
+    ),
+    "shortcut": (
+        "shortcut",
+        " The model SEEMS TO USE SHORTCUTS: with the lungs blanked it keeps {blanked} of its above-chance "
+        "accuracy, so it relies on image content outside the lungs (markers, borders, body shape) rather "
+        "than on the lung fields.",
+    ),
+    "partial_shortcut": (
+        "partial_shortcut",
+        " The model PARTLY USES content outside the lungs: with the lungs blanked it keeps {blanked} of its "
+        "above-chance accuracy.",
+    ),
+    "lung_fields": (
+        "no_shortcut",
+        " No sign of shortcuts outside the lungs: with the lungs blanked the model falls to (near) chance, "
+        "and with only the lungs visible it {kept}, so its accuracy comes from the lung fields.",
+    ),
+    "unconfirmed": (
+        "no_shortcut",
+        " No sign of shortcuts outside the lungs: with the lungs blanked the model falls to (near) chance. "
+        "But with only the lungs visible it keeps just {only} of its above-chance accuracy: masked images "
+        "are unlike its training images, so the probe cannot confirm that its decision rests on the lung "
+        "fields alone.",
+    ),
+}
+
+
 def shortcut_probe_report(
     labels: Sequence[int],
     pred_normal: Sequence[int],
@@ -166,54 +201,22 @@ def shortcut_probe_report(
         f"{pct(chance)}, n = {n})."
     )
     if p_normal >= SIGNIFICANCE or gap <= 0:
-        verdict, finding = (
-            (head + " The model itself is not significantly above chance, so the probe cannot tell where it looks."),
-            "inconclusive",
-        )
+        case = "inconclusive"
     elif p_blanked < SIGNIFICANCE and r_blanked >= SHORTCUT_RETAINED:
-        verdict, finding = (
-            (
-                head + f" The model SEEMS TO USE SHORTCUTS: with the lungs blanked it "
-                f"keeps {pct(r_blanked)} of its above-chance accuracy, so it relies on "
-                "image content outside the lungs (markers, borders, body shape) "
-                "rather than on the lung fields."
-            ),
-            "shortcut",
-        )
+        case = "shortcut"
     elif p_blanked < SIGNIFICANCE and r_blanked >= PARTIAL_RETAINED:
-        verdict, finding = (
-            (
-                head + f" The model PARTLY USES content outside the lungs: with the "
-                f"lungs blanked it keeps {pct(r_blanked)} of its above-chance "
-                "accuracy."
-            ),
-            "partial_shortcut",
-        )
+        case = "partial_shortcut"
     elif r_only >= SHORTCUT_RETAINED:
-        kept = (
-            "does at least as well as on the normal images"
-            if r_only >= 1.0
-            else f"keeps {pct(r_only)} of its above-chance accuracy"
-        )
-        verdict, finding = (
-            (
-                head + " No sign of shortcuts outside the lungs: with the lungs "
-                f"blanked the model falls to (near) chance, and with only the lungs "
-                f"visible it {kept}, so its accuracy comes from the lung fields."
-            ),
-            "no_shortcut",
-        )
+        case = "lung_fields"
     else:
-        verdict, finding = (
-            (
-                head + " No sign of shortcuts outside the lungs: with the lungs "
-                "blanked the model falls to (near) chance. But with only the lungs "
-                f"visible it keeps just {pct(r_only)} of its above-chance accuracy: "
-                "masked images are unlike its training images, so the probe cannot "
-                "confirm that its decision rests on the lung fields alone."
-            ),
-            "no_shortcut",
-        )
+        case = "unconfirmed"
+    finding, explanation = _VERDICTS[case]
+    kept = (
+        "does at least as well as on the normal images"
+        if r_only >= 1.0
+        else f"keeps {pct(r_only)} of its above-chance accuracy"
+    )
+    verdict = head + explanation.format(blanked=pct(r_blanked), only=pct(r_only), kept=kept)
     return {
         "num_examples": n,
         "chance_accuracy": chance,

@@ -21,7 +21,19 @@ from cxrjax.models.layers import Plan, plan_output_size, smallest_valid_size
 
 
 class Classifier(nn.Module):
-    """Base class: subclasses define ``__call__(x, *, train)`` and ``spatial_plan()``."""
+    """Base class: subclasses define ``__call__(x, *, train)`` and ``spatial_plan()``.
+
+    The options every model takes (``models.create`` passes them): ``num_classes``,
+    ``channels`` of the input (each model redeclares it with its study's default),
+    ``dtype`` of the computation and ``axis_name``, the device axis BatchNorm averages its
+    statistics over (None: one device; accepted by models without BatchNorm too, for a
+    uniform interface). A subclass's own options follow them.
+    """
+
+    num_classes: int
+    channels: int = 1
+    dtype: Any = jnp.float32
+    axis_name: str | None = None
 
     @nn.nowrap
     def init(self, rngs, *args, **kwargs):  # noqa: D102 - documented in the module docstring
@@ -31,6 +43,13 @@ class Classifier(nn.Module):
     @nn.nowrap
     def spatial_plan(self) -> Plan:  # pragma: no cover - every subclass overrides it
         raise NotImplementedError
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Grad-CAM's layers: the activation after each conv of :meth:`spatial_plan`, in
+        order, as the model ``perturb``s them (feat1, feat2, ...); the last is the default."""
+        n = sum(1 for step in self.spatial_plan() if step[0] == "conv")
+        return tuple(f"feat{i}" for i in range(1, n + 1))
 
     @nn.nowrap
     def min_image_size(self) -> int:

@@ -14,28 +14,18 @@ PyTorch must permute the 400 inputs of the first dense layer from CHW order).
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from cxrjax.models.base import Classifier, logits_float32
 from cxrjax.models.layers import Conv, Dense, MaxPool, Plan, flatten
 
 
 class LeNet5(Classifier):
-    num_classes: int
     channels: int = 1
-    dtype: Any = jnp.float32
-    axis_name: str | None = None  # accepted for a uniform interface; no BatchNorm here
     conv_features: tuple[int, int] = (6, 16)
     dense_features: tuple[int, int] = (120, 84)
     init_style: str = "torch"
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        return ("feat1", "feat2")
 
     @nn.nowrap
     def spatial_plan(self) -> Plan:

@@ -2,7 +2,8 @@
 
 A plain dict literal (no import-time registration): reading this file tells you every
 model there is, its default input and what it reproduces. Small helpers (`_s0`, `_vgg`,
-`_s4`) hold what a family's rows share.
+`_s4`, `_s4_es`) hold what a family's rows share; `_S0_HEADS` the options of S0's three
+networks.
 """
 
 from __future__ import annotations
@@ -45,10 +46,14 @@ class ModelSpec:
 _S4_SIZE = 128  # S4 does not state its input size; see cxrjax/models/s4.py
 
 
-def _s0(
-    letter: str, *, dense: int, block_dropout: float, head_dropout: float, description: str, notes: str = ""
-) -> ModelSpec:
-    """S0-<letter>: SimpleCNN with filters 32/64/128, 150x150x3, 4 classes (D4)."""
+# S0's networks by letter: (dense width, dropout after each block, dropout before the output)
+_S0_HEADS = {"A": (128, 0.0, 0.5), "B": (64, 0.2, 0.3), "C": (128, 0.0, 0.5)}
+
+
+def _s0(letter: str, description: str, notes: str) -> ModelSpec:
+    """S0-<letter>: SimpleCNN with filters 32/64/128 and the letter's head (``_S0_HEADS``),
+    150x150x3, 4 classes (D4)."""
+    dense, block_dropout, head_dropout = _S0_HEADS[letter]
     return ModelSpec(
         build=functools.partial(
             SimpleCNN, filters=(32, 64, 128), dense=dense, block_dropout=block_dropout, head_dropout=head_dropout
@@ -91,30 +96,28 @@ def _s4(exp: int, layout: str, batchnorm: str, dropout: float, description: str,
     )
 
 
+def _s4_es(exp: int, layout: str, batchnorm: str, dropout: float, notes: str) -> ModelSpec:
+    """S4 Exp<exp>: the network of Exp<exp - 1>, which the study trained with early stopping
+    (a training option here, as ``notes`` say)."""
+    return _s4(exp, layout, batchnorm, dropout, f"Exp{exp - 1}'s network (+ early stopping)", notes)
+
+
 MODELS: dict[str, ModelSpec] = {
+    # letter, description, notes
     "s0_a": _s0(
         "A",
-        dense=128,
-        block_dropout=0.0,
-        head_dropout=0.5,
-        description="S0-A simple CNN: 3x[conv3x3 32/64/128, ReLU, maxpool], dense 128, dropout 0.5",
-        notes="filters not stated by S0-A; S0-C's 32/64/128 used, so identical to s0_c",
+        "S0-A simple CNN: 3x[conv3x3 32/64/128, ReLU, maxpool], dense 128, dropout 0.5",
+        "filters not stated by S0-A; S0-C's 32/64/128 used, so identical to s0_c",
     ),
     "s0_b": _s0(
         "B",
-        dense=64,
-        block_dropout=0.2,
-        head_dropout=0.3,
-        description="S0-B: S0-A + dropout 0.2 after each block, dense 64, dropout 0.3",
-        notes="early stopping on validation loss (patience 3) is a training option",
+        "S0-B: S0-A + dropout 0.2 after each block, dense 64, dropout 0.3",
+        "early stopping on validation loss (patience 3) is a training option",
     ),
     "s0_c": _s0(
         "C",
-        dense=128,
-        block_dropout=0.0,
-        head_dropout=0.5,
-        description="S0-C: conv 32/64/128, dense 128, dropout 0.5",
-        notes="S0-E = create('s0_c', num_classes=2, head_dropout=0.0) + early stopping on val accuracy",
+        "S0-C: conv 32/64/128, dense 128, dropout 0.5",
+        "S0-E = create('s0_c', num_classes=2, head_dropout=0.0) + early stopping on val accuracy",
     ),
     "lenet5": ModelSpec(
         build=LeNet5,
@@ -135,30 +138,16 @@ MODELS: dict[str, ModelSpec] = {
         description="VGG16 with BatchNorm after every conv, He init (torchvision vgg16_bn)",
         notes="head='gap' for a global-average-pool head (small data)",
     ),
-    # exp, layout, batchnorm, dropout, description[, notes]
+    # exp, layout, batchnorm, dropout, description (or, for the early-stopping rows, notes)
     "s4_exp1": _s4(1, "exp1", "none", 0.0, "128-64-32-32, k8/4/3/3 p2, ReLU+maxpool each, MLP head"),
     "s4_exp2": _s4(2, "exp2", "none", 0.0, "16-32-64-128, k10p0/k6p2/k3p2/k3p2, maxpool except first, MLP head"),
     "s4_exp3": _s4(3, "exp2", "first", 0.0, "Exp2 + BatchNorm on the first layer"),
     "s4_exp4": _s4(4, "exp2", "all", 0.0, "Exp2 + BatchNorm on every layer"),
-    "s4_exp5": _s4(
-        5,
-        "exp2",
-        "all",
-        0.0,
-        "Exp4's network (+ early stopping)",
-        "early stopping on validation accuracy is a training option",
-    ),
+    "s4_exp5": _s4_es(5, "exp2", "all", 0.0, "early stopping on validation accuracy is a training option"),
     "s4_exp6": _s4(6, "exp2", "none", 0.25, "Exp2 + Dropout 0.25 on every layer"),
-    "s4_exp7": _s4(7, "exp2", "none", 0.25, "Exp6's network (+ early stopping)", "early stopping is a training option"),
+    "s4_exp7": _s4_es(7, "exp2", "none", 0.25, "early stopping is a training option"),
     "s4_exp8": _s4(8, "exp2", "all", 0.25, "Exp6 + BatchNorm on every layer"),
-    "s4_exp9": _s4(
-        9,
-        "exp2",
-        "all",
-        0.25,
-        "Exp8's network (+ early stopping)",
-        "early stopping is a training option (the study's text is ambiguous)",
-    ),
+    "s4_exp9": _s4_es(9, "exp2", "all", 0.25, "early stopping is a training option (the study's text is ambiguous)"),
 }
 
 

@@ -17,30 +17,20 @@ At 150x150x3, K = 4: 150 -> 148 -> 74 -> 72 -> 36 -> 34 -> 17; flatten 17*17*128
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from cxrjax.models.base import Classifier, logits_float32
 from cxrjax.models.layers import Conv, Dense, MaxPool, Plan, flatten
 
 
 class SimpleCNN(Classifier):
-    num_classes: int
     channels: int = 3
-    dtype: Any = jnp.float32
-    axis_name: str | None = None  # accepted for a uniform interface; no BatchNorm here
     filters: tuple[int, ...] = (32, 64, 128)
     dense: int = 128
     block_dropout: float = 0.0
     head_dropout: float = 0.5
     init_style: str = "keras"
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        return tuple(f"feat{i}" for i in range(1, len(self.filters) + 1))
 
     @nn.nowrap
     def spatial_plan(self) -> Plan:

@@ -33,11 +33,8 @@ Initialisation: PyTorch defaults ("torch").
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from cxrjax.models.base import Classifier, logits_float32
 from cxrjax.models.layers import Conv, Dense, MaxPool, Plan, batch_norm, flatten
@@ -51,10 +48,7 @@ BATCHNORM_PLACEMENTS = ("none", "first", "all")
 
 
 class S4CNN(Classifier):
-    num_classes: int
     channels: int = 3
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
     layout: str = "exp2"
     batchnorm: str = "none"
     dropout: float = 0.0
@@ -75,10 +69,6 @@ class S4CNN(Classifier):
                 raise ValueError(f"S4CNN: features must have {len(features)} entries, got {self.features}")
             features = tuple(self.features)
         return features, kernels, paddings, pooled
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        return tuple(f"feat{i}" for i in range(1, len(LAYOUTS[self.layout][0]) + 1))
 
     @nn.nowrap
     def spatial_plan(self) -> Plan:

@@ -19,8 +19,6 @@ replicates the 1x1 map to 7x7 exactly as PyTorch does.
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -42,10 +40,7 @@ HEADS = ("classifier", "gap")
 
 
 class VGG(Classifier):
-    num_classes: int
     channels: int = 1
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
     blocks: tuple[tuple[int, ...], ...] = VGG16_BLOCKS
     batchnorm: bool = False
     head: str = "classifier"
@@ -53,11 +48,6 @@ class VGG(Classifier):
     pool_size: int = 7
     dropout: float = 0.5
     init_style: str = "torchvision"
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        n = sum(len(b) for b in self.blocks)
-        return tuple(f"feat{i}" for i in range(1, n + 1))
 
     @nn.nowrap
     def spatial_plan(self) -> Plan:

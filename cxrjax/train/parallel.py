@@ -40,7 +40,24 @@ TrainFn = Callable[[Any, dict], tuple[Any, dict]]
 EvalFn = Callable[[Any, dict], jax.Array]
 
 
-class ShardMapEngine:
+class _Steps:
+    """The step calls both engines share: their compiled ``_train`` / ``_eval``, run under
+    ``random_config()`` (as they were traced, see :func:`lower_step`). A batch is what the
+    engine's ``put_batch`` returned."""
+
+    _train: Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]]
+    _eval: Callable[[Any, Any], jax.Array]
+
+    def train_step(self, state: Any, batch: Any) -> tuple[Any, dict[str, jax.Array]]:
+        with random_config():
+            return self._train(state, batch)
+
+    def eval_step(self, state: Any, batch: Any) -> jax.Array:
+        with random_config():
+            return self._eval(state, batch)
+
+
+class ShardMapEngine(_Steps):
     """See the module docstring.
 
     ``batch_spec`` lays a batch over the mesh: ``P(AXIS)`` (the default, what training
@@ -77,14 +94,6 @@ class ShardMapEngine:
         # Always on the devices; `on_device` is accepted so both engines take the same call.
         return jax.device_put(batch, self._split_batch)
 
-    def train_step(self, state: Any, batch: dict[str, jax.Array]) -> tuple[Any, dict[str, jax.Array]]:
-        with random_config():
-            return self._train(state, batch)
-
-    def eval_step(self, state: Any, batch: dict[str, jax.Array]) -> jax.Array:
-        with random_config():
-            return self._eval(state, batch)
-
     def host_metrics(self, metrics: Any) -> Any:
         return jax.device_get(metrics)
 
@@ -92,7 +101,7 @@ class ShardMapEngine:
         return np.asarray(jax.device_get(outputs))
 
 
-class PmapEngine:
+class PmapEngine(_Steps):
     kind = "pmap"
 
     def __init__(self, train_fn: TrainFn, eval_fn: EvalFn, devices: Sequence[jax.Device]):
@@ -126,14 +135,6 @@ class PmapEngine:
         # step without the transfer).
         split = jax.tree.map(self._split, batch)
         return _identity_pmap(tuple(self.devices))(split) if on_device else split
-
-    def train_step(self, state: Any, batch: dict[str, np.ndarray]) -> tuple[Any, dict[str, jax.Array]]:
-        with random_config():
-            return self._train(state, batch)
-
-    def eval_step(self, state: Any, batch: dict[str, np.ndarray]) -> jax.Array:
-        with random_config():
-            return self._eval(state, batch)
 
     def host_metrics(self, metrics: Any) -> Any:
         # pmean'ed metrics are equal on every device: keep the first copy.

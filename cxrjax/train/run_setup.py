@@ -91,48 +91,31 @@ def build_model(config: TrainConfig, num_classes: int, channels: int, axis_name:
     )
 
 
-def _engine_key(
-    config: TrainConfig,
-    num_classes: int,
-    image_shape: tuple[int, int, int],
-    steps_per_epoch: int,
-    class_weights: tuple[float, ...] | None,
-    devices: tuple,
-) -> str:
-    step_fields = [
-        "model",
-        "model_options",
-        "dtype",
-        "parallel",
-        "optimizer",
-        "lr",
-        "schedule",
-        "momentum",
-        "nesterov",
-        "decay",
-        "adam_b1",
-        "adam_b2",
-        "adam_eps",
-        "weight_decay",
-        "step_every_epochs",
-        "step_gamma",
-        "warmup_epochs",
-        "min_lr",
-        "label_smoothing",
-        "grad_clip_norm",
-    ]
-    if config.schedule == "warmup_cosine":
-        step_fields.append("epochs")  # the only schedule whose shape depends on the run length
-    d = config.to_dict()
-    key = {f: d[f] for f in step_fields}
-    key.update(
-        num_classes=num_classes,
-        image_shape=list(image_shape),
-        steps_per_epoch=steps_per_epoch,
-        class_weights=class_weights,
-        devices=[str(x) for x in devices],
-    )
-    return json.dumps(key, sort_keys=True)
+# The TrainConfig fields the compiled train/eval steps depend on (with the number of
+# classes, input shape, steps per epoch, class weights and devices): two runs that agree
+# on them share one compiled engine.
+_STEP_FIELDS = (
+    "model",
+    "model_options",
+    "dtype",
+    "parallel",
+    "optimizer",
+    "lr",
+    "schedule",
+    "momentum",
+    "nesterov",
+    "decay",
+    "adam_b1",
+    "adam_b2",
+    "adam_eps",
+    "weight_decay",
+    "step_every_epochs",
+    "step_gamma",
+    "warmup_epochs",
+    "min_lr",
+    "label_smoothing",
+    "grad_clip_norm",
+)
 
 
 # Compiled steps of recent runs in this process: a grid of runs that differ only in the
@@ -150,7 +133,20 @@ def build_engine(
     devices: list,
 ) -> tuple[Any, Any, Engine, Any]:
     """(model, optimizer, engine, init_fn: seed -> TrainState), memoised per process."""
-    key = _engine_key(config, num_classes, image_shape, steps_per_epoch, class_weights, tuple(devices))
+    # warmup_cosine is the only schedule whose shape depends on the run length.
+    fields = _STEP_FIELDS + (("epochs",) if config.schedule == "warmup_cosine" else ())
+    d = config.to_dict()
+    key = json.dumps(
+        {
+            **{f: d[f] for f in fields},
+            "num_classes": num_classes,
+            "image_shape": list(image_shape),
+            "steps_per_epoch": steps_per_epoch,
+            "class_weights": class_weights,
+            "devices": [str(x) for x in devices],
+        },
+        sort_keys=True,
+    )
     if key in _ENGINES:
         _ENGINES.move_to_end(key)
         return _ENGINES[key]

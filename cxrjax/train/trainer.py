@@ -44,7 +44,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -67,22 +67,17 @@ META_FORMAT = 1
 
 class NonFiniteError(FloatingPointError):
     """A step's loss or gradients were NaN/inf, or its update would have made the
-    params / optimizer state / BatchNorm statistics so (``on_nonfinite="stop"``)."""
+    params / optimizer state / BatchNorm statistics so (``on_nonfinite="stop"``).
+
+    ``metrics``: the step's host metrics, which say what was not finite (``loss``,
+    ``grad_norm`` and ``finite_loss_and_grads``)."""
 
     def __init__(
-        self,
-        *,
-        step: int,
-        epoch: int,
-        batch: int,
-        steps_per_epoch: int,
-        loss: float,
-        workdir: Path,
-        loss_and_grads_finite: bool = False,
-        grad_norm: float = float("nan"),
+        self, *, step: int, epoch: int, batch: int, steps_per_epoch: int, workdir: Path, metrics: Mapping[str, Any]
     ):
         self.step, self.epoch, self.batch = step, epoch, batch
-        if loss_and_grads_finite:
+        loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+        if bool(metrics.get("finite_loss_and_grads", False)):
             what = (
                 f"non-finite update: the loss ({loss}) and every gradient were finite (global norm "
                 f"{grad_norm}), but the new params, optimizer state or BatchNorm statistics would not have been"
@@ -229,7 +224,7 @@ def train_and_evaluate(
     ``WorkdirLockedError``. A finished run is only read (no lock, nothing written).
     Storage failures (disk full, read-only folder) raise ``WorkdirStorageError``s.
     """
-    config = config.validated()
+    config = _with_absolute_paths(config.validated())
     workdir = Path(workdir)
     files.prepare_workdir(workdir)
     if config.compilation_cache_dir:
@@ -304,6 +299,17 @@ def _train_and_evaluate(
         if writer is not None:
             writer.close()
     return results
+
+
+def _with_absolute_paths(config: TrainConfig) -> TrainConfig:
+    """``data_dir`` / ``manual_dir`` resolved against the current directory, so config.json
+    says where the data is and evaluate/predict/explain started elsewhere read the same
+    prepared files (both fields are result-irrelevant: a moved folder still resumes)."""
+
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else str(Path(path).expanduser().absolute())
+
+    return config.replace(data_dir=absolute(config.data_dir), manual_dir=absolute(config.manual_dir))
 
 
 def _write_normalization_statistics(workdir: Path, setup: RunSetup) -> None:
@@ -570,14 +576,7 @@ def _train_one_epoch(setup: RunSetup, device_state: Any, progress: Progress, sav
             if not sums.add(m) and config.on_nonfinite == "stop":
                 bar.close()
                 raise NonFiniteError(
-                    step=step,
-                    epoch=epoch,
-                    batch=batch_index,
-                    steps_per_epoch=spe,
-                    loss=float(m["loss"]),
-                    workdir=workdir,
-                    loss_and_grads_finite=bool(m.get("finite_loss_and_grads", False)),
-                    grad_norm=float(m["grad_norm"]),
+                    step=step, epoch=epoch, batch=batch_index, steps_per_epoch=spe, workdir=workdir, metrics=m
                 )
         pending.clear()
         bar.set_postfix(

@@ -20,8 +20,7 @@ class ArraySource:
         return len(self._labels)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self._images[i], "label": int(self._labels[i]),
-                "file_name": f"fake-{i:05d}.png"}
+        return {"image": self._images[i], "label": int(self._labels[i]), "file_name": f"fake-{i:05d}.png"}
 
 
 @dataclass
@@ -42,9 +41,10 @@ def phantom_dataset(sizes: dict[str, int], image_size: int = 32, seed: int = 0) 
     for split, n in sizes.items():
         exs = [phantom_example(seed, start + i, opts) for i in range(n)]
         start += n
-        splits[split] = ArraySource(np.stack([e["image"] for e in exs]) if exs else
-                                    np.zeros((0, image_size, image_size, 1), np.uint8),
-                                    np.array([e["label"] for e in exs], dtype=np.int64))
+        splits[split] = ArraySource(
+            np.stack([e["image"] for e in exs]) if exs else np.zeros((0, image_size, image_size, 1), np.uint8),
+            np.array([e["label"] for e in exs], dtype=np.int64),
+        )
     return FakeDataset("fake_phantoms", list(CLASS_NAMES), splits)
 
 
@@ -53,8 +53,7 @@ def indexed_dataset(labels, image_size: int = 8, name: str = "indexed") -> FakeD
     they hold) with the given label; one "train" split, also used as "validation"."""
     labels = np.asarray(labels, dtype=np.int64)
     values = (np.arange(len(labels)) % 251).astype(np.uint8)
-    images = np.broadcast_to(values[:, None, None, None],
-                             (len(labels), image_size, image_size, 1)).copy()
+    images = np.broadcast_to(values[:, None, None, None], (len(labels), image_size, image_size, 1)).copy()
     src = ArraySource(images, labels)
     k = int(labels.max()) + 1 if len(labels) else 1
     return FakeDataset(name, [f"class{c}" for c in range(k)], {"train": src, "validation": src})

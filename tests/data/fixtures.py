@@ -3,6 +3,7 @@
 Every image is random noise from its own seed, so no two fixture images are near
 duplicates unless a test plants one on purpose.
 """
+
 from __future__ import annotations
 
 import io
@@ -57,8 +58,8 @@ def mask_bytes(size=(40, 40), left=True) -> bytes:
     mask = np.zeros(size, np.uint8)
     h, w = size
     if left:
-        mask[h // 4: 3 * h // 4, w // 8: w // 2 - 2] = 255
-    mask[h // 4: 3 * h // 4, w // 2 + 2: 7 * w // 8] = 255
+        mask[h // 4 : 3 * h // 4, w // 8 : w // 2 - 2] = 255
+    mask[h // 4 : 3 * h // 4, w // 2 + 2 : 7 * w // 8] = 255
     return encode(mask)
 
 
@@ -79,8 +80,7 @@ def make_d4(root: Path, per_class: int = 5, *, seed: int = 0) -> dict:
     facts = {"root": base, "valid": {}, "masks": 0}
     for c, name in enumerate(D4_CLASSES):
         for i in range(1, per_class + 1):
-            write(base / name / "images" / f"{name}-{i}.png",
-                  image_bytes(seed + 100 * c + i, size=(60, 60)))
+            write(base / name / "images" / f"{name}-{i}.png", image_bytes(seed + 100 * c + i, size=(60, 60)))
             if not (name == "Normal" and i == 1):  # Normal-1 has no mask
                 write(base / name / "masks" / f"{name}-{i}.png", mask_bytes(left=i % 2 == 0))
                 facts["masks"] += 1
@@ -122,8 +122,7 @@ DP_VARIANTS = (
 )
 
 
-def make_dp(root: Path, train_per_class: int = 10, test_per_class: int = 3, *,
-            seed: int = 900) -> dict:
+def make_dp(root: Path, train_per_class: int = 10, test_per_class: int = 3, *, seed: int = 900) -> dict:
     """Covid19-dataset/{train,test}/<Class>/ with mixed formats, modes and sizes, a
     corrupt file, a hidden file, a text file, and a train image that duplicates a test
     image byte-for-byte."""
@@ -137,8 +136,7 @@ def make_dp(root: Path, train_per_class: int = 10, test_per_class: int = 3, *,
                 k += 1
                 rel = f"{split}/{name}/{name.lower()}-{i:02d}{ext}"
                 write(base / rel, image_bytes(seed + k, mode, fmt, size))
-                facts["files"][rel] = {"split": split, "class": name, "mode": mode,
-                                       "size": size}
+                facts["files"][rel] = {"split": split, "class": name, "mode": mode, "size": size}
     write(base / "train" / "Covid" / "broken.jpg", b"\xff\xd8\xff\xe0 truncated jpeg")
     write(base / "train" / "Normal" / "._normal-00.png", b"macOS resource fork")
     write(base / "train" / "Normal" / "notes.txt", b"not an image")
@@ -152,8 +150,9 @@ def make_dp(root: Path, train_per_class: int = 10, test_per_class: int = 3, *,
     return facts
 
 
-def make_class_folders(root: Path, classes=("cat_a", "cat_b", "cat_c"), per_class: int = 10,
-                       *, seed: int = 3000, size=(40, 40)) -> Path:
+def make_class_folders(
+    root: Path, classes=("cat_a", "cat_b", "cat_c"), per_class: int = 10, *, seed: int = 3000, size=(40, 40)
+) -> Path:
     """ROOT/<class>/img-N.png (the generic image_folder layout)."""
     for c, name in enumerate(classes):
         for i in range(per_class):

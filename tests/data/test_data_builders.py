@@ -1,5 +1,6 @@
 """TFDS builders on fixture trees (D4, D3, DP, class folders, phantoms), plus the
 splitting and duplicate-detection they rely on."""
+
 import collections
 import os
 import pickle
@@ -32,12 +33,14 @@ def _class_counts(ds, records):
 
 # ---------------------------------------------------------------------- D4 / D3
 
+
 @pytest.fixture(scope="module")
 def d4(tmp_path_factory):
     root = tmp_path_factory.mktemp("d4")
     facts = fx.make_d4(root / "download")
-    ds = data.load("covid19_radiography", data_dir=root / "prepared",
-                   manual_dir=root / "download", options={"image_size": SIZE})
+    ds = data.load(
+        "covid19_radiography", data_dir=root / "prepared", manual_dir=root / "download", options={"image_size": SIZE}
+    )
     return facts, ds, _records(ds)
 
 
@@ -51,7 +54,8 @@ def test_d4_reads_images_only_never_masks(d4):
     assert all("/images/" in r["file_name"] for recs in records.values() for r in recs)
     assert ds.report["splits"] == {
         split: {c: sum(ds.class_names[r["label"]] == c for r in recs) for c in ds.class_names}
-        for split, recs in records.items()}
+        for split, recs in records.items()
+    }
     assert ds.report["layout"] == "D4"
 
 
@@ -62,16 +66,16 @@ def test_d4_lung_mask_feature_matches_mask_file(d4):
     mask_path = facts["root"] / "COVID" / "masks" / "COVID-3.png"
     assert record["has_lung_mask"]
     assert record["lung_mask"].shape == (SIZE, SIZE, 1) and record["lung_mask"].dtype == np.uint8
-    np.testing.assert_array_equal(record["lung_mask"][..., 0],
-                                  decode_mask(mask_path.read_bytes(), size=SIZE))
+    np.testing.assert_array_equal(record["lung_mask"][..., 0], decode_mask(mask_path.read_bytes(), size=SIZE))
     image_path = facts["root"] / "COVID" / "images" / "COVID-3.png"
-    np.testing.assert_array_equal(record["image"][..., 0],
-                                  decode_grayscale(image_path.read_bytes(), size=SIZE).pixels)
+    np.testing.assert_array_equal(record["image"][..., 0], decode_grayscale(image_path.read_bytes(), size=SIZE).pixels)
     assert record["original_size"].tolist() == [60, 60]
     without = by_name[facts["no_mask"]]
     assert not without["has_lung_mask"] and not without["lung_mask"].any()
-    assert ds.report["lung_masks"] == {"with_mask": facts["masks"],
-                                       "without_mask": sum(facts["valid"].values()) - facts["masks"]}
+    assert ds.report["lung_masks"] == {
+        "with_mask": facts["masks"],
+        "without_mask": sum(facts["valid"].values()) - facts["masks"],
+    }
 
 
 def test_d4_report_accounts_for_every_file(d4):
@@ -99,25 +103,29 @@ def test_d4_duplicate_pair_in_two_classes_is_kept_in_one_split(d4):
 
 def test_d3_flat_layout_keeps_folder_names(tmp_path):
     fx.make_d3(tmp_path / "download")  # 4 per class: too few for a test split
-    ds = data.load("covid19_radiography", data_dir=tmp_path / "prepared",
-                   manual_dir=tmp_path / "download",
-                   options={"image_size": SIZE, "test_fraction": 0})
+    ds = data.load(
+        "covid19_radiography",
+        data_dir=tmp_path / "prepared",
+        manual_dir=tmp_path / "download",
+        options={"image_size": SIZE, "test_fraction": 0},
+    )
     records = _records(ds)
     assert ds.class_names == ["COVID", "NORMAL", "Viral Pneumonia"]
     assert _class_counts(ds, records) == {c: 4 for c in fx.D3_CLASSES}
     assert ds.report["layout"] == "D3" and ds.report["skipped"] == []
-    assert not any(r["has_lung_mask"] or r["lung_mask"].any()
-                   for recs in records.values() for r in recs)
+    assert not any(r["has_lung_mask"] or r["lung_mask"].any() for recs in records.values() for r in recs)
 
 
 # ---------------------------------------------------------------------- DP
+
 
 @pytest.fixture(scope="module")
 def dp(tmp_path_factory):
     root = tmp_path_factory.mktemp("dp")
     facts = fx.make_dp(root / "download")
-    ds = data.load("covid19_image_dataset", data_dir=root / "prepared",
-                   manual_dir=root / "download", options={"image_size": SIZE})
+    ds = data.load(
+        "covid19_image_dataset", data_dir=root / "prepared", manual_dir=root / "download", options={"image_size": SIZE}
+    )
     return facts, ds, _records(ds)
 
 
@@ -167,23 +175,28 @@ def test_dp_skips_bad_files_and_train_copy_of_a_test_image(dp):
 
 # ---------------------------------------------------------------------- image_folder
 
+
 def _membership(ds):
-    return {split: sorted(src[i]["file_name"] for i in range(len(src)))
-            for split, src in ds.splits.items()}
+    return {split: sorted(src[i]["file_name"] for i in range(len(src))) for split, src in ds.splits.items()}
 
 
 def test_image_folder_split_is_deterministic_stratified_and_seeded(tmp_path):
     fx.make_class_folders(tmp_path / "download", per_class=10)
-    load = lambda d, seed: data.load("image_folder", data_dir=tmp_path / d,
-                                     manual_dir=tmp_path / "download",
-                                     options={"image_size": 16, "seed": seed})
+    load = lambda d, seed: data.load(
+        "image_folder",
+        data_dir=tmp_path / d,
+        manual_dir=tmp_path / "download",
+        options={"image_size": 16, "seed": seed},
+    )
     first, again, other = load("a", 0), load("b", 0), load("c", 1)
     assert _membership(first) == _membership(again)
     assert _membership(first) != _membership(other)
     for ds in (first, other):
-        assert ds.report["splits"] == {"train": {c: 7 for c in ("cat_a", "cat_b", "cat_c")},
-                                       "validation": {c: 2 for c in ("cat_a", "cat_b", "cat_c")},
-                                       "test": {c: 1 for c in ("cat_a", "cat_b", "cat_c")}}
+        assert ds.report["splits"] == {
+            "train": {c: 7 for c in ("cat_a", "cat_b", "cat_c")},
+            "validation": {c: 2 for c in ("cat_a", "cat_b", "cat_c")},
+            "test": {c: 1 for c in ("cat_a", "cat_b", "cat_c")},
+        }
 
 
 def test_options_map_to_distinct_prepared_dirs(tmp_path):
@@ -195,8 +208,7 @@ def test_options_map_to_distinct_prepared_dirs(tmp_path):
     assert small.splits["train"][0]["image"].shape == (16, 16, 1)
     assert large.splits["train"][0]["image"].shape == (24, 24, 1)
     stamp = (small.data_path / "preparation_report.json").stat().st_mtime_ns
-    reopened = data.load("image_folder", options={"image_size": 16, "test_fraction": 0},
-                         **kwargs)
+    reopened = data.load("image_folder", options={"image_size": 16, "test_fraction": 0}, **kwargs)
     assert reopened.data_path == small.data_path
     assert (small.data_path / "preparation_report.json").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="valid options"):
@@ -207,17 +219,25 @@ def test_phantom_dataset_options_draw_with_their_phantom_options_and_check_them_
     from cxrjax.data import phantoms
     from cxrjax.data.builders import PhantomDatasetOptions
 
-    opts = PhantomDatasetOptions(image_size=48, shortcut_marker=True, shortcut_strength=0.5,
-                                 severity_range=[0.2, 0.8], noise_std=0.01, num_train=4)
+    opts = PhantomDatasetOptions(
+        image_size=48,
+        shortcut_marker=True,
+        shortcut_strength=0.5,
+        severity_range=[0.2, 0.8],
+        noise_std=0.01,
+        num_train=4,
+    )
     assert opts.phantom_options() == phantoms.PhantomOptions(
-        image_size=48, shortcut_marker=True, shortcut_strength=0.5, severity_range=(0.2, 0.8), noise_std=0.01)
+        image_size=48, shortcut_marker=True, shortcut_strength=0.5, severity_range=(0.2, 0.8), noise_std=0.01
+    )
     assert opts.severity_range == (0.2, 0.8)  # JSON lists become tuples, as in PhantomOptions
     # The defaults are PhantomOptions' own (beside the stored image size).
     default = PhantomDatasetOptions().phantom_options()
     assert default == phantoms.PhantomOptions(image_size=PhantomDatasetOptions().image_size)
     # Users' prepared directories are named by the options: the default name must not drift.
     assert PhantomDatasetOptions().config_name() == (
-        "s256_seed0_train2000_val400_test400_marker0_strength0.9_severity0-1_noise0.02")
+        "s256_seed0_train2000_val400_test400_marker0_strength0.9_severity0-1_noise0.02"
+    )
     # Bad drawing options fail when the options are made, before any preparation.
     with pytest.raises(ValueError, match="shortcut_strength"):
         PhantomDatasetOptions(shortcut_strength=1.5)
@@ -229,24 +249,22 @@ def test_reusing_prepared_files_from_another_folder_is_refused(tmp_path):
     fx.make_class_folders(tmp_path / "one", per_class=3)
     fx.make_class_folders(tmp_path / "two", per_class=3, seed=77)
     options = {"image_size": 16, "test_fraction": 0}  # 3 per class: too few for a test split
-    data.prepare("image_folder", data_dir=tmp_path / "p", manual_dir=tmp_path / "one",
-                 options=options)
+    data.prepare("image_folder", data_dir=tmp_path / "p", manual_dir=tmp_path / "one", options=options)
     with pytest.raises(ValueError, match="was prepared from"):
-        data.load("image_folder", data_dir=tmp_path / "p", manual_dir=tmp_path / "two",
-                  options=options)
+        data.load("image_folder", data_dir=tmp_path / "p", manual_dir=tmp_path / "two", options=options)
     # Without a manual dir, the prepared files are simply opened.
     ds = data.load("image_folder", data_dir=tmp_path / "p", options=options)
     assert sum(len(s) for s in ds.splits.values()) == 9
     # overwrite=True replaces them with the other folder's images.
-    report = data.prepare("image_folder", data_dir=tmp_path / "p", manual_dir=tmp_path / "two",
-                          options=options, overwrite=True)
+    report = data.prepare(
+        "image_folder", data_dir=tmp_path / "p", manual_dir=tmp_path / "two", options=options, overwrite=True
+    )
     assert report["source"] == str((tmp_path / "two").resolve())
-    ds = data.load("image_folder", data_dir=tmp_path / "p", manual_dir=tmp_path / "two",
-                   options=options)
+    ds = data.load("image_folder", data_dir=tmp_path / "p", manual_dir=tmp_path / "two", options=options)
     np.testing.assert_array_equal(
         ds.splits["train"][0]["image"][..., 0],
-        decode_grayscale((tmp_path / "two" / ds.splits["train"][0]["file_name"]).read_bytes(),
-                         size=16).pixels)
+        decode_grayscale((tmp_path / "two" / ds.splits["train"][0]["file_name"]).read_bytes(), size=16).pixels,
+    )
 
 
 def _expect_layout_error(name, root, *fragments):
@@ -262,8 +280,7 @@ def test_empty_class_folder_fails_naming_it(tmp_path):
     root = fx.make_class_folders(tmp_path / "tree", per_class=2)
     (root / "empty_class").mkdir()
     (root / "empty_class" / ".hidden.png").write_bytes(b"x")
-    _expect_layout_error("image_folder", root, root / "empty_class", "no image files",
-                         "Expected layout")
+    _expect_layout_error("image_folder", root, root / "empty_class", "no image files", "Expected layout")
 
 
 def test_wrong_or_missing_layouts_fail_with_expected_layout(tmp_path):
@@ -273,8 +290,7 @@ def test_wrong_or_missing_layouts_fail_with_expected_layout(tmp_path):
     _expect_layout_error("image_folder", flat, flat, "Expected layout", "<class A>")
     _expect_layout_error("covid19_radiography", flat, flat, "D4 layout", "D3 layout")
     with pytest.raises(LayoutError, match="does not exist"):
-        data.prepare("covid19_image_dataset", data_dir=tmp_path / "p",
-                     manual_dir=tmp_path / "nowhere")
+        data.prepare("covid19_image_dataset", data_dir=tmp_path / "p", manual_dir=tmp_path / "nowhere")
     with pytest.raises(LayoutError, match="manual_dir"):
         data.prepare("covid19_image_dataset", data_dir=tmp_path / "p")
 
@@ -299,6 +315,7 @@ def test_split_layout_requires_matching_classes_and_test(tmp_path):
         if f.is_file():
             f.unlink()
     import shutil
+
     shutil.rmtree(root / "test")
     _expect_layout_error("covid19_image_dataset", root, "no test/ folder")
 
@@ -312,14 +329,14 @@ def test_class_with_only_unreadable_files_fails(tmp_path):
 
 # ---------------------------------------------------------------------- phantoms
 
+
 def test_phantom_builder_stores_generator_output(tmp_path):
     from cxrjax.data import phantoms
 
     options = {"image_size": 32, "num_train": 8, "num_validation": 4, "num_test": 4, "seed": 3}
     ds = data.load("cxr_phantoms", data_dir=tmp_path, options=options)
     assert ds.class_names == list(phantoms.CLASS_NAMES)
-    assert {s: len(src) for s, src in ds.splits.items()} == {"train": 8, "validation": 4,
-                                                            "test": 4}
+    assert {s: len(src) for s, src in ds.splits.items()} == {"train": 8, "validation": 4, "test": 4}
     assert ds.report["splits"]["train"] == {c: 2 for c in phantoms.CLASS_NAMES}
     names = [r["file_name"] for recs in _records(ds).values() for r in recs]
     assert len(set(names)) == 16  # splits are disjoint index ranges
@@ -359,8 +376,7 @@ def test_prepared_dataset_feeds_the_grain_eval_pipeline(tmp_path):
     ds = data.load("cxr_phantoms", data_dir=tmp_path, options=options)
     assert set(ds.splits) == {"train", "validation"}  # empty splits are not created
     cfg = data.InputConfig(image_size=16)
-    batches = list(data.make_iterator(
-        data.eval_batches(ds, "validation", cfg, global_batch_size=4)))
+    batches = list(data.make_iterator(data.eval_batches(ds, "validation", cfg, global_batch_size=4)))
     labels = np.concatenate([b["label"][b["mask"]] for b in batches])
     source = ds.splits["validation"]
     assert labels.tolist() == [source[i]["label"] for i in range(len(source))]
@@ -368,6 +384,7 @@ def test_prepared_dataset_feeds_the_grain_eval_pipeline(tmp_path):
 
 
 # ---------------------------------------------------------------------- splits
+
 
 def test_stratified_split_meets_targets_and_is_deterministic():
     labels = np.repeat([0, 1, 2], [50, 30, 7])
@@ -389,13 +406,13 @@ def test_split_keeps_groups_whole():
     labels = rng.integers(0, 3, size=300)
     groups = np.arange(300)
     for start in range(0, 120, 4):  # 30 groups of 4 with mixed labels
-        groups[start:start + 4] = start
+        groups[start : start + 4] = start
     parts = stratified_group_split(labels, groups, {"train": 0.8, "validation": 0.2}, seed=5)
     split_of = np.empty(300, object)
     for split, members in parts.items():
         split_of[members] = split
     for start in range(0, 120, 4):
-        assert len(set(split_of[start:start + 4])) == 1
+        assert len(set(split_of[start : start + 4])) == 1
     assert abs(len(parts["validation"]) - 60) <= 4 * 3  # within one group per stratum
 
 
@@ -408,18 +425,18 @@ def test_split_fraction_validation():
 
 # ---------------------------------------------------------------------- duplicates
 
+
 def test_near_pairs_match_brute_force():
     rng = np.random.default_rng(1)
     n, words = 300, dup.DHASH_WORDS
-    hashes = rng.integers(0, 2 ** 63, size=(n, words), dtype=np.int64).astype(np.uint64)
+    hashes = rng.integers(0, 2**63, size=(n, words), dtype=np.int64).astype(np.uint64)
     for i in range(0, 60, 2):  # plant pairs at distance i % 14, bits spread over words
         bits = rng.choice(64 * words, size=i % 14, replace=False)
         hashes[i + 100] = hashes[i]
         for b in bits:
             hashes[i + 100, b // 64] ^= np.uint64(1 << int(b % 64))
     as_int = [sum(int(w) << (64 * k) for k, w in enumerate(row)) for row in hashes]
-    brute = {(i, j) for i in range(n) for j in range(i + 1, n)
-             if bin(as_int[i] ^ as_int[j]).count("1") <= 10}
+    brute = {(i, j) for i in range(n) for j in range(i + 1, n) if bin(as_int[i] ^ as_int[j]).count("1") <= 10}
     found = {tuple(p) for p in dup.near_pairs(hashes, 10, chunk=64).tolist()}
     assert found == brute and len(brute) >= 20
     assert dup.hamming(hashes[0], hashes[100]) == 0
@@ -441,7 +458,8 @@ def test_find_duplicates_identical_near_and_confirmation():
     thumbs = np.stack([dup.thumbnail(p) for p in pixels])
     labels, groups = dup.find_duplicates(digests, hashes, thumbs, max_distance=4)
     assert [(tuple(names[i] for i in g.members), g.kind) for g in groups] == [
-        (("a.png", "a_copy.png", "a.jpg", "a_small.png"), "near")]
+        (("a.png", "a_copy.png", "a.jpg", "a_small.png"), "near")
+    ]
     assert labels.tolist() == [0, 0, 0, 0, 4]
     only_identical, groups = dup.find_duplicates(digests, hashes, thumbs, max_distance=-1)
     assert [g.members for g in groups] == [(0, 1)] and groups[0].kind == "identical"

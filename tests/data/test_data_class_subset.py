@@ -42,13 +42,11 @@ def test_subset_keeps_only_the_given_classes_relabelled_in_order(prepared):
         assert np.sum(new == 0) == np.sum(old == normal) and np.sum(new == 1) == np.sum(old == covid)
         # Same records, same order, only the label changed.
         assert [view[i]["file_name"] for i in range(len(view))] == kept_names
-        expected = [0 if source[i]["label"] == normal else 1 for i in range(len(source))
-                    if old[i] in (normal, covid)]
+        expected = [0 if source[i]["label"] == normal else 1 for i in range(len(source)) if old[i] in (normal, covid)]
         assert new.tolist() == expected
         np.testing.assert_array_equal(view.labels, new)
         assert [r["label"] for r in view.__getitems__([0, len(view) - 1])] == [new[0], new[-1]]
-        assert sub.report["splits"][split] == {"Normal": int(np.sum(old == normal)),
-                                               "COVID": int(np.sum(old == covid))}
+        assert sub.report["splits"][split] == {"Normal": int(np.sum(old == normal)), "COVID": int(np.sum(old == covid))}
     assert sub.report["class_subset"]["all_class_names"] == full.class_names
     assert sub.report["class_names"] == ["Normal", "COVID"]
     # Picklable for grain workers, and a copy reads the same.
@@ -59,24 +57,23 @@ def test_subset_keeps_only_the_given_classes_relabelled_in_order(prepared):
 
 def test_classes_in_options_equal_the_keyword_and_never_change_preparation(prepared):
     data_dir, full = prepared
-    via_options = data.load("cxr_phantoms", data_dir=data_dir,
-                            options={**OPTIONS, "classes": ["COVID", "Normal"]})
-    via_keyword = data.load_prepared("cxr_phantoms", data_dir=data_dir, options=OPTIONS,
-                                     classes="COVID,Normal")
+    via_options = data.load("cxr_phantoms", data_dir=data_dir, options={**OPTIONS, "classes": ["COVID", "Normal"]})
+    via_keyword = data.load_prepared("cxr_phantoms", data_dir=data_dir, options=OPTIONS, classes="COVID,Normal")
     assert via_options.class_names == via_keyword.class_names == ["COVID", "Normal"]
     assert via_options.data_path == via_keyword.data_path == full.data_path
     for split in full.splits:
-        np.testing.assert_array_equal(_labels(via_options.splits[split]),
-                                      _labels(via_keyword.splits[split]))
+        np.testing.assert_array_equal(_labels(via_options.splits[split]), _labels(via_keyword.splits[split]))
     with pytest.raises(ValueError, match="give the class subset once"):
-        data.load("cxr_phantoms", data_dir=data_dir, options={**OPTIONS, "classes": ["COVID"]},
-                  classes=["Normal"])
+        data.load("cxr_phantoms", data_dir=data_dir, options={**OPTIONS, "classes": ["COVID"]}, classes=["Normal"])
 
 
 def test_unknown_or_repeated_class_names_are_clear_errors(prepared):
     data_dir, _ = prepared
-    with pytest.raises(ValueError, match=r"unknown class name\(s\) \['Pneumonia'\].*available class "
-                                         r"names: \['COVID', 'Lung_Opacity', 'Normal', 'Viral Pneumonia'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown class name\(s\) \['Pneumonia'\].*available class "
+        r"names: \['COVID', 'Lung_Opacity', 'Normal', 'Viral Pneumonia'\]",
+    ):
         data.load("cxr_phantoms", data_dir=data_dir, options=OPTIONS, classes=["COVID", "Pneumonia"])
     with pytest.raises(ValueError, match="more than once"):
         normalize_classes(["COVID", "COVID"])

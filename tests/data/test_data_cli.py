@@ -1,4 +1,5 @@
 """`python -m cxrjax.data` (prepare / show / info) and preparation without TensorFlow."""
+
 import json
 import subprocess
 import sys
@@ -25,8 +26,19 @@ def tree(tmp_path_factory):
 
 
 def test_prepare_json_has_exactly_the_documented_shape(tree, tmp_path, capsys):
-    argv = ["prepare", "image_folder", "--manual-dir", str(tree), "--data-dir",
-            str(tmp_path), "--json", "--image-size", "16", "--seed", "2"]
+    argv = [
+        "prepare",
+        "image_folder",
+        "--manual-dir",
+        str(tree),
+        "--data-dir",
+        str(tmp_path),
+        "--json",
+        "--image-size",
+        "16",
+        "--seed",
+        "2",
+    ]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)  # stdout is only the JSON object
     assert list(report) == list(JSON_KEYS)
@@ -38,8 +50,7 @@ def test_prepare_json_has_exactly_the_documented_shape(tree, tmp_path, capsys):
         assert all(isinstance(n, int) for n in counts.values())
     total = sum(sum(c.values()) for c in report["splits"].values())
     assert total == 16  # 15 images + the copy; the corrupt file is skipped
-    assert report["skipped"] == [{"file": "cat_b/zz-broken.png",
-                                  "reason": report["skipped"][0]["reason"]}]
+    assert report["skipped"] == [{"file": "cat_b/zz-broken.png", "reason": report["skipped"][0]["reason"]}]
     assert "not a readable image" in report["skipped"][0]["reason"]
     assert report["duplicate_groups"] == 1
     # Same options again: nothing is prepared, the saved report is printed.
@@ -48,8 +59,10 @@ def test_prepare_json_has_exactly_the_documented_shape(tree, tmp_path, capsys):
 
 
 def test_prepare_text_report(tree, tmp_path, capsys):
-    assert main(["prepare", "image_folder", "--manual-dir", str(tree), "--data-dir",
-                 str(tmp_path), "--image-size", "16"]) == 0
+    assert (
+        main(["prepare", "image_folder", "--manual-dir", str(tree), "--data-dir", str(tmp_path), "--image-size", "16"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "cat_a" in out and "validation" in out
     assert "skipped: 1" in out and "cat_b/zz-broken.png" in out
@@ -60,12 +73,24 @@ def test_prepare_text_report(tree, tmp_path, capsys):
 
 def test_cli_errors_name_the_path(tmp_path, capsys):
     missing = tmp_path / "no-such-folder"
-    assert main(["prepare", "covid19_radiography", "--manual-dir", str(missing),
-                 "--data-dir", str(tmp_path)]) == 2
+    assert main(["prepare", "covid19_radiography", "--manual-dir", str(missing), "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "kaggle" in err.lower()
-    assert main(["prepare", "covid19_radiography", "--manual-dir", str(tmp_path),
-                 "--data-dir", str(tmp_path), "--num-train", "5"]) == 2
+    assert (
+        main(
+            [
+                "prepare",
+                "covid19_radiography",
+                "--manual-dir",
+                str(tmp_path),
+                "--data-dir",
+                str(tmp_path),
+                "--num-train",
+                "5",
+            ]
+        )
+        == 2
+    )
     assert "unknown option(s) ['num_train']" in capsys.readouterr().err
 
 
@@ -76,24 +101,26 @@ def test_info_lists_instructions_and_options(capsys):
 
 
 def test_show_writes_a_labelled_grid(tmp_path, capsys):
-    options = ["--image-size", "32", "--num-train", "8", "--num-validation", "0",
-               "--num-test", "4"]
+    options = ["--image-size", "32", "--num-train", "8", "--num-validation", "0", "--num-test", "4"]
     assert main(["prepare", "cxr_phantoms", "--data-dir", str(tmp_path), *options]) == 0
     capsys.readouterr()
     out = tmp_path / "grid.png"
-    assert main(["show", "cxr_phantoms", "--data-dir", str(tmp_path), "--out", str(out),
-                 "--per-class", "2", "--masks"]) == 0  # options found from the report
+    assert (
+        main(["show", "cxr_phantoms", "--data-dir", str(tmp_path), "--out", str(out), "--per-class", "2", "--masks"])
+        == 0
+    )  # options found from the report
     assert "wrote" in capsys.readouterr().out
     grid = np.asarray(Image.open(out).convert("L"))
     assert grid.shape[0] > 200 and grid.shape[1] > 150 and grid.std() > 10
-    assert main(["show", "cxr_phantoms", "--data-dir", str(tmp_path), "--out", str(out),
-                 "--split", "validation"]) == 2
+    assert main(["show", "cxr_phantoms", "--data-dir", str(tmp_path), "--out", str(out), "--split", "validation"]) == 2
 
 
 def test_unknown_dataset_is_a_one_line_error(tmp_path, capsys):
-    for argv in (["prepare", "no_such_dataset", "--data-dir", str(tmp_path)],
-                 ["info", "no_such_dataset"],
-                 ["show", "no_such_dataset", "--data-dir", str(tmp_path), "--out", "x.png"]):
+    for argv in (
+        ["prepare", "no_such_dataset", "--data-dir", str(tmp_path)],
+        ["info", "no_such_dataset"],
+        ["show", "no_such_dataset", "--data-dir", str(tmp_path), "--out", "x.png"],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: unknown dataset 'no_such_dataset'"), err
@@ -143,7 +170,11 @@ _NO_TF_SCRIPT = textwrap.dedent("""
 def test_prepare_and_read_with_tensorflow_unimportable(tree, tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", _NO_TF_SCRIPT, str(tmp_path / "prepared"), str(tree)],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     prepared = json.loads(lines[0])  # the CLI's --json line

@@ -1,5 +1,6 @@
 """Concurrent preparations of one dataset wait for each other and open the same files;
 a killed one leaves neither its lock nor its incomplete.* folder behind."""
+
 import json
 import signal
 import subprocess
@@ -58,18 +59,15 @@ def test_concurrent_preparations_wait_for_each_other(tmp_path):
     root = fx.make_class_folders(tmp_path / "tree", per_class=10)
     marker = tmp_path / "markers"
     marker.mkdir()
-    command = [sys.executable, "-c", _SLOW_PREPARE_SCRIPT, str(tmp_path / "p"), str(root),
-               str(marker)]
-    first = subprocess.Popen([*command, "a"], cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-c", _SLOW_PREPARE_SCRIPT, str(tmp_path / "p"), str(root), str(marker)]
+    first = subprocess.Popen([*command, "a"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while not (marker / "a.preparing").exists():
             assert first.poll() is None, first.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "the first preparation never started"
             time.sleep(0.1)
-        second = subprocess.Popen([*command, "b"], cwd=REPO, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+        second = subprocess.Popen([*command, "b"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out_b, err_b = second.communicate(timeout=240)
         out_a, err_a = first.communicate(timeout=240)
     finally:
@@ -91,9 +89,12 @@ def test_killed_preparation_leaves_nothing_behind_the_next_one(tmp_path):
     marker = tmp_path / "markers"
     marker.mkdir()
     (marker / "a.started").touch()  # nobody to wait for
-    process = subprocess.Popen([sys.executable, "-c", _SLOW_PREPARE_SCRIPT,
-                                str(tmp_path / "p"), str(root), str(marker), "hang"],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_PREPARE_SCRIPT, str(tmp_path / "p"), str(root), str(marker), "hang"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (marker / "hang.preparing").exists():

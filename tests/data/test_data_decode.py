@@ -1,12 +1,20 @@
 """cxrjax.data.decode: every mode/format to uint8 grayscale, EXIF, big JPEGs, bad files."""
+
 import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cxrjax.data.decode import (DecodeError, decode_grayscale, decode_mask, is_hidden,
-                                read_grayscale, resize_square, to_uint8)
+from cxrjax.data.decode import (
+    DecodeError,
+    decode_grayscale,
+    decode_mask,
+    is_hidden,
+    read_grayscale,
+    resize_square,
+    to_uint8,
+)
 from tests.data.fixtures import corrupt_png, encode, noise
 
 
@@ -39,7 +47,7 @@ def test_la_and_bilevel_modes():
     gray = _gray()
     la = encode(np.dstack([gray, np.full_like(gray, 255)]))
     np.testing.assert_array_equal(decode_grayscale(la).pixels, gray)
-    bits = (gray > 127)
+    bits = gray > 127
     one = io.BytesIO()
     Image.fromarray(bits).convert("1").save(one, format="PNG")
     out = decode_grayscale(one.getvalue()).pixels
@@ -107,9 +115,9 @@ def test_exif_orientation_is_honoured(size):
         assert (h, w) == (60, 30)
     else:
         assert (h, w) == (size, size)
-    top_right = pixels[: h // 6, -max(1, w // 6):].mean()
+    top_right = pixels[: h // 6, -max(1, w // 6) :].mean()
     top_left = pixels[: h // 6, : max(1, w // 6)].mean()
-    bottom_right = pixels[-(h // 6):, -max(1, w // 6):].mean()
+    bottom_right = pixels[-(h // 6) :, -max(1, w // 6) :].mean()
     assert top_right > 200 and top_left < 60 and bottom_right < 60
 
 
@@ -138,12 +146,15 @@ def test_large_png_is_resized_and_keeps_content():
     assert out.pixels[:, :15].max() == 0 and out.pixels[:, 17:].min() == 255
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "empty file"),
-    (b"just some text, not an image", "not a readable image"),
-    (corrupt_png(5), "not a readable image"),  # PNG cut in half
-    (b"\xff\xd8\xff\xe0" + b"\x00" * 20, "not a readable image"),  # broken JPEG header
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty file"),
+        (b"just some text, not an image", "not a readable image"),
+        (corrupt_png(5), "not a readable image"),  # PNG cut in half
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 20, "not a readable image"),  # broken JPEG header
+    ],
+)
 def test_bad_bytes_raise_decode_error_naming_the_source(data, message):
     with pytest.raises(DecodeError, match=message) as error:
         decode_grayscale(data, source="some/dir/file.png")

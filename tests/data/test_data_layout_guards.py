@@ -1,6 +1,7 @@
 """Layouts that are not what they seem: one D4 class folder (images/ + masks/) is not a
 two-class dataset, one class folder is not a dataset, and a folder symlink's skip
 message says what is and is not read."""
+
 import pytest
 
 from cxrjax import data
@@ -29,8 +30,7 @@ def test_one_d4_class_folder_is_not_read_as_classes_images_and_masks(tmp_path, c
             fx.write(split / part / inner / "a.png", fx.image_bytes(7))
     with pytest.raises(LayoutError, match="images/ and masks/"):
         data.prepare("image_folder", data_dir=tmp_path / "p", manual_dir=split)
-    assert main(["prepare", "image_folder", "--manual-dir", str(root), "--data-dir",
-                 str(tmp_path / "p")]) == 2
+    assert main(["prepare", "image_folder", "--manual-dir", str(root), "--data-dir", str(tmp_path / "p")]) == 2
     assert not list((tmp_path / "p").glob("image_folder/*/*/dataset_info.json"))
 
 
@@ -49,8 +49,7 @@ def test_folder_symlink_skip_message_is_true(tmp_path):
     (root / "cat_a" / "more").symlink_to(root / "cat_b", target_is_directory=True)
     outside = fx.make_class_folders(tmp_path / "elsewhere", classes=("x",), per_class=3)
     (root / "cat_c" / "external").symlink_to(outside / "x", target_is_directory=True)
-    report = data.prepare("image_folder", data_dir=tmp_path / "p", manual_dir=root,
-                          options=OPTIONS)
+    report = data.prepare("image_folder", data_dir=tmp_path / "p", manual_dir=root, options=OPTIONS)
     skipped = {e["file"]: e["reason"] for e in report["skipped"]}
     inside = skipped["cat_a/more/"]
     assert "not read" not in inside and "symlink to cat_b/" in inside, inside

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from cxrjax.data import phantoms
-from cxrjax.data.phantoms import (CLASS_NAMES, NORMAL, PhantomOptions, phantom_example,
-                                  phantom_label)
+from cxrjax.data.phantoms import CLASS_NAMES, NORMAL, PhantomOptions, phantom_example, phantom_label
 
 OPTS = PhantomOptions(image_size=64)
 
@@ -47,7 +46,8 @@ def test_every_block_of_four_holds_each_class_once():
     # the order within blocks is not a fixed pattern
     assert len({tuple(block) for block in labels.reshape(-1, 4)}) > 5
     assert [phantom_label(11, i) for i in range(8)] == [
-        phantom_example(11, i, PhantomOptions(image_size=16))["label"] for i in range(8)]
+        phantom_example(11, i, PhantomOptions(image_size=16))["label"] for i in range(8)
+    ]
 
 
 def test_lung_and_lesion_masks_are_consistent(examples):
@@ -64,7 +64,7 @@ def test_lung_and_lesion_masks_are_consistent(examples):
             assert lesion.any(), CLASS_NAMES[e["label"]]
         # the lungs are darker than the rest of the body (chest X-ray polarity)
         img = e["image"][..., 0].astype(float)
-        assert img[lung > 0].mean() < img[img.shape[0] * 3 // 4:, half - 4:half + 4].mean()
+        assert img[lung > 0].mean() < img[img.shape[0] * 3 // 4 :, half - 4 : half + 4].mean()
 
 
 def test_lesion_side_matches_the_class_pattern():
@@ -87,8 +87,7 @@ def test_shortcut_marker_only_when_enabled_and_only_in_its_corner():
     size = 64
     for i in range(8):
         plain = phantom_example(5, i, PhantomOptions(image_size=size))
-        marked = phantom_example(5, i, PhantomOptions(image_size=size, shortcut_marker=True,
-                                                      shortcut_strength=1.0))
+        marked = phantom_example(5, i, PhantomOptions(image_size=size, shortcut_marker=True, shortcut_strength=1.0))
         assert plain["marker_class"] == -1
         assert marked["marker_class"] == marked["label"]  # strength 1: always the own corner
         np.testing.assert_array_equal(plain["lung_mask"], marked["lung_mask"])
@@ -97,8 +96,10 @@ def test_shortcut_marker_only_when_enabled_and_only_in_its_corner():
         row, col = divmod(marked["marker_class"], 2)  # corners: TL, TR, BL, BR by class
         assert np.all((diff[:, 0] < size // 2) == (row == 0))
         assert np.all((diff[:, 1] < size // 2) == (col == 0))
-    never = [phantom_example(5, i, PhantomOptions(image_size=32, shortcut_marker=True,
-                                                  shortcut_strength=0.0)) for i in range(8)]
+    never = [
+        phantom_example(5, i, PhantomOptions(image_size=32, shortcut_marker=True, shortcut_strength=0.0))
+        for i in range(8)
+    ]
     assert all(e["marker_class"] not in (-1, e["label"]) for e in never)
 
 

@@ -7,11 +7,18 @@ import pytest
 from _fakes import indexed_dataset, phantom_dataset
 
 from cxrjax.data import augment, pipeline
-from cxrjax.data.pipeline import (InputConfig, class_weights, dataset_statistics,
-                                  eval_batches, make_iterator, train_batches)
+from cxrjax.data.pipeline import (
+    InputConfig,
+    class_weights,
+    dataset_statistics,
+    eval_batches,
+    make_iterator,
+    train_batches,
+)
 
-AUGMENTED = InputConfig(image_size=24, channels=3, hflip=True, rotate_degrees=10.0,
-                        zoom=(1.0, 1.2), brightness=(0.8, 1.25))
+AUGMENTED = InputConfig(
+    image_size=24, channels=3, hflip=True, rotate_degrees=10.0, zoom=(1.0, 1.2), brightness=(0.8, 1.25)
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +59,9 @@ def test_train_batches_are_seeded_and_reshuffled_every_epoch():
 
 def test_last_partial_train_batch_is_dropped_and_small_splits_fail_clearly():
     ds = indexed_dataset(np.zeros(10, int))
-    assert len(train_batches(ds, "train", InputConfig(image_size=8), seed=0, epoch=0,
-                             global_batch_size=4)) == 2
+    assert len(train_batches(ds, "train", InputConfig(image_size=8), seed=0, epoch=0, global_batch_size=4)) == 2
     with pytest.raises(ValueError, match="fewer than global_batch_size=16"):
-        train_batches(ds, "train", InputConfig(image_size=8), seed=0, epoch=0,
-                      global_batch_size=16)
+        train_batches(ds, "train", InputConfig(image_size=8), seed=0, epoch=0, global_batch_size=16)
     with pytest.raises(KeyError, match="available"):
         eval_batches(ds, "test", InputConfig(image_size=8), global_batch_size=4)
 
@@ -71,8 +76,9 @@ def test_eval_covers_every_example_once_in_order_with_a_padding_mask():
     labels = np.concatenate([b["label"] for b in batches])
     assert images.shape == (12, 24, 24, 3) and mask.sum() == 10
     # no augmentation in evaluation: every pixel is exactly the stored constant
-    np.testing.assert_allclose(images[mask], (np.arange(10, dtype=np.float32) / 255)
-                               [:, None, None, None] * np.ones((1, 24, 24, 3)), atol=1e-6)
+    np.testing.assert_allclose(
+        images[mask], (np.arange(10, dtype=np.float32) / 255)[:, None, None, None] * np.ones((1, 24, 24, 3)), atol=1e-6
+    )
     np.testing.assert_array_equal(labels[mask], np.arange(10) % 3)
     assert not images[~mask].any()
 
@@ -133,8 +139,9 @@ def test_augmentation_keeps_shape_dtype_and_range(phantoms):
     assert not np.array_equal(aug["image"], plain["image"])
     np.testing.assert_array_equal(aug["image"][..., 0], aug["image"][..., 2])  # replicated gray
     # flip alone mirrors exactly, about half of the time
-    flip = train_batches(phantoms, "train", InputConfig(image_size=24, hflip=True), seed=0,
-                         epoch=0, global_batch_size=16)[0]["image"]
+    flip = train_batches(
+        phantoms, "train", InputConfig(image_size=24, hflip=True), seed=0, epoch=0, global_batch_size=16
+    )[0]["image"]
     gray = plain["image"][..., :1]
     mirrored = [np.array_equal(f, g[:, ::-1]) for f, g in zip(flip, gray)]
     unchanged = [np.array_equal(f, g) for f, g in zip(flip, gray)]
@@ -155,7 +162,7 @@ def test_rotation_and_zoom_geometry():
 
 def test_normalisations_on_constant_images():
     ds = indexed_dataset([0, 1], image_size=8)
-    ds.splits["train"]._images[0] = 51   # 0.2
+    ds.splits["train"]._images[0] = 51  # 0.2
     ds.splits["train"]._images[1] = 153  # 0.6
     stats = dataset_statistics(ds)
     assert stats.mean == pytest.approx(0.4) and stats.std == pytest.approx(0.2)
@@ -164,18 +171,21 @@ def test_normalisations_on_constant_images():
         cfg = InputConfig(image_size=5, channels=3, normalization=name)
         (batch,) = list(eval_batches(ds, "train", cfg, global_batch_size=2))
         assert batch["image"].shape == (2, 5, 5, 3)
-        np.testing.assert_allclose(batch["image"], np.array(values, np.float32)[:, None, None, None]
-                                   * np.ones((1, 5, 5, 3)), rtol=0, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(
+            batch["image"],
+            np.array(values, np.float32)[:, None, None, None] * np.ones((1, 5, 5, 3)),
+            rtol=0,
+            atol=1e-6,
+            err_msg=name,
+        )
 
 
 def test_balanced_sampling_and_class_weights_on_a_skewed_split():
     labels = np.array([0] * 160 + [1] * 30 + [2] * 10)
     ds = indexed_dataset(labels)
-    np.testing.assert_allclose(class_weights(ds, "train"),
-                               [200 / (3 * 160), 200 / (3 * 30), 200 / (3 * 10)], rtol=1e-6)
+    np.testing.assert_allclose(class_weights(ds, "train"), [200 / (3 * 160), 200 / (3 * 30), 200 / (3 * 10)], rtol=1e-6)
     cfg = InputConfig(image_size=4, balanced_sampling=True)
-    drawn = np.concatenate([b["label"] for b in
-                            train_batches(ds, "train", cfg, seed=0, epoch=0, global_batch_size=20)])
+    drawn = np.concatenate([b["label"] for b in train_batches(ds, "train", cfg, seed=0, epoch=0, global_batch_size=20)])
     counts = np.bincount(drawn, minlength=3)
     assert counts.sum() == 200 and counts.min() > 45 and counts.max() < 90  # ~67 each
     again = train_batches(ds, "train", cfg, seed=0, epoch=0, global_batch_size=20)[3]["label"]

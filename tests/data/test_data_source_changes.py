@@ -1,5 +1,6 @@
 """Prepared files are reused only while the source folder is what they were prepared
 from; the opened data carries a fingerprint a training run can store and compare."""
+
 import json
 
 import pytest
@@ -19,18 +20,24 @@ def test_changed_source_folder_is_refused_until_prepared_again(tmp_path, capsys)
     data.prepare("image_folder", **kwargs)  # unchanged: reused
     (source / "cat_a" / "img-000.png").unlink()
     (source / "cat_b" / "new.png").write_bytes(fx.image_bytes(4242, size=(40, 40)))
-    data_path = data.get_builder("image_folder", data_dir=tmp_path / "p",
-                                 options=OPTIONS).data_path
+    data_path = data.get_builder("image_folder", data_dir=tmp_path / "p", options=OPTIONS).data_path
     with pytest.raises(ValueError) as error:
         data.prepare("image_folder", **kwargs)
     message = str(error.value)
-    for fragment in (data_path, source, "1 added", "cat_b/new.png", "1 removed",
-                     "cat_a/img-000.png", "--overwrite"):
+    for fragment in (data_path, source, "1 added", "cat_b/new.png", "1 removed", "cat_a/img-000.png", "--overwrite"):
         assert str(fragment) in message, message
     with pytest.raises(ValueError, match="changed since"):  # load reuses the same check
         data.load("image_folder", **kwargs)
-    argv = ["prepare", "image_folder", "--manual-dir", str(source), "--data-dir",
-            str(tmp_path / "p"), "--image-size", "16"]
+    argv = [
+        "prepare",
+        "image_folder",
+        "--manual-dir",
+        str(source),
+        "--data-dir",
+        str(tmp_path / "p"),
+        "--image-size",
+        "16",
+    ]
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -62,32 +69,30 @@ def test_fingerprint_identifies_the_prepared_data(tmp_path):
     assert fingerprint["version"] == str(ds.builder.version)
     assert fingerprint["config"] == ds.builder.builder_config.name
     assert fingerprint["class_names"] == ds.class_names
-    assert {s: v["examples"] for s, v in fingerprint["splits"].items()} == {
-        s: len(src) for s, src in ds.splits.items()}
+    assert {s: v["examples"] for s, v in fingerprint["splits"].items()} == {s: len(src) for s, src in ds.splits.items()}
     assert all(len(v["sha256"]) == 64 for v in fingerprint["splits"].values())
     json.dumps(fingerprint)  # storable with a training run
     # The stored fingerprint is the one of the records as they are read back.
     from cxrjax.data.dataset import records_fingerprint
+
     assert records_fingerprint(ds.builder) == ds.report["fingerprint"]
     # The same data, reopened or prepared in another data_dir, has the same fingerprint.
-    assert data.load_prepared("image_folder", data_dir=tmp_path / "p",
-                              options=OPTIONS).fingerprint == fingerprint
-    twin = data.load("image_folder", data_dir=tmp_path / "q", manual_dir=source,
-                     options=OPTIONS)
+    assert data.load_prepared("image_folder", data_dir=tmp_path / "p", options=OPTIONS).fingerprint == fingerprint
+    twin = data.load("image_folder", data_dir=tmp_path / "q", manual_dir=source, options=OPTIONS)
     assert twin.fingerprint == fingerprint
     # Other splits, other options or a class subset are different data.
-    other = data.load("image_folder", data_dir=tmp_path / "p", manual_dir=source,
-                      options={**OPTIONS, "seed": 1})
+    other = data.load("image_folder", data_dir=tmp_path / "p", manual_dir=source, options={**OPTIONS, "seed": 1})
     assert other.fingerprint["splits"]["train"]["sha256"] != fingerprint["splits"]["train"]["sha256"]
     assert other.fingerprint["sha256"] != fingerprint["sha256"]
-    subset = data.load("image_folder", data_dir=tmp_path / "p", options=OPTIONS,
-                       classes=("cat_b", "cat_a"))
+    subset = data.load("image_folder", data_dir=tmp_path / "p", options=OPTIONS, classes=("cat_b", "cat_a"))
     assert subset.fingerprint["class_subset"] == ["cat_b", "cat_a"]
     assert subset.fingerprint["sha256"] != fingerprint["sha256"]
     assert fingerprint["class_subset"] is None
     # Every builder stores it (the tally is in the shared base class).
-    phantoms = data.load("cxr_phantoms", data_dir=tmp_path / "p",
-                         options={"image_size": 16, "num_train": 4, "num_validation": 4,
-                                  "num_test": 0})
+    phantoms = data.load(
+        "cxr_phantoms",
+        data_dir=tmp_path / "p",
+        options={"image_size": 16, "num_train": 4, "num_validation": 4, "num_test": 0},
+    )
     assert phantoms.fingerprint["splits"].keys() == {"train", "validation"}
     assert records_fingerprint(phantoms.builder) == phantoms.report["fingerprint"]

@@ -1,5 +1,6 @@
 """Only regular files are read: a FIFO or a link to /dev/zero named like an image is
 skipped and reported, never opened; Ctrl-C stops preparation promptly."""
+
 import json
 import os
 import subprocess
@@ -18,8 +19,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(script: str, *args, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", script, *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 _SPECIAL_FILES_SCRIPT = textwrap.dedent("""
@@ -95,8 +102,7 @@ def test_an_interrupt_cancels_the_queued_reads():
 
     # The consumer stopping early (a generator closed) cancels the queue too.
     started.clear()
-    iterator = ordered_map(lambda i: (started.append(i), time.sleep(0.02))[1], range(500),
-                           workers=2, window=64)
+    iterator = ordered_map(lambda i: (started.append(i), time.sleep(0.02))[1], range(500), workers=2, window=64)
     next(iterator)
     iterator.close()
     time.sleep(0.1)

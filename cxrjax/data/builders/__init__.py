@@ -5,11 +5,11 @@ its builder class. The classes are defined with `skip_registration=True`, so the
 out of TFDS's global registry; `tfds.builder("covid19_radiography")` is not the way to
 reach them, `cxrjax.data.load(...)` is.
 """
+
 from cxrjax.data.builders.base import REPORT_FILE, CxrBuilder
 from cxrjax.data.builders.image_dataset import Covid19ImageDataset
 from cxrjax.data.builders.image_folder import ImageFolderBuilder
-from cxrjax.data.builders.options import (CarveOptions, PhantomDatasetOptions,
-                                          PreparationOptions, SplitOptions)
+from cxrjax.data.builders.options import CarveOptions, PhantomDatasetOptions, PreparationOptions, SplitOptions
 from cxrjax.data.builders.phantoms import CxrPhantoms
 from cxrjax.data.builders.radiography import Covid19Radiography
 
@@ -20,6 +20,16 @@ DATASETS: dict[str, type[CxrBuilder]] = {
     "cxr_phantoms": CxrPhantoms,
 }
 
-__all__ = ["DATASETS", "REPORT_FILE", "CarveOptions", "Covid19ImageDataset",
-           "Covid19Radiography", "CxrBuilder", "CxrPhantoms", "ImageFolderBuilder",
-           "PhantomDatasetOptions", "PreparationOptions", "SplitOptions"]
+__all__ = [
+    "DATASETS",
+    "REPORT_FILE",
+    "CarveOptions",
+    "Covid19ImageDataset",
+    "Covid19Radiography",
+    "CxrBuilder",
+    "CxrPhantoms",
+    "ImageFolderBuilder",
+    "PhantomDatasetOptions",
+    "PreparationOptions",
+    "SplitOptions",
+]

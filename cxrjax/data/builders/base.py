@@ -22,6 +22,7 @@ Choices that hold for all builders, and why:
   TFDS writes it (`_split_generators` wraps the subclass's `_splits`), so it describes
   what was stored, whatever the builder.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,14 +66,12 @@ def quiet_tfds():
 
 def image_feature(size: int) -> tfds.features.Tensor:
     """uint8 [size, size, 1], stored as raw bytes (see the module docstring)."""
-    return tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8,
-                                encoding=tfds.features.Encoding.BYTES)
+    return tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8, encoding=tfds.features.Encoding.BYTES)
 
 
 def mask_feature(size: int) -> tfds.features.Tensor:
     """uint8 {0, 255} [size, size, 1], zlib-compressed."""
-    return tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8,
-                                encoding=tfds.features.Encoding.ZLIB)
+    return tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB)
 
 
 def common_features(size: int) -> dict[str, tfds.features.FeatureConnector]:
@@ -108,22 +107,21 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """
         return epath.Path(inspect.getfile(cls))
 
-    def __init__(self, *, data_dir: str | Path, options: Any = None,
-                 config: CxrBuilderConfig | None = None, **kwargs):
+    def __init__(self, *, data_dir: str | Path, options: Any = None, config: CxrBuilderConfig | None = None, **kwargs):
         # `config` is how TFDS re-creates a builder when unpickling it (grain worker
         # processes receive the data source, which holds the builder's info).
         if config is None:
             opts = make_options(self.OPTIONS_CLASS, options, self.name)
-            config = CxrBuilderConfig(name=opts.config_name(), options=opts,
-                                      description=f"{self.name} prepared with {opts.to_dict()}")
+            config = CxrBuilderConfig(
+                name=opts.config_name(), options=opts, description=f"{self.name} prepared with {opts.to_dict()}"
+            )
         elif options is not None or not isinstance(config, CxrBuilderConfig):
             raise TypeError(f"{type(self).__name__}: pass options, not a TFDS config")
         self._report: dict[str, Any] = {}
         self._written: dict[str, list[tuple[str, int]]] = {}
         self._source_files: list | None = None
         with quiet_tfds():
-            super().__init__(data_dir=str(data_dir), config=config,
-                             file_format=FILE_FORMAT, **kwargs)
+            super().__init__(data_dir=str(data_dir), config=config, file_format=FILE_FORMAT, **kwargs)
 
     def is_prepared(self) -> bool:
         with quiet_tfds():  # TFDS warns for every config folder without dataset_info.json
@@ -142,9 +140,12 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
-            builder=self, description=self.DESCRIPTION,
+            builder=self,
+            description=self.DESCRIPTION,
             features=tfds.features.FeaturesDict(self._features()),
-            homepage="https://github.com/", disable_shuffling=False)
+            homepage="https://github.com/",
+            disable_shuffling=False,
+        )
 
     def _splits(self, dl_manager) -> dict[str, Any]:
         raise NotImplementedError
@@ -170,13 +171,17 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self._report["version"] = str(self.version)
         self._report["options"] = self.options.to_dict()
         self._report["fingerprint"] = data_fingerprint(
-            dataset=self.name, config=self.builder_config.name, version=str(self.version),
-            class_names=list(self.info.features["label"].names), splits=self._written)
+            dataset=self.name,
+            config=self.builder_config.name,
+            version=str(self.version),
+            class_names=list(self.info.features["label"].names),
+            splits=self._written,
+        )
         self.report_path.write_text(json.dumps(self._report, indent=1, sort_keys=False))
         if self._source_files is not None:
             (Path(self.data_path) / SOURCE_FILES).write_text(
-                json.dumps({"source": self._report.get("source"),
-                            "entries": self._source_files}))
+                json.dumps({"source": self._report.get("source"), "entries": self._source_files})
+            )
 
     def source_fingerprint(self, root: str | Path) -> tuple[dict[str, Any], list] | None:
         """(summary, entries) of a manual-download folder as `fingerprint.source_fingerprint`
@@ -205,8 +210,7 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             ) from error
 
 
-def counts_by_class(labels_by_split: dict[str, list[int]],
-                    class_names: list[str]) -> dict[str, dict[str, int]]:
+def counts_by_class(labels_by_split: dict[str, list[int]], class_names: list[str]) -> dict[str, dict[str, int]]:
     """{split: {class name: count}} with every class listed (zeros included)."""
     counts = {}
     for split, labels in labels_by_split.items():

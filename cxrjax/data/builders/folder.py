@@ -12,6 +12,7 @@ hashlib release the GIL):
    since pass 1, and emit the example. Decoding twice costs less than keeping 21k
    decoded images in memory.
 """
+
 from __future__ import annotations
 
 import collections
@@ -28,8 +29,7 @@ import tensorflow_datasets as tfds
 from tqdm.auto import tqdm
 
 from cxrjax.data import duplicates as dup
-from cxrjax.data.builders.base import (CxrBuilder, common_features, counts_by_class,
-                                      mask_feature)
+from cxrjax.data.builders.base import CxrBuilder, common_features, counts_by_class, mask_feature
 from cxrjax.data.builders.options import CarveOptions, SplitOptions
 from cxrjax.data.decode import DecodeError, decode_grayscale, decode_mask, read_regular_file
 from cxrjax.data.fingerprint import source_fingerprint
@@ -59,8 +59,7 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, window: int = 64) -
     iterator = iter(items)
     pool = concurrent.futures.ThreadPoolExecutor(workers)
     try:
-        pending = collections.deque(pool.submit(fn, item)
-                                    for item in itertools.islice(iterator, window))
+        pending = collections.deque(pool.submit(fn, item) for item in itertools.islice(iterator, window))
         while pending:
             future = pending.popleft()
             for item in itertools.islice(iterator, 1):
@@ -96,8 +95,9 @@ def _check_one(image: SourceImage, size: int) -> _Check:
             decode_mask(read_regular_file(image.mask_path), size=size, source=image.relpath)
         except (OSError, DecodeError) as error:
             mask_error = str(error).removeprefix(f"{image.relpath}: ")
-    return _Check(digest=dup.sha256_bytes(data), dhash=dup.dhash(pixels),
-                  thumbnail=dup.thumbnail(pixels), mask_error=mask_error)
+    return _Check(
+        digest=dup.sha256_bytes(data), dhash=dup.dhash(pixels), thumbnail=dup.thumbnail(pixels), mask_error=mask_error
+    )
 
 
 class FolderBuilder(CxrBuilder, skip_registration=True):
@@ -129,9 +129,15 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
         self.info.features["label"].names = list(tree.class_names)
         size = self.options.image_size
         images = sorted(tree.images, key=lambda im: im.relpath)  # listing-order independent
-        checks = list(tqdm(ordered_map(lambda im: _check_one(im, size), images, num_threads()),
-                           total=len(images), desc=f"{self.name}: checking images",
-                           unit=" img", leave=False))
+        checks = list(
+            tqdm(
+                ordered_map(lambda im: _check_one(im, size), images, num_threads()),
+                total=len(images),
+                desc=f"{self.name}: checking images",
+                unit=" img",
+                leave=False,
+            )
+        )
         skipped = list(tree.skipped)
         kept, kept_checks = [], []
         for image, check in zip(images, checks):
@@ -139,9 +145,12 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
                 skipped.append({"file": image.relpath, "reason": check.error})
                 continue
             if check.mask_error is not None:
-                skipped.append({"file": image.mask_path.relative_to(tree.root).as_posix(),
-                                "reason": f"lung mask not readable ({check.mask_error}); "
-                                          "image kept without a mask"})
+                skipped.append(
+                    {
+                        "file": image.mask_path.relative_to(tree.root).as_posix(),
+                        "reason": f"lung mask not readable ({check.mask_error}); image kept without a mask",
+                    }
+                )
                 image = dataclasses.replace(image, mask_path=None)
             kept.append(image)
             kept_checks.append(check)
@@ -149,13 +158,15 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
         labels = np.array([class_index[im.class_name] for im in kept], np.int64)
         self._require_every_class(tree, kept)
 
-        hashes = (np.stack([c.dhash for c in kept_checks]) if kept_checks
-                  else np.zeros((0, dup.DHASH_WORDS), np.uint64))
-        thumbs = (np.stack([c.thumbnail for c in kept_checks]) if kept_checks
-                  else np.zeros((0, dup.THUMBNAIL_SIZE ** 2), np.float32))
+        hashes = np.stack([c.dhash for c in kept_checks]) if kept_checks else np.zeros((0, dup.DHASH_WORDS), np.uint64)
+        thumbs = (
+            np.stack([c.thumbnail for c in kept_checks])
+            if kept_checks
+            else np.zeros((0, dup.THUMBNAIL_SIZE**2), np.float32)
+        )
         group_of, groups = dup.find_duplicates(
-            [c.digest for c in kept_checks], hashes, thumbs,
-            max_distance=self.options.near_duplicate_distance)
+            [c.digest for c in kept_checks], hashes, thumbs, max_distance=self.options.near_duplicate_distance
+        )
         assignment, dropped = self._plan(kept, labels, group_of)
         for index, reason in dropped:
             skipped.append({"file": kept[index].relpath, "reason": reason})
@@ -163,8 +174,7 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
         self._require_splits(tree, kept, labels, assignment)
 
         class_names = list(tree.class_names)
-        splits = counts_by_class({s: labels[m].tolist() for s, m in assignment.items()
-                                  if len(m)}, class_names)
+        splits = counts_by_class({s: labels[m].tolist() for s, m in assignment.items() if len(m)}, class_names)
         duplicates = [_duplicate_entry(group, kept, split_of) for group in groups]
         self._report = {
             "dataset": self.name,
@@ -182,67 +192,76 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
         if self.HAS_LUNG_MASK:
             used = [kept[i] for members in assignment.values() for i in members]
             with_mask = sum(im.mask_path is not None for im in used)
-            self._report["lung_masks"] = {"with_mask": with_mask,
-                                          "without_mask": len(used) - with_mask}
+            self._report["lung_masks"] = {"with_mask": with_mask, "without_mask": len(used) - with_mask}
         digests = [c.digest for c in kept_checks]
-        return {split: self._generate_examples(
-                    items=[(kept[i], int(labels[i]), digests[i]) for i in members])
-                for split, members in assignment.items() if len(members)}
+        return {
+            split: self._generate_examples(items=[(kept[i], int(labels[i]), digests[i]) for i in members])
+            for split, members in assignment.items()
+            if len(members)
+        }
 
-    def _require_splits(self, tree: ScannedTree, kept: list[SourceImage], labels: np.ndarray,
-                        assignment: dict[str, np.ndarray]) -> None:
+    def _require_splits(
+        self, tree: ScannedTree, kept: list[SourceImage], labels: np.ndarray, assignment: dict[str, np.ndarray]
+    ) -> None:
         """Every split the layout gives or the options ask for has examples, else a
         LayoutError naming the split, why it is empty and the fix (a run would find no
         validation/test data later, far from the cause)."""
         for split in tree.given_splits:
             if not len(assignment.get(split, ())):
                 # <root>/<split folder>/<class>/<file>; the folder may be val/, testing/...
-                folder = next(im.path.parents[1] for im in tree.images
-                              if im.given_split == split)
+                folder = next(im.path.parents[1] for im in tree.images if im.given_split == split)
                 raise LayoutError(
                     f"{folder}: the given {split} split has no usable image (every file "
                     "was skipped as unreadable, or dropped as a duplicate of a more "
-                    f"held-out split). Fix or replace the files in {folder}.")
+                    f"held-out split). Fix or replace the files in {folder}."
+                )
         options = self.options
-        requested = {"validation": options.validation_fraction,
-                     "test": getattr(options, "test_fraction", 0.0)}
-        pool = [i for i, im in enumerate(kept)
-                if im.given_split in (None, "train")] if tree.given_splits else range(len(kept))
-        empty = [split for split, fraction in requested.items()
-                 if fraction > 0 and split not in tree.given_splits
-                 and not len(assignment.get(split, ()))]
+        requested = {"validation": options.validation_fraction, "test": getattr(options, "test_fraction", 0.0)}
+        pool = (
+            [i for i, im in enumerate(kept) if im.given_split in (None, "train")]
+            if tree.given_splits
+            else range(len(kept))
+        )
+        empty = [
+            split
+            for split, fraction in requested.items()
+            if fraction > 0 and split not in tree.given_splits and not len(assignment.get(split, ()))
+        ]
         if empty:
             per_class = collections.Counter(tree.class_names[int(labels[i])] for i in pool)
             counts = ", ".join(f"{name}: {per_class[name]}" for name in tree.class_names)
-            which = " and ".join(f"the {split} split ({split}_fraction {requested[split]:g})"
-                                 for split in empty)
+            which = " and ".join(f"the {split} split ({split}_fraction {requested[split]:g})" for split in empty)
             flags = " ".join(f"--{split}-fraction 0" for split in empty)
             raise LayoutError(
                 f"{tree.root}: {which} would be empty: the usable images per class "
                 f"({counts}) are too few for the fraction{'s' * (len(empty) > 1)}, which "
                 f"round{'s' * (len(empty) == 1)} to 0 images in every class. Add images, "
                 f"raise the fraction{'s' * (len(empty) > 1)}, or pass {flags} to prepare "
-                "without.")
+                "without."
+            )
 
     def _require_every_class(self, tree: ScannedTree, kept: list[SourceImage]) -> None:
         present = collections.Counter(im.class_name for im in kept)
         for name in tree.class_names:
             if present[name] == 0:
-                folders = sorted({str(im.path.parent) for im in tree.images
-                                  if im.class_name == name})
+                folders = sorted({str(im.path.parent) for im in tree.images if im.class_name == name})
                 raise LayoutError(
                     f"{', '.join(folders)}: no readable image in class {name!r} (every "
-                    "file was skipped as unreadable); fix or remove the class folder.")
+                    "file was skipped as unreadable); fix or remove the class folder."
+                )
 
-    def _plan(self, kept: list[SourceImage], labels: np.ndarray, group_of: np.ndarray,
-              ) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
+    def _plan(
+        self,
+        kept: list[SourceImage],
+        labels: np.ndarray,
+        group_of: np.ndarray,
+    ) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
         """Split membership per split (indices into kept), plus dropped (index, reason)."""
         options = self.options
         given = [im.given_split for im in kept]
         dropped: list[tuple[int, str]] = []
         if all(g is None for g in given):
-            return stratified_group_split(labels, group_of, options.fractions,
-                                          options.seed), dropped
+            return stratified_group_split(labels, group_of, options.fractions, options.seed), dropped
         # Given splits: a duplicate group that straddles them keeps only the copies in
         # its most held-out split; the others are dropped (reported).
         members: dict[int, list[int]] = collections.defaultdict(list)
@@ -257,11 +276,17 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
                 for i in group:
                     if given[i] != winner:
                         keep[i] = False
-                        dropped.append((i, f"duplicate of {witness} in the given {winner} "
-                                           f"split; dropped from {given[i]} so no image is "
-                                           "in two splits"))
-        assignment = {s: np.array([i for i in range(len(kept)) if keep[i] and given[i] == s],
-                                  np.int64) for s in SPLIT_ORDER}
+                        dropped.append(
+                            (
+                                i,
+                                f"duplicate of {witness} in the given {winner} "
+                                f"split; dropped from {given[i]} so no image is "
+                                "in two splits",
+                            )
+                        )
+        assignment = {
+            s: np.array([i for i in range(len(kept)) if keep[i] and given[i] == s], np.int64) for s in SPLIT_ORDER
+        }
         carve = {"validation": options.validation_fraction}
         if isinstance(options, SplitOptions):
             carve["test"] = options.test_fraction
@@ -269,8 +294,7 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
         pool = assignment["train"]
         if carve and len(pool):
             fractions = {"train": 1.0 - sum(carve.values()), **carve}
-            parts = stratified_group_split(labels[pool], group_of[pool], fractions,
-                                           options.seed)
+            parts = stratified_group_split(labels[pool], group_of[pool], fractions, options.seed)
             for split, local in parts.items():
                 assignment[split] = pool[local]
         return {s: m for s, m in assignment.items() if len(m)}, dropped
@@ -285,16 +309,19 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
             image, label, digest = item
             data = read_regular_file(image.path)
             if dup.sha256_bytes(data) != digest:
-                raise RuntimeError(f"{image.path}: file changed during preparation; "
-                                   "prepare again once the folder is stable.")
+                raise RuntimeError(
+                    f"{image.path}: file changed during preparation; prepare again once the folder is stable."
+                )
             decoded = decode_grayscale(data, size=size, source=str(image.path))
-            example = {"image": decoded.pixels[..., None], "label": label,
-                       "file_name": image.relpath,
-                       "original_size": np.asarray(decoded.original_size, np.int32)}
+            example = {
+                "image": decoded.pixels[..., None],
+                "label": label,
+                "file_name": image.relpath,
+                "original_size": np.asarray(decoded.original_size, np.int32),
+            }
             if has_mask_feature:
                 if image.mask_path is not None:
-                    mask = decode_mask(read_regular_file(image.mask_path), size=size,
-                                       source=str(image.mask_path))
+                    mask = decode_mask(read_regular_file(image.mask_path), size=size, source=str(image.mask_path))
                 else:
                     mask = np.zeros((size, size), np.uint8)
                 example["lung_mask"] = mask[..., None]
@@ -304,19 +331,16 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
         yield from ordered_map(build, items, num_threads())
 
 
-def _duplicate_entry(group: dup.DuplicateGroup, kept: list[SourceImage],
-                     split_of: dict[int, str]) -> dict[str, Any]:
+def _duplicate_entry(group: dup.DuplicateGroup, kept: list[SourceImage], split_of: dict[int, str]) -> dict[str, Any]:
     """One duplicate group of the report: its members (file, label, split; split None
     for a copy dropped so no image is in two splits) and whether their labels differ."""
-    members = [{"file": kept[i].relpath, "label": kept[i].class_name,
-                "split": split_of.get(i)} for i in group.members]
+    members = [{"file": kept[i].relpath, "label": kept[i].class_name, "split": split_of.get(i)} for i in group.members]
     classes = sorted({m["label"] for m in members})
     return {
         "kind": group.kind,
         "files": [m["file"] for m in members],
         "classes": classes,
-        "splits": sorted({m["split"] for m in members if m["split"] is not None},
-                         key=SPLIT_ORDER.index),
+        "splits": sorted({m["split"] for m in members if m["split"] is not None}, key=SPLIT_ORDER.index),
         "members": members,
         "mixed_labels": len(classes) > 1,
     }
@@ -331,9 +355,11 @@ def _duplicate_warnings(duplicates: list[dict[str, Any]]) -> list[str]:
             continue
         kept = [m for m in group["members"] if m["split"] is not None]
         files = " = ".join(f"{m['file']} ({m['label']})" for m in kept)
-        lines.append(f"{group['kind']} images with different labels kept in "
-                     f"{', '.join(group['splits'])}: {files}; check which label is right "
-                     "and remove the other copy from the source folder.")
+        lines.append(
+            f"{group['kind']} images with different labels kept in "
+            f"{', '.join(group['splits'])}: {files}; check which label is right "
+            "and remove the other copy from the source folder."
+        )
     return lines
 
 
@@ -343,9 +369,11 @@ def _split_warnings(splits: dict[str, dict[str, int]]) -> list[str]:
     for split, counts in splits.items():
         missing = [name for name, n in counts.items() if n == 0]
         if missing:
-            lines.append(f"the {split} split has no image of {', '.join(missing)} (too few "
-                         "images per class for the split fractions); its metrics will not "
-                         "cover every class.")
+            lines.append(
+                f"the {split} split has no image of {', '.join(missing)} (too few "
+                "images per class for the split fractions); its metrics will not "
+                "cover every class."
+            )
     return lines
 
 

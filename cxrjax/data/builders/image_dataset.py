@@ -1,4 +1,5 @@
 """`covid19_image_dataset`: the Kaggle "Covid-19 Image Dataset" (SPEC.md: DP)."""
+
 from __future__ import annotations
 
 from pathlib import Path

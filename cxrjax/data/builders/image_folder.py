@@ -1,4 +1,5 @@
 """`image_folder`: any folder with one subfolder per class (DC-like data, your own data)."""
+
 from __future__ import annotations
 
 from pathlib import Path

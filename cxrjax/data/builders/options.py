@@ -5,6 +5,7 @@ BuilderConfig name, i.e. of the directory the files live in:
 `DATA_DIR/<dataset>/<config name>/<version>/`. Changing any option therefore prepares
 into a new directory instead of silently reusing files made with other options.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,12 +62,12 @@ class PreparationOptions:
 
     def config_name(self) -> str:
         """Directory-safe name encoding every field, e.g. 's256_seed0_val0.2_test0.1_dup4'."""
-        return "_".join(f"{_ABBREVIATIONS.get(f.name, f.name)}{_format(getattr(self, f.name))}"
-                        for f in dataclasses.fields(self))
+        return "_".join(
+            f"{_ABBREVIATIONS.get(f.name, f.name)}{_format(getattr(self, f.name))}" for f in dataclasses.fields(self)
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v)
-                for k, v in dataclasses.asdict(self).items()}
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,11 +85,9 @@ class CarveOptions(PreparationOptions):
     def __post_init__(self):
         super().__post_init__()
         if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(
-                f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if not -1 <= int(self.near_duplicate_distance) <= 256:
-            raise ValueError("near_duplicate_distance must be in [-1, 256], got "
-                             f"{self.near_duplicate_distance}")
+            raise ValueError(f"near_duplicate_distance must be in [-1, 256], got {self.near_duplicate_distance}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,14 +104,15 @@ class SplitOptions(CarveOptions):
         if not 0.0 <= self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
         if self.validation_fraction + self.test_fraction >= 1.0:
-            raise ValueError("validation_fraction + test_fraction must leave a train split, "
-                             f"got {self.validation_fraction} + {self.test_fraction}")
+            raise ValueError(
+                "validation_fraction + test_fraction must leave a train split, "
+                f"got {self.validation_fraction} + {self.test_fraction}"
+            )
 
     @property
     def fractions(self) -> dict[str, float]:
         train = 1.0 - self.validation_fraction - self.test_fraction
-        return {"train": train, "validation": self.validation_fraction,
-                "test": self.test_fraction}
+        return {"train": train, "validation": self.validation_fraction, "test": self.test_fraction}
 
 
 _DRAWING = PhantomOptions()  # defaults of the drawing options, documented there
@@ -139,8 +139,10 @@ class PhantomDatasetOptions(PreparationOptions):
     def __post_init__(self):
         super().__post_init__()
         if int(self.num_train) < 1 or int(self.num_validation) < 0 or int(self.num_test) < 0:
-            raise ValueError("need num_train >= 1, num_validation >= 0, num_test >= 0; got "
-                             f"{self.num_train}, {self.num_validation}, {self.num_test}")
+            raise ValueError(
+                "need num_train >= 1, num_validation >= 0, num_test >= 0; got "
+                f"{self.num_train}, {self.num_validation}, {self.num_test}"
+            )
         # Checks the drawing options now rather than when preparation starts.
         object.__setattr__(self, "severity_range", self.phantom_options().severity_range)
 
@@ -151,15 +153,13 @@ class PhantomDatasetOptions(PreparationOptions):
 
     @property
     def split_sizes(self) -> dict[str, int]:
-        return {"train": int(self.num_train), "validation": int(self.num_validation),
-                "test": int(self.num_test)}
+        return {"train": int(self.num_train), "validation": int(self.num_validation), "test": int(self.num_test)}
 
 
 OptionsT = TypeVar("OptionsT", bound=PreparationOptions)
 
 
-def make_options(cls: type[OptionsT], options: OptionsT | Mapping[str, Any] | None,
-                 dataset: str) -> OptionsT:
+def make_options(cls: type[OptionsT], options: OptionsT | Mapping[str, Any] | None, dataset: str) -> OptionsT:
     """Options from None (defaults), an instance, or a dict (unknown keys are an error)."""
     if options is None:
         return cls()
@@ -168,8 +168,7 @@ def make_options(cls: type[OptionsT], options: OptionsT | Mapping[str, Any] | No
     if dataclasses.is_dataclass(options) and not isinstance(options, type):
         options = dataclasses.asdict(options)
     if not isinstance(options, Mapping):
-        raise TypeError(f"{dataset} options must be a dict or {cls.__name__}, "
-                        f"got {type(options).__name__}")
+        raise TypeError(f"{dataset} options must be a dict or {cls.__name__}, got {type(options).__name__}")
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(options) - set(valid))
     if unknown:

@@ -1,4 +1,5 @@
 """`cxr_phantoms`: the synthetic default dataset (drawn by `cxrjax.data.phantoms`)."""
+
 from __future__ import annotations
 
 import collections
@@ -48,8 +49,7 @@ class CxrPhantoms(CxrBuilder, skip_registration=True):
             ranges[split] = range(offset, offset + count)
             offset += count
         seed = self.options.seed
-        labels = {split: [phantoms.phantom_label(seed, i) for i in r]
-                  for split, r in ranges.items() if len(r)}
+        labels = {split: [phantoms.phantom_label(seed, i) for i in r] for split, r in ranges.items() if len(r)}
         class_names = list(phantoms.CLASS_NAMES)
         self._report = {
             "dataset": self.name,
@@ -62,8 +62,7 @@ class CxrPhantoms(CxrBuilder, skip_registration=True):
             "source": "synthetic (cxrjax.data.phantoms)",
             "layout": "synthetic",
         }
-        return {split: self._generate_examples(indices=r) for split, r in ranges.items()
-                if len(r)}
+        return {split: self._generate_examples(indices=r) for split, r in ranges.items() if len(r)}
 
     def verify_prepared(self, splits) -> None:
         """Re-draws the first stored phantom and compares pixels, so files prepared by
@@ -74,12 +73,12 @@ class CxrPhantoms(CxrBuilder, skip_registration=True):
         stored = source[0]
         _, index = phantoms.parse_phantom_file_name(stored["file_name"])
         fresh = phantoms.phantom_example(self.options.seed, index, self.options.phantom_options())
-        if not (np.array_equal(stored["image"], fresh["image"])
-                and int(stored["label"]) == int(fresh["label"])):
+        if not (np.array_equal(stored["image"], fresh["image"]) and int(stored["label"]) == int(fresh["label"])):
             raise ValueError(
                 f"{self.data_path}: these phantoms were drawn by another version of "
                 "cxrjax.data.phantoms (the stored image differs from a fresh draw). "
-                "Prepare again with overwrite=True (--overwrite), or use another data_dir.")
+                "Prepare again with overwrite=True (--overwrite), or use another data_dir."
+            )
 
     def _generate_examples(self, indices: range):
         seed, options = self.options.seed, self.options.phantom_options()
@@ -126,14 +125,13 @@ def generate_phantoms(seed: int, indices: range, options: phantoms.PhantomOption
         for index in indices:
             yield _record(seed, index, options)
         return
-    chunks = [list(indices[i:i + _CHUNK]) for i in range(0, len(indices), _CHUNK)]
+    chunks = [list(indices[i : i + _CHUNK]) for i in range(0, len(indices), _CHUNK)]
     done = 0
     try:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
             window = 2 * workers  # bounded: at most this many chunks wait in memory
-            pending = collections.deque(pool.submit(_record_chunk, seed, c, options)
-                                        for c in chunks[:window])
+            pending = collections.deque(pool.submit(_record_chunk, seed, c, options) for c in chunks[:window])
             next_chunk = window
             while pending:
                 records = pending.popleft().result()
@@ -147,7 +145,10 @@ def generate_phantoms(seed: int, indices: range, options: phantoms.PhantomOption
             "cxr_phantoms: the worker processes that draw phantoms in parallel died, so the "
             f"remaining {len(chunks) - done} of {len(chunks)} chunks are drawn in this process "
             "(same images, slower). Spawned workers re-run the main script: put the script's "
-            "code under `if __name__ == \"__main__\":` to draw in parallel.", RuntimeWarning, stacklevel=2)
+            'code under `if __name__ == "__main__":` to draw in parallel.',
+            RuntimeWarning,
+            stacklevel=2,
+        )
         for chunk in chunks[done:]:
             yield from _record_chunk(seed, chunk, options)
 

@@ -1,4 +1,5 @@
 """`covid19_radiography`: the COVID-19 Radiography Database (SPEC.md: D4, and D3)."""
+
 from __future__ import annotations
 
 from pathlib import Path
