@@ -7,6 +7,7 @@ with the heatmap whatever normalisation the run used.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -104,6 +105,8 @@ def save_grid_png(
             if c == 0 and heading:
                 ax.set_ylabel(heading, fontsize=7, fontweight="bold")
     if title:
-        fig.suptitle(title, fontsize=9)
+        # Wrapped to the figure's width (about 14 characters of 9-pt text per inch), so a
+        # grid of one or two columns still shows its whole title.
+        fig.suptitle(textwrap.fill(title, width=max(30, int(fig.get_figwidth() * 14))), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path, dpi=110)
