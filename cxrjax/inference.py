@@ -47,6 +47,7 @@ import jax
 import numpy as np
 
 from cxrjax import data
+from cxrjax.data.errors import DataError
 from cxrjax.reporting.jsonio import read_json
 from cxrjax.train import workdir as files
 from cxrjax.train.checkpointing import CheckpointStore
@@ -463,8 +464,9 @@ def has_field(ds: Any, split: str, key: str) -> bool:
 # ---------------------------------------------------------------- the command lines
 
 # What evaluate / explain / predict report as one ``error: ...`` line (exit status 2):
-# bad input (dataset, split, classes), a missing run folder, checkpoint or data folder.
-USER_ERRORS = (EvaluationInputError, FileNotFoundError, data.LayoutError)
+# bad input (split, classes, data dir), a missing run folder or checkpoint, and every
+# error of the user's data (``DataError``: layout, changed source, unknown dataset or class).
+USER_ERRORS = (EvaluationInputError, FileNotFoundError, DataError)
 
 CHECKPOINT_HELP = (
     "which checkpoint (default: the one the run's own test evaluation used, i.e. the best by its "

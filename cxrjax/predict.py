@@ -194,17 +194,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         run = inference.load_run(a.workdir, checkpoint=a.checkpoint)
-    except FileNotFoundError as error:
+        results = predict_files(
+            run,
+            a.images,
+            gradcam_dir=a.gradcam,
+            layer=a.layer,
+            method=a.cam_method,
+            batch_size=a.batch_size,
+            data_dir=a.data_dir,
+        )
+    except inference.USER_ERRORS as error:  # unreadable image files are reported per file instead
         return inference.user_error(error)
-    results = predict_files(
-        run,
-        a.images,
-        gradcam_dir=a.gradcam,
-        layer=a.layer,
-        method=a.cam_method,
-        batch_size=a.batch_size,
-        data_dir=a.data_dir,
-    )
     if a.json:
         print(
             json.dumps(
