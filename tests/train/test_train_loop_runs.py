@@ -12,53 +12,22 @@ import os
 import subprocess
 import sys
 import textwrap
-import types
 
 import jax
 import numpy as np
 import pytest
 
 from cxrjax.inference import load_run
-from cxrjax.train import trainer as trainer_module
-from cxrjax.train.config import TrainConfig
 from cxrjax.train.evaluation import predict_split
 from cxrjax.train.trainer import NonFiniteError, train_and_evaluate
 from cxrjax.train.workdir import ConfigMismatchError
-
-TIMING_KEYS = {"train_seconds", "images_per_second", "eval_seconds", "cumulative_train_seconds", "time"}
+from tests.train.support import history, inject_nan
 
 
 @pytest.fixture(scope="module")
-def base_config(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_loop")
-    config = TrainConfig(
-        model="s4_exp8",  # BatchNorm on every layer + Dropout 0.25: exercises batch_stats and rng
-        model_options={"features": [4, 4, 8, 8], "head_width": 16},
-        dataset="cxr_phantoms",
-        data_dir=str(root / "data"),
-        dataset_options={"num_train": 64, "num_validation": 12, "num_test": 12, "image_size": 32},
-        image_size=32,
-        channels=1,
-        hflip=True,
-        rotate_degrees=10.0,
-        epochs=1,
-        per_device_batch_size=4,  # x 4 devices = 16 -> 4 steps per epoch
-        per_device_eval_batch_size=2,  # 8 per eval batch: 12 examples -> one padded batch
-        lr=3e-3,
-        progress=False,
-        tensorboard=True,
-        compilation_cache_dir=str(root / "jax_cache"),
-    )
-    yield config
-    jax.config.update("jax_compilation_cache_dir", None)
-    from jax._src import compilation_cache
-
-    compilation_cache.reset_cache()
-
-
-def _history(workdir):
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
+def base_config(base_config):
+    """The shared tiny run (tests/train/conftest.py) with augmentation and TensorBoard on."""
+    return base_config.replace(hflip=True, rotate_degrees=10.0, tensorboard=True)
 
 
 def test_one_epoch_run_writes_every_file(base_config, tmp_path):
@@ -72,13 +41,13 @@ def test_one_epoch_run_writes_every_file(base_config, tmp_path):
         "roc_curves.png",
     ):
         assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
-    assert len(_history(tmp_path)) == 1
+    assert len(history(tmp_path, timing=False)) == 1
     assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     board = EventAccumulator(str(tmp_path / "tensorboard"))
     board.Reload()  # TensorBoard's reader: the epoch's scalars at its last global step
-    (record,) = _history(tmp_path)
+    (record,) = history(tmp_path, timing=False)
     for tag in ("train_loss", "val_accuracy", "val_macro_f1", "lr"):
         assert [(e.step, e.value) for e in board.Scalars(tag)] == [(4, pytest.approx(record[tag]))], tag
     assert results["class_names"] == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
@@ -108,28 +77,8 @@ def test_one_epoch_run_writes_every_file(base_config, tmp_path):
         train_and_evaluate(base_config.replace(lr=0.1), tmp_path)
 
 
-def _inject_nan(monkeypatch, epoch: int, batch_index: int):
-    real = trainer_module.data_api()
-
-    def train_batches(*args, **kwargs):
-        batches = real.train_batches(*args, **kwargs)
-        if kwargs["epoch"] != epoch:
-            return batches
-
-        def poison(i, batch):
-            if i == batch_index:
-                batch = dict(batch, image=np.array(batch["image"], copy=True))
-                batch["image"][0, 0, 0, 0] = np.nan
-            return batch
-
-        return batches.map_with_index(poison)
-
-    fake = types.SimpleNamespace(**{**vars(real), "train_batches": train_batches})
-    monkeypatch.setattr(trainer_module, "data_api", lambda: fake)
-
-
 def test_nan_stops_with_step_epoch_and_batch(base_config, tmp_path, monkeypatch):
-    _inject_nan(monkeypatch, epoch=0, batch_index=2)
+    inject_nan(monkeypatch, {0: {2}})
     with pytest.raises(NonFiniteError) as err:
         train_and_evaluate(base_config, tmp_path)
     assert (err.value.step, err.value.epoch, err.value.batch) == (2, 1, 2)
@@ -138,10 +87,10 @@ def test_nan_stops_with_step_epoch_and_batch(base_config, tmp_path, monkeypatch)
 
 
 def test_nan_skip_mode_counts_and_continues(base_config, tmp_path, monkeypatch):
-    _inject_nan(monkeypatch, epoch=0, batch_index=2)
+    inject_nan(monkeypatch, {0: {2}})
     results = train_and_evaluate(base_config.replace(on_nonfinite="skip"), tmp_path)
     assert results["skipped_nonfinite_steps"] == 1
-    (record,) = _history(tmp_path)
+    (record,) = history(tmp_path, timing=False)
     assert record["skipped_nonfinite"] == 1 and np.isfinite(record["train_loss"])
 
 
@@ -186,12 +135,12 @@ def test_killed_run_resumed_in_a_new_process_ends_identical(base_config, tmp_pat
     assert a.step == b.step == 12
     for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables), strict=True):
         np.testing.assert_array_equal(x, y)  # bit-identical params and batch_stats
-    assert _history(tmp_path / "straight") == _history(tmp_path / "resumed")
+    assert history(tmp_path / "straight", timing=False) == history(tmp_path / "resumed", timing=False)
     for key in ("test", "validation", "best_epoch", "evaluated", "epochs_run"):
         assert straight[key] == resumed[key], key
     # The test evaluation used the best epoch's checkpoint (restore_best): its validation
     # loss is that epoch's, and load_run's default is that checkpoint.
-    best = _history(tmp_path / "resumed")[resumed["best_epoch"] - 1]
+    best = history(tmp_path / "resumed", timing=False)[resumed["best_epoch"] - 1]
     assert resumed["validation"]["loss"] == pytest.approx(best["val_loss"], rel=1e-6)
     assert resumed["evaluated"] == {
         "checkpoint": "best",

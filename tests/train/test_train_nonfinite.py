@@ -8,8 +8,6 @@ learning rate (1e39 is inf in float32) makes an update overflow with a finite lo
 """
 
 import functools
-import json
-import types
 
 import flax.linen as nn
 import jax
@@ -18,57 +16,8 @@ import optax
 import pytest
 
 from cxrjax.train import trainer as trainer_module
-from cxrjax.train.config import TrainConfig
 from cxrjax.train.trainer import NonFiniteError, train_and_evaluate
-
-
-@pytest.fixture(scope="module")
-def base_config(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nonfinite")
-    config = TrainConfig(
-        model="s4_exp8",
-        model_options={"features": [4, 4, 8, 8], "head_width": 16},
-        dataset="cxr_phantoms",
-        data_dir=str(root / "data"),
-        dataset_options={"num_train": 64, "num_validation": 12, "num_test": 12, "image_size": 32},
-        image_size=32,
-        channels=1,
-        epochs=1,
-        per_device_batch_size=4,  # x 4 devices = 16 -> 4 steps per epoch
-        per_device_eval_batch_size=2,
-        lr=3e-3,
-        progress=False,
-        compilation_cache_dir=str(root / "jax_cache"),
-    )
-    yield config
-    jax.config.update("jax_compilation_cache_dir", None)
-    from jax._src import compilation_cache
-
-    compilation_cache.reset_cache()
-
-
-def _inject_nan(monkeypatch, batches_by_epoch):
-    """NaN into batch i of epoch e (0-based) for every (e, i) in ``batches_by_epoch``."""
-    real = trainer_module.data_api()
-
-    def train_batches(*args, **kwargs):
-        batches = real.train_batches(*args, **kwargs)
-        poisoned = batches_by_epoch.get(kwargs["epoch"], ())
-
-        def poison(i, batch):
-            if i in poisoned:
-                batch = dict(batch, image=np.array(batch["image"], copy=True))
-                batch["image"][0, 0, 0, 0] = np.nan
-            return batch
-
-        return batches.map_with_index(poison)
-
-    fake = types.SimpleNamespace(**{**vars(real), "train_batches": train_batches})
-    monkeypatch.setattr(trainer_module, "data_api", lambda: fake)
-
-
-def _history(workdir):
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+from tests.train.support import history, inject_nan
 
 
 # ------------------------------------------------------------------ 5a: the updated state
@@ -130,7 +79,7 @@ def test_nonfinite_error_names_the_overflowing_update_and_the_state_is_unchanged
 
 # ------------------------------------------------------- 5b, 5c: skipped steps of the run
 def test_a_run_that_skipped_every_step_ends_loudly(base_config, tmp_path, monkeypatch):
-    _inject_nan(monkeypatch, {0: {0, 1, 2, 3}})
+    inject_nan(monkeypatch, {0: {0, 1, 2, 3}})
     config = base_config.replace(on_nonfinite="skip")
     with pytest.raises(NonFiniteError, match="max_skipped_fraction=0.5") as err:
         train_and_evaluate(config, tmp_path / "default")
@@ -153,7 +102,7 @@ def test_results_count_the_skipped_steps_of_every_session_not_the_restored_check
 ):
     # 2 epochs, epoch 1 the best (epoch 2 cannot improve by min_delta 100), so the test
     # evaluation restores epoch 1's checkpoint, which counted 1 skip; the run skipped 3.
-    _inject_nan(monkeypatch, {0: {2}, 1: {1, 3}})
+    inject_nan(monkeypatch, {0: {2}, 1: {1, 3}})
     config = base_config.replace(epochs=2, on_nonfinite="skip", early_stopping_min_delta=100.0)
 
     def kill_after_epoch_1(step):
@@ -164,14 +113,14 @@ def test_results_count_the_skipped_steps_of_every_session_not_the_restored_check
         train_and_evaluate(config, tmp_path, on_checkpoint=kill_after_epoch_1)
     results = train_and_evaluate(config, tmp_path)  # the second session
     assert results["evaluated"]["epoch"] == 1 == results["best_epoch"]
-    assert [h["skipped_nonfinite"] for h in _history(tmp_path)] == [1, 2]
+    assert [h["skipped_nonfinite"] for h in history(tmp_path)] == [1, 2]
     assert results["skipped_nonfinite_steps"] == 3
 
 
 # ------------------------------------------------------------------ 15b: divergence warned
 def test_a_diverged_run_is_warned_about(base_config, tmp_path, capsys):
     results = train_and_evaluate(base_config.replace(lr=1e6), tmp_path)  # Adam at lr 1e6
-    (record,) = _history(tmp_path)
+    (record,) = history(tmp_path)
     assert record["train_loss"] is None or record["train_loss"] > 1e6
     (warning,) = results["warnings"]
     assert warning.startswith("the run diverged") and "train loss" in warning

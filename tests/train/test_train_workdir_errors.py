@@ -13,40 +13,10 @@ import os
 import shutil
 import subprocess
 
-import jax
 import pytest
 
-from cxrjax.train.config import TrainConfig
 from cxrjax.train.trainer import train_and_evaluate
-
-
-@pytest.fixture(scope="module")
-def base_config(tmp_path_factory):
-    root = tmp_path_factory.mktemp("workdir_errors")
-    config = TrainConfig(
-        model="s4_exp8",
-        model_options={"features": [4, 4, 8, 8], "head_width": 16},
-        dataset="cxr_phantoms",
-        data_dir=str(root / "data"),
-        dataset_options={"num_train": 64, "num_validation": 12, "num_test": 12, "image_size": 32},
-        image_size=32,
-        channels=1,
-        epochs=1,
-        per_device_batch_size=4,  # x 4 devices = 16 -> 4 steps per epoch
-        per_device_eval_batch_size=2,
-        lr=3e-3,
-        progress=False,
-        compilation_cache_dir=str(root / "jax_cache"),
-    )
-    yield config
-    jax.config.update("jax_compilation_cache_dir", None)
-    from jax._src import compilation_cache
-
-    compilation_cache.reset_cache()
-
-
-def _history(workdir):
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+from tests.train.support import history
 
 
 def _cli(args, capsys):
@@ -163,7 +133,7 @@ def test_disk_full_during_an_async_checkpoint_save_is_reported_at_that_save(base
     assert rc == 2 and len(errors) == 1, err
     assert "saving checkpoint step 4" in errors[0] and "no space left" in errors[0], errors[0]
     assert "no complete checkpoint exists" in errors[0]
-    assert [h["epoch"] for h in _history(workdir)] == [1]  # reported before epoch 2's validation
+    assert [h["epoch"] for h in history(workdir)] == [1]  # reported before epoch 2's validation
     assert not (workdir / "results.json").exists()
 
 
