@@ -54,7 +54,7 @@ Output in ``--workdir`` (default ``runs/ablation_bn_dropout/<dataset>``): result
 results.md, summary.md, accuracy_bars.png, learning_curves.png, and runs/<cell>/seed_<k>/
 (each run's own engine workdir with its checkpoints and plots). Re-running skips
 finished runs and resumes an interrupted one; a changed configuration for an existing
-run folder is refused (use a new --workdir). Statistics: see ``experiments.stats``.
+run folder is refused (use a new --workdir). Statistics: see ``cxrjax.reporting.stats``.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@
 * ``learning_curves.png``: per cell, train (dashed) and validation (solid) accuracy per
   epoch for every seed, read from each run's ``metrics.jsonl``.
 
-A difference "exceeds seed noise" when its two-sided test (see ``experiments.stats``:
+A difference "exceeds seed noise" when its two-sided test (see ``cxrjax.reporting.stats``:
 Welch's t-test between different networks, paired t-test between runs of the same
 network) gives p < 0.05; the report also says which of those survive Holm's correction
 for the number of comparisons made.
@@ -29,8 +29,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from cxrjax.reporting import stats
 from cxrjax.train.workdir import read_history
-from experiments import stats
 from experiments.grid import Cell, RunRecord
 
 ALPHA = 0.05

@@ -1,10 +1,10 @@
-"""experiments.stats against values computed by hand (closed forms of Student's t)."""
+"""cxrjax.reporting.stats against values computed by hand (closed forms of Student's t)."""
 
 import math
 
 import pytest
 
-from experiments import stats
+from cxrjax.reporting import stats
 
 T975_DF2 = 4.302652729911275  # two-sided 95% critical value, 2 degrees of freedom (tables)
 
