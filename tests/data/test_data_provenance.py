@@ -256,3 +256,21 @@ def test_cli_prints_where_sources_went_and_groups_file_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "error: " in err and "none.csv: groups file does not exist" in err.split("error: ", 1)[1]
     assert "Traceback" not in err
+
+
+def test_group_across_given_splits_keeps_only_its_test_images(tmp_path):
+    facts = fx.make_dp(tmp_path / "download", train_per_class=4, test_per_class=2)
+    train = sorted(f for f in facts["files"] if f.startswith("train/Covid/"))
+    test = sorted(f for f in facts["files"] if f.startswith("test/Covid/"))
+    groups_file = fx.write_groups_csv(tmp_path / "g.csv", [(train[0], "p1"), (test[0], "p1"), (train[1], "p2")])
+    ds = data.load(
+        "covid19_image_dataset",
+        data_dir=tmp_path / "prepared",
+        manual_dir=facts["root"],
+        options={"image_size": SIZE, "groups_file": str(groups_file), "validation_fraction": 0.25},
+    )
+    split_of = {r["file_name"]: split for split, recs in _records(ds).items() for r in recs}
+    assert train[0] not in split_of and split_of[test[0]] == "test"
+    skipped = {e["file"]: e["reason"] for e in ds.report["skipped"]}
+    assert f"in group 'p1' with {test[0]} in the given test split" in skipped[train[0]]
+    assert train[1] in split_of  # a group inside train is carved whole, not dropped

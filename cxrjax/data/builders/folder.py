@@ -334,28 +334,30 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
         if all(g is None for g in given):
             every = np.arange(len(kept))
             return {s: every[m] for s, m in split(every, options.fractions).items()}, dropped
-        # Given splits: a duplicate group that straddles them keeps only the copies in
-        # its most held-out split; the others are dropped (reported).
+        # Given splits: a duplicate group (or a group of the groups file) that straddles
+        # them keeps only its members in its most held-out split; the others are
+        # dropped (reported).
         members: dict[int, list[int]] = collections.defaultdict(list)
-        for index, group in enumerate(group_of):
+        for index, group in enumerate(joined_groups(len(kept), group_of, extra[:1])):
             members[int(group)].append(index)
         keep = np.ones(len(kept), bool)
         for group in members.values():
             splits = {given[i] for i in group}
             if len(splits) > 1:
                 winner = min(splits, key=_PRIORITY.__getitem__)
-                witness = next(kept[i].relpath for i in group if given[i] == winner)
+                winners = [i for i in group if given[i] == winner]
                 for i in group:
-                    if given[i] != winner:
-                        keep[i] = False
-                        dropped.append(
-                            (
-                                i,
-                                f"duplicate of {witness} in the given {winner} "
-                                f"split; dropped from {given[i]} so no image is "
-                                "in two splits",
-                            )
-                        )
+                    if given[i] == winner:
+                        continue
+                    keep[i] = False
+                    copy = next((w for w in winners if group_of[w] == group_of[i]), None)
+                    if copy is not None:
+                        why = f"duplicate of {kept[copy].relpath}"
+                    else:
+                        why = f"in group {groups[i] or groups[winners[0]]!r} with {kept[winners[0]].relpath}"
+                    dropped.append(
+                        (i, f"{why} in the given {winner} split; dropped from {given[i]} so no image is in two splits")
+                    )
         assignment = {
             s: np.array([i for i in range(len(kept)) if keep[i] and given[i] == s], np.int64) for s in SPLIT_ORDER
         }
