@@ -102,8 +102,10 @@ class CarveOptions(PreparationOptions):
       the groups file's groups) whole; "group": the same, but a groups_file is required
       (a run that asks for patient-wise splits never silently gets example-wise ones);
       "source": whole sources (D4's metadata, or the groups file's source column) go to
-      train/validation/test, not stratified, aiming at the fractions by example count:
-      leave-sources-out evaluation. The report names which sources went where.
+      train/validation/test, not stratified, aiming at the fractions by example count,
+      at least one source per split (images without a source form one source, and a
+      duplicate or group spanning two sources joins them): leave-sources-out
+      evaluation. The report names which sources went where.
     """
 
     validation_fraction: float = 0.2
