@@ -82,7 +82,7 @@ def d4_run(tmp_path_factory):
         dataset="covid19_radiography",
         data_dir=str(root / "data"),
         manual_dir=str(root / "download"),
-        dataset_options={"image_size": 16, "test_fraction": 0.4, "validation_fraction": 0.1},
+        dataset_options={"image_size": 16, "test_fraction": 0.4, "validation_fraction": 0.1, "split_by": "source"},
         model_options={"features": [3, 4, 5, 6], "head_width": 7},
         image_size=16,
         channels=1,
@@ -91,15 +91,15 @@ def d4_run(tmp_path_factory):
         num_devices=1,
         progress=False,
     )
-    train_and_evaluate(config, str(root / "run"))
-    return root / "run", facts
+    results = train_and_evaluate(config, str(root / "run"))
+    return root / "run", facts, results
 
 
 def test_evaluate_reports_per_source_metrics_and_the_source_probe(d4_run, capsys):
     from cxrjax.data import load
     from cxrjax.evaluate.__main__ import main
 
-    run_dir, facts = d4_run
+    run_dir, facts, results = d4_run
     assert main(["--workdir", str(run_dir), "--batch-size", "4", "--no-progress"]) == 0
     out = capsys.readouterr().out
     report = json.loads((run_dir / "eval_covid19_radiography_test.json").read_text())
@@ -117,3 +117,6 @@ def test_evaluate_reports_per_source_metrics_and_the_source_probe(d4_run, capsys
     assert "per source: " in out and "source probe: " in out
     ds = load("covid19_radiography", data_dir=str(run_dir.parent / "data"), options=report["dataset_options"])
     assert len(ds.splits["test"]) == len(names)
+    # Leave-sources-out: the run records which sources it was trained and tested on.
+    assert results["dataset_info"]["split_sources"] == ds.report["split_sources"]
+    assert sorted(report["per_source"]) == ds.report["split_sources"]["test"]
