@@ -350,10 +350,13 @@ def records_fingerprint(builder: CxrBuilder) -> dict[str, Any]:
 
 
 def prepared_reports(name: str, data_dir: str | Path) -> list[dict[str, Any]]:
-    """Reports of every prepared configuration of `name` under data_dir (any options)."""
-    root = Path(data_dir).expanduser() / builder_class(name).name
+    """Reports of every prepared configuration of `name` under data_dir (any options),
+    of the builder's current version only: files of an older version (other features)
+    are never opened by this code, so they do not count as prepared."""
+    cls = builder_class(name)
+    root = Path(data_dir).expanduser() / cls.name
     reports = []
-    for path in sorted(root.glob(f"*/*/{REPORT_FILE}")):
+    for path in sorted(root.glob(f"*/{cls.VERSION}/{REPORT_FILE}")):
         try:
             reports.append(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError):

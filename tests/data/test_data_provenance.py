@@ -274,3 +274,17 @@ def test_group_across_given_splits_keeps_only_its_test_images(tmp_path):
     skipped = {e["file"]: e["reason"] for e in ds.report["skipped"]}
     assert f"in group 'p1' with {test[0]} in the given test split" in skipped[train[0]]
     assert train[1] in split_of  # a group inside train is carved whole, not dropped
+
+
+def test_files_of_the_previous_version_are_never_opened(tmp_path):
+    root = fx.make_class_folders(tmp_path / "download", per_class=4)
+    options = {"image_size": SIZE, "test_fraction": 0}
+    ds = data.load("image_folder", data_dir=tmp_path / "prepared", manual_dir=root, options=options)
+    version = ds.data_path.name
+    assert version == "1.1.0" and "source" in ds.splits["train"][0]
+    # As if prepared by the code before the source/group features (version 1.0.0):
+    ds.data_path.rename(ds.data_path.with_name("1.0.0"))
+    with pytest.raises(LayoutError, match="not prepared"):
+        data.load_prepared("image_folder", data_dir=tmp_path / "prepared")
+    again = data.load("image_folder", data_dir=tmp_path / "prepared", manual_dir=root, options=options)
+    assert again.data_path.name == "1.1.0" and again.splits["train"][0]["group"] == ""
