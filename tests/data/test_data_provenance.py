@@ -288,3 +288,30 @@ def test_files_of_the_previous_version_are_never_opened(tmp_path):
         data.load_prepared("image_folder", data_dir=tmp_path / "prepared")
     again = data.load("image_folder", data_dir=tmp_path / "prepared", manual_dir=root, options=options)
     assert again.data_path.name == "1.1.0" and again.splits["train"][0]["group"] == ""
+
+
+def test_groups_file_source_column_drives_a_source_split(tmp_path):
+    root = fx.make_class_folders(tmp_path / "download", per_class=8)
+    rows = [
+        (f"{c}/img-{i:03d}.png", f"{c}-p{i // 2}", f"site-{(i // 2 + k) % 4}")
+        for k, c in enumerate(("cat_a", "cat_b", "cat_c"))
+        for i in range(8)
+    ]
+    groups_file = fx.write_groups_csv(tmp_path / "g.csv", rows, header=("file_name", "patient_id", "source"))
+    options = {"image_size": SIZE, "groups_file": str(groups_file), "split_by": "source", "seed": 1}
+    ds = data.load("image_folder", data_dir=tmp_path / "prepared", manual_dir=root, options=options)
+    records = _records(ds)
+    where = collections.defaultdict(set)
+    for split, recs in records.items():
+        for r in recs:
+            where[r["source"]].add(split)
+            where[r["group"]].add(split)
+    assert all(len(s) == 1 for s in where.values())
+    assert set(records) == {"train", "validation", "test"}
+    assert sorted(s for names in ds.report["split_sources"].values() for s in names) == [f"site-{k}" for k in range(4)]
+
+    # Patients whose images come from two sites join sites 0+1 and 2+3: 2 units for 3 splits, refused.
+    mixed = [(name, patient, f"site-{i % 4}") for i, (name, patient, _) in enumerate(rows)]
+    fx.write_groups_csv(groups_file, mixed, header=("file_name", "patient_id", "source"))
+    with pytest.raises(LayoutError, match="groups spanning sources join them into 2 units"):
+        data.load("image_folder", data_dir=tmp_path / "prepared2", manual_dir=root, options=options)
