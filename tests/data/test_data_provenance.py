@@ -169,6 +169,7 @@ def test_d4_metadata_gives_each_record_its_source(d4_sources):
     assert sorted(m["file"] for m in report["metadata_files"]) == sorted(f"{c}.metadata.xlsx" for c in fx.D4_CLASSES)
     assert all(m["error"] is None for m in report["metadata_files"])
     assert report["unknown"] == 1  # the planted copy has no row
+    assert any(w.startswith("1 image has no row in its class's .metadata.xlsx") for w in ds.report["warnings"])
     expected = collections.Counter(facts["sources"].values())
     assert {s: sum(c.values()) for s, c in report["per_source"].items()} == dict(expected)
     skipped = {e["file"] for e in ds.report["skipped"]}

@@ -237,6 +237,13 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
             "sources": _sources_report(source_report, sources, split_of),
             "groups": groups_report,
         }
+        unknown = (self._report["sources"] or {}).get("unknown", 0)
+        if source_report is not None and unknown:
+            warnings.append(
+                f"{unknown} image{'s have' if unknown != 1 else ' has'} no row in its class's "
+                f"{provenance.METADATA_SUFFIX} (source "
+                f"'{provenance.UNKNOWN_SOURCE}'; report['sources']['per_source'] counts them per split)."
+            )
         if self.options.split_by == "source":
             self._report["split_sources"] = {
                 split: sorted({sources[i] for i in members}) for split, members in assignment.items() if len(members)
