@@ -120,3 +120,29 @@ def test_evaluate_reports_per_source_metrics_and_the_source_probe(d4_run, capsys
     # Leave-sources-out: the run records which sources it was trained and tested on.
     assert results["dataset_info"]["split_sources"] == ds.report["split_sources"]
     assert sorted(report["per_source"]) == ds.report["split_sources"]["test"]
+
+
+def test_features_are_the_pooled_last_feature_layer():
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    class Tiny(nn.Module):
+        feature_names = ("feat1", "feat2")
+
+        @nn.compact
+        def __call__(self, x, train=False):
+            a = self.perturb("feat1", nn.relu(x - 0.5))
+            b = self.perturb("feat2", jnp.concatenate([2.0 * a, -a], axis=-1))
+            return nn.Dense(3)(b.reshape(len(b), -1))
+
+    model = Tiny()
+    x = jax.random.uniform(jax.random.key(0), (5, 6, 6, 1))
+    variables = model.init(jax.random.key(1), x)
+    fn, layer = src._features_fn(model, variables, (6, 6, 1), None)
+    pooled = np.maximum(np.asarray(x) - 0.5, 0).mean(axis=(1, 2))
+    assert layer == "feat2"
+    np.testing.assert_allclose(np.asarray(fn(variables, x)), np.concatenate([2 * pooled, -pooled], 1), rtol=1e-6)
+    fn1, layer1 = src._features_fn(model, variables, (6, 6, 1), "feat1")
+    assert layer1 == "feat1"
+    np.testing.assert_allclose(np.asarray(fn1(variables, x)), pooled, rtol=1e-6)
