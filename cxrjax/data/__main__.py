@@ -4,10 +4,14 @@
       Prepares NAME once (array_record files under DIR) and prints per-split, per-class
       counts, skipped files (with reasons), duplicate groups and warnings; --json prints
       one JSON object {"dataset", "class_names", "splits", "skipped", "duplicate_groups",
-      "duplicates", "warnings"}: duplicates lists each group {"kind", "files",
-      "classes", "splits", "members": [{"file", "label", "split"}], "mixed_labels"}
+      "duplicates", "warnings", "split_by", "sources", "groups", "split_sources"}:
+      duplicates lists each group {"kind", "files", "classes", "splits", "members":
+      [{"file", "label", "split"}], "mixed_labels"}
       (split null: a copy dropped so no image is in two splits); warnings are the
-      report's warning lines (e.g. a group whose members carry different labels).
+      report's warning lines (e.g. a group whose members carry different labels);
+      split_by, sources ({"metadata_files", "unknown", "per_source": {source: {split:
+      n}}} or null), groups (the groups file's matches or null) and split_sources
+      ({split: [source, ...]} for split_by=source, else null).
       Prepared files are reused only while --manual-dir holds what they were prepared
       from; otherwise --overwrite prepares again.
   python -m cxrjax.data show NAME --data-dir DIR --out grid.png [--split S] [--masks]
@@ -17,7 +21,8 @@
 
 Options (each applies to the datasets whose options have it; see `info`):
   --image-size N --seed N --validation-fraction F --test-fraction F
-  --near-duplicate-distance D --num-train N --num-validation N --num-test N
+  --near-duplicate-distance D --groups-file CSV --split-by example|group|source
+  --num-train N --num-validation N --num-test N
   --shortcut-marker --shortcut-strength P --severity-range LO HI --noise-std S
 """
 
@@ -36,7 +41,19 @@ from cxrjax.data.dataset import builder_class, get_builder, load_prepared, prepa
 from cxrjax.data.decode import DecodeError
 from cxrjax.data.layouts import LayoutError
 
-JSON_KEYS = ("dataset", "class_names", "splits", "skipped", "duplicate_groups", "duplicates", "warnings")
+JSON_KEYS = (
+    "dataset",
+    "class_names",
+    "splits",
+    "skipped",
+    "duplicate_groups",
+    "duplicates",
+    "warnings",
+    "split_by",
+    "sources",
+    "groups",
+    "split_sources",
+)
 _DEFAULT_DATA_DIR = os.environ.get("CXRJAX_DATA_DIR", "data")
 # CLI flag -> option field; type; help.
 _OPTION_FLAGS: list[tuple[str, dict[str, Any]]] = [
@@ -49,6 +66,18 @@ _OPTION_FLAGS: list[tuple[str, dict[str, Any]]] = [
         dict(
             type=int,
             help="max Hamming distance of 256-bit dHashes of near-duplicates (default 10; -1: identical files only)",
+        ),
+    ),
+    (
+        "groups_file",
+        dict(help="CSV naming each image's group (file_name,group[,source]); groups stay in one split"),
+    ),
+    (
+        "split_by",
+        dict(
+            choices=("example", "group", "source"),
+            help="example (default; stratified by class), group (needs --groups-file), or source "
+            "(whole sources per split: leave-sources-out)",
         ),
     ),
     ("num_train", dict(type=int, help="phantoms in train (default 2000)")),
@@ -117,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def json_summary(report: dict[str, Any]) -> dict[str, Any]:
     """The report reduced to the documented JSON shape of `prepare --json` (reports of
-    older preparations lack duplicates/warnings: empty lists)."""
-    defaults = {"duplicates": [], "warnings": []}
+    older preparations lack duplicates/warnings: empty lists; sources etc.: null)."""
+    defaults = {"duplicates": [], "warnings": [], "split_by": "example", "sources": None, "groups": None}
+    defaults["split_sources"] = None
     return {key: report[key] if key in report else defaults[key] for key in JSON_KEYS}
 
 
@@ -154,11 +184,35 @@ def format_report(report: dict[str, Any], data_path: str | None = None) -> str:
             f"  [{group['kind']}] {' = '.join(group['files'])}  -> {where}"
             + (f"  (classes: {', '.join(group['classes'])})" if len(group["classes"]) > 1 else "")
         )
+    lines += _sources_lines(report)
     warnings = report.get("warnings", [])
     if warnings:
         lines.append("")
         lines += [f"warning: {warning}" for warning in warnings]
     return "\n".join(lines)
+
+
+def _sources_lines(report: dict[str, Any]) -> list[str]:
+    """Images per source and split, the groups file's matches, and (split_by="source")
+    which sources went where; nothing for datasets without them."""
+    lines = []
+    sources = report.get("sources")
+    if sources:
+        lines.append(f"\nsources: {len(sources['per_source'])} ({sources['unknown']} images without one)")
+        for source, counts in sources["per_source"].items():
+            lines.append(f"  {source or '(none)'}: " + ", ".join(f"{split} {n}" for split, n in counts.items()))
+    groups = report.get("groups")
+    if groups:
+        lines.append(
+            f"\ngroups: {groups['groups']} from {groups['file']} ({groups['images_with_group']} images with "
+            f"a group, {groups['images_without_group']} without; {groups['unmatched_rows']} rows matched no "
+            f"image, {groups['ambiguous_rows']} several)"
+        )
+    held_out = report.get("split_sources")
+    if held_out:
+        lines.append("\nsplit by source:")
+        lines += [f"  {split}: {', '.join(s or '(none)' for s in names)}" for split, names in held_out.items()]
+    return lines
 
 
 def _info(name: str) -> str:

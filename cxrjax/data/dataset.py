@@ -51,8 +51,9 @@ from cxrjax.data.subset import checked_index, select_classes, split_options
 class RecordSource(Sequence):
     """Random-access records of one prepared split (wraps TFDS's ArrayRecordDataSource).
 
-    Records are dicts of NumPy arrays and Python scalars; `file_name` is returned as
-    `str` (TFDS gives bytes). Picklable, so grain workers can use it. `label_source`, if
+    Records are dicts of NumPy arrays and Python scalars; the text features
+    (`file_name`, and `source`, `group` of folder datasets) are returned as `str` (TFDS
+    gives bytes). Picklable, so grain workers can use it. `label_source`, if
     given, is the same split opened without decoding any feature but the label: what
     `labels` reads (half the time of decoding every image), dropped once read.
     """
@@ -92,11 +93,16 @@ class RecordSource(Sequence):
 _LABEL_CHUNK = 1024
 
 
+# Text features, returned as str (TFDS gives bytes).
+TEXT_FIELDS = ("file_name", "source", "group")
+
+
 def _clean(record: dict[str, Any]) -> dict[str, Any]:
     record = dict(record)
-    name = record.get("file_name")
-    if isinstance(name, bytes):
-        record["file_name"] = name.decode("utf-8")
+    for key in TEXT_FIELDS:
+        value = record.get(key)
+        if isinstance(value, bytes):
+            record[key] = value.decode("utf-8")
     return record
 
 
@@ -344,10 +350,13 @@ def records_fingerprint(builder: CxrBuilder) -> dict[str, Any]:
 
 
 def prepared_reports(name: str, data_dir: str | Path) -> list[dict[str, Any]]:
-    """Reports of every prepared configuration of `name` under data_dir (any options)."""
-    root = Path(data_dir).expanduser() / builder_class(name).name
+    """Reports of every prepared configuration of `name` under data_dir (any options),
+    of the builder's current version only: files of an older version (other features)
+    are never opened by this code, so they do not count as prepared."""
+    cls = builder_class(name)
+    root = Path(data_dir).expanduser() / cls.name
     reports = []
-    for path in sorted(root.glob(f"*/*/{REPORT_FILE}")):
+    for path in sorted(root.glob(f"*/{cls.VERSION}/{REPORT_FILE}")):
         try:
             reports.append(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError):

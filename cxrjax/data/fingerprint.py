@@ -3,7 +3,8 @@ prepared data (is this the data a training run was started on?).
 
 Source fingerprint: every file and folder under the scanned root, with its size and
 modification time (nanoseconds), found by a walk that follows symlinks as the scan
-does (each real folder is entered once, so links cannot loop). It is stored with the
+does (each real folder is entered once, so links cannot loop), plus any file read from
+outside the folder (a groups file), so a changed file there is noticed too. It is stored with the
 prepared data: the summary (`{"files", "sha256"}`) in the preparation report, the list
 in `SOURCE_FILES` next to it, so a refusal can name what was added, removed or
 changed. Nothing is opened, only stat'ed, so it is recomputed every time prepared files
@@ -88,9 +89,21 @@ def _digest_lines(lines: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
-def source_fingerprint(root: str | os.PathLike) -> tuple[dict[str, Any], list[list]]:
-    """({"files": number of entries, "sha256": digest of the entries}, the entries)."""
+def source_fingerprint(
+    root: str | os.PathLike, extra_files: Sequence[str | os.PathLike] = ()
+) -> tuple[dict[str, Any], list[list]]:
+    """({"files": number of entries, "sha256": digest of the entries}, the entries).
+
+    extra_files: files outside the scan that preparation also reads (a groups file),
+    listed as ["<absolute path>", size, mtime_ns] (-1, -1 when missing) after the tree's.
+    """
     entries = source_files(root)
+    for path in extra_files:
+        try:
+            stat = os.stat(path)
+            entries.append([str(path), int(stat.st_size), int(stat.st_mtime_ns)])
+        except OSError:
+            entries.append([str(path), -1, -1])
     digest = _digest_lines(json.dumps(entry) for entry in entries)
     return {"files": len(entries), "sha256": digest}, entries
 

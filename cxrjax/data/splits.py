@@ -15,6 +15,17 @@ Algorithm, per class (stratum):
      size (big groups first pack best), and each goes to the split that is furthest
      below its target (ties: split order). With no duplicates this meets every target
      exactly; with groups it is within one group size.
+
+Extra groupings (`extra_groups`: e.g. patient ids from a groups file, or each image's
+source) join items further: a unit is then every item connected through any of the
+groupings (union-find), so a patient whose images are also duplicates of another
+patient's keeps both patients in one split.
+
+Unstratified (`stratify=False`, the leave-sources-out split): all units form one stratum
+(labels are ignored), and every split with a non-zero fraction receives at least one
+unit: once only as many units are left as splits are still empty, each goes to the
+empty split furthest below its target. With fewer units than such splits a ValueError
+says so (the caller names what the units are).
 """
 
 from __future__ import annotations
@@ -22,6 +33,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from cxrjax.data.duplicates import UnionFind
 
 SPLIT_ORDER = ("train", "validation", "test")
 
@@ -48,16 +61,40 @@ def largest_remainder(total: int, fractions: Sequence[float]) -> list[int]:
     return [int(s) for s in sizes]
 
 
+def joined_groups(n: int, groups: Sequence[int] | None, extra_groups: Sequence[Sequence[int]] = ()) -> np.ndarray:
+    """Group id per item (its smallest member's index) joining items that share an id in
+    `groups` or in any array of `extra_groups` (negative ids there: no group)."""
+    union = UnionFind(n)
+    for ids in ([] if groups is None else [groups]) + list(extra_groups):
+        ids = np.asarray(ids, np.int64)
+        if len(ids) != n:
+            raise ValueError(f"{len(ids)} group ids for {n} items")
+        first: dict[int, int] = {}
+        for index, group in enumerate(ids.tolist()):
+            if group < 0:
+                continue
+            if group in first:
+                union.union(first[group], index)
+            else:
+                first[group] = index
+    return union.labels()
+
+
 def stratified_group_split(
     labels: Sequence[int],
     groups: Sequence[int] | None,
     fractions: Mapping[str, float],
     seed: int,
+    *,
+    extra_groups: Sequence[Sequence[int]] = (),
+    stratify: bool = True,
 ) -> dict[str, np.ndarray]:
     """Splits item indices 0..N-1 into the named splits (see the module docstring).
 
     labels: class id per item. groups: group id per item (items sharing an id always
     land in the same split); None means every item is its own group.
+    extra_groups: more group-id arrays (one id per item, negative = none), joined with
+      `groups`. stratify: False ignores the labels and gives every split a unit.
     Returns {split: sorted int64 indices} for every split in `fractions` (empty where
     the fraction is 0).
     """
@@ -66,6 +103,8 @@ def stratified_group_split(
     groups = np.arange(n) if groups is None else np.asarray(groups, np.int64)
     if len(groups) != n:
         raise ValueError(f"{len(groups)} group ids for {n} labels")
+    if len(extra_groups):
+        groups = joined_groups(n, groups, extra_groups)
     names = [s for s in SPLIT_ORDER if s in fractions] + sorted(s for s in fractions if s not in SPLIT_ORDER)
     active = check_fractions({s: fractions[s] for s in names})
     names = [s for s in names if s in active]
@@ -80,8 +119,10 @@ def stratified_group_split(
     units_by_stratum: dict[int, list[list[int]]] = {}
     for members in sorted(unit_members.values(), key=lambda m: m[0]):
         values, counts = np.unique(labels[members], return_counts=True)
-        stratum = int(values[np.argmax(counts)])  # np.unique sorts: ties -> smallest
+        stratum = int(values[np.argmax(counts)]) if stratify else 0  # np.unique sorts: ties -> smallest
         units_by_stratum.setdefault(stratum, []).append(members)
+    if not stratify and len(unit_members) < len(names):
+        raise ValueError(f"{len(unit_members)} group(s) cannot fill {len(names)} splits ({', '.join(names)})")
 
     weights = [active[s] for s in names]
     for stratum in sorted(units_by_stratum):
@@ -92,9 +133,13 @@ def stratified_group_split(
         size = sum(len(u) for u in units)
         targets = largest_remainder(size, weights)
         counts = [0] * len(names)
-        for members in units:
+        for position, members in enumerate(units):
             deficits = [t - c for t, c in zip(targets, counts)]
-            k = int(np.argmax(deficits))  # first maximum -> split order breaks ties
+            empty = [k for k, c in enumerate(counts) if c == 0]
+            if not stratify and len(units) - position <= len(empty):
+                k = max(empty, key=lambda j: (deficits[j], -j))  # every split gets a unit
+            else:
+                k = int(np.argmax(deficits))  # first maximum -> split order breaks ties
             counts[k] += len(members)
             assigned[names[k]].extend(members)
     return {s: np.asarray(sorted(assigned[s]), np.int64) for s in fractions}

@@ -32,7 +32,7 @@ def parse_args(argv=None) -> EvalOptions:
         method_help="saliency method(s) of the pointing game (repeatable; default: both)",
         several=True,
     )
-    p.add_argument("--no-probes", action="store_true", help="skip the lung-masked probe")
+    p.add_argument("--no-probes", action="store_true", help="skip the lung-masked and source probes")
     p.add_argument("--no-pointing-game", action="store_true", help="skip the Grad-CAM pointing game")
     p.add_argument("--out", help="folder for the ensemble report (default: the first run folder)")
     p.add_argument("--no-progress", action="store_true")

@@ -5,7 +5,9 @@ of the split, confusion / ROC / precision-recall plots, the per-example probabil
 and, where the dataset carries the masks, the shortcut probes:
 - lung-masked evaluation (lung masks: D4, phantoms): accuracy with only the lungs
   visible and with the lungs blanked, next to the normal one, with a verdict in words;
-- the Grad-CAM pointing game (lesion masks: phantoms).
+- the Grad-CAM pointing game (lesion masks: phantoms);
+- per-source metrics and the source probe (datasets recording each image's source:
+  D4 with its metadata; ``sources.py``).
 Several runs make an ensemble by averaging their probabilities (``ensemble.py``); its
 metrics (and its lung-masked probe) are reported next to each member's.
 """
@@ -19,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from cxrjax import inference
+from cxrjax.evaluate import sources
 from cxrjax.evaluate.ensemble import average_probabilities, check_members_aligned
 from cxrjax.explain import probes
 from cxrjax.explain.gradcam import METHODS
@@ -41,7 +44,7 @@ class EvalOptions:
     split: str = "test"
     checkpoint: str = inference.DEFAULT_CHECKPOINT
     batch_size: int = inference.DEFAULT_BATCH_SIZE
-    probes: bool = True  # lung-masked probe when the dataset has lung masks
+    probes: bool = True  # lung-masked probe when the dataset has lung masks; source probe
     pointing_game: bool = True  # Grad-CAM pointing game when it has lesion masks
     layer: str | None = None  # Grad-CAM layer (default: the model's last conv stage)
     cam_methods: tuple[str, ...] = METHODS  # saliency methods of the pointing game
@@ -150,6 +153,11 @@ def evaluate_member(
             batch_size=options.batch_size,
             progress=options.progress,
         )
+    report.update(
+        sources.source_report(
+            run, ds, view, split, preds, probe=options.probes, batch_size=options.batch_size, progress=options.progress
+        )
+    )
     names = inference.split_field(ds, split, "file_name") if inference.has_field(ds, split, "file_name") else None
     report["predictions"] = {
         "file_name": names,
@@ -294,6 +302,7 @@ def format_member(report: Mapping[str, Any]) -> str:
         lines.insert(1, f"note: {report['run_status_note']}")
     if report.get("lung_mask_probe"):
         lines.append("lung-masked probe: " + report["lung_mask_probe"]["verdict"])
+    lines += sources.format_sources(report)
     for method, game in (report.get("pointing_game") or {}).items():
         lines.append(f"pointing game, {method} (layer {game.get('layer')}, true class):")
         lines.append(probes.format_pointing_game(game))

@@ -22,6 +22,9 @@ error of a difference is exactly zero (e.g. two cells that always predict the ma
 class), an equal difference gives p = 1 and an unequal one p = 0 -- the difference is
 then not noise at all. With fewer than two runs per side no test is possible (p = NaN).
 
+Also Cramér's V, the association of two categorical variables (class and source in
+evaluation's source probe).
+
 scipy (a hard dependency of scikit-learn) provides the Student t distribution.
 """
 
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import stats as _sps
@@ -162,3 +165,19 @@ def holm(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p[i]))
         out[i] = running
     return out.tolist()
+
+
+def cramers_v(a: Sequence[Any], b: Sequence[Any]) -> float:
+    """Cramér's V of two categorical variables (0: independent, 1: each determines the
+    other), from their contingency table without bias correction; NaN when either has
+    a single category or there are no observations."""
+    a_codes = np.unique(np.asarray(a), return_inverse=True)[1].reshape(-1)
+    b_codes = np.unique(np.asarray(b), return_inverse=True)[1].reshape(-1)
+    n = a_codes.size
+    if n == 0 or a_codes.max() == 0 or b_codes.max() == 0:
+        return float("nan")
+    table = np.zeros((a_codes.max() + 1, b_codes.max() + 1), np.float64)
+    np.add.at(table, (a_codes, b_codes), 1.0)
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / n
+    chi2 = float(((table - expected) ** 2 / expected).sum())
+    return math.sqrt(chi2 / (n * (min(table.shape) - 1)))

@@ -107,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{results['train_images_per_second'] or float('nan'):.0f} train images/s on "
         f"{results['num_devices']} {results['jax_backend']} device(s)"
     )
+    held_out = (results.get("dataset_info") or {}).get("split_sources")  # split_by="source"
+    if held_out:
+        print("sources by split: " + "; ".join(f"{split} {', '.join(names)}" for split, names in held_out.items()))
     print(
         f"results: {args.workdir}/results.json, metrics.jsonl, learning_curves.png, "
         "confusion_matrix.png, roc_curves.png"

@@ -254,6 +254,8 @@ def dataset_info(setup: RunSetup) -> dict[str, Any]:
         "image_size": setup.image_shape[0],
         "channels": setup.image_shape[2],
         "fingerprint": getattr(ds, "fingerprint", None),
+        # split_by="source": {split: [source, ...]}, the sources each split holds.
+        "split_sources": (getattr(ds, "report", None) or {}).get("split_sources"),
     }
 
 

@@ -69,12 +69,71 @@ def corrupt_png(seed: int) -> bytes:
     return data[: len(data) // 2]
 
 
-def make_d4(root: Path, per_class: int = 5, *, seed: int = 0) -> dict:
+# Metadata URLs per D4 class (cycled over its images), as the real workbooks give them,
+# and the source each names (cxrjax.data.provenance.source_from_url).
+D4_URLS = {
+    "COVID": (
+        "https://sirm.org/category/senza-categoria/covid-19/",
+        "https://github.com/ieee8023/covid-chestxray-dataset",
+        "https://github.com/armiro/COVID-CXNet",
+    ),
+    "Lung_Opacity": ("https://www.kaggle.com/c/rsna-pneumonia-detection-challenge/data",),
+    "Normal": ("https://www.kaggle.com/c/rsna-pneumonia-detection-challenge/data",),
+    "Viral Pneumonia": ("https://www.kaggle.com/paultimothymooney/chest-xray-pneumonia",),
+}
+URL_SOURCES = {
+    "https://sirm.org/category/senza-categoria/covid-19/": "sirm.org",
+    "https://github.com/ieee8023/covid-chestxray-dataset": "github.com/ieee8023",
+    "https://github.com/armiro/COVID-CXNet": "github.com/armiro",
+    "https://www.kaggle.com/c/rsna-pneumonia-detection-challenge/data": (
+        "kaggle.com/c/rsna-pneumonia-detection-challenge"
+    ),
+    "https://www.kaggle.com/paultimothymooney/chest-xray-pneumonia": "kaggle.com/paultimothymooney",
+}
+METADATA_HEADER = ("FILE NAME", "FORMAT", "SIZE", "URL")
+
+
+def write_xlsx(path: Path, rows, header=METADATA_HEADER) -> Path:
+    """A real .xlsx workbook (openpyxl) with one sheet: the header row, then rows."""
+    import openpyxl
+
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.append(list(header))
+    for row in rows:
+        sheet.append(list(row))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    workbook.save(path)
+    return path
+
+
+def d4_metadata_name(class_name: str, i: int) -> str:
+    """FILE NAME as the workbooks write it: without extension, Normal's in upper case
+    (NORMAL-1 for Normal-1.png); Viral Pneumonia's here with the extension, to cover both."""
+    if class_name == "Normal":
+        return f"NORMAL-{i}"
+    if class_name == "Viral Pneumonia":
+        return f"{class_name}-{i}.png"
+    return f"{class_name}-{i}"
+
+
+def write_groups_csv(path: Path, rows, header=("file_name", "group")) -> Path:
+    """A groups file: the header, then one line per row (values written as given)."""
+    lines = [",".join(header)] + [",".join(str(v) for v in row) for row in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_d4(root: Path, per_class: int = 5, *, seed: int = 0, metadata: bool = False) -> dict:
     """COVID-19_Radiography_Dataset/<Class>/{images,masks}/<Class>-N.png plus traps.
 
     Traps: a metadata .xlsx and README at the top, a hidden file, a corrupt image, an
     image without mask, a mask without image, and one byte-identical copy of a COVID
     image placed in Normal. Returns facts the tests check against.
+    metadata: write real `<Class>.metadata.xlsx` workbooks (URLs from D4_URLS, cycled;
+    the planted copy has no row), facts["sources"] = {file name: expected source};
+    otherwise the workbooks are not spreadsheets at all.
     """
     base = root / "COVID-19_Radiography_Dataset"
     facts = {"root": base, "valid": {}, "masks": 0}
@@ -85,7 +144,19 @@ def make_d4(root: Path, per_class: int = 5, *, seed: int = 0) -> dict:
                 write(base / name / "masks" / f"{name}-{i}.png", mask_bytes(left=i % 2 == 0))
                 facts["masks"] += 1
         facts["valid"][name] = per_class
-        write(base / f"{name}.metadata.xlsx", b"PK\x03\x04 not really a spreadsheet")
+        if metadata:
+            urls = D4_URLS[name]
+            rows = [
+                (d4_metadata_name(name, i), "PNG", "299*299", urls[(i - 1) % len(urls)])
+                for i in range(1, per_class + 1)
+            ]
+            write_xlsx(base / f"{name}.metadata.xlsx", rows)
+            for i in range(1, per_class + 1):
+                facts.setdefault("sources", {})[f"{name}/images/{name}-{i}.png"] = URL_SOURCES[
+                    urls[(i - 1) % len(urls)]
+                ]
+        else:
+            write(base / f"{name}.metadata.xlsx", b"PK\x03\x04 not really a spreadsheet")
     write(base / "README.md.txt", b"readme")
     write(base / "COVID" / "images" / ".DS_Store", b"\x00\x00")
     write(base / "Lung_Opacity" / "images" / "Lung_Opacity-broken.png", corrupt_png(seed + 7))
@@ -93,6 +164,8 @@ def make_d4(root: Path, per_class: int = 5, *, seed: int = 0) -> dict:
     duplicate = (base / "COVID" / "images" / "COVID-2.png").read_bytes()
     write(base / "Normal" / "images" / "Normal-copy.png", duplicate)
     facts["valid"]["Normal"] += 1
+    if metadata:
+        facts["sources"]["Normal/images/Normal-copy.png"] = "unknown"
     facts["duplicate_pair"] = ("COVID/images/COVID-2.png", "Normal/images/Normal-copy.png")
     facts["corrupt"] = "Lung_Opacity/images/Lung_Opacity-broken.png"
     facts["hidden"] = "COVID/images/.DS_Store"

@@ -84,7 +84,9 @@ def test_d4_report_accounts_for_every_file(d4):
     assert "not a readable image" in skipped[facts["corrupt"]]
     assert "hidden" in skipped[facts["hidden"]]
     assert "without a matching file" in skipped[facts["orphan_mask"]]
-    assert "not inside a class folder" in skipped["COVID.metadata.xlsx"]
+    # The fixture's workbooks are not spreadsheets: reported, and their images have no source.
+    assert "metadata not used: not a readable .xlsx workbook" in skipped["COVID.metadata.xlsx"]
+    assert {r["source"] for recs in records.values() for r in recs} == {"unknown"}
     on_disk = sum(len(files) for _, _, files in os.walk(facts["root"]))
     used_images = sum(len(r) for r in records.values())
     assert used_images + facts["masks"] + len(skipped) == on_disk

@@ -80,3 +80,20 @@ def test_holm_adjustment():
     # sorted 0.01, 0.03, 0.04 over m = 3 tests: 3*0.01, max(0.03, 2*0.03), max(0.06, 1*0.04)
     assert adj[:3] == [pytest.approx(0.03), pytest.approx(0.06), pytest.approx(0.06)]
     assert math.isnan(adj[3])
+
+
+def test_cramers_v_hand_computed_and_against_scipy():
+    import numpy as np
+    from scipy.stats.contingency import association
+
+    # 2x2 table [[3, 1], [1, 3]]: phi = (3*3 - 1*1) / sqrt(4 * 4 * 4 * 4) = 0.5 = V
+    a = [0, 0, 0, 0, 1, 1, 1, 1]
+    b = ["x", "x", "x", "y", "x", "y", "y", "y"]
+    assert stats.cramers_v(a, b) == pytest.approx(0.5)
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 3, 200), rng.integers(0, 4, 200)
+    table = np.zeros((3, 4), np.int64)
+    np.add.at(table, (a, b), 1)
+    assert stats.cramers_v(a, b) == pytest.approx(association(table, method="cramer", correction=False))
+    assert stats.cramers_v(a, a) == pytest.approx(1.0)
+    assert math.isnan(stats.cramers_v([1, 1, 1], [0, 1, 2]))

@@ -4,12 +4,19 @@ Every option changes the prepared files, so every option is part of the TFDS
 BuilderConfig name, i.e. of the directory the files live in:
 `DATA_DIR/<dataset>/<config name>/<version>/`. Changing any option therefore prepares
 into a new directory instead of silently reusing files made with other options.
+The grouping options (`groups_file`, `split_by`) appear in the name only when set
+(the groups file as a digest of its absolute path, which may hold any characters), so
+names of preparations without them stay as they were; the file's content is covered by
+the source fingerprint (a changed file is noticed like a changed folder).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping
+from os import PathLike
+from pathlib import Path
 from typing import Any, TypeVar
 
 from cxrjax.data.duplicates import DEFAULT_MAX_DISTANCE
@@ -28,7 +35,12 @@ _ABBREVIATIONS = {
     "shortcut_strength": "strength",
     "severity_range": "severity",
     "noise_std": "noise",
+    "groups_file": "groups",
+    "split_by": "by",
 }
+# Fields left out of the config name while they hold their default.
+_NAMED_WHEN_SET = ("groups_file", "split_by")
+SPLIT_BY = ("example", "group", "source")
 
 
 def _format(value: Any) -> str:
@@ -62,9 +74,15 @@ class PreparationOptions:
 
     def config_name(self) -> str:
         """Directory-safe name encoding every field, e.g. 's256_seed0_val0.2_test0.1_dup4'."""
-        return "_".join(
-            f"{_ABBREVIATIONS.get(f.name, f.name)}{_format(getattr(self, f.name))}" for f in dataclasses.fields(self)
-        )
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _NAMED_WHEN_SET and value == f.default:
+                continue
+            if f.name == "groups_file":
+                value = hashlib.sha256(str(value).encode("utf-8", "surrogateescape")).hexdigest()[:10]
+            parts.append(f"{_ABBREVIATIONS.get(f.name, f.name)}{_format(value)}")
+        return "_".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
@@ -77,13 +95,34 @@ class CarveOptions(PreparationOptions):
     validation_fraction: share of train/ moved to validation (S3: 20%).
     near_duplicate_distance: max Hamming distance of two 256-bit dHashes for a
       near-duplicate candidate (see `cxrjax.data.duplicates`); -1 = byte-identical only.
+    groups_file: CSV naming each image's group, e.g. its patient (format:
+      `cxrjax.data.provenance.GROUPS_FORMAT`); each group stays inside one split, as
+      duplicate groups do. Stored as an absolute path. None: no groups.
+    split_by: "example" (default): stratified by class, keeping duplicate groups (and
+      the groups file's groups) whole; "group": the same, but a groups_file is required
+      (a run that asks for patient-wise splits never silently gets example-wise ones);
+      "source": whole sources (D4's metadata, or the groups file's source column) go to
+      train/validation/test, not stratified, aiming at the fractions by example count,
+      at least one source per split (images without a source form one source, and a
+      duplicate or group spanning two sources joins them): leave-sources-out
+      evaluation. The report names which sources went where.
     """
 
     validation_fraction: float = 0.2
     near_duplicate_distance: int = DEFAULT_MAX_DISTANCE
+    groups_file: str | None = None
+    split_by: str = "example"
 
     def __post_init__(self):
         super().__post_init__()
+        if self.groups_file is not None:
+            if not isinstance(self.groups_file, (str, PathLike)) or not str(self.groups_file).strip():
+                raise ValueError(f"groups_file must be the path of a CSV file, got {self.groups_file!r}")
+            object.__setattr__(self, "groups_file", str(Path(self.groups_file).expanduser().resolve()))
+        if self.split_by not in SPLIT_BY:
+            raise ValueError(f"split_by must be one of {list(SPLIT_BY)}, got {self.split_by!r}")
+        if self.split_by == "group" and self.groups_file is None:
+            raise ValueError('split_by="group" needs groups_file (a CSV naming each image\'s group, e.g. its patient)')
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if not -1 <= int(self.near_duplicate_distance) <= 256:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from cxrjax.data import provenance
 from cxrjax.data.builders.folder import FolderBuilder
 from cxrjax.data.builders.options import SplitOptions
-from cxrjax.data.layouts import D3_LAYOUT, D4_LAYOUT, ScannedTree, scan_radiography
+from cxrjax.data.layouts import D3_LAYOUT, D4_LAYOUT, ScannedTree, SourceImage, scan_radiography
 
 
 class Covid19Radiography(FolderBuilder, skip_registration=True):
@@ -20,6 +22,9 @@ class Covid19Radiography(FolderBuilder, skip_registration=True):
     There is no official split: train/validation/test are drawn stratified by class
     from `seed` and the fractions (default 70/20/10, as S4), keeping duplicate groups
     together.
+    Each image's `source` (the collection it came from) is read from the
+    `<Class>.metadata.xlsx` workbooks next to the class folders when they are there
+    (`cxrjax.data.provenance`); without them `source` is "" and nothing else changes.
     """
 
     name = "covid19_radiography"
@@ -34,8 +39,13 @@ downloads anything. Version 4 or later (4 classes, with lung masks) looks like:
 {D4_LAYOUT}
 Version 3 (3 classes, no masks) looks like:
 {D3_LAYOUT}
-The *.metadata.xlsx files and README next to the class folders are listed as skipped.
+The <Class>.metadata.xlsx files next to the class folders give each image's source
+(the host of its URL); the README is listed as skipped.
 """
 
     def _scan(self, root: Path) -> ScannedTree:
         return scan_radiography(root)
+
+    def _image_sources(self, tree: ScannedTree, images: list[SourceImage]) -> tuple[list[str], dict[str, Any] | None]:
+        sources, report = provenance.radiography_sources(tree.root, tree.class_names, images)
+        return sources, report if report["metadata_files"] else None
