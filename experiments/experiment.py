@@ -270,7 +270,7 @@ def run_experiment(
     print(f"\n{summary}\n", file=sys.stdout)
     print(
         f"{len(records)} runs ({trained} trained now, {len(records) - trained} already finished). "
-        f"Results: {files.csv}, {files.markdown}, {files.summary}, {files.bars}, {files.curves}",
+        f"Results: {files.csv}, {files.markdown}, {files.summary}, {files.summary_json}, {files.bars}, {files.curves}",
         flush=True,
     )
     return files, summary
