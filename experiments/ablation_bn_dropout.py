@@ -176,7 +176,9 @@ def s4_cells() -> list[Cell]:
                             "dropout": _fmt_rate(rate),
                             "early_stopping": "on" if es else "off",
                         },
-                        network=f"s4_exp2/bn={bn}/dropout={rate}",
+                        # Dropout has no weights: seed k initialises the same weights and
+                        # draws the same batches at every rate, so dropout cells are paired.
+                        network=f"s4_exp2/bn={bn}",
                         overrides={
                             "model": "s4_exp2",
                             "model_options": {"layout": "exp2", "batchnorm": bn, "dropout": rate},
