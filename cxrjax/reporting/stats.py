@@ -44,6 +44,7 @@ scipy (a hard dependency of scikit-learn) provides the Student t distribution.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -236,9 +237,13 @@ def sign_flip_test(
     return PermutationResult("sign-flip", _permutation_p(null, observed, False), floor, False, resamples, n)
 
 
+@functools.lru_cache(maxsize=4)
 def _combinations(n: int, k: int) -> np.ndarray:
-    """Every k-subset of range(n) as rows of an int array."""
-    return np.array(list(itertools.combinations(range(n), k)), dtype=np.intp).reshape(-1, k)
+    """Every k-subset of range(n) as rows of a read-only int array (cached: a report tests
+    many pairs of cells with the same numbers of seeds)."""
+    out = np.array(list(itertools.combinations(range(n), k)), dtype=np.intp).reshape(-1, k)
+    out.setflags(write=False)
+    return out
 
 
 def permutation_test(
