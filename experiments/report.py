@@ -343,6 +343,38 @@ def difference_dict(result: stats.Difference, p_holm: float) -> dict[str, Any]:
     }
 
 
+def timing_summary(records: Sequence[RunRecord]) -> dict[str, Any]:
+    """Mean seconds per phase of a run (``results.json["timings"]``, written by the engine
+    for the session that finished the run) over the runs that have them, and what the
+    grid measured around the engine call (``wall_time_s`` minus the engine's total: the
+    dataset lookup, a fresh process's first imports...). For before/after comparisons of
+    a run's fixed costs on a quiet machine."""
+    timed = [r for r in records if r.ok and isinstance(r.results.get("timings"), Mapping)]
+    if not timed:
+        return {"runs": 0, "mean_s": {}}
+    phases = list(dict.fromkeys(k for r in timed for k in r.results["timings"]))
+    mean = {k: float(np.mean([_num(r.results["timings"].get(k, 0.0)) for r in timed])) for k in phases}
+    outside = [
+        r.wall_time_s - _num(r.results["timings"].get("total"))
+        for r in timed
+        if r.wall_time_s is not None and math.isfinite(_num(r.results["timings"].get("total")))
+    ]
+    if outside:
+        mean["outside_engine"] = float(np.mean(outside))
+    return {"runs": len(timed), "mean_s": mean}
+
+
+def timing_table(timings: Mapping[str, Any]) -> str:
+    """One row per phase: mean seconds per run and share of the engine's total."""
+    mean = timings.get("mean_s") or {}
+    total = mean.get("total", float("nan"))
+    lines = ["| Phase | Mean s per run | Share of total |", "|---|---|---|"]
+    for phase, value in mean.items():
+        share = "" if phase in ("total", "outside_engine") or not total else f"{100 * value / total:.0f}%"
+        lines.append(f"| {phase} | {value:.2f} | {share} |")
+    return "\n".join(lines)
+
+
 def summary_json(
     claims: Sequence[ClaimResult],
     comps: Sequence[Comparison],
@@ -373,6 +405,7 @@ def summary_json(
             'Bouthillier et al., MLSys 2021, "Accounting for variance in machine learning benchmarks"',
             "Holm, Scand. J. Statist. 1979, a simple sequentially rejective multiple test procedure",
         ],
+        "timings": timing_summary(records),
         "comparisons": [
             {
                 "comparison": c.label,
@@ -839,6 +872,18 @@ def write_report(
         ]
     if tested:
         md += ["## Published claims (test accuracy)", "", *claims_section(tested, comps), ""]
+    timings = timing_summary(records)
+    if timings["runs"]:
+        md += [
+            "## Where a run's time goes",
+            "",
+            f"Mean over the {timings['runs']} runs with timings (results.json `timings`: the session that "
+            "finished each run; `outside_engine`: the grid's wall time of the run minus the engine's total). "
+            "Meaningful only on a quiet machine.",
+            "",
+            timing_table(timings),
+            "",
+        ]
     md += [
         "## Summary",
         "",

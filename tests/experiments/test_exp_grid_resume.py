@@ -241,3 +241,21 @@ def test_summary_json_claims_family_and_values(tmp_path):
     assert [c["factor"] for c in out["comparisons"]] == ["bn", "es"]
     summary_md = files.summary.read_text()
     assert "| BN helps | B - A |" in summary_md and "2/2^n (n=3: 0.25)" in summary_md
+
+
+def test_timing_summary_means_phases_and_time_outside_the_engine(tmp_path):
+    def record(seed, timings, wall):
+        results = {"test": {"accuracy": 0.5}, "timings": timings}
+        return grid.RunRecord("a", seed, tmp_path, results, wall, trained=True)
+
+    records = [
+        record(0, {"train": 2.0, "plots": 0.0, "total": 5.0}, 6.0),
+        record(1, {"train": 4.0, "plots": 1.0, "total": 7.0}, 7.5),
+        grid.RunRecord("a", 2, tmp_path, {"test": {}}, 3.0, trained=False),  # no timings (older run)
+        grid.RunRecord("a", 3, tmp_path, {}, None, trained=True, error="boom"),
+    ]
+    out = report.timing_summary(records)
+    assert out["runs"] == 2
+    assert out["mean_s"] == {"train": 3.0, "plots": 0.5, "total": 6.0, "outside_engine": 0.75}
+    assert "| train | 3.00 | 50% |" in report.timing_table(out)
+    assert report.timing_summary(records[2:]) == {"runs": 0, "mean_s": {}}
