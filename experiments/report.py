@@ -290,8 +290,8 @@ def claim_results(
 def family_note(claims: Sequence[ClaimResult], comps: Sequence[Comparison]) -> str:
     """Which family Holm's correction runs over, in words."""
     return (
-        f"the {len(claims)} published claim(s) tested here (Holm over these {len(claims)}); the "
-        f"{len(comps)} one-factor comparisons of results.md are a separate, exploratory family"
+        f"the family of the {len(claims)} published claim(s) tested here; the {len(comps)} one-factor "
+        "comparisons of results.md are a separate, exploratory family"
     )
 
 

@@ -219,7 +219,7 @@ def test_summary_json_claims_family_and_values(tmp_path):
 
     out = json.loads(files.summary_json.read_text(), parse_constant=refuse)
     assert (out["runs"], out["seeds"]) == (9, 3)
-    assert "2 published claim(s)" in out["family"]  # the claim on an absent cell is not in the family
+    assert "family of the 2 published claim(s)" in out["family"]  # the claim on an absent cell is not in the family
     bn, es = out["claims"]
     assert CLAIM_KEYS <= set(bn) and CLAIM_KEYS <= set(es)
     a = [ACC[("a", s)] for s in (0, 1, 2)]
