@@ -51,10 +51,13 @@ already there; measured times and the latest result in
 docs/measurements.md#ablation-wall-time-and-result.
 
 Output in ``--workdir`` (default ``runs/ablation_bn_dropout/<dataset>``): results.csv,
-results.md, summary.md, accuracy_bars.png, learning_curves.png, and runs/<cell>/seed_<k>/
-(each run's own engine workdir with its checkpoints and plots). Re-running skips
-finished runs and resumes an interrupted one; a changed configuration for an existing
-run folder is refused (use a new --workdir). Statistics: see ``cxrjax.reporting.stats``.
+results.md, summary.md, summary.json (the claims: paired tests within a network, Welch
+and permutation tests between networks, Holm over the 7 claims), accuracy_bars.png,
+learning_curves.png, and runs/<cell>/seed_<k>/ (each run's own engine workdir with its
+checkpoints, metrics.jsonl and results.json with its ``timings``; per-run plots only with
+``--plots``). Re-running skips finished runs and resumes an interrupted one; a changed
+configuration for an existing run folder is refused (use a new --workdir). Statistics:
+see ``experiments.report`` and ``cxrjax.reporting.stats``.
 """
 
 from __future__ import annotations
@@ -176,7 +179,9 @@ def s4_cells() -> list[Cell]:
                             "dropout": _fmt_rate(rate),
                             "early_stopping": "on" if es else "off",
                         },
-                        network=f"s4_exp2/bn={bn}/dropout={rate}",
+                        # Dropout has no weights: seed k initialises the same weights and
+                        # draws the same batches at every rate, so dropout cells are paired.
+                        network=f"s4_exp2/bn={bn}",
                         overrides={
                             "model": "s4_exp2",
                             "model_options": {"layout": "exp2", "batchnorm": bn, "dropout": rate},

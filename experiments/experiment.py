@@ -77,14 +77,16 @@ def per_device_batch(args: argparse.Namespace, num_devices: int) -> int:
 
 def preset_config(args: argparse.Namespace, preset: str, num_devices: int) -> Any:
     """The engine preset ``preset`` with what every experiment sets from its command line:
-    the data folders, no per-run progress bar (the grid has one), the compilation cache and
-    the per-device share of ``--global-batch-size``."""
+    the data folders, no per-run progress bar (the grid has one), no per-run plots (the
+    report draws its own from metrics.jsonl; ``--plots`` turns them back on), the
+    compilation cache and the per-device share of ``--global-batch-size``."""
     from cxrjax.train import PRESETS
 
     return PRESETS[preset].replace(
         data_dir=args.data_dir,
         manual_dir=args.manual_dir,
         progress=False,
+        plots=False,
         compilation_cache_dir=args.compilation_cache or None,
         per_device_batch_size=per_device_batch(args, num_devices),
     )
@@ -182,13 +184,18 @@ def local_device_count() -> int:
     return jax.local_device_count()
 
 
+# Datasets opened in this process, by what identifies them: one per process, shared by
+# every EngineRun, because a parallel grid sends a fresh (unpickled) copy of its run
+# function with every task, and each worker should still open its dataset only once.
+_OPENED: dict[str, Any] = {}
+
+
 class EngineRun:
-    """The default run function: ``cxrjax.train.train_and_evaluate`` on one shared dataset."""
+    """The default run function: ``cxrjax.train.train_and_evaluate`` on one shared dataset
+    (opened once per process, :func:`dataset_for`)."""
 
-    def __init__(self) -> None:
-        self._datasets: dict[str, Any] = {}
-
-    def dataset_for(self, config: Any) -> Any:
+    @staticmethod
+    def dataset_for(config: Any) -> Any:
         import json
 
         from cxrjax import data
@@ -196,21 +203,21 @@ class EngineRun:
         key = json.dumps(
             [config.dataset, config.data_dir, config.manual_dir, config.dataset_options], sort_keys=True, default=str
         )
-        if key not in self._datasets:
-            self._datasets[key] = data.load(
+        if key not in _OPENED:
+            _OPENED[key] = data.load(
                 config.dataset,
                 data_dir=config.data_dir or "data",
                 manual_dir=config.manual_dir,
                 options=config.dataset_options,
             )
-        return self._datasets[key]
+        return _OPENED[key]
 
     def prepare(self, configs: Sequence[Any]) -> None:
         """Prepare (or find) every dataset the configs use, once, in this process, before
-        parallel workers start, so that they never prepare the same files concurrently."""
+        parallel workers start, so that they never prepare the same files concurrently
+        (the workers then only open them, each once)."""
         for config in configs:
             self.dataset_for(config)
-        self._datasets.clear()  # workers open their own copies; keep this object picklable
 
     def __call__(self, config: Any, workdir: str) -> dict:
         from cxrjax.train import train_and_evaluate
@@ -270,7 +277,7 @@ def run_experiment(
     print(f"\n{summary}\n", file=sys.stdout)
     print(
         f"{len(records)} runs ({trained} trained now, {len(records) - trained} already finished). "
-        f"Results: {files.csv}, {files.markdown}, {files.summary}, {files.bars}, {files.curves}",
+        f"Results: {files.csv}, {files.markdown}, {files.summary}, {files.summary_json}, {files.bars}, {files.curves}",
         flush=True,
     )
     return files, summary

@@ -65,9 +65,10 @@ class Cell:
 
     ``factors`` name the condition (e.g. {"batch_norm": "all", "dropout": "0.25",
     "early_stopping": "on"}); two cells with the same factor names that differ in exactly
-    one factor are compared in the report. ``network`` identifies the trained network:
-    cells with the same network (differing only in a training option) are compared with
-    the paired test, because seed k gives both the same initial weights and batches.
+    one factor are compared in the report. ``network`` identifies the trained network's
+    initial weights: cells with the same network (differing only in a training option or
+    in something without weights, such as the dropout rate) are compared with the paired
+    tests, because seed k gives both the same initial weights and batches.
     ``overrides`` is what the experiment applies to its base config for this cell.
     ``reference`` is a published single-run test accuracy (fraction) shown beside ours.
     """

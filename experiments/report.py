@@ -6,16 +6,29 @@
 * ``results.md``: one row per cell (mean and 95% CI over seeds of test accuracy and macro
   F1, beside the published single-run number where there is one), then every pairwise
   comparison of cells that differ in exactly one factor, then the generated summary.
-* ``summary.md``: the generated summary alone (also printed).
+* ``summary.md``: the published claims' table (below) and the generated summary (also
+  printed).
+* ``summary.json``: the same claims, machine-readable (strict JSON):
+  ``{"claims": [{"claim", "a", "b", "paired", "difference", "ci95", "p",
+  "p_permutation", "p_holm", "prob_improvement", "significant", ...}], "runs": n,
+  "seeds": k, "family": ..., "comparisons": [...]}`` (see :func:`summary_json`).
 * ``accuracy_bars.png``: test accuracy per cell, mean with 95% CI error bars, the single
   seeds as dots, the published number as a cross, the majority-class rate as a line.
 * ``learning_curves.png``: per cell, train (dashed) and validation (solid) accuracy per
   epoch for every seed, read from each run's ``metrics.jsonl``.
 
-A difference "exceeds seed noise" when its two-sided test (see ``cxrjax.reporting.stats``:
-Welch's t-test between different networks, paired t-test between runs of the same
-network) gives p < 0.05; the report also says which of those survive Holm's correction
-for the number of comparisons made.
+Statistics matched to the design (``cxrjax.reporting.stats.compare_runs``): runs of the
+same seed in two cells of the same network (same initial weights and batch order) are
+paired -- paired t-test on the per-seed differences, the exact sign-flip permutation p
+beside it (its floor 2/2^n stated), a bootstrap 95% interval of the mean difference and
+P(A > B) over seeds; cells of different networks get Welch's t-test, the two-sample
+permutation test, a bootstrap interval and P(A > B) over all pairs of runs. A difference
+"exceeds seed noise" when its t-test (paired t or Welch) gives p < 0.05.
+
+Two families for Holm's correction (Holm 1979), each said in the report: the
+experiment's **published claims** (``summary.json["claims"]``: "significant" = Holm p <
+0.05 within that family), and, separately, the exploratory family of **every
+one-factor comparison** in results.md.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from cxrjax.reporting import stats
+from cxrjax.reporting.jsonio import write_json
 from cxrjax.train.workdir import read_history
 from experiments.grid import Cell, RunRecord
 
@@ -80,7 +94,7 @@ class Comparison:
     a: Cell
     b: Cell
     factor: str
-    result: stats.TestResult
+    result: stats.Difference
     p_holm: float = float("nan")
 
     @property
@@ -212,13 +226,15 @@ def _by_seed(rows: Sequence[Mapping[str, Any]], cell: str, metric: str) -> dict[
     return {int(r["seed"]): _num(r[metric]) for r in rows if r["cell"] == cell and r["status"] == "ok"}
 
 
-def compare(a: Cell, b: Cell, rows: Sequence[Mapping[str, Any]], metric: str = "test_accuracy") -> stats.TestResult:
-    """Test ``a - b``: paired over common seeds when both cells train the same network."""
+def compare(a: Cell, b: Cell, rows: Sequence[Mapping[str, Any]], metric: str = "test_accuracy") -> stats.Difference:
+    """Test ``a - b``: paired over the common seeds when both cells train the same network
+    (seed k: the same initial weights and batch order in both), else two independent
+    samples."""
     xa, xb = _by_seed(rows, a.name, metric), _by_seed(rows, b.name, metric)
     if a.network == b.network:
         seeds = sorted(set(xa) & set(xb))
-        return stats.paired_test([xa[s] for s in seeds], [xb[s] for s in seeds])
-    return stats.welch_test(list(xa.values()), list(xb.values()))
+        return stats.compare_runs([xa[s] for s in seeds], [xb[s] for s in seeds], paired=True)
+    return stats.compare_runs(list(xa.values()), list(xb.values()), paired=False)
 
 
 def one_factor_pairs(cells: Sequence[Cell]) -> list[tuple[Cell, Cell, str]]:
@@ -238,6 +254,170 @@ def comparisons(cells: Sequence[Cell], rows: Sequence[Mapping[str, Any]]) -> lis
     for comp, p in zip(comps, stats.holm([c.result.p for c in comps])):
         comp.p_holm = p
     return comps
+
+
+@dataclass
+class ClaimResult:
+    """One published claim tested here; ``p_holm`` within the family of claims."""
+
+    claim: Claim
+    a: Cell
+    b: Cell
+    result: stats.Difference
+    p_holm: float = float("nan")
+
+    @property
+    def significant(self) -> bool:
+        return math.isfinite(self.p_holm) and self.p_holm < ALPHA
+
+
+def claim_results(
+    cells: Sequence[Cell], rows: Sequence[Mapping[str, Any]], claims: Sequence[Claim]
+) -> list[ClaimResult]:
+    """The claims whose two cells are in this grid, tested, with Holm's correction over
+    them (the family: these claims)."""
+    by_name = {c.name: c for c in cells}
+    out = [
+        ClaimResult(claim, by_name[claim.a], by_name[claim.b], compare(by_name[claim.a], by_name[claim.b], rows))
+        for claim in claims
+        if claim.a in by_name and claim.b in by_name
+    ]
+    for item, p in zip(out, stats.holm([c.result.p for c in out])):
+        item.p_holm = p
+    return out
+
+
+def family_note(claims: Sequence[ClaimResult], comps: Sequence[Comparison]) -> str:
+    """Which family Holm's correction runs over, in words."""
+    return (
+        f"the family of the {len(claims)} published claim(s) tested here; the {len(comps)} one-factor "
+        "comparisons of results.md are a separate, exploratory family"
+    )
+
+
+DECISION = (
+    "significant = Holm-adjusted p < 0.05 within the family, where p is the paired t-test's "
+    "(paired claims) or Welch's t-test's (unpaired); the permutation p (exact sign-flip "
+    "for paired claims, two-sample permutation test otherwise) is given beside it"
+)
+
+
+def floor_note(items: Sequence[ClaimResult | Comparison]) -> str:
+    """The resolution of the exact sign-flip p-values, e.g. "2/2^3 = 0.25" (empty when
+    nothing paired was tested exactly)."""
+    sizes = sorted(
+        {
+            c.result.permutation.n
+            for c in items
+            if c.result.paired and c.result.permutation.exact and c.result.permutation.n
+        }
+    )
+    if not sizes:
+        return ""
+    return (
+        "The exact sign-flip p of a paired difference over n seeds cannot go below 2/2^n ("
+        + ", ".join(f"n={n}: {2.0 / 2**n:.3g}" for n in sizes)
+        + "), however large the difference."
+    )
+
+
+def difference_dict(result: stats.Difference, p_holm: float) -> dict[str, Any]:
+    """One difference in summary.json: the issue's keys in its order, then the test names,
+    the permutation p's floor and the sample sizes (test accuracy, fractions)."""
+    perm = result.permutation
+    return {
+        "paired": result.paired,
+        "difference": result.difference,
+        "ci95": [result.ci_low, result.ci_high],
+        "p": result.p,
+        "p_permutation": perm.p,
+        "p_holm": p_holm,
+        "prob_improvement": result.prob_improvement,
+        "significant": math.isfinite(p_holm) and p_holm < ALPHA,
+        "test": "paired t-test" if result.paired else "Welch's t-test",
+        "permutation_test": ("exact " if perm.exact else "Monte Carlo ") + perm.test,
+        "p_permutation_floor": perm.floor,
+        "ci_method": "percentile bootstrap of the mean difference",
+        "n_a": result.t_test.n_a,
+        "n_b": result.t_test.n_b,
+    }
+
+
+def timing_summary(records: Sequence[RunRecord]) -> dict[str, Any]:
+    """Mean seconds per phase of a run (``results.json["timings"]``, written by the engine
+    for the session that finished the run) over the runs that have them, and what the
+    grid measured around the engine call (``wall_time_s`` minus the engine's total: the
+    dataset lookup, a fresh process's first imports...). For before/after comparisons of
+    a run's fixed costs on a quiet machine."""
+    timed = [r for r in records if r.ok and isinstance(r.results.get("timings"), Mapping)]
+    if not timed:
+        return {"runs": 0, "mean_s": {}}
+    phases = list(dict.fromkeys(k for r in timed for k in r.results["timings"]))
+    mean = {k: float(np.mean([_num(r.results["timings"].get(k, 0.0)) for r in timed])) for k in phases}
+    outside = [
+        r.wall_time_s - _num(r.results["timings"].get("total"))
+        for r in timed
+        if r.wall_time_s is not None and math.isfinite(_num(r.results["timings"].get("total")))
+    ]
+    if outside:
+        mean["outside_engine"] = float(np.mean(outside))
+    return {"runs": len(timed), "mean_s": mean}
+
+
+def timing_table(timings: Mapping[str, Any]) -> str:
+    """One row per phase: mean seconds per run and share of the engine's total."""
+    mean = timings.get("mean_s") or {}
+    total = mean.get("total", float("nan"))
+    lines = ["| Phase | Mean s per run | Share of total |", "|---|---|---|"]
+    for phase, value in mean.items():
+        share = "" if phase in ("total", "outside_engine") or not total else f"{100 * value / total:.0f}%"
+        lines.append(f"| {phase} | {value:.2f} | {share} |")
+    return "\n".join(lines)
+
+
+def summary_json(
+    claims: Sequence[ClaimResult],
+    comps: Sequence[Comparison],
+    records: Sequence[RunRecord],
+    *,
+    metric: str = "test_accuracy",
+) -> dict[str, Any]:
+    """summary.json's content: the claims (the issue's keys first), then what else helps."""
+    ok = [r for r in records if r.ok]
+    return {
+        "claims": [
+            {
+                "claim": c.claim.statement,
+                "a": c.a.name,
+                "b": c.b.name,
+                **difference_dict(c.result, c.p_holm),
+            }
+            for c in claims
+        ],
+        "runs": len(ok),
+        "seeds": len({r.seed for r in records}),
+        "failed_runs": len(records) - len(ok),
+        "metric": metric,
+        "alpha": ALPHA,
+        "family": family_note(claims, comps),
+        "decision": DECISION,
+        "references": [
+            'Bouthillier et al., MLSys 2021, "Accounting for variance in machine learning benchmarks"',
+            "Holm, Scand. J. Statist. 1979, a simple sequentially rejective multiple test procedure",
+        ],
+        "timings": timing_summary(records),
+        "comparisons": [
+            {
+                "comparison": c.label,
+                "a": c.a.name,
+                "b": c.b.name,
+                "factor": c.factor,
+                "context": c.context,
+                **difference_dict(c.result, c.p_holm),
+            }
+            for c in comps
+        ],
+    }
 
 
 def verdict(p: float) -> str:
@@ -310,21 +490,50 @@ def cell_table(cs: Sequence[CellStats], factor_names: Sequence[str], reference_t
     return "\n".join(lines)
 
 
+def _ci_text(result: stats.Difference) -> str:
+    ci = "" if not math.isfinite(result.ci_low) else f" [{_signed(result.ci_low)}, {_signed(result.ci_high)}]"
+    return f"{_signed(result.difference)}{ci}"
+
+
+def _perm_text(result: stats.Difference) -> str:
+    perm = result.permutation
+    return fmt_p(perm.p) + ("" if perm.exact else " (MC)")
+
+
+def _prob_text(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{x:.2f}"
+
+
+def _test_name(result: stats.Difference) -> str:
+    return "paired" if result.paired else "welch"
+
+
 def comparison_table(comps: Sequence[Comparison]) -> str:
-    head = ["Comparison", "Other factors", "Difference (pts, 95% CI)", "Test", "p", "Holm p", "Verdict"]
+    head = [
+        "Comparison",
+        "Other factors",
+        "Difference (pts, 95% CI)",
+        "Test",
+        "p",
+        "Permutation p",
+        "P(A>B)",
+        "Holm p",
+        "Verdict",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in comps:
         r = c.result
-        ci = "" if not math.isfinite(r.ci_low) else f" [{_signed(r.ci_low)}, {_signed(r.ci_high)}]"
         lines.append(
             "| "
             + " | ".join(
                 [
                     c.label,
                     c.context,
-                    f"{_signed(r.diff)}{ci}",
-                    r.test,
+                    _ci_text(r),
+                    _test_name(r),
                     fmt_p(r.p),
+                    _perm_text(r),
+                    _prob_text(r.prob_improvement),
                     fmt_p(c.p_holm),
                     verdict(r.p),
                 ]
@@ -334,17 +543,68 @@ def comparison_table(comps: Sequence[Comparison]) -> str:
     return "\n".join(lines)
 
 
+def claims_table(claims: Sequence[ClaimResult]) -> str:
+    """One row per published claim: A - B with its tests and Holm p within the claims."""
+    head = [
+        "Claim",
+        "A - B",
+        "Difference (pts, 95% CI)",
+        "Test",
+        "p",
+        "Permutation p",
+        "P(A>B)",
+        "Holm p",
+        "Significant",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in claims:
+        r = c.result
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    c.claim.statement,
+                    f"{c.a.label} - {c.b.label}",
+                    _ci_text(r),
+                    _test_name(r),
+                    fmt_p(r.p),
+                    _perm_text(r),
+                    _prob_text(r.prob_improvement),
+                    fmt_p(c.p_holm),
+                    "yes" if c.significant else "no",
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def claims_section(claims: Sequence[ClaimResult], comps: Sequence[Comparison]) -> list[str]:
+    """The claims table with what it means (family, decision, CI, permutation floor)."""
+    if not claims:
+        return []
+    floor = floor_note(claims)
+    return [
+        claims_table(claims),
+        "",
+        f"Difference: mean of A - B in test accuracy, with a 95% percentile-bootstrap interval. Test: paired "
+        "t-test over seeds when A and B train the same network (same seed = same initial weights and batch "
+        "order), else Welch's t-test; Permutation p: exact sign-flip test (paired) or two-sample permutation "
+        "test (MC: Monte Carlo); P(A>B): share of seeds (paired) or of run pairs (unpaired) where A beats B. "
+        f"Holm's correction over {family_note(claims, comps)}; {DECISION}." + (f" {floor}" if floor else ""),
+    ]
+
+
 def summary_text(
     cs: Sequence[CellStats],
     comps: Sequence[Comparison],
-    claims: Sequence[Claim],
+    claims: Sequence[ClaimResult],
     rows: Sequence[Mapping[str, Any]],
     *,
     references_comparable: bool,
     reference_source: str,
 ) -> str:
     """A few generated paragraphs: noise level, what exceeds it, published claims."""
-    by_name = {c.cell.name: c for c in cs}
     out: list[str] = []
     sds = [(c.accuracy.sd, c.cell.label) for c in cs if math.isfinite(c.accuracy.sd)]
     if sds:
@@ -373,7 +633,7 @@ def summary_text(
             big = [c for c in mine if c in sig]
             items = ", ".join(
                 f"{c.b.factors[factor]} -> {c.a.factors[factor]} ({c.context}): "
-                f"{_signed(c.result.diff)} pts, p={fmt_p(c.result.p)}{'*' if c in holm_sig else ''}"
+                f"{_signed(c.result.difference)} pts, p={fmt_p(c.result.p)}{'*' if c in holm_sig else ''}"
                 for c in big
             )
             line = f"- {factor}: {len(big)} of {len(mine)} comparison{'s' if len(mine) != 1 else ''} exceed seed noise"
@@ -382,17 +642,25 @@ def summary_text(
             out.append("  (* = also significant after Holm's correction.)")
     else:
         out.append("No two cells differ in exactly one factor, so no difference was tested.")
-    for claim in claims:
-        a, b = by_name.get(claim.a), by_name.get(claim.b)
-        if a is None or b is None:
-            continue
-        r = compare(a.cell, b.cell, rows)
-        ref = ""
-        if a.cell.reference is not None and b.cell.reference is not None:
-            ref = f" ({reference_source}: {_signed(a.cell.reference - b.cell.reference)} pts from one run each)"
+    if claims:
+        n_sig = sum(c.significant for c in claims)
         out.append(
-            f'- Claim "{claim.statement}"{ref}: here {a.cell.label} - {b.cell.label} = '
-            f"{_signed(r.diff)} pts, {r.test} p={fmt_p(r.p)}: {verdict(r.p)}."
+            f"Published claims: {n_sig} of {len(claims)} significant after Holm's correction over the "
+            f"{len(claims)} claims:"
+        )
+    for c in claims:
+        a, b, r = c.a, c.b, c.result
+        ref = ""
+        if a.reference is not None and b.reference is not None:
+            ref = f" ({reference_source}: {_signed(a.reference - b.reference)} pts from one run each)"
+        perm = r.permutation
+        out.append(
+            f'- Claim "{c.claim.statement}"{ref}: here {a.label} - {b.label} = {_signed(r.difference)} pts'
+            + ("" if not math.isfinite(r.ci_low) else f" (95% CI {_signed(r.ci_low)} to {_signed(r.ci_high)})")
+            + ", "
+            f"{'paired t' if r.paired else 'Welch'} p={fmt_p(r.p)}, {perm.test} p={fmt_p(perm.p)}, "
+            f"Holm p={fmt_p(c.p_holm)}, P(A>B)={_prob_text(r.prob_improvement)}: {verdict(r.p)}"
+            f"{', significant after Holm' if c.significant else ''}."
         )
     if references_comparable:
         inside = [c for c in cs if c.cell.reference is not None and c.accuracy.n >= 2]
@@ -515,11 +783,12 @@ class ReportFiles:
     csv: Path
     markdown: Path
     summary: Path
+    summary_json: Path
     bars: Path
     curves: Path
 
     def all(self) -> list[Path]:
-        return [self.csv, self.markdown, self.summary, self.bars, self.curves]
+        return [self.csv, self.markdown, self.summary, self.summary_json, self.bars, self.curves]
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
@@ -548,6 +817,7 @@ def write_report(
         csv=workdir / "results.csv",
         markdown=workdir / "results.md",
         summary=workdir / "summary.md",
+        summary_json=workdir / "summary.json",
         bars=workdir / "accuracy_bars.png",
         curves=workdir / "learning_curves.png",
     )
@@ -555,8 +825,9 @@ def write_report(
     write_csv(rows, files.csv)
     cs = cell_stats(cells, rows)
     comps = comparisons(cells, rows)
+    tested = claim_results(cells, rows, claims)
     summary = summary_text(
-        cs, comps, claims, rows, references_comparable=references_comparable, reference_source=reference_source
+        cs, comps, tested, rows, references_comparable=references_comparable, reference_source=reference_source
     )
     majority = majority_rate(records)
     seeds = sorted({r.seed for r in records})
@@ -589,10 +860,28 @@ def write_report(
             "Every pair of cells that differs in exactly one factor. Test: Welch's t-test when the "
             "two cells train different networks (independent initialisations); paired t-test over "
             "seeds when they train the same network (same seed = same initial weights and batches). "
-            f"Two-sided; 'exceeds seed noise' means p < {ALPHA}; Holm p corrects for the "
-            f"{len(comps)} comparisons.",
+            "Difference: 95% percentile-bootstrap interval; Permutation p: exact sign-flip test "
+            "(paired) or two-sample permutation test (Welch rows; MC: Monte Carlo); P(A>B): share "
+            f"of seeds (paired) or run pairs where the later level wins. Two-sided; 'exceeds seed "
+            f"noise' means p < {ALPHA}; Holm p corrects for the {len(comps)} comparisons (an "
+            "exploratory family, separate from the published claims)."
+            + (f" {floor_note(comps)}" if floor_note(comps) else ""),
             "",
             comparison_table(comps),
+            "",
+        ]
+    if tested:
+        md += ["## Published claims (test accuracy)", "", *claims_section(tested, comps), ""]
+    timings = timing_summary(records)
+    if timings["runs"]:
+        md += [
+            "## Where a run's time goes",
+            "",
+            f"Mean over the {timings['runs']} runs with timings (results.json `timings`: the session that "
+            "finished each run; `outside_engine`: the grid's wall time of the run minus the engine's total). "
+            "Meaningful only on a quiet machine.",
+            "",
+            timing_table(timings),
             "",
         ]
     md += [
@@ -607,7 +896,14 @@ def write_report(
         "",
     ]
     files.markdown.write_text("\n".join(md))
-    files.summary.write_text(f"# {title}: summary\n\n{summary}\n")
+    claims_md = claims_section(tested, comps)
+    files.summary.write_text(
+        f"# {title}: summary\n\n"
+        + (f"Seeds: {len(seeds)} per cell ({len(records)} runs).\n\n")
+        + ("\n".join(claims_md) + "\n\n" if claims_md else "")
+        + f"{summary}\n"
+    )
+    write_json(files.summary_json, summary_json(tested, comps, records))
     plot_accuracy_bars(cs, rows, files.bars, title=title, majority=majority, reference_source=reference_source)
     plot_learning_curves(cs, records, files.curves, title=title)
     return files, summary

@@ -31,7 +31,8 @@ time it). ``--vgg-image-size 224`` restores S3's input on phantoms as well.
 
 Output in ``--workdir`` (default ``runs/reproduce_s3/<dataset>``): results.csv,
 results.md (mean and 95% CI per network, S3's number beside it), summary.md,
-accuracy_bars.png, learning_curves.png, runs/<cell>/seed_<k>/. Resumable like every
+summary.json, accuracy_bars.png, learning_curves.png, runs/<cell>/seed_<k>/ (no per-run
+plots unless ``--plots``). Resumable like every
 experiment here (``experiments.grid``).
 """
 

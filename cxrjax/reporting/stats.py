@@ -25,11 +25,30 @@ then not noise at all. With fewer than two runs per side no test is possible (p 
 Also Cramér's V, the association of two categorical variables (class and source in
 evaluation's source probe).
 
+Beside each t-test, a test that assumes no normality (Bouthillier et al., MLSys 2021,
+"Accounting for variance in machine learning benchmarks", recommend reporting the
+spread of a difference and the probability of improvement, not only a p-value):
+
+* paired: the **exact sign-flip permutation test** of the mean per-seed difference
+  (:func:`sign_flip_test`; all 2^n sign patterns, so its smallest possible p is
+  2/2^n: 0.25 with 3 seeds, 0.002 with 10), a **percentile bootstrap** interval of the
+  mean difference (:func:`bootstrap_mean_ci`) and the share of seeds on which A beats B
+  (:func:`prob_improvement`);
+* unpaired: the **two-sample permutation test** of the difference of means
+  (:func:`permutation_test`), a bootstrap interval resampling each side
+  (:func:`bootstrap_diff_ci`) and P(A > B) over all pairs of runs.
+
+:func:`compare_runs` bundles them for one claim; the decision after Holm uses the
+t-test's p (paired t for paired claims, Welch's for unpaired), the permutation p stands
+beside it. Resampling is seeded, so a report is reproducible.
+
 scipy (a hard dependency of scikit-learn) provides the Student t distribution.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -149,6 +168,247 @@ def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = CONF
     se = float(d.std(ddof=1) / math.sqrt(n))
     t, p, lo, hi = _two_sided(diff, se, float(n - 1), confidence)
     return TestResult("paired", diff, t, float(n - 1), p, lo, hi, n, n)
+
+
+# --------------------------------------------------------------------------- resampling
+
+# Exact enumeration up to these sizes (2^16 sign patterns; C(20, 10) = 184756 splits of
+# two groups of 10 seeds), seeded Monte Carlo above them.
+EXACT_SIGN_FLIP_MAX_N = 16
+EXACT_PERMUTATION_MAX = 200_000
+RESAMPLES = 10_000  # Monte Carlo permutations and bootstrap resamples
+SEED = 0
+
+
+@dataclass(frozen=True)
+class PermutationResult:
+    """A two-sided permutation test of a mean difference.
+
+    ``p``: twice the smaller one-sided p (capped at 1; scipy's convention), counted over
+    every arrangement when ``exact``, else over ``resamples`` seeded random ones with the
+    observed one added (p = (k + 1) / (R + 1), never 0). ``floor``: the smallest p the
+    test can give (exact sign flips: 2/2^n), below which no difference can go however
+    large it is. ``arrangements``: how many were counted.
+    """
+
+    test: str  # "sign-flip" (paired) | "permutation" (two independent samples)
+    p: float
+    floor: float
+    exact: bool
+    arrangements: int
+    n: int  # pairs (sign-flip) or runs in all (permutation)
+
+
+def _permutation_p(null: np.ndarray, observed: float, exact: bool) -> float:
+    """Two-sided p of ``observed`` against the ``null`` statistics (scipy's tolerance for
+    ties: values within 100 ulps of the observed one count as at least as extreme)."""
+    gamma = abs(observed) * 100 * np.finfo(np.float64).eps
+    adjust = 0 if exact else 1
+    greater = (np.count_nonzero(null >= observed - gamma) + adjust) / (null.size + adjust)
+    less = (np.count_nonzero(null <= observed + gamma) + adjust) / (null.size + adjust)
+    return float(min(1.0, 2.0 * min(greater, less)))
+
+
+def sign_flip_test(
+    d: Sequence[float],
+    *,
+    exact_max_n: int = EXACT_SIGN_FLIP_MAX_N,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> PermutationResult:
+    """Paired permutation test of ``mean(d) == 0`` for per-seed differences ``d``.
+
+    Under the null hypothesis A and B are exchangeable within a seed, so every
+    difference is as likely to have the other sign: the mean is compared with its value
+    under all 2^n sign patterns (exact, for n <= ``exact_max_n``), else under
+    ``resamples`` random ones drawn with ``seed``. Non-finite differences are dropped.
+    """
+    x = _clean(d)
+    n = int(x.size)
+    if n == 0:
+        nan = float("nan")
+        return PermutationResult("sign-flip", nan, nan, True, 0, 0)
+    observed = float(x.mean())
+    if n <= exact_max_n:
+        signs = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2 - 1
+        null = signs @ x / n
+        return PermutationResult("sign-flip", _permutation_p(null, observed, True), 2.0 / 2**n, True, 2**n, n)
+    rng = np.random.default_rng(seed)
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(resamples, n))
+    null = signs @ x / n
+    floor = max(2.0 / 2**n, 2.0 / (resamples + 1))
+    return PermutationResult("sign-flip", _permutation_p(null, observed, False), floor, False, resamples, n)
+
+
+@functools.lru_cache(maxsize=4)
+def _combinations(n: int, k: int) -> np.ndarray:
+    """Every k-subset of range(n) as rows of a read-only int array (cached: a report tests
+    many pairs of cells with the same numbers of seeds)."""
+    out = np.array(list(itertools.combinations(range(n), k)), dtype=np.intp).reshape(-1, k)
+    out.setflags(write=False)
+    return out
+
+
+def permutation_test(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    exact_max: int = EXACT_PERMUTATION_MAX,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> PermutationResult:
+    """Two-sample permutation test of ``mean(a) - mean(b) == 0`` (independent samples).
+
+    Under the null hypothesis the labels A/B are exchangeable: the difference is compared
+    with its value under every split of the pooled runs into groups of the same sizes
+    (exact when there are at most ``exact_max`` splits), else under ``resamples`` random
+    ones drawn with ``seed``. Non-finite values (failed runs) are dropped.
+    """
+    xa, xb = _clean(a), _clean(b)
+    na, nb = int(xa.size), int(xb.size)
+    n = na + nb
+    if na == 0 or nb == 0:
+        nan = float("nan")
+        return PermutationResult("permutation", nan, nan, True, 0, n)
+    pooled = np.concatenate([xa, xb])
+    total = float(pooled.sum())
+    observed = float(xa.mean() - xb.mean())
+    splits = math.comb(n, na)
+    if splits <= exact_max:
+        sums = pooled[_combinations(n, na)].sum(axis=1)
+        null = sums / na - (total - sums) / nb
+        return PermutationResult("permutation", _permutation_p(null, observed, True), 2.0 / splits, True, splits, n)
+    rng = np.random.default_rng(seed)
+    perms = rng.permuted(np.tile(pooled, (resamples, 1)), axis=1)
+    null = perms[:, :na].mean(axis=1) - perms[:, na:].mean(axis=1)
+    floor = max(2.0 / splits, 2.0 / (resamples + 1))
+    return PermutationResult("permutation", _permutation_p(null, observed, False), floor, False, resamples, n)
+
+
+def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    alpha = 1.0 - confidence
+    low, high = np.quantile(values, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(low), float(high)
+
+
+def bootstrap_mean_ci(
+    d: Sequence[float], resamples: int = RESAMPLES, seed: int = SEED, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``d`` (e.g. per-seed differences):
+    ``resamples`` resamples with replacement drawn with ``seed``. (NaN, NaN) below 2 values."""
+    x = _clean(d)
+    if x.size < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    return _percentiles(means, confidence)
+
+
+def bootstrap_diff_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``mean(a) - mean(b)`` for independent samples:
+    each side resampled on its own. (NaN, NaN) with fewer than 2 values on a side."""
+    xa, xb = _clean(a), _clean(b)
+    if xa.size < 2 or xb.size < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    ma = xa[rng.integers(0, xa.size, size=(resamples, xa.size))].mean(axis=1)
+    mb = xb[rng.integers(0, xb.size, size=(resamples, xb.size))].mean(axis=1)
+    return _percentiles(ma - mb, confidence)
+
+
+def prob_improvement(a: Sequence[float], b: Sequence[float], *, paired: bool) -> float:
+    """P(A > B), ties counted half. Paired: the share of seeds on which ``a[i] > b[i]``
+    (pairs with a non-finite member dropped); unpaired: the share of all (a, b) pairs of
+    runs with a > b (the AUC / common-language effect size). NaN without data."""
+    xa = np.asarray(a, dtype=np.float64)
+    xb = np.asarray(b, dtype=np.float64)
+    if paired:
+        if xa.shape != xb.shape:
+            raise ValueError(f"prob_improvement(paired=True) needs equal lengths, got {xa.size} and {xb.size}")
+        keep = np.isfinite(xa) & np.isfinite(xb)
+        xa, xb = xa[keep], xb[keep]
+    else:
+        xa, xb = _clean(xa), _clean(xb)
+        xa, xb = xa[:, None], xb[None, :]
+    wins = (xa > xb).astype(np.float64) + 0.5 * (xa == xb)
+    return float(wins.mean()) if wins.size else float("nan")
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Everything said about ``A - B`` for one claim (:func:`compare_runs`).
+
+    ``t_test``: the paired t-test (paired) or Welch's (unpaired); its ``p`` decides
+    significance. ``permutation``: the sign-flip test (paired) or the two-sample
+    permutation test (unpaired), beside it. ``[ci_low, ci_high]``: percentile bootstrap
+    interval of the mean difference. ``prob_improvement``: P(A > B).
+    """
+
+    paired: bool
+    t_test: TestResult
+    permutation: PermutationResult
+    ci_low: float
+    ci_high: float
+    prob_improvement: float
+
+    @property
+    def difference(self) -> float:
+        return self.t_test.diff
+
+    @property
+    def p(self) -> float:
+        return self.t_test.p
+
+    @property
+    def test(self) -> str:
+        return self.t_test.test
+
+
+def compare_runs(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    paired: bool,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    confidence: float = CONFIDENCE,
+) -> Difference:
+    """The tests of ``A - B`` for one claim. ``paired``: ``a[i]`` and ``b[i]`` come from the
+    same seed of the same network (same initial weights and batches); pairs with a
+    non-finite member are dropped. Unpaired: two independent samples (failed runs,
+    non-finite, dropped on each side)."""
+    if paired:
+        if len(a) != len(b):
+            raise ValueError(f"compare_runs(paired=True) needs equal lengths, got {len(a)} and {len(b)}")
+        xa = np.asarray(a, dtype=np.float64)
+        xb = np.asarray(b, dtype=np.float64)
+        keep = np.isfinite(xa) & np.isfinite(xb)
+        xa, xb = xa[keep], xb[keep]
+        d = xa - xb
+        low, high = bootstrap_mean_ci(d, resamples, seed, confidence)
+        return Difference(
+            paired=True,
+            t_test=paired_test(xa, xb, confidence),
+            permutation=sign_flip_test(d, resamples=resamples, seed=seed),
+            ci_low=low,
+            ci_high=high,
+            prob_improvement=prob_improvement(xa, xb, paired=True),
+        )
+    low, high = bootstrap_diff_ci(a, b, resamples, seed, confidence)
+    return Difference(
+        paired=False,
+        t_test=welch_test(a, b, confidence),
+        permutation=permutation_test(a, b, resamples=resamples, seed=seed),
+        ci_low=low,
+        ci_high=high,
+        prob_improvement=prob_improvement(a, b, paired=False),
+    )
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

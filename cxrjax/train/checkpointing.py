@@ -26,6 +26,7 @@ step; ``cleanup_tmp_directories`` deletes such leftovers when the store is opene
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import re
@@ -34,6 +35,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from cxrjax.train.timings import PhaseTimings
 from cxrjax.train.workdir import STORAGE_ERRNOS, WorkdirStorageError
 
 BEST_RANK = "best_rank"
@@ -97,7 +99,17 @@ def _best_rank(metrics: dict[str, Any]) -> float:
 
 
 class CheckpointStore:
-    def __init__(self, directory: str | Path, *, read_only: bool = False, async_save: bool = True):
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        read_only: bool = False,
+        async_save: bool = True,
+        timings: PhaseTimings | None = None,
+    ):
+        """``timings``: the seconds callers spend blocked in save / restore / wait / close
+        are added to its ``"checkpoints"`` phase (the trainer's results.json timings)."""
+        self._timings = timings
         absl_logger = logging.getLogger("absl")
         if _FILTER not in absl_logger.filters:
             absl_logger.addFilter(_FILTER)
@@ -138,13 +150,20 @@ class CheckpointStore:
         return self._manager.best_step()
 
     # --- save / restore ----------------------------------------------------------------
+    def _timed(self) -> contextlib.AbstractContextManager:
+        return self._timings.phase("checkpoints") if self._timings is not None else contextlib.nullcontext()
+
     def save(self, step: int, state_tree: Any, meta: dict[str, Any], best_rank: int | None = None) -> None:
         """Start an asynchronous save; ``best_rank`` None marks a mid-epoch checkpoint.
 
         The previous save is waited for first (orbax would, too), so its failure is
         reported as that step's :class:`CheckpointSaveError`.
         """
-        self.wait()
+        with self._timed():
+            self._save(step, state_tree, meta, best_rank)
+
+    def _save(self, step: int, state_tree: Any, meta: dict[str, Any], best_rank: int | None) -> None:
+        self._wait()
         metrics = None if best_rank is None else {BEST_RANK: best_rank}
         self._pending = step
         try:
@@ -160,6 +179,10 @@ class CheckpointStore:
     def restore(self, step: int, state_target: Any | None = None) -> tuple[Any, dict[str, Any]]:
         """(state tree, meta) of ``step``; ``state_target`` (a tree like the saved one) fixes
         structure and dtypes, None restores the tree as saved (numpy arrays)."""
+        with self._timed():
+            return self._restore(step, state_target)
+
+    def _restore(self, step: int, state_target: Any | None) -> tuple[Any, dict[str, Any]]:
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardRestore(state_target), meta=ocp.args.JsonRestore()),
@@ -168,6 +191,10 @@ class CheckpointStore:
 
     def wait(self) -> None:
         """Wait for the save in flight; raise :class:`CheckpointSaveError` if it failed."""
+        with self._timed():
+            self._wait()
+
+    def _wait(self) -> None:
         try:
             self._manager.wait_until_finished()
         except Exception as err:
@@ -201,6 +228,10 @@ class CheckpointStore:
     def close(self) -> None:
         """Wait for pending saves and release the manager (a save failure already
         reported by :meth:`save` / :meth:`wait` is not raised again)."""
+        with self._timed():
+            self._close()
+
+    def _close(self) -> None:
         try:
             if self._failed:
                 try:
@@ -208,7 +239,7 @@ class CheckpointStore:
                 except Exception:  # noqa: BLE001 - already reported
                     pass
             else:
-                self.wait()
+                self._wait()
         finally:
             self._manager.close()
 

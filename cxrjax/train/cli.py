@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from cxrjax.train import config_args
@@ -110,8 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     held_out = (results.get("dataset_info") or {}).get("split_sources")  # split_by="source"
     if held_out:
         print("sources by split: " + "; ".join(f"{split} {', '.join(names)}" for split, names in held_out.items()))
-    print(
-        f"results: {args.workdir}/results.json, metrics.jsonl, learning_curves.png, "
-        "confusion_matrix.png, roc_curves.png"
-    )
+    from cxrjax.train import workdir as files
+
+    pngs = [
+        n
+        for n in (files.LEARNING_CURVES, files.CONFUSION_MATRIX, files.ROC_CURVES)
+        if (Path(args.workdir) / n).exists()
+    ]
+    print(f"results: {args.workdir}/results.json, metrics.jsonl" + "".join(f", {n}" for n in pngs))
     return 0

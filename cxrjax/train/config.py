@@ -58,6 +58,7 @@ RESULT_IRRELEVANT_FIELDS = frozenset(
         "checkpoint_every_steps",
         "compilation_cache_dir",
         "max_skipped_fraction",  # when to give up on skipped steps, not what is trained
+        "plots",  # the run's PNGs, drawn after training
     }
 )
 
@@ -278,6 +279,12 @@ class TrainConfig(InputOptions):
     checkpoint_every_steps: int | None = option(None, flag=True, ge=1, help="also checkpoint mid-epoch every N steps")
     log_every_steps: int = option(20, ge=1, help="fetch metrics to the host (progress bar, NaN check) every N steps")
     tensorboard: bool = option(False, flag=True, help="also write TensorBoard event files")
+    plots: bool = option(
+        True,
+        flag=True,
+        help="draw the run's plots (learning curves, confusion matrix, ROC) at its end; experiments, which "
+        "draw their own, turn them off",
+    )
     progress: bool = option(True, flag=True, help="tqdm progress bars")
     compilation_cache_dir: str | None = option(
         None, flag="--compilation-cache", metavar="DIR", help="JAX persistent compilation cache folder"

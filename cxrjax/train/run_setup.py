@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import collections
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import jax
@@ -24,6 +25,7 @@ from cxrjax.train.optim import make_optimizer
 from cxrjax.train.parallel import Engine, make_engine
 from cxrjax.train.state import TrainState, make_init_fn
 from cxrjax.train.steps import AXIS, LossConfig, bind_steps
+from cxrjax.train.timings import PhaseTimings
 
 
 @dataclass
@@ -42,6 +44,7 @@ class RunSetup:
     image_shape: tuple[int, int, int]
     class_weights: tuple[float, ...] | None
     input_fields: dict[str, Any]  # input_config_fields(config), stored in every checkpoint and results.json
+    timings: PhaseTimings = field(default_factory=PhaseTimings)  # this session's phases (results.json)
 
     def predictor(self, device_state: Any) -> EnginePredictor:
         """The engine's eval step on ``device_state``, for ``cxrjax.train.evaluation.predict_split``."""
@@ -180,13 +183,19 @@ def check_model(config: TrainConfig) -> tuple[dict[str, Any], Any]:
     return fields, input_config
 
 
-def setup_run(config: TrainConfig, dataset: Any | None = None) -> RunSetup:
+def setup_run(config: TrainConfig, dataset: Any | None = None, timings: PhaseTimings | None = None) -> RunSetup:
+    """Everything a run derives from ``config`` (opening ``config.dataset`` unless
+    ``dataset`` is given); the seconds go to ``timings`` (``dataset_open``, ``setup``),
+    which becomes ``RunSetup.timings``."""
+    timings = timings if timings is not None else PhaseTimings()
+    start = time.perf_counter()
     data = data_api()
     fields, input_config = check_model(config)
     if dataset is None:
-        dataset = data.load(
-            config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir, options=config.dataset_options
-        )
+        with timings.phase("dataset_open"):
+            dataset = data.load(
+                config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir, options=config.dataset_options
+            )
     for split in ("train", "validation"):
         if split not in dataset.splits or len(dataset.splits[split]) == 0:
             raise RunSetupError(
@@ -222,6 +231,7 @@ def setup_run(config: TrainConfig, dataset: Any | None = None) -> RunSetup:
     model, tx, engine, init_fn = build_engine(
         config, dataset.num_classes, image_shape, steps_per_epoch, class_weights, devices
     )
+    timings.add("setup", time.perf_counter() - start - timings.seconds.get("dataset_open", 0.0))
     return RunSetup(
         config=config,
         dataset=dataset,
@@ -237,6 +247,7 @@ def setup_run(config: TrainConfig, dataset: Any | None = None) -> RunSetup:
         image_shape=image_shape,
         class_weights=class_weights,
         input_fields=fields,
+        timings=timings,
     )
 
 

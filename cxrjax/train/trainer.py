@@ -61,6 +61,7 @@ from cxrjax.train.early_stopping import EarlyStopping, ImprovementTracker, Plate
 from cxrjax.train.evaluation import evaluate_split
 from cxrjax.train.run_setup import RunSetup, RunSetupError, data_differences, dataset_info, setup_run
 from cxrjax.train.state import from_tree, parameter_count, to_tree
+from cxrjax.train.timings import PhaseTimings
 
 META_FORMAT = 1
 
@@ -264,12 +265,14 @@ def _train_and_evaluate(
 ) -> dict[str, Any]:
     """The run itself, with the workdir locked and its config.json in place."""
     session_start = time.perf_counter()
-    setup = setup_run(config, dataset)
-    _write_normalization_statistics(workdir, setup)
-    engine = setup.engine
-    target = setup.init_fn(config.seed)
+    timings = PhaseTimings()  # results.json["timings"] (cxrjax/train/timings.py)
+    setup = setup_run(config, dataset, timings)
+    with timings.phase("setup"):
+        _write_normalization_statistics(workdir, setup)
+        engine = setup.engine
+        target = setup.init_fn(config.seed)
     progress = Progress()
-    store = CheckpointStore(workdir / files.CHECKPOINT_DIR)
+    store = CheckpointStore(workdir / files.CHECKPOINT_DIR, timings=timings)
     writer = None
     try:
         latest = store.latest_step()
@@ -290,8 +293,11 @@ def _train_and_evaluate(
             from cxrjax.train.tensorboard import ScalarWriter
 
             writer = ScalarWriter(workdir / files.TENSORBOARD_DIR)
-        device_state = engine.put_state(state)
+        with timings.phase("setup"):
+            device_state = engine.put_state(state)
+        history_start = len(progress.history)
         device_state = _train_epochs(setup, device_state, progress, store, workdir, writer, on_checkpoint)
+        _add_epoch_timings(timings, progress.history[history_start:])
         _check_skipped_fraction(setup, device_state, progress, workdir)
         results = _final_evaluation(setup, device_state, progress, store, workdir, session_start)
     finally:
@@ -299,6 +305,14 @@ def _train_and_evaluate(
         if writer is not None:
             writer.close()
     return results
+
+
+def _add_epoch_timings(timings: PhaseTimings, records: list[dict[str, Any]]) -> None:
+    """The epochs of this session (their metrics.jsonl lines) into ``timings``: the first
+    epoch's train time (compilation included), the others', and every validation."""
+    for i, record in enumerate(records):
+        timings.add("compile_first_epoch" if i == 0 else "train", float(record.get("train_seconds") or 0.0))
+        timings.add("validation", float(record.get("eval_seconds") or 0.0))
 
 
 def _with_absolute_paths(config: TrainConfig) -> TrainConfig:
@@ -449,10 +463,12 @@ class Saver:
     def __call__(self, step: int, device_state: Any, best_rank: int | None) -> None:
         self.progress.early_stopping = self.stopper.to_dict()
         self.progress.plateau = self.plateau.to_dict() if self.plateau else None
-        host = self.setup.engine.host_state(device_state)
-        self.store.save(step, to_tree(host), _meta(self.progress, self.setup), best_rank)
+        with self.setup.timings.phase("checkpoints"):
+            host = self.setup.engine.host_state(device_state)
+            self.store.save(step, to_tree(host), _meta(self.progress, self.setup), best_rank)
+            if self.on_checkpoint is not None:
+                self.store.wait()
         if self.on_checkpoint is not None:
-            self.store.wait()
             self.on_checkpoint(step)
 
 
@@ -663,40 +679,74 @@ def _final_evaluation(
     workdir: Path,
     session_start: float,
 ) -> dict[str, Any]:
-    config, engine = setup.config, setup.engine
+    config, engine, timings = setup.config, setup.engine, setup.timings
     store.wait()
-    skipped, _ = _skipped_total(setup, device_state)  # of the run; the restored checkpoint's may be fewer
     spe = setup.steps_per_epoch
     stopper, _ = _trackers(config, progress)
     best_epoch = stopper.tracker.best_epoch
     step = store.best_step() if config.restore_best else None
-    if step is not None:
-        target = engine.host_state(device_state)
-        tree, meta = store.restore(step, to_tree(target))
-        device_state = engine.put_state(from_tree(target, tree))
-        evaluated = {"checkpoint": "best", "step": int(step), "epoch": int(step // spe)}
-    else:  # restore_best=False, or no epoch ever improved (monitored value never finite)
-        evaluated = {"checkpoint": "last", "step": int(progress.epoch * spe), "epoch": int(progress.epoch)}
-    names = list(setup.dataset.class_names)
-    predictor = setup.predictor(device_state)
-    val, val_preds = evaluate_split(
-        predictor, setup.dataset, "validation", setup.eval_global_batch_size, progress=config.progress
-    )
-    test = test_preds = None
-    if "test" in setup.dataset.splits and len(setup.dataset.splits["test"]):
-        test, test_preds = evaluate_split(
-            predictor, setup.dataset, "test", setup.eval_global_batch_size, progress=config.progress
+    with timings.phase("checkpoints"):
+        skipped, _ = _skipped_total(setup, device_state)  # of the run; the restored checkpoint's may be fewer
+        if step is not None:
+            target = engine.host_state(device_state)
+            tree, meta = store.restore(step, to_tree(target))
+            device_state = engine.put_state(from_tree(target, tree))
+            evaluated = {"checkpoint": "best", "step": int(step), "epoch": int(step // spe)}
+        else:  # restore_best=False, or no epoch ever improved (monitored value never finite)
+            evaluated = {"checkpoint": "last", "step": int(progress.epoch * spe), "epoch": int(progress.epoch)}
+    with timings.phase("test"):
+        predictor = setup.predictor(device_state)
+        val, val_preds = evaluate_split(
+            predictor, setup.dataset, "validation", setup.eval_global_batch_size, progress=config.progress
         )
+        test = test_preds = None
+        if "test" in setup.dataset.splits and len(setup.dataset.splits["test"]):
+            test, test_preds = evaluate_split(
+                predictor, setup.dataset, "test", setup.eval_global_batch_size, progress=config.progress
+            )
+    with timings.phase("results"):
+        results = _results(setup, device_state, progress, stopper, evaluated, val, test, skipped, session_start)
+    if config.plots:
+        with timings.phase("plots"):
+            _plots(setup, workdir, progress.history, best_epoch, evaluated, (val, val_preds), (test, test_preds))
+    for warning in results["warnings"]:
+        _warn(warning)
+    results["timings"] = timings.report(time.perf_counter() - session_start)
+    files.write_json(workdir / files.RESULTS_FILE, results)
+    if test is not None:
+        _say(
+            config,
+            f"test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} "
+            f"({evaluated['checkpoint']} checkpoint, epoch {evaluated['epoch']}); results in "
+            f"{workdir / files.RESULTS_FILE}",
+        )
+    return files.read_json(workdir / files.RESULTS_FILE)
+
+
+def _results(
+    setup: RunSetup,
+    device_state: Any,
+    progress: Progress,
+    stopper: EarlyStopping,
+    evaluated: dict[str, Any],
+    val: dict[str, Any],
+    test: dict[str, Any] | None,
+    skipped: int,
+    session_start: float,
+) -> dict[str, Any]:
+    """results.json's dict (its ``timings`` are added last, just before it is written)."""
+    config = setup.config
+    best_epoch = stopper.tracker.best_epoch
     history = progress.history
     speeds = [
         h["images_per_second"]
         for h in (history[1:] if len(history) > 1 else history)
         if h.get("images_per_second") is not None and np.isfinite(h["images_per_second"])
     ]
-    host_state = engine.host_state(device_state)
+    host_state = setup.engine.host_state(device_state)
     best_record = next((h for h in history if h["epoch"] == best_epoch), None)
-    results = {
-        "class_names": names,
+    return {
+        "class_names": list(setup.dataset.class_names),
         "model": config.model,
         "dataset": config.dataset,
         "test": test,
@@ -714,7 +764,7 @@ def _final_evaluation(
         "num_devices": setup.num_devices,
         "parallel": config.parallel,
         "global_batch_size": setup.global_batch_size,
-        "steps_per_epoch": spe,
+        "steps_per_epoch": setup.steps_per_epoch,
         "parameter_count": parameter_count(host_state.params),
         "skipped_nonfinite_steps": skipped,
         "warnings": _run_warnings(setup, progress, skipped),
@@ -722,6 +772,20 @@ def _final_evaluation(
         "input_config": setup.input_fields,
         "jax_backend": jax.default_backend(),
     }
+
+
+def _plots(
+    setup: RunSetup,
+    workdir: Path,
+    history: list[dict[str, Any]],
+    best_epoch: int | None,
+    evaluated: dict[str, Any],
+    val: tuple[dict[str, Any], Any],
+    test: tuple[dict[str, Any] | None, Any],
+) -> None:
+    """The run's PNGs: learning curves, and the confusion matrix and ROC curves of the
+    test split (of validation when there is no test split)."""
+    config, names = setup.config, list(setup.dataset.class_names)
     plots.plot_learning_curves(
         history,
         workdir / files.LEARNING_CURVES,
@@ -729,7 +793,7 @@ def _final_evaluation(
         evaluated_epoch=evaluated["epoch"],
         title=f"{config.model} on {config.dataset}",
     )
-    shown, preds, split = (test, test_preds, "test") if test is not None else (val, val_preds, "validation")
+    (shown, preds), split = (test, "test") if test[0] is not None else (val, "validation")
     plots.plot_confusion_matrix(
         shown["confusion_matrix"],
         names,
@@ -739,14 +803,3 @@ def _final_evaluation(
     plots.plot_roc_curves(
         preds.labels, preds.probs, names, workdir / files.ROC_CURVES, title=f"{config.model}: {split} ROC (one-vs-rest)"
     )
-    for warning in results["warnings"]:
-        _warn(warning)
-    files.write_json(workdir / files.RESULTS_FILE, results)
-    if test is not None:
-        _say(
-            config,
-            f"test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} "
-            f"({evaluated['checkpoint']} checkpoint, epoch {evaluated['epoch']}); results in "
-            f"{workdir / files.RESULTS_FILE}",
-        )
-    return files.read_json(workdir / files.RESULTS_FILE)

@@ -147,8 +147,8 @@ def test_report_files_and_numbers(tmp_path):
         ("b", "a", "bn", "welch"),
         ("a_es", "a", "es", "paired"),
     ]
-    assert comps[0].result.diff == pytest.approx(0.30)
-    assert comps[1].result.diff == pytest.approx(0.035)  # mean of 0.05 and 0.02
+    assert comps[0].result.difference == pytest.approx(0.30)
+    assert comps[1].result.difference == pytest.approx(0.035)  # mean of 0.05 and 0.02
     md = files.markdown.read_text()
     assert "| A | none | off | 2 | 55.0 [" in md and "47.9 (Exp2)" in md
     assert "Majority-class rate of the test set: 60.0%" in md
@@ -190,3 +190,72 @@ def test_grid_run_folders_follow_the_engines_contract(tmp_path):
     with pytest.raises(files.ConfigMismatchError, match="lr: saved 0.001, now 0.1"):
         grid.run_grid([grid.RunSpec("a", 0, config.replace(lr=0.1))], tmp_path, run, progress=False)
     assert grid.ConfigMismatchError is files.ConfigMismatchError
+
+
+CLAIM_KEYS = {
+    "claim",
+    "a",
+    "b",
+    "paired",
+    "difference",
+    "ci95",
+    "p",
+    "p_permutation",
+    "p_holm",
+    "prob_improvement",
+    "significant",
+}
+
+
+def test_summary_json_claims_family_and_values(tmp_path):
+    from scipy.stats import ttest_ind, ttest_rel
+
+    records = grid.run_grid(specs(seeds=(0, 1, 2)), tmp_path, FakeRun(), progress=False)
+    claims = [report.Claim("b", "a", "BN helps"), report.Claim("a_es", "a", "ES helps"), report.Claim("x", "a", "gone")]
+    files, _ = report.write_report(tmp_path, CELLS, records, title="Fake grid", claims=claims)
+
+    def refuse(constant):  # strict JSON: no NaN / Infinity
+        raise ValueError(constant)
+
+    out = json.loads(files.summary_json.read_text(), parse_constant=refuse)
+    assert (out["runs"], out["seeds"]) == (9, 3)
+    assert "family of the 2 published claim(s)" in out["family"]  # the claim on an absent cell is not in the family
+    bn, es = out["claims"]
+    assert CLAIM_KEYS <= set(bn) and CLAIM_KEYS <= set(es)
+    a = [ACC[("a", s)] for s in (0, 1, 2)]
+    # b - a: different networks -> Welch, and the two-sample permutation test: the observed
+    # split is the most extreme of C(6, 3) = 20, so p = 2/20; every b run beats every a run.
+    assert (bn["claim"], bn["a"], bn["b"], bn["paired"]) == ("BN helps", "b", "a", False)
+    assert bn["difference"] == pytest.approx(0.30)
+    assert bn["p"] == pytest.approx(ttest_ind([ACC[("b", s)] for s in (0, 1, 2)], a, equal_var=False).pvalue)
+    assert bn["p_permutation"] == pytest.approx(0.1) and bn["prob_improvement"] == 1.0
+    # a_es - a: same network -> paired over seeds; 3 positive differences: sign-flip p = its floor 2/2^3
+    es_acc = [ACC[("a_es", s)] for s in (0, 1, 2)]
+    assert es["paired"] is True and es["difference"] == pytest.approx((0.05 + 0.02 + 0.01) / 3)
+    assert es["p"] == pytest.approx(ttest_rel(es_acc, a).pvalue)
+    assert es["p_permutation"] == pytest.approx(0.25) and es["p_permutation_floor"] == pytest.approx(0.25)
+    assert es["ci95"][0] <= es["difference"] <= es["ci95"][1]
+    # Holm over the 2 claims: the smaller p doubled, the larger kept (monotone)
+    assert bn["p_holm"] == pytest.approx(2 * bn["p"]) and es["p_holm"] == pytest.approx(max(es["p"], 2 * bn["p"]))
+    assert (bn["significant"], es["significant"]) == (True, False)
+    assert [c["factor"] for c in out["comparisons"]] == ["bn", "es"]
+    summary_md = files.summary.read_text()
+    assert "| BN helps | B - A |" in summary_md and "2/2^n (n=3: 0.25)" in summary_md
+
+
+def test_timing_summary_means_phases_and_time_outside_the_engine(tmp_path):
+    def record(seed, timings, wall):
+        results = {"test": {"accuracy": 0.5}, "timings": timings}
+        return grid.RunRecord("a", seed, tmp_path, results, wall, trained=True)
+
+    records = [
+        record(0, {"train": 2.0, "plots": 0.0, "total": 5.0}, 6.0),
+        record(1, {"train": 4.0, "plots": 1.0, "total": 7.0}, 7.5),
+        grid.RunRecord("a", 2, tmp_path, {"test": {}}, 3.0, trained=False),  # no timings (older run)
+        grid.RunRecord("a", 3, tmp_path, {}, None, trained=True, error="boom"),
+    ]
+    out = report.timing_summary(records)
+    assert out["runs"] == 2
+    assert out["mean_s"] == {"train": 3.0, "plots": 0.5, "total": 6.0, "outside_engine": 0.75}
+    assert "| train | 3.00 | 50% |" in report.timing_table(out)
+    assert report.timing_summary(records[2:]) == {"runs": 0, "mean_s": {}}

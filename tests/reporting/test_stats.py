@@ -97,3 +97,128 @@ def test_cramers_v_hand_computed_and_against_scipy():
     assert stats.cramers_v(a, b) == pytest.approx(association(table, method="cramer", correction=False))
     assert stats.cramers_v(a, a) == pytest.approx(1.0)
     assert math.isnan(stats.cramers_v([1, 1, 1], [0, 1, 2]))
+
+
+# ---------------------------------------------------------------- resampling tests
+
+
+def test_sign_flip_exact_n3_floor_and_hand_count():
+    # d = (1, 2, 3): mean 2 is the largest of the 8 sign patterns' means, and only its
+    # full flip reaches -2, so p = 2/8 = 0.25, which is also the floor 2/2^3.
+    r = stats.sign_flip_test([1.0, 2.0, 3.0])
+    assert (r.exact, r.arrangements, r.n) == (True, 8, 3)
+    assert r.p == pytest.approx(0.25) and r.floor == pytest.approx(0.25)
+    # d = (1, 2, -3): mean 0; every pattern is at least as extreme -> p = 1
+    assert stats.sign_flip_test([1.0, 2.0, -3.0]).p == pytest.approx(1.0)
+    # d = (3, 1, -1): the 8 sign patterns' sums +-3 +-1 +-1 are 5, 3, 3, 1, -1, -3, -3, -5;
+    # observed sum 3; at least 3: {5, 3, 3} = 3/8 -> p = 2 * 3/8 = 0.75
+    assert stats.sign_flip_test([3.0, 1.0, -1.0]).p == pytest.approx(0.75)
+    # d = (3, 2, 1, -1): sums 5 observed; >= 5 among 16: 7 (3+2+1+1), 5 (3+2+1-1), 5 (3+2-1+1) = 3/16
+    assert stats.sign_flip_test([3.0, 2.0, 1.0, -1.0]).p == pytest.approx(2 * 3 / 16)
+
+
+@pytest.mark.parametrize("d", [[0.02, 0.05, -0.01, 0.04, 0.03], [0.1, -0.2, 0.05, 0.07, 0.0, 0.01]])
+def test_sign_flip_matches_scipy_paired_permutation(d):
+    import numpy as np
+    from scipy.stats import permutation_test
+
+    a = np.asarray(d) + 0.5
+    b = np.full(len(d), 0.5)
+    ref = permutation_test(
+        (a, b), lambda x, y: np.mean(x - y), permutation_type="samples", n_resamples=np.inf, vectorized=False
+    )
+    assert stats.sign_flip_test(d).p == pytest.approx(ref.pvalue)
+
+
+def test_sign_flip_monte_carlo_above_the_exact_limit_is_seeded():
+    d = [0.01 * (i % 5 - 1) for i in range(20)]
+    r = stats.sign_flip_test(d, exact_max_n=16, resamples=2000, seed=3)
+    assert not r.exact and r.arrangements == 2000
+    assert r.floor == pytest.approx(2 / 2001)
+    assert r.p == stats.sign_flip_test(d, exact_max_n=16, resamples=2000, seed=3).p
+    exact = stats.sign_flip_test(d, exact_max_n=20)
+    assert exact.exact and r.p == pytest.approx(exact.p, abs=0.03)
+
+
+@pytest.mark.parametrize(
+    "a, b", [([0.8, 0.9, 0.85], [0.5, 0.6, 0.55, 0.7]), ([1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 3.0, 8.0, 9.0, 10.0])]
+)
+def test_permutation_test_matches_scipy_exact(a, b):
+    import numpy as np
+    from scipy.stats import permutation_test
+
+    ref = permutation_test(
+        (a, b), lambda x, y: np.mean(x) - np.mean(y), permutation_type="independent", n_resamples=np.inf
+    )
+    r = stats.permutation_test(a, b)
+    assert r.exact and r.arrangements == math.comb(len(a) + len(b), len(a))
+    assert r.p == pytest.approx(ref.pvalue)
+
+
+def test_permutation_test_hand_counted_and_floor():
+    # a = (3, 4), b = (1, 2): 6 splits; the observed split gives the largest difference
+    # (+2) and its mirror the smallest (-2): p = 2 * 1/6, the floor 2/C(4, 2).
+    r = stats.permutation_test([3.0, 4.0], [1.0, 2.0])
+    assert r.p == pytest.approx(1 / 3) and r.floor == pytest.approx(1 / 3)
+    mc = stats.permutation_test([3.0, 4.0], [1.0, 2.0], exact_max=1, resamples=4000, seed=1)
+    assert not mc.exact and mc.p == pytest.approx(1 / 3, abs=0.05)
+
+
+def test_bootstrap_mean_ci_hand_cases_and_scipy():
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    assert stats.bootstrap_mean_ci([0.1, 0.1, 0.1]) == (pytest.approx(0.1), pytest.approx(0.1))
+    assert all(math.isnan(x) for x in stats.bootstrap_mean_ci([0.1]))
+    d = [0.02, 0.05, -0.01, 0.04, 0.03, 0.06, 0.00, 0.02, 0.05, 0.01]
+    low, high = stats.bootstrap_mean_ci(d, resamples=20000, seed=0)
+    assert (low, high) == stats.bootstrap_mean_ci(d, resamples=20000, seed=0)  # seeded
+    ref = bootstrap((d,), np.mean, n_resamples=20000, method="percentile", rng=np.random.default_rng(1))
+    assert low == pytest.approx(ref.confidence_interval.low, abs=2e-3)
+    assert high == pytest.approx(ref.confidence_interval.high, abs=2e-3)
+    assert low < np.mean(d) < high
+
+
+def test_bootstrap_diff_ci_brackets_the_difference():
+    a, b = [0.8, 0.82, 0.79, 0.85], [0.6, 0.62, 0.58]
+    low, high = stats.bootstrap_diff_ci(a, b)
+    diff = sum(a) / 4 - sum(b) / 3
+    assert low < diff < high
+    # the extremes of the resampled means bound the interval
+    assert low >= min(a) - max(b) and high <= max(a) - min(b)
+
+
+def test_prob_improvement_paired_and_unpaired():
+    # paired: seeds 0..3 -> a wins, tie, loses, wins -> (1 + 0.5 + 0 + 1) / 4
+    assert stats.prob_improvement([2, 1, 0, 3], [1, 1, 1, 2], paired=True) == pytest.approx(0.625)
+    # unpaired: a = (1, 3), b = (2, 3): pairs (1,2) 0, (1,3) 0, (3,2) 1, (3,3) 0.5 -> 1.5 / 4
+    assert stats.prob_improvement([1, 3], [2, 3], paired=False) == pytest.approx(0.375)
+    assert stats.prob_improvement([1, float("nan")], [0, 5], paired=True) == 1.0  # nan pair dropped
+    with pytest.raises(ValueError):
+        stats.prob_improvement([1, 2], [1], paired=True)
+
+
+def test_compare_runs_paired_uses_ttest_rel_and_sign_flip():
+    from scipy.stats import ttest_rel
+
+    a = [0.90, 0.80, 0.85, 0.88, float("nan")]
+    b = [0.85, 0.78, 0.80, 0.86, 0.70]
+    r = stats.compare_runs(a, b, paired=True)
+    assert r.paired and r.test == "paired"
+    assert r.p == pytest.approx(ttest_rel(a[:4], b[:4]).pvalue)
+    assert r.difference == pytest.approx(0.035)
+    assert r.permutation.test == "sign-flip" and r.permutation.p == pytest.approx(2 / 16)  # all 4 positive
+    assert r.permutation.floor == pytest.approx(2 / 16)
+    assert r.prob_improvement == 1.0
+    assert r.ci_low <= r.difference <= r.ci_high
+
+
+def test_compare_runs_unpaired_uses_welch_and_permutation():
+    from scipy.stats import ttest_ind
+
+    a, b = [0.8, 0.9, 0.85], [0.5, 0.6, 0.55, 0.7]
+    r = stats.compare_runs(a, b, paired=False)
+    assert not r.paired and r.test == "welch"
+    assert r.p == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue)
+    assert r.permutation.test == "permutation" and r.permutation.p == pytest.approx(2 / 35)
+    assert r.prob_improvement == 1.0
