@@ -241,3 +241,67 @@ def split_calibration_report(
     if thresholds is not None:
         points = operating_points(labels, probs, class_names, thresholds, target_sensitivity)
     return {"calibration": calibration, "calibrated": calibrated, "ci95": ci95, "operating_points": points}
+
+
+def fit_calibration(
+    labels: Any, probs: Any, class_names: Sequence[str], target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY
+) -> dict[str, Any]:
+    """What a run stores in ``calibration.json``, fitted on its validation predictions:
+    ``temperature`` (None without examples), the validation NLL before and after, and per
+    class the operating threshold reaching ``target_sensitivity`` (on the raw probability)."""
+    labels, probs = _check(labels, probs)
+    temperature = fit_temperature(labels, probs) if len(labels) else None
+    return {
+        "temperature": temperature,
+        "fitted_on": "validation",
+        "examples": int(len(labels)),
+        "nll_before": cross_entropy(labels, probs),
+        "nll_after": None if temperature is None else cross_entropy(labels, apply_temperature(probs, temperature)),
+        "method": "temperature scaling: softmax(log p / T), T minimising the validation NLL",
+        "target_sensitivity": float(target_sensitivity),
+        "operating_thresholds": operating_thresholds(labels, probs, class_names, target_sensitivity),
+        "thresholds_apply_to": "the raw (uncalibrated) probability of the class, one vs rest: positive if p >= t",
+        "class_names": list(class_names),
+    }
+
+
+def format_split_summary(report: Mapping[str, Any], split: str = "") -> list[str]:
+    """Printed lines for one split's report (a classification report with the keys of
+    :func:`split_calibration_report`): metrics with their intervals, calibration before /
+    after temperature scaling, operating points."""
+    n = report.get("num_examples")
+    ci = report.get("ci95") or {}
+    prefix = f"{split}: " if split else ""
+    lines = [
+        prefix
+        + " | ".join(
+            stats.format_interval(label, report.get(key), ci.get(key), n)
+            for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("roc_auc_ovr", "ROC-AUC"))
+        )
+    ]
+    if ci:
+        lines[0] += f"  ({ci['resamples']} stratified bootstrap resamples, 95% percentile intervals)"
+    raw, scaled = report.get("calibration"), report.get("calibrated")
+    if raw:
+        text = f"{prefix}calibration: ECE {raw['ece']:.3f}, Brier {raw['brier']:.3f}, NLL {raw['nll']:.3f}"
+        if scaled:
+            text += (
+                f" -> after temperature {scaled['temperature']:.3g}: ECE {scaled['ece']:.3f}, "
+                f"Brier {scaled['brier']:.3f}, NLL {scaled['nll']:.3f}"
+            )
+        lines.append(text)
+    points = report.get("operating_points") or {}
+    shown = []
+    for name, point in points.items():
+        if point["threshold"] is None:
+            continue
+        sens, spec = (_fmt(point[k]) for k in ("sensitivity", "specificity"))
+        shown.append(f"{name} p >= {point['threshold']:.3g}: sensitivity {sens}, specificity {spec}")
+    if shown:
+        target = next(iter(points.values()))["target_sensitivity"]
+        lines.append(f"{prefix}operating points ({target:.0%} sensitivity on validation): " + "; ".join(shown))
+    return lines
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -109,8 +109,16 @@ def _flagged(positive: np.ndarray, scores: np.ndarray, threshold: float) -> tupl
     return sens, fpr, precision
 
 
-def _marker_label(name: str, threshold: float, markers_note: str) -> str:
-    return f"{name} at p >= {threshold:.3g}{markers_note}"
+def _mark(ax: Any, x: float, y: float, color: str) -> None:
+    ax.plot([x], [y], "o", markersize=8, color=color, markeredgecolor="black", label="_nolegend_", zorder=3)
+
+
+def _marker_legend(ax: Any, markers: Mapping[str, float | None] | None, markers_note: str) -> None:
+    """One legend entry for every class's marker (the thresholds are in the JSON reports)."""
+    if markers and any(t is not None for t in markers.values()):
+        ax.plot(
+            [], [], "o", markersize=8, color="white", markeredgecolor="black", label=f"operating point{markers_note}"
+        )
 
 
 def plot_roc_curves(
@@ -143,9 +151,8 @@ def plot_roc_curves(
         threshold = (markers or {}).get(name)
         if threshold is not None:
             sens, false_pos, _ = _flagged(positive, probs[:, k], threshold)
-            ax.plot(
-                [false_pos], [sens], "o", color=line.get_color(), label=_marker_label(name, threshold, markers_note)
-            )
+            _mark(ax, false_pos, sens, line.get_color())
+    _marker_legend(ax, markers, markers_note)
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_xlabel("false positive rate")
@@ -185,7 +192,8 @@ def plot_precision_recall(
         threshold = (markers or {}).get(name)
         if threshold is not None:
             sens, _, prec = _flagged(positive, probs[:, k], threshold)
-            ax.plot([sens], [prec], "o", color=line.get_color(), label=_marker_label(name, threshold, markers_note))
+            _mark(ax, sens, prec, line.get_color())
+    _marker_legend(ax, markers, markers_note)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1)
