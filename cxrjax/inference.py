@@ -6,7 +6,8 @@ exactly the same model, preprocessing (the run's own eval pipeline) and label al
 - :func:`load_run` reads a run folder written by ``train_and_evaluate``: the TrainConfig,
   the Flax module (built for one device, ``axis_name=None``), the variables of one
   checkpoint, the class names in label order and the input settings (size, channels,
-  normalisation) the model was trained with. A :class:`LoadedRun` is a
+  normalisation) the model was trained with, and its ``calibration.json`` (temperature,
+  operating thresholds) when fitted for that checkpoint. A :class:`LoadedRun` is a
   ``cxrjax.train.evaluation.Predictor``, so ``predict_split(run, ds, split, batch)`` is
   the same prediction function the trainer evaluates with.
 - :func:`dataset_request` / :func:`open_dataset`: the run's own dataset (or another);

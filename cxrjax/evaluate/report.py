@@ -156,9 +156,18 @@ def member_calibration(
     run's ``target_sensitivity``); else None (raw probabilities only). ``source`` is
     ``{"source": "calibration.json" | "validation split, fitted by evaluate" | None,
     "note": what that means, None for calibration.json}``."""
-    if run.calibration is not None:
-        return run.calibration, {"source": CALIBRATION_FILE, "note": None}
     split = "validation"
+    if run.calibration is not None:
+        own = request["name"] == run.config.dataset and dict(request["options"] or {}) == dict(
+            run.config.dataset_options or {}
+        )
+        note = None
+        if own and options.split == split:
+            note = (
+                f"the temperature and operating thresholds of {CALIBRATION_FILE} were fitted on this {split} "
+                "split: its calibrated numbers and operating points are in-sample"
+            )
+        return run.calibration, {"source": CALIBRATION_FILE, "note": note}
     if split not in view.splits or not len(view.splits[split]):
         return None, {
             "source": None,
