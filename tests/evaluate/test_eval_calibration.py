@@ -218,3 +218,15 @@ def test_compare_refuses_runs_whose_splits_differ(runs, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after TFDS's preparation output
     assert err.startswith("error: ") and "different example ids" in err and "12 and 10 examples" in err
     assert not (root / "a" / "compare_test_other_data.json").exists()
+
+
+def test_compare_command_line_mistakes_are_one_line(tmp_path, capsys):
+    from cxrjax.evaluate.__main__ import main
+
+    for argv in (["--compare", "a", "b", "--workdir", "c"], [], ["--compare", "a", "b", "--bootstrap-resamples", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and "error:" in capsys.readouterr().err
+    assert main(["--compare", str(tmp_path / "nothing"), str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not a cxrjax run folder" in err and len(err.strip().splitlines()) == 1
