@@ -6,7 +6,8 @@ exactly the same model, preprocessing (the run's own eval pipeline) and label al
 - :func:`load_run` reads a run folder written by ``train_and_evaluate``: the TrainConfig,
   the Flax module (built for one device, ``axis_name=None``), the variables of one
   checkpoint, the class names in label order and the input settings (size, channels,
-  normalisation) the model was trained with. A :class:`LoadedRun` is a
+  normalisation) the model was trained with, and its ``calibration.json`` (temperature,
+  operating thresholds) when fitted for that checkpoint. A :class:`LoadedRun` is a
   ``cxrjax.train.evaluation.Predictor``, so ``predict_split(run, ds, split, batch)`` is
   the same prediction function the trainer evaluates with.
 - :func:`dataset_request` / :func:`open_dataset`: the run's own dataset (or another);
@@ -48,6 +49,7 @@ import numpy as np
 
 from cxrjax import data
 from cxrjax.data.errors import DataError
+from cxrjax.reporting.calibration import apply_temperature
 from cxrjax.reporting.jsonio import read_json
 from cxrjax.train import workdir as files
 from cxrjax.train.checkpointing import CheckpointStore
@@ -121,6 +123,10 @@ class LoadedRun:
     results: dict[str, Any] | None  # results.json, None while the run is unfinished
     run_status: str = "finished"  # RUN_STATUSES: results.json exists | a training holds the folder | neither
     run_status_note: str | None = None  # what the status means for these numbers (None when finished)
+    # calibration.json (temperature, operating thresholds) when it was fitted for THIS
+    # checkpoint; None otherwise, and calibration_note says why.
+    calibration: dict[str, Any] | None = None
+    calibration_note: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -138,6 +144,33 @@ class LoadedRun:
 
     def to_host(self, outputs: Any) -> np.ndarray:
         return np.asarray(outputs, np.float32)
+
+    @property
+    def temperature(self) -> float | None:
+        """The stored temperature of this checkpoint (None: no calibration.json for it)."""
+        return None if self.calibration is None else self.calibration.get("temperature")
+
+    def calibrated(self, probs: np.ndarray) -> np.ndarray | None:
+        """``probs`` after the stored temperature scaling (None without a temperature)."""
+        t = self.temperature
+        return None if t is None else apply_temperature(probs, t).astype(np.float32)
+
+
+def stored_calibration(workdir: Path, step: int) -> tuple[dict[str, Any] | None, str | None]:
+    """(calibration.json, None) when it was fitted for checkpoint ``step``, else (None, why)."""
+    path = workdir / files.CALIBRATION_FILE
+    if not path.exists():
+        return None, (
+            f"{path} does not exist (a run trained before calibration was stored, or still training): "
+            "no stored temperature or operating thresholds"
+        )
+    stored = read_json(path)
+    fitted = (stored.get("checkpoint") or {}).get("step")
+    if fitted is not None and int(fitted) != int(step):
+        return None, (
+            f"{path} was fitted for the checkpoint of step {fitted} (the evaluated one), not the loaded step {step}"
+        )
+    return stored, None
 
 
 def load_run(workdir: str | Path, checkpoint: str = DEFAULT_CHECKPOINT) -> LoadedRun:
@@ -162,6 +195,7 @@ def load_run(workdir: str | Path, checkpoint: str = DEFAULT_CHECKPOINT) -> Loade
     fields = dict(meta["input_config"])
     model = build_model(config, len(class_names), fields["channels"], axis_name=None)
     status, note = run_status(workdir)
+    calibration, calibration_note = stored_calibration(workdir, int(step))
     return LoadedRun(
         workdir=workdir,
         config=config,
@@ -176,6 +210,8 @@ def load_run(workdir: str | Path, checkpoint: str = DEFAULT_CHECKPOINT) -> Loade
         results=results,
         run_status=status,
         run_status_note=note,
+        calibration=calibration,
+        calibration_note=calibration_note,
     )
 
 
@@ -474,17 +510,20 @@ CHECKPOINT_HELP = (
 )
 
 
-def run_parser(prog: str, description: str, *, ensemble: bool = False) -> argparse.ArgumentParser:
+def run_parser(
+    prog: str, description: str, *, ensemble: bool = False, required: bool = True
+) -> argparse.ArgumentParser:
     """The parser of a command line that reads run folders, with its ``--workdir``: one run,
-    or with ``ensemble`` one or more (a list)."""
+    or with ``ensemble`` one or more (a list); ``required=False`` when another option
+    (evaluate's ``--compare``) can name the runs instead."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     runs = "run folder written by python -m cxrjax.train"
     if ensemble:
         p.add_argument(
-            "--workdir", action="append", required=True, metavar="RUN", help=f"{runs} (repeat for an ensemble)"
+            "--workdir", action="append", required=required, metavar="RUN", help=f"{runs} (repeat for an ensemble)"
         )
     else:
-        p.add_argument("--workdir", required=True, help=runs)
+        p.add_argument("--workdir", required=required, help=runs)
     return p
 
 

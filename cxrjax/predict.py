@@ -15,6 +15,15 @@ Runs trained with ``normalization="dataset"`` normalise with the train-split mea
 stored in the run folder (``normalization.json``), so the training data is not needed;
 only older runs without that file reopen the training dataset for them.
 
+Probabilities: the calibrated ones (the run's temperature scaling, fitted on its
+validation split, ``calibration.json``) when the run has it for the loaded checkpoint,
+else the raw softmax; ``--raw`` prints the raw ones. ``--json`` carries both
+(``raw_probabilities``, ``calibrated_probabilities``) and says which ``probabilities``
+are (``"probabilities": "calibrated" | "raw"``, with the temperature). The predicted class
+is the same either way (temperature scaling keeps the order of a row's probabilities).
+With stored operating thresholds (``target_sensitivity`` on validation), ``--json`` also
+says per class whether the raw probability reaches its threshold (``screen_positive``).
+
 A file that cannot be read gets a clear per-file error; the others are still classified,
 and the exit status is 1 so scripts notice.
 """
@@ -44,24 +53,43 @@ PREDICT_SPLIT = "predict"
 
 @dataclass
 class FilePrediction:
-    """One input file: probabilities (model class order) or the reason it was not read."""
+    """One input file: probabilities (model class order) or the reason it was not read.
+
+    ``probs`` are the raw softmax probabilities, ``calibrated`` the same after the run's
+    temperature scaling (None without one); :meth:`shown` is what is printed."""
 
     file: str
     probs: np.ndarray | None = None
     error: str | None = None
     gradcam: str | None = None
+    calibrated: np.ndarray | None = None
 
-    def to_dict(self, class_names: Sequence[str]) -> dict[str, Any]:
+    def shown(self, raw: bool = False) -> np.ndarray | None:
+        """The calibrated probabilities when there are (and ``raw`` is False), else the raw ones."""
+        return self.probs if raw or self.calibrated is None else self.calibrated
+
+    def to_dict(
+        self, class_names: Sequence[str], *, raw: bool = False, thresholds: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         if self.error is not None:
             return {"file": self.file, "error": self.error}
-        k = int(np.argmax(self.probs))
+        probs = self.shown(raw)
+        k = int(np.argmax(probs))
+        as_dict = lambda p: None if p is None else {name: float(v) for name, v in zip(class_names, p)}
         out = {
             "file": self.file,
             "predicted_class": class_names[k],
             "predicted_index": k,
-            "probability": float(self.probs[k]),
-            "probabilities": {name: float(p) for name, p in zip(class_names, self.probs)},
+            "probability": float(probs[k]),
+            "probabilities": as_dict(probs),
+            "raw_probabilities": as_dict(self.probs),
+            "calibrated_probabilities": as_dict(self.calibrated),
         }
+        if thresholds:
+            out["screen_positive"] = {
+                name: None if thresholds.get(name) is None else bool(p >= thresholds[name])
+                for name, p in zip(class_names, self.probs)
+            }
         if self.gradcam is not None:
             out["gradcam"] = self.gradcam
         return out
@@ -137,8 +165,10 @@ def predict_files(
         run, files, inference.statistics_source(run, data_dir=data_dir), **{PREDICT_SPLIT: records}
     )
     preds = predict_split(run, view, PREDICT_SPLIT, batch_size, desc="predict", progress=progress)
-    for result, p in zip(readable, preds.probs):
+    calibrated = run.calibrated(preds.probs)
+    for i, (result, p) in enumerate(zip(readable, preds.probs)):
         result.probs = p
+        result.calibrated = None if calibrated is None else calibrated[i]
     if gradcam_dir is not None:
         # Each image's predicted class is explained.
         maps = saliency(run, view, PREDICT_SPLIT, method=method, layer=layer, batch_size=batch_size, progress=progress)
@@ -152,24 +182,29 @@ def predict_files(
     return results
 
 
-def format_table(results: Sequence[FilePrediction], class_names: Sequence[str]) -> str:
-    """One row per file: file, predicted class and its probability, then every class."""
+def format_table(
+    results: Sequence[FilePrediction], class_names: Sequence[str], *, raw: bool = False, shown: str = ""
+) -> str:
+    """One row per file: file, predicted class and its probability, then every class
+    (:meth:`FilePrediction.shown` probabilities; ``shown`` says which, at the header's end)."""
     width = max([len(r.file) for r in results] + [4])
     cols = [max(len(c), 6) for c in class_names]
     pred_w = max(len(c) for c in class_names) + 2
     lines = [
         f"{'file':<{width}}  {'predicted':<{pred_w}}{'p':>7}  "
         + "  ".join(f"{c:>{w}}" for c, w in zip(class_names, cols))
+        + (f"  ({shown} probabilities)" if shown else "")
     ]
     for r in results:
         name = r.file
         if r.error is not None:
             lines.append(f"{name:<{width}}  ERROR: {r.error}")
             continue
-        k = int(np.argmax(r.probs))
+        probs = r.shown(raw)
+        k = int(np.argmax(probs))
         lines.append(
-            f"{name:<{width}}  {class_names[k]:<{pred_w}}{r.probs[k]:>7.4f}  "
-            + "  ".join(f"{p:>{w}.4f}" for p, w in zip(r.probs, cols))
+            f"{name:<{width}}  {class_names[k]:<{pred_w}}{probs[k]:>7.4f}  "
+            + "  ".join(f"{p:>{w}.4f}" for p, w in zip(probs, cols))
             + (f"  -> {r.gradcam}" if r.gradcam else "")
         )
     return "\n".join(lines)
@@ -185,6 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gradcam", metavar="OUT_DIR", help="also write a Grad-CAM overlay PNG per image here")
     add_saliency_arguments(p, method_help="saliency method for --gradcam (default: gradcam)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="print the raw softmax probabilities (default: calibrated by the run's temperature, if it has one)",
+    )
     inference.add_checkpoint_arguments(p)
     p.add_argument(
         "--data-dir",
@@ -205,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except inference.USER_ERRORS as error:  # unreadable image files are reported per file instead
         return inference.user_error(error)
+    shown = "raw" if a.raw or run.temperature is None else "calibrated"
+    thresholds = (run.calibration or {}).get("operating_thresholds")
     if a.json:
         print(
             json.dumps(
@@ -214,13 +256,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "run_status": run.run_status,
                     "run_status_note": run.run_status_note,
                     "class_names": list(run.class_names),
-                    "predictions": [r.to_dict(run.class_names) for r in results],
+                    "probabilities": shown,  # which ones "probabilities" / "probability" of each file are
+                    "temperature": run.temperature,
+                    "calibration_note": run.calibration_note,
+                    "operating_points": None
+                    if thresholds is None
+                    else {
+                        "thresholds": thresholds,
+                        "target_sensitivity": run.calibration.get("target_sensitivity"),
+                        "apply_to": "raw probabilities",
+                    },
+                    "predictions": [r.to_dict(run.class_names, raw=a.raw, thresholds=thresholds) for r in results],
                 },
                 indent=2,
             )
         )
     else:
-        print(format_table(results, run.class_names))
+        what = f"calibrated, temperature {run.temperature:.3g}" if shown == "calibrated" else "raw"
+        print(format_table(results, run.class_names, raw=a.raw, shown=what))
+        if shown == "raw" and not a.raw and run.calibration_note:
+            print(f"note: raw probabilities: {run.calibration_note}", file=sys.stderr)
     if run.run_status_note:
         print(f"note: {run.run_status_note}", file=sys.stderr)
     failed = [r for r in results if r.error is not None]

@@ -3,6 +3,7 @@
 ```
 python -m cxrjax.evaluate --workdir RUN [--workdir RUN2 ...] [--dataset NAME
     --manual-dir DIR --data-dir DIR] [--split test]
+python -m cxrjax.evaluate --compare RUN_A RUN_B [--split test]
 ```
 
 ```python
@@ -11,7 +12,8 @@ result = evaluate(EvalOptions(workdirs=("runs/exp4",)))   # writes eval_<dataset
 ```
 
 Modules: ``report`` (per-run and ensemble reports), ``ensemble`` (probability
-averaging). The run and its dataset come from ``cxrjax.inference``, the probes from
+averaging), ``compare`` (two runs on the same split, paired: ``--compare RUN_A RUN_B``).
+The run and its dataset come from ``cxrjax.inference``, the probes from
 ``cxrjax.explain``, metrics and plots from ``cxrjax.reporting``.
 """
 

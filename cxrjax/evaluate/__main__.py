@@ -5,11 +5,12 @@ from __future__ import annotations
 import sys
 
 from cxrjax import inference
+from cxrjax.evaluate.compare import CompareOptions, compare_runs, format_comparison
 from cxrjax.evaluate.report import EvalOptions, evaluate, format_ensemble, format_member
 from cxrjax.explain.gradcam import METHODS, add_saliency_arguments
 
 
-def parse_args(argv=None) -> EvalOptions:
+def parse_args(argv=None) -> EvalOptions | CompareOptions:
     p = inference.run_parser(
         "python -m cxrjax.evaluate",
         "Evaluate a trained run (its best checkpoint) on a prepared dataset: metrics, "
@@ -18,6 +19,14 @@ def parse_args(argv=None) -> EvalOptions:
         "ensemble (mean of the softmax probabilities). Writes eval_<dataset>_<split>.json "
         "and the plots into each run folder.",
         ensemble=True,
+        required=False,
+    )
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("RUN_A", "RUN_B"),
+        help="instead of --workdir: compare two runs on the same split, paired (difference with a paired-bootstrap "
+        "interval, exact McNemar test); refused if their splits hold different examples",
     )
     inference.add_dataset_arguments(
         p,
@@ -35,8 +44,29 @@ def parse_args(argv=None) -> EvalOptions:
     p.add_argument("--no-probes", action="store_true", help="skip the lung-masked and source probes")
     p.add_argument("--no-pointing-game", action="store_true", help="skip the Grad-CAM pointing game")
     p.add_argument("--out", help="folder for the ensemble report (default: the first run folder)")
+    p.add_argument(
+        "--bootstrap-resamples",
+        type=int,
+        metavar="N",
+        help="stratified bootstrap resamples of the 95%% intervals (default: the run's; 0: none)",
+    )
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    if bool(a.workdir) == bool(a.compare):
+        p.error("give --workdir RUN (one or more) or --compare RUN_A RUN_B")
+    if a.bootstrap_resamples is not None and a.bootstrap_resamples < 0:
+        p.error(f"--bootstrap-resamples must be >= 0, got {a.bootstrap_resamples}")
+    if a.compare:
+        if a.bootstrap_resamples == 0:
+            p.error("--compare needs bootstrap resamples (--bootstrap-resamples >= 1)")
+        return CompareOptions(
+            run_a=a.compare[0],
+            run_b=a.compare[1],
+            **inference.common_kwargs(a),
+            bootstrap_resamples=a.bootstrap_resamples,
+            out=a.out,
+            progress=not a.no_progress,
+        )
     return EvalOptions(
         workdirs=tuple(a.workdir),
         **inference.common_kwargs(a),
@@ -45,12 +75,21 @@ def parse_args(argv=None) -> EvalOptions:
         layer=a.layer,
         out=a.out,
         cam_methods=tuple(a.cam_method or METHODS),
+        bootstrap_resamples=a.bootstrap_resamples,
         progress=not a.no_progress,
     )
 
 
 def main(argv=None) -> int:
     options = parse_args(argv)
+    if isinstance(options, CompareOptions):
+        try:
+            report = compare_runs(options)
+        except inference.USER_ERRORS as error:
+            return inference.user_error(error)
+        print(format_comparison(report))
+        print(f"wrote {report['path']}")
+        return 0
     try:
         result = evaluate(options)
     except inference.USER_ERRORS as error:

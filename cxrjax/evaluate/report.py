@@ -1,7 +1,10 @@
 """Evaluate one or several trained runs on a prepared dataset, and write the reports.
 
 For each run: metrics (``cxrjax.reporting.metrics.classification_report``) on every example
-of the split, confusion / ROC / precision-recall plots, the per-example probabilities,
+of the split with their calibration (raw and after the run's temperature scaling),
+stratified-bootstrap 95% intervals and operating points
+(``cxrjax.reporting.calibration.split_calibration_report``), confusion / ROC /
+precision-recall / reliability plots, the per-example probabilities (raw and calibrated),
 and, where the dataset carries the masks, the shortcut probes:
 - lung-masked evaluation (lung masks: D4, phantoms): accuracy with only the lungs
   visible and with the lungs blanked, next to the normal one, with a verdict in words;
@@ -10,6 +13,12 @@ and, where the dataset carries the masks, the shortcut probes:
   D4 with its metadata; ``sources.py``).
 Several runs make an ensemble by averaging their probabilities (``ensemble.py``); its
 metrics (and its lung-masked probe) are reported next to each member's.
+
+The temperature and the operating thresholds come from the run's ``calibration.json``
+(fitted on validation when it was trained). A run without one for the loaded checkpoint
+(trained before it existed, or another checkpoint than the evaluated one) gets them
+fitted here on the dataset's validation split, or, without one, raw probabilities only;
+the report's ``calibration_source`` says which.
 """
 
 from __future__ import annotations
@@ -26,10 +35,12 @@ from cxrjax.evaluate.ensemble import average_probabilities, check_members_aligne
 from cxrjax.explain import probes
 from cxrjax.explain.gradcam import METHODS
 from cxrjax.explain.split import lung_mask_probe, pointing_game_split
+from cxrjax.reporting import calibration as calib
 from cxrjax.reporting.jsonio import write_json
 from cxrjax.reporting.metrics import classification_report, format_report
-from cxrjax.reporting.plots import plot_confusion_matrix, plot_precision_recall, plot_roc_curves
+from cxrjax.reporting.plots import plot_confusion_matrix, plot_precision_recall, plot_reliability, plot_roc_curves
 from cxrjax.train.evaluation import SplitPredictions, predict_split
+from cxrjax.train.workdir import CALIBRATION_FILE
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,7 @@ class EvalOptions:
     layer: str | None = None  # Grad-CAM layer (default: the model's last conv stage)
     cam_methods: tuple[str, ...] = METHODS  # saliency methods of the pointing game
     out: str | None = None  # ensemble report folder (default: the first workdir)
+    bootstrap_resamples: int | None = None  # None: the run's config.bootstrap_resamples; 0: no intervals
     progress: bool = True
 
     def __post_init__(self):
@@ -58,6 +70,8 @@ class EvalOptions:
             raise ValueError(f"checkpoint={self.checkpoint!r}: choose one of {inference.CHECKPOINTS}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.bootstrap_resamples is not None and self.bootstrap_resamples < 0:
+            raise ValueError(f"bootstrap_resamples must be >= 0, got {self.bootstrap_resamples}")
         unknown = sorted(set(self.cam_methods) - set(METHODS))
         if unknown or not self.cam_methods:
             raise ValueError(f"cam_methods must be some of {METHODS}, got {self.cam_methods}")
@@ -95,19 +109,103 @@ def _plots(
     confusion: Sequence[Sequence[int]],
     class_names: Sequence[str],
     title: str,
+    *,
+    calibrated: np.ndarray | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
+    """Confusion, ROC and precision-recall (marking the operating points of ``calibration``,
+    if any) and reliability (raw, and ``calibrated`` if given) PNGs; their file names."""
+    markers = (calibration or {}).get("operating_thresholds")
+    note = f" ({calibration['target_sensitivity']:.0%} sens. on validation)" if markers else ""
     paths = {
         "confusion_matrix": plot_confusion_matrix(
             confusion, class_names, folder / f"{stem}_confusion_matrix.png", title=f"confusion matrix: {title}"
         ),
         "roc_curves": plot_roc_curves(
-            labels, probs, class_names, folder / f"{stem}_roc_curves.png", title=f"ROC (one vs rest): {title}"
+            labels,
+            probs,
+            class_names,
+            folder / f"{stem}_roc_curves.png",
+            title=f"ROC (one vs rest): {title}",
+            markers=markers,
+            markers_note=note,
         ),
         "precision_recall": plot_precision_recall(
-            labels, probs, class_names, folder / f"{stem}_precision_recall.png", title=f"precision-recall: {title}"
+            labels,
+            probs,
+            class_names,
+            folder / f"{stem}_precision_recall.png",
+            title=f"precision-recall: {title}",
+            markers=markers,
+            markers_note=note,
         ),
     }
+    if len(labels):
+        paths["reliability"] = plot_reliability(
+            labels,
+            probs,
+            folder / f"{stem}_reliability.png",
+            calibrated_probs=calibrated,
+            title=f"reliability (n={len(labels)}): {title}",
+        )
     return {k: Path(v).name for k, v in paths.items()}
+
+
+def member_calibration(
+    run: Any, view: Any, mapping: np.ndarray | None, request: Mapping[str, Any], options: EvalOptions
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(calibration, source) for evaluating ``run``: its calibration.json for the loaded
+    checkpoint; else fitted here on the dataset's validation split (its predictions, the
+    run's ``target_sensitivity``); else None (raw probabilities only). ``source`` is
+    ``{"source": "calibration.json" | "validation split, fitted by evaluate" | None,
+    "note": what that means, None for calibration.json}``."""
+    split = "validation"
+    if run.calibration is not None:
+        own = request["name"] == run.config.dataset and dict(request["options"] or {}) == dict(
+            run.config.dataset_options or {}
+        )
+        note = None
+        if own and options.split == split:
+            note = (
+                f"the temperature and operating thresholds of {CALIBRATION_FILE} were fitted on this {split} "
+                "split: its calibrated numbers and operating points are in-sample"
+            )
+        return run.calibration, {"source": CALIBRATION_FILE, "note": note}
+    if split not in view.splits or not len(view.splits[split]):
+        return None, {
+            "source": None,
+            "note": f"{run.calibration_note}; the dataset has no {split} split to fit them on, so only raw "
+            "probabilities are reported (no temperature, no operating points)",
+        }
+    preds = predict_split(
+        run, view, split, options.batch_size, mapping=mapping, desc=f"calibrate on {split}", progress=options.progress
+    )
+    fitted = calib.fit_calibration(preds.labels, preds.probs, run.class_names, run.config.target_sensitivity)
+    note = (
+        f"{run.calibration_note}; evaluate fitted the temperature and the operating thresholds on the "
+        f"{split} split of {request['name']} ({len(preds.labels)} examples)"
+    )
+    if options.split == split:
+        note += ", the split evaluated: its calibrated numbers are in-sample"
+    return fitted, {"source": f"{split} split, fitted by evaluate", "note": note}
+
+
+def calibration_fields(
+    run: Any, labels: np.ndarray, probs: np.ndarray, calibration: Mapping[str, Any] | None, options: EvalOptions
+) -> dict[str, Any]:
+    """:func:`cxrjax.reporting.calibration.split_calibration_report` for one run's split:
+    the bootstrap seeded with the run's seed, ``options.bootstrap_resamples`` or the run's."""
+    resamples = options.bootstrap_resamples
+    return calib.split_calibration_report(
+        labels,
+        probs,
+        run.class_names,
+        temperature=None if calibration is None else calibration["temperature"],
+        thresholds=None if calibration is None else calibration["operating_thresholds"],
+        target_sensitivity=run.config.target_sensitivity if calibration is None else calibration["target_sensitivity"],
+        resamples=run.config.bootstrap_resamples if resamples is None else resamples,
+        seed=run.config.seed,
+    )
 
 
 def evaluate_member(
@@ -120,6 +218,10 @@ def evaluate_member(
         run, view, split, options.batch_size, mapping=mapping, desc=f"eval {split}", progress=options.progress
     )
     metrics = classification_report(preds.labels, preds.probs, run.class_names)
+    calibration, source = member_calibration(run, view, mapping, request, options)
+    metrics.update(calibration_fields(run, preds.labels, preds.probs, calibration, options))
+    temperature = None if calibration is None else calibration["temperature"]
+    calibrated = None if temperature is None else calib.apply_temperature(preds.probs, temperature)
     report: dict[str, Any] = {
         "workdir": str(run.workdir),
         "checkpoint": {"which": run.checkpoint, "step": run.step, "epoch": run.epoch},
@@ -133,6 +235,7 @@ def evaluate_member(
         "dataset_class_names": list(ds.class_names),
         "input_config": run.input_config.to_dict(),
         "metrics": metrics,
+        "calibration_source": {**source, "temperature": temperature},
         "lung_mask_probe": None,
         "pointing_game": None,
     }
@@ -164,6 +267,7 @@ def evaluate_member(
         "label": preds.labels.tolist(),
         "predicted": preds.predictions.tolist(),
         "probs": preds.probs.tolist(),
+        "calibrated_probs": None if calibrated is None else calibrated.tolist(),
     }
     member = MemberResult(run=run, report=report, predictions=preds, masked_probs=masked)
     if write:
@@ -177,6 +281,8 @@ def evaluate_member(
             metrics["confusion_matrix"],
             run.class_names,
             f"{run.config.model} on {request['name']} {split}",
+            calibrated=calibrated,
+            calibration=calibration,
         )
         member.path = folder / f"{stem}.json"
         write_json(member.path, report)
@@ -233,6 +339,8 @@ def ensemble_report(
     labels = members[0].predictions.labels
     probs = average_probabilities([m.predictions.probs for m in members])
     metrics = classification_report(labels, probs, classes)
+    # Raw probabilities only: each member has its own temperature, the average has none.
+    metrics.update(calibration_fields(members[0].run, labels, probs, None, options))
     probe = None
     if all(m.masked_probs for m in members):
         masked = {mode: average_probabilities([m.masked_probs[mode] for m in members]) for mode in probes.MASK_MODES}
@@ -294,10 +402,13 @@ def format_member(report: Mapping[str, Any]) -> str:
         f"== {report['workdir']} ({report['model']}, {report['checkpoint']['which']} checkpoint, "
         f"step {report['checkpoint']['step']}) on {report['dataset']} {report['split']}: "
         f"{m['num_examples']} examples",
-        f"accuracy {m['accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  "
-        f"ROC-AUC (ovr) {_fmt(m['roc_auc_ovr'])}  loss {_fmt(m['loss'])}",
+        *calib.format_split_summary(m),
+        f"loss {_fmt(m['loss'])}",
         format_report(m),
     ]
+    source = report.get("calibration_source") or {}
+    if source.get("note"):
+        lines.insert(1, f"note: calibration: {source['note']}")
     if report.get("run_status_note"):
         lines.insert(1, f"note: {report['run_status_note']}")
     if report.get("lung_mask_probe"):

@@ -441,3 +441,211 @@ def cramers_v(a: Sequence[Any], b: Sequence[Any]) -> float:
     expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / n
     chi2 = float(((table - expected) ** 2 / expected).sum())
     return math.sqrt(chi2 / (n * (min(table.shape) - 1)))
+
+
+# ----------------------------------------------------------------------------------------
+# Per-example statistics: predictions of one split
+# ----------------------------------------------------------------------------------------
+# A split's metrics are estimates from a finite sample of images: a 66-image test set
+# (DP) carries about +-10 accuracy points. These functions give the interval of one run's
+# metrics (stratified bootstrap) and compare two runs' predictions of the SAME examples
+# (paired bootstrap, exact McNemar).
+#
+# The bootstrap is stratified by label: each resample draws, class by class, as many
+# examples as the class has, with replacement, so every resample keeps the split's class
+# counts (the design of a test set with fixed class sizes, and every class present for
+# its ROC curve). The intervals are percentile intervals. A resample's metrics come from
+# how many times it drew each example (a count matrix), computed for all resamples at
+# once; they equal scikit-learn's accuracy_score, f1_score(average="macro") and
+# roc_auc_score (one-vs-rest, macro over the classes with positives and negatives, as
+# cxrjax.reporting.metrics.classification_report) on the resampled arrays
+# (tests/reporting/test_example_stats.py checks it) -- 2,000 scikit-learn calls per
+# metric would cost seconds per split at the end of every run.
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_METRICS = ("accuracy", "macro_f1", "roc_auc_ovr")
+_CHUNK_CELLS = 2_000_000  # resamples x examples drawn at a time (memory bound)
+
+
+def _labels_probs(labels: Sequence[int] | np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels, np.int64)
+    probs = np.asarray(probs, np.float64)
+    if probs.ndim != 2 or probs.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"probs must have shape [examples, classes] with {labels.shape[0]} examples, got {probs.shape}"
+        )
+    return labels, probs
+
+
+def stratified_counts(labels: np.ndarray, resamples: int, rng: np.random.Generator):
+    """Chunks of float64 [r, N]: how often each resample drew each example, class by class
+    with replacement (``sum(chunk, 1) == N``, per class the class's size)."""
+    labels = np.asarray(labels, np.int64)
+    n = labels.shape[0]
+    groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    chunk = max(1, _CHUNK_CELLS // max(n, 1))
+    for start in range(0, resamples, chunk):
+        r = min(chunk, resamples - start)
+        draws = np.concatenate([g[rng.integers(0, len(g), size=(r, len(g)))] for g in groups], axis=1)
+        flat = (np.arange(r)[:, None] * n + draws).ravel()
+        yield np.bincount(flat, minlength=r * n).reshape(r, n).astype(np.float64)
+
+
+def _weighted_auc(weights: np.ndarray, positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC-AUC of each row of example weights [r, N] (Mann-Whitney with ties as 1/2)."""
+    values, inverse = np.unique(scores, return_inverse=True)
+    u = len(values)
+    r = weights.shape[0]
+
+    def per_value(mask: np.ndarray) -> np.ndarray:  # [r, u]: weight of the masked examples at each score value
+        idx = (np.arange(r)[:, None] * u + inverse[mask][None, :]).ravel()
+        return np.bincount(idx, weights=weights[:, mask].ravel(), minlength=r * u).reshape(r, u)
+
+    pos, neg = per_value(positive), per_value(~positive)
+    below = np.cumsum(neg, axis=1) - neg  # negatives strictly below each score value
+    wins = np.sum(pos * (below + 0.5 * neg), axis=1)
+    return wins / (pos.sum(axis=1) * neg.sum(axis=1))
+
+
+def _weighted_metrics(weights: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+    """accuracy, macro-F1 and one-vs-rest macro ROC-AUC (NaN: no class has both positives
+    and negatives) of each row of example weights [r, N]."""
+    k = probs.shape[1]
+    preds = probs.argmax(axis=1)
+    total = weights.sum(axis=1)
+    out = {"accuracy": weights @ (preds == labels).astype(np.float64) / total}
+    f1 = []
+    for c in range(k):
+        tp = weights @ ((labels == c) & (preds == c)).astype(np.float64)
+        fp = weights @ ((labels != c) & (preds == c)).astype(np.float64)
+        fn = weights @ ((labels == c) & (preds != c)).astype(np.float64)
+        denominator = 2 * tp + fp + fn
+        f1.append(np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0))
+    out["macro_f1"] = np.mean(f1, axis=0)
+    aucs = [
+        _weighted_auc(weights, labels == c, probs[:, c])
+        for c in range(k)
+        if (labels == c).any() and (labels != c).any()
+    ]
+    out["roc_auc_ovr"] = np.mean(aucs, axis=0) if aucs else np.full(weights.shape[0], np.nan)
+    return out
+
+
+def split_metrics(labels: Sequence[int] | np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
+    """accuracy, macro_f1, roc_auc_ovr of the whole split (what the bootstrap resamples)."""
+    labels, probs = _labels_probs(labels, probs)
+    values = _weighted_metrics(np.ones((1, labels.shape[0])), labels, probs)
+    return {name: (float(v[0]) if np.isfinite(v[0]) else None) for name, v in values.items()}
+
+
+def _percentile(values: np.ndarray, confidence: float) -> tuple[list[float] | None, int]:
+    """([low, high] percentile interval of the finite values or None, number skipped)."""
+    finite = values[np.isfinite(values)]
+    skipped = int(values.size - finite.size)
+    if not finite.size:
+        return None, skipped
+    tail = 50.0 * (1.0 - confidence)
+    low, high = np.percentile(finite, [tail, 100.0 - tail])
+    return [float(low), float(high)], skipped
+
+
+def bootstrap_ci(
+    labels: Sequence[int] | np.ndarray,
+    probs: np.ndarray,
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+) -> dict[str, object]:
+    """Stratified percentile bootstrap intervals of accuracy, macro-F1 and ROC-AUC (ovr):
+
+    ``{"accuracy": [lo, hi], "macro_f1": [lo, hi], "roc_auc_ovr": [lo, hi] or None,
+    "resamples", "seed", "confidence", "skipped_resamples": {metric: n}}``. A resample
+    whose ROC-AUC is undefined (no class with both positives and negatives) is skipped
+    for that metric and counted; an interval with no defined resample is None.
+    """
+    labels, probs = _labels_probs(labels, probs)
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    if not labels.shape[0]:
+        raise ValueError("bootstrap_ci needs at least one example")
+    rng = np.random.default_rng(seed)
+    chunks = [_weighted_metrics(c, labels, probs) for c in stratified_counts(labels, resamples, rng)]
+    out: dict[str, object] = {}
+    skipped = {}
+    for name in BOOTSTRAP_METRICS:
+        out[name], skipped[name] = _percentile(np.concatenate([c[name] for c in chunks]), confidence)
+    settings = {"resamples": int(resamples), "seed": int(seed), "confidence": confidence}
+    return {**out, **settings, "skipped_resamples": skipped}
+
+
+def paired_bootstrap(
+    labels: Sequence[int] | np.ndarray,
+    probs_a: np.ndarray,
+    probs_b: np.ndarray,
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+) -> dict[str, object]:
+    """Two runs' predictions of the same examples: per metric (:data:`BOOTSTRAP_METRICS`)
+    ``{"a", "b", "difference" (a - b), "ci": [lo, hi] of the difference}``, every
+    resample drawing the same examples for both (stratified as :func:`bootstrap_ci`), so
+    what the two runs share (the hard and the easy images) cancels out of the interval."""
+    labels, probs_a = _labels_probs(labels, probs_a)
+    _, probs_b = _labels_probs(labels, probs_b)
+    if probs_a.shape != probs_b.shape:
+        raise ValueError(f"paired_bootstrap: probabilities of different shapes {probs_a.shape} and {probs_b.shape}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    rng = np.random.default_rng(seed)
+    diffs: dict[str, list[np.ndarray]] = {name: [] for name in BOOTSTRAP_METRICS}
+    for counts in stratified_counts(labels, resamples, rng):
+        a, b = _weighted_metrics(counts, labels, probs_a), _weighted_metrics(counts, labels, probs_b)
+        for name in BOOTSTRAP_METRICS:
+            diffs[name].append(a[name] - b[name])
+    point_a, point_b = split_metrics(labels, probs_a), split_metrics(labels, probs_b)
+    out: dict[str, object] = {}
+    for name in BOOTSTRAP_METRICS:
+        ci, skipped = _percentile(np.concatenate(diffs[name]), confidence)
+        a, b = point_a[name], point_b[name]
+        diff = None if a is None or b is None else a - b
+        out[name] = {"a": a, "b": b, "difference": diff, "ci": ci, "skipped_resamples": skipped}
+    return {**out, "resamples": int(resamples), "seed": int(seed), "confidence": confidence}
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """Exact McNemar test of two classifiers on the same examples: ``b`` examples only A
+    got right, ``c`` only B got right; ``p`` two-sided, binomial(b + c, 1/2) on b."""
+
+    b: int
+    c: int
+    p: float
+    n: int  # examples compared
+
+    def to_dict(self) -> dict[str, object]:
+        return {"a_right_b_wrong": self.b, "a_wrong_b_right": self.c, "p": self.p, "examples": self.n}
+
+
+def mcnemar_exact(correct_a: Sequence[bool] | np.ndarray, correct_b: Sequence[bool] | np.ndarray) -> McNemar:
+    """Exact (binomial) McNemar test on the discordant pairs; no discordant pair: p = 1."""
+    a, b_ = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    if a.shape != b_.shape:
+        raise ValueError(f"mcnemar_exact needs equal lengths, got {a.shape[0]} and {b_.shape[0]}")
+    b, c = int(np.sum(a & ~b_)), int(np.sum(~a & b_))
+    p = 1.0 if b + c == 0 else float(min(1.0, 2.0 * _sps.binom.cdf(min(b, c), b + c, 0.5)))
+    return McNemar(b=b, c=c, p=p, n=int(a.size))
+
+
+def format_interval(name: str, value: float | None, ci: Sequence[float] | None, n: int | None = None) -> str:
+    """``accuracy 0.833 [0.742, 0.909] (n=66: +-8.4 points)``: a metric, its interval and
+    the interval's half-width in percentage points, so a small split's noise is shown
+    with its number."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return f"{name} n/a"
+    text = f"{name} {value:.3f}"
+    if ci is not None:
+        half = 100.0 * (ci[1] - ci[0]) / 2.0
+        text += f" [{ci[0]:.3f}, {ci[1]:.3f}] ({'' if n is None else f'n={n}: '}+-{half:.1f} points)"
+    return text

@@ -59,6 +59,8 @@ RESULT_IRRELEVANT_FIELDS = frozenset(
         "compilation_cache_dir",
         "max_skipped_fraction",  # when to give up on skipped steps, not what is trained
         "plots",  # the run's PNGs, drawn after training
+        "target_sensitivity",  # reporting only: operating thresholds chosen after training
+        "bootstrap_resamples",  # reporting only: confidence intervals of the results
     }
 )
 
@@ -274,7 +276,22 @@ class TrainConfig(InputOptions):
         help="data-parallel compilation: shard_map (jit over a device mesh) or pmap",
     )
     dtype: str = option("float32", flag=True, choices=DTYPES, help="computation dtype; params stay float32")
-    seed: int = option(0, flag=True, help="seed of the initial weights, batches and augmentation")
+    seed: int = option(0, flag=True, help="seed of the initial weights, batches and augmentation (and the bootstrap)")
+    # --- reporting (result-irrelevant: what results.json says about the trained model) --
+    target_sensitivity: float = option(
+        0.95,
+        flag=True,
+        gt=0,
+        le=1,
+        help="per class (one vs rest), the operating threshold chosen on validation reaches this sensitivity; "
+        "results.json gives the sensitivity/specificity it has on test",
+    )
+    bootstrap_resamples: int = option(
+        2000,
+        flag=True,
+        ge=0,
+        help="stratified bootstrap resamples for the confidence intervals of accuracy, macro-F1 and ROC-AUC (0: none)",
+    )
     # --- checkpoints and logging (result-irrelevant) -----------------------------------
     checkpoint_every_steps: int | None = option(None, flag=True, ge=1, help="also checkpoint mid-epoch every N steps")
     log_every_steps: int = option(20, ge=1, help="fetch metrics to the host (progress bar, NaN check) every N steps")

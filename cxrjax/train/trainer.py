@@ -20,7 +20,12 @@ What happens, in order:
    early stopping / reduce-on-plateau decide, one line goes to metrics.jsonl and an
    end-of-epoch checkpoint is saved asynchronously.
 5. The best checkpoint (or the last, with ``restore_best=False``) is restored and the
-   validation and test splits evaluated; plots and ``results.json`` are written.
+   validation and test splits evaluated. A temperature and per-class operating thresholds
+   (``target_sensitivity``) are fitted on the validation predictions and written to
+   ``calibration.json``; every split's report gets its calibration before/after, bootstrap
+   intervals (``bootstrap_resamples``, seeded by ``seed``) and operating points
+   (``cxrjax.reporting.calibration.split_calibration_report``); plots and
+   ``results.json`` are written.
 
 Non-finite loss or gradients, or an update that would make the state non-finite, never
 corrupt the state (steps.py). With ``on_nonfinite="stop"`` the first such step raises
@@ -51,6 +56,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cxrjax.data.errors import DataError
+from cxrjax.reporting import calibration as calib
 from cxrjax.reporting import plots
 from cxrjax.train import workdir as files
 from cxrjax.train.checkpointing import CheckpointStore
@@ -671,6 +677,36 @@ def _epoch_record(
     }
 
 
+def _calibrate(
+    config: TrainConfig, workdir: Path, names: list[str], val_preds: Any, evaluated: dict[str, Any]
+) -> dict[str, Any]:
+    """Fit the temperature and the operating thresholds on the validation predictions of
+    the evaluated checkpoint; write them to calibration.json (evaluate and predict read
+    it) and return them."""
+    calibration = {
+        **calib.fit_calibration(val_preds.labels, val_preds.probs, names, config.target_sensitivity),
+        "checkpoint": evaluated,
+    }
+    files.write_json(workdir / files.CALIBRATION_FILE, calibration)
+    return calibration
+
+
+def _add_calibration(config: TrainConfig, report: dict[str, Any], preds: Any, calibration: dict[str, Any]) -> None:
+    """The split's calibration before/after, bootstrap intervals and operating points."""
+    report.update(
+        calib.split_calibration_report(
+            preds.labels,
+            preds.probs,
+            report["class_names"],
+            temperature=calibration["temperature"],
+            thresholds=calibration["operating_thresholds"],
+            target_sensitivity=config.target_sensitivity,
+            resamples=config.bootstrap_resamples,
+            seed=config.seed,
+        )
+    )
+
+
 def _final_evaluation(
     setup: RunSetup,
     device_state: Any,
@@ -705,10 +741,25 @@ def _final_evaluation(
                 predictor, setup.dataset, "test", setup.eval_global_batch_size, progress=config.progress
             )
     with timings.phase("results"):
-        results = _results(setup, device_state, progress, stopper, evaluated, val, test, skipped, session_start)
+        calibration = _calibrate(config, workdir, list(setup.dataset.class_names), val_preds, evaluated)
+        for report, split_preds in ((val, val_preds), (test, test_preds)):
+            if report is not None:
+                _add_calibration(config, report, split_preds, calibration)
+        results = _results(
+            setup, device_state, progress, stopper, evaluated, calibration, val, test, skipped, session_start
+        )
     if config.plots:
         with timings.phase("plots"):
-            _plots(setup, workdir, progress.history, best_epoch, evaluated, (val, val_preds), (test, test_preds))
+            _plots(
+                setup,
+                workdir,
+                progress.history,
+                best_epoch,
+                evaluated,
+                calibration,
+                (val, val_preds),
+                (test, test_preds),
+            )
     for warning in results["warnings"]:
         _warn(warning)
     results["timings"] = timings.report(time.perf_counter() - session_start)
@@ -720,6 +771,8 @@ def _final_evaluation(
             f"({evaluated['checkpoint']} checkpoint, epoch {evaluated['epoch']}); results in "
             f"{workdir / files.RESULTS_FILE}",
         )
+        for line in calib.format_split_summary(test, "test"):
+            _say(config, line)
     return files.read_json(workdir / files.RESULTS_FILE)
 
 
@@ -729,6 +782,7 @@ def _results(
     progress: Progress,
     stopper: EarlyStopping,
     evaluated: dict[str, Any],
+    calibration: dict[str, Any],
     val: dict[str, Any],
     test: dict[str, Any] | None,
     skipped: int,
@@ -757,6 +811,7 @@ def _results(
         "monitor": config.monitor,
         "best_monitor_value": stopper.tracker.best,
         "evaluated": evaluated,
+        "calibration": calibration,
         "best_epoch_metrics": best_record,
         "train_images_per_second": statistics.median(speeds) if speeds else None,
         "train_seconds": progress.train_seconds,
@@ -780,11 +835,13 @@ def _plots(
     history: list[dict[str, Any]],
     best_epoch: int | None,
     evaluated: dict[str, Any],
+    calibration: dict[str, Any],
     val: tuple[dict[str, Any], Any],
     test: tuple[dict[str, Any] | None, Any],
 ) -> None:
-    """The run's PNGs: learning curves, and the confusion matrix and ROC curves of the
-    test split (of validation when there is no test split)."""
+    """The run's PNGs: learning curves, the confusion matrix and ROC curves (operating
+    points marked) of the test split (of validation when there is no test split), and a
+    reliability diagram per split."""
     config, names = setup.config, list(setup.dataset.class_names)
     plots.plot_learning_curves(
         history,
@@ -801,5 +858,22 @@ def _plots(
         title=f"{config.model}: {split} (accuracy {shown['accuracy']:.3f})",
     )
     plots.plot_roc_curves(
-        preds.labels, preds.probs, names, workdir / files.ROC_CURVES, title=f"{config.model}: {split} ROC (one-vs-rest)"
+        preds.labels,
+        preds.probs,
+        names,
+        workdir / files.ROC_CURVES,
+        title=f"{config.model}: {split} ROC (one-vs-rest)",
+        markers=calibration["operating_thresholds"],
+        markers_note=f" ({config.target_sensitivity:.0%} sens. on validation)",
     )
+    for name, (report, split_preds) in (("validation", val), ("test", test)):
+        if report is not None and len(split_preds.labels):
+            temperature = calibration["temperature"]
+            scaled = None if temperature is None else calib.apply_temperature(split_preds.probs, temperature)
+            plots.plot_reliability(
+                split_preds.labels,
+                split_preds.probs,
+                workdir / files.RELIABILITY_PLOT.format(split=name),
+                calibrated_probs=scaled,
+                title=f"{config.model}: {name} reliability (n={len(split_preds.labels)})",
+            )

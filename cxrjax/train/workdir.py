@@ -5,7 +5,8 @@
     <workdir>/metrics.jsonl        one JSON line per finished epoch
     <workdir>/results.json         written last: the run is finished when it exists
     <workdir>/checkpoints/<step>/  orbax (checkpointing.py)
-    <workdir>/learning_curves.png, confusion_matrix.png, roc_curves.png
+    <workdir>/calibration.json     temperature + operating thresholds, fitted on validation after training
+    <workdir>/learning_curves.png, confusion_matrix.png, roc_curves.png, reliability_<split>.png
     <workdir>/tensorboard/         optional event files (config.tensorboard)
     <workdir>/tensorboard/hparams/ hyper-parameters + test metrics (written by experiments/grid.py)
 
@@ -52,6 +53,8 @@ TENSORBOARD_DIR = "tensorboard"
 LEARNING_CURVES = "learning_curves.png"
 CONFUSION_MATRIX = "confusion_matrix.png"
 ROC_CURVES = "roc_curves.png"
+CALIBRATION_FILE = "calibration.json"  # temperature and operating thresholds, fitted on validation
+RELIABILITY_PLOT = "reliability_{split}.png"  # .format(split=...)
 
 
 class ConfigMismatchError(ValueError):

@@ -126,7 +126,7 @@ def test_predict_on_files_equals_evaluate_and_survives_bad_files(run_dir, evalua
     expected = np.asarray(evaluated["predictions"]["probs"])
     for i, row in zip(range(3), [rows[0], rows[2], rows[4]]):
         assert list(row["probabilities"]) == list(CLASS_NAMES)
-        probs = np.asarray(list(row["probabilities"].values()))
+        probs = np.asarray(list(row["raw_probabilities"].values()))  # evaluate's "probs" are raw
         assert probs.sum() == pytest.approx(1.0, abs=1e-5)
         np.testing.assert_allclose(probs, expected[i], rtol=1e-5, atol=1e-6)
         assert row["predicted_class"] == CLASS_NAMES[int(expected[i].argmax())]

@@ -73,7 +73,7 @@ def test_predict_without_the_training_data(trained, capsys):
         assert predict_main(["--workdir", str(run_dir), *files, "--json"]) == 0
         rows = json.loads(capsys.readouterr().out)["predictions"]
         assert not data_dir.exists()  # nothing was prepared again
-        got = np.asarray([list(r["probabilities"].values()) for r in rows])
+        got = np.asarray([list(r["raw_probabilities"].values()) for r in rows])
         np.testing.assert_allclose(got, expected[:3], rtol=1e-5, atol=1e-6)
 
         # Older runs (no normalization.json) still need, and use, the training data.
@@ -82,7 +82,7 @@ def test_predict_without_the_training_data(trained, capsys):
         capsys.readouterr()
         assert predict_main(["--workdir", str(run_dir), *files, "--json"]) == 0
         rows = json.loads(capsys.readouterr().out)["predictions"]
-        old = np.asarray([list(r["probabilities"].values()) for r in rows])
+        old = np.asarray([list(r["raw_probabilities"].values()) for r in rows])
         np.testing.assert_allclose(old, expected[:3], rtol=1e-5, atol=1e-6)
     finally:
         if moved.exists():
