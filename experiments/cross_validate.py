@@ -78,6 +78,10 @@ class CvCell:
     def name(self) -> str:
         return f"{self.model}__{self.recipe or 'none'}"
 
+    @property
+    def label(self) -> str:
+        return f"{self.model} with recipe {self.recipe}" if self.recipe else f"{self.model} without recipe"
+
     def run_cell(self, fold: int) -> str:
         return f"{self.name}__fold{fold}"
 
@@ -489,7 +493,11 @@ def main(argv: Sequence[str] | None = None, *, train_fn: TrainFn | None = None) 
     args = build_parser().parse_args(argv)
     workdir = experiment.default_workdir(args, EXPERIMENT)
     try:
-        cells = cells_of(args)
+        known = cells_of(args)
+        if args.list_cells:
+            experiment.list_cells(known)
+            return 0
+        cells = experiment.pick_cells(args, known, known)
         changes = train_options.train_changes(args)
         num_devices = changes.get("num_devices") or experiment.local_device_count()
         seeds = experiment.seeds_of(args)
@@ -527,7 +535,7 @@ def main(argv: Sequence[str] | None = None, *, train_fn: TrainFn | None = None) 
         for fold in range(plan.k):
             fold_of_cell[cell.run_cell(fold)] = fold
             for seed in seeds:
-                specs.append(RunSpec(cell.run_cell(fold), seed, configs[(cell, seed)], group=cell.name))
+                specs.append(RunSpec(cell.run_cell(fold), seed, configs[(cell, seed)], group=cell.run_cell(fold)))
     run_fn = FoldRun(load_args, plan, fold_of_cell, dataset=ds, train_fn=train_fn)
     try:
         records = grid.run_grid(
@@ -542,10 +550,18 @@ def main(argv: Sequence[str] | None = None, *, train_fn: TrainFn | None = None) 
         predictions = {}
         config_of = {(s.cell, s.seed): s.config for s in specs}
         for record in records:
-            if record.ok:
-                fold = fold_of_cell[record.cell]
+            if not record.ok:
+                continue
+            fold = fold_of_cell[record.cell]
+            try:
                 predictions[(record.cell, record.seed)] = write_predictions(
                     record.run_dir, run_fn.view(fold), config_of[(record.cell, record.seed)], fold, record.seed
+                )
+            except Exception as exc:  # noqa: BLE001 - one unreadable run must not end the report
+                print(
+                    f"warning: {record.run_dir}: test-fold predictions not written ({type(exc).__name__}: {exc}); "
+                    "the pooled metrics of its seed are left out",
+                    file=sys.stderr,
                 )
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)

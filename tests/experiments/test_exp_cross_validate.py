@@ -160,3 +160,13 @@ def test_interrupted_cross_validation_resumes_to_the_same_numbers(finished, caps
     assert resumed["name"] == uninterrupted["name"] == "s4_exp2__none"
     assert resumed["runs"] == uninterrupted["runs"]
     assert resumed["pooled"] == uninterrupted["pooled"]
+
+
+def test_cells_are_models_x_recipes_and_unknown_models_are_one_error_line(capsys, tmp_path):
+    assert cv.main(["--model", "lenet5,s4_exp4", "--model", "lenet5", "--recipe", "cxr,none", "--list-cells"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.strip().splitlines()]
+    assert names == ["lenet5__cxr", "lenet5__none", "s4_exp4__cxr", "s4_exp4__none"]
+    assert cv.main(["--model", "resnet9000", "--workdir", str(tmp_path / "x"), "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "'resnet9000'" in err[0] and "lenet5" in err[0]
+    assert not (tmp_path / "x").exists()
