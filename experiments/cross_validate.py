@@ -290,7 +290,9 @@ def _pooled_ci(labels: np.ndarray, probabilities: np.ndarray, seed: int) -> dict
     TODO(lead): the 95% interval is to come from ``cxrjax.reporting.stats.bootstrap_ci``
     (a stratified bootstrap over the examples, seeded with ``seed``; being written by
     another engineer, not on main yet). Until it is connected the intervals are None and
-    only the point metrics are computed.
+    only the point metrics are computed. Connecting it: ``ci = stats.bootstrap_ci(labels,
+    probabilities, seed=seed)`` and ``low, high = ci[key] or (None, None)`` per metric
+    (keys accuracy, macro_f1, roc_auc_ovr), and ``meta["pooled_interval"]`` in main().
     """
     from cxrjax.reporting.metrics import classification_report
 
