@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cxrjax.train import config_args
+from cxrjax.train import config_args, recipes
 from cxrjax.train.config import TrainConfig
 
 # TrainConfig fields with a named flag that an experiment does not take from it: the
@@ -85,7 +85,9 @@ def train_changes(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def apply_changes(config: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
-    """``config`` with ``changes``; dataset_options and model_options are merged, not replaced.
+    """``config`` with ``changes``; dataset_options and model_options are merged, not replaced;
+    a ``recipe`` in ``changes`` is applied first (``cxrjax.train.recipes.resolve``: the
+    experiment's config < the recipe < the other changes).
 
     Raises ValueError (``invalid training option: ...``) for a configuration TrainConfig refuses.
     """
@@ -94,6 +96,6 @@ def apply_changes(config: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
         if name in changes:
             changes[name] = {**getattr(config, name), **changes[name]}
     try:
-        return config.replace(**changes)
+        return recipes.resolve(config, changes)
     except ValueError as err:
         raise ValueError(f"invalid training option: {err}") from err

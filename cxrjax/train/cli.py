@@ -6,8 +6,9 @@
     python -m cxrjax.train --preset s4_exp4_phantoms --classes COVID,Normal --workdir runs/exp4_2cls
     python -m cxrjax.train --list-presets
 
-Start from ``--preset`` (or the TrainConfig defaults); every option given explicitly
-overrides it. ``--set FIELD=VALUE`` sets any TrainConfig field (VALUE parsed as JSON
+Start from ``--preset`` (or the TrainConfig defaults), then ``--recipe NAME`` (a named
+bundle of training options, ``cxrjax.train.recipes``); every option given explicitly
+overrides both. ``--set FIELD=VALUE`` sets any TrainConfig field (VALUE parsed as JSON
 when it parses, e.g. ``--set label_smoothing=0.1 --set zoom=[1,1.2]``), so everything
 ``cxrjax.train.TrainConfig`` can do is reachable from the command line. The named flags
 are built from TrainConfig's field declarations (``cxrjax.train.config_args``).
@@ -24,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from cxrjax.train import config_args
+from cxrjax.train import config_args, recipes
 from cxrjax.train.config import TrainConfig
 from cxrjax.train.config_args import key_values, set_changes
 from cxrjax.train.presets import PRESETS, describe
@@ -67,7 +68,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         changes["model_options"] = {**config.model_options, **key_values(args.model_option, "--model-option")}
     changes.update(set_changes(args.set))
     try:
-        return config.replace(**changes)
+        return recipes.resolve(config, changes)  # preset < --recipe < the other options
     except ValueError as err:
         raise ValueError(f"invalid configuration: {err}") from err
 

@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 from cxrjax.data.input_options import NORMALIZATIONS, InputOptions
 from cxrjax.data.subset import CLASSES_OPTION  # light: numpy only, no TFDS
+from cxrjax.train.recipes import RECIPE_NAMES, unknown_recipe_message
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "step", "warmup_cosine", "plateau")
@@ -132,6 +133,11 @@ def class_list(text: str) -> tuple[str, ...] | None:
     return None if names in ([], ["all"]) else tuple(names)
 
 
+def recipe_name(text: str) -> str | None:
+    """``--recipe NAME``; ``none`` (or "") -> None (no recipe)."""
+    return None if text.strip().lower() in ("", "none") else text.strip()
+
+
 def flag_of(f: dataclasses.Field) -> str | None:
     """The named command-line flag of a TrainConfig field, or None (``--set`` only)."""
     flag = f.metadata.get("flag")
@@ -181,6 +187,16 @@ class TrainConfig(InputOptions):
     )
     model_options: dict[str, Any] = option(
         default_factory=dict, help="model constructor overrides, cxrjax.models.create(**overrides)"
+    )
+    # Which bundle of training options (cxrjax.train.recipes) was applied: the resolved
+    # values are in the other fields; this records the name (see recipes.apply_recipe).
+    recipe: str | None = option(
+        None,
+        flag=True,
+        metavar="NAME",
+        parse=recipe_name,
+        help=f"apply a named bundle of training options (cxrjax.train.recipes: {', '.join(RECIPE_NAMES)}) on top "
+        "of the preset; options given explicitly still win; 'none': no recipe",
     )
     image_size: int | None = option(None, flag=True, ge=1, help="model input size in pixels (None: the model's)")
     channels: int | None = option(None, flag=True, ge=1, help="input channels, 1 or 3 (None: the model's)")
@@ -386,6 +402,8 @@ class TrainConfig(InputOptions):
             value = getattr(self, f.name)
             if f.name in kinds:
                 _check_scalar(f, value, *kinds[f.name])
+        if self.recipe is not None and self.recipe not in RECIPE_NAMES:
+            raise ValueError(f"TrainConfig.recipe: {unknown_recipe_message(self.recipe)}")
         for name in ("dataset_options", "model_options"):
             value = getattr(self, name)
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):

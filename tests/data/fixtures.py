@@ -231,3 +231,21 @@ def make_class_folders(
         for i in range(per_class):
             write(root / name / f"img-{i:03d}.png", image_bytes(seed + 100 * c + i, size=size))
     return root
+
+
+def make_class_folders_with_duplicates(
+    root: Path, classes=("cat_a", "cat_b"), per_class: int = 12, copies: int = 3, *, seed: int = 7000
+) -> tuple[Path, list[set[str]]]:
+    """The image_folder layout (ROOT/<class>/img-N.png) plus ``copies`` byte-identical
+    duplicate groups per class (a file and its copy dup-N.png in the same class); returns
+    the root and each group's file names (relative to ROOT), which the data layer must
+    keep in one split or fold."""
+    make_class_folders(root, classes, per_class, seed=seed)
+    groups = []
+    for name in classes:
+        for i in range(copies):
+            original = f"{name}/img-{i:03d}.png"
+            copy = f"{name}/dup-{i:03d}.png"
+            write(root / copy, (root / original).read_bytes())
+            groups.append({original, copy})
+    return root, groups

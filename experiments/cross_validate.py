@@ -1,0 +1,609 @@
+"""k-fold cross-validation of one or more models (and recipes) on one prepared dataset.
+
+    python -m experiments.cross_validate --model s4_exp4 --recipe cxr,none \\
+        --dataset image_folder --manual-dir ~/S1 --folds 5 [--seeds N] [any train option]
+    python -m experiments.cross_validate --model lenet5 --folds 3 --epochs 2   # phantoms
+
+Why: the small real datasets (S1's 338 images, DP's 317, a development set) give test
+splits of a few dozen images, so one split's accuracy is mostly the split. Here every
+example is tested exactly once per seed (``cxrjax.data.folds``): the prepared splits are
+pooled and re-assigned to k folds, stratified by class, duplicate groups (and the groups
+file's patients) never split across folds, seeded by ``--fold-seed`` and deterministic;
+for fold f the run tests on fold f, validates on a stratified, group-respecting
+``--validation-fraction`` of the other folds (default: the dataset's own validation
+share) and trains on the rest. ``--seeds`` vary initialisation and shuffling; the folds
+stay fixed.
+
+Cells: every ``--model`` x every ``--recipe`` (comma-separated or repeated; ``none``: no
+recipe). A ``--model`` that names a preset (``cxrjax.train.PRESETS``) starts from the
+preset's training options, any other model name (``cxrjax.models.MODELS``) from
+TrainConfig's defaults; then the recipe, then the options given explicitly
+(``cxrjax.train.recipes.resolve``). Every cell runs on ``--dataset`` with the same
+preparation options (``--dataset-option``).
+
+Output in ``--workdir`` (default ``runs/cross_validate/<dataset>``):
+
+* ``folds.json``: the fold assignment (file names of train/validation/test per fold, k,
+  fold seed, validation fraction, the data's fingerprint). A rerun computes it again and
+  refuses to continue when it differs (other data, folds, fold seed or fraction: use a
+  new --workdir).
+* ``runs/<model>__<recipe>__fold<f>/seed_<s>/``: each run's engine workdir (resumable,
+  like every experiment here: ``experiments.grid``), plus ``cv_predictions.json``: the
+  run's probabilities on its test fold (file names, labels, probabilities), predicted
+  from the evaluated checkpoint through ``cxrjax.inference.load_run``.
+* ``results.csv`` (one row per run), ``results.md`` (per-fold tables, the summary and,
+  with several cells, a comparison table), ``results.json`` (strict JSON): accuracy,
+  macro-F1 and ROC-AUC (one-vs-rest, macro) per run; per cell the mean over folds (each
+  fold first averaged over the seeds) with a 95% t-interval (``stats.mean_ci``), and the
+  metrics of the pooled predictions of all folds (per seed; every example once) with a
+  95% stratified bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from experiments import experiment, grid, train_options
+from experiments.grid import RunSpec
+
+EXPERIMENT = "cross_validate"
+DESCRIPTION = (
+    "k-fold cross-validation (stratified, duplicate/patient groups kept in one fold) of one or "
+    "more models and recipes on one dataset. Resumable: re-run the same command."
+)
+FOLDS_FILE = "folds.json"
+PREDICTIONS_FILE = "cv_predictions.json"
+METRICS = ("accuracy", "macro_f1", "roc_auc")
+_RESULT_KEYS = {"accuracy": "accuracy", "macro_f1": "macro_f1", "roc_auc": "roc_auc_ovr"}
+
+# (config, workdir, dataset) -> results dict; default cxrjax.train.train_and_evaluate.
+TrainFn = Callable[..., dict]
+
+
+@dataclass(frozen=True)
+class CvCell:
+    """A model x recipe of the comparison."""
+
+    model: str
+    recipe: str | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}__{self.recipe or 'none'}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} with recipe {self.recipe}" if self.recipe else f"{self.model} without recipe"
+
+    def run_cell(self, fold: int) -> str:
+        return f"{self.name}__fold{fold}"
+
+
+def split_list(values: Sequence[str] | None) -> list[str]:
+    """Repeated and comma-separated values, in order, without repeats."""
+    out: list[str] = []
+    for value in values or []:
+        for item in str(value).split(","):
+            item = item.strip()
+            if item and item not in out:
+                out.append(item)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = experiment.parser(EXPERIMENT, DESCRIPTION, default_dataset="cxr_phantoms", global_batch=32)
+    p.set_defaults(seeds=1)
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="NAME[,NAME]",
+        help="model or preset name (repeatable or comma-separated); a preset brings its training options",
+    )
+    p.add_argument("--folds", type=int, default=5, help="number of folds k (every example is tested once)")
+    p.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment (fixed across --seeds)")
+    p.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=None,
+        help="share of the non-test folds carved out as each fold's validation (default: the share of the "
+        "dataset's validation split in the prepared data, 0.2 without one)",
+    )
+    train_options.add_train_options(p)
+    # --recipe (from TrainConfig) takes several names here: comma-separated, 'none' for no recipe.
+    for action in p._actions:
+        if action.dest == "recipe":
+            action.type = str
+            action.help = (
+                "recipe(s), comma-separated (cxrjax.train.recipes; 'none': no recipe); one cell per model x recipe"
+            )
+            action.metavar = "NAME[,NAME]"
+    return p
+
+
+def cells_of(args: argparse.Namespace) -> list[CvCell]:
+    from cxrjax.train.recipes import RECIPE_NAMES, unknown_recipe_message
+
+    names = split_list([args.recipe]) if getattr(args, "recipe", None) else ["none"]
+    recipes: list[str | None] = []
+    for name in names:
+        recipe = None if name.lower() == "none" else name
+        if recipe is not None and recipe not in RECIPE_NAMES:
+            raise ValueError(unknown_recipe_message(recipe))
+        recipes.append(recipe)
+    return [CvCell(model, recipe) for model in split_list(args.model) for recipe in recipes]
+
+
+def base_config(args: argparse.Namespace, model: str, num_devices: int) -> Any:
+    """The preset ``model`` (or TrainConfig(model=model)) with the experiment's data and batch."""
+    from cxrjax import models
+    from cxrjax.train import PRESETS, TrainConfig
+
+    if model in PRESETS:
+        config = experiment.preset_config(args, model, num_devices)
+    elif model in models.MODELS:
+        config = TrainConfig(model=model).replace(
+            data_dir=args.data_dir,
+            manual_dir=args.manual_dir,
+            progress=False,
+            compilation_cache_dir=args.compilation_cache or None,
+            per_device_batch_size=experiment.per_device_batch(args, num_devices),
+        )
+    else:
+        raise ValueError(
+            f"--model {model!r} is neither a preset nor a model; presets: {sorted(PRESETS)}; "
+            f"models: {sorted(models.MODELS)}"
+        )
+    if config.dataset != args.dataset:
+        config = config.replace(dataset=args.dataset, dataset_options={})
+    return config
+
+
+def run_config(args: argparse.Namespace, cell: CvCell, seed: int, num_devices: int, changes: dict[str, Any]) -> Any:
+    """The TrainConfig of one run: base < recipe < the user's changes; the seed."""
+    changes = {k: v for k, v in changes.items() if k != "recipe"}
+    config = base_config(args, cell.model, num_devices)
+    return train_options.apply_changes(config, {"recipe": cell.recipe, **changes}).replace(seed=seed)
+
+
+# ------------------------------------------------------------------ folds and runs
+
+
+def check_or_write_folds(workdir: Path, plan_json: dict[str, Any]) -> None:
+    """Write folds.json, or refuse (ValueError naming what differs) when the workdir
+    records another fold assignment."""
+    from cxrjax.reporting import jsonio
+
+    path = workdir / FOLDS_FILE
+    if path.exists():
+        saved = jsonio.read_json(path)
+        differs = [
+            key
+            for key in ("data_sha256", "class_names", "k", "fold_seed", "validation_fraction", "examples", "folds")
+            if saved.get(key) != plan_json.get(key)
+        ]
+        if differs:
+            detail = ", ".join(
+                f"{key}: {saved.get(key)!r} recorded, {plan_json.get(key)!r} now"
+                for key in differs
+                if key not in ("folds", "data_sha256")
+            )
+            raise ValueError(
+                f"{path} records another fold assignment (differs in {', '.join(differs)}"
+                + (f"; {detail}" if detail else "")
+                + "): other data, --folds, --fold-seed or --validation-fraction; use a new --workdir"
+            )
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    jsonio.write_json(path, plan_json)
+
+
+class FoldRun:
+    """The grid's run function: trains one fold's run on its fold view of the dataset.
+
+    Picklable for parallel workers: the opened dataset is dropped when pickled and
+    reopened (the same prepared files) in the worker."""
+
+    def __init__(
+        self,
+        load_args: dict[str, Any],
+        plan: Any,
+        fold_of_cell: dict[str, int],
+        dataset: Any = None,
+        train_fn: TrainFn | None = None,
+    ):
+        self.load_args = load_args
+        self.plan = plan
+        self.fold_of_cell = dict(fold_of_cell)
+        self._dataset = dataset
+        self.train_fn = train_fn
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_dataset": None}
+
+    def dataset(self) -> Any:
+        if self._dataset is None:
+            from cxrjax import data
+
+            self._dataset = data.load(**self.load_args)
+        return self._dataset
+
+    def view(self, fold: int) -> Any:
+        from cxrjax.data import folds
+
+        return folds.fold_view(self.dataset(), self.plan, fold)
+
+    def __call__(self, config: Any, workdir: str) -> dict:
+        fold = self.fold_of_cell[Path(workdir).parent.name]
+        train_fn = self.train_fn
+        if train_fn is None:
+            from cxrjax.train import train_and_evaluate as train_fn  # noqa: N813 - lazy: heavy import
+        return train_fn(config, workdir, dataset=self.view(fold))
+
+
+def write_predictions(run_dir: Path, view: Any, config: Any, fold: int, seed: int) -> dict[str, Any]:
+    """The run's probabilities on its test fold (evaluated checkpoint), into
+    ``cv_predictions.json`` (once; read back afterwards)."""
+    from cxrjax.inference import evaluation_view, load_run
+    from cxrjax.reporting import jsonio
+    from cxrjax.train.evaluation import predict_split
+
+    path = run_dir / PREDICTIONS_FILE
+    if path.exists():
+        return jsonio.read_json(path)
+    run = load_run(run_dir, checkpoint="evaluated")
+    request = {"name": config.dataset, "options": config.dataset_options}
+    eval_ds, mapping = evaluation_view(run, view, request, "test")
+    batch = config.per_device_eval_batch_size or config.per_device_batch_size
+    preds = predict_split(run, eval_ds, "test", batch, mapping=mapping)
+    record = {
+        "fold": int(fold),
+        "seed": int(seed),
+        "checkpoint": {"step": int(run.step), "epoch": int(run.epoch)},
+        "class_names": list(run.class_names),
+        "file_names": list(view.file_names["test"]),
+        "labels": preds.labels.tolist(),
+        "probabilities": preds.probs.astype(float).tolist(),
+    }
+    jsonio.write_json(path, record)
+    return record
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def _metric_values(report: dict[str, Any] | None) -> dict[str, float | None]:
+    report = report or {}
+    return {m: report.get(key) for m, key in _RESULT_KEYS.items()}
+
+
+def _pooled_ci(labels: np.ndarray, probabilities: np.ndarray, seed: int) -> dict[str, dict[str, float | None]]:
+    """{metric: {"value", "low", "high"}} of pooled predictions (every example once).
+
+    TODO(lead): the 95% interval is to come from ``cxrjax.reporting.stats.bootstrap_ci``
+    (a stratified bootstrap over the examples, seeded with ``seed``; being written by
+    another engineer, not on main yet). Until it is connected the intervals are None and
+    only the point metrics are computed. Connecting it: ``ci = stats.bootstrap_ci(labels,
+    probabilities, seed=seed)`` and ``low, high = ci[key] or (None, None)`` per metric
+    (keys accuracy, macro_f1, roc_auc_ovr), and ``meta["pooled_interval"]`` in main().
+    """
+    from cxrjax.reporting.metrics import classification_report
+
+    labels = np.asarray(labels, np.int64)
+    probabilities = np.asarray(probabilities, np.float64)
+    names = [str(i) for i in range(probabilities.shape[1])]
+    values = _metric_values(classification_report(labels, probabilities, names))
+    del seed  # used by the bootstrap, once connected
+    return {m: {"value": v, "low": None, "high": None} for m, v in values.items()}
+
+
+def _ci_dict(values: Sequence[float | None]) -> dict[str, Any]:
+    from cxrjax.reporting.stats import mean_ci
+
+    ci = mean_ci([np.nan if v is None else float(v) for v in values])
+    return {"mean": ci.mean, "low": ci.low, "high": ci.high, "sd": ci.sd, "n": ci.n}
+
+
+def summarize(
+    cells: Sequence[CvCell], records: Sequence[grid.RunRecord], predictions: dict[tuple[str, int], dict], k: int
+) -> list[dict[str, Any]]:
+    """Per cell: its runs, the mean over folds with a 95% t-interval, and the pooled metrics."""
+    by_run = {(r.cell, r.seed): r for r in records}
+    seeds = sorted({r.seed for r in records})
+    out = []
+    for cell in cells:
+        runs, failed = [], []
+        for fold in range(k):
+            for seed in seeds:
+                record = by_run.get((cell.run_cell(fold), seed))
+                if record is None:
+                    continue
+                if not record.ok:
+                    failed.append({"fold": fold, "seed": seed, "error": record.error})
+                    continue
+                test = record.results.get("test") or {}
+                runs.append({"fold": fold, "seed": seed, "n_test": test.get("num_examples"), **_metric_values(test)})
+        over_folds = {}
+        for metric in METRICS:
+            per_fold = []
+            for fold in range(k):
+                values = [r[metric] for r in runs if r["fold"] == fold and r[metric] is not None]
+                per_fold.append(float(np.mean(values)) if values else None)
+            over_folds[metric] = {**_ci_dict(per_fold), "per_fold": per_fold}
+        pooled_per_seed = []
+        for seed in seeds:
+            parts = [predictions.get((cell.run_cell(fold), seed)) for fold in range(k)]
+            if any(p is None for p in parts):
+                pooled_per_seed.append({"seed": seed, "complete": False, "n": None, "metrics": None})
+                continue
+            labels = np.concatenate([np.asarray(p["labels"], np.int64) for p in parts])
+            probs = np.concatenate(
+                [np.asarray(p["probabilities"], np.float64).reshape(len(p["labels"]), -1) for p in parts]
+            )
+            pooled_per_seed.append(
+                {"seed": seed, "complete": True, "n": int(len(labels)), "metrics": _pooled_ci(labels, probs, seed)}
+            )
+        complete = [p for p in pooled_per_seed if p["complete"]]
+        pooled_mean = (
+            {metric: _ci_dict([p["metrics"][metric]["value"] for p in complete]) for metric in METRICS}
+            if complete
+            else None
+        )
+        out.append(
+            {
+                "name": cell.name,
+                "model": cell.model,
+                "recipe": cell.recipe,
+                "runs": runs,
+                "failed": failed,
+                "over_folds": over_folds,
+                "pooled": {"per_seed": pooled_per_seed, "mean_over_seeds": pooled_mean},
+            }
+        )
+    return out
+
+
+# ------------------------------------------------------------------ report files
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:.1f}"
+
+
+def _interval(d: dict[str, Any]) -> str:
+    mean, low, high = d.get("mean"), d.get("low"), d.get("high")
+    if low is None or high is None or not np.isfinite(low):
+        return _pct(mean)
+    return f"{_pct(mean)} [{_pct(low)}, {_pct(high)}]"
+
+
+def _pooled_text(pooled: dict[str, Any], metric: str) -> str:
+    complete = [p for p in pooled["per_seed"] if p["complete"]]
+    if not complete:
+        return "n/a"
+    if len(complete) == 1:
+        m = complete[0]["metrics"][metric]
+        if m["low"] is None:
+            return _pct(m["value"])
+        return f"{_pct(m['value'])} [{_pct(m['low'])}, {_pct(m['high'])}]"
+    return _interval(pooled["mean_over_seeds"][metric]) + f" ({len(complete)} seeds)"
+
+
+def write_results(workdir: Path, summary: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Path]:
+    """results.csv, results.md and results.json in ``workdir``."""
+    from cxrjax.reporting import jsonio
+
+    paths = {"csv": workdir / "results.csv", "markdown": workdir / "results.md", "json": workdir / "results.json"}
+    with paths["csv"].open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["cell", "model", "recipe", "fold", "seed", "n_test", *METRICS, "error"])
+        for cell in summary:
+            for run in cell["runs"]:
+                writer.writerow(
+                    [cell["name"], cell["model"], cell["recipe"] or "none", run["fold"], run["seed"], run["n_test"]]
+                    + ["" if run[m] is None else f"{run[m]:.6f}" for m in METRICS]
+                    + [""]
+                )
+            for run in cell["failed"]:
+                writer.writerow(
+                    [
+                        cell["name"],
+                        cell["model"],
+                        cell["recipe"] or "none",
+                        run["fold"],
+                        run["seed"],
+                        "",
+                        "",
+                        "",
+                        "",
+                        run["error"],
+                    ]
+                )
+    lines = [f"# {meta['title']}", "", *meta["description"], ""]
+    header = "| cell | accuracy % | macro-F1 % | ROC-AUC % | pooled accuracy % | pooled macro-F1 % | pooled ROC-AUC % |"
+    rule = "|---|---|---|---|---|---|---|"
+    lines += [
+        "## Summary",
+        "",
+        f"Mean over the {meta['folds']['k']} folds with a 95% t-interval (each fold averaged over its seeds "
+        "first); pooled: the metrics of all folds' test predictions together (every example once per seed), "
+        "with a 95% stratified bootstrap interval where available.",
+        "",
+        header,
+        rule,
+    ]
+    for cell in summary:
+        of = cell["over_folds"]
+        lines.append(
+            f"| {cell['name']} | "
+            + " | ".join(_interval(of[m]) for m in METRICS)
+            + " | "
+            + " | ".join(_pooled_text(cell["pooled"], m) for m in METRICS)
+            + " |"
+        )
+    if len(summary) > 1:
+        lines += [
+            "",
+            "## Comparison (accuracy, mean over folds)",
+            "",
+            "| model | " + " | ".join(dict.fromkeys(c["recipe"] or "none" for c in summary)) + " |",
+        ]
+        recipes = list(dict.fromkeys(c["recipe"] or "none" for c in summary))
+        lines.append("|---|" + "---|" * len(recipes))
+        for model in dict.fromkeys(c["model"] for c in summary):
+            row = []
+            for recipe in recipes:
+                match = [c for c in summary if c["model"] == model and (c["recipe"] or "none") == recipe]
+                row.append(_interval(match[0]["over_folds"]["accuracy"]) if match else "")
+            lines.append(f"| {model} | " + " | ".join(row) + " |")
+    for cell in summary:
+        lines += [
+            "",
+            f"## {cell['name']}: per fold",
+            "",
+            "| fold | seed | n test | accuracy % | macro-F1 % | ROC-AUC % |",
+            "|---|---|---|---|---|---|",
+        ]
+        for run in cell["runs"]:
+            lines.append(
+                f"| {run['fold']} | {run['seed']} | {run['n_test']} | "
+                + " | ".join(_pct(run[m]) for m in METRICS)
+                + " |"
+            )
+        for run in cell["failed"]:
+            lines.append(f"| {run['fold']} | {run['seed']} | FAILED | {run['error']} | | |")
+    paths["markdown"].write_text("\n".join(lines) + "\n")
+    jsonio.write_json(paths["json"], {**meta, "cells": summary})
+    return paths
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(argv: Sequence[str] | None = None, *, train_fn: TrainFn | None = None) -> int:
+    """``train_fn(config, workdir, dataset=view)`` trains one run (default
+    ``cxrjax.train.train_and_evaluate``; tests inject a wrapper)."""
+    from cxrjax.train.trainer import USER_ERRORS
+
+    args = build_parser().parse_args(argv)
+    workdir = experiment.default_workdir(args, EXPERIMENT)
+    try:
+        known = cells_of(args)
+        if args.list_cells:
+            experiment.list_cells(known)
+            return 0
+        cells = experiment.pick_cells(args, known, known)
+        changes = train_options.train_changes(args)
+        num_devices = changes.get("num_devices") or experiment.local_device_count()
+        seeds = experiment.seeds_of(args)
+        configs = {(cell, seed): run_config(args, cell, seed, num_devices, changes) for cell in cells for seed in seeds}
+        keys = {(c.dataset, repr(sorted(c.dataset_options.items()))) for c in configs.values()}
+        if len(keys) > 1:
+            raise ValueError(
+                "the cells would run on different data (a preset with other dataset options or classes); "
+                "cross-validate models of one dataset at a time, or give the options with --dataset-option"
+            )
+        first = next(iter(configs.values()))
+        from cxrjax import data
+        from cxrjax.data import folds
+
+        load_args = {
+            "name": first.dataset,
+            "data_dir": first.data_dir or "data",
+            "manual_dir": first.manual_dir,
+            "options": first.dataset_options,
+        }
+        ds = data.load(**load_args)
+        fraction = args.validation_fraction
+        if fraction is None:
+            fraction = folds.dataset_validation_share(ds)
+        plan = folds.plan_folds(ds, args.folds, args.fold_seed, fraction)
+        check_or_write_folds(workdir, plan.to_json())
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    specs, fold_of_cell = [], {}
+    for cell in cells:
+        for fold in range(plan.k):
+            fold_of_cell[cell.run_cell(fold)] = fold
+            for seed in seeds:
+                specs.append(RunSpec(cell.run_cell(fold), seed, configs[(cell, seed)], group=cell.run_cell(fold)))
+    run_fn = FoldRun(load_args, plan, fold_of_cell, dataset=ds, train_fn=train_fn)
+    try:
+        records = grid.run_grid(
+            specs,
+            workdir,
+            run_fn,
+            progress=args.grid_progress,
+            desc=workdir.name,
+            jobs=experiment.jobs_of(args),
+            worker_env=experiment.worker_env() if experiment.jobs_of(args) > 1 else None,
+        )
+        predictions = {}
+        config_of = {(s.cell, s.seed): s.config for s in specs}
+        for record in records:
+            if not record.ok:
+                continue
+            fold = fold_of_cell[record.cell]
+            try:
+                predictions[(record.cell, record.seed)] = write_predictions(
+                    record.run_dir, run_fn.view(fold), config_of[(record.cell, record.seed)], fold, record.seed
+                )
+            except Exception as exc:  # noqa: BLE001 - one unreadable run must not end the report
+                print(
+                    f"warning: {record.run_dir}: test-fold predictions not written ({type(exc).__name__}: {exc}); "
+                    "the pooled metrics of its seed are left out",
+                    file=sys.stderr,
+                )
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = summarize(cells, records, predictions, plan.k)
+    c = first
+    meta = {
+        "experiment": EXPERIMENT,
+        "title": f"{plan.k}-fold cross-validation on {c.dataset}",
+        "description": [
+            experiment.dataset_phrase(c)
+            + f": {len(plan.pooled.file_names)} examples pooled from the prepared splits, {plan.k} folds "
+            f"(fold seed {plan.seed}), each fold's validation {plan.validation_fraction:.3g} of the other folds; "
+            f"seeds {list(seeds)}.",
+        ],
+        "dataset": {
+            "name": c.dataset,
+            "options": c.dataset_options,
+            "fingerprint_sha256": plan.to_json()["data_sha256"],
+        },
+        "folds": {
+            "k": plan.k,
+            "fold_seed": plan.seed,
+            "validation_fraction": plan.validation_fraction,
+            "file": FOLDS_FILE,
+        },
+        "seeds": list(seeds),
+        "metrics": list(METRICS),
+        "pooled_interval": None,  # TODO(lead): "stratified bootstrap, 95%" once stats.bootstrap_ci is connected
+    }
+    paths = write_results(workdir, summary, meta)
+    trained = grid.trained_count(records)
+    print(Path(paths["markdown"]).read_text())
+    print(
+        f"{len(records)} runs ({trained} trained now, {len(records) - trained} already finished). "
+        f"Results: {paths['csv']}, {paths['markdown']}, {paths['json']}; folds: {workdir / FOLDS_FILE}",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

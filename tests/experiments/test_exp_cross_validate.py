@@ -1,0 +1,172 @@
+"""`python -m experiments.cross_validate` end to end on tiny phantoms (16 px, 2 folds, 1
+epoch, two recipes): every file, pooled predictions that match the runs' own test
+metrics, the recorded recipe, a rerun that trains nothing, a refused change of folds,
+and an interrupted CV that resumes to the same numbers."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from cxrjax.reporting.stats import mean_ci
+from cxrjax.train import recipes
+from experiments import cross_validate as cv
+
+
+def tiny_args(tmp, workdir="exp", recipe="none,cxr"):
+    return [
+        "--model",
+        "s4_exp2",
+        "--recipe",
+        recipe,
+        "--folds",
+        "2",
+        "--workdir",
+        str(tmp / workdir),
+        "--data-dir",
+        str(tmp / "data"),
+        "--compilation-cache",
+        "",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--jobs",
+        "1",
+        "--dataset-option",
+        "num_train=24",
+        "--dataset-option",
+        "num_validation=8",
+        "--dataset-option",
+        "num_test=8",
+        "--dataset-option",
+        "image_size=16",
+        "--image-size",
+        "16",
+        "--global-batch-size",
+        "8",
+        "--model-option",
+        "features=[3,4,5,6]",
+        "--model-option",
+        "head_width=7",
+    ]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cv")
+    assert cv.main(tiny_args(tmp)) == 0
+    return tmp
+
+
+def _results(tmp, workdir="exp"):
+    return json.loads((tmp / workdir / "results.json").read_text())
+
+
+def test_every_file_is_written_and_every_example_is_tested_once(finished):
+    exp = finished / "exp"
+    for name in ("folds.json", "results.csv", "results.md", "results.json"):
+        assert (exp / name).is_file(), name
+    plan = json.loads((exp / "folds.json").read_text())
+    assert plan["k"] == 2 and plan["examples"] == 40 and plan["validation_fraction"] == pytest.approx(0.2)
+    tested = sorted(f for fold in plan["folds"] for f in fold["test"])
+    assert len(tested) == len(set(tested)) == 40
+    results = _results(finished)
+    assert [c["name"] for c in results["cells"]] == ["s4_exp2__none", "s4_exp2__cxr"]
+    with (exp / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and {r["fold"] for r in rows} == {"0", "1"}
+    text = (exp / "results.md").read_text()
+    assert "## Comparison" in text and "| s4_exp2 |" in text and "## s4_exp2__cxr: per fold" in text
+
+
+def test_pooled_predictions_match_the_runs_and_the_statistics_are_the_folds(finished):
+    exp = finished / "exp"
+    for cell in _results(finished)["cells"]:
+        correct = total = 0
+        for run in cell["runs"]:
+            run_dir = exp / "runs" / f"{cell['name']}__fold{run['fold']}" / f"seed_{run['seed']}"
+            preds = json.loads((run_dir / cv.PREDICTIONS_FILE).read_text())
+            probs = np.asarray(preds["probabilities"])
+            hits = int((probs.argmax(1) == np.asarray(preds["labels"])).sum())
+            assert hits / len(preds["labels"]) == pytest.approx(run["accuracy"])  # = results.json test accuracy
+            plan = json.loads((exp / "folds.json").read_text())
+            assert preds["file_names"] == plan["folds"][run["fold"]]["test"]
+            correct, total = correct + hits, total + len(preds["labels"])
+        pooled = cell["pooled"]["per_seed"][0]
+        assert pooled["complete"] and pooled["n"] == total == 40
+        assert pooled["metrics"]["accuracy"]["value"] == pytest.approx(correct / total)
+        assert pooled["metrics"]["accuracy"]["low"] is None  # TODO: stats.bootstrap_ci
+        folds = [r["macro_f1"] for r in sorted(cell["runs"], key=lambda r: r["fold"])]
+        ci = mean_ci(folds)
+        over = cell["over_folds"]["macro_f1"]
+        assert over["per_fold"] == pytest.approx(folds)
+        assert (over["mean"], over["n"]) == (pytest.approx(ci.mean), 2)
+        assert over["low"] == pytest.approx(ci.low) and over["high"] == pytest.approx(ci.high)
+
+
+def test_the_recipe_is_resolved_into_each_runs_config_and_explicit_options_win(finished):
+    runs = finished / "exp" / "runs"
+    with_recipe = json.loads((runs / "s4_exp2__cxr__fold0" / "seed_0" / "config.json").read_text())
+    without = json.loads((runs / "s4_exp2__none__fold0" / "seed_0" / "config.json").read_text())
+    assert with_recipe["recipe"] == "cxr" and without["recipe"] is None
+    assert with_recipe["epochs"] == without["epochs"] == 1  # --epochs beats the recipe's 40
+    for field in ("optimizer", "schedule", "monitor", "label_smoothing", "class_weights", "normalization"):
+        assert with_recipe[field] == recipes.RECIPES["cxr"][field], field
+    assert without["optimizer"] == "adam" and without["normalization"] != "dataset"
+    info = json.loads((runs / "s4_exp2__cxr__fold1" / "seed_0" / "results.json").read_text())["dataset_info"]
+    assert info["split_sizes"] == {"train": 16, "validation": 4, "test": 20}
+    assert info["fingerprint"]["folds"]["fold"] == 1
+
+
+def test_second_invocation_trains_nothing_and_writes_the_same_results(finished, capsys):
+    before = _results(finished)
+    assert cv.main(tiny_args(finished)) == 0
+    assert "(0 trained now, 4 already finished)" in capsys.readouterr().out
+    assert _results(finished) == before
+
+
+def test_other_folds_in_the_same_workdir_are_refused(finished, capsys):
+    assert cv.main(tiny_args(finished) + ["--fold-seed", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "folds.json" in err[0] and "fold_seed" in err[0]
+    assert cv.main(tiny_args(finished) + ["--recipe", "fast"]) == 2
+    assert "known recipes: cxr" in capsys.readouterr().err
+
+
+def test_interrupted_cross_validation_resumes_to_the_same_numbers(finished, capsys):
+    from cxrjax.train import train_and_evaluate
+
+    calls = []
+
+    def interrupt_second(config, workdir, dataset):
+        calls.append(workdir)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return train_and_evaluate(config, workdir, dataset=dataset)
+
+    with pytest.raises(KeyboardInterrupt):
+        cv.main(tiny_args(finished, "resumed", recipe="none"), train_fn=interrupt_second)
+    first = finished / "resumed" / "runs" / "s4_exp2__none__fold0" / "seed_0" / "results.json"
+    assert first.is_file() and not (finished / "resumed" / "results.json").exists()
+    stamp = os.stat(first).st_mtime_ns
+    capsys.readouterr()
+    assert cv.main(tiny_args(finished, "resumed", recipe="none")) == 0
+    assert "(1 trained now, 1 already finished)" in capsys.readouterr().out
+    assert os.stat(first).st_mtime_ns == stamp  # the finished run was not trained again
+    resumed = _results(finished, "resumed")["cells"][0]
+    uninterrupted = _results(finished)["cells"][0]
+    assert resumed["name"] == uninterrupted["name"] == "s4_exp2__none"
+    assert resumed["runs"] == uninterrupted["runs"]
+    assert resumed["pooled"] == uninterrupted["pooled"]
+
+
+def test_cells_are_models_x_recipes_and_unknown_models_are_one_error_line(capsys, tmp_path):
+    assert cv.main(["--model", "lenet5,s4_exp4", "--model", "lenet5", "--recipe", "cxr,none", "--list-cells"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.strip().splitlines()]
+    assert names == ["lenet5__cxr", "lenet5__none", "s4_exp4__cxr", "s4_exp4__none"]
+    assert cv.main(["--model", "resnet9000", "--workdir", str(tmp_path / "x"), "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "'resnet9000'" in err[0] and "lenet5" in err[0]
+    assert not (tmp_path / "x").exists()
