@@ -240,7 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", help="folder for the grid PNGs and JSON (required, except with --activations)")
     p.add_argument("--n", type=int, default=16, help="examples per class and outcome (default 16)")
     add_saliency_arguments(
-        p, method_help="gradcam (default) or layercam (per-location weights; better for flatten heads)"
+        p,
+        method_help="gradcam (default) or layercam (per-location weights; better for flatten heads)",
+        layer_help="Grad-CAM layer (default: the model's last conv stage); with --activations the one conv "
+        "stage to show (default: every stage)",
     )
     inference.add_checkpoint_arguments(p)
     p.add_argument("--no-pointing-game", action="store_true")
