@@ -8,13 +8,15 @@ from cxrjax import inference
 from cxrjax.evaluate.compare import CompareOptions, compare_runs, format_comparison
 from cxrjax.evaluate.report import EvalOptions, evaluate, format_ensemble, format_member
 from cxrjax.explain.gradcam import METHODS, add_saliency_arguments
+from cxrjax.explain.mask_free import add_mask_free_arguments
 
 
 def parse_args(argv=None) -> EvalOptions | CompareOptions:
     p = inference.run_parser(
         "python -m cxrjax.evaluate",
         "Evaluate a trained run (its best checkpoint) on a prepared dataset: metrics, "
-        "confusion/ROC/precision-recall plots, lung-masked shortcut probe and Grad-CAM "
+        "confusion/ROC/precision-recall plots, the mask-free shortcut probe (thorax box "
+        "blanked / only, border strip only), lung-masked probe and Grad-CAM "
         "pointing game where the dataset has the masks. Several --workdir: also their "
         "ensemble (mean of the softmax probabilities). Writes eval_<dataset>_<split>.json "
         "and the plots into each run folder.",
@@ -43,6 +45,7 @@ def parse_args(argv=None) -> EvalOptions | CompareOptions:
     )
     p.add_argument("--no-probes", action="store_true", help="skip the lung-masked and source probes")
     p.add_argument("--no-pointing-game", action="store_true", help="skip the Grad-CAM pointing game")
+    add_mask_free_arguments(p)
     p.add_argument("--out", help="folder for the ensemble report (default: the first run folder)")
     p.add_argument(
         "--bootstrap-resamples",
@@ -72,6 +75,9 @@ def parse_args(argv=None) -> EvalOptions | CompareOptions:
         **inference.common_kwargs(a),
         probes=not a.no_probes,
         pointing_game=not a.no_pointing_game,
+        mask_free_probe=not a.no_mask_free_probe,
+        thorax_box=a.thorax_box,
+        border=a.border,
         layer=a.layer,
         out=a.out,
         cam_methods=tuple(a.cam_method or METHODS),

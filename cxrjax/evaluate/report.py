@@ -10,7 +10,9 @@ and, where the dataset carries the masks, the shortcut probes:
   visible and with the lungs blanked, next to the normal one, with a verdict in words;
 - the Grad-CAM pointing game (lesion masks: phantoms);
 - per-source metrics and the source probe (datasets recording each image's source:
-  D4 with its metadata; ``sources.py``).
+  D4 with its metadata; ``sources.py``);
+and, on any dataset, the mask-free probe (``cxrjax.explain.mask_free``: the thorax box
+blanked / only / the border strip only).
 Several runs make an ensemble by averaging their probabilities (``ensemble.py``); its
 metrics (and its lung-masked probe) are reported next to each member's.
 
@@ -32,9 +34,9 @@ import numpy as np
 from cxrjax import inference
 from cxrjax.evaluate import sources
 from cxrjax.evaluate.ensemble import average_probabilities, check_members_aligned
-from cxrjax.explain import probes
+from cxrjax.explain import mask_free, probes
 from cxrjax.explain.gradcam import METHODS
-from cxrjax.explain.split import lung_mask_probe, pointing_game_split
+from cxrjax.explain.split import lung_mask_probe, mask_free_probe, pointing_game_split
 from cxrjax.reporting import calibration as calib
 from cxrjax.reporting.jsonio import write_json
 from cxrjax.reporting.metrics import classification_report, format_report
@@ -57,6 +59,9 @@ class EvalOptions:
     batch_size: int = inference.DEFAULT_BATCH_SIZE
     probes: bool = True  # lung-masked probe when the dataset has lung masks; source probe
     pointing_game: bool = True  # Grad-CAM pointing game when it has lesion masks
+    mask_free_probe: bool = True  # thorax box blanked / only, border only (any dataset)
+    thorax_box: tuple[float, float, float, float] = mask_free.DEFAULT_THORAX_BOX  # top, bottom, left, right
+    border: float = mask_free.DEFAULT_BORDER
     layer: str | None = None  # Grad-CAM layer (default: the model's last conv stage)
     cam_methods: tuple[str, ...] = METHODS  # saliency methods of the pointing game
     out: str | None = None  # ensemble report folder (default: the first workdir)
@@ -75,6 +80,7 @@ class EvalOptions:
         unknown = sorted(set(self.cam_methods) - set(METHODS))
         if unknown or not self.cam_methods:
             raise ValueError(f"cam_methods must be some of {METHODS}, got {self.cam_methods}")
+        mask_free.check_region(self.thorax_box, self.border)
 
 
 @dataclass
@@ -238,11 +244,24 @@ def evaluate_member(
         "calibration_source": {**source, "temperature": temperature},
         "lung_mask_probe": None,
         "pointing_game": None,
+        "mask_free_probe": None,
     }
     masked = {}
     if options.probes and inference.has_field(ds, split, "lung_mask"):
         report["lung_mask_probe"], masked = lung_mask_probe(
             run, view, split, preds, mapping=mapping, batch_size=options.batch_size, progress=options.progress
+        )
+    if options.mask_free_probe:
+        report["mask_free_probe"], _ = mask_free_probe(
+            run,
+            view,
+            split,
+            preds,
+            box=options.thorax_box,
+            border=options.border,
+            mapping=mapping,
+            batch_size=options.batch_size,
+            progress=options.progress,
         )
     if options.pointing_game and inference.has_field(ds, split, "lesion_mask"):
         report["pointing_game"] = pointing_game_split(
@@ -413,6 +432,8 @@ def format_member(report: Mapping[str, Any]) -> str:
         lines.insert(1, f"note: {report['run_status_note']}")
     if report.get("lung_mask_probe"):
         lines.append("lung-masked probe: " + report["lung_mask_probe"]["verdict"])
+    if report.get("mask_free_probe"):
+        lines.append(mask_free.format_mask_free(report["mask_free_probe"]))
     lines += sources.format_sources(report)
     for method, game in (report.get("pointing_game") or {}).items():
         lines.append(f"pointing game, {method} (layer {game.get('layer')}, true class):")

@@ -36,7 +36,7 @@ import numpy as np
 
 from cxrjax import inference
 from cxrjax.explain import gradcam
-from cxrjax.explain.probes import _binomial_greater_pvalue
+from cxrjax.explain.probes import binomial_greater_pvalue
 from cxrjax.reporting.metrics import classification_report
 from cxrjax.reporting.stats import cramers_v
 from cxrjax.train.evaluation import SplitPredictions, iterate_eval_batches
@@ -114,7 +114,7 @@ def source_probe(
         by_source[source][label] += 1
     source_predicts_class = sum(max(c.values()) for c in by_source.values()) / n
     v = cramers_v(classes, y)
-    p_value = _binomial_greater_pvalue(int(correct.sum()), n, majority_rate)
+    p_value = binomial_greater_pvalue(int(correct.sum()), n, majority_rate)
     report = {
         "accuracy": accuracy,
         "majority_rate": majority_rate,

@@ -15,6 +15,16 @@ of the true class against the lesion mask and, on phantoms, the shortcut marker'
 position), with Grad-CAM and LayerCAM both (Grad-CAM
 degenerates on flatten-dense heads, see ``cxrjax.explain.gradcam``), and writes
 ``pointing_game.json`` ({method: result}). ``explain.json`` lists what each grid shows.
+
+```
+python -m cxrjax.explain --workdir RUN --activations [--layer NAME] [--out DIR]
+    [--examples 4] [--feature-channels 8]
+```
+
+Instead of the Grad-CAM grids: one grid of feature maps per conv stage (or only
+``--layer``), ``activations_<layer>.png``, for the first ``--examples`` examples of the
+split, and ``activations.json`` (:mod:`cxrjax.explain.activations`); ``--out`` defaults
+to ``RUN/activations``.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ import numpy as np
 
 from cxrjax import inference
 from cxrjax.data.subset import SubsetSource
-from cxrjax.explain import probes
+from cxrjax.explain import activations, probes
 from cxrjax.explain.gradcam import METHOD_TITLES, METHODS, add_saliency_arguments
 from cxrjax.explain.overlay import Tile, save_grid_png
 from cxrjax.explain.split import pointing_game_split, saliency
@@ -166,6 +176,60 @@ def explain(
     return summary
 
 
+def explain_activations(
+    workdir: str,
+    out: str | Path | None = None,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    dataset_options: dict | None = None,
+    split: str = "test",
+    layer: str | None = None,
+    examples: int = activations.DEFAULT_EXAMPLES,
+    channels: int = activations.DEFAULT_CHANNELS,
+    checkpoint: str = inference.DEFAULT_CHECKPOINT,
+    batch_size: int = inference.DEFAULT_BATCH_SIZE,
+) -> dict[str, Any]:
+    """Write the activation grids (default folder ``<workdir>/activations``) and
+    ``activations.json``; return that summary."""
+    run = inference.load_run(workdir, checkpoint=checkpoint)
+    out = Path(out) if out is not None else Path(run.workdir) / "activations"
+    request = inference.dataset_request(
+        run, dataset=dataset, data_dir=data_dir, manual_dir=manual_dir, options=dataset_options
+    )
+    ds = inference.open_dataset(request)
+    view, mapping = inference.evaluation_view(
+        run, ds, request, split, inference.statistics_source(run, request, data_dir=data_dir)
+    )
+    shown = activations.write_activations(
+        run,
+        view,
+        split,
+        out,
+        mapping=mapping,
+        examples=examples,
+        channels=channels,
+        layer=layer,
+        title=f"{run.config.model} on {request['name']} {split}",
+        batch_size=batch_size,
+    )
+    summary = {
+        "workdir": str(run.workdir),
+        "checkpoint": {"which": run.checkpoint, "step": run.step},
+        "run_status": run.run_status,
+        "run_status_note": run.run_status_note,
+        "dataset": request["name"],
+        "dataset_options": dict(request["options"] or {}),
+        "split": split,
+        "class_names": list(run.class_names),
+        **shown,
+        "out": str(out),
+    }
+    write_json(out / "activations.json", summary)
+    return summary
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = inference.run_parser(
         "python -m cxrjax.explain",
@@ -173,15 +237,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         "class, and the pointing game on datasets with lesion masks.",
     )
     inference.add_dataset_arguments(p)
-    p.add_argument("--out", required=True, help="folder for the grid PNGs and JSON")
+    p.add_argument("--out", help="folder for the grid PNGs and JSON (required, except with --activations)")
     p.add_argument("--n", type=int, default=16, help="examples per class and outcome (default 16)")
     add_saliency_arguments(
-        p, method_help="gradcam (default) or layercam (per-location weights; better for flatten heads)"
+        p,
+        method_help="gradcam (default) or layercam (per-location weights; better for flatten heads)",
+        layer_help="Grad-CAM layer (default: the model's last conv stage); with --activations the one conv "
+        "stage to show (default: every stage)",
     )
     inference.add_checkpoint_arguments(p)
     p.add_argument("--no-pointing-game", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--activations",
+        action="store_true",
+        help="instead of the Grad-CAM grids, write feature-map grids per conv stage (or only --layer); "
+        "--out defaults to RUN/activations",
+    )
+    p.add_argument(
+        "--examples",
+        type=int,
+        default=activations.DEFAULT_EXAMPLES,
+        help=f"with --activations: the first N examples of the split (default {activations.DEFAULT_EXAMPLES})",
+    )
+    p.add_argument(
+        "--feature-channels",
+        type=int,
+        default=activations.DEFAULT_CHANNELS,
+        metavar="N",
+        help=f"with --activations: the first N channels per stage (default {activations.DEFAULT_CHANNELS})",
+    )
     a = p.parse_args(argv)
+    if a.activations:
+        return _main_activations(a)
+    if a.out is None:
+        p.error("the following arguments are required: --out (or give --activations)")
     try:
         summary = explain(
             a.workdir,
@@ -204,6 +294,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("pointing game (saliency of the true class):")
         print(summary["pointing_game_table"])
     print(f"wrote {Path(a.out) / 'explain.json'}")
+    return 0
+
+
+def _main_activations(a) -> int:
+    try:
+        summary = explain_activations(
+            a.workdir,
+            a.out,
+            **inference.common_kwargs(a),
+            layer=a.layer,
+            examples=a.examples,
+            channels=a.feature_channels,
+        )
+    except inference.USER_ERRORS as error:
+        return inference.user_error(error)
+    if summary.get("run_status_note"):
+        print(f"note: {summary['run_status_note']}", file=sys.stderr)
+    for name, layer in summary["layers"].items():
+        print(f"{name} {layer['shape']}: {Path(summary['out']) / layer['file']}")
+    print(f"wrote {Path(summary['out']) / 'activations.json'}")
     return 0
 
 

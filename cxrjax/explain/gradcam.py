@@ -338,6 +338,45 @@ def make_gradcam_fn(
     return gradcam
 
 
+_COMPILED_FEATURES: dict[tuple[str, tuple], Callable] = {}
+
+
+def make_feature_fn(
+    model: nn.Module, variables: Mapping[str, Any], image_shape: tuple[int, ...], layer: str | None = None
+) -> Callable[[Any], dict[str, np.ndarray]]:
+    """A function ``f(images) -> {layer: float32 [B, h, w, C]}``: the conv-stage activations.
+
+    The activations are captured as Grad-CAM captures its A (the wrapped ``perturb``
+    sows its input; module docstring), in eval mode, in one jitted forward pass. Every
+    perturb point of the model in natural order, or with ``layer`` only that one
+    (resolved like Grad-CAM's ``--layer``: a name of ``model.feature_names`` or an a/b/c
+    path). ``image_shape``: one input's (H, W, C).
+    """
+    variables = {k: v for k, v in variables.items() if k != _PERTURBATIONS}
+    example = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    paths = perturbation_paths(model, variables, example)
+    if layer is not None or not paths:  # no paths: resolve_layer says why there are none
+        paths = [resolve_layer(paths, layer, model)]
+    key = (repr(model), tuple(paths))
+    if key not in _COMPILED_FEATURES:
+        if len(_COMPILED_FEATURES) >= 16:
+            _COMPILED_FEATURES.clear()
+
+        def compute(variables, images):
+            with _recording_perturb():
+                _, state = model.apply(variables, images, train=False, mutable=[_FEATURES])
+            return [_leaf(state[_FEATURES], p).astype(jnp.float32) for p in paths]
+
+        _COMPILED_FEATURES[key] = jax.jit(compute)
+    compiled, names = _COMPILED_FEATURES[key], [_path_str(p) for p in paths]
+
+    def features(images) -> dict[str, np.ndarray]:
+        out = compiled(variables, jnp.asarray(images, jnp.float32))
+        return {name: np.asarray(a) for name, a in zip(names, out)}
+
+    return features
+
+
 def gradcam(
     model: nn.Module,
     variables: Mapping[str, Any],

@@ -31,7 +31,8 @@ This module scores; :mod:`cxrjax.explain.split` runs a loaded model over a whole
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -71,6 +72,18 @@ def binary_mask(mask: np.ndarray, size: tuple[int, int] | None = None) -> np.nda
     return mask >= 128
 
 
+def fill_outside(image: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``image`` (uint8 [H, W] or [H, W, C]) with the pixels outside ``keep`` (bool [H, W])
+    set to the rounded mean of the kept pixels (0 if none are kept): the fill of every
+    masking probe (see the module docstring for why the mean of the kept pixels)."""
+    image = np.asarray(image)
+    keep = np.asarray(keep, bool)
+    fill = np.round(image[keep].mean()) if keep.any() else 0
+    if image.ndim == 3:
+        keep = keep[..., None]
+    return np.where(keep, image, np.asarray(fill).astype(image.dtype)).astype(image.dtype)
+
+
 def apply_lung_mask(image: np.ndarray, lung_mask: np.ndarray, mode: str) -> np.ndarray:
     """One stored image (uint8 [H, W] or [H, W, C]) with only the lungs kept, or the lungs
     blanked; blanked pixels get the rounded mean of the kept pixels (0 if none are kept)."""
@@ -78,47 +91,131 @@ def apply_lung_mask(image: np.ndarray, lung_mask: np.ndarray, mode: str) -> np.n
         raise ValueError(f"unknown lung-mask mode {mode!r}; choose one of {MASK_MODES}")
     image = np.asarray(image)
     lungs = binary_mask(lung_mask, image.shape[:2])
-    keep = lungs if mode == LUNGS_ONLY else ~lungs
-    fill = np.round(image[keep].mean()) if keep.any() else 0
-    if image.ndim == 3:
-        keep = keep[..., None]
-    return np.where(keep, image, np.asarray(fill).astype(image.dtype)).astype(image.dtype)
+    return fill_outside(image, lungs if mode == LUNGS_ONLY else ~lungs)
 
 
-class LungMaskedSource:
-    """A random-access split source whose records have their image lung-masked.
+class MaskedSource:
+    """A random-access split source whose records have their image replaced by
+    ``mask(record, index)`` (a uint8 image of the same shape).
 
-    Wraps any ``len()``/``[i]`` source of records with "image" and "lung_mask", so the
-    masked images go through the run's unchanged eval pipeline.
+    Wraps any ``len()``/``[i]`` source of records with "image", so the masked images go
+    through the run's unchanged eval pipeline, exactly as if a user had handed them in.
+    ``mode`` names the masking (for reprs and progress descriptions).
     """
 
-    def __init__(self, source: Any, mode: str):
-        if mode not in MASK_MODES:
-            raise ValueError(f"unknown lung-mask mode {mode!r}; choose one of {MASK_MODES}")
-        self.source, self.mode = source, mode
+    def __init__(self, source: Any, mode: str, mask: Callable[[Mapping[str, Any], int], np.ndarray]):
+        self.source, self.mode, self.mask = source, mode, mask
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, index):
         record = dict(self.source[index])
-        if "lung_mask" not in record:
-            raise KeyError(
-                f"record {index} has no 'lung_mask'; the lung-masked probe needs a "
-                "dataset that stores lung masks (covid19_radiography D4, cxr_phantoms)"
-            )
-        record["image"] = apply_lung_mask(record["image"], record["lung_mask"], self.mode)
+        record["image"] = self.mask(record, index)
         return record
 
     def __repr__(self) -> str:
-        return f"LungMaskedSource({self.source!r}, mode={self.mode!r})"
+        return f"{type(self).__name__}({self.source!r}, mode={self.mode!r})"
 
 
-def _binomial_greater_pvalue(successes: int, n: int, p: float) -> float:
+class LungMaskedSource(MaskedSource):
+    """A :class:`MaskedSource` whose records have their image lung-masked (records need
+    "lung_mask")."""
+
+    def __init__(self, source: Any, mode: str):
+        if mode not in MASK_MODES:
+            raise ValueError(f"unknown lung-mask mode {mode!r}; choose one of {MASK_MODES}")
+
+        def mask(record, index):
+            if "lung_mask" not in record:
+                raise KeyError(
+                    f"record {index} has no 'lung_mask'; the lung-masked probe needs a "
+                    "dataset that stores lung masks (covid19_radiography D4, cxr_phantoms)"
+                )
+            return apply_lung_mask(record["image"], record["lung_mask"], mode)
+
+        super().__init__(source, mode, mask)
+
+
+def binomial_greater_pvalue(successes: int, n: int, p: float) -> float:
     """P(X >= successes) for X ~ Binomial(n, p): is an accuracy above chance by luck?"""
     if n == 0:
         return 1.0
     return float(binomtest(successes, n, p, alternative="greater").pvalue)
+
+
+@dataclass(frozen=True)
+class MaskedScores:
+    """Accuracies of one model on the same examples shown several ways, against chance.
+
+    Chance is the majority-class share of the labels (what always answering the most
+    common class scores). Per way of showing: the accuracy, the one-sided binomial
+    p-value of that many correct answers under chance, and "retained": the share of the
+    full images' above-chance accuracy that survives, (acc - chance) / (acc_full - chance)
+    (NaN when the full images are not above chance).
+    """
+
+    num_examples: int
+    chance: float
+    full: str  # the key of the unmasked images
+    accuracy: dict[str, float]
+    pvalue: dict[str, float]
+    retained: dict[str, float]
+
+
+def masked_scores(
+    labels: Sequence[int], predictions: Mapping[str, Sequence[int]], num_classes: int, full: str
+) -> MaskedScores:
+    """:class:`MaskedScores` of ``predictions`` ({way: predicted labels}, ``full`` among them)."""
+    labels = np.asarray(labels, np.int64)
+    n = int(labels.size)
+    if n == 0:
+        raise ValueError("a masking probe needs at least one example")
+    chance = float(np.bincount(labels, minlength=num_classes).max() / n)
+    correct = {}
+    for way, pred in predictions.items():
+        pred = np.asarray(pred, np.int64)
+        if pred.shape != labels.shape:
+            raise ValueError(f"predictions {pred.shape} do not match labels {labels.shape}")
+        correct[way] = int((pred == labels).sum())
+    accuracy = {way: c / n for way, c in correct.items()}
+    gap = accuracy[full] - chance
+    return MaskedScores(
+        num_examples=n,
+        chance=chance,
+        full=full,
+        accuracy=accuracy,
+        pvalue={way: binomial_greater_pvalue(c, n, chance) for way, c in correct.items()},
+        retained={way: float((a - chance) / gap) if gap > 0 else float("nan") for way, a in accuracy.items()},
+    )
+
+
+def shortcut_case(scores: MaskedScores, blanked: str, only: str) -> str:
+    """The masking probes' one decision rule, for a region R (the lungs, the thorax box).
+
+    ``blanked``: R blanked, ``only``: only R visible. In order:
+    "inconclusive" (the full images are not significantly above chance, p >=
+    SIGNIFICANCE), "shortcut" (R blanked is significantly above chance and retains >=
+    SHORTCUT_RETAINED), "partial_shortcut" (significant, retains >= PARTIAL_RETAINED),
+    "region" (R blanked falls to chance and only R retains >= SHORTCUT_RETAINED: the
+    model reads R), "unconfirmed" (R blanked falls to chance, but only R does not keep
+    enough either).
+    """
+    p_blanked, r_blanked = scores.pvalue[blanked], scores.retained[blanked]
+    if scores.pvalue[scores.full] >= SIGNIFICANCE or scores.accuracy[scores.full] <= scores.chance:
+        return "inconclusive"
+    if p_blanked < SIGNIFICANCE and r_blanked >= SHORTCUT_RETAINED:
+        return "shortcut"
+    if p_blanked < SIGNIFICANCE and r_blanked >= PARTIAL_RETAINED:
+        return "partial_shortcut"
+    if scores.retained[only] >= SHORTCUT_RETAINED:
+        return "region"
+    return "unconfirmed"
+
+
+def pct(x: float) -> str:
+    """A share as the probes' texts write it, e.g. 0.5 -> "50.0%"."""
+    return f"{100 * x:.1f}%"
 
 
 # The probe's verdicts, in the order shortcut_probe_report tests for them: case ->
@@ -141,7 +238,7 @@ _VERDICTS = {
         " The model PARTLY USES content outside the lungs: with the lungs blanked it keeps {blanked} of its "
         "above-chance accuracy.",
     ),
-    "lung_fields": (
+    "region": (
         "no_shortcut",
         " No sign of shortcuts outside the lungs: with the lungs blanked the model falls to (near) chance, "
         "and with only the lungs visible it {kept}, so its accuracy comes from the lung fields.",
@@ -169,47 +266,24 @@ def shortcut_probe_report(
     the most common class scores). "retained" is the share of the model's above-chance
     accuracy that survives the masking: (acc_masked - chance) / (acc_normal - chance).
     """
-    labels = np.asarray(labels, np.int64)
-    n = int(labels.size)
-    if n == 0:
+    if len(labels) == 0:
         raise ValueError("the lung-masked probe needs at least one example")
-    counts = np.bincount(labels, minlength=len(class_names))
-    chance = float(counts.max() / n)
-
-    def acc(pred):
-        pred = np.asarray(pred, np.int64)
-        if pred.shape != labels.shape:
-            raise ValueError(f"predictions {pred.shape} do not match labels {labels.shape}")
-        return float((pred == labels).mean())
-
-    normal, only, blanked = acc(pred_normal), acc(pred_lungs_only), acc(pred_lungs_blanked)
-    gap = normal - chance
-
-    def retained(a):
-        return float((a - chance) / gap) if gap > 0 else float("nan")
-
-    p_blanked = _binomial_greater_pvalue(int(round(blanked * n)), n, chance)
-    p_normal = _binomial_greater_pvalue(int(round(normal * n)), n, chance)
-    r_blanked, r_only = retained(blanked), retained(only)
-
-    def pct(x):
-        return f"{100 * x:.1f}%"
-
+    scores = masked_scores(
+        labels,
+        {"normal": pred_normal, LUNGS_ONLY: pred_lungs_only, LUNGS_BLANKED: pred_lungs_blanked},
+        len(class_names),
+        full="normal",
+    )
+    n, chance = scores.num_examples, scores.chance
+    normal, only, blanked = (scores.accuracy[k] for k in ("normal", LUNGS_ONLY, LUNGS_BLANKED))
+    p_blanked = scores.pvalue[LUNGS_BLANKED]
+    r_blanked, r_only = scores.retained[LUNGS_BLANKED], scores.retained[LUNGS_ONLY]
     head = (
         f"Accuracy {pct(normal)} on the normal images, {pct(only)} with only the lungs "
         f"visible, {pct(blanked)} with the lungs blanked (chance = majority class "
         f"{pct(chance)}, n = {n})."
     )
-    if p_normal >= SIGNIFICANCE or gap <= 0:
-        case = "inconclusive"
-    elif p_blanked < SIGNIFICANCE and r_blanked >= SHORTCUT_RETAINED:
-        case = "shortcut"
-    elif p_blanked < SIGNIFICANCE and r_blanked >= PARTIAL_RETAINED:
-        case = "partial_shortcut"
-    elif r_only >= SHORTCUT_RETAINED:
-        case = "lung_fields"
-    else:
-        case = "unconfirmed"
+    case = shortcut_case(scores, LUNGS_BLANKED, LUNGS_ONLY)
     finding, explanation = _VERDICTS[case]
     kept = (
         "does at least as well as on the normal images"

@@ -7,6 +7,8 @@ the records of a split through its own eval pipeline:
 - :func:`saliency` - Grad-CAM / LayerCAM heatmaps of every example of a split (the grids
   of ``cxrjax.explain``, the overlays of ``cxrjax.predict``);
 - :func:`lung_mask_probe` - the model on lungs-only and lungs-blanked images;
+- :func:`mask_free_probe` - the model with the thorax box blanked / only / the border
+  strip only (any dataset; :mod:`cxrjax.explain.mask_free`);
 - :func:`pointing_game_split` - saliency of each image's true class against its lesion
   mask (and, on phantoms, the shortcut marker's box).
 """
@@ -18,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cxrjax.explain import probes
+from cxrjax.explain import mask_free, probes
 from cxrjax.explain.gradcam import make_gradcam_fn
 from cxrjax.inference import DEFAULT_BATCH_SIZE, LoadedRun, has_field
 from cxrjax.train.evaluation import SplitPredictions, iterate_eval_batches, predict_split
@@ -68,6 +70,38 @@ def saliency(
     )
 
 
+def masked_probabilities(
+    run: LoadedRun,
+    view: Any,
+    split: str,
+    sources: Mapping[str, Any],
+    *,
+    mapping: np.ndarray | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """{mode: probabilities} of the run on each masked version of ``split``.
+
+    ``sources``: {mode: a masked wrapper of ``view.splits[split]``} (``probes.MaskedSource``);
+    each is added to the view as the split ``<split>[<mode>]`` and predicted in order, so
+    its rows line up with the unmasked split's.
+    """
+    masked = {}
+    for mode, source in sources.items():
+        name = f"{split}[{mode}]"
+        view.splits[name] = source
+        masked[mode] = predict_split(
+            run,
+            view,
+            name,
+            batch_size,
+            mapping=mapping,
+            progress=progress,
+            desc=f"eval {split}, {mode.replace('_', ' ')}",
+        ).probs
+    return masked
+
+
 def lung_mask_probe(
     run: LoadedRun,
     view: Any,
@@ -82,19 +116,8 @@ def lung_mask_probe(
 
     ``preds`` are the run's predictions on the unmasked split (the probe's baseline).
     """
-    masked = {}
-    for mode in probes.MASK_MODES:
-        name = f"{split}[{mode}]"
-        view.splits[name] = probes.LungMaskedSource(view.splits[split], mode)
-        masked[mode] = predict_split(
-            run,
-            view,
-            name,
-            batch_size,
-            mapping=mapping,
-            progress=progress,
-            desc=f"eval {split}, {mode.replace('_', ' ')}",
-        ).probs
+    sources = {mode: probes.LungMaskedSource(view.splits[split], mode) for mode in probes.MASK_MODES}
+    masked = masked_probabilities(run, view, split, sources, mapping=mapping, batch_size=batch_size, progress=progress)
     report = probes.shortcut_probe_report(
         preds.labels,
         preds.predictions,
@@ -103,6 +126,28 @@ def lung_mask_probe(
         run.class_names,
     )
     return report, masked
+
+
+def mask_free_probe(
+    run: LoadedRun,
+    view: Any,
+    split: str,
+    preds: SplitPredictions,
+    *,
+    box: Sequence[float] = mask_free.DEFAULT_THORAX_BOX,
+    border: float = mask_free.DEFAULT_BORDER,
+    mapping: np.ndarray | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The mask-free probe of one run (:mod:`cxrjax.explain.mask_free`): its report and
+    the probabilities per region mode. ``preds``: the run on the unmasked split."""
+    sources = {
+        mode: mask_free.RegionMaskedSource(view.splits[split], mode, box, border) for mode in mask_free.REGION_MODES
+    }
+    masked = masked_probabilities(run, view, split, sources, mapping=mapping, batch_size=batch_size, progress=progress)
+    predictions = {mask_free.FULL: preds.predictions, **{mode: p.argmax(1) for mode, p in masked.items()}}
+    return mask_free.mask_free_report(preds.labels, predictions, run.class_names, box, border), masked
 
 
 def pointing_game_split(

@@ -16,6 +16,7 @@ from PIL import Image
 from cxrjax import inference as R
 from cxrjax.data.phantoms import CLASS_NAMES
 from cxrjax.evaluate.ensemble import average_probabilities, check_members_aligned
+from tests.train.support import train_phantom_run
 
 NUM_TEST = 12  # not a multiple of the eval batch: the last batch is padded
 DATASET_OPTIONS = {"image_size": 32, "num_train": 32, "num_validation": 8, "num_test": NUM_TEST}
@@ -23,24 +24,7 @@ DATASET_OPTIONS = {"image_size": 32, "num_train": 32, "num_validation": 8, "num_
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from cxrjax.train import TrainConfig, train_and_evaluate
-
-    root = tmp_path_factory.mktemp("explain_cli")
-    config = TrainConfig(
-        model="s4_exp4",
-        dataset="cxr_phantoms",
-        data_dir=str(root / "data"),
-        dataset_options=DATASET_OPTIONS,
-        model_options={"features": [3, 4, 5, 6], "head_width": 7},
-        image_size=20,
-        channels=1,
-        epochs=1,
-        per_device_batch_size=8,
-        num_devices=1,
-        progress=False,
-    )
-    train_and_evaluate(config, str(root / "run"))
-    return root / "run"
+    return train_phantom_run(tmp_path_factory.mktemp("explain_cli"), DATASET_OPTIONS)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +65,12 @@ def test_evaluate_reports_the_probes_on_phantoms(evaluated):
         assert 0.0 <= probe[key] <= 1.0
     assert probe["normal_accuracy"] == pytest.approx(evaluated["metrics"]["accuracy"])
     assert probe["num_examples"] == NUM_TEST and "lungs blanked" in probe["verdict"]
+    # the mask-free probe runs by default, on any dataset
+    free = evaluated["mask_free_probe"]
+    assert free["full"] == pytest.approx(evaluated["metrics"]["accuracy"])
+    for key in ("center_blanked", "center_only", "border_only", "majority_rate"):
+        assert 0.0 <= free[key] <= 1.0
+    assert free["majority_rate"] == 0.25 and free["num_examples"] == NUM_TEST and free["verdict"]
     assert set(evaluated["pointing_game"]) == {"gradcam", "layercam"}
     for game in evaluated["pointing_game"].values():
         assert list(game["per_class"]) == list(CLASS_NAMES) and game["layer"] == "feat4"
@@ -239,3 +229,31 @@ def test_explain_writes_grids_and_pointing_game(run_dir, evaluated, tmp_path):
     assert list(games) == ["gradcam", "layercam"]  # the chosen method first, then the other
     for game in games.values():
         assert list(game["per_class"]) == list(CLASS_NAMES) and "max_on_marker_rate" in game["overall"]
+
+
+def test_explain_activations_writes_a_grid_per_conv_stage(run_dir, evaluated, tmp_path, capsys):
+    from cxrjax.explain.__main__ import main
+
+    common = ["--workdir", str(run_dir), "--activations", "--examples", "3", "--feature-channels", "2"]
+    assert main([*common, "--no-progress", "--batch-size", "8"]) == 0
+    out = run_dir / "activations"  # the default folder
+    summary = json.loads((out / "activations.json").read_text())
+    assert summary["examples"] == [0, 1, 2] and summary["class_names"] == list(CLASS_NAMES)
+    assert list(summary["layers"]) == ["feat1", "feat2", "feat3", "feat4"]  # s4_exp4's conv stages
+    features = [3, 4, 5, 6]  # the run's model_options
+    for (name, layer), width in zip(summary["layers"].items(), features):
+        assert layer["file"] == f"activations_{name}.png" and layer["channels_shown"] == 2
+        assert layer["shape"][-1] == width and layer["min"] >= 0.0  # post-ReLU
+        assert Image.open(out / layer["file"]).size[0] > 100
+    assert "feat4" in capsys.readouterr().out
+    # --layer: only that stage, into --out
+    assert main([*common, "--layer", "feat2", "--out", str(tmp_path / "one")]) == 0
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["activations.json", "activations_feat2.png"]
+    # an unknown layer is a user error: one error: line naming the stages
+    capsys.readouterr()
+    assert main([*common, "--layer", "conv9", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "feat1" in err and "Traceback" not in err
+    # the Grad-CAM grids still need --out
+    with pytest.raises(SystemExit):
+        main(["--workdir", str(run_dir)])

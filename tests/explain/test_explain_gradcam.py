@@ -201,3 +201,32 @@ def test_feature_geometry_of_s4_and_vgg():
     # linear in the cell index, clamped to the outermost cells
     np.testing.assert_allclose(m @ np.arange(16), np.clip((np.arange(64) + 0.5 - 1.0) / 4.0, 0, 15), atol=1e-5)
     np.testing.assert_allclose(interpolation_matrix(8, 8, 0.5, 1.0), np.eye(8), atol=1e-7)
+
+
+def test_feature_fn_equals_a_manual_forward_pass_of_s0():
+    from cxrjax import models
+    from cxrjax.explain.gradcam import make_feature_fn
+
+    model = models.create("s0_c", num_classes=2, channels=1, filters=(3, 4), dense=5)
+    x = np.asarray(jax.random.uniform(jax.random.key(3), (2, 20, 20, 1)))
+    variables = jax.jit(lambda x: model.init({"params": jax.random.key(0)}, x, train=False))(x)
+    feats = make_feature_fn(model, variables, x.shape[1:])(x)
+    assert list(feats) == list(model.feature_names) == ["feat1", "feat2"]
+
+    def valid_conv(a, p):  # Keras "valid" 3x3 conv, by hand
+        return (
+            lax.conv_general_dilated(a, p["kernel"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            + p["bias"]
+        )
+
+    p = variables["params"]
+    a1 = jax.nn.relu(valid_conv(x, p["conv1"]))  # [2, 18, 18, 3]
+    pooled = lax.reduce_window(a1, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    a2 = jax.nn.relu(valid_conv(pooled, p["conv2"]))  # [2, 7, 7, 4]
+    np.testing.assert_allclose(feats["feat1"], a1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(feats["feat2"], a2, rtol=1e-5, atol=1e-6)
+    only = make_feature_fn(model, variables, x.shape[1:], layer="feat2")(x)
+    assert list(only) == ["feat2"]
+    np.testing.assert_array_equal(only["feat2"], feats["feat2"])
+    with pytest.raises(ValueError, match=r"feat1.*feat2"):
+        make_feature_fn(model, variables, x.shape[1:], layer="conv9")

@@ -36,3 +36,28 @@ def history(workdir, *, timing=True):
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     return records if timing else [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def train_phantom_run(root, dataset_options, *, name="run", **changes):
+    """Train a tiny s4_exp4 on phantoms (one device) into ``root / name``; returns that path.
+
+    The run the inference tools' tests read (tests/explain): ``dataset_options`` are the
+    phantoms' (size, counts, marker), ``changes`` any other TrainConfig fields.
+    """
+    from cxrjax.train import TrainConfig, train_and_evaluate
+
+    config = TrainConfig(
+        model="s4_exp4",
+        dataset="cxr_phantoms",
+        data_dir=str(root / "data"),
+        dataset_options=dataset_options,
+        model_options={"features": [3, 4, 5, 6], "head_width": 7},
+        image_size=20,
+        channels=1,
+        epochs=1,
+        per_device_batch_size=8,
+        num_devices=1,
+        progress=False,
+    ).replace(**changes)
+    train_and_evaluate(config, str(root / name))
+    return root / name
