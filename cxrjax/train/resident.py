@@ -391,11 +391,14 @@ class ResidentInput:
         make = train_batch_fn(self.transform, self.spe, self.global_batch, self.engine.num_devices)
         train_fn = self.engine.train_fn
 
-        def steps(state, images, labels, order):
-            def body(s, _):
-                return train_fn(s, make(s.step, s.rng, images, labels, order))
+        def step(state, images, labels, order):
+            return train_fn(state, make(state.step, state.rng, images, labels, order))
 
-            return lax.scan(body, state, None, length=num_steps)
+        def steps(state, images, labels, order):
+            if num_steps == 1:  # no loop: the host path's single step, numerically
+                state, metrics = step(state, images, labels, order)
+                return state, jax.tree.map(lambda m: m[None], metrics)
+            return lax.scan(lambda s, _: step(s, images, labels, order), state, None, length=num_steps)
 
         return self._shard_map(steps, (P(), P(AXIS), P(), P()), (P(), P()), donate_argnums=0)
 
