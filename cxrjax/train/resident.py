@@ -446,12 +446,16 @@ class ResidentInput:
         with random_config():
             return program(state, split.images, split.labels, self._order_of(state))
 
-    def batch(self, state: Any) -> dict[str, np.ndarray]:
-        """The global batch of ``state.step`` as the train step sees it, on the host."""
+    def device_batch(self, state: Any) -> dict[str, jax.Array]:
+        """The global batch of ``state.step`` as the train step sees it (device arrays,
+        split over the devices like a host batch; the benchmarks time it)."""
         split = self.splits["train"]
         with random_config():
-            out = self._program("batch")(state, split.images, split.labels, self._order_of(state))
-        return jax.device_get(out)
+            return self._program("batch")(state, split.images, split.labels, self._order_of(state))
+
+    def batch(self, state: Any) -> dict[str, np.ndarray]:
+        """:meth:`device_batch` on the host."""
+        return jax.device_get(self.device_batch(state))
 
     def iterator_state(self, batch_in_epoch: int) -> dict[str, Any]:
         """What a checkpoint stores where the grain iterator state goes for the host path."""
