@@ -930,6 +930,7 @@ def _results(
         "session_wall_seconds": time.perf_counter() - session_start,
         "num_devices": setup.num_devices,
         "parallel": config.parallel,
+        "data_placement": setup.placement,  # data_placement resolved ("auto" -> host or device)
         "global_batch_size": setup.global_batch_size,
         "steps_per_epoch": setup.steps_per_epoch,
         "parameter_count": parameter_count(host_state.params),
