@@ -372,8 +372,7 @@ class ResidentInput:
             )
         self._order: jax.Array | None = None
         self.epoch: int | None = None
-        cache = engine.__dict__.setdefault("_resident_programs", {})
-        self._programs = cache
+        self._programs = engine.__dict__.setdefault("_resident_programs", {})
 
     # --- compiled programs, memoised on the engine ----------------------------------
     def _program(self, kind: str, **static: Any):
@@ -433,7 +432,7 @@ class ResidentInput:
         self._order = jax.device_put(np.asarray(order, np.int32), self._replicated)
         self.epoch = epoch
 
-    def _order_of(self, state: Any) -> jax.Array:
+    def _current_order(self) -> jax.Array:
         if self._order is None:
             raise RuntimeError("ResidentInput: call start_epoch(seed, epoch) before training")
         return self._order
@@ -444,14 +443,14 @@ class ResidentInput:
         split = self.splits["train"]
         program = self._program("train", num_steps=int(num_steps))
         with random_config():
-            return program(state, split.images, split.labels, self._order_of(state))
+            return program(state, split.images, split.labels, self._current_order())
 
     def device_batch(self, state: Any) -> dict[str, jax.Array]:
         """The global batch of ``state.step`` as the train step sees it (device arrays,
         split over the devices like a host batch; the benchmarks time it)."""
         split = self.splits["train"]
         with random_config():
-            return self._program("batch")(state, split.images, split.labels, self._order_of(state))
+            return self._program("batch")(state, split.images, split.labels, self._current_order())
 
     def batch(self, state: Any) -> dict[str, np.ndarray]:
         """:meth:`device_batch` on the host."""

@@ -225,3 +225,18 @@ def test_placement_choice(base_config, monkeypatch):
     assert resident.choose_placement(auto.replace(parallel="pmap"), ds, 16, devices) == "host"
     with pytest.raises(resident.PlacementError, match="--data-placement host"):
         resident.choose_placement(auto.replace(parallel="pmap", data_placement="device"), ds, 16, devices)
+
+
+def test_command_line_and_user_errors(base_config, tmp_path):
+    from cxrjax.train.cli import build_parser, config_from_args
+    from cxrjax.train.run_setup import RunSetupError
+
+    config = config_from_args(build_parser().parse_args(["--data-placement", "device", "--steps-per-dispatch", "4"]))
+    assert (config.data_placement, config.steps_per_dispatch) == ("device", 4)
+    with pytest.raises(ValueError, match="steps_per_dispatch must be >= 1"):
+        base_config.replace(steps_per_dispatch=0)
+    with pytest.raises(ValueError, match="data_placement='gpu' is not one of"):
+        base_config.replace(data_placement="gpu")
+    # The CLI prints a RunSetupError as one error: line naming the fix.
+    with pytest.raises(RunSetupError, match="use --data-placement host"):
+        train_and_evaluate(base_config.replace(parallel="pmap", data_placement="device"), tmp_path)
