@@ -307,7 +307,8 @@ class TrainConfig(InputOptions):
         ge=1,
         help="train steps run in one compiled call (a lax.scan; metrics stacked), against per-step dispatch "
         "overhead; the last steps of an epoch and those before a mid-epoch checkpoint run one by one. "
-        "1: one call per step",
+        "1: one call per step. A scanned step is compiled apart from a single one, so K > 1 changes results "
+        "at the float32 rounding level",
     )
     dtype: str = option("float32", flag=True, choices=DTYPES, help="computation dtype; params stay float32")
     seed: int = option(0, flag=True, help="seed of the initial weights, batches and augmentation (and the bootstrap)")
