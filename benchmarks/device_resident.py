@@ -1,156 +1,212 @@
-"""Device-resident input: a whole split as uint8 on every device, batches made in-step.
+"""Host vs device data placement and the steps-per-dispatch sweep, on the trainer's real path.
 
-For small models the host pipeline (decode, resize, augment in Python/NumPy, even with
-grain workers) cannot produce images as fast as the train step consumes them. When a
-split fits in device memory (D4 at 32 px: 21k x 1 KiB = 21 MiB; at 224 px, 1 GiB), the
-alternative is to keep it on the device as uint8 and do everything else inside the
-compiled step:
+    python -m benchmarks.device_resident [--models lenet5@32 s4_exp2@32 s4_exp4@128]
+        [--placements host,device] [--steps-per-dispatch 1,4,16] [--epochs 3]
+        [--per-device-batch-size 32] [--num-train 2048] [--stored-size 256]
+        [--num-workers 0] [--num-devices N] [--data-dir DIR] [--json FILE]
 
-- shuffling: a permutation of the split per epoch, from ``fold_in(seed, epoch)``, so the
-  order depends only on (seed, step) exactly like the host pipeline's;
-- batching: each replica gathers its slice of the global batch from the permutation;
-- augmentation: uint8 -> float ("unit" normalisation), random horizontal flip and a
-  random rotation (bilinear, zero fill) per example, keys from ``fold_in(step, replica)``;
-- then the engine's own per-replica train step (``cxrjax.train.steps.train_step``),
+Every combination is one ``cxrjax.train.train_and_evaluate`` run on ``cxr_phantoms``
+(in a temporary workdir) with ``data_placement`` and ``steps_per_dispatch`` set, the
+study's input settings of :data:`benchmarks.input_pipeline.STUDY_INPUT` (LeNet-5: flips and
+rotations, [-1, 1]; S4: none), and the metrics fetch cadence of the trainer's default.
+Reported: the run's ``train_images_per_second`` (the median over its epochs after the
+first, whose time includes compilation: so ``--epochs`` >= 2), i.e. what training
+achieves end to end, host input pipeline or in-step batches included, evaluation and
+checkpoints excluded. Prints one table line per run and, with ``--json``, writes the
+records.
 
-all wrapped by the training engine itself (``cxrjax.train.parallel.ShardMapEngine`` with
-the split replicated, ``batch_spec=P()``), like the plain benchmark step of jax_step.py.
-
-This module is the benchmark's prototype of that path (issue 6 asks for it if the host
-pipeline cannot keep up); see benchmarks/README.md for the measured rates and for what
-integrating it into cxrjax.data / cxrjax.train would take.
+The device-resident input itself is ``cxrjax.train.resident`` (the one implementation);
+:func:`build_resident` wraps it around a benchmark engine for
+``benchmarks.input_pipeline``'s in-step rate.
 """
 
 from __future__ import annotations
 
-import math
+import argparse
+import json
+import sys
+import tempfile
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from jax.sharding import PartitionSpec as P
-from PIL import Image
-
-from benchmarks import jax_step
-from cxrjax.train.parallel import ShardMapEngine
-from cxrjax.train.steps import AXIS
-
-
-@dataclass(frozen=True)
-class ResidentConfig:
-    """What the in-step input does: batch per device, augmentation, seed."""
-
-    per_device_batch: int
-    hflip: bool = True
-    rotate_degrees: float = 10.0
-    seed: int = 0
-
-
-def resident_arrays(source: Sequence[dict], image_size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every record of a split resized once to ``image_size``: uint8 [N, S, S, C], int32 [N].
-
-    Grayscale is repeated to 3 channels for 3-channel models, as the host pipeline does.
-    """
-    n = len(source)
-    images = np.empty((n, image_size, image_size, channels), np.uint8)
-    labels = np.empty((n,), np.int32)
-    for i in range(n):
-        record = source[i]
-        img = np.asarray(record["image"])[..., 0]
-        if img.shape != (image_size, image_size):
-            img = np.asarray(Image.fromarray(img).resize((image_size, image_size), Image.BILINEAR))
-        images[i] = img[..., None]
-        labels[i] = int(record["label"])
-    return images, labels
-
-
-def _rotate(image: jax.Array, angle: jax.Array) -> jax.Array:
-    """Rotate one [S, S, C] float image by `angle` radians about its centre (bilinear, zero fill)."""
-    s = image.shape[0]
-    c = (s - 1) / 2.0
-    yy, xx = jnp.meshgrid(jnp.arange(s, dtype=jnp.float32), jnp.arange(s, dtype=jnp.float32), indexing="ij")
-    cos, sin = jnp.cos(angle), jnp.sin(angle)
-    src_y = cos * (yy - c) - sin * (xx - c) + c
-    src_x = sin * (yy - c) + cos * (xx - c) + c
-    sample = lambda ch: jax.scipy.ndimage.map_coordinates(ch, [src_y, src_x], order=1, mode="constant", cval=0.0)  # noqa: E731
-    return jnp.stack([sample(image[..., k]) for k in range(image.shape[-1])], axis=-1)
-
-
-def augment(images_u8: jax.Array, key: jax.Array, cfg: ResidentConfig) -> jax.Array:
-    """uint8 [B, S, S, C] -> float32 in [0, 1], with random flips and rotations per example."""
-    x = images_u8.astype(jnp.float32) / 255.0
-    flip_key, rot_key = jax.random.split(key)
-    if cfg.hflip:
-        flip = jax.random.bernoulli(flip_key, 0.5, (x.shape[0],))
-        x = jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
-    if cfg.rotate_degrees:
-        limit = math.radians(cfg.rotate_degrees)
-        angles = jax.random.uniform(rot_key, (x.shape[0],), minval=-limit, maxval=limit)
-        x = jax.vmap(_rotate)(x, angles)
-    return x
-
-
-def make_batch_fn(num_examples: int, num_devices: int, cfg: ResidentConfig) -> Callable:
-    """Per-replica (step, data_images, data_labels) -> batch {"image", "label"} of this replica."""
-    global_batch = cfg.per_device_batch * num_devices
-    steps_per_epoch = num_examples // global_batch
-    if steps_per_epoch < 1:
-        raise ValueError(f"split of {num_examples} examples is smaller than one global batch of {global_batch}")
-    base = jax.random.key(cfg.seed)
-
-    def batch_fn(step, images, labels):
-        epoch, within = step // steps_per_epoch, step % steps_per_epoch
-        order = jax.random.permutation(jax.random.fold_in(base, epoch), num_examples)
-        replica = jax.lax.axis_index(AXIS)
-        start = within * global_batch + replica * cfg.per_device_batch
-        idx = jax.lax.dynamic_slice(order, (start,), (cfg.per_device_batch,))
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base, 1 << 20), step), replica)
-        return {"image": augment(images[idx], key, cfg), "label": labels[idx]}
-
-    return batch_fn
+SCHEMA = "cxrjax.benchmarks.device_resident/1"
+DEFAULT_MODELS = ("lenet5@32", "s4_exp2@32", "s4_exp4@128")
 
 
 @dataclass
-class ResidentSteps:
-    """Compiled resident train step (and the batch maker alone), with placed data."""
+class ResidentBench:
+    """A ResidentInput on a benchmark engine (Adam, host-initialised state), ready to time."""
 
-    train: Callable[[Any, dict], tuple[Any, dict]]  # (state, data) -> (state, metrics)
-    make_batch: Callable[[Any, dict], dict]  # (state, data) -> the global batch of state.step
-    state: Any
-    data: dict[str, jax.Array]  # {"image": uint8 [N, S, S, C], "label": int32 [N]}, on every device
+    resident: Any  # cxrjax.train.resident.ResidentInput
+    state: Any  # the engine's TrainState, placed
     num_devices: int
+    global_batch: int
     compile_s: float
 
 
-def build_resident_steps(
+def build_resident(
     model_name: str,
-    images: np.ndarray,
-    labels: np.ndarray,
-    cfg: ResidentConfig,
+    ds: Any,
+    input_config: Any,
     *,
-    num_classes: int,
+    per_device_batch: int,
     overrides: dict | None = None,
     num_devices: int | None = None,
-) -> ResidentSteps:
-    """The engine's jit(shard_map) of [gather + augment + engine train step], the data
-    replicated per device; the engine's eval slot compiles the batch maker alone (its
-    per-replica output, concatenated over the devices, is the global batch)."""
+) -> ResidentBench:
+    """The trainer's device-resident input (train split only) around the benchmarks' engine
+    (benchmarks/jax_step.py), its one-step program compiled by a first call (timed)."""
+    import jax
+
+    from benchmarks import jax_step
+    from cxrjax.train.parallel import ShardMapEngine
+    from cxrjax.train.resident import ResidentInput
+
     devices = jax_step.local_devices(num_devices)
-    model = jax_step.bench_model(model_name, num_classes=num_classes, channels=images.shape[-1], overrides=overrides)
-    tx, train_fn, _ = jax_step.adam_steps(model, num_classes)
-    batch_fn = make_batch_fn(len(images), len(devices), cfg)
+    model = jax_step.bench_model(
+        model_name, num_classes=ds.num_classes, channels=input_config.channels, overrides=overrides
+    )
+    tx, train_fn, eval_fn = jax_step.adam_steps(model, ds.num_classes)
+    engine = ShardMapEngine(train_fn, eval_fn, devices)
+    global_batch = per_device_batch * len(devices)
+    spe = len(ds.splits["train"]) // global_batch
+    if spe < 1:
+        raise ValueError(
+            f"train split of {len(ds.splits['train'])} examples is smaller than one batch of {global_batch}"
+        )
+    resident = ResidentInput(
+        engine,
+        ds,
+        input_config,
+        global_batch=global_batch,
+        eval_global_batch=global_batch,
+        steps_per_epoch=spe,
+        splits=("train",),
+    )
+    resident.start_epoch(0, 0)
+    state = engine.put_state(jax_step.host_initialized_state(model, tx, input_config.image_shape))
+    t0 = time.perf_counter()
+    state, _ = resident.train_steps(state, 1)
+    jax.block_until_ready(state)
+    return ResidentBench(resident, state, len(devices), global_batch, time.perf_counter() - t0)
 
-    def make_batch(state, data):
-        return batch_fn(state.step, data["image"], data["label"])
 
-    def resident_step(state, data):
-        return train_fn(state, make_batch(state, data))
+# ------------------------------------------------------------------------------ the sweep
+def run_config(
+    model: str,
+    image_size: int,
+    placement: str,
+    steps_per_dispatch: int,
+    args: argparse.Namespace,
+    data_dir: Path,
+    workdir: Path,
+) -> dict[str, Any]:
+    """One training run; its record (images/s, or the error)."""
+    from benchmarks.input_pipeline import DEFAULT_INPUT, STUDY_INPUT
+    from cxrjax import models
+    from cxrjax.train import TrainConfig, train_and_evaluate
+    from cxrjax.train.workdir import read_history
 
-    engine = ShardMapEngine(resident_step, make_batch, devices, batch_spec=P())
-    state = engine.put_state(jax_step.host_initialized_state(model, tx, tuple(images.shape[1:])))
-    data = engine.put_batch({"image": images, "label": labels})
-    train_c, compile_s = jax_step.compile_step(engine, "train", state, data)
-    make_batch_c, _ = jax_step.compile_step(engine, "eval", state, data)
-    return ResidentSteps(train_c, make_batch_c, state, data, len(devices), compile_s)
+    record: dict[str, Any] = {
+        "model": model,
+        "image_size": image_size,
+        "data_placement": placement,
+        "steps_per_dispatch": steps_per_dispatch,
+    }
+    try:
+        config = TrainConfig(
+            model=model,
+            image_size=image_size,
+            channels=models.MODELS[model].channels,
+            dataset="cxr_phantoms",
+            data_dir=str(data_dir),
+            dataset_options={
+                "num_train": args.num_train,
+                "num_validation": args.num_eval,
+                "num_test": args.num_eval,
+                "image_size": args.stored_size,
+            },
+            epochs=args.epochs,
+            per_device_batch_size=args.per_device_batch_size,
+            num_devices=args.num_devices,
+            num_workers=args.num_workers,
+            data_placement=placement,
+            steps_per_dispatch=steps_per_dispatch,
+            progress=False,
+            **STUDY_INPUT.get(model, DEFAULT_INPUT),
+        )
+        t0 = time.perf_counter()
+        results = train_and_evaluate(config, workdir)
+        record.update(
+            images_per_second=results["train_images_per_second"],
+            per_epoch_images_per_second=[h["images_per_second"] for h in read_history(workdir)],
+            global_batch_size=results["global_batch_size"],
+            num_devices=results["num_devices"],
+            steps_per_epoch=results["steps_per_epoch"],
+            wall_s=time.perf_counter() - t0,
+            error=None,
+        )
+    except Exception as err:  # one failed configuration does not end the sweep
+        record.update(
+            images_per_second=None, error=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        )
+    return record
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.device_resident", description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME@SIZE")
+    p.add_argument("--placements", default="host,device", help="comma-separated: host, device, auto")
+    p.add_argument("--steps-per-dispatch", default="1,4,16", help="comma-separated K values")
+    p.add_argument("--epochs", type=int, default=3, help="at least 2: the first epoch's rate includes compilation")
+    p.add_argument("--per-device-batch-size", type=int, default=32)
+    p.add_argument("--num-train", type=int, default=2048)
+    p.add_argument("--num-eval", type=int, default=64, help="validation and test images each")
+    p.add_argument("--stored-size", type=int, default=256, help="phantoms are stored at this size, like real data")
+    p.add_argument("--num-workers", type=int, default=0, help="grain workers of the host placement")
+    p.add_argument("--num-devices", type=int, default=None)
+    p.add_argument("--data-dir", type=Path, default=None, help="prepared phantoms (reused); default: a temporary one")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.epochs < 2:
+        p.error("--epochs must be >= 2 (the first epoch includes compilation)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from benchmarks.report import environment
+
+    args = parse_args(argv)
+    placements = [s.strip() for s in args.placements.split(",") if s.strip()]
+    ks = [int(k) for k in args.steps_per_dispatch.split(",") if k.strip()]
+    records = []
+    with tempfile.TemporaryDirectory(prefix="cxrjax-bench-resident-") as tmp:
+        data_dir = args.data_dir or Path(tmp) / "data"
+        print("| model | size | placement | K | img/s | per epoch |", flush=True)
+        print("|---|---|---|---|---|---|", flush=True)
+        for text in args.models:
+            model, _, size = text.partition("@")
+            from cxrjax import models
+
+            if model not in models.MODELS:
+                raise SystemExit(
+                    f"benchmarks.device_resident: unknown model {model!r}; registered: {sorted(models.MODELS)}"
+                )
+            image_size = int(size) if size else models.MODELS[model].image_size
+            for placement in placements:
+                for k in ks:
+                    workdir = Path(tmp) / f"{model}-{image_size}-{placement}-{k}"
+                    r = run_config(model, image_size, placement, k, args, data_dir, workdir)
+                    records.append(r)
+                    rate = f"{r['images_per_second']:.0f}" if r.get("images_per_second") else r.get("error")
+                    epochs = ", ".join(f"{v:.0f}" for v in r.get("per_epoch_images_per_second") or [])
+                    print(f"| {model} | {image_size} | {placement} | {k} | {rate} | {epochs} |", flush=True)
+    result = {"schema": SCHEMA, **environment(), "records": records}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)

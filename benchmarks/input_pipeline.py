@@ -12,10 +12,11 @@ up with the train step on this machine. The train step's rate is read from a
 ``benchmarks.throughput`` JSON (the fastest float32 configuration of that model and
 size), or measured here with a short run at ``--batch-size``.
 
-Where no worker count keeps up (small models on a CPU), it also times the device-resident
-path of benchmarks/device_resident.py: the split as uint8 on the device, shuffling,
-batching and augmentation inside the compiled train step, and reports its images/s next
-to the plain train step's.
+Where no worker count keeps up (small models on a CPU), it also times the trainer's
+device-resident input (cxrjax.train.resident, data_placement="device"): the split as uint8
+on the devices, shuffling, batching and augmentation inside the compiled train step, and
+reports its images/s next to the plain train step's. (benchmarks.device_resident times
+whole training runs with each placement and steps per dispatch.)
 
 The dataset is ``cxr_phantoms`` prepared into a temporary directory (or ``--data-dir``,
 reused across runs), stored at 256 px like the real data is stored.
@@ -158,45 +159,38 @@ def train_step_rate(case: Any, options: PipelineOptions, channels: int) -> tuple
 
 
 def resident_rate(case: Any, ds: Any, channels: int, options: PipelineOptions) -> dict[str, Any]:
-    """Images/s of the device-resident train step, and of its batch maker alone."""
+    """Images/s of the device-resident train step (cxrjax.train.resident, one step per
+    call), and of its batch maker alone."""
     import jax
 
-    from benchmarks import device_resident
+    from benchmarks.device_resident import build_resident
     from benchmarks.timing import time_steps
+    from cxrjax.train.resident import resident_bytes
 
-    settings = STUDY_INPUT.get(case.model, DEFAULT_INPUT)
-    images, labels = device_resident.resident_arrays(ds.splits["train"], case.image_size, channels)
+    api = data_api()
+    cfg = input_config(api, case.model, case.image_size, channels, 0)
     n = jax.local_device_count()
-    cfg = device_resident.ResidentConfig(
-        per_device_batch=max(1, options.batch_size // n),
-        hflip=settings["hflip"],
-        rotate_degrees=settings["rotate_degrees"],
+    bench = build_resident(
+        case.model, ds, cfg, per_device_batch=max(1, options.batch_size // n), overrides=dict(options.overrides)
     )
-    steps = device_resident.build_resident_steps(
-        case.model, images, labels, cfg, num_classes=ds.num_classes, overrides=dict(options.overrides)
-    )
-    global_batch = cfg.per_device_batch * steps.num_devices
+    r = bench.resident
     train_t, state = time_steps(
-        lambda s: steps.train(s, steps.data)[0],
-        steps.state,
+        lambda s: r.train_steps(s, 1)[0],
+        bench.state,
         warmup=1,
         steps=options.resident_steps,
         sync=jax.block_until_ready,
     )
     batch_t, _ = time_steps(
-        lambda _: steps.make_batch(state, steps.data),
-        None,
-        warmup=1,
-        steps=options.resident_steps,
-        sync=jax.block_until_ready,
+        lambda _: r.device_batch(state), None, warmup=1, steps=options.resident_steps, sync=jax.block_until_ready
     )
     return {
-        "resident_bytes": int(images.nbytes),
-        "compile_s": steps.compile_s,
-        "global_batch": global_batch,
+        "resident_bytes": resident_bytes(ds, case.image_size, ("train",)),
+        "compile_s": bench.compile_s,
+        "global_batch": bench.global_batch,
         "train_step_s": train_t.to_json(),
-        "images_per_s": global_batch / train_t.median_s,
-        "batch_only_images_per_s": global_batch / batch_t.median_s,
+        "images_per_s": bench.global_batch / train_t.median_s,
+        "batch_only_images_per_s": bench.global_batch / batch_t.median_s,
     }
 
 

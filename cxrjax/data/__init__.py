@@ -40,6 +40,7 @@ _NAMES = {
         (
             "InputConfig",
             "train_batches",
+            "epoch_order",
             "eval_batches",
             "make_iterator",
             "class_weights",

@@ -50,12 +50,35 @@ def draw_params(
     Always consumes exactly four uniforms in a fixed order, so switching one augmentation
     on or off never changes the values drawn for the others.
     """
-    r = rng.random(4)
+    p = params_from_uniforms(
+        rng.random(4), hflip=hflip, rotate_degrees=rotate_degrees, zoom=zoom, brightness=brightness
+    )
     return AugmentParams(
-        flip=bool(hflip and r[0] < 0.5),
-        angle_degrees=float((2.0 * r[1] - 1.0) * rotate_degrees),
-        zoom=float(zoom[0] + r[2] * (zoom[1] - zoom[0])) if zoom else 1.0,
-        brightness=float(brightness[0] + r[3] * (brightness[1] - brightness[0])) if brightness else 1.0,
+        flip=bool(p.flip), angle_degrees=float(p.angle_degrees), zoom=float(p.zoom), brightness=float(p.brightness)
+    )
+
+
+def params_from_uniforms(
+    r,
+    *,
+    hflip: bool,
+    rotate_degrees: float,
+    zoom: tuple[float, float] | None,
+    brightness: tuple[float, float] | None,
+) -> AugmentParams:
+    """The augmentation given four uniforms in [0, 1) ``r[..., 0:4]``, in the order
+    flip, angle, zoom, brightness.
+
+    Array arithmetic only (no Python branches on the values), so the same definition
+    serves :func:`draw_params` (NumPy, one example) and the trainer's device-resident
+    input (``jax.numpy`` arrays of a whole batch, cxrjax/train/resident.py).
+    """
+    r0, r1, r2, r3 = r[..., 0], r[..., 1], r[..., 2], r[..., 3]
+    return AugmentParams(
+        flip=(r0 < 0.5) & bool(hflip),
+        angle_degrees=(2.0 * r1 - 1.0) * rotate_degrees,
+        zoom=zoom[0] + r2 * (zoom[1] - zoom[0]) if zoom else 1.0 + 0.0 * r2,
+        brightness=brightness[0] + r3 * (brightness[1] - brightness[0]) if brightness else 1.0 + 0.0 * r3,
     )
 
 

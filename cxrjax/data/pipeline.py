@@ -119,13 +119,21 @@ def train_batches(
             f"train_batches: split {split!r} of {_name(ds)} has {n} examples, fewer than "
             f"global_batch_size={global_batch_size}; use a smaller batch size"
         )
-    if cfg.balanced_sampling:
-        order = balanced_order(split_labels(ds, split), seed, epoch)
-    else:
-        order = np.random.default_rng([seed, epoch, _ORDER_TAG]).permutation(n)
+    order = epoch_order(ds, split, cfg, seed=seed, epoch=epoch)
     example = _Example(src, order, n, cfg, _stats_for(ds, cfg), augment_seed=(seed, epoch))
     positions = _local_positions(num_batches, global_batch_size, process, local)
     return grain.MapDataset.source(positions).map(example).batch(local, drop_remainder=True)
+
+
+def epoch_order(ds, split: str, cfg: InputConfig, *, seed: int, epoch: int) -> np.ndarray:
+    """int64[len(split)]: the split's example indices in epoch ``epoch``'s training order
+    (position p of the epoch reads example ``order[p]``); a pure function of (seed, epoch)
+    and, with ``balanced_sampling``, the labels. :func:`train_batches` reads the epoch in
+    this order, and the trainer's device-resident input (cxrjax/train/resident.py)
+    gathers its batches in the same order, so both paths see the same batches."""
+    if cfg.balanced_sampling:
+        return balanced_order(split_labels(ds, split), seed, epoch)
+    return np.random.default_rng([seed, epoch, _ORDER_TAG]).permutation(len(_source(ds, split)))
 
 
 def eval_batches(ds, split: str, cfg: InputConfig, *, global_batch_size: int) -> grain.MapDataset:
@@ -257,6 +265,16 @@ def set_dataset_statistics(ds, mean: float, std: float) -> ImageStatistics:
 _ORDER_TAG, _BALANCED_TAG, _AUGMENT_TAG = 0x0D, 0xBA, 0xA6
 
 
+def normalization_shift_scale(cfg: InputConfig, stats: ImageStatistics | None) -> tuple[float, float]:
+    """(shift, scale) of ``cfg.normalization``: a [0, 1] pixel x becomes (x - shift) * scale
+    (in float32, subtraction first; the device-resident input applies the same two)."""
+    if cfg.normalization == "unit":
+        return 0.0, 1.0
+    if cfg.normalization == "half":
+        return 0.5, 2.0
+    return stats.mean, 1.0 / max(stats.std, 1e-6)
+
+
 class _Example:
     """Position in the (local) epoch -> one preprocessed example. Picklable, so grain
     can ship it to worker processes; holds everything it needs, computes from nothing
@@ -278,12 +296,7 @@ class _Example:
         self.cfg = cfg
         self.augment_seed = augment_seed if cfg.augments else None
         self.with_mask = with_mask
-        if cfg.normalization == "unit":
-            self.shift, self.scale = 0.0, 1.0
-        elif cfg.normalization == "half":
-            self.shift, self.scale = 0.5, 2.0
-        else:
-            self.shift, self.scale = stats.mean, 1.0 / max(stats.std, 1e-6)
+        self.shift, self.scale = normalization_shift_scale(cfg, stats)
 
     def __call__(self, position) -> dict[str, Any]:
         position = int(position)

@@ -44,6 +44,7 @@ SCHEDULES = ("constant", "step", "warmup_cosine", "plateau")
 MONITORS = ("val_loss", "val_accuracy", "val_macro_f1")
 NONFINITE_MODES = ("stop", "skip")
 PARALLEL_MODES = ("shard_map", "pmap")
+DATA_PLACEMENTS = ("host", "device", "auto")
 DTYPES = ("float32", "bfloat16")
 
 # Fields that cannot change what is trained: where files live, how progress is shown,
@@ -290,6 +291,24 @@ class TrainConfig(InputOptions):
         flag=True,
         choices=PARALLEL_MODES,
         help="data-parallel compilation: shard_map (jit over a device mesh) or pmap",
+    )
+    data_placement: str = option(
+        "host",
+        flag=True,
+        choices=DATA_PLACEMENTS,
+        help="where training batches are made: host (the grain pipeline), device (every split as uint8 on the "
+        "devices once, sharded over them; shuffling, augmentation and balanced sampling inside the compiled "
+        "step, the same batches as host without augmentation) or auto (device when the splits fit "
+        "cxrjax/train/resident.py's memory budget: a quarter of device memory on accelerators, 1 GiB on CPU)",
+    )
+    steps_per_dispatch: int = option(
+        1,
+        flag=True,
+        ge=1,
+        help="train steps run in one compiled call (a lax.scan; metrics stacked), against per-step dispatch "
+        "overhead; the last steps of an epoch and those before a mid-epoch checkpoint run one by one. "
+        "1: one call per step. A scanned step is compiled apart from a single one, so K > 1 changes results "
+        "at the float32 rounding level",
     )
     dtype: str = option("float32", flag=True, choices=DTYPES, help="computation dtype; params stay float32")
     seed: int = option(0, flag=True, help="seed of the initial weights, batches and augmentation (and the bootstrap)")

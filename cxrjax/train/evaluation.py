@@ -94,7 +94,17 @@ def predict_split(
 
     ``mapping`` (``perm[data_label] = model_label``, from ``cxrjax.inference.label_mapping``)
     puts the dataset's labels in the model's class order.
+
+    A predictor with a ``predict_split(dataset, split, batch_size)`` method (the trainer's
+    device-resident input, cxrjax/train/resident.py, which holds the split on the devices)
+    is asked first; it returns the same SplitPredictions, or None to use the host pipeline.
     """
+    own = getattr(predictor, "predict_split", None)
+    preds = own(dataset, split, batch_size) if own is not None else None
+    if preds is not None:
+        if mapping is not None:
+            preds = SplitPredictions(labels=np.asarray(mapping)[preds.labels], probs=preds.probs)
+        return preds
     outputs, labels, masks = [], [], []
     for images, batch_labels, mask in iterate_eval_batches(
         dataset, split, predictor.input_config, batch_size, desc=desc, progress=progress

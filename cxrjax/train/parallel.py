@@ -16,7 +16,12 @@
 Both expose the same small interface, used by the training loop, the tests and anyone
 else: ``put_state`` / ``host_state`` (to and from the host as ONE copy), ``put_batch``,
 ``train_step(state, batch) -> (state, metrics)``, ``eval_step(state, batch) ->
-log_probs`` and ``host_metrics``; :func:`lower_step` lowers either step ahead of time
+log_probs`` and ``host_metrics``; ``put_batches`` / ``train_steps(state, batches)`` run
+K stacked batches (leading axis K) as K steps in one compiled call
+(``steps.scan_steps``, metrics stacked [K], ``host_metrics`` keeps the K axis), and
+``train_fn`` / ``eval_fn`` are the per-replica steps the engine wraps (resident.py's
+device-resident input wraps them with its in-step batch maker); :func:`lower_step`
+lowers either step ahead of time
 for callers that compile it themselves (the benchmarks). Steps are traced and run under
 ``state.random_config()`` (the classic threefry stream). Nothing leaves the devices
 unless the caller fetches it: a step is dispatched asynchronously and returns device
@@ -34,7 +39,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cxrjax.train.state import random_config
-from cxrjax.train.steps import AXIS
+from cxrjax.train.steps import AXIS, scan_steps
 
 TrainFn = Callable[[Any, dict], tuple[Any, dict]]
 EvalFn = Callable[[Any, dict], jax.Array]
@@ -46,11 +51,19 @@ class _Steps:
     engine's ``put_batch`` returned."""
 
     _train: Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]]
+    _train_many: Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]]
     _eval: Callable[[Any, Any], jax.Array]
+    train_fn: TrainFn
+    eval_fn: EvalFn
 
     def train_step(self, state: Any, batch: Any) -> tuple[Any, dict[str, jax.Array]]:
         with random_config():
             return self._train(state, batch)
+
+    def train_steps(self, state: Any, batches: Any) -> tuple[Any, dict[str, jax.Array]]:
+        """K steps in one call on what ``put_batches`` returned; metrics stacked [K]."""
+        with random_config():
+            return self._train_many(state, batches)
 
     def eval_step(self, state: Any, batch: Any) -> jax.Array:
         with random_config():
@@ -71,11 +84,24 @@ class ShardMapEngine(_Steps):
     def __init__(self, train_fn: TrainFn, eval_fn: EvalFn, devices: Sequence[jax.Device], *, batch_spec: P = P(AXIS)):
         self.devices = list(devices)
         self.num_devices = len(self.devices)
+        self.train_fn, self.eval_fn = train_fn, eval_fn
         self.mesh = jax.make_mesh((self.num_devices,), (AXIS,), devices=self.devices)
         self._replicated = NamedSharding(self.mesh, P())
         self._split_batch = NamedSharding(self.mesh, batch_spec)
+        stacked_spec = P(None, *batch_spec)
+        self._split_batches = NamedSharding(self.mesh, stacked_spec)
         self._train = jax.jit(
             jax.shard_map(train_fn, mesh=self.mesh, in_specs=(P(), batch_spec), out_specs=(P(), P()), check_vma=False),
+            donate_argnums=0,
+        )
+        self._train_many = jax.jit(
+            jax.shard_map(
+                scan_steps(train_fn),
+                mesh=self.mesh,
+                in_specs=(P(), stacked_spec),
+                out_specs=(P(), P()),
+                check_vma=False,
+            ),
             donate_argnums=0,
         )
         self._eval = jax.jit(
@@ -94,6 +120,10 @@ class ShardMapEngine(_Steps):
         # Always on the devices; `on_device` is accepted so both engines take the same call.
         return jax.device_put(batch, self._split_batch)
 
+    def put_batches(self, batches: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """K stacked batches [K, B, ...], each split along B like ``put_batch``'s."""
+        return jax.device_put(batches, self._split_batches)
+
     def host_metrics(self, metrics: Any) -> Any:
         return jax.device_get(metrics)
 
@@ -107,7 +137,9 @@ class PmapEngine(_Steps):
     def __init__(self, train_fn: TrainFn, eval_fn: EvalFn, devices: Sequence[jax.Device]):
         self.devices = list(devices)
         self.num_devices = len(self.devices)
+        self.train_fn, self.eval_fn = train_fn, eval_fn
         self._train = jax.pmap(train_fn, axis_name=AXIS, devices=self.devices, donate_argnums=0)
+        self._train_many = jax.pmap(scan_steps(train_fn), axis_name=AXIS, devices=self.devices, donate_argnums=0)
         self._eval = jax.pmap(eval_fn, axis_name=AXIS, devices=self.devices)
 
     # The device axis: the one place batches are reshaped for pmap, and back.
@@ -135,6 +167,10 @@ class PmapEngine(_Steps):
         # step without the transfer).
         split = jax.tree.map(self._split, batch)
         return _identity_pmap(tuple(self.devices))(split) if on_device else split
+
+    def put_batches(self, batches: dict[str, np.ndarray]) -> Any:
+        # [K, B, ...] -> [devices, K, B / devices, ...]: every step's batch split as _split does.
+        return jax.tree.map(lambda x: np.stack([self._split(b) for b in x], axis=1), batches)
 
     def host_metrics(self, metrics: Any) -> Any:
         # pmean'ed metrics are equal on every device: keep the first copy.

@@ -45,9 +45,16 @@ class RunSetup:
     class_weights: tuple[float, ...] | None
     input_fields: dict[str, Any]  # input_config_fields(config), stored in every checkpoint and results.json
     timings: PhaseTimings = field(default_factory=PhaseTimings)  # this session's phases (results.json)
+    # data_placement resolved ("host" | "device") and, for "device", the device copy of the
+    # splits with its compiled steps (cxrjax.train.resident.ResidentInput); set by the trainer.
+    placement: str = "host"
+    resident: Any = None
 
     def predictor(self, device_state: Any) -> EnginePredictor:
-        """The engine's eval step on ``device_state``, for ``cxrjax.train.evaluation.predict_split``."""
+        """The engine's eval step on ``device_state``, for ``cxrjax.train.evaluation.predict_split``
+        (evaluating from the device copy when the run's data is on the devices)."""
+        if self.resident is not None:
+            return self.resident.predictor(device_state)
         return EnginePredictor(self.engine, device_state, self.input_config, self.dataset.num_classes)
 
 

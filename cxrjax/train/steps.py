@@ -131,6 +131,18 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modul
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
+def scan_steps(train_fn: Callable[[TrainState, dict], tuple[TrainState, dict]]) -> Callable:
+    """``(state, batches) -> (state, metrics)``: ``train_fn`` (a per-replica train step of
+    :func:`bind_steps`) applied to each of K stacked batches (leading axis K) in one
+    ``lax.scan``, so K steps are one compiled call; the metrics come back stacked, [K]
+    per name. The same step, not a second one: K scanned steps equal K single ones."""
+
+    def multi(state: TrainState, batches: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        return lax.scan(train_fn, state, batches)
+
+    return multi
+
+
 def bind_steps(
     model: nn.Module,
     tx: optax.GradientTransformation,

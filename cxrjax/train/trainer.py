@@ -184,6 +184,7 @@ def _meta(progress: Progress, setup: RunSetup) -> dict[str, Any]:
         "steps_per_epoch": setup.steps_per_epoch,
         "global_batch_size": setup.global_batch_size,
         "num_devices": setup.num_devices,
+        "data_placement": setup.placement,
     }
 
 
@@ -282,8 +283,10 @@ def _train_and_evaluate(
     writer = None
     try:
         latest = store.latest_step()
+        resumed_placement = None
         if latest is not None:
             tree, meta = store.restore(latest, to_tree(target))
+            resumed_placement = meta.get("data_placement", "host")  # runs from before placements: host
             state = from_tree(target, tree)
             progress = _progress_from_meta(meta, setup, workdir)
             files.write_history(workdir, progress.history)
@@ -295,6 +298,8 @@ def _train_and_evaluate(
         else:
             state = target
             files.write_history(workdir, [])
+        with timings.phase("setup"):
+            _place_data(setup, resumed_placement, workdir)
         if config.tensorboard:
             from cxrjax.train.tensorboard import ScalarWriter
 
@@ -319,6 +324,41 @@ def _add_epoch_timings(timings: PhaseTimings, records: list[dict[str, Any]]) -> 
     for i, record in enumerate(records):
         timings.add("compile_first_epoch" if i == 0 else "train", float(record.get("train_seconds") or 0.0))
         timings.add("validation", float(record.get("eval_seconds") or 0.0))
+
+
+def _place_data(setup: RunSetup, resumed: str | None, workdir: Path) -> None:
+    """Resolve ``data_placement`` (``"auto"`` keeps a resumed run's) and, for "device", put
+    the splits on the devices (cxrjax/train/resident.py)."""
+    from cxrjax.train import resident
+
+    config = setup.config
+    try:
+        placement = resident.choose_placement(
+            config, setup.dataset, setup.image_shape[0], setup.engine.devices, resumed=resumed
+        )
+    except resident.PlacementError as err:
+        raise RunSetupError(str(err)) from err
+    if resumed is not None and placement != resumed:
+        raise files.ConfigMismatchError(
+            f"{workdir}: the checkpoint was trained with data_placement={resumed!r} but this session asks for "
+            f"{placement!r}; with augmentation or balanced sampling the batches differ. Resume with "
+            f"--data-placement {resumed} (or auto), or use a new --workdir"
+        )
+    setup.placement = placement
+    setup.resident = None
+    if placement == "device":
+        setup.resident = resident.ResidentInput(
+            setup.engine,
+            setup.dataset,
+            setup.input_config,
+            global_batch=setup.global_batch_size,
+            eval_global_batch=setup.eval_global_batch_size,
+            steps_per_epoch=setup.steps_per_epoch,
+        )
+        nbytes = resident.resident_bytes(setup.dataset, setup.image_shape[0])
+        _say(
+            config, f"data on the devices: {nbytes / 2**20:.1f} MiB of uint8 images over {setup.num_devices} device(s)"
+        )
 
 
 def _with_absolute_paths(config: TrainConfig) -> TrainConfig:
@@ -558,29 +598,93 @@ TENSORBOARD_SCALARS = (
 )
 
 
+class _HostFeed:
+    """Training batches of one epoch from the grain pipeline (``data_placement="host"``)."""
+
+    def __init__(self, setup: RunSetup, progress: Progress):
+        data, config = data_api(), setup.config
+        self.engine = setup.engine
+        batches = data.train_batches(
+            setup.dataset,
+            "train",
+            setup.input_config,
+            seed=config.seed,
+            epoch=progress.epoch,
+            global_batch_size=setup.global_batch_size,
+        )
+        self.iterator = data.make_iterator(batches, num_workers=config.num_workers)
+        if progress.iterator_state is not None:
+            self.iterator.set_state(progress.iterator_state)
+
+    def run(self, device_state: Any, count: int) -> tuple[Any, Any, bool]:
+        """(state, metrics, stacked): the next ``count`` steps; K > 1 in one call."""
+        batches = [next(self.iterator) for _ in range(count)]
+        if count == 1:
+            (b,) = batches
+            batch = self.engine.put_batch({"image": np.asarray(b["image"]), "label": np.asarray(b["label"])})
+            return (*self.engine.train_step(device_state, batch), False)
+        stacked = {k: np.stack([np.asarray(b[k]) for b in batches]) for k in ("image", "label")}
+        return (*self.engine.train_steps(device_state, self.engine.put_batches(stacked)), True)
+
+    def get_state(self, batch_in_epoch: int) -> dict[str, Any]:
+        return self.iterator.get_state()
+
+    def close(self) -> None:
+        _close(self.iterator)
+
+
+class _DeviceFeed:
+    """Training batches made inside the compiled step from the device copy (``"device"``)."""
+
+    def __init__(self, setup: RunSetup, progress: Progress):
+        self.resident = setup.resident
+        state = progress.iterator_state
+        if state is not None and state.get("placement") != "device":
+            raise files.ConfigMismatchError(
+                "the checkpoint's iterator state is the host pipeline's, but this session trains from the "
+                "device copy; resume with --data-placement host or use a new --workdir"
+            )
+        self.resident.start_epoch(setup.config.seed, progress.epoch)
+
+    def run(self, device_state: Any, count: int) -> tuple[Any, Any, bool]:
+        return (*self.resident.train_steps(device_state, count), True)
+
+    def get_state(self, batch_in_epoch: int) -> dict[str, Any]:
+        return self.resident.iterator_state(batch_in_epoch)
+
+    def close(self) -> None:
+        pass
+
+
+def _dispatch_size(batch_index: int, step: int, setup: RunSetup) -> int:
+    """Steps of the next call: ``steps_per_dispatch``, or 1 where K would run past the
+    epoch's end or a mid-epoch checkpoint (so checkpoints fall between calls and at most
+    two programs are compiled: K steps and one)."""
+    config = setup.config
+    k = config.steps_per_dispatch
+    if k == 1 or batch_index + k > setup.steps_per_epoch:
+        return 1
+    every = config.checkpoint_every_steps
+    if every is not None and every - step % every < k:
+        return 1
+    return k
+
+
 def _train_one_epoch(setup: RunSetup, device_state: Any, progress: Progress, save: Saver, workdir: Path) -> Any:
     """The train steps of epoch ``progress.epoch + 1`` from ``progress.batch_in_epoch`` on.
 
-    Steps are dispatched asynchronously; every ``log_every_steps`` (and before each
-    checkpoint) the metrics of the steps since the last fetch are fetched together into
-    ``progress.sums`` (progress bar, non-finite check).
+    Calls are dispatched asynchronously, ``steps_per_dispatch`` steps each (see
+    :func:`_dispatch_size`); every ``log_every_steps`` (and before each checkpoint) the
+    metrics of the steps since the last fetch are fetched together into
+    ``progress.sums`` (progress bar, non-finite check: a non-finite step inside a
+    multi-step call is reported with its own global step and batch).
     """
-    data = data_api()
     config, engine, spe = setup.config, setup.engine, setup.steps_per_epoch
     epoch = progress.epoch + 1
-    batches = data.train_batches(
-        setup.dataset,
-        "train",
-        setup.input_config,
-        seed=config.seed,
-        epoch=progress.epoch,
-        global_batch_size=setup.global_batch_size,
-    )
-    iterator = data.make_iterator(batches, num_workers=config.num_workers)
-    if progress.iterator_state is not None:
-        iterator.set_state(progress.iterator_state)
+    feed = _DeviceFeed(setup, progress) if setup.resident is not None else _HostFeed(setup, progress)
     sums = progress.sums
-    pending: list[tuple[int, int, Any]] = []  # (global step, batch index, device metrics)
+    # (first global step, first batch index, steps, stacked, device metrics) per call
+    pending: list[tuple[int, int, int, bool, Any]] = []
     session_images, t0 = 0, time.perf_counter()
     bar = tqdm(
         total=spe,
@@ -593,13 +697,20 @@ def _train_one_epoch(setup: RunSetup, device_state: Any, progress: Progress, sav
     )
 
     def flush() -> None:
-        fetched = engine.host_metrics([m for _, _, m in pending]) if pending else []
-        for (step, batch_index, _), m in zip(pending, fetched):
-            if not sums.add(m) and config.on_nonfinite == "stop":
-                bar.close()
-                raise NonFiniteError(
-                    step=step, epoch=epoch, batch=batch_index, steps_per_epoch=spe, workdir=workdir, metrics=m
-                )
+        fetched = engine.host_metrics([p[-1] for p in pending]) if pending else []
+        for (step, batch_index, count, stacked, _), metrics in zip(pending, fetched):
+            per_step = [{k: v[i] for k, v in metrics.items()} for i in range(count)] if stacked else [metrics]
+            for i, m in enumerate(per_step):
+                if not sums.add(m) and config.on_nonfinite == "stop":
+                    bar.close()
+                    raise NonFiniteError(
+                        step=step + i,
+                        epoch=epoch,
+                        batch=batch_index + i,
+                        steps_per_epoch=spe,
+                        workdir=workdir,
+                        metrics=m,
+                    )
         pending.clear()
         bar.set_postfix(
             loss=f"{sums.mean('loss'):.4f}",
@@ -609,33 +720,34 @@ def _train_one_epoch(setup: RunSetup, device_state: Any, progress: Progress, sav
         )
 
     try:
-        for batch_index in range(progress.batch_in_epoch, spe):
-            batch = next(iterator)
+        batch_index = progress.batch_in_epoch
+        while batch_index < spe:
             step = progress.epoch * spe + batch_index
-            device_batch = engine.put_batch({"image": np.asarray(batch["image"]), "label": np.asarray(batch["label"])})
-            device_state, metrics = engine.train_step(device_state, device_batch)
-            pending.append((step, batch_index, metrics))
-            session_images += setup.global_batch_size
-            bar.update(1)
-            last = batch_index == spe - 1
+            count = _dispatch_size(batch_index, step, setup)
+            device_state, metrics, stacked = feed.run(device_state, count)
+            pending.append((step, batch_index, count, stacked, metrics))
+            batch_index += count
+            session_images += count * setup.global_batch_size
+            bar.update(count)
+            last = batch_index == spe
             mid_checkpoint = (
                 config.checkpoint_every_steps is not None
                 and not last
-                and (step + 1) % config.checkpoint_every_steps == 0
+                and (step + count) % config.checkpoint_every_steps == 0
             )
-            if last or mid_checkpoint or len(pending) >= config.log_every_steps:
+            if last or mid_checkpoint or sum(p[2] for p in pending) >= config.log_every_steps:
                 flush()
             if mid_checkpoint:
-                progress.batch_in_epoch = batch_index + 1
-                progress.iterator_state = iterator.get_state()
+                progress.batch_in_epoch = batch_index
+                progress.iterator_state = feed.get_state(batch_index)
                 elapsed = time.perf_counter() - t0
                 sums.seconds += elapsed
                 progress.train_seconds += elapsed
                 t0, session_images = time.perf_counter(), 0
-                save(step + 1, device_state, None)
+                save(step + count, device_state, None)
         flush()
     finally:
-        _close(iterator)
+        feed.close()
         bar.close()
     elapsed = time.perf_counter() - t0
     sums.seconds += elapsed
@@ -818,6 +930,7 @@ def _results(
         "session_wall_seconds": time.perf_counter() - session_start,
         "num_devices": setup.num_devices,
         "parallel": config.parallel,
+        "data_placement": setup.placement,  # data_placement resolved ("auto" -> host or device)
         "global_batch_size": setup.global_batch_size,
         "steps_per_epoch": setup.steps_per_epoch,
         "parameter_count": parameter_count(host_state.params),

@@ -1,16 +1,15 @@
-"""benchmarks.input_pipeline and the device-resident input path it falls back to.
+"""benchmarks.input_pipeline and the device-resident input path it falls back to, and
+benchmarks.device_resident's placement / steps-per-dispatch sweep.
 
 One module-scoped smoke run on 8 tiny phantoms (stored at 32 px): LeNet-5's grain train
 and eval pipelines in-process, the train-step rate read from a hand-written throughput
 JSON (so nothing is measured twice), and the device-resident step with one timed step.
-The resident batch maker is checked on its own for what makes it a correct input
-pipeline: every example once per epoch, labels aligned, a fresh order per epoch.
+The device-resident input itself (cxrjax.train.resident) is tested in
+tests/train/test_train_resident.py.
 """
 
 import json
-import math
 
-import numpy as np
 import pytest
 
 from benchmarks import device_resident, input_pipeline
@@ -88,50 +87,34 @@ def test_smoke_records(smoke):
     assert (out / "p.md").read_text().count("| lenet5 | 32 |") == 3
 
 
-@pytest.fixture(scope="module")
-def batch_maker():
-    import jax
-    from jax.sharding import Mesh
-    from jax.sharding import PartitionSpec as P
-
-    n = jax.device_count()
-    cfg = device_resident.ResidentConfig(per_device_batch=2, hflip=False, rotate_degrees=0.0, seed=3)
-    num_examples = 4 * 2 * n  # four steps per epoch
-    fn = device_resident.make_batch_fn(num_examples, n, cfg)
-    mesh = Mesh(np.array(jax.devices()), (device_resident.AXIS,))
-    make = jax.jit(
-        jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P(device_resident.AXIS), check_vma=False)
+def test_device_resident_sweep_runs_the_trainer(tmp_path):
+    """benchmarks.device_resident: one tiny training run per (placement, K), img/s recorded."""
+    result = device_resident.main(
+        [
+            "--models",
+            "lenet5@32",
+            "--placements",
+            "device",
+            "--steps-per-dispatch",
+            "2",
+            "--epochs",
+            "2",
+            "--per-device-batch-size",
+            "1",
+            "--num-train",
+            "16",
+            "--num-eval",
+            "4",
+            "--stored-size",
+            "32",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
     )
-    # Example i is an image filled with the value i; its label is i + 100.
-    images = np.broadcast_to(
-        np.arange(num_examples, dtype=np.uint8)[:, None, None, None], (num_examples, 3, 3, 1)
-    ).copy()
-    labels = np.arange(num_examples, dtype=np.int32) + 100
-
-    def batch(step):
-        out = jax.device_get(make(np.int32(step), images, labels))
-        ids = np.rint(out["image"][:, 0, 0, 0] * 255).astype(int)
-        return ids, out["label"]
-
-    return batch, num_examples
-
-
-def test_resident_batches_cover_each_epoch_once(batch_maker):
-    batch, num_examples = batch_maker
-    epoch0 = [batch(s) for s in range(4)]
-    ids = np.concatenate([i for i, _ in epoch0])
-    assert sorted(ids) == list(range(num_examples))
-    assert all(np.array_equal(lab, i + 100) for i, lab in epoch0)
-    epoch1 = np.concatenate([batch(s)[0] for s in range(4, 8)])
-    assert sorted(epoch1) == list(range(num_examples))
-    assert not np.array_equal(ids, epoch1)  # a fresh permutation per epoch
-    assert np.array_equal(batch(5)[0], batch(5)[0])  # a pure function of the step
-
-
-def test_rotation_is_exact_for_quarter_turns():
-    import jax
-
-    rotate = jax.jit(device_resident._rotate)  # one compile for both angles
-    image = np.arange(25, dtype=np.float32).reshape(5, 5, 1)
-    np.testing.assert_allclose(np.asarray(rotate(image, math.pi / 2)), np.rot90(image, -1), atol=1e-4)
-    np.testing.assert_allclose(np.asarray(rotate(image, 0.0)), image, atol=1e-6)
+    assert json.loads((tmp_path / "r.json").read_text()) == result
+    (record,) = result["records"]
+    assert record["error"] is None, record["error"]
+    assert (record["data_placement"], record["steps_per_dispatch"], record["steps_per_epoch"]) == ("device", 2, 4)
+    assert len(record["per_epoch_images_per_second"]) == 2 and record["images_per_second"] > 0
