@@ -27,13 +27,26 @@ class TrainState:
     lr_scale: jax.Array  # float32 multiplier of the schedule's lr (reduce-on-plateau)
     skipped_steps: jax.Array  # int32: updates skipped because loss/grads were non-finite
     first_nonfinite_step: jax.Array  # int32: first such step, -1 if none
+    # The exponential moving average of the weights (cxrjax/train/ema.py): {} when
+    # ema_decay is 0, else {"decay", "params", "batch_stats"}; checkpointed with the rest.
+    ema: Any = struct.field(default_factory=dict)
 
     @property
     def variables(self) -> dict[str, Any]:
-        """What ``model.apply`` takes."""
-        if self.batch_stats:
-            return {"params": self.params, "batch_stats": self.batch_stats}
-        return {"params": self.params}
+        """What ``model.apply`` takes to evaluate: the EMA weights when the run keeps an
+        average (``ema_decay > 0``), else the live ones. Training's forward pass uses
+        ``params`` and ``batch_stats`` directly (steps.py), never these."""
+        params, batch_stats = (
+            (self.ema["params"], self.ema["batch_stats"])
+            if self.ema
+            else (
+                self.params,
+                self.batch_stats,
+            )
+        )
+        if batch_stats:
+            return {"params": params, "batch_stats": batch_stats}
+        return {"params": params}
 
 
 def make_init_fn(
