@@ -234,7 +234,7 @@ def evaluate_member(
     metrics = classification_report(preds.labels, preds.probs, run.class_names)
     calibration, source = member_calibration(run, view, mapping, request, options)
     metrics.update(calibration_fields(run, preds.labels, preds.probs, calibration, options))
-    tta = options.tta or run.config.tta
+    tta, tta_preds = options.tta or run.config.tta, None
     if tta != "none":  # beside the plain metrics, never instead of them (cxrjax/train/tta.py)
         tta_preds = predict_split(
             TTAPredictor(run, tta),
@@ -311,6 +311,7 @@ def evaluate_member(
         "predicted": preds.predictions.tolist(),
         "probs": preds.probs.tolist(),
         "calibrated_probs": None if calibrated is None else calibrated.tolist(),
+        "tta_probs": None if tta_preds is None else tta_preds.probs.tolist(),  # raw, mean over the TTA views
     }
     member = MemberResult(run=run, report=report, predictions=preds, masked_probs=masked)
     if write:
