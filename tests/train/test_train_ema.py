@@ -16,6 +16,7 @@ from cxrjax.train.parallel import make_engine
 from cxrjax.train.state import TrainState, create_train_state
 from cxrjax.train.steps import AXIS, LossConfig, eval_step, train_step
 from cxrjax.train.trainer import train_and_evaluate
+from tests.train.support import history
 from tests.train.test_train_step_parallel import TinyBN
 
 
@@ -105,6 +106,10 @@ def test_a_run_with_ema_evaluates_and_loads_the_average(base_config, tmp_path):
     config = base_config.replace(epochs=2, ema_decay=0.9)
     results = train_and_evaluate(config, tmp_path / "run")
     assert results["evaluated_weights"] == "ema"
+    # Per-epoch validation (early stopping, the best checkpoint) used the same averaged
+    # weights as the final evaluation: the best epoch's val_loss is the final one.
+    best = history(tmp_path / "run")[results["best_epoch"] - 1]
+    assert results["validation"]["loss"] == pytest.approx(best["val_loss"], rel=1e-6)
     run = load_run(tmp_path / "run")
     assert run.weights == "ema"
     live = load_run(tmp_path / "run", weights="live")
