@@ -109,12 +109,20 @@ def random_config():
 
 
 def to_tree(state: TrainState) -> dict[str, Any]:
-    """Nested dict of numpy arrays (optax namedtuples become dicts), for checkpoints."""
-    return jax.tree.map(np.asarray, flax.serialization.to_state_dict(jax.device_get(state)))
+    """Nested dict of numpy arrays (optax namedtuples become dicts), for checkpoints.
+
+    Without a moving average (``ema == {}``) the tree has no ``ema`` key at all, so such
+    checkpoints are laid out as before EMA existed and old ones still restore."""
+    tree = jax.tree.map(np.asarray, flax.serialization.to_state_dict(jax.device_get(state)))
+    if not tree.get("ema"):
+        tree.pop("ema", None)
+    return tree
 
 
 def from_tree(target: TrainState, tree: dict[str, Any]) -> TrainState:
     """Inverse of :func:`to_tree`, shaped like ``target``."""
+    if "ema" not in tree:
+        tree = {**tree, "ema": {}}
     return flax.serialization.from_state_dict(target, tree)
 
 

@@ -143,3 +143,18 @@ def test_decay_must_lie_in_zero_one(base_config):
     with pytest.raises(ValueError, match="ema_decay"):
         base_config.replace(ema_decay=-0.1)
     assert base_config.ema_decay == 0.0  # off by default
+
+
+def test_checkpoint_tree_holds_the_average_only_when_kept():
+    from cxrjax.train.state import from_tree, to_tree
+
+    plain = _state({"w": np.ones(2, np.float32)}, {"m": np.zeros(1, np.float32)})
+    tree = to_tree(plain)
+    assert "ema" not in tree  # laid out as before EMA existed: older checkpoints still restore
+    assert from_tree(plain, tree).ema == {}
+    kept = plain.replace(ema=ema.initial(plain.params, plain.batch_stats, 0.99))
+    tree = to_tree(kept)
+    assert set(tree["ema"]) == {"decay", "params", "batch_stats"}
+    restored = from_tree(kept, tree)
+    np.testing.assert_array_equal(restored.ema["params"]["w"], [1.0, 1.0])
+    assert float(restored.ema["decay"]) == pytest.approx(0.99)
