@@ -294,3 +294,13 @@ def test_tta_beside_the_plain_numbers_in_evaluate_and_predict(run_dir, evaluated
     assert predict_main(["--workdir", str(run_dir), good[0], "--weights", "ema"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no moving average" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_refuses_tta_and_weights(capsys):
+    from cxrjax.evaluate.__main__ import parse_args
+
+    for extra in (["--tta", "flip"], ["--weights", "live"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args(["--compare", "a", "b", *extra])
+        assert exit_info.value.code == 2
+        assert "--tta and --weights apply to --workdir evaluation" in capsys.readouterr().err
