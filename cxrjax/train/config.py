@@ -45,6 +45,7 @@ MONITORS = ("val_loss", "val_accuracy", "val_macro_f1")
 NONFINITE_MODES = ("stop", "skip")
 PARALLEL_MODES = ("shard_map", "pmap")
 DATA_PLACEMENTS = ("host", "device", "auto")
+TTA_MODES = ("none", "flip", "shift", "flip_shift")  # cxrjax/train/tta.py
 DTYPES = ("float32", "bfloat16")
 
 # Fields that cannot change what is trained: where files live, how progress is shown,
@@ -63,6 +64,7 @@ RESULT_IRRELEVANT_FIELDS = frozenset(
         "plots",  # the run's PNGs, drawn after training
         "target_sensitivity",  # reporting only: operating thresholds chosen after training
         "bootstrap_resamples",  # reporting only: confidence intervals of the results
+        "tta",  # reporting only: test-time augmentation is reported beside the plain evaluation
     }
 )
 
@@ -271,6 +273,15 @@ class TrainConfig(InputOptions):
         0.0, flag=True, ge=0, help="smallest change of the monitor that counts as an improvement"
     )
     restore_best: bool = option(True, help="test the best checkpoint (else: the last epoch)")
+    ema_decay: float = option(
+        0.0,
+        flag=True,
+        ge=0,
+        lt=1,
+        help="exponential moving average of the weights (params and BatchNorm statistics), e.g. 0.999, with "
+        "the warm-up min(decay, (1+step)/(10+step)); validation, early stopping, the best checkpoint, the "
+        "test evaluation and evaluate/predict/explain then use the averaged weights (0: off)",
+    )
     # --- robustness, parallelism, numerics ---------------------------------------------
     on_nonfinite: str = option(
         "stop",
@@ -326,6 +337,14 @@ class TrainConfig(InputOptions):
         flag=True,
         ge=0,
         help="stratified bootstrap resamples for the confidence intervals of accuracy, macro-F1 and ROC-AUC (0: none)",
+    )
+    tta: str = option(
+        "none",
+        flag=True,
+        choices=TTA_MODES,
+        help="test-time augmentation reported BESIDE the plain evaluation (results.json split['tta']): the mean "
+        "softmax over the identity and flip (horizontal: moves the heart to the other side), shift (4 small "
+        "translations) or flip_shift (both)",
     )
     # --- checkpoints and logging (result-irrelevant) -----------------------------------
     checkpoint_every_steps: int | None = option(None, flag=True, ge=1, help="also checkpoint mid-epoch every N steps")

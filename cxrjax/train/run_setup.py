@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from cxrjax import models
+from cxrjax.train import ema
 from cxrjax.train.config import TrainConfig
 from cxrjax.train.data_api import data_api
 from cxrjax.train.evaluation import EnginePredictor
@@ -246,7 +247,7 @@ def setup_run(config: TrainConfig, dataset: Any | None = None, timings: PhaseTim
         model=model,
         engine=engine,
         tx=tx,
-        init_fn=init_fn,
+        init_fn=ema.attach(init_fn, config.ema_decay),  # with the weights' average when ema_decay > 0
         num_devices=n,
         global_batch_size=global_batch,
         eval_global_batch_size=eval_global_batch,

@@ -27,13 +27,26 @@ class TrainState:
     lr_scale: jax.Array  # float32 multiplier of the schedule's lr (reduce-on-plateau)
     skipped_steps: jax.Array  # int32: updates skipped because loss/grads were non-finite
     first_nonfinite_step: jax.Array  # int32: first such step, -1 if none
+    # The exponential moving average of the weights (cxrjax/train/ema.py): {} when
+    # ema_decay is 0, else {"decay", "params", "batch_stats"}; checkpointed with the rest.
+    ema: Any = struct.field(default_factory=dict)
 
     @property
     def variables(self) -> dict[str, Any]:
-        """What ``model.apply`` takes."""
-        if self.batch_stats:
-            return {"params": self.params, "batch_stats": self.batch_stats}
-        return {"params": self.params}
+        """What ``model.apply`` takes to evaluate: the EMA weights when the run keeps an
+        average (``ema_decay > 0``), else the live ones. Training's forward pass uses
+        ``params`` and ``batch_stats`` directly (steps.py), never these."""
+        params, batch_stats = (
+            (self.ema["params"], self.ema["batch_stats"])
+            if self.ema
+            else (
+                self.params,
+                self.batch_stats,
+            )
+        )
+        if batch_stats:
+            return {"params": params, "batch_stats": batch_stats}
+        return {"params": params}
 
 
 def make_init_fn(
@@ -96,12 +109,20 @@ def random_config():
 
 
 def to_tree(state: TrainState) -> dict[str, Any]:
-    """Nested dict of numpy arrays (optax namedtuples become dicts), for checkpoints."""
-    return jax.tree.map(np.asarray, flax.serialization.to_state_dict(jax.device_get(state)))
+    """Nested dict of numpy arrays (optax namedtuples become dicts), for checkpoints.
+
+    Without a moving average (``ema == {}``) the tree has no ``ema`` key at all, so such
+    checkpoints are laid out as before EMA existed and old ones still restore."""
+    tree = jax.tree.map(np.asarray, flax.serialization.to_state_dict(jax.device_get(state)))
+    if not tree.get("ema"):
+        tree.pop("ema", None)
+    return tree
 
 
 def from_tree(target: TrainState, tree: dict[str, Any]) -> TrainState:
     """Inverse of :func:`to_tree`, shaped like ``target``."""
+    if "ema" not in tree:
+        tree = {**tree, "ema": {}}
     return flax.serialization.from_state_dict(target, tree)
 
 
