@@ -15,10 +15,14 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cxrjax.models.densenet import DENSENET_BLOCKS, DenseNet
 from cxrjax.models.lenet import LeNet5
+from cxrjax.models.mobilenet import MobileNet, MobileNetV2
+from cxrjax.models.resnet import ResNet50
 from cxrjax.models.s0 import SimpleCNN
 from cxrjax.models.s4 import S4CNN
-from cxrjax.models.vgg import VGG
+from cxrjax.models.vgg import VGG, ImageNetVGG16
+from cxrjax.models.xception import Xception
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +153,59 @@ MODELS: dict[str, ModelSpec] = {
     "s4_exp8": _s4(8, "exp2", "all", 0.25, "Exp6 + BatchNorm on every layer"),
     "s4_exp9": _s4_es(9, "exp2", "all", 0.25, "early stopping is a training option (the study's text is ambiguous)"),
 }
+
+
+def _imagenet(build: Callable[..., nn.Module], family: str, description: str, notes: str = "") -> ModelSpec:
+    """An ImageNet backbone as ``keras.applications`` builds it (3 channels, its Keras
+    default size, the 1000-class top; ``include_top=False`` / ``pooling`` for features).
+    Weights: ``cxrjax.models.load_pretrained`` (cxrjax/models/weights.py)."""
+    cls = getattr(build, "func", build)
+    return ModelSpec(
+        build=build,
+        image_size=cls.default_size,
+        channels=3,
+        family=family,
+        study="ImageNet",
+        num_classes=1000,
+        description=description,
+        notes=notes or f"Keras preprocess_input mode {cls.preprocessing!r}",
+    )
+
+
+# The ImageNet backbones (keras.applications layer by layer; cxrjax/models/keras_layers.py).
+MODELS.update(
+    {
+        "mobilenet": _imagenet(MobileNet, "mobilenet", "MobileNet v1 (alpha 1.0), keras.applications.MobileNet"),
+        "mobilenet_v2": _imagenet(
+            MobileNetV2,
+            "mobilenet",
+            "MobileNetV2 (alpha 1.0), keras.applications.MobileNetV2",
+            "Keras preprocess_input mode 'tf'; variant='torchvision' for torchvision's mobilenet_v2",
+        ),
+        "resnet50": _imagenet(
+            ResNet50,
+            "resnet",
+            "ResNet50 (v1), keras.applications.ResNet50",
+            "Keras preprocess_input mode 'caffe'; variant='torchvision' for torchvision's resnet50 (v1.5)",
+        ),
+        "vgg16_imagenet": _imagenet(
+            ImageNetVGG16,
+            "vgg_imagenet",
+            "VGG16 for ImageNet weights (3 channels, 224), keras.applications.VGG16",
+            "Keras preprocess_input mode 'caffe'; variant='torchvision' for torchvision's vgg16",
+        ),
+        **{
+            name: _imagenet(
+                functools.partial(DenseNet, blocks=blocks),
+                "densenet",
+                f"{name[:8].capitalize()}{name[8:]}, keras.applications.DenseNet{name[8:]}",
+                f"Keras preprocess_input mode 'torch'; variant='torchvision' for torchvision's {name}",
+            )
+            for name, blocks in DENSENET_BLOCKS.items()
+        },
+        "xception": _imagenet(Xception, "xception", "Xception, keras.applications.Xception"),
+    }
+)
 
 
 def create(
