@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cxrjax.models.densenet import DENSENET_BLOCKS, DenseNet
+from cxrjax.models.efficientnet import EFFICIENTNETS, EfficientNet
+from cxrjax.models.inception import InceptionV3
 from cxrjax.models.lenet import LeNet5
 from cxrjax.models.mobilenet import MobileNet, MobileNetV2
 from cxrjax.models.resnet import ResNet50
@@ -155,14 +157,16 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-def _imagenet(build: Callable[..., nn.Module], family: str, description: str, notes: str = "") -> ModelSpec:
+def _imagenet(
+    build: Callable[..., nn.Module], family: str, description: str, notes: str = "", image_size: int | None = None
+) -> ModelSpec:
     """An ImageNet backbone as ``keras.applications`` builds it (3 channels, its Keras
     default size, the 1000-class top; ``include_top=False`` / ``pooling`` for features).
     Weights: ``cxrjax.models.load_pretrained`` (cxrjax/models/weights.py)."""
     cls = getattr(build, "func", build)
     return ModelSpec(
         build=build,
-        image_size=cls.default_size,
+        image_size=image_size or cls.default_size,
         channels=3,
         family=family,
         study="ImageNet",
@@ -203,6 +207,17 @@ MODELS.update(
             )
             for name, blocks in DENSENET_BLOCKS.items()
         },
+        **{
+            name: _imagenet(
+                functools.partial(EfficientNet, width=width, depth=depth, dropout=dropout),
+                "efficientnet",
+                f"EfficientNet{name[-2:].upper()}, keras.applications.EfficientNet{name[-2:].upper()}",
+                "preprocessing inside the model (pixels in [0, 255]); imagenet_rescaling: see efficientnet.py",
+                image_size=size,
+            )
+            for name, (width, depth, size, dropout) in EFFICIENTNETS.items()
+        },
+        "inception_v3": _imagenet(InceptionV3, "inception", "InceptionV3, keras.applications.InceptionV3"),
         "xception": _imagenet(Xception, "xception", "Xception, keras.applications.Xception"),
     }
 )

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cxrjax.models.efficientnet import IMAGENET_STDDEV_RGB
 from cxrjax.models.keras_layers import KERAS_ORDER, Backbone
 from cxrjax.models.registry import MODELS, create
 
@@ -247,6 +248,10 @@ def _targets(abstract: dict, order: list[str]) -> dict[str, list[tuple[str, str,
     return {layer: wanted for layer, wanted in out.items() if wanted}
 
 
+def _squeezed(shape) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
+
+
 def _keras_weight_name(name: str) -> str:
     """``block1_conv1/kernel:0`` or ``block1_conv1/kernel`` -> ``kernel``."""
     return re.sub(r"(_\d+)?:\d+$", "", name.rsplit("/", 1)[-1])
@@ -276,30 +281,46 @@ def _match_keras(file: WeightFile, targets) -> tuple[dict, Unmatched]:
             expected = _KERAS_NAME.get(_keras_weight_name(wname))
             if expected is not None and (collection, var) not in expected:
                 mismatched.append(f"{layer}/{var}: the file's weight in this position is {wname}")
-            elif tuple(array.shape) != shape:
+            elif _squeezed(array.shape) != _squeezed(shape):
                 mismatched.append(f"{layer}/{var}: file {tuple(array.shape)} ({wname}), model {shape}")
-            else:
-                values[(collection, layer, var)] = array
-    # Layers Keras names automatically ("conv2d_3", numbered per session) may differ in
-    # name: the leftover layers of both sides are paired in order, as Keras' own loader
-    # pairs every layer, if their counts and every shape agree.
+            else:  # equal up to singleton axes (Keras 2's Normalization stored mean as [1, 1, 1, C])
+                values[(collection, layer, var)] = array.reshape(shape)
+    # Layers Keras names automatically ("conv2d_3": numbered in creation order, per
+    # session; Keras 2 from _1) may differ in number: the leftover layers of each base
+    # name are paired in creation order (their number), if every count and shape agrees.
     left_file = [n for n in file.layers if n not in used]
     left_model = list(dict.fromkeys(m.split("/")[0] for m in missing))
-    if left_file and len(left_file) == len(left_model):
-        paired = {}
-        for layer, source in zip(left_model, left_file):
-            wanted, got = targets[layer], file.layers[source]
-            if len(wanted) != len(got) or any(tuple(a.shape) != t[2] for t, (_, a) in zip(wanted, got)):
-                paired = None
-                break
-            for (collection, var, _), (_, array) in zip(wanted, got):
-                paired[(collection, layer, var)] = array
-        if paired is not None:
-            values.update(paired)
-            used.update(left_file)
-            missing = []
+    paired = _pair_auto_named(left_model, left_file, targets, file) if left_file and left_model else None
+    if paired is not None:
+        values.update(paired)
+        used.update(left_file)
+        missing = []
     unexpected = [f"{n} ({', '.join(w for w, _ in file.layers[n])})" for n in file.layers if n not in used]
     return values, Unmatched(tuple(missing), tuple(unexpected), tuple(mismatched))
+
+
+def _auto_name_key(name: str) -> tuple[str, int]:
+    m = re.fullmatch(r"(.*?)(?:_(\d+))?", name)
+    return m.group(1), int(m.group(2) or 0)
+
+
+def _pair_auto_named(left_model: list[str], left_file: list[str], targets, file: WeightFile) -> dict | None:
+    groups_model: dict[str, list[str]] = {}
+    groups_file: dict[str, list[str]] = {}
+    for names, groups in ((left_model, groups_model), (left_file, groups_file)):
+        for n in sorted(names, key=_auto_name_key):
+            groups.setdefault(_auto_name_key(n)[0], []).append(n)
+    if {k: len(v) for k, v in groups_model.items()} != {k: len(v) for k, v in groups_file.items()}:
+        return None
+    paired = {}
+    for base, layers in groups_model.items():
+        for layer, source in zip(layers, groups_file[base]):
+            wanted, got = targets[layer], file.layers[source]
+            if len(wanted) != len(got) or any(tuple(a.shape) != t[2] for t, (_, a) in zip(wanted, got)):
+                return None
+            for (collection, var, _), (_, array) in zip(wanted, got):
+                paired[(collection, layer, var)] = array
+    return paired
 
 
 def _torch_tensor(var: str, kernel_shape: tuple[int, ...], array: np.ndarray) -> np.ndarray:
@@ -392,8 +413,12 @@ def load_pretrained(
     if file.source == "torchvision" and "torchvision" in cls.variants:
         create_options.setdefault("variant", "torchvision")
     create_options.setdefault("num_classes", 1000)
+    if "imagenet_rescaling" in {f.name for f in dataclasses.fields(cls)} and file.source == "keras_h5":
+        variance = [a for n, a in file.layers.get("normalization", []) if _keras_weight_name(n) == "variance"]
+        published = bool(variance) and np.allclose(np.ravel(variance[0]), IMAGENET_STDDEV_RGB)
+        create_options.setdefault("imagenet_rescaling", published)
     module = create(name, include_top=include_top, pooling=pooling, **create_options)
-    size = image_size or cls.default_size
+    size = image_size or MODELS[name].image_size
     x = jax.ShapeDtypeStruct((1, size, size, module.channels), jnp.float32)
     abstract, order = abstract_variables(module, x, seed)
     values, unmatched = match(file, module, abstract, order)

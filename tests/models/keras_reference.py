@@ -32,6 +32,10 @@ def keras_model(app: str, size: int, *, include_top: bool, pooling=None, seed: i
     )
     rng = np.random.default_rng(seed)
     for layer in model.layers:
+        if isinstance(layer, k.layers.Normalization):  # EfficientNet's: ImageNet-like statistics
+            mean, var, count = (np.asarray(w.numpy()) for w in layer.weights)
+            layer.set_weights([mean + [0.485, 0.456, 0.406], var * [0.05, 0.05, 0.05], count])
+            layer.finalize_state()  # what call() uses is set here (as after adapt / loading)
         if isinstance(layer, k.layers.BatchNormalization):
             new = []
             for w in layer.weights:
