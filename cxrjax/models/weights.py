@@ -41,6 +41,7 @@ import numpy as np
 
 from cxrjax.models.efficientnet import IMAGENET_STDDEV_RGB
 from cxrjax.models.keras_layers import KERAS_ORDER, Backbone
+from cxrjax.models.preprocessing import preprocessing_mode
 from cxrjax.models.registry import MODELS, create
 
 KERAS_SUFFIXES = ("h5", "hdf5", "keras_h5")
@@ -384,7 +385,7 @@ def _module_class(name: str):
 # --------------------------------------------------------------------------------------
 def load_pretrained(
     name: str,
-    weights_file: str | os.PathLike,
+    weights_file: str | os.PathLike | WeightFile,
     *,
     include_top: bool = True,
     pooling: str | None = None,
@@ -404,11 +405,11 @@ def load_pretrained(
     default). ``strict=False`` returns ``(module, variables, unmatched)``: what matched is
     loaded, the rest keeps the seeded random init.
     """
-    path = str(weights_file)
+    path = weights_file.path if isinstance(weights_file, WeightFile) else str(weights_file)
     if name not in MODELS or not issubclass(_module_class(name), Backbone):
         backbones = sorted(n for n in MODELS if issubclass(_module_class(n), Backbone))
         raise KeyError(f"{name!r} is not an ImageNet backbone; choose one of {backbones}")
-    file = read_weight_file(path)
+    file = weights_file if isinstance(weights_file, WeightFile) else read_weight_file(path)
     cls = _module_class(name)
     if file.source == "torchvision" and "torchvision" in cls.variants:
         create_options.setdefault("variant", "torchvision")
@@ -461,17 +462,19 @@ def import_weights(name: str, weights_file: str, out: str | os.PathLike, *, incl
     import orbax.checkpoint as ocp
 
     file = read_weight_file(weights_file)
-    cls = _module_class(name) if name in MODELS else None
-    if include_top is None and cls is not None:
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; registered models (cxrjax/models/registry.py): {sorted(MODELS)}")
+    cls = _module_class(name)
+    target = Path(out) / "variables"
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; choose another --out or remove it")
+    if include_top is None and hasattr(cls, "top_layers"):
         if file.source == "keras_h5":
             include_top = all(layer in file.layers for layer in cls.top_layers)
         else:
             include_top = any(k.startswith(cls.torchvision_top) for k in file.layers) if cls.torchvision_top else True
-    module, variables = load_pretrained(name, weights_file, include_top=bool(include_top), **options)
+    module, variables = load_pretrained(name, file, include_top=bool(include_top), **options)
     out = Path(out)
-    target = out / "variables"
-    if target.exists():
-        raise FileExistsError(f"{target} already exists; choose another --out or remove it")
     out.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(target.absolute(), variables)
@@ -486,7 +489,7 @@ def import_weights(name: str, weights_file: str, out: str | os.PathLike, *, incl
         "tensors_loaded": len(jax.tree_util.tree_leaves(variables)),
         "parameters": count_parameters(variables),
         "trainable_parameters": count_parameters(variables.get("params", {})),
-        "preprocessing": module.preprocessing,
+        "preprocessing": preprocessing_mode(name, module.variant),
         "checkpoint": str(target),
     }
     (out / "meta.json").write_text(json.dumps(record, indent=2) + "\n")
