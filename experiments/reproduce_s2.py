@@ -114,7 +114,7 @@ def weights_note(weights: dict[str, str], parts: Sequence[str], study: str) -> s
     if not weights:
         return (
             f"**Random init: no ImageNet weights were given (--weights), so every backbone is trained from "
-            f"scratch (EC: a head on random features). Not comparable with {study}'s numbers.**"
+            f"scratch (a frozen one is a fixed random feature extractor). Not comparable with {study}'s numbers.**"
         )
     given = ", ".join(f"{p}: {weights[p]}" for p in parts if p in weights)
     if missing:
