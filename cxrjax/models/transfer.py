@@ -31,8 +31,9 @@ Freezing (``frozen_layers``: names of the backbone's layers with weights, its di
 children, named after the Keras layers): their parameters are labelled "frozen" by
 :func:`param_labels` (the optimiser gives them no update and no state) and their
 BatchNorm runs on its moving statistics and never writes them (a frozen Keras layer).
-With the whole backbone frozen it also runs with ``train=False`` (no dropout) behind a
-``stop_gradient``: no backward pass through it. :func:`frozen_layers_for` turns
+With the whole backbone frozen it also runs with ``train=False`` (no dropout) on
+``stop_gradient``-ed parameters: no weight gradients are computed for it (activations
+still get theirs, for Grad-CAM). :func:`frozen_layers_for` turns
 ``TrainConfig.freeze`` into the list: ``"backbone"`` (all), ``"all_but_last:N"`` (all but
 the last N layers WITH WEIGHTS, in Keras' ``model.layers`` order, which is the
 backbone's call order; Keras' weightless layers (activations, padding, adds) are not
@@ -179,7 +180,17 @@ class TransferModel(Classifier):
         else:
             x = preprocess_input(x * 255.0, self.preprocessing)
         if self.all_frozen:
-            features = jax.lax.stop_gradient(self.backbone(x, train=False))
+            # No gradient for the frozen parameters (no backward pass for them), but one
+            # for the activations: Grad-CAM differentiates through the backbone.
+            initializing = self.is_initializing()
+            frozen_call = nn.map_variables(
+                lambda mdl, x: mdl.backbone(x, train=False),
+                "params",
+                trans_in_fn=jax.lax.stop_gradient,
+                init=initializing,
+                mutable=initializing,
+            )
+            features = frozen_call(self, x)
         elif self.frozen_layers:
             with nn.intercept_methods(functools.partial(_frozen_batchnorm, frozen=frozenset(self.frozen_layers))):
                 features = self.backbone(x, train=train)

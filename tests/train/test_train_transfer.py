@@ -208,3 +208,21 @@ def test_user_mistakes_are_run_setup_errors(config, tmp_path):
     write_keras_weight_file({"params": {"conv1": {"kernel": np.zeros((3, 3, 3, 8), np.float32)}}}, ["conv1"], wrong)
     with pytest.raises(RunSetupError, match="does not match mobilenet"):
         setup_run(config.replace(pretrained=str(wrong)))
+
+
+def test_an_imported_checkpoint_loads_like_its_weight_file(weight_file, tmp_path):
+    """``python -m cxrjax.models import-weights`` writes <out>/meta.json + variables; as
+    ``pretrained`` it gives the same backbone as the file, its top dropped."""
+    from cxrjax.models.weights import import_weights
+
+    path, loaded = weight_file
+    record = import_weights("mobilenet", path, tmp_path / "imported")
+    assert record["include_top"]  # the file has conv_preds
+    variables, info = transfer.load_backbone_weights("mobilenet", str(tmp_path / "imported"))
+    assert info["kind"] == "imported_checkpoint" and info["sha256"] == sha256(path)
+    assert set(variables["params"]) == set(loaded["params"])  # conv_preds dropped
+    for collection in ("params", "batch_stats"):
+        for a, b in zip(jax.tree.leaves(variables[collection]), jax.tree.leaves(loaded[collection]), strict=True):
+            np.testing.assert_array_equal(_bits(a), _bits(b))
+    with pytest.raises(ValueError, match="holds weights of 'mobilenet', not 'mobilenet_v2'"):
+        transfer.load_backbone_weights("mobilenet_v2", str(tmp_path / "imported"))
