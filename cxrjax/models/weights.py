@@ -430,7 +430,8 @@ def load_pretrained(
             + (". For a _notop file pass include_top=False" if include_top and unmatched.missing else "")
         )
     if unmatched:
-        init = jax.jit(lambda x: module.init(jax.random.key(seed), x, train=False))(jnp.zeros(x.shape))
+        # op by op: compiling the whole init at once costs more on CPU than running it
+        init = module.init(jax.random.key(seed), jnp.zeros(x.shape), train=False)
         base = jax.tree_util.tree_map(np.asarray, init)
     else:
         base = jax.tree_util.tree_map(lambda leaf: None, abstract)
