@@ -164,3 +164,16 @@ def test_import_weights_cli(tmp_path, mnv2_file, capsys):
     assert cli.main(["import-weights", "mobilenet", str(path), "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "does not match mobilenet" in err and "Traceback" not in err
+
+
+def test_grad_cam_on_a_backbone(mnv2_file):
+    """Grad-CAM runs on a backbone: its default layer is the last conv stage, and the
+    heatmap is upsampled (plainly: backbones have no spatial plan) to the input size."""
+    from cxrjax.explain.gradcam import gradcam
+
+    _, path = mnv2_file
+    module, variables = models.load_pretrained("mobilenet_v2", path)
+    out = gradcam(module, variables, random_input(32, batch=2), targets=np.array([3, 7]))
+    assert out.layer == "stage5" == module.feature_names[-1]
+    assert out.heatmaps.shape == (2, 32, 32) and out.cams.shape == (2, 1, 1)
+    assert np.all(np.isfinite(out.heatmaps)) and out.probs.shape == (2, 1000)
