@@ -177,3 +177,18 @@ def test_grad_cam_on_a_backbone(mnv2_file):
     assert out.layer == "stage5" == module.feature_names[-1]
     assert out.heatmaps.shape == (2, 32, 32) and out.cams.shape == (2, 1, 1)
     assert np.all(np.isfinite(out.heatmaps)) and out.probs.shape == (2, 1000)
+
+
+def test_tf_keras_slash_layer_names(tmp_path, mnv2_file):
+    """tf.keras 2 named DenseNet's layers "conv1/conv": a "/" in a file's layer name matches
+    Keras 3's "_" (here on MobileNetV2's "bn_Conv1" renamed "bn/Conv1")."""
+    reference, path = mnv2_file
+    renamed = tmp_path / "slash.h5"
+    renamed.write_bytes(open(path, "rb").read())
+    with h5py.File(renamed, "r+") as f:
+        names = [n.decode() if hasattr(n, "decode") else n for n in f.attrs["layer_names"]]
+        f.attrs["layer_names"] = [("bn/Conv1" if n == "bn_Conv1" else n).encode() for n in names]
+        f.move("bn_Conv1", "bn/Conv1")
+    module, variables = models.load_pretrained("mobilenet_v2", renamed)
+    x = random_input(32)
+    assert_close(module.apply(variables, x, train=False), keras_apply(reference, x), what="renamed")
