@@ -262,9 +262,11 @@ def _match_keras(file: WeightFile, targets) -> tuple[dict, Unmatched]:
     values: dict[tuple[str, str, str], np.ndarray] = {}
     missing, mismatched = [], []
     used = set()
+    # tf.keras 2 named some layers with a "/" (DenseNet's "conv1/conv", "conv1/bn"), Keras 3 "_".
+    by_name = {n.replace("/", "_"): n for n in file.layers}
     for layer, wanted in targets.items():
-        source = layer
-        if layer not in file.layers:  # auto-named layers (Normalization) get a _<n> suffix in Keras
+        source = by_name.get(layer)
+        if source is None:  # auto-named layers (Normalization) get a _<n> suffix in Keras
             aliases = [n for n in file.layers if re.fullmatch(re.escape(layer) + r"_\d+", n)]
             source = aliases[0] if len(aliases) == 1 else None
         if source is None:
@@ -415,7 +417,8 @@ def load_pretrained(
         create_options.setdefault("variant", "torchvision")
     create_options.setdefault("num_classes", 1000)
     if "imagenet_rescaling" in {f.name for f in dataclasses.fields(cls)} and file.source == "keras_h5":
-        variance = [a for n, a in file.layers.get("normalization", []) if _keras_weight_name(n) == "variance"]
+        norm = [w for n, w in file.layers.items() if re.fullmatch(r"normalization(_\d+)?", n)]
+        variance = [a for n, a in (norm[0] if len(norm) == 1 else []) if _keras_weight_name(n) == "variance"]
         published = bool(variance) and np.allclose(np.ravel(variance[0]), IMAGENET_STDDEV_RGB)
         create_options.setdefault("imagenet_rescaling", published)
     module = create(name, include_top=include_top, pooling=pooling, **create_options)
@@ -430,7 +433,8 @@ def load_pretrained(
             + (". For a _notop file pass include_top=False" if include_top and unmatched.missing else "")
         )
     if unmatched:
-        init = jax.jit(lambda x: module.init(jax.random.key(seed), x, train=False))(jnp.zeros(x.shape))
+        # op by op: compiling the whole init at once costs more on CPU than running it
+        init = module.init(jax.random.key(seed), jnp.zeros(x.shape), train=False)
         base = jax.tree_util.tree_map(np.asarray, init)
     else:
         base = jax.tree_util.tree_map(lambda leaf: None, abstract)

@@ -91,3 +91,20 @@ def test_frozen_batchnorm_uses_inference_statistics(tmp_path):
     unfrozen = models.create("mobilenet_v2", num_classes=1000, include_top=False, pooling="avg")
     _, moved = unfrozen.apply(variables, x, train=True, mutable=["batch_stats"])
     assert not np.allclose(moved["batch_stats"]["bn_Conv1"]["mean"], variables["batch_stats"]["bn_Conv1"]["mean"])
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_bfloat16_compute_and_grayscale_input(name):
+    """``dtype`` as the other models (float32 logits from bfloat16 compute); random init
+    with any channel count (a grayscale input for training from scratch). Abstract only."""
+    size = KERAS_CASES[name][1]
+    model = models.create(name, num_classes=3, channels=1, dtype=jax.numpy.bfloat16)
+    x = jax.ShapeDtypeStruct((2, size, size, 1), jax.numpy.float32)
+
+    def run(x):
+        variables = model.init(jax.random.key(0), x, train=False)
+        return model.apply(variables, x, train=False), variables
+
+    logits, variables = jax.eval_shape(run, x)
+    assert logits.shape == (2, 3) and logits.dtype == jax.numpy.float32
+    assert all(leaf.dtype == jax.numpy.float32 for leaf in jax.tree_util.tree_leaves(variables))
