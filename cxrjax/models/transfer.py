@@ -424,7 +424,7 @@ def load_backbone_weights(name: str, path: str, options: dict[str, Any] | None =
             )
         create_options = dict(options)
         module_, loaded, unmatched = weights.load_pretrained(
-            name, str(p), include_top=False, pooling=None, strict=False, image_size=size, **create_options
+            name, file, include_top=False, pooling=None, strict=False, image_size=size, **create_options
         )
         for option in ("variant", "imagenet_rescaling"):
             wanted, built = getattr(module_, option, None), getattr(module, option, None)
