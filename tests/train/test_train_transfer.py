@@ -226,3 +226,22 @@ def test_an_imported_checkpoint_loads_like_its_weight_file(weight_file, tmp_path
             np.testing.assert_array_equal(_bits(a), _bits(b))
     with pytest.raises(ValueError, match="holds weights of 'mobilenet', not 'mobilenet_v2'"):
         transfer.load_backbone_weights("mobilenet_v2", str(tmp_path / "imported"))
+
+
+def test_preprocessing_inside_the_model_is_keras_preprocess_input_on_rgb():
+    """auto -> the backbone's Keras mode ("caffe" for ResNet-family, here forced on MobileNet
+    to exercise the BGR flip) on [0,1] * 255, after grayscale -> RGB; "none" passes images as they are."""
+    from cxrjax.models.preprocessing import preprocess_input
+
+    gray = jax.random.uniform(jax.random.key(3), (2, 32, 32, 1))
+    caffe = transfer.create_transfer("mobilenet", head="s2", num_classes=3, channels=1, preprocessing="caffe")
+    plain = transfer.create_transfer("mobilenet", head="s2", num_classes=3, channels=3, preprocessing="none")
+    assert transfer.create_transfer("mobilenet", head="s2", num_classes=3).preprocessing == "tf"
+    variables = caffe.init(jax.random.key(0), gray, train=False)
+    ours = caffe.apply(variables, gray, train=False)
+    rgb = np.repeat(np.asarray(gray), 3, axis=-1)
+    reference = plain.apply(variables, preprocess_input(rgb * 255.0, "caffe"), train=False)
+    # (a random-init MobileNet's logits are tiny at 32 px: compare relative to their scale)
+    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=0)
+    unprocessed = plain.apply(variables, rgb, train=False)
+    assert np.max(np.abs(ours - unprocessed)) > 0.1 * np.max(np.abs(ours))
