@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 
 from cxrjax.models.base import Classifier, logits_float32
-from cxrjax.models.keras_layers import Backbone, KDense, avg_pool
+from cxrjax.models.keras_layers import Backbone, KDense
 from cxrjax.models.preprocessing import MODES, preprocess_input, preprocessing_mode
 from cxrjax.models.registry import MODELS, create
 
@@ -106,7 +106,9 @@ class Head(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         if self.kind == "s1":
             size = min(self.pool_size or 4, x.shape[1], x.shape[2])
-            x = avg_pool(x, size, size)
+            # Keras' AveragePooling2D (padding "valid") as flax's: differentiable under jit
+            # (keras_layers.avg_pool's array init value is not, for a fine-tuned S1 run).
+            x = nn.avg_pool(x, (size, size), strides=(size, size), padding="VALID")
             x = x.reshape(x.shape[0], -1)
         else:
             x = jnp.mean(x, axis=(1, 2))

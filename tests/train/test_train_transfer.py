@@ -245,3 +245,21 @@ def test_preprocessing_inside_the_model_is_keras_preprocess_input_on_rgb():
     np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=0)
     unprocessed = plain.apply(variables, rgb, train=False)
     assert np.max(np.abs(ours - unprocessed)) > 0.1 * np.max(np.abs(ours))
+
+
+def test_s1_head_is_differentiable_under_jit():
+    """A fine-tuned S1 run differentiates through the head's AveragePooling2D."""
+    head = transfer.Head("s1", 3, (8,), 0.5, 4)
+    x = jax.random.normal(jax.random.key(0), (2, 7, 7, 5))
+    variables = head.init(jax.random.key(1), x, train=False)
+    grad = jax.jit(jax.grad(lambda x: head.apply(variables, x, train=False).sum()))(x)
+    pooled = np.asarray(x)[:, :4, :4].mean(axis=(1, 2))  # 7x7 -> one 4x4 window (valid), flattened
+    dense = variables["params"]["dense1"]
+    np.testing.assert_allclose(
+        head.apply(variables, x, train=False),
+        np.maximum(pooled @ dense["kernel"] + dense["bias"], 0) @ variables["params"]["predictions"]["kernel"]
+        + variables["params"]["predictions"]["bias"],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert np.all(np.asarray(grad)[:, 4:] == 0) and np.any(np.asarray(grad)[:, :4, :4] != 0)
