@@ -47,6 +47,10 @@ PARALLEL_MODES = ("shard_map", "pmap")
 DATA_PLACEMENTS = ("host", "device", "auto")
 TTA_MODES = ("none", "flip", "shift", "flip_shift")  # cxrjax/train/tta.py
 DTYPES = ("float32", "bfloat16")
+# Transfer learning (cxrjax.models.transfer): the studies' heads on an ImageNet backbone,
+# and the input preprocessing of the backbone ("auto": the Keras mode its weights expect).
+HEADS = ("none", "s2", "s2_dropout", "s1", "s0_d")
+PREPROCESSING = ("auto", "none", "caffe", "tf", "torch")
 
 # Fields that cannot change what is trained: where files live, how progress is shown,
 # how often metrics are fetched or step checkpoints written, the compile cache.
@@ -200,6 +204,36 @@ class TrainConfig(InputOptions):
         parse=recipe_name,
         help=f"apply a named bundle of training options (cxrjax.train.recipes: {', '.join(RECIPE_NAMES)}) on top "
         "of the preset; options given explicitly still win; 'none': no recipe",
+    )
+    # --- transfer learning (cxrjax.models.transfer; ImageNet backbones only) ----------
+    pretrained: str | None = option(
+        None,
+        flag=True,
+        metavar="FILE|DIR",
+        help="ImageNet weights of the backbone: a Keras .h5, torchvision .pth / .safetensors file, or a folder "
+        "written by 'python -m cxrjax.models import-weights' (None: random init)",
+    )
+    freeze: str = option(
+        "none",
+        flag=True,
+        metavar="none|backbone|all_but_last:N",
+        help="frozen backbone parameters (no updates, no optimiser state, BatchNorm in inference mode): none, "
+        "backbone (all of it), all_but_last:N (all but its last N layers with weights, in Keras layer order)",
+    )
+    head: str = option(
+        "none",
+        flag=True,
+        choices=HEADS,
+        help="a study's head on the headless backbone: s2 (Dense 500, Dense 200, Dense K), s2_dropout (with "
+        "Dropout 0.5), s1 (AveragePooling2D, Flatten, Dense, Dropout), s0_d (GAP, Dense ReLU, Dropout 0.5); "
+        "none: the model as registered",
+    )
+    preprocessing: str = option(
+        "auto",
+        flag=True,
+        choices=PREPROCESSING,
+        help="with a head: the backbone's input preprocessing on the pipeline's [0,1] images (auto: the Keras "
+        "mode its ImageNet weights expect; none: the pipeline's normalised images as they are)",
     )
     image_size: int | None = option(None, flag=True, ge=1, help="model input size in pixels (None: the model's)")
     channels: int | None = option(None, flag=True, ge=1, help="input channels, 1 or 3 (None: the model's)")
@@ -479,6 +513,15 @@ class TrainConfig(InputOptions):
                     f"TrainConfig.class_weights must be None, 'balanced' or one finite weight >= 0 per class "
                     f"(not all 0), got {weights!r} (e.g. --set class_weights=[1,2,1,1])"
                 )
+        if parse_freeze(self.freeze) is None:
+            raise ValueError(
+                f"TrainConfig.freeze={self.freeze!r}: use none, backbone or all_but_last:N with an integer N >= 0 "
+                "(e.g. --freeze all_but_last:34)"
+            )
+        if self.freeze != "none" and self.head == "none":
+            raise ValueError(
+                f"TrainConfig.freeze={self.freeze!r} needs a head on the backbone (--head s2|s2_dropout|s1|s0_d)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -517,6 +560,17 @@ class TrainConfig(InputOptions):
     def monitor_mode(self) -> str:
         """ "min" for losses, "max" for accuracies and F1."""
         return mode_for(self.monitor)
+
+
+def parse_freeze(text: str) -> tuple[str, int | None] | None:
+    """``"none"`` -> ("none", None), ``"backbone"`` -> ("backbone", None),
+    ``"all_but_last:34"`` -> ("all_but_last", 34); anything else -> None."""
+    if text in ("none", "backbone"):
+        return text, None
+    kind, _, count = text.partition(":")
+    if kind == "all_but_last" and count.isdigit():
+        return kind, int(count)
+    return None
 
 
 def upgrade_field_names(values: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,8 @@ import numpy as np
 import optax
 from flax import struct
 
+from cxrjax.models.transfer import merge_pretrained
+
 
 @struct.dataclass
 class TrainState:
@@ -53,18 +55,23 @@ def make_init_fn(
     model: nn.Module,
     tx: optax.GradientTransformation,
     input_shape: tuple[int, int, int],
-) -> Callable[[int], TrainState]:
-    """``seed -> TrainState``: params (and BatchNorm statistics) initialised on one example.
+) -> Callable[..., TrainState]:
+    """``(seed, pretrained=None) -> TrainState``: params (and BatchNorm statistics)
+    initialised on one example; ``pretrained`` (``{"params", "batch_stats"}`` of a
+    TransferModel's headless backbone, ``cxrjax.models.transfer.load_backbone_weights``)
+    replaces the backbone's before the optimiser state is made.
 
     Jitted as one program, the seed an argument: initialising eagerly would dispatch (and
     compile) every primitive of the network separately, tens of seconds on CPU, and one
     compiled init serves every seed of an experiment.
     """
 
-    def init(seed: jax.Array) -> TrainState:
+    def init(seed: jax.Array, pretrained: Any) -> TrainState:
         init_key, dropout_key, step_key = jax.random.split(jax.random.PRNGKey(seed), 3)
         x = jnp.zeros((1, *input_shape), jnp.float32)
         variables = model.init({"params": init_key, "dropout": dropout_key}, x, train=False)
+        if pretrained is not None:
+            variables = merge_pretrained(variables, pretrained)
         params = variables["params"]
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -79,9 +86,9 @@ def make_init_fn(
 
     jitted = jax.jit(init)
 
-    def init_state(seed: int) -> TrainState:
+    def init_state(seed: int, pretrained: Any = None) -> TrainState:
         with random_config():
-            return jitted(jnp.asarray(seed, jnp.uint32))
+            return jitted(jnp.asarray(seed, jnp.uint32), pretrained)
 
     return init_state
 

@@ -68,7 +68,14 @@ from cxrjax.train.config import TrainConfig, mode_for
 from cxrjax.train.data_api import data_api
 from cxrjax.train.early_stopping import EarlyStopping, ImprovementTracker, PlateauScaler
 from cxrjax.train.evaluation import evaluate_split
-from cxrjax.train.run_setup import RunSetup, RunSetupError, data_differences, dataset_info, setup_run
+from cxrjax.train.run_setup import (
+    RunSetup,
+    RunSetupError,
+    data_differences,
+    dataset_info,
+    describe_weights,
+    setup_run,
+)
 from cxrjax.train.state import from_tree, parameter_count, to_tree
 from cxrjax.train.timings import PhaseTimings
 from cxrjax.train.tta import tta_report
@@ -278,6 +285,8 @@ def _train_and_evaluate(
     session_start = time.perf_counter()
     timings = PhaseTimings()  # results.json["timings"] (cxrjax/train/timings.py)
     setup = setup_run(config, dataset, timings)
+    if describe_weights(setup.weights):
+        _say(config, describe_weights(setup.weights))
     with timings.phase("setup"):
         _write_normalization_statistics(workdir, setup)
         engine = setup.engine
@@ -956,6 +965,8 @@ def _results(
         "warnings": _run_warnings(setup, progress, skipped),
         "dataset_info": dataset_info(setup),
         "input_config": setup.input_fields,
+        # the backbone's ImageNet weights (path, sha256) or random init; None without a head
+        "weights": setup.weights,
         "jax_backend": jax.default_backend(),
     }
 
