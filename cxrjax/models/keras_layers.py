@@ -184,21 +184,15 @@ def zero_pad(x: Array, padding: int | tuple) -> Array:
 
 
 def max_pool(x: Array, size: int, strides: int, padding: str = "valid") -> Array:
-    """``keras.layers.MaxPooling2D`` (padding "same" pads with -inf, as TF)."""
-    init = jnp.array(-jnp.inf, x.dtype)
-    return lax.reduce_window(x, init, lax.max, (1, size, size, 1), (1, strides, strides, 1), padding.upper())
+    """``keras.layers.MaxPooling2D`` (padding "same" pads with -inf, as TF). flax's pooling
+    (a Python-scalar init value) is differentiable under ``jit``; an array init value is not."""
+    return nn.max_pool(x, (size, size), strides=(strides, strides), padding=padding.upper())
 
 
 def avg_pool(x: Array, size: int, strides: int, padding: str = "valid") -> Array:
     """``keras.layers.AveragePooling2D``: with "same", the mean over the window's valid
     (unpadded) positions only, as TF."""
-    dims, steps = (1, size, size, 1), (1, strides, strides, 1)
-    total = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, dims, steps, padding.upper())
-    if padding == "valid":
-        return total / (size * size)
-    ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
-    count = lax.reduce_window(ones, jnp.array(0, x.dtype), lax.add, dims, steps, "SAME")
-    return total / count
+    return nn.avg_pool(x, (size, size), strides=(strides, strides), padding=padding.upper(), count_include_pad=False)
 
 
 def relu6(x: Array) -> Array:

@@ -192,3 +192,29 @@ def test_tf_keras_slash_layer_names(tmp_path, mnv2_file):
     module, variables = models.load_pretrained("mobilenet_v2", renamed)
     x = random_input(32)
     assert_close(module.apply(variables, x, train=False), keras_apply(reference, x), what="renamed")
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_keras_pooling_is_differentiable_under_jit_and_matches_tf_semantics(padding):
+    """Fine-tuning through a backbone's pooling needs its gradient under jit (an array
+    init value of lax.reduce_window broke linearisation); values as Keras/TF: max pads
+    with -inf, average counts only the valid positions."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from cxrjax.models.keras_layers import avg_pool, max_pool
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 5, 5, 2)), jnp.float32)
+    for pool in (max_pool, avg_pool):
+        grad = jax.jit(jax.grad(lambda v: pool(v, 3, 2, padding).sum()))(x)
+        assert grad.shape == x.shape and bool(jnp.isfinite(grad).all())
+    xs = np.asarray(x)
+    if padding == "same":  # 5 -> 3 windows at rows/cols 0-1 (pad 1 before), 1-3, 3-4
+        windows = [slice(0, 2), slice(1, 4), slice(3, 5)]
+    else:
+        windows = [slice(0, 3), slice(2, 5)]
+    want_max = np.array([[xs[0, r, c].max(axis=(0, 1)) for c in windows] for r in windows])
+    want_avg = np.array([[xs[0, r, c].mean(axis=(0, 1)) for c in windows] for r in windows])
+    np.testing.assert_allclose(np.asarray(max_pool(x, 3, 2, padding))[0], want_max, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(avg_pool(x, 3, 2, padding))[0], want_avg, rtol=1e-6)
