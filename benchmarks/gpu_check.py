@@ -43,6 +43,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -443,25 +444,15 @@ def run_steps(steps: list[Step], budget_s: float, log: Any, cwd: Path = ROOT) ->
         start = time.monotonic()
         log.write(f"\n===== {step.name}: {result['command']} (timeout {timeout:.0f} s)\n")
         log.flush()
-        try:
-            proc = subprocess.run(
-                step.argv,
-                cwd=cwd,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                timeout=timeout,
-                start_new_session=True,
-            )
-            output, result["returncode"] = proc.stdout, proc.returncode
-            result["status"] = "ok" if proc.returncode == 0 else "failed"
-            if proc.returncode != 0:
-                result["error"] = f"exit status {proc.returncode}"
-        except subprocess.TimeoutExpired as e:
-            output = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        output, result["returncode"] = _run(step.argv, cwd, env, timeout)
+        if result["returncode"] is None:
             result["status"] = "timeout"
             result["error"] = f"killed after {timeout:.0f} s"
+        elif result["returncode"] == 0:
+            result["status"] = "ok"
+        else:
+            result["status"] = "failed"
+            result["error"] = f"exit status {result['returncode']}"
         result["seconds"] = round(time.monotonic() - start, 1)
         log.write(output)
         log.flush()
@@ -473,15 +464,40 @@ def run_steps(steps: list[Step], budget_s: float, log: Any, cwd: Path = ROOT) ->
                 if result["status"] == "ok":
                     result["status"] = "failed"
                     result["error"] = f"its output could not be read: {type(e).__name__}: {e}"
-        if step.name == "environment" and result["status"] == "ok":
+        if step.name == "environment":  # its probe prints its JSON before failing on a missing GPU
             result["summary"] = _last_json_line(output)
     return results
+
+
+def _run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float) -> tuple[str, int | None]:
+    """(output, exit status), or (output so far, None) after killing it at ``timeout``.
+
+    The step runs in a session of its own and a timeout kills the whole process group:
+    a step's own workers (grain, the ablation's jobs, pytest's subprocesses) must not
+    outlive it and keep holding the GPU's memory while the next step runs.
+    """
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        return output, proc.returncode
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        output, _ = proc.communicate()
+        return output or "", None
 
 
 def _last_json_line(output: str) -> dict[str, Any] | None:
     for line in reversed(output.strip().splitlines()):
         if line.startswith("{"):
-            return json.loads(line)
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
     return None
 
 

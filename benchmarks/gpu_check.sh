@@ -16,6 +16,7 @@
 set -u -o pipefail
 
 start=$(date +%s)
+here=$PWD
 cd "$(dirname "$0")/.." || exit 2
 PY=${PYTHON:-python3}
 mode=full
@@ -29,13 +30,18 @@ fail() {
     exit 2
 }
 
+# Relative paths are the caller's, not the checkout's (the script runs from the checkout).
+absolute() {
+    case "$1" in /*) echo "$1" ;; *) echo "$here/$1" ;; esac
+}
+
 while [ $# -gt 0 ]; do
     case "$1" in
-        --wheels) [ $# -ge 2 ] || fail "--wheels needs a folder"; wheels=$2; shift 2 ;;
+        --wheels) [ $# -ge 2 ] || fail "--wheels needs a folder"; wheels=$(absolute "$2"); shift 2 ;;
         --quick) mode=quick; shift ;;
         --cpu-smoke) mode=cpu_smoke; shift ;;
         --budget-s) [ $# -ge 2 ] || fail "--budget-s needs seconds"; budget=$2; shift 2 ;;
-        --out) [ $# -ge 2 ] || fail "--out needs a folder"; out=$2; shift 2 ;;
+        --out) [ $# -ge 2 ] || fail "--out needs a folder"; out=$(absolute "$2"); shift 2 ;;
         --only | --timeout-scale) [ $# -ge 2 ] || fail "$1 needs a value"; pass+=("$1" "$2"); shift 2 ;;
         --keep-work) pass+=("$1"); shift ;;
         -h | --help) sed -n '2,16p' "$0"; exit 0 ;;

@@ -53,6 +53,31 @@ def test_failing_hanging_and_unreadable_steps_are_recorded_and_the_rest_still_ru
     assert by["ok"]["status"] == "ok" and "from-the-step" in log.getvalue()
 
 
+def test_a_timeout_kills_the_steps_own_subprocesses_too(tmp_path):
+    pid_file = tmp_path / "grandchild.pid"
+    code = (
+        "import subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); print('spawned', flush=True); time.sleep(120)"
+    )
+    start = time.monotonic()
+    (result,) = gpu_check.run_steps([gpu_check.Step("spawns", _py(code), 3)], budget_s=300, log=io.StringIO())
+    # Killing only the step would leave its subprocess holding the output pipe for 120 s.
+    assert time.monotonic() - start < 60
+    assert result["status"] == "timeout" and "spawned" in result["log_tail"]
+    grandchild = int(pid_file.read_text())
+    for _ in range(50):  # SIGKILL is asynchronous; the zombie is reaped by init
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        if Path(f"/proc/{grandchild}/stat").exists() and Path(f"/proc/{grandchild}/stat").read_text().split()[2] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the step's subprocess {grandchild} outlived the step's timeout")
+
+
 def test_steps_past_the_budget_are_not_started_and_a_group_shares_what_is_left():
     # budget 40 - reserve 5 = 35 s left: the first of two shared steps gets 35 / 2.
     steps = [
