@@ -53,6 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from benchmarks.throughput import DEFAULT_CASES  # imports no JAX
+
 SCHEMA = "cxrjax.benchmarks.gpu_check/1"
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("full", "quick", "cpu_smoke")
@@ -67,13 +69,13 @@ LOG_TAIL_CHARS = 3000
 # tests/train/test_train_loop_runs.py need 4, so they are not among them).
 TESTS = {
     "full": [
-        "tests/models/test_models_shapes.py",
-        "tests/models/test_models_invariants.py",
         "tests/train/test_train_step_parallel.py",
+        "tests/models/test_models_invariants.py",
+        "tests/models/test_models_shapes.py",
     ],
     "quick": [
-        "tests/models/test_models_invariants.py",
         "tests/train/test_train_step_parallel.py",
+        "tests/models/test_models_invariants.py",
     ],
     "cpu_smoke": [
         "tests/train/test_train_step_parallel.py",
@@ -84,16 +86,10 @@ TESTS = {
 }
 
 # (model@size, GPU per-device batch): every model of benchmarks.throughput's DEFAULT_CASES
-# at one batch of its GPU sweep, smallest step first.
+# (the studies' models at their sizes, smallest step first) at the middle batch of its GPU
+# sweep: lenet5@32 1024, s0_a@150 and s4_exp4@128 128, s4_exp4@224 and the VGGs 64.
 THROUGHPUT_CASES = {
-    "full": [
-        ("lenet5@32", 1024),
-        ("s0_a@150", 128),
-        ("s4_exp4@128", 128),
-        ("s4_exp4@224", 64),
-        ("vgg16@224", 64),
-        ("vgg16_bn@224", 64),
-    ],
+    "full": [(c.label, c.gpu_batches[len(c.gpu_batches) // 2]) for c in DEFAULT_CASES],
     "quick": [("lenet5@32", 1024), ("s4_exp4@128", 128), ("vgg16@224", 64)],
     # Tiny: global batch 8 on CPU, S4's network with 3-6 channels at 32 px.
     "cpu_smoke": [("lenet5@32", 8), ("s4_exp4@32", 8)],

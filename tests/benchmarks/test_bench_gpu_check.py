@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import gpu_check
+from benchmarks.throughput import DEFAULT_CASES
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
@@ -139,13 +140,11 @@ def test_every_mode_plans_the_same_steps_and_only_the_gpu_modes_ask_for_cuda(tmp
             assert ablation[ablation.index("--image-size") + 1] == "128"
             assert ablation[ablation.index("--global-batch-size") + 1] == "32"
     full = gpu_check.plan("full", tmp_path)
-    assert {c.split("@")[0] for c, _ in gpu_check.THROUGHPUT_CASES["full"]} == {
-        "lenet5",
-        "s0_a",
-        "s4_exp4",
-        "vgg16",
-        "vgg16_bn",
-    }
+    # Every model the throughput benchmark knows, in float32 and bfloat16.
+    assert [c for c, _ in gpu_check.THROUGHPUT_CASES["full"]] == [c.label for c in DEFAULT_CASES]
+    assert {"lenet5@32", "s0_a@150", "s4_exp4@128", "vgg16@224", "vgg16_bn@224"} <= {c.label for c in DEFAULT_CASES}
+    for step in full[4:]:
+        assert step.argv[step.argv.index("--dtypes") + 1] == "float32,bfloat16"
     assert all("--torch-compile" not in s.argv for s in full)  # the GPU run times torch.compile too
 
 
