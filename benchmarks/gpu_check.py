@@ -142,14 +142,17 @@ def probe() -> dict[str, Any]:
     }
     import jax
 
-    devices = jax.devices()
-    info.update(
-        jax_version=jax.__version__,
-        jax_backend=jax.default_backend(),
-        device_kind=devices[0].device_kind,
-        device_platform=devices[0].platform,
-        device_count=len(devices),
-    )
+    info["jax_version"] = jax.__version__
+    try:
+        devices = jax.devices()
+        info.update(
+            jax_backend=jax.default_backend(),
+            device_kind=devices[0].device_kind,
+            device_platform=devices[0].platform,
+            device_count=len(devices),
+        )
+    except Exception as e:  # e.g. JAX_PLATFORMS=cuda with a CPU-only jaxlib
+        info.update(jax_backend=None, jax_error=f"{type(e).__name__}: {e}".strip())
     try:
         import torch
 
@@ -612,7 +615,8 @@ def main(argv: list[str] | None = None) -> int:
         info = probe()
         print(json.dumps(info))
         if args.require_gpu and info["jax_backend"] != "gpu":
-            return _error(f"JAX sees no GPU (backend {info['jax_backend']!r}); is the CUDA build of jax installed?")
+            why = info.get("jax_error") or f"backend {info['jax_backend']!r}"
+            return _error(f"JAX sees no GPU ({why}); is the CUDA build of jax installed (jax[cuda12/13])?")
         return 0 if not info.get("missing") else _error("missing packages: " + "; ".join(info["missing"]))
     if args.timeout_scale <= 0:
         return _error(f"--timeout-scale must be positive, got {args.timeout_scale}")
