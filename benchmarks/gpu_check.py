@@ -270,12 +270,15 @@ def plan(mode: str, work: Path, timeout_scale: float = 1.0) -> list[Step]:
     ]
 
     junit = work / "junit.xml"
+    # The tests' float32 references are exact float32 (as on the CPU), not the TF32 that
+    # JAX's default precision lets cuDNN/cuBLAS use on a GPU; the throughput keeps TF32.
+    test_env = {**gpu_env, "JAX_DEFAULT_MATMUL_PRECISION": "highest"} if on_gpu else gpu_env
     steps.append(
         Step(
             "tests",
             [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *TESTS[mode]],
             timeouts["tests"],
-            env=gpu_env,
+            env=test_env,
             collect=lambda: junit_summary(junit),
         )
     )

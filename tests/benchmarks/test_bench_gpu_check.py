@@ -135,6 +135,9 @@ def test_every_mode_plans_the_same_steps_and_only_the_gpu_modes_ask_for_cuda(tmp
         assert [n for n in names[4:]] == [f"throughput:{c}" for c, _ in gpu_check.THROUGHPUT_CASES[mode]]
         platforms = {s.env["JAX_PLATFORMS"] for s in steps}
         assert platforms == ({"cpu"} if mode == "cpu_smoke" else {"cuda"}), mode
+        precision = {s.name: s.env.get("JAX_DEFAULT_MATMUL_PRECISION") for s in steps}
+        assert precision["tests"] == (None if mode == "cpu_smoke" else "highest")
+        assert precision["throughput:lenet5@32"] is None  # timed at JAX's default precision
         ablation = next(s for s in steps if s.name == "ablation").argv
         if mode != "cpu_smoke":  # S4's settings
             assert ablation[ablation.index("--image-size") + 1] == "128"
