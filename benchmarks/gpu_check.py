@@ -16,8 +16,9 @@ in one step is recorded and the others still run:
    data-parallel step on N devices equal to 1 device), run by pytest with
    ``JAX_PLATFORMS=cuda`` so tests/conftest.py does not force the CPU. (The training loop's
    tests count steps for 4 forced CPU devices; the ablation step trains on the GPU instead.)
-3. ``device_resident``: ``benchmarks.input_pipeline --resident always`` (the split as uint8
-   on the device, batches made in-step), where ``benchmarks/device_resident.py`` exists.
+3. ``device_resident``: ``benchmarks.device_resident``, real training runs with
+   ``data_placement`` host and device (the split as uint8 on the device, batches made
+   in-step, several steps per dispatch), where ``cxrjax/train/resident.py`` exists.
 4. ``ablation``: one cell of ``experiments.ablation_bn_dropout`` (S4's Exp4, BatchNorm on
    every layer) at S4's settings (128 px, global batch 32) on phantoms, one seed.
 5. ``throughput:<model>@<size>``: ``benchmarks.throughput`` per model, float32 and bfloat16,
@@ -99,9 +100,9 @@ THROUGHPUT_STEPS = {"full": ("20", "3"), "quick": ("10", "2"), "cpu_smoke": ("1"
 
 # Per-step timeouts (seconds), capped by what the budget has left.
 TIMEOUTS = {
-    "full": {"environment": 60, "tests": 100, "device_resident": 50, "ablation": 110, "throughput": 300},
-    "quick": {"environment": 60, "tests": 60, "device_resident": 40, "ablation": 60, "throughput": 150},
-    "cpu_smoke": {"environment": 40, "tests": 60, "device_resident": 40, "ablation": 60, "throughput": 80},
+    "full": {"environment": 60, "tests": 100, "device_resident": 70, "ablation": 110, "throughput": 300},
+    "quick": {"environment": 60, "tests": 60, "device_resident": 50, "ablation": 60, "throughput": 150},
+    "cpu_smoke": {"environment": 40, "tests": 60, "device_resident": 50, "ablation": 60, "throughput": 80},
 }
 
 ABLATION_CELL = "exp2_bn-all_do-0_es-off"  # S4's Exp4: BatchNorm on every layer, no dropout, no ES
@@ -222,12 +223,13 @@ def throughput_summary(path: Path) -> dict[str, Any]:
 
 
 def resident_summary(path: Path) -> dict[str, Any]:
-    """The device-resident rows of a benchmarks.input_pipeline JSON."""
+    """The runs of a benchmarks.device_resident JSON (one per placement and K); any error fails."""
     records = _read_json(path)["records"]
-    keep = ("model", "image_size", "batch_size", "images_per_s", "resident_over_plain_step", "resident_bytes")
-    rows = [{k: r.get(k) for k in keep} for r in records if r.get("pipeline") == "device_resident"]
-    if not rows:
-        raise RuntimeError("benchmarks.input_pipeline wrote no device_resident record")
+    keep = ("model", "image_size", "data_placement", "steps_per_dispatch", "num_devices", "images_per_second", "error")
+    rows = [{k: r.get(k) for k in keep} for r in records]
+    bad = [r for r in rows if r["error"]]
+    if not rows or bad:
+        raise RuntimeError(f"benchmarks.device_resident runs failed: {bad or 'no records'}")
     return {"rows": rows}
 
 
@@ -290,33 +292,35 @@ def plan(mode: str, work: Path, timeout_scale: float = 1.0) -> list[Step]:
         [
             py,
             "-m",
-            "benchmarks.input_pipeline",
+            "benchmarks.device_resident",
             "--models",
             *(["lenet5@32"] if small else ["lenet5@32", "s4_exp4@128"]),
-            "--workers",
-            "0",
-            "--batch-size",
+            "--placements",
+            "host,device",
+            "--steps-per-dispatch",
+            "2" if small else "8",
+            "--epochs",
+            "2",
+            "--per-device-batch-size",
             "8" if small else "32",
-            "--batches",
-            "2" if small else "5",
             "--num-train",
-            "32" if small else "512",
+            "32" if small else "1024",
+            "--num-eval",
+            "8" if small else "64",
             "--stored-size",
             "32" if small else "128",
             "--data-dir",
-            str(work / "pipeline-data"),
-            "--resident",
-            "always",
+            str(work / "resident-data"),
             "--json",
             str(resident_json),
-            "--no-progress",
+            *(["--num-devices", "1"] if small else []),
         ],
         timeouts["device_resident"],
         env=gpu_env,
         collect=lambda: resident_summary(resident_json),
     )
-    if not (ROOT / "benchmarks" / "device_resident.py").exists():
-        resident.skip_reason = "benchmarks/device_resident.py does not exist"
+    if not (ROOT / "cxrjax" / "train" / "resident.py").exists():
+        resident.skip_reason = "cxrjax/train/resident.py (data_placement) does not exist"
     steps.append(resident)
 
     a = ABLATION[mode]
@@ -569,13 +573,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Throughput (benchmarks.throughput)", "", markdown_table(records).rstrip()]
     resident = (by_name.get("device_resident") or {}).get("summary")
     if resident:
-        lines += ["", "## Device-resident input (benchmarks.input_pipeline --resident always)", ""]
-        lines += ["| model | size | batch | img/s | x plain step |", "|---|---|---|---|---|"]
+        lines += ["", "## Data placement (benchmarks.device_resident: training runs, img/s after epoch 1)", ""]
+        lines += ["| model | size | placement | steps/dispatch | devices | img/s |", "|---|---|---|---|---|---|"]
         for r in resident["rows"]:
-            ratio = r["resident_over_plain_step"]
             lines.append(
-                f"| {r['model']} | {r['image_size']} | {r['batch_size']} | {r['images_per_s']:.0f} | "
-                f"{'-' if ratio is None else f'{ratio:.2f}'} |"
+                f"| {r['model']} | {r['image_size']} | {r['data_placement']} | {r['steps_per_dispatch']} | "
+                f"{r['num_devices']} | {r['images_per_second']:.0f} |"
             )
     ablation = (by_name.get("ablation") or {}).get("summary")
     if ablation:
