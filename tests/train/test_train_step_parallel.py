@@ -1,5 +1,9 @@
-"""The data-parallel step: 4 devices == 1 device on the same global batch; pmap == shard_map;
-the non-finite guard leaves the state untouched and counts the skip."""
+"""The data-parallel step: N devices == 1 device on the same global batch; pmap == shard_map;
+the non-finite guard leaves the state untouched and counts the skip.
+
+N is 4 under tests/conftest.py's forced CPU devices; on an accelerator (benchmarks/gpu_check.sh
+runs this file with JAX_PLATFORMS=cuda) it is as many as there are, up to 4, so on one GPU the
+same tests compare 1 with 1 device (and pmap with shard_map) on the real backend."""
 
 import functools
 
@@ -14,6 +18,7 @@ from cxrjax.train.state import create_train_state
 from cxrjax.train.steps import AXIS, LossConfig, eval_step, train_step
 
 GLOBAL_BATCH = 8
+N = min(4, jax.device_count())
 LR = 1.0  # plain SGD with lr 1: params_before - params_after == the gradient
 
 
@@ -50,8 +55,8 @@ def setup():
     eval_fn = functools.partial(eval_step, model=model)
     engines = {
         ("shard_map", 1): make_engine("shard_map", train_fn, eval_fn, jax.devices()[:1]),
-        ("shard_map", 4): make_engine("shard_map", train_fn, eval_fn, jax.devices()[:4]),
-        ("pmap", 4): make_engine("pmap", train_fn, eval_fn, jax.devices()[:4]),
+        ("shard_map", N): make_engine("shard_map", train_fn, eval_fn, jax.devices()[:N]),
+        ("pmap", N): make_engine("pmap", train_fn, eval_fn, jax.devices()[:N]),
     }
     outputs = {}
     for key, engine in engines.items():
@@ -71,7 +76,7 @@ def _assert_trees_close(a, b, atol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=atol)
 
 
-@pytest.mark.parametrize("other", [("shard_map", 4), ("pmap", 4)])
+@pytest.mark.parametrize("other", [("shard_map", N), ("pmap", N)])
 def test_multi_device_step_equals_single_device_step(setup, other):
     state, _, _, outputs = setup
     ref_state, ref_metrics = outputs[("shard_map", 1)]
@@ -93,7 +98,7 @@ def test_eval_outputs_agree_and_keep_example_order(setup):
     logp = {
         key: e.host_outputs(e.eval_step(e.put_state(state), e.put_batch({"image": batch["image"]})))
         for key, e in engines.items()
-        if key[1] == 4
+        if key[1] == N
     }
     direct = jax.nn.log_softmax(TinyBN().apply(state.variables, batch["image"], train=False))
     for out in logp.values():
@@ -103,9 +108,9 @@ def test_eval_outputs_agree_and_keep_example_order(setup):
 
 def test_nonfinite_batch_is_skipped_and_counted(setup):
     state, batch, engines, _ = setup
-    engine = engines[("shard_map", 4)]
+    engine = engines[("shard_map", N)]
     bad = dict(batch, image=batch["image"].copy())
-    bad["image"][5, 3, 3, 0] = np.nan  # one pixel of one example on replica 2
+    bad["image"][5, 3, 3, 0] = np.nan  # one pixel of one example (on replica 2 of 4)
     new_state, metrics = engine.train_step(engine.put_state(state), engine.put_batch(bad))
     new_state, metrics = engine.host_state(new_state), engine.host_metrics(metrics)
     assert not bool(metrics["finite"]) and np.isnan(metrics["loss"])
