@@ -137,6 +137,30 @@ class EnginePredictor:
     def to_host(self, outputs: Any) -> np.ndarray:
         return np.exp(self.engine.host_outputs(outputs))  # the eval step returns log-probabilities
 
+    def predict_split(self, dataset: Any, split: str, batch_size: int) -> SplitPredictions | None:
+        """Several processes: each reads its rows of every batch; the probabilities come
+        back for the whole global batch (``host_outputs``), and the labels and padding
+        masks are gathered alike, so every process gets every example exactly once, in
+        the split's order. None (the host pipeline of :func:`predict_split`) with one."""
+        if not getattr(self.engine, "multi_process", False):
+            return None
+        from cxrjax.train.distributed import allgather_rows
+
+        outputs, labels, masks = [], [], []
+        for images, batch_labels, mask in iterate_eval_batches(dataset, split, self.input_config, batch_size):
+            outputs.append(self.probabilities(images))
+            labels.append(batch_labels)
+            masks.append(mask)
+        if not outputs:
+            return SplitPredictions(np.zeros(0, np.int64), np.zeros((0, self.num_classes), np.float32))
+        probs = np.concatenate([self.to_host(o) for o in outputs])
+
+        def gathered(rows: list[np.ndarray]) -> np.ndarray:  # [P, batches, b] -> batch after batch
+            return allgather_rows(np.stack(rows)).transpose(1, 0, 2).reshape(-1)
+
+        mask = gathered(masks).astype(bool)
+        return SplitPredictions(labels=gathered(labels)[mask].astype(np.int64), probs=probs[mask].astype(np.float32))
+
 
 def evaluate_split(
     predictor: Predictor, dataset: Any, split: str, batch_size: int, *, progress: bool = False
