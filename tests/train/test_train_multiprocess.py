@@ -79,7 +79,7 @@ def test_a_killed_process_stops_the_other_and_both_resume_equal(config, two_proc
     (rc0, out0, after0), (rc1, _, _) = killed
     assert rc1 == -9
     assert rc0 != 0 and after0 < 60, out0[-3000:]
-    assert "task 1" in out0 or "task:1" in out0 or "process 1" in out0, out0[-3000:]
+    assert "task 1 heartbeat timeout" in out0.lower(), out0[-3000:]  # JAX names the lost process
     assert not (workdir / "results.json").exists()
     # The mid-epoch checkpoint is complete, with both processes' grain iterator states.
     meta = json.loads((workdir / "checkpoints" / "6" / "meta" / "metadata").read_text())
