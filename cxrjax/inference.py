@@ -19,6 +19,11 @@ exactly the same model, preprocessing (the run's own eval pipeline) and label al
   of user errors (:data:`USER_ERRORS`, :func:`user_error`): one ``error:`` line and
   exit status 2 instead of a traceback.
 
+Which weights (:data:`WEIGHTS`): a run trained with ``ema_decay > 0`` stores the moving
+average of its weights next to the live ones (cxrjax/train/ema.py) and evaluated with the
+average; ``load_run`` loads the average by default, ``weights="live"`` the optimiser's
+(:func:`checkpoint_variables`).
+
 Which checkpoint (:data:`CHECKPOINTS`): ``"evaluated"`` (the default everywhere) is the
 one the run's own test evaluation used (results.json's ``evaluated.step``): the best by
 the monitored validation metric, or the last epoch when the run was configured with
@@ -53,7 +58,7 @@ from cxrjax.reporting.calibration import apply_temperature
 from cxrjax.reporting.jsonio import read_json
 from cxrjax.train import workdir as files
 from cxrjax.train.checkpointing import CheckpointStore
-from cxrjax.train.config import TrainConfig
+from cxrjax.train.config import TTA_MODES, TrainConfig
 from cxrjax.train.evaluation import SplitNotFoundError
 from cxrjax.train.run_setup import build_model
 
@@ -120,6 +125,7 @@ class LoadedRun:
     step: int
     epoch: int  # completed epochs at that checkpoint
     checkpoint: str  # "best" | "latest" | "evaluated"
+    weights: str  # WEIGHTS: "ema" (the checkpoint's moving average, cxrjax/train/ema.py) | "live"
     results: dict[str, Any] | None  # results.json, None while the run is unfinished
     run_status: str = "finished"  # RUN_STATUSES: results.json exists | a training holds the folder | neither
     run_status_note: str | None = None  # what the status means for these numbers (None when finished)
@@ -156,6 +162,36 @@ class LoadedRun:
         return None if t is None else apply_temperature(probs, t).astype(np.float32)
 
 
+WEIGHTS = ("ema", "live")
+
+
+def checkpoint_variables(
+    tree: Mapping[str, Any], config: TrainConfig, weights: str | None, workdir: Path
+) -> tuple[str, dict[str, Any]]:
+    """(which, variables) of a restored checkpoint tree: ``"ema"`` (the moving average of
+    the weights a run with ``ema_decay > 0`` keeps, and evaluated with during training)
+    or ``"live"`` (the optimiser's current weights). ``weights=None`` picks what the run's
+    own evaluation used; asking for ``"ema"`` of a run without an average is an error."""
+    if weights is not None and weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r}: choose one of {WEIGHTS}")
+    ema = tree.get("ema") or {}
+    if weights is None:
+        weights = "ema" if config.ema_decay else "live"
+    if weights == "ema":
+        if not ema.get("params"):
+            raise EvaluationInputError(
+                f"{workdir}: its checkpoints hold no moving average of the weights (trained with ema_decay="
+                f"{config.ema_decay:g}); load its live weights instead (weights='live')"
+            )
+        source = ema
+    else:
+        source = tree
+    variables = {"params": source["params"]}
+    if source.get("batch_stats"):
+        variables["batch_stats"] = source["batch_stats"]
+    return weights, variables
+
+
 def stored_calibration(workdir: Path, step: int) -> tuple[dict[str, Any] | None, str | None]:
     """(calibration.json, None) when it was fitted for checkpoint ``step``, else (None, why)."""
     path = workdir / files.CALIBRATION_FILE
@@ -173,8 +209,11 @@ def stored_calibration(workdir: Path, step: int) -> tuple[dict[str, Any] | None,
     return stored, None
 
 
-def load_run(workdir: str | Path, checkpoint: str = DEFAULT_CHECKPOINT) -> LoadedRun:
-    """Load a run folder written by ``train_and_evaluate`` / ``python -m cxrjax.train``."""
+def load_run(workdir: str | Path, checkpoint: str = DEFAULT_CHECKPOINT, *, weights: str | None = None) -> LoadedRun:
+    """Load a run folder written by ``train_and_evaluate`` / ``python -m cxrjax.train``.
+
+    ``weights`` (:data:`WEIGHTS`): None loads the weights the run evaluated with (its EMA
+    when trained with ``ema_decay > 0``, see :func:`checkpoint_variables`)."""
     workdir = Path(workdir)
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint={checkpoint!r}: choose one of {CHECKPOINTS}")
@@ -188,9 +227,7 @@ def load_run(workdir: str | Path, checkpoint: str = DEFAULT_CHECKPOINT) -> Loade
     results_path = workdir / files.RESULTS_FILE
     results = read_json(results_path) if results_path.exists() else None
     step, tree, meta = _restore(workdir, checkpoint, results)
-    variables = {"params": tree["params"]}
-    if tree.get("batch_stats"):
-        variables["batch_stats"] = tree["batch_stats"]
+    weights, variables = checkpoint_variables(tree, config, weights, workdir)
     class_names = list(meta["class_names"])
     fields = dict(meta["input_config"])
     model = build_model(config, len(class_names), fields["channels"], axis_name=None)
@@ -207,6 +244,7 @@ def load_run(workdir: str | Path, checkpoint: str = DEFAULT_CHECKPOINT) -> Loade
         step=int(step),
         epoch=int(meta["epoch"]),
         checkpoint=checkpoint,
+        weights=weights,
         results=results,
         run_status=status,
         run_status_note=note,
@@ -532,6 +570,24 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     fed, the same in every command line that loads one."""
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, choices=CHECKPOINTS, help=CHECKPOINT_HELP)
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+
+
+def add_weights_and_tta_arguments(p: argparse.ArgumentParser, *, tta: bool = True) -> None:
+    """``--weights`` (:data:`WEIGHTS`) and ``--tta`` (test-time augmentation reported beside
+    the plain predictions, ``cxrjax/train/tta.py``)."""
+    p.add_argument(
+        "--weights",
+        choices=WEIGHTS,
+        help="ema: the checkpoint's moving average of the weights; live: the optimiser's (default: those the run "
+        "evaluated with: ema when trained with ema_decay > 0)",
+    )
+    if tta:
+        p.add_argument(
+            "--tta",
+            choices=TTA_MODES,
+            help="test-time augmentation reported beside the plain numbers: mean softmax over the identity and "
+            "flip / 4 small shifts / both (default: the run's tta setting; flips put the heart on the other side)",
+        )
 
 
 def add_dataset_arguments(p: argparse.ArgumentParser, *, options_help: str = "preparation options as JSON") -> None:

@@ -24,6 +24,12 @@ is the same either way (temperature scaling keeps the order of a row's probabili
 With stored operating thresholds (``target_sensitivity`` on validation), ``--json`` also
 says per class whether the raw probability reaches its threshold (``screen_positive``).
 
+Weights: those the run evaluated with (its moving average when trained with
+``ema_decay > 0``; ``--weights live`` for the optimiser's). ``--tta MODE`` (default: the
+run's ``tta``) adds the test-time-augmented prediction (mean raw softmax over the views of
+``cxrjax/train/tta.py``) BESIDE the plain one: a ``tta`` column in the table,
+``tta_probabilities`` / ``tta_predicted_class`` per file in ``--json``.
+
 A file that cannot be read gets a clear per-file error; the others are still classified,
 and the exit status is 1 so scripts notice.
 """
@@ -47,6 +53,7 @@ from cxrjax.explain.gradcam import add_saliency_arguments
 from cxrjax.explain.overlay import save_overlay_png
 from cxrjax.explain.split import saliency
 from cxrjax.train.evaluation import predict_split
+from cxrjax.train.tta import TTAPredictor, describe
 
 PREDICT_SPLIT = "predict"
 
@@ -63,6 +70,7 @@ class FilePrediction:
     error: str | None = None
     gradcam: str | None = None
     calibrated: np.ndarray | None = None
+    tta: np.ndarray | None = None  # raw probabilities under test-time augmentation (None: no TTA)
 
     def shown(self, raw: bool = False) -> np.ndarray | None:
         """The calibrated probabilities when there are (and ``raw`` is False), else the raw ones."""
@@ -85,6 +93,9 @@ class FilePrediction:
             "raw_probabilities": as_dict(self.probs),
             "calibrated_probabilities": as_dict(self.calibrated),
         }
+        if self.tta is not None:
+            out["tta_predicted_class"] = class_names[int(np.argmax(self.tta))]
+            out["tta_probabilities"] = as_dict(self.tta)
         if thresholds:
             out["screen_positive"] = {
                 name: None if thresholds.get(name) is None else bool(p >= thresholds[name])
@@ -151,9 +162,11 @@ def predict_files(
     method: str = "gradcam",
     batch_size: int = inference.DEFAULT_BATCH_SIZE,
     data_dir: str | None = None,
+    tta: str = "none",
     progress: bool = False,
 ) -> list[FilePrediction]:
-    """Classify ``paths`` with a loaded run (``cxrjax.inference.load_run``), in input order."""
+    """Classify ``paths`` with a loaded run (``cxrjax.inference.load_run``), in input order;
+    ``tta`` (cxrjax/train/tta.py) adds each file's test-time-augmented probabilities."""
     paths = [str(p) for p in paths]
     records, errors = decode_files(paths, preparation_size(run))
     results = [FilePrediction(file=p, error=errors.get(i)) for i, p in enumerate(paths)]
@@ -169,6 +182,12 @@ def predict_files(
     for i, (result, p) in enumerate(zip(readable, preds.probs)):
         result.probs = p
         result.calibrated = None if calibrated is None else calibrated[i]
+    if tta != "none":
+        tta_preds = predict_split(
+            TTAPredictor(run, tta), view, PREDICT_SPLIT, batch_size, desc="tta", progress=progress
+        )
+        for result, p in zip(readable, tta_preds.probs):
+            result.tta = p
     if gradcam_dir is not None:
         # Each image's predicted class is explained.
         maps = saliency(run, view, PREDICT_SPLIT, method=method, layer=layer, batch_size=batch_size, progress=progress)
@@ -205,6 +224,7 @@ def format_table(
         lines.append(
             f"{name:<{width}}  {class_names[k]:<{pred_w}}{probs[k]:>7.4f}  "
             + "  ".join(f"{p:>{w}.4f}" for p, w in zip(probs, cols))
+            + (f"  tta: {class_names[int(np.argmax(r.tta))]} {float(np.max(r.tta)):.4f}" if r.tta is not None else "")
             + (f"  -> {r.gradcam}" if r.gradcam else "")
         )
     return "\n".join(lines)
@@ -226,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="print the raw softmax probabilities (default: calibrated by the run's temperature, if it has one)",
     )
     inference.add_checkpoint_arguments(p)
+    inference.add_weights_and_tta_arguments(p)
     p.add_argument(
         "--data-dir",
         help="prepared training data: only for runs normalised with dataset "
@@ -233,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     a = p.parse_args(argv)
     try:
-        run = inference.load_run(a.workdir, checkpoint=a.checkpoint)
+        run = inference.load_run(a.workdir, checkpoint=a.checkpoint, weights=a.weights)
+        tta = a.tta or run.config.tta
         results = predict_files(
             run,
             a.images,
@@ -242,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             method=a.cam_method,
             batch_size=a.batch_size,
             data_dir=a.data_dir,
+            tta=tta,
         )
     except inference.USER_ERRORS as error:  # unreadable image files are reported per file instead
         return inference.user_error(error)
@@ -253,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 {
                     "workdir": str(a.workdir),
                     "checkpoint": {"which": run.checkpoint, "step": run.step},
+                    "weights": run.weights,
+                    "tta": None if tta == "none" else describe(tta, run.input_config.image_size),
                     "run_status": run.run_status,
                     "run_status_note": run.run_status_note,
                     "class_names": list(run.class_names),

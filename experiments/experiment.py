@@ -245,9 +245,13 @@ def run_experiment(
     run_fn: RunFn | None = None,
     progress: bool = True,
     jobs: int = 1,
+    derived: Callable[[Sequence[grid.RunRecord]], list[grid.RunRecord]] | None = None,
 ) -> tuple[report.ReportFiles, str]:
     """Run (or resume) the grid, write every report file, print the summary and a final
-    line naming the results files. Returns the files and the summary text."""
+    line naming the results files. Returns the files and the summary text.
+
+    ``derived(records)``: records of cells computed from the trained runs rather than
+    trained (e.g. reproduce_s1's ensembles of its members), reported with them."""
     workdir = Path(workdir)
     if run_fn is None:
         run_fn = EngineRun()
@@ -263,6 +267,8 @@ def run_experiment(
         jobs=jobs,
         worker_env=worker_env() if jobs > 1 else None,
     )
+    if derived is not None:
+        records = [*records, *derived(records)]
     files, summary = report.write_report(
         workdir,
         cells,
@@ -297,6 +303,8 @@ def run_from_args(
     run_fn: RunFn | None = None,
     *,
     note: str | None = None,
+    derived: Callable[[Sequence[grid.RunRecord]], list[grid.RunRecord]] | None = None,
+    report_cells: Sequence[Cell] | None = None,
 ) -> int:
     """An experiment's ``main`` after parsing and picking ``cells``: ``--list-cells`` prints
     the ``known`` cells; otherwise ``note`` (if any) is printed, one run is built per cell
@@ -307,6 +315,9 @@ def run_from_args(
     ``run_configs(args, num_devices, changes)`` returns the TrainConfig of a (cell, seed);
     it gets the user's training options (``train_options.train_changes``), read once here,
     so a deprecated spelling is reported once.
+
+    ``derived`` and ``report_cells``: cells computed from the trained ones (see
+    :func:`run_experiment`), and every cell of the report, derived ones included.
 
     A training option TrainConfig refuses, or a run folder that holds a different
     configuration, ends in one ``error: ...`` line and exit status 2 (as
@@ -331,13 +342,14 @@ def run_from_args(
         return 2
     try:
         run_experiment(
-            cells,
+            report_cells or cells,
             specs,
             default_workdir(args, experiment),
             replace(report, description=describe(specs)),
             run_fn=run_fn,
             progress=args.grid_progress,
             jobs=jobs_of(args),
+            derived=derived,
         )
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)

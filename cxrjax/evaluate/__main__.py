@@ -9,6 +9,7 @@ from cxrjax.evaluate.compare import CompareOptions, compare_runs, format_compari
 from cxrjax.evaluate.report import EvalOptions, evaluate, format_ensemble, format_member
 from cxrjax.explain.gradcam import METHODS, add_saliency_arguments
 from cxrjax.explain.mask_free import add_mask_free_arguments
+from cxrjax.inference import add_weights_and_tta_arguments
 
 
 def parse_args(argv=None) -> EvalOptions | CompareOptions:
@@ -53,6 +54,7 @@ def parse_args(argv=None) -> EvalOptions | CompareOptions:
         metavar="N",
         help="stratified bootstrap resamples of the 95%% intervals (default: the run's; 0: none)",
     )
+    add_weights_and_tta_arguments(p)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if bool(a.workdir) == bool(a.compare):
@@ -60,6 +62,10 @@ def parse_args(argv=None) -> EvalOptions | CompareOptions:
     if a.bootstrap_resamples is not None and a.bootstrap_resamples < 0:
         p.error(f"--bootstrap-resamples must be >= 0, got {a.bootstrap_resamples}")
     if a.compare:
+        if a.tta or a.weights:
+            p.error(
+                "--tta and --weights apply to --workdir evaluation; --compare uses the weights each run evaluated with"
+            )
         if a.bootstrap_resamples == 0:
             p.error("--compare needs bootstrap resamples (--bootstrap-resamples >= 1)")
         return CompareOptions(
@@ -82,6 +88,8 @@ def parse_args(argv=None) -> EvalOptions | CompareOptions:
         out=a.out,
         cam_methods=tuple(a.cam_method or METHODS),
         bootstrap_resamples=a.bootstrap_resamples,
+        tta=a.tta,
+        weights=a.weights,
         progress=not a.no_progress,
     )
 

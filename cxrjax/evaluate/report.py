@@ -41,7 +41,9 @@ from cxrjax.reporting import calibration as calib
 from cxrjax.reporting.jsonio import write_json
 from cxrjax.reporting.metrics import classification_report, format_report
 from cxrjax.reporting.plots import plot_confusion_matrix, plot_precision_recall, plot_reliability, plot_roc_curves
+from cxrjax.train.config import TTA_MODES
 from cxrjax.train.evaluation import SplitPredictions, predict_split
+from cxrjax.train.tta import TTAPredictor, describe
 from cxrjax.train.workdir import CALIBRATION_FILE
 
 
@@ -66,6 +68,8 @@ class EvalOptions:
     cam_methods: tuple[str, ...] = METHODS  # saliency methods of the pointing game
     out: str | None = None  # ensemble report folder (default: the first workdir)
     bootstrap_resamples: int | None = None  # None: the run's config.bootstrap_resamples; 0: no intervals
+    tta: str | None = None  # test-time augmentation beside the plain metrics (None: the run's config.tta)
+    weights: str | None = None  # inference.WEIGHTS (None: those the run evaluated with, its EMA if it kept one)
     progress: bool = True
 
     def __post_init__(self):
@@ -77,6 +81,10 @@ class EvalOptions:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.bootstrap_resamples is not None and self.bootstrap_resamples < 0:
             raise ValueError(f"bootstrap_resamples must be >= 0, got {self.bootstrap_resamples}")
+        if self.tta is not None and self.tta not in TTA_MODES:
+            raise ValueError(f"tta={self.tta!r}: choose one of {TTA_MODES}")
+        if self.weights is not None and self.weights not in inference.WEIGHTS:
+            raise ValueError(f"weights={self.weights!r}: choose one of {inference.WEIGHTS}")
         unknown = sorted(set(self.cam_methods) - set(METHODS))
         if unknown or not self.cam_methods:
             raise ValueError(f"cam_methods must be some of {METHODS}, got {self.cam_methods}")
@@ -226,11 +234,27 @@ def evaluate_member(
     metrics = classification_report(preds.labels, preds.probs, run.class_names)
     calibration, source = member_calibration(run, view, mapping, request, options)
     metrics.update(calibration_fields(run, preds.labels, preds.probs, calibration, options))
+    tta, tta_preds = options.tta or run.config.tta, None
+    if tta != "none":  # beside the plain metrics, never instead of them (cxrjax/train/tta.py)
+        tta_preds = predict_split(
+            TTAPredictor(run, tta),
+            view,
+            split,
+            options.batch_size,
+            mapping=mapping,
+            desc=f"tta {split}",
+            progress=options.progress,
+        )
+        metrics["tta"] = {
+            **describe(tta, run.input_config.image_size),
+            **classification_report(tta_preds.labels, tta_preds.probs, run.class_names),
+        }
     temperature = None if calibration is None else calibration["temperature"]
     calibrated = None if temperature is None else calib.apply_temperature(preds.probs, temperature)
     report: dict[str, Any] = {
         "workdir": str(run.workdir),
         "checkpoint": {"which": run.checkpoint, "step": run.step, "epoch": run.epoch},
+        "weights": run.weights,  # "ema" (the checkpoint's moving average of the weights) | "live"
         "run_status": run.run_status,  # finished | in_progress | unfinished (no results.json)
         "run_status_note": run.run_status_note,
         "model": run.config.model,
@@ -287,6 +311,7 @@ def evaluate_member(
         "predicted": preds.predictions.tolist(),
         "probs": preds.probs.tolist(),
         "calibrated_probs": None if calibrated is None else calibrated.tolist(),
+        "tta_probs": None if tta_preds is None else tta_preds.probs.tolist(),  # raw, mean over the TTA views
     }
     member = MemberResult(run=run, report=report, predictions=preds, masked_probs=masked)
     if write:
@@ -317,7 +342,7 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
 
     Returns {"members": [report, ...], "ensemble": report or None}.
     """
-    loaded = [inference.load_run(w, checkpoint=options.checkpoint) for w in options.workdirs]
+    loaded = [inference.load_run(w, checkpoint=options.checkpoint, weights=options.weights) for w in options.workdirs]
     request = inference.dataset_request(
         loaded[0],
         dataset=options.dataset,
@@ -419,12 +444,19 @@ def format_member(report: Mapping[str, Any]) -> str:
     m = report["metrics"]
     lines = [
         f"== {report['workdir']} ({report['model']}, {report['checkpoint']['which']} checkpoint, "
-        f"step {report['checkpoint']['step']}) on {report['dataset']} {report['split']}: "
-        f"{m['num_examples']} examples",
+        f"step {report['checkpoint']['step']}, {report.get('weights', 'live')} weights) on {report['dataset']} "
+        f"{report['split']}: {m['num_examples']} examples",
         *calib.format_split_summary(m),
         f"loss {_fmt(m['loss'])}",
         format_report(m),
     ]
+    if m.get("tta"):
+        t = m["tta"]
+        lines.append(
+            f"test-time augmentation ({t['mode']}: mean of {len(t['views'])} views, beside the plain numbers "
+            f"above): accuracy {_fmt(t['accuracy'])}, macro-F1 {_fmt(t['macro_f1'])}, "
+            f"ROC-AUC {_fmt(t.get('roc_auc_ovr'))}, loss {_fmt(t['loss'])}"
+        )
     source = report.get("calibration_source") or {}
     if source.get("note"):
         lines.insert(1, f"note: calibration: {source['note']}")

@@ -79,14 +79,18 @@ def explain(
     checkpoint: str = inference.DEFAULT_CHECKPOINT,
     batch_size: int = inference.DEFAULT_BATCH_SIZE,
     pointing: bool = True,
+    weights: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write the grids (and the pointing game where possible) into ``out``; return the summary."""
+    """Write the grids (and the pointing game where possible) into ``out``; return the summary.
+
+    ``weights`` (``inference.WEIGHTS``; None: those the run evaluated with, its EMA when it
+    kept one). Saliency explains the plain model: test-time augmentation does not apply."""
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    run = inference.load_run(workdir, checkpoint=checkpoint)
+    run = inference.load_run(workdir, checkpoint=checkpoint, weights=weights)
     request = inference.dataset_request(
         run, dataset=dataset, data_dir=data_dir, manual_dir=manual_dir, options=dataset_options
     )
@@ -138,6 +142,7 @@ def explain(
     summary = {
         "workdir": str(run.workdir),
         "checkpoint": {"which": run.checkpoint, "step": run.step},
+        "weights": run.weights,
         "run_status": run.run_status,
         "run_status_note": run.run_status_note,
         "dataset": request["name"],
@@ -246,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "stage to show (default: every stage)",
     )
     inference.add_checkpoint_arguments(p)
+    inference.add_weights_and_tta_arguments(p, tta=False)
     p.add_argument("--no-pointing-game", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
@@ -281,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             layer=a.layer,
             method=a.cam_method,
             pointing=not a.no_pointing_game,
+            weights=a.weights,
             progress=not a.no_progress,
         )
     except inference.USER_ERRORS as error:

@@ -15,10 +15,16 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cxrjax.models.densenet import DENSENET_BLOCKS, DenseNet
+from cxrjax.models.efficientnet import EFFICIENTNETS, EfficientNet
+from cxrjax.models.inception import InceptionV3
 from cxrjax.models.lenet import LeNet5
+from cxrjax.models.mobilenet import MobileNet, MobileNetV2
+from cxrjax.models.resnet import ResNet50
 from cxrjax.models.s0 import SimpleCNN
 from cxrjax.models.s4 import S4CNN
-from cxrjax.models.vgg import VGG
+from cxrjax.models.vgg import VGG, ImageNetVGG16
+from cxrjax.models.xception import Xception
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +155,72 @@ MODELS: dict[str, ModelSpec] = {
     "s4_exp8": _s4(8, "exp2", "all", 0.25, "Exp6 + BatchNorm on every layer"),
     "s4_exp9": _s4_es(9, "exp2", "all", 0.25, "early stopping is a training option (the study's text is ambiguous)"),
 }
+
+
+def _imagenet(
+    build: Callable[..., nn.Module], family: str, description: str, notes: str = "", image_size: int | None = None
+) -> ModelSpec:
+    """An ImageNet backbone as ``keras.applications`` builds it (3 channels, its Keras
+    default size, the 1000-class top; ``include_top=False`` / ``pooling`` for features).
+    Weights: ``cxrjax.models.load_pretrained`` (cxrjax/models/weights.py)."""
+    cls = getattr(build, "func", build)
+    return ModelSpec(
+        build=build,
+        image_size=image_size or cls.default_size,
+        channels=3,
+        family=family,
+        study="ImageNet",
+        num_classes=1000,
+        description=description,
+        notes=notes or f"Keras preprocess_input mode {cls.preprocessing!r}",
+    )
+
+
+# The ImageNet backbones (keras.applications layer by layer; cxrjax/models/keras_layers.py).
+MODELS.update(
+    {
+        "mobilenet": _imagenet(MobileNet, "mobilenet", "MobileNet v1 (alpha 1.0), keras.applications.MobileNet"),
+        "mobilenet_v2": _imagenet(
+            MobileNetV2,
+            "mobilenet",
+            "MobileNetV2 (alpha 1.0), keras.applications.MobileNetV2",
+            "Keras preprocess_input mode 'tf'; variant='torchvision' for torchvision's mobilenet_v2",
+        ),
+        "resnet50": _imagenet(
+            ResNet50,
+            "resnet",
+            "ResNet50 (v1), keras.applications.ResNet50",
+            "Keras preprocess_input mode 'caffe'; variant='torchvision' for torchvision's resnet50 (v1.5)",
+        ),
+        "vgg16_imagenet": _imagenet(
+            ImageNetVGG16,
+            "vgg_imagenet",
+            "VGG16 for ImageNet weights (3 channels, 224), keras.applications.VGG16",
+            "Keras preprocess_input mode 'caffe'; variant='torchvision' for torchvision's vgg16",
+        ),
+        **{
+            name: _imagenet(
+                functools.partial(DenseNet, blocks=blocks),
+                "densenet",
+                f"{name[:8].capitalize()}{name[8:]}, keras.applications.DenseNet{name[8:]}",
+                f"Keras preprocess_input mode 'torch'; variant='torchvision' for torchvision's {name}",
+            )
+            for name, blocks in DENSENET_BLOCKS.items()
+        },
+        **{
+            name: _imagenet(
+                functools.partial(EfficientNet, width=width, depth=depth, dropout=dropout),
+                "efficientnet",
+                f"EfficientNet{name[-2:].upper()}, keras.applications.EfficientNet{name[-2:].upper()}",
+                "preprocessing inside the model (pixels in [0, 255]); imagenet_rescaling: see efficientnet.py",
+                image_size=size,
+            )
+            for name, (width, depth, size, dropout) in EFFICIENTNETS.items()
+        },
+        "inception_v3": _imagenet(InceptionV3, "inception", "InceptionV3, keras.applications.InceptionV3"),
+        "xception": _imagenet(Xception, "xception", "Xception, keras.applications.Xception"),
+    }
+)
 
 
 def create(

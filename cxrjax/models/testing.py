@@ -29,8 +29,20 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
         "pool_size": 2,
     },
 }
+# The ImageNet backbones have no tiny variant (their widths are what their weights fit):
+# tests use them at their smallest input, abstractly (``jax.eval_shape``) where they can.
+IMAGENET_FAMILIES: dict[str, int] = {
+    "mobilenet": 32,
+    "resnet": 32,
+    "vgg_imagenet": 32,
+    "densenet": 32,
+    "inception": 75,
+    "xception": 71,
+    "efficientnet": 32,
+}
+TINY_OVERRIDES.update({family: {} for family in IMAGENET_FAMILIES})
 # Smallest-but-not-trivial sizes: every family's pooling leaves a >= 1x1 map.
-TINY_IMAGE_SIZE: dict[str, int] = {"s0": 24, "s4": 20, "lenet": 32, "vgg": 32}
+TINY_IMAGE_SIZE: dict[str, int] = {"s0": 24, "s4": 20, "lenet": 32, "vgg": 32, **IMAGENET_FAMILIES}
 
 
 def tiny_image_size(name: str) -> int:

@@ -15,6 +15,10 @@ biases). Parameters at 224x224x1, K = 3: features 14,713,536 (first conv 9*1*64+
 ``vgg16_bn`` = the same with BatchNorm after every conv (torchvision's vgg16_bn; 2 params
 per channel: +8,448). Smallest input: 32x32 (five poolings); the adaptive pool then
 replicates the 1x1 map to 7x7 exactly as PyTorch does.
+
+``vgg16_imagenet`` (:class:`ImageNetVGG16`) is the Keras / torchvision ImageNet VGG16
+(3 channels, 224, the same convolutions with Keras' layer names) that the published
+weights load into.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from cxrjax.models.base import Classifier, logits_float32
+from cxrjax.models.keras_layers import Backbone, KDense
 from cxrjax.models.layers import (
     Conv,
     Dense,
@@ -80,3 +85,55 @@ class VGG(Classifier):
                 if self.dropout:
                     x = nn.Dropout(self.dropout, deterministic=not train, name=f"dropout{k}")(x)
         return logits_float32(dense(self.num_classes, "logits")(x))
+
+
+class ImageNetVGG16(Backbone):
+    """``keras.applications.VGG16`` (3 channels, 224): :data:`VGG16_BLOCKS` of 3x3 "same"
+    convs ``block<j>_conv<k>`` (with bias, ReLU; ``layers.Conv`` with padding 1 is Keras'
+    stride-1 "same") and 2x2 max-pools ``block<j>_pool``; top: flatten, ``fc1`` 4096 ReLU,
+    ``fc2`` 4096 ReLU, ``predictions``. Headless: the block5 pool's output. "caffe"
+    preprocessing; smallest input 32x32. The flattening top's width depends on the input
+    size (7x7x512 at 224), as in Keras.
+
+    ``variant="torchvision"`` (torchvision's ``vgg16``): the top first average-pools
+    adaptively to 7x7 (identity at 224) and flattens channel-major (PyTorch's CHW), with
+    Dropout 0.5 after fc1 and fc2; its weights expect "torch" preprocessing.
+    """
+
+    preprocessing = "caffe"
+    min_size = 32
+    top_layers = ("fc1", "fc2", "predictions")
+    variants = ("keras", "torchvision")
+    torchvision_top = "classifier."
+
+    @nn.nowrap
+    def torchvision_layer(self, name: str) -> str:
+        """torchvision ``vgg16``'s module for Flax layer ``name``: ``features.<i>`` counts
+        each conv, ReLU and pool; ``classifier.0/3/6`` are fc1, fc2, predictions."""
+        top = {"fc1": "classifier.0", "fc2": "classifier.3", "predictions": "classifier.6"}
+        if name in top:
+            return top[name]
+        j, k = (int(v) for v in name.removeprefix("block").split("_conv"))
+        index = sum(2 * len(b) + 1 for b in VGG16_BLOCKS[: j - 1]) + 2 * (k - 1)
+        return f"features.{index}"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        self.check_input(x)
+        for j, block in enumerate(VGG16_BLOCKS, start=1):
+            for k, f in enumerate(block, start=1):
+                x = Conv(f, 3, 1, init_style="keras", dtype=self.dtype, name=f"block{j}_conv{k}")(x)
+                x = nn.relu(x)
+            x = self.perturb(f"stage{j}", x)
+            x = MaxPool(name=f"block{j}_pool")(x)
+        if not self.include_top:
+            return self.pool_features(x)
+        tv = self.variant == "torchvision"
+        if tv:
+            x = adaptive_avg_pool(x, 7).transpose(0, 3, 1, 2)
+        x = x.reshape(x.shape[0], -1)
+        for name in ("fc1", "fc2"):
+            x = nn.relu(KDense(4096, dtype=self.dtype, name=name)(x))
+            if tv:
+                x = nn.Dropout(0.5, deterministic=not train, name=f"{name}_dropout")(x)
+        return logits_float32(KDense(self.num_classes, dtype=self.dtype, name="predictions")(x))

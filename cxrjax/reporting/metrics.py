@@ -26,7 +26,8 @@ def cross_entropy(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-12) -> 
     if len(labels) == 0:
         return float("nan")
     p = np.asarray(probs, np.float64)[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.clip(p, eps, 1.0))))
+    # 0.0 - mean, not -mean: certain predictions give 0.0, not -0.0 (printed "-0.000")
+    return float(0.0 - np.mean(np.log(np.clip(p, eps, 1.0))))
 
 
 def roc_auc_per_class(labels: np.ndarray, probs: np.ndarray) -> list[float | None]:

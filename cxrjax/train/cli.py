@@ -103,6 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = "test" if results.get("test") else "validation"
     print(f"\n{split} set ({results['evaluated']['checkpoint']} checkpoint, epoch {results['evaluated']['epoch']}):")
     print(format_report(shown))
+    if not config.progress:  # with progress on, the trainer has printed these lines already
+        from cxrjax.reporting.calibration import format_split_summary
+
+        for line in format_split_summary(shown, split):
+            print(line)
     print(
         f"\nbest epoch {results['best_epoch']} of {results['epochs_run']} run"
         f"{' (stopped early)' if results['stopped_early'] else ''}; "
@@ -114,10 +119,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("sources by split: " + "; ".join(f"{split} {', '.join(names)}" for split, names in held_out.items()))
     from cxrjax.train import workdir as files
 
-    pngs = [
+    written = [
         n
-        for n in (files.LEARNING_CURVES, files.CONFUSION_MATRIX, files.ROC_CURVES)
+        for n in (
+            files.CALIBRATION_FILE,
+            files.LEARNING_CURVES,
+            files.CONFUSION_MATRIX,
+            files.ROC_CURVES,
+            files.RELIABILITY_PLOT.format(split="validation"),
+            files.RELIABILITY_PLOT.format(split="test"),
+        )
         if (Path(args.workdir) / n).exists()
     ]
-    print(f"results: {args.workdir}/results.json, metrics.jsonl" + "".join(f", {n}" for n in pngs))
+    print(f"results: {args.workdir}/results.json, metrics.jsonl" + "".join(f", {n}" for n in written))
     return 0

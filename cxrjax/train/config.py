@@ -45,7 +45,12 @@ MONITORS = ("val_loss", "val_accuracy", "val_macro_f1")
 NONFINITE_MODES = ("stop", "skip")
 PARALLEL_MODES = ("shard_map", "pmap")
 DATA_PLACEMENTS = ("host", "device", "auto")
+TTA_MODES = ("none", "flip", "shift", "flip_shift")  # cxrjax/train/tta.py
 DTYPES = ("float32", "bfloat16")
+# Transfer learning (cxrjax.models.transfer): the studies' heads on an ImageNet backbone,
+# and the input preprocessing of the backbone ("auto": the Keras mode its weights expect).
+HEADS = ("none", "s2", "s2_dropout", "s1", "s0_d")
+PREPROCESSING = ("auto", "none", "caffe", "tf", "torch")
 
 # Fields that cannot change what is trained: where files live, how progress is shown,
 # how often metrics are fetched or step checkpoints written, the compile cache.
@@ -63,6 +68,7 @@ RESULT_IRRELEVANT_FIELDS = frozenset(
         "plots",  # the run's PNGs, drawn after training
         "target_sensitivity",  # reporting only: operating thresholds chosen after training
         "bootstrap_resamples",  # reporting only: confidence intervals of the results
+        "tta",  # reporting only: test-time augmentation is reported beside the plain evaluation
         # where the processes of a multi-process run are (cxrjax/train/distributed.py),
         # not what they compute: the global batch and the devices decide that
         "distributed",
@@ -206,6 +212,36 @@ class TrainConfig(InputOptions):
         help=f"apply a named bundle of training options (cxrjax.train.recipes: {', '.join(RECIPE_NAMES)}) on top "
         "of the preset; options given explicitly still win; 'none': no recipe",
     )
+    # --- transfer learning (cxrjax.models.transfer; ImageNet backbones only) ----------
+    pretrained: str | None = option(
+        None,
+        flag=True,
+        metavar="FILE|DIR",
+        help="ImageNet weights of the backbone: a Keras .h5, torchvision .pth / .safetensors file, or a folder "
+        "written by 'python -m cxrjax.models import-weights' (None: random init)",
+    )
+    freeze: str = option(
+        "none",
+        flag=True,
+        metavar="none|backbone|all_but_last:N",
+        help="frozen backbone parameters (no updates, no optimiser state, BatchNorm in inference mode): none, "
+        "backbone (all of it), all_but_last:N (all but its last N layers with weights, in Keras layer order)",
+    )
+    head: str = option(
+        "none",
+        flag=True,
+        choices=HEADS,
+        help="a study's head on the headless backbone: s2 (Dense 500, Dense 200, Dense K), s2_dropout (with "
+        "Dropout 0.5), s1 (AveragePooling2D, Flatten, Dense, Dropout), s0_d (GAP, Dense ReLU, Dropout 0.5); "
+        "none: the model as registered",
+    )
+    preprocessing: str = option(
+        "auto",
+        flag=True,
+        choices=PREPROCESSING,
+        help="with a head: the backbone's input preprocessing on the pipeline's [0,1] images (auto: the Keras "
+        "mode its ImageNet weights expect; none: the pipeline's normalised images as they are)",
+    )
     image_size: int | None = option(None, flag=True, ge=1, help="model input size in pixels (None: the model's)")
     channels: int | None = option(None, flag=True, ge=1, help="input channels, 1 or 3 (None: the model's)")
     # --- input pipeline (cxrjax.data.InputConfig): the InputOptions fields ---------------
@@ -278,6 +314,15 @@ class TrainConfig(InputOptions):
         0.0, flag=True, ge=0, help="smallest change of the monitor that counts as an improvement"
     )
     restore_best: bool = option(True, help="test the best checkpoint (else: the last epoch)")
+    ema_decay: float = option(
+        0.0,
+        flag=True,
+        ge=0,
+        lt=1,
+        help="exponential moving average of the weights (params and BatchNorm statistics), e.g. 0.999, with "
+        "the warm-up min(decay, (1+step)/(10+step)); validation, early stopping, the best checkpoint, the "
+        "test evaluation and evaluate/predict/explain then use the averaged weights (0: off)",
+    )
     # --- robustness, parallelism, numerics ---------------------------------------------
     on_nonfinite: str = option(
         "stop",
@@ -333,6 +378,14 @@ class TrainConfig(InputOptions):
         flag=True,
         ge=0,
         help="stratified bootstrap resamples for the confidence intervals of accuracy, macro-F1 and ROC-AUC (0: none)",
+    )
+    tta: str = option(
+        "none",
+        flag=True,
+        choices=TTA_MODES,
+        help="test-time augmentation reported BESIDE the plain evaluation (results.json split['tta']): the mean "
+        "softmax over the identity and flip (horizontal: moves the heart to the other side), shift (4 small "
+        "translations) or flip_shift (both)",
     )
     # --- checkpoints and logging (result-irrelevant) -----------------------------------
     checkpoint_every_steps: int | None = option(None, flag=True, ge=1, help="also checkpoint mid-epoch every N steps")
@@ -486,6 +539,15 @@ class TrainConfig(InputOptions):
                     f"TrainConfig.class_weights must be None, 'balanced' or one finite weight >= 0 per class "
                     f"(not all 0), got {weights!r} (e.g. --set class_weights=[1,2,1,1])"
                 )
+        if parse_freeze(self.freeze) is None:
+            raise ValueError(
+                f"TrainConfig.freeze={self.freeze!r}: use none, backbone or all_but_last:N with an integer N >= 0 "
+                "(e.g. --freeze all_but_last:34)"
+            )
+        if self.freeze != "none" and self.head == "none":
+            raise ValueError(
+                f"TrainConfig.freeze={self.freeze!r} needs a head on the backbone (--head s2|s2_dropout|s1|s0_d)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -524,6 +586,17 @@ class TrainConfig(InputOptions):
     def monitor_mode(self) -> str:
         """ "min" for losses, "max" for accuracies and F1."""
         return mode_for(self.monitor)
+
+
+def parse_freeze(text: str) -> tuple[str, int | None] | None:
+    """``"none"`` -> ("none", None), ``"backbone"`` -> ("backbone", None),
+    ``"all_but_last:34"`` -> ("all_but_last", 34); anything else -> None."""
+    if text in ("none", "backbone"):
+        return text, None
+    kind, _, count = text.partition(":")
+    if kind == "all_but_last" and count.isdigit():
+        return kind, int(count)
+    return None
 
 
 def upgrade_field_names(values: dict[str, Any]) -> dict[str, Any]:

@@ -114,12 +114,28 @@ def predict_split(
         masks.append(mask)
     if not outputs:
         return SplitPredictions(np.zeros(0, np.int64), np.zeros((0, predictor.num_classes), np.float32))
-    mask = np.concatenate(masks)
-    probs = np.concatenate([predictor.to_host(o) for o in outputs])[mask].astype(np.float32)
+    probs = np.concatenate([predictor.to_host(o) for o in outputs])
+    if _process_count() > 1:
+        # Several processes (the trainer's engine, or TTA over it): each read its rows of
+        # every batch, the outputs come back for the whole global batch (the engine's
+        # host_outputs); gather labels and masks alike, so every process sees every
+        # example once, in the split's order.
+        from cxrjax.train.distributed import allgather_rows
+
+        labels = [allgather_rows(np.stack(labels)).transpose(1, 0, 2).reshape(-1)]
+        masks = [allgather_rows(np.stack(masks)).transpose(1, 0, 2).reshape(-1)]
+    mask = np.concatenate(masks).astype(bool)
+    probs = probs[mask].astype(np.float32)
     labels = np.concatenate(labels)[mask].astype(np.int64)
     if mapping is not None:
         labels = np.asarray(mapping)[labels]
     return SplitPredictions(labels=labels, probs=probs)
+
+
+def _process_count() -> int:
+    import jax
+
+    return jax.process_count()
 
 
 @dataclass
@@ -136,30 +152,6 @@ class EnginePredictor:
 
     def to_host(self, outputs: Any) -> np.ndarray:
         return np.exp(self.engine.host_outputs(outputs))  # the eval step returns log-probabilities
-
-    def predict_split(self, dataset: Any, split: str, batch_size: int) -> SplitPredictions | None:
-        """Several processes: each reads its rows of every batch; the probabilities come
-        back for the whole global batch (``host_outputs``), and the labels and padding
-        masks are gathered alike, so every process gets every example exactly once, in
-        the split's order. None (the host pipeline of :func:`predict_split`) with one."""
-        if not getattr(self.engine, "multi_process", False):
-            return None
-        from cxrjax.train.distributed import allgather_rows
-
-        outputs, labels, masks = [], [], []
-        for images, batch_labels, mask in iterate_eval_batches(dataset, split, self.input_config, batch_size):
-            outputs.append(self.probabilities(images))
-            labels.append(batch_labels)
-            masks.append(mask)
-        if not outputs:
-            return SplitPredictions(np.zeros(0, np.int64), np.zeros((0, self.num_classes), np.float32))
-        probs = np.concatenate([self.to_host(o) for o in outputs])
-
-        def gathered(rows: list[np.ndarray]) -> np.ndarray:  # [P, batches, b] -> batch after batch
-            return allgather_rows(np.stack(rows)).transpose(1, 0, 2).reshape(-1)
-
-        mask = gathered(masks).astype(bool)
-        return SplitPredictions(labels=gathered(labels)[mask].astype(np.int64), probs=probs[mask].astype(np.float32))
 
 
 def evaluate_split(

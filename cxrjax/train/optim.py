@@ -17,12 +17,19 @@ here is the same as scaling the learning rate, because the learning rate is thei
   (linear warm-up from 0 over ``warmup_epochs``, cosine to ``min_lr`` at the last step);
   ``plateau`` (constant here; reduced on the host by early_stopping.PlateauScaler).
   ``decay`` > 0 divides any of them by ``1 + decay * step`` (Keras' legacy SGD decay, S2).
+- Frozen layers (``TrainConfig.freeze``, a TransferModel's ``frozen_layers``): the whole
+  chain above runs on the trainable parameters only (``optax.multi_transform`` by the
+  label tree of ``cxrjax.models.transfer.param_labels``); frozen ones get
+  ``optax.set_to_zero()``: a zero update (so they stay bit-identical) and no optimiser
+  state. Gradient clipping and weight decay therefore see the trainable parameters only,
+  as in Keras, where frozen weights have no gradient.
 """
 
 from __future__ import annotations
 
 import optax
 
+from cxrjax.models.transfer import FROZEN, TRAINABLE, param_labels
 from cxrjax.train.config import TrainConfig
 
 
@@ -59,8 +66,11 @@ def make_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
     return base
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """(optimizer, schedule); the schedule is also used to report the learning rate."""
+def make_optimizer(
+    config: TrainConfig, steps_per_epoch: int, frozen_layers: tuple[str, ...] = ()
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(optimizer, schedule); the schedule is also used to report the learning rate.
+    ``frozen_layers``: backbone layers whose parameters get no update and no state."""
     schedule = make_schedule(config, steps_per_epoch)
     stages: list[optax.GradientTransformation] = []
     if config.grad_clip_norm is not None:
@@ -86,4 +96,9 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> tuple[optax.Gra
         else:  # pragma: no cover - TrainConfig.validated() rejects it
             raise ValueError(f"unknown optimizer {config.optimizer!r}")
     tx = stages[0] if len(stages) == 1 else optax.chain(*stages)
+    if frozen_layers:
+        frozen = tuple(frozen_layers)
+        tx = optax.multi_transform(
+            {TRAINABLE: tx, FROZEN: optax.set_to_zero()}, lambda params: param_labels(params, frozen)
+        )
     return tx, schedule

@@ -222,6 +222,158 @@ S4_PRESETS = {f"s4_exp{k}": _make_s4(k, what) for k, what in _S4_WHAT.items()}
 
 
 # ------------------------------------------------------------------------------------
+# Transfer learning (cxrjax.models.transfer): S0-D, S1 and S2's ImageNet backbones.
+# Every preset runs without weights (random init, said at the start and in results.json
+# "weights"); add ``--pretrained FILE`` with the Keras / torchvision file you have.
+# The studies fed their backbones [0,1] (S0, S1) or feature-wise normalised (S2) images,
+# not Keras' preprocess_input: the presets do the same (preprocessing="none"); use
+# ``--preprocessing auto --normalization unit`` for the mode the ImageNet weights expect.
+# ------------------------------------------------------------------------------------
+def s0_d() -> TrainConfig:
+    """S0-D: MobileNetV2 (ImageNet weights), all but the last 50 Keras layers frozen, GAP,
+    Dense 128 ReLU, Dropout 0.5, softmax; S0's protocol (150x150x3 in [0,1], D4 80/20, Adam,
+    batch 32, 10 epochs).
+
+    ``all_but_last:34``: Keras' last 50 MobileNetV2 layers hold its last 34 layers with
+    weights (block_11_project onwards; cxrjax/models/transfer.py); frozen BatchNorm runs on
+    its ImageNet statistics. The Dense width is not stated: 128, S0's. S0-D reported 74.1%
+    validation accuracy after epoch 1.
+
+        python -m cxrjax.train --preset s0_d --manual-dir ~/COVID-19_Radiography_Dataset \\
+            --pretrained mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5 --workdir runs/s0_d
+
+    Expected time: not measured; MobileNetV2 at 150 px is ~0.3 GFLOPs per image, so an
+    epoch of D4's ~17k training images is minutes on one GPU and an hour or more on CPU.
+    """
+    return _s0("mobilenet_v2", head="s0_d", freeze="all_but_last:34", preprocessing="none")
+
+
+DC = "image_folder"  # S1's DC: class folders (see cxrjax.data, image_folder)
+# S1's backbones: preset suffix -> model
+S1_BACKBONES = {"densenet201": "densenet201", "efficientnetb7": "efficientnet_b7", "mobilenet": "mobilenet"}
+
+
+def _s1(model: str, **changes) -> TrainConfig:
+    return TrainConfig(
+        model=model,
+        dataset=DC,
+        dataset_options={"validation_fraction": 0.2},
+        image_size=224,
+        channels=3,
+        normalization="unit",
+        preprocessing="none",  # S1: 224x224 RGB in [0,1]
+        head="s1",
+        freeze="backbone",
+        rotate_degrees=10.0,
+        zoom=(0.9, 1.1),
+        optimizer="adam",
+        lr=1e-4,
+        adam_eps=1e-7,
+        schedule="plateau",
+        plateau_factor=0.5,
+        plateau_min_lr=5e-5,
+        epochs=16,
+        per_device_batch_size=16,
+        early_stopping_patience=3,
+        monitor="val_loss",
+    ).replace(**changes)
+
+
+def _s1_doc(suffix: str, model: str) -> str:
+    return f"""S1 {model} (ImageNet weights, frozen) + S1's head (AveragePooling2D 4x4, Flatten, Dense 64
+    ReLU, Dropout 0.5, softmax) on DC (3 classes, class folders; 20% of train as validation):
+    224x224 RGB in [0,1], light zoom (0.9-1.1) and rotation (10 degrees), Adam 1e-4 reduced on
+    plateau to 5e-5 (factor 0.5), batch 16, up to 16 epochs, early stopping on validation loss
+    (patience 3). S1 does not say whether its backbones were frozen; frozen, as the Keras
+    transfer-learning code it follows. S1 tried MSE and label-smoothed cross-entropy: add
+    ``--label-smoothing 0.1`` for the latter.
+
+        python -m cxrjax.train --preset s1_{suffix} --manual-dir ~/DC --pretrained {model}_notop.h5 \\
+            --workdir runs/s1_{suffix}
+
+    Expected time: not measured; DC has a few hundred images, so minutes per epoch on CPU
+    for mobilenet, much longer for densenet201 and efficientnet_b7 (~5 and ~2.5 GFLOPs
+    per 224 px image forward)."""
+
+
+def _make_s1(suffix: str, model: str) -> Callable[[], TrainConfig]:
+    def preset() -> TrainConfig:
+        return _s1(model)
+
+    preset.__name__ = preset.__qualname__ = f"s1_{suffix}"
+    preset.__doc__ = _s1_doc(suffix, model)
+    return preset
+
+
+S1_PRESETS = {f"s1_{suffix}": _make_s1(suffix, model) for suffix, model in S1_BACKBONES.items()}
+
+# S2's backbones: preset part -> (model, S2's test accuracy EC, FT)
+S2_BACKBONES = {
+    "densenet121": ("densenet121", 0.9597, 0.9736),
+    "resnet50": ("resnet50", 0.8805, 0.8736),
+    "vgg16": ("vgg16_imagenet", 0.9375, 0.3388),
+    "inceptionv3": ("inception_v3", 0.8903, 0.9792),
+    "xception": ("xception", 0.9153, 0.9875),
+}
+
+
+def _s2(model: str, mode: str, **changes) -> TrainConfig:
+    return TrainConfig(
+        model=model,
+        dataset=D4,  # covid19_radiography reads D3's flat layout too
+        dataset_options={"test_fraction": 0.2, "validation_fraction": 0.08},  # 80/20, 10% of train for validation
+        image_size=224,
+        channels=3,
+        normalization="dataset",  # feature-wise centring and std normalisation
+        preprocessing="none",
+        head="s2",
+        freeze="backbone" if mode == "ec" else "none",
+        hflip=True,
+        brightness=(0.8, 1.25),
+        zoom=(1.0, 1.2),
+        optimizer="sgd",
+        lr=0.01,
+        decay=1e-6,
+        momentum=0.9,
+        nesterov=True,
+        epochs=20,
+        per_device_batch_size=32,
+        restore_best=False,
+    ).replace(**changes)
+
+
+def _s2_doc(part: str, model: str, mode: str, reported: float) -> str:
+    what = "frozen backbone as feature extractor (EC)" if mode == "ec" else "whole network fine-tuned (FT)"
+    return f"""S2 {model}, {what}: GAP, Dense 500 ReLU, Dense 200 ReLU, softmax (``--head
+    s2_dropout`` adds S2's optional Dropout 0.5) on D3 (3 classes; 80/20 random split, 10%
+    of train as validation), 224x224, feature-wise mean/std normalisation, horizontal flips,
+    brightness 0.8-1.25, zoom 1-1.2; SGD lr 0.01, Keras decay 1e-6, Nesterov momentum 0.9,
+    batch 32, 20 epochs, last epoch tested. S2 reported {reported:.2%} test accuracy.
+
+        python -m cxrjax.train --preset s2_{part}_{mode} --manual-dir "~/COVID-19 Radiography Database" \\
+            --pretrained {model}_notop.h5 --workdir runs/s2_{part}_{mode}
+
+    Expected time: not measured; 2592 training images x 20 epochs at 224 px: minutes to an
+    hour on one GPU, many hours on CPU (FT trains the backbone too)."""
+
+
+def _make_s2(part: str, model: str, mode: str, reported: float) -> Callable[[], TrainConfig]:
+    def preset() -> TrainConfig:
+        return _s2(model, mode)
+
+    preset.__name__ = preset.__qualname__ = f"s2_{part}_{mode}"
+    preset.__doc__ = _s2_doc(part, model, mode, reported)
+    return preset
+
+
+S2_PRESETS = {
+    f"s2_{part}_{mode}": _make_s2(part, model, mode, reported)
+    for part, (model, ec, ft) in S2_BACKBONES.items()
+    for mode, reported in (("ec", ec), ("ft", ft))
+}
+
+
+# ------------------------------------------------------------------------------------
 # The same models on the synthetic phantoms (no download; the defaults of the project).
 # ------------------------------------------------------------------------------------
 def _phantoms(base: TrainConfig, *, image_size: int, num_train: int, epochs: int, **changes) -> TrainConfig:
@@ -321,6 +473,9 @@ PRESET_FUNCTIONS: dict[str, Callable[[], TrainConfig]] = {
     "s0_b": s0_b,
     "s0_c": s0_c,
     "s0_e": s0_e,
+    "s0_d": s0_d,
+    **S1_PRESETS,
+    **S2_PRESETS,
     **S4_PRESETS,
     "s3_lenet5_phantoms": s3_lenet5_phantoms,
     "s3_vgg16_phantoms": s3_vgg16_phantoms,

@@ -9,16 +9,20 @@ seed (or early stopping) compiles once.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 from cxrjax import models
-from cxrjax.train.config import TrainConfig
+from cxrjax.models import transfer
+from cxrjax.train import ema
+from cxrjax.train.config import TrainConfig, parse_freeze
 from cxrjax.train.data_api import data_api
 from cxrjax.train.evaluation import EnginePredictor
 from cxrjax.train.optim import make_optimizer
@@ -49,6 +53,8 @@ class RunSetup:
     # splits with its compiled steps (cxrjax.train.resident.ResidentInput); set by the trainer.
     placement: str = "host"
     resident: Any = None
+    # results.json["weights"]: the backbone's ImageNet weights (path, sha256...) or random init
+    weights: dict[str, Any] | None = None
 
     def predictor(self, device_state: Any) -> EnginePredictor:
         """The engine's eval step on ``device_state``, for ``cxrjax.train.evaluation.predict_split``
@@ -91,6 +97,21 @@ def input_config_fields(config: TrainConfig) -> dict[str, Any]:
 
 
 def build_model(config: TrainConfig, num_classes: int, channels: int, axis_name: str | None):
+    """The run's Flax module: the registered model, or with ``config.head`` a
+    ``cxrjax.models.transfer.TransferModel`` (the backbone ``config.model`` + the head,
+    ``freeze`` and ``preprocessing``; ``model_options`` go to the backbone and head)."""
+    if config.head != "none":
+        return transfer.create_transfer(
+            config.model,
+            head=config.head,
+            num_classes=num_classes,
+            channels=channels,
+            dtype=jnp.dtype(config.dtype),
+            axis_name=axis_name,
+            preprocessing=config.preprocessing,
+            freeze=parse_freeze(config.freeze),
+            **config.model_options,
+        )
     return models.create(
         config.model,
         num_classes=num_classes,
@@ -125,6 +146,9 @@ _STEP_FIELDS = (
     "min_lr",
     "label_smoothing",
     "grad_clip_norm",
+    "head",
+    "freeze",
+    "preprocessing",
 )
 
 
@@ -161,7 +185,7 @@ def build_engine(
         _ENGINES.move_to_end(key)
         return _ENGINES[key]
     model = build_model(config, num_classes, image_shape[2], AXIS)
-    tx, schedule = make_optimizer(config, steps_per_epoch)
+    tx, schedule = make_optimizer(config, steps_per_epoch, getattr(model, "frozen_layers", ()))
     loss = LossConfig(num_classes=num_classes, label_smoothing=config.label_smoothing, class_weights=class_weights)
     engine = make_engine(config.parallel, *bind_steps(model, tx, schedule, loss), devices)
     entry = (model, tx, engine, make_init_fn(model, tx, image_shape))
@@ -181,6 +205,17 @@ def check_model(config: TrainConfig) -> tuple[dict[str, Any], Any]:
         model = build_model(config, 2, fields["channels"], axis_name=None)
     except (TypeError, ValueError, KeyError) as err:
         raise RunSetupError(f"model {config.model!r} with this configuration: {err}") from err
+    if config.pretrained is not None and config.head == "none":
+        raise RunSetupError(
+            f"pretrained={config.pretrained!r} loads an ImageNet backbone under a head; add --head "
+            "s2|s2_dropout|s1|s0_d (the studies' heads, cxrjax/models/transfer.py)"
+        )
+    if config.head != "none" and model.preprocessing != "none" and config.normalization != "unit":
+        raise RunSetupError(
+            f"--preprocessing {config.preprocessing} applies the backbone's {model.preprocessing!r} preprocessing to "
+            f"[0,1] images, but normalization is {config.normalization!r}; use --normalization unit, or "
+            "--preprocessing none to feed the normalised images as they are"
+        )
     smallest = model.min_image_size() if hasattr(model, "min_image_size") else 1
     if fields["image_size"] < smallest:
         raise RunSetupError(
@@ -188,6 +223,58 @@ def check_model(config: TrainConfig) -> tuple[dict[str, Any], Any]:
             f"need at least {smallest}x{smallest}; use --image-size {smallest} or larger"
         )
     return fields, input_config
+
+
+# The backbone weights of recent runs in this process (an experiment's seeds load one file once).
+_WEIGHTS: "collections.OrderedDict[str, tuple[Any, dict]]" = collections.OrderedDict()
+_WEIGHTS_CACHE_SIZE = 2
+
+
+def pretrained_backbone(config: TrainConfig) -> tuple[Any | None, dict[str, Any] | None]:
+    """(backbone variables or None, results.json's ``weights`` record) of ``config.pretrained``:
+    ``transfer.RANDOM_INIT`` for a head without weights, None for models without a head.
+    A file or folder that cannot be read or does not match is a RunSetupError."""
+    if config.head == "none":
+        return None, None
+    if config.pretrained is None:
+        return None, dict(transfer.RANDOM_INIT)
+    path = Path(config.pretrained).expanduser()
+    if not path.exists():
+        raise RunSetupError(
+            f"pretrained weights {config.pretrained!r} not found; give a Keras .h5, a torchvision .pth / "
+            "safetensors file or a folder from 'python -m cxrjax.models import-weights' (cxrjax never downloads)"
+        )
+    stat = path.stat()
+    key = json.dumps(
+        [str(path.resolve()), stat.st_mtime_ns, stat.st_size, config.model, config.model_options],
+        sort_keys=True,
+        default=str,
+    )
+    if key not in _WEIGHTS:
+        backbone_options = {
+            k: v for k, v in config.model_options.items() if k not in ("dense_units", "dropout", "pool_size")
+        }
+        try:
+            _WEIGHTS[key] = transfer.load_backbone_weights(config.model, str(path), backbone_options)
+        except (ValueError, KeyError, OSError) as err:
+            raise RunSetupError(f"pretrained weights: {err}") from err
+        while len(_WEIGHTS) > _WEIGHTS_CACHE_SIZE:
+            _WEIGHTS.popitem(last=False)
+    _WEIGHTS.move_to_end(key)
+    variables, record = _WEIGHTS[key]
+    return variables, dict(record)
+
+
+def describe_weights(record: dict[str, Any] | None) -> str | None:
+    """One line for the start of a run: which ImageNet weights its backbone starts from."""
+    if record is None:
+        return None
+    if record.get("pretrained") is None:
+        return "weights: random init (no --pretrained given): the backbone starts from scratch"
+    return (
+        f"weights: {record['pretrained']} ({record.get('kind')}, {record.get('source_format')}, "
+        f"sha256 {str(record.get('sha256'))[:16]}..., {record.get('tensors')} tensors)"
+    )
 
 
 def setup_run(config: TrainConfig, dataset: Any | None = None, timings: PhaseTimings | None = None) -> RunSetup:
@@ -198,6 +285,7 @@ def setup_run(config: TrainConfig, dataset: Any | None = None, timings: PhaseTim
     start = time.perf_counter()
     data = data_api()
     fields, input_config = check_model(config)
+    pretrained, weights_record = pretrained_backbone(config)
     if dataset is None:
         with timings.phase("dataset_open"):
             dataset = data.load(
@@ -243,7 +331,10 @@ def setup_run(config: TrainConfig, dataset: Any | None = None, timings: PhaseTim
         model=model,
         engine=engine,
         tx=tx,
-        init_fn=init_fn,
+        init_fn=ema.attach(  # with the weights' average when ema_decay > 0
+            functools.partial(init_fn, pretrained=pretrained) if pretrained is not None else init_fn,
+            config.ema_decay,
+        ),
         num_devices=n,
         global_batch_size=global_batch,
         eval_global_batch_size=eval_global_batch,
@@ -252,6 +343,7 @@ def setup_run(config: TrainConfig, dataset: Any | None = None, timings: PhaseTim
         class_weights=class_weights,
         input_fields=fields,
         timings=timings,
+        weights=weights_record,
     )
 
 

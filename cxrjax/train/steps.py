@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from cxrjax.train import ema
 from cxrjax.train.state import TrainState
 
 AXIS = "batch"
@@ -113,6 +114,7 @@ def train_step(
             (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step
         ),
     )
+    new_state = ema.update(new_state, state.step)  # the weights' moving average, if kept (ema.py)
     metrics = {
         "loss": value,
         "accuracy": accuracy,

@@ -25,7 +25,10 @@ What happens, in order:
    ``calibration.json``; every split's report gets its calibration before/after, bootstrap
    intervals (``bootstrap_resamples``, seeded by ``seed``) and operating points
    (``cxrjax.reporting.calibration.split_calibration_report``); plots and
-   ``results.json`` are written.
+   ``results.json`` are written. With ``tta`` other than "none" each split's report also
+   gets ``tta`` (cxrjax/train/tta.py), beside the plain numbers. With ``ema_decay > 0``
+   every evaluation (validation per epoch, early stopping, best checkpoint, test) uses
+   the moving average of the weights (cxrjax/train/ema.py; ``evaluated_weights``).
 
 Non-finite loss or gradients, or an update that would make the state non-finite, never
 corrupt the state (steps.py). With ``on_nonfinite="stop"`` the first such step raises
@@ -66,9 +69,17 @@ from cxrjax.train.config import TrainConfig, mode_for
 from cxrjax.train.data_api import data_api
 from cxrjax.train.early_stopping import EarlyStopping, ImprovementTracker, PlateauScaler
 from cxrjax.train.evaluation import evaluate_split
-from cxrjax.train.run_setup import RunSetup, RunSetupError, data_differences, dataset_info, setup_run
+from cxrjax.train.run_setup import (
+    RunSetup,
+    RunSetupError,
+    data_differences,
+    dataset_info,
+    describe_weights,
+    setup_run,
+)
 from cxrjax.train.state import from_tree, parameter_count, to_tree
 from cxrjax.train.timings import PhaseTimings
+from cxrjax.train.tta import tta_report
 
 META_FORMAT = 1
 
@@ -293,6 +304,8 @@ def _train_and_evaluate(
     session_start = time.perf_counter()
     timings = PhaseTimings()  # results.json["timings"] (cxrjax/train/timings.py)
     setup = setup_run(config, dataset, timings)
+    if describe_weights(setup.weights):
+        _say(config, describe_weights(setup.weights))
     with timings.phase("setup"):
         if distributed.is_primary():
             _write_normalization_statistics(workdir, setup)
@@ -903,6 +916,19 @@ def _final_evaluation(
         for report, split_preds in ((val, val_preds), (test, test_preds)):
             if report is not None:
                 _add_calibration(config, report, split_preds, calibration)
+    if config.tta != "none":  # beside the plain reports, never instead of them (tta.py)
+        with timings.phase("test"):
+            for name, report in (("validation", val), ("test", test)):
+                if report is not None:
+                    report["tta"], _ = tta_report(
+                        predictor,
+                        setup.dataset,
+                        name,
+                        setup.eval_global_batch_size,
+                        config.tta,
+                        progress=config.progress,
+                    )
+    with timings.phase("results"):
         results = _results(
             setup, device_state, progress, stopper, evaluated, calibration, val, test, skipped, session_start
         )
@@ -971,6 +997,7 @@ def _results(
         "monitor": config.monitor,
         "best_monitor_value": stopper.tracker.best,
         "evaluated": evaluated,
+        "evaluated_weights": "ema" if config.ema_decay else "live",  # which weights every evaluation used (ema.py)
         "calibration": calibration,
         "best_epoch_metrics": best_record,
         "train_images_per_second": statistics.median(speeds) if speeds else None,
@@ -986,6 +1013,8 @@ def _results(
         "warnings": _run_warnings(setup, progress, skipped),
         "dataset_info": dataset_info(setup),
         "input_config": setup.input_fields,
+        # the backbone's ImageNet weights (path, sha256) or random init; None without a head
+        "weights": setup.weights,
         "jax_backend": jax.default_backend(),
     }
 

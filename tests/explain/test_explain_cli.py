@@ -257,3 +257,50 @@ def test_explain_activations_writes_a_grid_per_conv_stage(run_dir, evaluated, tm
     # the Grad-CAM grids still need --out
     with pytest.raises(SystemExit):
         main(["--workdir", str(run_dir)])
+
+
+def test_tta_beside_the_plain_numbers_in_evaluate_and_predict(run_dir, evaluated, tmp_path, capsys):
+    from cxrjax.data import load
+    from cxrjax.evaluate.__main__ import main as evaluate_main
+    from cxrjax.predict import main as predict_main
+    from cxrjax.train.evaluation import predict_split
+    from cxrjax.train.tta import TTAPredictor
+
+    run = R.load_run(run_dir)
+    assert run.weights == "live" and run.config.tta == "none"  # trained without EMA or TTA
+    ds = load("cxr_phantoms", data_dir=run.config.data_dir, options=DATASET_OPTIONS)
+    expected = predict_split(TTAPredictor(run, "flip"), ds, "test", 8)
+    capsys.readouterr()
+    assert evaluate_main(["--workdir", str(run_dir), "--batch-size", "8", "--no-progress", "--tta", "flip"]) == 0
+    assert "test-time augmentation (flip: mean of 2 views" in capsys.readouterr().out
+    report = json.loads((run_dir / "eval_cxr_phantoms_test.json").read_text())
+    assert report["weights"] == "live"
+    assert report["metrics"]["accuracy"] == evaluated["metrics"]["accuracy"]  # the plain numbers unchanged
+    tta = report["metrics"]["tta"]
+    assert tta["mode"] == "flip" and tta["views"] == ["identity", "hflip"]
+    np.testing.assert_allclose(report["predictions"]["tta_probs"], expected.probs, rtol=1e-5, atol=1e-6)
+    assert tta["accuracy"] == pytest.approx(float((expected.predictions == expected.labels).mean()))
+
+    good = write_test_images(run_dir, tmp_path / "files", 2)
+    assert predict_main(["--workdir", str(run_dir), *good, "--json", "--tta", "flip"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tta"]["mode"] == "flip" and out["weights"] == "live"
+    for i, row in enumerate(out["predictions"]):
+        np.testing.assert_allclose(list(row["tta_probabilities"].values()), expected.probs[i], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            list(row["raw_probabilities"].values()), evaluated["predictions"]["probs"][i], rtol=1e-5, atol=1e-6
+        )
+    # A run without a moving average has no EMA weights to load: one error line.
+    assert predict_main(["--workdir", str(run_dir), good[0], "--weights", "ema"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no moving average" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_refuses_tta_and_weights(capsys):
+    from cxrjax.evaluate.__main__ import parse_args
+
+    for extra in (["--tta", "flip"], ["--weights", "live"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args(["--compare", "a", "b", *extra])
+        assert exit_info.value.code == 2
+        assert "--tta and --weights apply to --workdir evaluation" in capsys.readouterr().err

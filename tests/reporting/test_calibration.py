@@ -125,3 +125,13 @@ def test_reliability_and_marked_curves_are_drawn(tmp_path):
     for plot in (plots.plot_roc_curves, plots.plot_precision_recall):
         out = plot(labels, probs, names, tmp_path / f"{plot.__name__}.png", markers=thresholds, markers_note=" (val)")
         assert out.stat().st_size > 0
+
+
+def test_certain_right_predictions_have_nll_plus_zero_and_print_without_a_sign():
+    # p = 1 for the true class: -log 1 is -0.0 in floating point; the report must say 0.000
+    labels, probs = np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]])
+    nll = cal.calibration_metrics(labels, probs)["nll"]
+    assert nll == 0.0 and math.copysign(1.0, nll) == 1.0
+    report = cal.split_calibration_report(labels, probs, ["A", "B"], temperature=0.5, thresholds=None, resamples=0)
+    line = cal.format_split_summary(report)[1]
+    assert "NLL 0.000 -> after temperature 0.5: ECE 0.000, Brier 0.000, NLL 0.000" in line

@@ -128,3 +128,36 @@ def run_processes(config, workdir, *, count=2, devices=2, timeout=420, kill=None
                     ended[i] = float("inf")
         time.sleep(0.2)
     return [(p.returncode, open(f"{workdir}.process{i}.log").read(), ended[i]) for i, p in enumerate(procs)]
+
+
+def write_keras_weight_file(variables, layers, path, *, extra_layers=None):
+    """``variables`` of a headless backbone (``{"params", "batch_stats"}``) written as a Keras
+    legacy-HDF5 weight file (the published files' layout, Keras 2 weight names), its
+    ``layers`` in order; ``extra_layers`` ({name: [(weight name, array)]}) appended, e.g.
+    the ImageNet top of a full (not _notop) file. Test-only, no Keras needed."""
+    import h5py
+
+    from cxrjax.models.keras_layers import KERAS_ORDER
+
+    rank = {}
+    for i, (keras_name, collection, var) in enumerate(KERAS_ORDER):
+        rank.setdefault((collection, var), (i, keras_name))
+    groups = {}
+    for layer in layers:
+        entries = []
+        for collection in ("params", "batch_stats"):
+            for var, value in variables.get(collection, {}).get(layer, {}).items():
+                i, keras_name = rank[(collection, var)]
+                if var == "bias" and "scale" not in variables["params"].get(layer, {}):
+                    i, keras_name = rank[("params", "bias")][0] + 1, "bias"
+                entries.append((i, f"{layer}/{keras_name}:0", np.asarray(value)))
+        groups[layer] = [(n, a) for _, n, a in sorted(entries, key=lambda e: e[0])]
+    groups.update(extra_layers or {})
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [n.encode() for n in groups]
+        for name, weights in groups.items():
+            g = f.create_group(name)
+            g.attrs["weight_names"] = [n.encode() for n, _ in weights]
+            for n, a in weights:
+                g.create_dataset(n, data=a)
+    return str(path)

@@ -180,3 +180,50 @@ def test_read_history_drops_only_a_torn_last_line(tmp_path):
     path.write_text('{"epoch": 1}\n{"ep\n{"epoch": 3}\n')
     with pytest.raises(ValueError, match="line 2"):
         read_history(tmp_path)
+
+
+def _fake_results(tmp_path):
+    """results.json's dict for a 2-class test split of 4 examples (3 right), with the
+    calibration keys, and the files the trainer writes next to it."""
+    import numpy as np
+
+    from cxrjax.reporting.calibration import split_calibration_report
+    from cxrjax.reporting.metrics import classification_report
+
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]])
+    test = classification_report(labels, probs, ["A", "B"])
+    test.update(
+        split_calibration_report(
+            labels, probs, ["A", "B"], temperature=2.0, thresholds={"A": 0.4, "B": 0.6}, resamples=50
+        )
+    )
+    for name in ("results.json", "calibration.json", "reliability_test.png"):
+        (tmp_path / name).write_text("{}")
+    return {
+        "test": test,
+        "evaluated": {"checkpoint": "best", "epoch": 1},
+        "best_epoch": 1,
+        "epochs_run": 1,
+        "stopped_early": False,
+        "train_images_per_second": 10.0,
+        "num_devices": 1,
+        "jax_backend": "cpu",
+    }
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_cli_prints_intervals_calibration_and_operating_points_once(tmp_path, monkeypatch, capsys, progress):
+    """With --no-progress the trainer prints nothing, so the CLI's final summary carries the
+    intervals, calibration and operating points; with progress the trainer printed them."""
+    from cxrjax.train import cli, trainer
+
+    monkeypatch.setattr(trainer, "train_and_evaluate", lambda config, workdir: _fake_results(tmp_path))
+    flag = "--progress" if progress else "--no-progress"
+    assert cli.main(["--preset", "s4_exp4_phantoms", flag, "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    summary = ["test: accuracy 0.750 [", "test: calibration: ECE", "after temperature 2: ECE"]
+    # A: the positives' p_A 0.9, 0.4 reach 0.4, the negatives' 0.2, 0.3 do not
+    summary.append("A p >= 0.4: sensitivity 1.000, specificity 1.000")
+    assert all((line in out) != progress for line in summary), out
+    assert "results.json, metrics.jsonl, calibration.json, reliability_test.png" in out

@@ -98,8 +98,9 @@ class _Killed(Exception):
     pass
 
 
-def test_killed_run_resumed_in_a_new_process_ends_identical(base_config, tmp_path):
-    config = base_config.replace(epochs=3, checkpoint_every_steps=2)  # 12 steps, 4 per epoch
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])  # with EMA the average resumes exactly too
+def test_killed_run_resumed_in_a_new_process_ends_identical(base_config, tmp_path, ema_decay):
+    config = base_config.replace(epochs=3, checkpoint_every_steps=2, ema_decay=ema_decay)  # 12 steps, 4 per epoch
     straight = train_and_evaluate(config, tmp_path / "straight")
 
     def kill_at(step):
@@ -131,10 +132,13 @@ def test_killed_run_resumed_in_a_new_process_ends_identical(base_config, tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = json.loads((tmp_path / "resumed" / "results.json").read_text())
 
-    a, b = load_run(tmp_path / "straight", "latest"), load_run(tmp_path / "resumed", "latest")
-    assert a.step == b.step == 12
-    for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables), strict=True):
-        np.testing.assert_array_equal(x, y)  # bit-identical params and batch_stats
+    weights = ("ema", "live") if ema_decay else ("live",)
+    for which in weights:
+        a, b = (load_run(tmp_path / name, "latest", weights=which) for name in ("straight", "resumed"))
+        assert a.step == b.step == 12
+        for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables), strict=True):
+            np.testing.assert_array_equal(x, y)  # bit-identical params and batch_stats (and their average)
+    assert straight["evaluated_weights"] == ("ema" if ema_decay else "live")
     assert history(tmp_path / "straight", timing=False) == history(tmp_path / "resumed", timing=False)
     for key in ("test", "validation", "best_epoch", "evaluated", "epochs_run"):
         assert straight[key] == resumed[key], key
