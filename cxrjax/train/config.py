@@ -69,6 +69,13 @@ RESULT_IRRELEVANT_FIELDS = frozenset(
         "target_sensitivity",  # reporting only: operating thresholds chosen after training
         "bootstrap_resamples",  # reporting only: confidence intervals of the results
         "tta",  # reporting only: test-time augmentation is reported beside the plain evaluation
+        # where the processes of a multi-process run are (cxrjax/train/distributed.py),
+        # not what they compute: the global batch and the devices decide that
+        "distributed",
+        "coordinator_address",
+        "num_processes",
+        "process_id",
+        "distributed_timeout_seconds",
     }
 )
 
@@ -393,6 +400,25 @@ class TrainConfig(InputOptions):
     progress: bool = option(True, flag=True, help="tqdm progress bars")
     compilation_cache_dir: str | None = option(
         None, flag="--compilation-cache", metavar="DIR", help="JAX persistent compilation cache folder"
+    )
+    # --- several processes (result-irrelevant; cxrjax/train/distributed.py) -------------
+    distributed: bool = option(
+        False,
+        flag=True,
+        help="run as one process of a multi-process job: jax.distributed.initialize with the three flags "
+        "below, or with none of them where JAX detects the cluster itself (SLURM, Open MPI, cloud TPU)",
+    )
+    coordinator_address: str | None = option(
+        None, flag=True, metavar="HOST:PORT", help="multi-process: process 0's address (implies --distributed)"
+    )
+    num_processes: int | None = option(None, flag=True, ge=1, help="multi-process: how many processes in all")
+    process_id: int | None = option(None, flag=True, ge=0, help="multi-process: this process's index, 0-based")
+    distributed_timeout_seconds: int = option(
+        60,
+        flag=True,
+        ge=1,
+        help="multi-process: a process missing this long (heartbeats) stops the others with an error; also "
+        "how long processes wait for each other to start",
     )
 
     # ------------------------------------------------------------------------------

@@ -114,12 +114,28 @@ def predict_split(
         masks.append(mask)
     if not outputs:
         return SplitPredictions(np.zeros(0, np.int64), np.zeros((0, predictor.num_classes), np.float32))
-    mask = np.concatenate(masks)
-    probs = np.concatenate([predictor.to_host(o) for o in outputs])[mask].astype(np.float32)
+    probs = np.concatenate([predictor.to_host(o) for o in outputs])
+    if _process_count() > 1:
+        # Several processes (the trainer's engine, or TTA over it): each read its rows of
+        # every batch, the outputs come back for the whole global batch (the engine's
+        # host_outputs); gather labels and masks alike, so every process sees every
+        # example once, in the split's order.
+        from cxrjax.train.distributed import allgather_rows
+
+        labels = [allgather_rows(np.stack(labels)).transpose(1, 0, 2).reshape(-1)]
+        masks = [allgather_rows(np.stack(masks)).transpose(1, 0, 2).reshape(-1)]
+    mask = np.concatenate(masks).astype(bool)
+    probs = probs[mask].astype(np.float32)
     labels = np.concatenate(labels)[mask].astype(np.int64)
     if mapping is not None:
         labels = np.asarray(mapping)[labels]
     return SplitPredictions(labels=labels, probs=probs)
+
+
+def _process_count() -> int:
+    import jax
+
+    return jax.process_count()
 
 
 @dataclass

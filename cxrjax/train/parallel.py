@@ -85,7 +85,14 @@ class ShardMapEngine(_Steps):
         self.devices = list(devices)
         self.num_devices = len(self.devices)
         self.train_fn, self.eval_fn = train_fn, eval_fn
-        self.mesh = jax.make_mesh((self.num_devices,), (AXIS,), devices=self.devices)
+        # Several processes: the mesh spans every process's devices in the order given
+        # (run_setup orders them by process, so each process's rows are one block of the
+        # batch); make_mesh could reorder them.
+        self.multi_process = any(d.process_index != jax.process_index() for d in self.devices)
+        if self.multi_process:
+            self.mesh = jax.sharding.Mesh(np.array(self.devices), (AXIS,))
+        else:
+            self.mesh = jax.make_mesh((self.num_devices,), (AXIS,), devices=self.devices)
         self._replicated = NamedSharding(self.mesh, P())
         self._split_batch = NamedSharding(self.mesh, batch_spec)
         stacked_spec = P(None, *batch_spec)
@@ -111,24 +118,50 @@ class ShardMapEngine(_Steps):
     def put_state(self, state: Any) -> Any:
         # Through the host, so the placed state never aliases the caller's buffers (the
         # train step donates it; an alias would delete the caller's copy).
-        return jax.device_put(jax.device_get(state), self._replicated)
+        host = jax.device_get(state)
+        if self.multi_process:  # every process holds the same host state: place its own copies
+            return jax.tree.map(
+                lambda x: jax.make_array_from_callback(np.shape(x), self._replicated, lambda i, x=x: np.asarray(x)[i]),
+                host,
+            )
+        return jax.device_put(host, self._replicated)
 
     def host_state(self, state: Any) -> Any:
+        if self.multi_process:  # replicated: this process's first copy is the value
+            return jax.tree.map(_local_copy, state)
         return jax.device_get(state)
 
     def put_batch(self, batch: dict[str, np.ndarray], *, on_device: bool = True) -> dict[str, jax.Array]:
         # Always on the devices; `on_device` is accepted so both engines take the same call.
+        # Several processes: `batch` is this process's block of rows of the global batch.
+        if self.multi_process:
+            return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self._split_batch, x), batch)
         return jax.device_put(batch, self._split_batch)
 
     def put_batches(self, batches: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """K stacked batches [K, B, ...], each split along B like ``put_batch``'s."""
+        if self.multi_process:
+            return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self._split_batches, x), batches)
         return jax.device_put(batches, self._split_batches)
 
     def host_metrics(self, metrics: Any) -> Any:
+        if self.multi_process:  # pmean'ed: replicated on every device
+            return jax.tree.map(_local_copy, metrics)
         return jax.device_get(metrics)
 
     def host_outputs(self, outputs: jax.Array) -> np.ndarray:
+        """The eval step's outputs of the whole global batch (several processes: gathered
+        from all of them, in the batch's row order)."""
+        if self.multi_process:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(outputs, tiled=True))
         return np.asarray(jax.device_get(outputs))
+
+
+def _local_copy(x: Any) -> Any:
+    """A replicated array's value from this process's first device copy."""
+    return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x
 
 
 class PmapEngine(_Steps):

@@ -298,11 +298,8 @@ def setup_run(config: TrainConfig, dataset: Any | None = None, timings: PhaseTim
                 "training needs train and validation splits; prepare it with a validation share "
                 "(dataset options, e.g. validation_fraction)"
             )
-    available = jax.local_devices()
-    n = config.num_devices or len(available)
-    if n > len(available):
-        raise RunSetupError(f"num_devices={n} but only {len(available)} local device(s) are available: {available}")
-    devices = available[:n]
+    devices = _devices(config)
+    n = len(devices)
     global_batch = config.per_device_batch_size * n
     eval_global_batch = (config.per_device_eval_batch_size or config.per_device_batch_size) * n
     steps_per_epoch = len(dataset.splits["train"]) // global_batch
@@ -348,6 +345,31 @@ def setup_run(config: TrainConfig, dataset: Any | None = None, timings: PhaseTim
         timings=timings,
         weights=weights_record,
     )
+
+
+def _devices(config: TrainConfig) -> list:
+    """The devices to train on: the first ``num_devices`` local ones, or, with several
+    processes (cxrjax/train/distributed.py), every process's devices, ordered by process
+    so that process p's devices hold rows [p * B / P, (p + 1) * B / P) of each global
+    batch, the rows its pipeline reads (cxrjax.data.pipeline)."""
+    if jax.process_count() > 1:
+        devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+        if config.num_devices not in (None, len(devices)):
+            raise RunSetupError(
+                f"num_devices={config.num_devices} but a run of {jax.process_count()} processes trains on all "
+                f"of their {len(devices)} devices; leave --num-devices unset"
+            )
+        if config.parallel != "shard_map":
+            raise RunSetupError(
+                f"parallel={config.parallel!r} runs on one process's devices; a run of "
+                f"{jax.process_count()} processes needs --parallel shard_map"
+            )
+        return devices
+    available = jax.local_devices()
+    n = config.num_devices or len(available)
+    if n > len(available):
+        raise RunSetupError(f"num_devices={n} but only {len(available)} local device(s) are available: {available}")
+    return available[:n]
 
 
 def dataset_info(setup: RunSetup) -> dict[str, Any]:

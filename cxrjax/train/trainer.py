@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 from cxrjax.data.errors import DataError
 from cxrjax.reporting import calibration as calib
 from cxrjax.reporting import plots
+from cxrjax.train import distributed
 from cxrjax.train import workdir as files
 from cxrjax.train.checkpointing import CheckpointStore
 from cxrjax.train.compile_cache import enable_compilation_cache
@@ -128,7 +129,14 @@ class TooManySkippedStepsError(NonFiniteError):
 
 # The errors a user fixes (a refused configuration or data, a locked or broken run folder,
 # a run that diverged): command-line tools print them as one ``error:`` line, exit 2.
-USER_ERRORS = (files.ConfigMismatchError, files.WorkdirError, NonFiniteError, RunSetupError, DataError)
+USER_ERRORS = (
+    files.ConfigMismatchError,
+    files.WorkdirError,
+    NonFiniteError,
+    RunSetupError,
+    DataError,
+    distributed.DistributedSetupError,
+)
 
 
 # A last-epoch train loss or gradient norm above this is a diverged run (cross-entropy of
@@ -245,6 +253,11 @@ def train_and_evaluate(
     """
     config = _with_absolute_paths(config.validated())
     workdir = Path(workdir)
+    distributed.initialize(config)  # several processes (distributed.py); before any backend starts
+    if not distributed.is_primary():
+        # Process 0 alone writes the run's files and shows progress; the others log one
+        # line per epoch (_train_epochs). All three fields are result-irrelevant.
+        config = config.replace(progress=False, plots=False, tensorboard=False)
     files.prepare_workdir(workdir)
     if config.compilation_cache_dir:
         enable_compilation_cache(config.compilation_cache_dir)
@@ -252,8 +265,14 @@ def train_and_evaluate(
         finished = _finished_results(config, workdir)
         if finished is not None:
             return finished
+        if not distributed.is_primary():
+            # Process 0 holds the lock and has compared (or written) config.json: the
+            # same command's config, up to the result-irrelevant process fields.
+            distributed.barrier("cxrjax_config_checked")
+            return _train_and_evaluate(config, workdir, dataset, on_checkpoint)
         with files.WorkdirLock(workdir):
             files.check_or_write_config(workdir, config)
+            distributed.barrier("cxrjax_config_checked")
             finished = _finished_results(config, workdir)  # finished by its holder just before we locked
             if finished is not None:
                 return finished
@@ -288,7 +307,8 @@ def _train_and_evaluate(
     if describe_weights(setup.weights):
         _say(config, describe_weights(setup.weights))
     with timings.phase("setup"):
-        _write_normalization_statistics(workdir, setup)
+        if distributed.is_primary():
+            _write_normalization_statistics(workdir, setup)
         engine = setup.engine
         target = setup.init_fn(config.seed)
     progress = Progress()
@@ -302,7 +322,8 @@ def _train_and_evaluate(
             resumed_placement = meta.get("data_placement", "host")  # runs from before placements: host
             state = from_tree(target, tree)
             progress = _progress_from_meta(meta, setup, workdir)
-            files.write_history(workdir, progress.history)
+            if distributed.is_primary():
+                files.write_history(workdir, progress.history)
             _say(
                 config,
                 f"{workdir}: resuming from checkpoint step {latest} (epoch {progress.epoch + 1}, "
@@ -310,7 +331,8 @@ def _train_and_evaluate(
             )
         else:
             state = target
-            files.write_history(workdir, [])
+            if distributed.is_primary():
+                files.write_history(workdir, [])
         with timings.phase("setup"):
             _place_data(setup, resumed_placement, workdir)
         if config.tensorboard:
@@ -434,6 +456,17 @@ def _progress_from_meta(meta: dict[str, Any], setup: RunSetup, workdir: Path) ->
     names = {f.name for f in dataclasses.fields(Progress)}
     progress = Progress(**{k: v for k, v in meta.items() if k in names})
     progress.sums = EpochSums(**progress.sums)
+    states = meta.get("process_iterator_states")  # one per process (several processes)
+    if states is not None and any(state is not None for state in states):  # None: at an epoch's end
+        if len(states) != distributed.process_count():
+            raise files.ConfigMismatchError(
+                f"{workdir}: the checkpoint was written by {len(states)} process(es), this session runs "
+                f"{distributed.process_count()}; each process's input position is in the checkpoint, so resume "
+                f"with {len(states)} process(es) or use a new --workdir"
+            )
+        import jax
+
+        progress.iterator_state = states[jax.process_index()]
     return progress
 
 
@@ -524,7 +557,10 @@ class Saver:
         self.progress.plateau = self.plateau.to_dict() if self.plateau else None
         with self.setup.timings.phase("checkpoints"):
             host = self.setup.engine.host_state(device_state)
-            self.store.save(step, to_tree(host), _meta(self.progress, self.setup), best_rank)
+            meta = _meta(self.progress, self.setup)
+            if distributed.process_count() > 1:  # every process reads its own rows: keep each one's position
+                meta["process_iterator_states"] = distributed.allgather_json(self.progress.iterator_state)
+            self.store.save(step, to_tree(host), meta, best_rank)
             if self.on_checkpoint is not None:
                 self.store.wait()
         if self.on_checkpoint is not None:
@@ -575,7 +611,16 @@ def _train_epochs(
             setup, progress, epoch, monitored, lr_scale, improved, stopper, eval_seconds=time.perf_counter() - eval_t0
         )
         progress.history.append(record)
-        files.append_history(workdir, record)
+        if distributed.is_primary():
+            files.append_history(workdir, record)
+        else:
+            import jax
+
+            print(
+                f"process {jax.process_index()}: epoch {epoch}/{config.epochs} train loss {record['train_loss']:.4f} "
+                f"| val loss {val['loss']:.4f} acc {val['accuracy']:.4f}",
+                flush=True,
+            )
         if writer is not None:
             writer.scalars(record["step"], {k: record[k] for k in TENSORBOARD_SCALARS})
         _say(
@@ -812,7 +857,8 @@ def _calibrate(
         **calib.fit_calibration(val_preds.labels, val_preds.probs, names, config.target_sensitivity),
         "checkpoint": evaluated,
     }
-    files.write_json(workdir / files.CALIBRATION_FILE, calibration)
+    if distributed.is_primary():
+        files.write_json(workdir / files.CALIBRATION_FILE, calibration)
     return calibration
 
 
@@ -901,7 +947,9 @@ def _final_evaluation(
     for warning in results["warnings"]:
         _warn(warning)
     results["timings"] = timings.report(time.perf_counter() - session_start)
-    files.write_json(workdir / files.RESULTS_FILE, results)
+    if distributed.is_primary():
+        files.write_json(workdir / files.RESULTS_FILE, results)
+    distributed.barrier("cxrjax_results_written")  # the others read what process 0 wrote
     if test is not None:
         _say(
             config,

@@ -63,6 +63,73 @@ def train_phantom_run(root, dataset_options, *, name="run", **changes):
     return root / name
 
 
+# A multi-process run's worker (tests/train/test_train_multiprocess.py): argv = config
+# JSON, workdir, address, process count, process id; CXRJAX_TEST_KILL_AT_STEP makes the
+# process SIGKILL itself once the checkpoint of that step is written (a real kill -9,
+# mid-epoch when the step is).
+_WORKER = """
+import json, os, signal, sys
+from cxrjax.train import TrainConfig, train_and_evaluate
+config, workdir, address, count, index = sys.argv[1:]
+config = TrainConfig.from_dict(json.loads(config)).replace(
+    coordinator_address=address, num_processes=int(count), process_id=int(index)
+)
+kill_at = int(os.environ.get("CXRJAX_TEST_KILL_AT_STEP", "-1"))
+
+def on_checkpoint(step):
+    if step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+train_and_evaluate(config, workdir, on_checkpoint=on_checkpoint)
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(config, workdir, *, count=2, devices=2, timeout=420, kill=None):
+    """Train ``config`` in ``workdir`` as ``count`` real processes of ``devices`` forced CPU
+    devices each, on a free localhost port; ``kill``: (process id, step) to SIGKILL that
+    process after that step's checkpoint. Returns [(returncode, output, seconds after the
+    first exit)] per process; every process is killed at ``timeout`` (then rc -9)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    address = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    procs = []
+    for index in range(count):
+        penv = dict(env)
+        if kill is not None and kill[0] == index:
+            penv["CXRJAX_TEST_KILL_AT_STEP"] = str(kill[1])
+        args = [sys.executable, "-c", _WORKER, json.dumps(config.to_dict()), str(workdir), address, str(count)]
+        log = open(f"{workdir}.process{index}.log", "w")  # a file: a full pipe would block the process
+        procs.append(subprocess.Popen([*args, str(index)], env=penv, stdout=log, stderr=subprocess.STDOUT))
+        log.close()
+    deadline, first_exit, ended = time.monotonic() + timeout, None, {}
+    while len(ended) < count:
+        for i, p in enumerate(procs):
+            if i not in ended and p.poll() is not None:
+                now = time.monotonic()
+                first_exit = now if first_exit is None else first_exit
+                ended[i] = now - first_exit
+        if time.monotonic() > deadline:
+            for i, p in enumerate(procs):
+                if i not in ended:
+                    p.kill()
+                    p.wait()
+                    ended[i] = float("inf")
+        time.sleep(0.2)
+    return [(p.returncode, open(f"{workdir}.process{i}.log").read(), ended[i]) for i, p in enumerate(procs)]
+
+
 def write_keras_weight_file(variables, layers, path, *, extra_layers=None):
     """``variables`` of a headless backbone (``{"params", "batch_stats"}``) written as a Keras
     legacy-HDF5 weight file (the published files' layout, Keras 2 weight names), its
