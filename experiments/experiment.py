@@ -23,7 +23,7 @@ from experiments.grid import Cell, RunFn, RunSpec
 
 
 def parser(
-    experiment: str, description: str, *, default_dataset: str | None, global_batch: int
+    experiment: str, description: str, *, default_dataset: str | None, global_batch: int, default_seeds: int = 3
 ) -> argparse.ArgumentParser:
     """The parser of ``python -m experiments.<experiment>`` with the options every experiment
     has (:func:`add_common_arguments`); the experiment adds its own, then the training options."""
@@ -32,12 +32,23 @@ def parser(
         description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_common_arguments(p, default_dataset=default_dataset, experiment=experiment, global_batch=global_batch)
+    add_common_arguments(
+        p,
+        default_dataset=default_dataset,
+        experiment=experiment,
+        global_batch=global_batch,
+        default_seeds=default_seeds,
+    )
     return p
 
 
 def add_common_arguments(
-    p: argparse.ArgumentParser, *, default_dataset: str | None, experiment: str, global_batch: int
+    p: argparse.ArgumentParser,
+    *,
+    default_dataset: str | None,
+    experiment: str,
+    global_batch: int,
+    default_seeds: int = 3,
 ) -> None:
     """The options every experiment has: data, workdir, seeds, cells, batch, cache, progress."""
     p.add_argument("--dataset", default=default_dataset, help="cxrjax dataset name")
@@ -48,7 +59,7 @@ def add_common_arguments(
         default=None,
         help=f"experiment folder (default: runs/{experiment}/<dataset>); an existing one is resumed",
     )
-    p.add_argument("--seeds", type=int, default=3, help="seeds per cell")
+    p.add_argument("--seeds", type=int, default=default_seeds, help="seeds per cell")
     p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
     p.add_argument("--cells", default=None, help="comma-separated cell names to run (default: all; see --list-cells)")
     p.add_argument("--list-cells", action="store_true", help="print the cells and exit")
