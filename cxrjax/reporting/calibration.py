@@ -251,8 +251,16 @@ def fit_calibration(
     class the operating threshold reaching ``target_sensitivity`` (on the raw probability)."""
     labels, probs = _check(labels, probs)
     temperature = fit_temperature(labels, probs) if len(labels) else None
+    warnings = []
+    if len(labels) and bool(np.all(probs.argmax(axis=1) == labels)):
+        warnings.append(
+            f"the {len(labels)} validation examples are all classified correctly: the temperature only sharpens "
+            f"(T = {temperature:.3g}) and the operating thresholds sit at the positives' lowest scores, so "
+            "calibration and operating points fitted here are unreliable on other data"
+        )
     return {
         "temperature": temperature,
+        "warnings": warnings,
         "fitted_on": "validation",
         "examples": int(len(labels)),
         "nll_before": cross_entropy(labels, probs),

@@ -944,6 +944,7 @@ def _final_evaluation(
                 (val, val_preds),
                 (test, test_preds),
             )
+    results["warnings"] += [f"calibration: {w}" for w in calibration.get("warnings", [])]
     for warning in results["warnings"]:
         _warn(warning)
     results["timings"] = timings.report(time.perf_counter() - session_start)

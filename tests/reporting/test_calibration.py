@@ -135,3 +135,20 @@ def test_certain_right_predictions_have_nll_plus_zero_and_print_without_a_sign()
     report = cal.split_calibration_report(labels, probs, ["A", "B"], temperature=0.5, thresholds=None, resamples=0)
     line = cal.format_split_summary(report)[1]
     assert "NLL 0.000 -> after temperature 0.5: ECE 0.000, Brier 0.000, NLL 0.000" in line
+
+
+def test_a_perfectly_separated_validation_split_is_flagged():
+    """All validation examples right: the NLL only asks for sharper probabilities, so the
+    fitted temperature and thresholds say nothing about other data -- fit_calibration warns."""
+    import numpy as np
+
+    from cxrjax.reporting.calibration import fit_calibration
+
+    labels = np.array([0, 0, 1, 1])
+    right = np.array([[0.8, 0.2], [0.6, 0.4], [0.3, 0.7], [0.1, 0.9]])
+    fitted = fit_calibration(labels, right, ["a", "b"])
+    assert fitted["temperature"] < 1.0 and len(fitted["warnings"]) == 1
+    assert "all classified correctly" in fitted["warnings"][0]
+    one_wrong = right.copy()
+    one_wrong[1] = [0.4, 0.6]
+    assert fit_calibration(labels, one_wrong, ["a", "b"])["warnings"] == []
