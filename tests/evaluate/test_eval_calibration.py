@@ -13,6 +13,7 @@ from cxrjax import inference
 from cxrjax.data.phantoms import CLASS_NAMES
 from cxrjax.reporting import calibration as cal
 from cxrjax.train.evaluation import predict_split
+from tests.train.support import phantom_run_config
 
 DATASET_OPTIONS = {"image_size": 32, "num_train": 32, "num_validation": 12, "num_test": 12}
 RESAMPLES = 200
@@ -23,24 +24,10 @@ EVAL = ["--batch-size", "8", "--no-progress", "--no-probes", "--no-pointing-game
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Runs A (seed 0) and B (seed 1) on the same data, their dataset and the config."""
-    from cxrjax.train import TrainConfig, train_and_evaluate
+    from cxrjax.train import train_and_evaluate
 
     root = tmp_path_factory.mktemp("calibration")
-    config = TrainConfig(
-        model="s4_exp4",
-        dataset="cxr_phantoms",
-        data_dir=str(root / "data"),
-        dataset_options=DATASET_OPTIONS,
-        model_options={"features": [3, 4, 5, 6], "head_width": 7},
-        image_size=20,
-        channels=1,
-        epochs=1,
-        per_device_batch_size=8,
-        num_devices=1,
-        progress=False,
-        bootstrap_resamples=RESAMPLES,
-        target_sensitivity=0.9,
-    )
+    config = phantom_run_config(root, DATASET_OPTIONS, bootstrap_resamples=RESAMPLES, target_sensitivity=0.9)
     train_and_evaluate(config, root / "a")
     train_and_evaluate(config.replace(seed=1), root / "b")
     return root, config

@@ -38,15 +38,12 @@ def history(workdir, *, timing=True):
     return records if timing else [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
-def train_phantom_run(root, dataset_options, *, name="run", **changes):
-    """Train a tiny s4_exp4 on phantoms (one device) into ``root / name``; returns that path.
+def phantom_run_config(root, dataset_options, **changes):
+    """The tiny s4_exp4-on-phantoms TrainConfig (one device, one epoch, data under
+    ``root / "data"``) of :func:`train_phantom_run`; ``changes`` any other fields."""
+    from cxrjax.train import TrainConfig
 
-    The run the inference tools' tests read (tests/explain): ``dataset_options`` are the
-    phantoms' (size, counts, marker), ``changes`` any other TrainConfig fields.
-    """
-    from cxrjax.train import TrainConfig, train_and_evaluate
-
-    config = TrainConfig(
+    return TrainConfig(
         model="s4_exp4",
         dataset="cxr_phantoms",
         data_dir=str(root / "data"),
@@ -59,6 +56,17 @@ def train_phantom_run(root, dataset_options, *, name="run", **changes):
         num_devices=1,
         progress=False,
     ).replace(**changes)
+
+
+def train_phantom_run(root, dataset_options, *, name="run", **changes):
+    """Train a tiny s4_exp4 on phantoms (one device) into ``root / name``; returns that path.
+
+    The run the inference tools' tests read (tests/explain): ``dataset_options`` are the
+    phantoms' (size, counts, marker), ``changes`` any other TrainConfig fields.
+    """
+    from cxrjax.train import train_and_evaluate
+
+    config = phantom_run_config(root, dataset_options, **changes)
     train_and_evaluate(config, str(root / name))
     return root / name
 
