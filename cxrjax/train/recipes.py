@@ -171,7 +171,8 @@ class RecipeExpression:
     """A parsed ``--recipe`` expression: ``base`` (a recipe name, or None for ``none``)
     with ingredients added (``+``) and removed (``-``) left to right; ``ingredients`` is
     the result, in order (the base's, then the added ones); ``text`` the canonical
-    spelling (no spaces), which configs record."""
+    spelling, which configs record: the base, the base's ingredients removed (in its
+    order), then those added (in the order given), e.g. ``none+a+b-a`` -> ``none+b``."""
 
     text: str
     base: str | None
@@ -233,7 +234,11 @@ def parse_recipe(text: str) -> RecipeExpression:
                 )
             current.remove(name)
             removed.append(name)
-        text_parts.append(op + name)
+    # The canonical text depends only on the result: the base, its ingredients removed (in
+    # its order), then the ingredients added (in the order given): none+a+b-a -> none+b.
+    base_ingredients = RECIPE_INGREDIENTS[base] if base is not None else ()
+    text_parts += [f"-{name}" for name in base_ingredients if name not in current]
+    text_parts += [f"+{name}" for name in current if name not in base_ingredients]
     canonical = "".join(text_parts)
     _union(current, canonical)
     return RecipeExpression(canonical, base, tuple(added), tuple(removed), tuple(current))

@@ -158,6 +158,9 @@ def test_expressions_apply_left_to_right_are_canonical_and_explicit_options_stil
         "early_stopping",
         "normalization",
     )
+    assert parsed.text == "cxr-augment"  # the canonical text names the result, not the steps
+    assert recipes.parse_recipe("none+ema+label_smoothing-ema").text == "none+label_smoothing"
+    assert recipes.parse_recipe("cxr+ema-augment").text == "cxr-augment+ema"
     assert recipes.parse_recipe("NONE").is_none and not recipes.parse_recipe("none+ema").is_none
     args = build_parser().parse_args(["--preset", "s3_lenet5", "--recipe", "cxr-class_weights+balanced_sampling"])
     config = config_from_args(args)
