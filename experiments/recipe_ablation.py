@@ -276,7 +276,9 @@ def write_ablation(workdir: Path, rows: list[dict[str, Any]], meta: dict[str, An
             f"## {model}",
             "",
             "| cell | role | accuracy % | macro-F1 % | ROC-AUC % | "
-            + " | ".join(f"{label} %" for label in labels)
+            + " | ".join(
+                f"{label} {'points' if m == cv.THORAX_GAP else '%'}" for m, label in zip(cv.PROBE_METRICS, labels)
+            )
             + " | accuracy vs reference | thorax only vs reference |",
             "|---|---|" + "---|" * (len(cv.METRICS) + len(labels) + 2),
         ]
