@@ -296,7 +296,8 @@ def _same_region(recorded: dict[str, Any] | None, probe: dict[str, Any]) -> bool
     if not recorded:
         return False
     box = [float(v) for v in recorded.get("thorax_box") or []]
-    return np.allclose(box, probe["thorax_box"]) and np.isclose(float(recorded.get("border", -1)), probe["border"])
+    border = float(recorded.get("border", -1))
+    return len(box) == 4 and bool(np.allclose(box, probe["thorax_box"]) and np.isclose(border, probe["border"]))
 
 
 def write_predictions(
