@@ -30,13 +30,25 @@ Output in ``--workdir`` (default ``runs/cross_validate/<dataset>``):
 * ``runs/<model>__<recipe>__fold<f>/seed_<s>/``: each run's engine workdir (resumable,
   like every experiment here: ``experiments.grid``), plus ``cv_predictions.json``: the
   run's probabilities on its test fold (file names, labels, probabilities), predicted
-  from the evaluated checkpoint through ``cxrjax.inference.load_run``.
+  from the evaluated checkpoint through ``cxrjax.inference.load_run``, and the same
+  run's probabilities under the mask-free probe (``cxrjax.explain.mask_free``: the thorax
+  box blanked, the thorax box only, the border strip only; ``--thorax-box``, ``--border``,
+  the same defaults as ``cxrjax.evaluate``; ``--no-mask-free-probe`` skips it) under
+  ``mask_free_probe``: {thorax_box, border, probabilities: {mode: ...}, report}. A run
+  predicted without it (or with another region) gets it added on the next invocation.
 * ``results.csv`` (one row per run), ``results.md`` (per-fold tables, the summary and,
   with several cells, a comparison table), ``results.json`` (strict JSON): accuracy,
   macro-F1 and ROC-AUC (one-vs-rest, macro) per run; per cell the mean over folds (each
   fold first averaged over the seeds) with a 95% t-interval (``stats.mean_ci``), and the
   metrics of the pooled predictions of all folds (per seed; every example once) with a
-  95% stratified bootstrap interval.
+  95% stratified bootstrap interval. With the probe, the same for its accuracies
+  (``center_blanked``, ``center_only`` = thorax only, ``border_only``) and for
+  ``thorax_minus_full`` (thorax-only minus full accuracy; pooled: its paired stratified
+  bootstrap interval, ``stats.paired_bootstrap``), beside accuracy in the summary and the
+  comparison tables: a model that reads the lungs keeps its accuracy on the thorax alone.
+
+:func:`prepare`, :func:`run_folds` and :func:`report` are the steps of :func:`main`;
+``experiments.recipe_ablation`` runs its cells through them (same workdir layout).
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from cxrjax.explain import mask_free
 from cxrjax.reporting.stats import BOOTSTRAP_RESAMPLES
 from experiments import experiment, grid, train_options
 from experiments.grid import RunSpec
@@ -62,6 +75,17 @@ DESCRIPTION = (
 FOLDS_FILE = "folds.json"
 PREDICTIONS_FILE = "cv_predictions.json"
 METRICS = ("accuracy", "macro_f1", "roc_auc")
+# The mask-free probe's accuracies (cxrjax.explain.mask_free: thorax box blanked, thorax box
+# only, border strip only) and thorax-only minus full accuracy, per run and pooled.
+PROBE_MODES = mask_free.REGION_MODES
+THORAX_GAP = "thorax_minus_full"
+PROBE_METRICS = (*PROBE_MODES, THORAX_GAP)
+PROBE_LABELS = {
+    mask_free.CENTER_BLANKED: "thorax blanked",
+    mask_free.CENTER_ONLY: "thorax only",
+    mask_free.BORDER_ONLY: "border only",
+    THORAX_GAP: "thorax only - full",
+}
 _RESULT_KEYS = {"accuracy": "accuracy", "macro_f1": "macro_f1", "roc_auc": "roc_auc_ovr"}
 
 # (config, workdir, dataset) -> results dict; default cxrjax.train.train_and_evaluate.
@@ -117,29 +141,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the non-test folds carved out as each fold's validation (default: the share of the "
         "dataset's validation split in the prepared data, 0.2 without one)",
     )
+    mask_free.add_mask_free_arguments(p)
     train_options.add_train_options(p)
     # --recipe (from TrainConfig) takes several names here: comma-separated, 'none' for no recipe.
     for action in p._actions:
         if action.dest == "recipe":
             action.type = str
             action.help = (
-                "recipe(s), comma-separated (cxrjax.train.recipes; 'none': no recipe); one cell per model x recipe"
+                "recipe(s), comma-separated (cxrjax.train.recipes; 'none': no recipe; expressions such as "
+                "cxr-label_smoothing or none+augment); one cell per model x recipe"
             )
             action.metavar = "NAME[,NAME]"
     return p
 
 
 def cells_of(args: argparse.Namespace) -> list[CvCell]:
-    from cxrjax.train.recipes import RECIPE_NAMES, unknown_recipe_message
-
     names = split_list([args.recipe]) if getattr(args, "recipe", None) else ["none"]
+    return cells_for(split_list(args.model), names)
+
+
+def cells_for(models: Sequence[str], recipe_names: Sequence[str]) -> list[CvCell]:
+    """Every model x recipe expression (canonical spelling; ``none`` -> no recipe).
+    ValueError (listing the known recipes or ingredients) for a refused expression."""
+    from cxrjax.train.recipes import parse_recipe
+
     recipes: list[str | None] = []
-    for name in names:
-        recipe = None if name.lower() == "none" else name
-        if recipe is not None and recipe not in RECIPE_NAMES:
-            raise ValueError(unknown_recipe_message(recipe))
-        recipes.append(recipe)
-    return [CvCell(model, recipe) for model in split_list(args.model) for recipe in recipes]
+    for name in recipe_names:
+        expression = parse_recipe(name)
+        recipe = None if expression.is_none else expression.text
+        if recipe not in recipes:
+            recipes.append(recipe)
+    return [CvCell(model, recipe) for model in models for recipe in recipes]
 
 
 def base_config(args: argparse.Namespace, model: str, num_devices: int) -> Any:
@@ -249,30 +281,81 @@ class FoldRun:
         return train_fn(config, workdir, dataset=self.view(fold))
 
 
-def write_predictions(run_dir: Path, view: Any, config: Any, fold: int, seed: int) -> dict[str, Any]:
+def probe_region(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The mask-free probe's region from the command line ({"thorax_box", "border"}), or
+    None with ``--no-mask-free-probe``."""
+    if getattr(args, "no_mask_free_probe", False):
+        return None
+    box, border = mask_free.check_region(
+        getattr(args, "thorax_box", mask_free.DEFAULT_THORAX_BOX), getattr(args, "border", mask_free.DEFAULT_BORDER)
+    )
+    return {"thorax_box": list(box), "border": border}
+
+
+def _same_region(recorded: dict[str, Any] | None, probe: dict[str, Any]) -> bool:
+    if not recorded:
+        return False
+    box = [float(v) for v in recorded.get("thorax_box") or []]
+    border = float(recorded.get("border", -1))
+    return len(box) == 4 and bool(np.allclose(box, probe["thorax_box"]) and np.isclose(border, probe["border"]))
+
+
+def write_predictions(
+    run_dir: Path, view: Any, config: Any, fold: int, seed: int, probe: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The run's probabilities on its test fold (evaluated checkpoint), into
-    ``cv_predictions.json`` (once; read back afterwards)."""
-    from cxrjax.inference import evaluation_view, load_run
+    ``cv_predictions.json`` (once; read back afterwards), and with ``probe`` (a region,
+    :func:`probe_region`) its probabilities under the mask-free probe
+    (``cxrjax.explain.split.mask_free_probe``), added to a file that lacks them or
+    holds another region's (a note says so)."""
     from cxrjax.reporting import jsonio
-    from cxrjax.train.evaluation import predict_split
 
     path = run_dir / PREDICTIONS_FILE
-    if path.exists():
-        return jsonio.read_json(path)
+    record = jsonio.read_json(path) if path.exists() else None
+    if record is not None and (probe is None or _same_region(record.get("mask_free_probe"), probe)):
+        return record
+    from cxrjax.explain.split import mask_free_probe
+    from cxrjax.inference import evaluation_view, load_run
+    from cxrjax.train.evaluation import predict_split
+
     run = load_run(run_dir, checkpoint="evaluated")
     request = {"name": config.dataset, "options": config.dataset_options}
     eval_ds, mapping = evaluation_view(run, view, request, "test")
     batch = config.per_device_eval_batch_size or config.per_device_batch_size
     preds = predict_split(run, eval_ds, "test", batch, mapping=mapping)
-    record = {
-        "fold": int(fold),
-        "seed": int(seed),
-        "checkpoint": {"step": int(run.step), "epoch": int(run.epoch)},
-        "class_names": list(run.class_names),
-        "file_names": list(view.file_names["test"]),
-        "labels": preds.labels.tolist(),
-        "probabilities": preds.probs.astype(float).tolist(),
-    }
+    if record is None:
+        record = {
+            "fold": int(fold),
+            "seed": int(seed),
+            "checkpoint": {"step": int(run.step), "epoch": int(run.epoch)},
+            "class_names": list(run.class_names),
+            "file_names": list(view.file_names["test"]),
+            "labels": preds.labels.tolist(),
+            "probabilities": preds.probs.astype(float).tolist(),
+        }
+    elif record.get("mask_free_probe"):
+        old = record["mask_free_probe"]
+        print(
+            f"note: {path}: mask-free probe of thorax box {old.get('thorax_box')}, border {old.get('border')} "
+            f"replaced by thorax box {probe['thorax_box']}, border {probe['border']}",
+            file=sys.stderr,
+        )
+    if probe is not None:
+        report, masked = mask_free_probe(
+            run,
+            eval_ds,
+            "test",
+            preds,
+            box=probe["thorax_box"],
+            border=probe["border"],
+            mapping=mapping,
+            batch_size=batch,
+        )
+        record["mask_free_probe"] = {
+            **probe,
+            "probabilities": {mode: np.asarray(masked[mode]).astype(float).tolist() for mode in PROBE_MODES},
+            "report": report,
+        }
     jsonio.write_json(path, record)
     return record
 
@@ -312,12 +395,52 @@ def _ci_dict(values: Sequence[float | None]) -> dict[str, Any]:
     return {"mean": ci.mean, "low": ci.low, "high": ci.high, "sd": ci.sd, "n": ci.n}
 
 
+def probe_accuracies(prediction: dict[str, Any] | None, probe: dict[str, Any] | None) -> dict[str, float | None]:
+    """One run's mask-free probe accuracies ({mode: accuracy, "thorax_minus_full"}) from its
+    cv_predictions.json record; None each where the record has no probe of region ``probe``."""
+    out: dict[str, float | None] = {m: None for m in PROBE_METRICS}
+    recorded = (prediction or {}).get("mask_free_probe")
+    if probe is None or not _same_region(recorded, probe):
+        return out
+    labels = np.asarray(prediction["labels"], np.int64)
+    full = float(np.mean(np.asarray(prediction["probabilities"]).argmax(1) == labels))
+    for mode in PROBE_MODES:
+        out[mode] = float(np.mean(np.asarray(recorded["probabilities"][mode]).argmax(1) == labels))
+    out[THORAX_GAP] = out[mask_free.CENTER_ONLY] - full
+    return out
+
+
+def _pooled_probe(
+    labels: np.ndarray, probs: np.ndarray, masked: dict[str, np.ndarray], seed: int
+) -> dict[str, dict[str, float | None]]:
+    """Pooled probe accuracies with their stratified bootstrap intervals, and thorax-only
+    minus full accuracy with its paired bootstrap interval (the same resampled examples
+    for both: :func:`cxrjax.reporting.stats.paired_bootstrap`)."""
+    from cxrjax.reporting import stats
+
+    out = {}
+    for mode in PROBE_MODES:
+        value = float(np.mean(masked[mode].argmax(1) == labels))
+        low, high = stats.bootstrap_ci(labels, masked[mode], seed=seed).get("accuracy") or (None, None)
+        out[mode] = {"value": value, "low": low, "high": high}
+    gap = stats.paired_bootstrap(labels, masked[mask_free.CENTER_ONLY], probs, seed=seed)["accuracy"]
+    low, high = gap["ci"] or (None, None)
+    out[THORAX_GAP] = {"value": gap["difference"], "low": low, "high": high}
+    return out
+
+
 def summarize(
-    cells: Sequence[CvCell], records: Sequence[grid.RunRecord], predictions: dict[tuple[str, int], dict], k: int
+    cells: Sequence[CvCell],
+    records: Sequence[grid.RunRecord],
+    predictions: dict[tuple[str, int], dict],
+    k: int,
+    probe: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per cell: its runs, the mean over folds with a 95% t-interval, and the pooled metrics."""
+    """Per cell: its runs, the mean over folds with a 95% t-interval, and the pooled
+    metrics; with ``probe`` (a region) also the mask-free probe's (:data:`PROBE_METRICS`)."""
     by_run = {(r.cell, r.seed): r for r in records}
     seeds = sorted({r.seed for r in records})
+    metrics = (*METRICS, *PROBE_METRICS) if probe is not None else METRICS
     out = []
     for cell in cells:
         runs, failed = [], []
@@ -330,9 +453,12 @@ def summarize(
                     failed.append({"fold": fold, "seed": seed, "error": record.error})
                     continue
                 test = record.results.get("test") or {}
-                runs.append({"fold": fold, "seed": seed, "n_test": test.get("num_examples"), **_metric_values(test)})
+                run = {"fold": fold, "seed": seed, "n_test": test.get("num_examples"), **_metric_values(test)}
+                if probe is not None:
+                    run.update(probe_accuracies(predictions.get((cell.run_cell(fold), seed)), probe))
+                runs.append(run)
         over_folds = {}
-        for metric in METRICS:
+        for metric in metrics:
             per_fold = []
             for fold in range(k):
                 values = [r[metric] for r in runs if r["fold"] == fold and r[metric] is not None]
@@ -348,12 +474,27 @@ def summarize(
             probs = np.concatenate(
                 [np.asarray(p["probabilities"], np.float64).reshape(len(p["labels"]), -1) for p in parts]
             )
-            pooled_per_seed.append(
-                {"seed": seed, "complete": True, "n": int(len(labels)), "metrics": _pooled_ci(labels, probs, seed)}
-            )
+            values = _pooled_ci(labels, probs, seed)
+            if probe is not None and all(_same_region(p.get("mask_free_probe"), probe) for p in parts):
+                masked = {
+                    mode: np.concatenate(
+                        [
+                            np.asarray(p["mask_free_probe"]["probabilities"][mode], np.float64).reshape(
+                                len(p["labels"]), -1
+                            )
+                            for p in parts
+                        ]
+                    )
+                    for mode in PROBE_MODES
+                }
+                values.update(_pooled_probe(labels, probs, masked, seed))
+            pooled_per_seed.append({"seed": seed, "complete": True, "n": int(len(labels)), "metrics": values})
         complete = [p for p in pooled_per_seed if p["complete"]]
         pooled_mean = (
-            {metric: _ci_dict([p["metrics"][metric]["value"] for p in complete]) for metric in METRICS}
+            {
+                metric: _ci_dict([p["metrics"][metric]["value"] if metric in p["metrics"] else None for p in complete])
+                for metric in metrics
+            }
             if complete
             else None
         )
@@ -386,7 +527,7 @@ def _interval(d: dict[str, Any]) -> str:
 
 
 def _pooled_text(pooled: dict[str, Any], metric: str) -> str:
-    complete = [p for p in pooled["per_seed"] if p["complete"]]
+    complete = [p for p in pooled["per_seed"] if p["complete"] and metric in p["metrics"]]
     if not complete:
         return "n/a"
     if len(complete) == 1:
@@ -397,6 +538,54 @@ def _pooled_text(pooled: dict[str, Any], metric: str) -> str:
     return _interval(pooled["mean_over_seeds"][metric]) + f" ({len(complete)} seeds)"
 
 
+def has_probe(cell: dict[str, Any]) -> bool:
+    """Whether a summarized cell carries mask-free probe numbers."""
+    return mask_free.CENTER_ONLY in cell["over_folds"]
+
+
+def probe_lines(summary: Sequence[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    """results.md's mask-free probe section: pooled accuracies beside the probe's."""
+    cells = [c for c in summary if has_probe(c)]
+    if not cells:
+        return []
+    region = meta.get("mask_free_probe") or {}
+    box = region.get("thorax_box") or mask_free.DEFAULT_THORAX_BOX
+    lines = [
+        "",
+        "## Mask-free probe (pooled test predictions)",
+        "",
+        f"The same runs on the test folds with the thorax box (rows {box[0]:.0%}-{box[1]:.0%}, columns "
+        f"{box[2]:.0%}-{box[3]:.0%}) blanked, the thorax box only, and the {region.get('border', 0):.0%} border "
+        "strip only (cxrjax.explain.mask_free; blanked pixels = mean of the kept ones). Accuracy %, 95% "
+        "stratified bootstrap interval; thorax only - full in points with its paired bootstrap interval. A "
+        "model that reads the lungs keeps its accuracy on the thorax alone and falls towards chance without it.",
+        "",
+        "| cell | accuracy % | "
+        + " | ".join(f"{PROBE_LABELS[m]} %" for m in PROBE_MODES)
+        + " | thorax only - full (points) |",
+        "|---|---|" + "---|" * (len(PROBE_MODES) + 1),
+    ]
+    for cell in cells:
+        lines.append(
+            f"| {cell['name']} | "
+            + " | ".join(_pooled_text(cell["pooled"], m) for m in ("accuracy", *PROBE_METRICS))
+            + " |"
+        )
+    return lines
+
+
+def _comparison(summary: Sequence[dict[str, Any]], title: str, text: Callable[[dict[str, Any]], str]) -> list[str]:
+    recipes = list(dict.fromkeys(c["recipe"] or "none" for c in summary))
+    lines = ["", f"## {title}", "", "| model | " + " | ".join(recipes) + " |", "|---|" + "---|" * len(recipes)]
+    for model in dict.fromkeys(c["model"] for c in summary):
+        row = []
+        for recipe in recipes:
+            match = [c for c in summary if c["model"] == model and (c["recipe"] or "none") == recipe]
+            row.append(text(match[0]) if match else "")
+        lines.append(f"| {model} | " + " | ".join(row) + " |")
+    return lines
+
+
 def write_results(workdir: Path, summary: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Path]:
     """results.csv, results.md and results.json in ``workdir``."""
     from cxrjax.reporting import jsonio
@@ -404,28 +593,20 @@ def write_results(workdir: Path, summary: list[dict[str, Any]], meta: dict[str, 
     paths = {"csv": workdir / "results.csv", "markdown": workdir / "results.md", "json": workdir / "results.json"}
     with paths["csv"].open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["cell", "model", "recipe", "fold", "seed", "n_test", *METRICS, "error"])
+        columns = (*METRICS, *PROBE_METRICS)
+        writer.writerow(["cell", "model", "recipe", "fold", "seed", "n_test", *columns, "error"])
         for cell in summary:
             for run in cell["runs"]:
                 writer.writerow(
                     [cell["name"], cell["model"], cell["recipe"] or "none", run["fold"], run["seed"], run["n_test"]]
-                    + ["" if run[m] is None else f"{run[m]:.6f}" for m in METRICS]
+                    + ["" if run.get(m) is None else f"{run[m]:.6f}" for m in columns]
                     + [""]
                 )
             for run in cell["failed"]:
                 writer.writerow(
-                    [
-                        cell["name"],
-                        cell["model"],
-                        cell["recipe"] or "none",
-                        run["fold"],
-                        run["seed"],
-                        "",
-                        "",
-                        "",
-                        "",
-                        run["error"],
-                    ]
+                    [cell["name"], cell["model"], cell["recipe"] or "none", run["fold"], run["seed"], ""]
+                    + [""] * len(columns)
+                    + [run["error"]]
                 )
     lines = [f"# {meta['title']}", "", *meta["description"], ""]
     header = "| cell | accuracy % | macro-F1 % | ROC-AUC % | pooled accuracy % | pooled macro-F1 % | pooled ROC-AUC % |"
@@ -449,33 +630,33 @@ def write_results(workdir: Path, summary: list[dict[str, Any]], meta: dict[str, 
             + " | ".join(_pooled_text(cell["pooled"], m) for m in METRICS)
             + " |"
         )
+    lines += probe_lines(summary, meta)
     if len(summary) > 1:
-        lines += [
-            "",
-            "## Comparison (accuracy, mean over folds)",
-            "",
-            "| model | " + " | ".join(dict.fromkeys(c["recipe"] or "none" for c in summary)) + " |",
-        ]
-        recipes = list(dict.fromkeys(c["recipe"] or "none" for c in summary))
-        lines.append("|---|" + "---|" * len(recipes))
-        for model in dict.fromkeys(c["model"] for c in summary):
-            row = []
-            for recipe in recipes:
-                match = [c for c in summary if c["model"] == model and (c["recipe"] or "none") == recipe]
-                row.append(_interval(match[0]["over_folds"]["accuracy"]) if match else "")
-            lines.append(f"| {model} | " + " | ".join(row) + " |")
+        lines += _comparison(
+            summary, "Comparison (accuracy, mean over folds)", lambda c: _interval(c["over_folds"]["accuracy"])
+        )
+        if any(has_probe(c) for c in summary):
+            lines += _comparison(
+                summary,
+                "Comparison (mask-free probe, pooled: thorax-only accuracy %; thorax only - full, points)",
+                lambda c: (
+                    f"{_pooled_text(c['pooled'], mask_free.CENTER_ONLY)}; {_pooled_text(c['pooled'], THORAX_GAP)}"
+                ),
+            )
     for cell in summary:
+        columns = (*METRICS, *PROBE_MODES) if has_probe(cell) else METRICS
         lines += [
             "",
             f"## {cell['name']}: per fold",
             "",
-            "| fold | seed | n test | accuracy % | macro-F1 % | ROC-AUC % |",
-            "|---|---|---|---|---|---|",
+            "| fold | seed | n test | accuracy % | macro-F1 % | ROC-AUC % |"
+            + "".join(f" {PROBE_LABELS[m]} % |" for m in columns[len(METRICS) :]),
+            "|---|---|---|---|---|---|" + "---|" * (len(columns) - len(METRICS)),
         ]
         for run in cell["runs"]:
             lines.append(
                 f"| {run['fold']} | {run['seed']} | {run['n_test']} | "
-                + " | ".join(_pct(run[m]) for m in METRICS)
+                + " | ".join(_pct(run.get(m)) for m in columns)
                 + " |"
             )
         for run in cell["failed"]:
@@ -488,89 +669,107 @@ def write_results(workdir: Path, summary: list[dict[str, Any]], meta: dict[str, 
 # ------------------------------------------------------------------ main
 
 
-def main(argv: Sequence[str] | None = None, *, train_fn: TrainFn | None = None) -> int:
-    """``train_fn(config, workdir, dataset=view)`` trains one run (default
-    ``cxrjax.train.train_and_evaluate``; tests inject a wrapper)."""
-    from cxrjax.train.trainer import USER_ERRORS
+@dataclass
+class CvSetup:
+    """What :func:`prepare` decided: the workdir, cells, seeds, each run's config, the
+    opened dataset and its fold plan, the probe's region (None: no probe)."""
 
-    args = build_parser().parse_args(argv)
-    workdir = experiment.default_workdir(args, EXPERIMENT)
-    try:
-        known = cells_of(args)
-        if args.list_cells:
-            experiment.list_cells(known)
-            return 0
-        cells = experiment.pick_cells(args, known, known)
-        changes = train_options.train_changes(args)
-        num_devices = changes.get("num_devices") or experiment.local_device_count()
-        seeds = experiment.seeds_of(args)
-        configs = {(cell, seed): run_config(args, cell, seed, num_devices, changes) for cell in cells for seed in seeds}
-        keys = {(c.dataset, repr(sorted(c.dataset_options.items()))) for c in configs.values()}
-        if len(keys) > 1:
-            raise ValueError(
-                "the cells would run on different data (a preset with other dataset options or classes); "
-                "cross-validate models of one dataset at a time, or give the options with --dataset-option"
-            )
-        first = next(iter(configs.values()))
-        from cxrjax import data
-        from cxrjax.data import folds
+    workdir: Path
+    cells: list[CvCell]
+    seeds: range
+    configs: dict[tuple[CvCell, int], Any]
+    load_args: dict[str, Any]
+    dataset: Any
+    plan: Any
+    probe: dict[str, Any] | None
+    jobs: int
 
-        load_args = {
-            "name": first.dataset,
-            "data_dir": first.data_dir or "data",
-            "manual_dir": first.manual_dir,
-            "options": first.dataset_options,
-        }
-        ds = data.load(**load_args)
-        fraction = args.validation_fraction
-        if fraction is None:
-            fraction = folds.dataset_validation_share(ds)
-        plan = folds.plan_folds(ds, args.folds, args.fold_seed, fraction)
-        check_or_write_folds(workdir, plan.to_json())
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    specs, fold_of_cell = [], {}
-    for cell in cells:
-        for fold in range(plan.k):
-            fold_of_cell[cell.run_cell(fold)] = fold
-            for seed in seeds:
-                specs.append(RunSpec(cell.run_cell(fold), seed, configs[(cell, seed)], group=cell.run_cell(fold)))
-    run_fn = FoldRun(load_args, plan, fold_of_cell, dataset=ds, train_fn=train_fn)
-    try:
-        records = grid.run_grid(
-            specs,
-            workdir,
-            run_fn,
-            progress=args.grid_progress,
-            desc=workdir.name,
-            jobs=experiment.jobs_of(args),
-            worker_env=experiment.worker_env() if experiment.jobs_of(args) > 1 else None,
+
+def prepare(args: argparse.Namespace, cells: Sequence[CvCell], workdir: Path) -> CvSetup:
+    """Every run's config, the dataset opened once, the folds planned and checked against
+    (or written to) folds.json. Raises ValueError or a ``USER_ERRORS`` error for the user."""
+    from cxrjax import data
+    from cxrjax.data import folds
+
+    changes = train_options.train_changes(args)
+    num_devices = changes.get("num_devices") or experiment.local_device_count()
+    seeds = experiment.seeds_of(args)
+    configs = {(cell, seed): run_config(args, cell, seed, num_devices, changes) for cell in cells for seed in seeds}
+    keys = {(c.dataset, repr(sorted(c.dataset_options.items()))) for c in configs.values()}
+    if len(keys) > 1:
+        raise ValueError(
+            "the cells would run on different data (a preset with other dataset options or classes); "
+            "cross-validate models of one dataset at a time, or give the options with --dataset-option"
         )
-        predictions = {}
-        config_of = {(s.cell, s.seed): s.config for s in specs}
-        for record in records:
-            if not record.ok:
-                continue
-            fold = fold_of_cell[record.cell]
-            try:
-                predictions[(record.cell, record.seed)] = write_predictions(
-                    record.run_dir, run_fn.view(fold), config_of[(record.cell, record.seed)], fold, record.seed
-                )
-            except Exception as exc:  # noqa: BLE001 - one unreadable run must not end the report
-                print(
-                    f"warning: {record.run_dir}: test-fold predictions not written ({type(exc).__name__}: {exc}); "
-                    "the pooled metrics of its seed are left out",
-                    file=sys.stderr,
-                )
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    summary = summarize(cells, records, predictions, plan.k)
-    c = first
+    first = next(iter(configs.values()))
+    load_args = {
+        "name": first.dataset,
+        "data_dir": first.data_dir or "data",
+        "manual_dir": first.manual_dir,
+        "options": first.dataset_options,
+    }
+    probe = probe_region(args)
+    ds = data.load(**load_args)
+    fraction = args.validation_fraction
+    if fraction is None:
+        fraction = folds.dataset_validation_share(ds)
+    plan = folds.plan_folds(ds, args.folds, args.fold_seed, fraction)
+    check_or_write_folds(workdir, plan.to_json())
+    return CvSetup(workdir, list(cells), seeds, configs, load_args, ds, plan, probe, experiment.jobs_of(args))
+
+
+def run_folds(
+    setup: CvSetup, *, train_fn: TrainFn | None = None, progress: bool = True
+) -> tuple[list[grid.RunRecord], dict[tuple[str, int], dict]]:
+    """Train (or find finished) every fold x seed run of every cell, then each run's test-fold
+    predictions (and probe). Returns (grid records, {(run cell, seed): cv_predictions record})."""
+    specs, fold_of_cell = [], {}
+    for cell in setup.cells:
+        for fold in range(setup.plan.k):
+            fold_of_cell[cell.run_cell(fold)] = fold
+            for seed in setup.seeds:
+                specs.append(RunSpec(cell.run_cell(fold), seed, setup.configs[(cell, seed)], group=cell.run_cell(fold)))
+    run_fn = FoldRun(setup.load_args, setup.plan, fold_of_cell, dataset=setup.dataset, train_fn=train_fn)
+    records = grid.run_grid(
+        specs,
+        setup.workdir,
+        run_fn,
+        progress=progress,
+        desc=setup.workdir.name,
+        jobs=setup.jobs,
+        worker_env=experiment.worker_env() if setup.jobs > 1 else None,
+    )
+    predictions = {}
+    config_of = {(s.cell, s.seed): s.config for s in specs}
+    for record in records:
+        if not record.ok:
+            continue
+        fold = fold_of_cell[record.cell]
+        try:
+            predictions[(record.cell, record.seed)] = write_predictions(
+                record.run_dir,
+                run_fn.view(fold),
+                config_of[(record.cell, record.seed)],
+                fold,
+                record.seed,
+                probe=setup.probe,
+            )
+        except Exception as exc:  # noqa: BLE001 - one unreadable run must not end the report
+            print(
+                f"warning: {record.run_dir}: test-fold predictions not written ({type(exc).__name__}: {exc}); "
+                "the pooled metrics of its seed are left out",
+                file=sys.stderr,
+            )
+    return records, predictions
+
+
+def report(
+    setup: CvSetup, records: Sequence[grid.RunRecord], predictions: dict[tuple[str, int], dict]
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Path]]:
+    """Summarize and write results.csv/.md/.json. Returns (summary, meta, paths)."""
+    plan, seeds = setup.plan, setup.seeds
+    summary = summarize(setup.cells, records, predictions, plan.k, probe=setup.probe)
+    c = next(iter(setup.configs.values()))
     meta = {
         "experiment": EXPERIMENT,
         "title": f"{plan.k}-fold cross-validation on {c.dataset}",
@@ -592,10 +791,37 @@ def main(argv: Sequence[str] | None = None, *, train_fn: TrainFn | None = None) 
             "file": FOLDS_FILE,
         },
         "seeds": list(seeds),
-        "metrics": list(METRICS),
+        "metrics": list(METRICS) + (list(PROBE_METRICS) if setup.probe is not None else []),
+        "mask_free_probe": setup.probe,
         "pooled_interval": f"stratified bootstrap over the pooled examples, {BOOTSTRAP_RESAMPLES} resamples, 95%",
     }
-    paths = write_results(workdir, summary, meta)
+    paths = write_results(setup.workdir, summary, meta)
+    return summary, meta, paths
+
+
+def main(argv: Sequence[str] | None = None, *, train_fn: TrainFn | None = None) -> int:
+    """``train_fn(config, workdir, dataset=view)`` trains one run (default
+    ``cxrjax.train.train_and_evaluate``; tests inject a wrapper)."""
+    from cxrjax.train.trainer import USER_ERRORS
+
+    args = build_parser().parse_args(argv)
+    workdir = experiment.default_workdir(args, EXPERIMENT)
+    try:
+        known = cells_of(args)
+        if args.list_cells:
+            experiment.list_cells(known)
+            return 0
+        cells = experiment.pick_cells(args, known, known)
+        setup = prepare(args, cells, workdir)
+    except (*USER_ERRORS, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        records, predictions = run_folds(setup, train_fn=train_fn, progress=args.grid_progress)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    _, _, paths = report(setup, records, predictions)
     trained = grid.trained_count(records)
     print(Path(paths["markdown"]).read_text())
     print(

@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 from cxrjax.data.input_options import NORMALIZATIONS, InputOptions
 from cxrjax.data.subset import CLASSES_OPTION  # light: numpy only, no TFDS
-from cxrjax.train.recipes import RECIPE_NAMES, unknown_recipe_message
+from cxrjax.train.recipes import RECIPE_NAMES, check_recipe
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "step", "warmup_cosine", "plateau")
@@ -210,7 +210,8 @@ class TrainConfig(InputOptions):
         metavar="NAME",
         parse=recipe_name,
         help=f"apply a named bundle of training options (cxrjax.train.recipes: {', '.join(RECIPE_NAMES)}) on top "
-        "of the preset; options given explicitly still win; 'none': no recipe",
+        "of the preset; options given explicitly still win; 'none': no recipe; ingredients can be added or "
+        "removed: cxr-label_smoothing, none+augment",
     )
     # --- transfer learning (cxrjax.models.transfer; ImageNet backbones only) ----------
     pretrained: str | None = option(
@@ -500,8 +501,11 @@ class TrainConfig(InputOptions):
             value = getattr(self, f.name)
             if f.name in kinds:
                 _check_scalar(f, value, *kinds[f.name])
-        if self.recipe is not None and self.recipe not in RECIPE_NAMES:
-            raise ValueError(f"TrainConfig.recipe: {unknown_recipe_message(self.recipe)}")
+        if self.recipe is not None:
+            try:
+                check_recipe(self.recipe)  # a recipe, or an expression of ingredients (cxr-label_smoothing)
+            except ValueError as err:
+                raise ValueError(f"TrainConfig.recipe: {err}") from None
         for name in ("dataset_options", "model_options"):
             value = getattr(self, name)
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):

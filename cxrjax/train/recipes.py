@@ -16,35 +16,62 @@ recipe's contents may change later; a run never re-reads them).
 Recipe values are TrainConfig field values, validated like any other (a recipe that
 names an unknown field or a refused value fails :func:`check_recipes`, run by the tests).
 
+Recipes are made of INGREDIENTS (:data:`INGREDIENTS`: name -> TrainConfig values, each
+with its reason in :data:`INGREDIENT_WHY`), so that each can be switched on and off and
+measured: a recipe is the union of a list of ingredients (:data:`RECIPE_INGREDIENTS`), and
+``--recipe`` takes an EXPRESSION of them (:func:`parse_recipe`)::
+
+    cxr                          the recipe
+    cxr-label_smoothing          cxr without one ingredient (leave-one-out)
+    none+augment                 the studies' settings (no recipe) plus one ingredient
+    cxr+ema                      cxr plus an ingredient it does not contain
+    cxr-normalization+augment    (any sequence; applied left to right)
+
+An unknown ingredient, adding one already there or removing one that is not, and two
+ingredients that set one field to different values are errors (ValueError listing the
+known names). The expression is what ``TrainConfig.recipe`` and ``config.json`` record,
+next to the resolved values; ``python -m experiments.recipe_ablation`` runs the
+leave-one-out (and add-one) cells under k-fold cross-validation.
+
 RECIPES["cxr"] -- PROVISIONAL. Meant for small CNNs trained from scratch on a few hundred
 to a few thousand chest radiographs. Its contents are a first guess made only of options
-that exist today; they are to be chosen by measurement (k-fold cross-validation,
-``python -m experiments.cross_validate``), and will change. Why each entry:
+that exist today; they are to be chosen by measurement (the ablation above, with the
+mask-free probe's thorax-only accuracy beside accuracy), and will change. Its
+ingredients, and why each (:data:`INGREDIENT_WHY` says the same per ingredient):
 
-* ``normalization="dataset"``: the train split's mean/std; sources differ in exposure.
-* ``rotate_degrees=7``, ``zoom=(0.9, 1.1)``, ``brightness=(0.85, 1.15)``: positioning,
-  field of view and exposure vary between radiographs; no horizontal flip (the heart and
-  the aortic knob sit on the left: a flipped film is not a plausible radiograph).
-* ``optimizer="adamw"``, ``lr=1e-3``, ``weight_decay=1e-4``, ``schedule="warmup_cosine"``
-  with one warm-up epoch, ``grad_clip_norm=1.0``: a stable default for networks without
-  pretrained weights.
-* ``label_smoothing=0.1``: labels of public COVID collections are noisy.
-* ``class_weights="balanced"``: the collections are imbalanced.
-* ``monitor="val_macro_f1"``, ``early_stopping_patience=8``, ``restore_best=True``,
-  ``epochs=40``: select on the metric reported, stop when it stalls.
+* ``normalization`` (``normalization="dataset"``): the train split's mean/std; sources
+  differ in exposure.
+* ``no_hflip`` (``hflip=False``): the heart and the aortic knob sit on the left, so a
+  flipped film is not a plausible radiograph (presets that flip, e.g. S3's, stop).
+* ``augment`` (``rotate_degrees=7``, ``zoom=(0.9, 1.1)``, ``brightness=(0.85, 1.15)``):
+  positioning, field of view and exposure vary between radiographs.
+* ``adamw_cosine`` (``optimizer="adamw"``, ``lr=1e-3``, ``weight_decay=1e-4``,
+  ``schedule="warmup_cosine"`` with one warm-up epoch to ``min_lr=0``,
+  ``grad_clip_norm=1.0``): a stable default for networks without pretrained weights.
+* ``label_smoothing`` (``label_smoothing=0.1``): labels of public COVID collections are
+  noisy.
+* ``class_weights`` (``class_weights="balanced"``): the collections are imbalanced.
+* ``early_stopping`` (``monitor="val_macro_f1"``, ``early_stopping_patience=8``,
+  ``restore_best=True``, ``epochs=40``): train longer, select on the metric reported,
+  stop when it stalls.
+
+Ingredients outside cxr, for ``cxr+NAME`` / ``none+NAME``: ``ema`` (``ema_decay=0.99``)
+and ``balanced_sampling`` (``balanced_sampling=True``; with ``class_weights`` it
+balances twice: try ``cxr-class_weights+balanced_sampling``).
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-RECIPES: dict[str, dict[str, Any]] = {
-    "cxr": {
-        "normalization": "dataset",
-        "hflip": False,
-        "rotate_degrees": 7.0,
-        "zoom": (0.9, 1.1),
-        "brightness": (0.85, 1.15),
+# Ingredient name -> the TrainConfig values it sets. Why each: INGREDIENT_WHY.
+INGREDIENTS: dict[str, dict[str, Any]] = {
+    "normalization": {"normalization": "dataset"},
+    "no_hflip": {"hflip": False},
+    "augment": {"rotate_degrees": 7.0, "zoom": (0.9, 1.1), "brightness": (0.85, 1.15)},
+    "adamw_cosine": {
         "optimizer": "adamw",
         "lr": 1e-3,
         "weight_decay": 1e-4,
@@ -52,45 +79,201 @@ RECIPES: dict[str, dict[str, Any]] = {
         "warmup_epochs": 1.0,
         "min_lr": 0.0,
         "grad_clip_norm": 1.0,
-        "label_smoothing": 0.1,
-        "class_weights": "balanced",
-        "monitor": "val_macro_f1",
-        "early_stopping_patience": 8,
-        "restore_best": True,
-        "epochs": 40,
     },
+    "label_smoothing": {"label_smoothing": 0.1},
+    "class_weights": {"class_weights": "balanced"},
+    "early_stopping": {"monitor": "val_macro_f1", "early_stopping_patience": 8, "restore_best": True, "epochs": 40},
+    # --- not in cxr (cxr+NAME, none+NAME) ---
+    "ema": {"ema_decay": 0.99},
+    "balanced_sampling": {"balanced_sampling": True},
+    # --- LEAD: ingredients of the `augment` branch's input options go HERE after its merge ---
+    # (translate, contrast, gamma, random_erasing, border_erase, normalization="per_image",
+    # crop_box; they do not exist on this branch). Each needs an INGREDIENT_WHY entry too,
+    # and aims at the thorax-only accuracy of the mask-free probe, e.g.
+    #   "random_erasing": {"random_erasing": ...}, "border_erase": {"border_erase": ...},
+    #   "per_image_normalization": {"normalization": "per_image"}  (sets the field the
+    #   "normalization" ingredient sets: ablate it as cxr-normalization+per_image_normalization,
+    #   or swap it into RECIPE_INGREDIENTS["cxr"] if the ablation prefers it).
 }
+
+# Why each ingredient, and what it is for (check_recipes: one entry per ingredient).
+INGREDIENT_WHY: dict[str, str] = {
+    "normalization": "standardise with the train split's mean/std: sources differ in exposure",
+    "no_hflip": "no horizontal flip: the heart sits on the left, a mirrored film is not a plausible radiograph",
+    "augment": "small rotations, zoom and brightness changes: positioning, field of view and exposure vary",
+    "adamw_cosine": "AdamW with weight decay, one warm-up epoch, cosine decay and gradient clipping: a stable "
+    "default for networks trained from scratch",
+    "label_smoothing": "label smoothing 0.1: labels of public COVID collections are noisy",
+    "class_weights": "class-balanced loss weights: the collections are imbalanced",
+    "early_stopping": "up to 40 epochs, early stopping on validation macro-F1 (patience 8), best checkpoint "
+    "restored: train longer, select on the metric reported",
+    "ema": "evaluate and checkpoint an exponential moving average of the weights (decay 0.99, about 100 "
+    "steps): smoother than the last step's weights on small, noisy data",
+    "balanced_sampling": "draw each epoch with replacement so classes are equally likely (balances twice "
+    "with class_weights: use cxr-class_weights+balanced_sampling)",
+}
+
+# Recipe name -> its ingredients, in order; RECIPES holds the union of their values.
+RECIPE_INGREDIENTS: dict[str, tuple[str, ...]] = {
+    "cxr": (
+        "normalization",
+        "no_hflip",
+        "augment",
+        "adamw_cosine",
+        "label_smoothing",
+        "class_weights",
+        "early_stopping",
+    ),
+}
+
+NO_RECIPE = "none"  # the base of an expression without a recipe: the preset's (studies') settings
+
+
+def _union(ingredients: Iterable[str], what: str) -> dict[str, Any]:
+    """The values of ``ingredients`` together; ValueError when two set a field differently."""
+    values: dict[str, Any] = {}
+    setter: dict[str, str] = {}
+    for name in ingredients:
+        if name not in INGREDIENTS:
+            raise ValueError(unknown_ingredient_message(name, what))
+        for field, value in INGREDIENTS[name].items():
+            if field in values and values[field] != value:
+                raise ValueError(
+                    f"recipe {what!r}: ingredients {setter[field]!r} and {name!r} both set {field} "
+                    f"({values[field]!r} and {value!r}); remove one of them (e.g. {what}-{setter[field]})"
+                )
+            values[field], setter[field] = value, name
+    return values
+
+
+def unknown_ingredient_message(name: Any, what: str) -> str:
+    known = ", ".join(INGREDIENTS)
+    return (
+        f"unknown ingredient {name!r} in recipe {what!r}; known ingredients: {known} (cxrjax.train.recipes.INGREDIENTS)"
+    )
+
+
+RECIPES: dict[str, dict[str, Any]] = {name: _union(parts, name) for name, parts in RECIPE_INGREDIENTS.items()}
 
 RECIPE_NAMES = tuple(RECIPES)
 
 
 def unknown_recipe_message(name: Any) -> str:
     known = ", ".join(RECIPE_NAMES)
-    return f"unknown recipe {name!r}; known recipes: {known} (cxrjax.train.recipes.RECIPES)"
+    return (
+        f"unknown recipe {name!r}; known recipes: {known} (cxrjax.train.recipes.RECIPES), or an expression "
+        f"of ingredients such as cxr-label_smoothing or none+augment (ingredients: {', '.join(INGREDIENTS)})"
+    )
+
+
+@dataclass(frozen=True)
+class RecipeExpression:
+    """A parsed ``--recipe`` expression: ``base`` (a recipe name, or None for ``none``)
+    with ingredients added (``+``) and removed (``-``) left to right; ``ingredients`` is
+    the result, in order (the base's, then the added ones); ``text`` the canonical
+    spelling, which configs record: the base, the base's ingredients removed (in its
+    order), then those added (in the order given), e.g. ``none+a+b-a`` -> ``none+b``."""
+
+    text: str
+    base: str | None
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    ingredients: tuple[str, ...]
+
+    @property
+    def is_none(self) -> bool:
+        """The studies' settings: no recipe, nothing added."""
+        return self.base is None and not self.ingredients
+
+
+_OPERATOR = re.compile(r"\s*([+-])\s*")
+
+
+def parse_recipe(text: str) -> RecipeExpression:
+    """``"cxr-label_smoothing+ema"`` -> its :class:`RecipeExpression`.
+
+    Raises ValueError (listing the known recipes or ingredients) for an unknown base or
+    ingredient, an empty name, an ingredient added twice or removed while absent, or two
+    ingredients that set a field to different values.
+    """
+    raw = str(text).strip()
+    parts = _OPERATOR.split(raw)
+    head, rest = parts[0].strip(), parts[1:]
+    if not head:
+        raise ValueError(f"recipe {raw!r} must start with a recipe name or 'none'; {unknown_recipe_message(raw)}")
+    if head.lower() == NO_RECIPE:
+        base, current = None, []
+    elif head in RECIPES:
+        base, current = head, list(RECIPE_INGREDIENTS[head])
+    elif head in INGREDIENTS:
+        raise ValueError(
+            f"recipe {raw!r}: {head!r} is an ingredient, not a recipe; write none+{head} (the studies' settings "
+            f"plus it) or cxr+{head}; known recipes: {', '.join(RECIPE_NAMES)}"
+        )
+    else:
+        raise ValueError(unknown_recipe_message(head))
+    added: list[str] = []
+    removed: list[str] = []
+    text_parts = [NO_RECIPE if base is None else base]
+    for op, name in zip(rest[0::2], rest[1::2]):
+        name = name.strip()
+        if not name:
+            raise ValueError(f"recipe {raw!r}: {op!r} must be followed by an ingredient name")
+        if name not in INGREDIENTS:
+            raise ValueError(unknown_ingredient_message(name, raw))
+        if op == "+":
+            if name in current:
+                have = ", ".join(current)
+                raise ValueError(f"recipe {raw!r}: ingredient {name!r} is already in it (ingredients: {have})")
+            current.append(name)
+            added.append(name)
+        else:
+            if name not in current:
+                raise ValueError(
+                    f"recipe {raw!r}: ingredient {name!r} is not in it (ingredients: {', '.join(current) or 'none'})"
+                )
+            current.remove(name)
+            removed.append(name)
+    # The canonical text depends only on the result: the base, its ingredients removed (in
+    # its order), then the ingredients added (in the order given): none+a+b-a -> none+b.
+    base_ingredients = RECIPE_INGREDIENTS[base] if base is not None else ()
+    text_parts += [f"-{name}" for name in base_ingredients if name not in current]
+    text_parts += [f"+{name}" for name in current if name not in base_ingredients]
+    canonical = "".join(text_parts)
+    _union(current, canonical)
+    return RecipeExpression(canonical, base, tuple(added), tuple(removed), tuple(current))
+
+
+def check_recipe(text: str) -> str:
+    """The canonical spelling of recipe expression ``text`` (ValueError if it is refused)."""
+    return parse_recipe(text).text
 
 
 def recipe_values(name: str) -> dict[str, Any]:
-    """The options of recipe ``name`` (a copy); ValueError listing the known recipes."""
-    if name not in RECIPES:
-        raise ValueError(unknown_recipe_message(name))
-    return dict(RECIPES[name])
+    """The options of recipe expression ``name`` (a recipe, or ingredients added to or
+    removed from one, :func:`parse_recipe`): a new dict. ValueError listing the known
+    recipes or ingredients."""
+    expression = parse_recipe(name)
+    return _union(expression.ingredients, expression.text)
 
 
 def apply_recipe(config: Any, name: str | None, explicit: Iterable[str] = ()) -> Any:
-    """``config`` (a TrainConfig: a preset or the defaults) with recipe ``name``'s options,
-    except the fields in ``explicit`` (the options the user gave, applied after this by
-    the caller, so they win), and ``recipe=name``. None: ``config`` with ``recipe=None``.
+    """``config`` (a TrainConfig: a preset or the defaults) with recipe expression
+    ``name``'s options, except the fields in ``explicit`` (the options the user gave,
+    applied after this by the caller, so they win), and ``recipe`` = the expression's
+    canonical text. None or ``none``: ``config`` with ``recipe=None``.
 
-    Raises ValueError for an unknown recipe or a value TrainConfig refuses.
+    Raises ValueError for an unknown recipe or ingredient, or a value TrainConfig refuses.
     """
-    if name is None or (isinstance(name, str) and name.strip().lower() in ("", "none")):
+    if name is None or (isinstance(name, str) and name.strip().lower() in ("", NO_RECIPE)):
         return config.replace(recipe=None)
+    expression = parse_recipe(name)
     skip = set(explicit)
-    values = {k: v for k, v in recipe_values(name).items() if k not in skip}
+    values = {k: v for k, v in recipe_values(expression.text).items() if k not in skip}
     try:
-        return config.replace(**values, recipe=name)
+        return config.replace(**values, recipe=expression.text)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"recipe {name!r}: {err}") from err
+        raise ValueError(f"recipe {expression.text!r}: {err}") from err
 
 
 def resolve(config: Any, changes: Mapping[str, Any]) -> Any:
@@ -105,13 +288,42 @@ def resolve(config: Any, changes: Mapping[str, Any]) -> Any:
     return config.replace(**changes) if changes else config
 
 
+def leave_one_out(recipe: str) -> list[str]:
+    """``recipe`` without each of its ingredients in turn: ``["cxr-normalization", ...]``."""
+    expression = parse_recipe(recipe)
+    return [f"{expression.text}-{name}" for name in expression.ingredients]
+
+
+def add_one(recipe: str = NO_RECIPE) -> list[str]:
+    """``recipe`` plus each ingredient it lacks in turn: ``["none+normalization", ...]``."""
+    expression = parse_recipe(recipe)
+    return [f"{expression.text}+{name}" for name in INGREDIENTS if name not in expression.ingredients]
+
+
 def check_recipes() -> None:
-    """Every recipe names TrainConfig fields with values it accepts (ValueError otherwise)."""
+    """Every ingredient (alone, and in every recipe) names TrainConfig fields with values
+    it accepts and has a reason in INGREDIENT_WHY; every recipe's ingredients agree
+    (ValueError otherwise)."""
     from cxrjax.train.config import TrainConfig
 
     fields = set(TrainConfig.__dataclass_fields__)
-    for name, values in RECIPES.items():
+    undocumented = sorted(set(INGREDIENTS) ^ set(INGREDIENT_WHY))
+    if undocumented:
+        raise ValueError(
+            f"ingredients without an INGREDIENT_WHY entry (or entries without an ingredient): {undocumented}"
+        )
+    for name, values in INGREDIENTS.items():
         unknown = sorted(set(values) - fields)
         if unknown:
-            raise ValueError(f"recipe {name!r} names unknown TrainConfig field(s) {unknown}")
+            raise ValueError(f"ingredient {name!r} names unknown TrainConfig field(s) {unknown}")
+        if not values:
+            raise ValueError(f"ingredient {name!r} sets nothing")
+        try:
+            TrainConfig().replace(**values)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"ingredient {name!r}: {err}") from err
+    for name in RECIPES:
+        values = recipe_values(name)
         TrainConfig().replace(**values)
+        if values != RECIPES[name]:
+            raise ValueError(f"recipe {name!r}: RECIPES differs from the union of its ingredients")

@@ -171,3 +171,94 @@ def test_cells_are_models_x_recipes_and_unknown_models_are_one_error_line(capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "'resnet9000'" in err[0] and "lenet5" in err[0]
     assert not (tmp_path / "x").exists()
+
+
+def _accuracy(probs, labels):
+    return float(np.mean(np.asarray(probs).argmax(1) == np.asarray(labels)))
+
+
+def test_mask_free_probe_is_stored_per_run_and_reported_beside_accuracy(finished):
+    from cxrjax.explain import mask_free
+
+    exp = finished / "exp"
+    results = _results(finished)
+    assert results["mask_free_probe"] == {"thorax_box": list(mask_free.DEFAULT_THORAX_BOX), "border": 0.08}
+    for cell in results["cells"]:
+        pooled_labels, pooled_full, pooled_masked = [], [], {m: [] for m in cv.PROBE_MODES}
+        for run in cell["runs"]:
+            run_dir = exp / "runs" / f"{cell['name']}__fold{run['fold']}" / f"seed_{run['seed']}"
+            preds = json.loads((run_dir / cv.PREDICTIONS_FILE).read_text())
+            probe = preds["mask_free_probe"]
+            assert probe["thorax_box"] == list(mask_free.DEFAULT_THORAX_BOX) and probe["border"] == 0.08
+            labels = preds["labels"]
+            for mode in cv.PROBE_MODES:
+                probs = np.asarray(probe["probabilities"][mode])
+                assert probs.shape == (len(labels), len(preds["class_names"])) and np.allclose(
+                    probs.sum(1), 1.0, atol=1e-5
+                )
+                # per run: the stored probabilities' accuracy, = the probe's own report (another code path)
+                assert run[mode] == pytest.approx(_accuracy(probs, labels))
+                assert probe["report"][mode] == pytest.approx(run[mode])
+                pooled_masked[mode].append(probs)
+            assert probe["report"]["full"] == pytest.approx(run["accuracy"])
+            assert run[cv.THORAX_GAP] == pytest.approx(run[mask_free.CENTER_ONLY] - run["accuracy"])
+            pooled_labels += labels
+            pooled_full.append(np.asarray(preds["probabilities"]))
+        metrics = cell["pooled"]["per_seed"][0]["metrics"]
+        full = _accuracy(np.concatenate(pooled_full), pooled_labels)
+        for mode in cv.PROBE_MODES:
+            m = metrics[mode]
+            assert m["value"] == pytest.approx(_accuracy(np.concatenate(pooled_masked[mode]), pooled_labels))
+            assert m["low"] <= m["value"] <= m["high"]
+        gap = metrics[cv.THORAX_GAP]
+        assert gap["value"] == pytest.approx(metrics[mask_free.CENTER_ONLY]["value"] - full)
+        assert gap["low"] <= gap["value"] <= gap["high"]
+        per_fold = [r[mask_free.CENTER_ONLY] for r in sorted(cell["runs"], key=lambda r: r["fold"])]
+        assert cell["over_folds"][mask_free.CENTER_ONLY]["per_fold"] == pytest.approx(per_fold)
+    text = (exp / "results.md").read_text()
+    assert "## Mask-free probe (pooled test predictions)" in text and "thorax only - full (points)" in text
+    assert "## Comparison (mask-free probe, pooled" in text
+    with (exp / "results.csv").open() as f:
+        row = next(csv.DictReader(f))
+    assert float(row["center_only"]) == pytest.approx(results["cells"][0]["runs"][0]["center_only"])
+
+
+def test_probe_can_be_left_out_and_another_region_replaces_the_stored_one(finished, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(finished / "exp", tmp_path / "copy")
+    args = tiny_args(finished, "exp")
+    args[args.index("--workdir") + 1] = str(tmp_path / "copy")
+    assert cv.main(args + ["--no-mask-free-probe"]) == 0
+    assert "(0 trained now, 4 already finished)" in capsys.readouterr().out
+    results = json.loads((tmp_path / "copy" / "results.json").read_text())
+    assert results["mask_free_probe"] is None
+    assert all("center_only" not in c["over_folds"] and "center_only" not in c["runs"][0] for c in results["cells"])
+    assert "Mask-free probe" not in (tmp_path / "copy" / "results.md").read_text()
+    assert cv.main(args + ["--thorax-box", "0.2,0.8,0.25,0.75", "--border", "0.1"]) == 0
+    captured = capsys.readouterr()
+    assert "(0 trained now, 4 already finished)" in captured.out and captured.err.count("replaced by thorax box") == 4
+    results = json.loads((tmp_path / "copy" / "results.json").read_text())
+    assert results["mask_free_probe"] == {"thorax_box": [0.2, 0.8, 0.25, 0.75], "border": 0.1}
+    preds = json.loads(
+        (tmp_path / "copy" / "runs" / "s4_exp2__none__fold0" / "seed_0" / cv.PREDICTIONS_FILE).read_text()
+    )
+    assert preds["mask_free_probe"]["thorax_box"] == [0.2, 0.8, 0.25, 0.75]
+    assert preds["mask_free_probe"]["report"]["thorax_box"] == {"top": 0.2, "bottom": 0.8, "left": 0.25, "right": 0.75}
+    run = results["cells"][0]["runs"][0]
+    assert run["center_only"] == pytest.approx(
+        _accuracy(preds["mask_free_probe"]["probabilities"]["center_only"], preds["labels"])
+    )
+    with pytest.raises(SystemExit) as exit_info:  # argparse refuses a box with top > bottom
+        cv.main(args + ["--thorax-box", "0.5,0.2,0,1"])
+    assert exit_info.value.code == 2
+    assert "top < bottom" in capsys.readouterr().err
+
+
+def test_recipe_expressions_are_cells(capsys):
+    assert cv.main(["--model", "lenet5", "--recipe", "cxr-label_smoothing,none+augment,none", "--list-cells"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.strip().splitlines()]
+    assert names == ["lenet5__cxr-label_smoothing", "lenet5__none+augment", "lenet5__none"]
+    assert cv.main(["--model", "lenet5", "--recipe", "cxr-foo", "--list-cells"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown ingredient 'foo'" in err[0] and "label_smoothing" in err[0]

@@ -78,3 +78,160 @@ def test_experiments_pass_the_recipe_through():
     config = train_options.apply_changes(PRESETS["s3_lenet5"], changes)
     assert config.recipe == "cxr" and config.optimizer == "adamw"
     assert config.early_stopping_patience == 2  # explicit wins
+
+
+# ------------------------------------------------------------------ ingredients and expressions
+
+CXR_TODAY = {  # RECIPES["cxr"] before it was split into ingredients: the split must not change it
+    "normalization": "dataset",
+    "hflip": False,
+    "rotate_degrees": 7.0,
+    "zoom": (0.9, 1.1),
+    "brightness": (0.85, 1.15),
+    "optimizer": "adamw",
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "schedule": "warmup_cosine",
+    "warmup_epochs": 1.0,
+    "min_lr": 0.0,
+    "grad_clip_norm": 1.0,
+    "label_smoothing": 0.1,
+    "class_weights": "balanced",
+    "monitor": "val_macro_f1",
+    "early_stopping_patience": 8,
+    "restore_best": True,
+    "epochs": 40,
+}
+
+
+def test_cxr_is_the_union_of_its_ingredients_with_the_same_values():
+    assert recipes.RECIPES["cxr"] == CXR_TODAY
+    merged = {}
+    for name in recipes.RECIPE_INGREDIENTS["cxr"]:
+        assert not set(merged) & set(recipes.INGREDIENTS[name]), name  # ingredients do not overlap
+        merged.update(recipes.INGREDIENTS[name])
+    assert merged == CXR_TODAY
+    assert recipes.recipe_values("cxr") == CXR_TODAY
+    assert set(recipes.INGREDIENT_WHY) == set(recipes.INGREDIENTS)
+
+
+def test_leave_one_out_removes_exactly_that_ingredients_fields():
+    defaults = TrainConfig()
+    for expression in recipes.leave_one_out("cxr"):
+        removed = expression.split("-", 1)[1]
+        config = recipes.resolve(TrainConfig(), {"recipe": expression})
+        assert config.recipe == expression
+        for field, value in CXR_TODAY.items():
+            expected = getattr(defaults, field) if field in recipes.INGREDIENTS[removed] else value
+            assert getattr(config, field) == expected, (expression, field)
+    assert len(recipes.leave_one_out("cxr")) == len(recipes.RECIPE_INGREDIENTS["cxr"]) == 7
+
+
+def test_none_plus_one_ingredient_keeps_the_preset_but_that_ingredient():
+    preset = PRESETS["s3_lenet5"]
+    config = recipes.resolve(preset, {"recipe": "none+augment"})
+    assert config.recipe == "none+augment"
+    assert (config.rotate_degrees, config.zoom, config.brightness) == (7.0, (0.9, 1.1), (0.85, 1.15))
+    assert config.replace(rotate_degrees=preset.rotate_degrees, zoom=preset.zoom, brightness=preset.brightness) == (
+        preset.replace(recipe="none+augment")
+    )
+    assert preset.hflip is True and config.hflip is True  # no_hflip is another ingredient
+    assert recipes.resolve(preset, {"recipe": "none+no_hflip"}).hflip is False
+    # add-one lists every ingredient the base lacks, including those outside cxr
+    assert recipes.add_one("none") == [f"none+{name}" for name in recipes.INGREDIENTS]
+    assert recipes.add_one("cxr") == ["cxr+ema", "cxr+balanced_sampling"]
+
+
+def test_expressions_apply_left_to_right_are_canonical_and_explicit_options_still_win():
+    config = recipes.resolve(TrainConfig(), {"recipe": " cxr - label_smoothing + ema ", "ema_decay": 0.9})
+    assert config.recipe == "cxr-label_smoothing+ema"  # spaces dropped: what config.json records
+    assert config.label_smoothing == 0.0 and config.ema_decay == 0.9 and config.optimizer == "adamw"
+    parsed = recipes.parse_recipe("cxr-normalization-augment+normalization")
+    assert (
+        parsed.base == "cxr" and parsed.added == ("normalization",) and parsed.removed == ("normalization", "augment")
+    )
+    assert parsed.ingredients == (
+        "no_hflip",
+        "adamw_cosine",
+        "label_smoothing",
+        "class_weights",
+        "early_stopping",
+        "normalization",
+    )
+    assert parsed.text == "cxr-augment"  # the canonical text names the result, not the steps
+    assert recipes.parse_recipe("none+ema+label_smoothing-ema").text == "none+label_smoothing"
+    assert recipes.parse_recipe("cxr+ema-augment").text == "cxr-augment+ema"
+    assert recipes.parse_recipe("NONE").is_none and not recipes.parse_recipe("none+ema").is_none
+    args = build_parser().parse_args(["--preset", "s3_lenet5", "--recipe", "cxr-class_weights+balanced_sampling"])
+    config = config_from_args(args)
+    assert config.class_weights is PRESETS["s3_lenet5"].class_weights and config.balanced_sampling is True
+
+
+def test_expression_and_resolved_values_are_what_config_json_records(tmp_path):
+    config = recipes.resolve(TrainConfig(), {"recipe": "cxr-label_smoothing+ema"})
+    check_or_write_config(tmp_path, config)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["recipe"] == "cxr-label_smoothing+ema"
+    assert saved["label_smoothing"] == 0.0 and saved["ema_decay"] == 0.99 and saved["optimizer"] == "adamw"
+    assert TrainConfig.from_dict(saved) == config
+
+
+@pytest.mark.parametrize(
+    "expression, needle",
+    [
+        ("cxr-foo", "unknown ingredient 'foo'"),
+        ("none+augmentation", "unknown ingredient 'augmentation'"),
+        ("cxr+augment", "'augment' is already in it"),
+        ("none-augment", "'augment' is not in it"),
+        ("augment", "is an ingredient, not a recipe"),
+        ("cxr-", "must be followed by an ingredient"),
+        ("+ema", "must start with a recipe name"),
+    ],
+)
+def test_refused_expressions_name_the_problem_and_the_known_names(expression, needle, capsys):
+    with pytest.raises(ValueError, match=needle):
+        recipes.parse_recipe(expression)
+    with pytest.raises(ValueError, match="TrainConfig.recipe"):
+        TrainConfig(recipe=expression)
+    assert train_main(["--recipe", expression, "--print-config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and needle in err[0]
+    if "unknown" in needle:
+        assert all(name in err[0] for name in recipes.INGREDIENTS)  # the known ingredients are listed
+
+
+def test_two_ingredients_setting_one_field_differently_are_refused(monkeypatch):
+    monkeypatch.setitem(recipes.INGREDIENTS, "unit_scale", {"normalization": "unit"})
+    monkeypatch.setitem(recipes.INGREDIENT_WHY, "unit_scale", "test")
+    with pytest.raises(ValueError, match="'normalization' and 'unit_scale' both set normalization"):
+        recipes.parse_recipe("cxr+unit_scale")
+    assert recipes.resolve(TrainConfig(), {"recipe": "cxr-normalization+unit_scale"}).normalization == "unit"
+
+
+@pytest.mark.parametrize("name", list(recipes.INGREDIENTS))
+def test_every_ingredient_alone_sets_its_values_and_validates(name):
+    config = recipes.resolve(TrainConfig(), {"recipe": f"none+{name}"}).validated()
+    assert config.recipe == f"none+{name}"
+    for field, value in recipes.INGREDIENTS[name].items():
+        assert getattr(config, field) == value, field
+    others = {f: v for f, v in TrainConfig().to_dict().items() if f not in recipes.INGREDIENTS[name]}
+    assert {f: v for f, v in config.to_dict().items() if f in others and f != "recipe"} == {
+        f: v for f, v in others.items() if f != "recipe"
+    }
+
+
+@pytest.mark.parametrize(
+    "values, why, needle",
+    [
+        ({"lr": -1.0}, "x", "ingredient 'bad'"),
+        ({"no_such_field": 1}, "x", "unknown TrainConfig field"),
+        ({}, "x", "sets nothing"),
+        ({"lr": 0.1}, None, "without an INGREDIENT_WHY entry"),
+    ],
+)
+def test_check_recipes_refuses_a_bad_ingredient(monkeypatch, values, why, needle):
+    monkeypatch.setitem(recipes.INGREDIENTS, "bad", values)
+    if why is not None:
+        monkeypatch.setitem(recipes.INGREDIENT_WHY, "bad", why)
+    with pytest.raises(ValueError, match=needle):
+        recipes.check_recipes()
