@@ -1,8 +1,9 @@
 """torchvision state dicts load into the backbones that torchvision has (``variant="torchvision"``
 where the architectures differ; chosen automatically for a torchvision file) and give
 torchvision's outputs: logits and the last feature map, to 1e-4 of the output scale.
-DenseNet121, ResNet50 (torchvision's v1.5), MobileNetV2 with their classifiers; VGG16's
-convolutions (its classifier alone is 120 M parameters: a 500 MB file for one test).
+DenseNet121, ResNet50 (torchvision's v1.5), MobileNetV2, InceptionV3 (its training-only
+AuxLogits skipped) with their classifiers; VGG16's convolutions (its classifier alone is
+120 M parameters: a 500 MB file for one test).
 """
 
 import flax.linen as nn
@@ -110,6 +111,9 @@ def test_inception_v3_matches_torchvision(tmp_path, capsys):
     assert count_parameters(variables) == sum(v.numel() for v in kept.values())
     trainable = sum(p.numel() for k, p in reference.named_parameters() if not k.startswith("AuxLogits."))
     assert count_parameters(variables["params"]) == trainable
+    # torchvision's Inception_V3_Weights meta "num_params" 27161264, less AuxLogits' 3326696
+    # (conv0 768*128 + BN 2*128, conv1 128*768*5*5 + BN 2*768, fc 768*1000 + 1000)
+    assert trainable == 27_161_264 - (768 * 128 + 256 + 128 * 768 * 25 + 1536 + 768 * 1000 + 1000)
 
     @jax.jit
     def forward(variables, x):  # logits and the classifier's input (the pooled Mixed_7c)
