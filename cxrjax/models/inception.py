@@ -31,7 +31,7 @@ sees ``pixels / 127.5 - 1``, Keras' "tf" preprocessing (the weights are ported f
 TensorFlow). So the torchvision variant expects "tf" preprocessing
 (``models.preprocessing_mode("inception_v3", "torchvision")``), which reproduces
 torchvision's pretrained pipeline; a state dict trained with ``transform_input=False``
-on "torch"-normalised input needs ``preprocessing="torch"`` set explicitly.
+on "torch"-normalised input needs "torch" set explicitly (``TrainConfig.preprocessing``).
 """
 
 from __future__ import annotations
