@@ -11,7 +11,8 @@ on RGB pixel values in [0, 255]:
 - "none" (EfficientNet: rescaling and normalisation are layers of the model).
 
 Each backbone class names its mode (``Backbone.preprocessing``; :func:`preprocessing_mode`
-resolves a registered name, with the torchvision variant's "torch"). Grayscale images
+resolves a registered name, with the torchvision variant's "torch", or the class's
+``torchvision_preprocessing``: InceptionV3's "tf"). Grayscale images
 (1 channel) are replicated to 3 channels first (:func:`to_rgb`), as the X-ray datasets
 are grayscale and the ImageNet weights expect RGB. Works on numpy and JAX arrays.
 """
@@ -68,4 +69,6 @@ def preprocessing_mode(name: str, variant: str = "keras") -> str:
     cls = getattr(build, "func", build)
     if not hasattr(cls, "preprocessing"):
         raise ValueError(f"{name!r} is not an ImageNet backbone; it has no preprocessing mode")
-    return "torch" if variant == "torchvision" else cls.preprocessing
+    if variant == "torchvision":  # InceptionV3's: "tf" (torchvision's transform_input=True; inception.py)
+        return getattr(cls, "torchvision_preprocessing", "torch")
+    return cls.preprocessing

@@ -217,7 +217,12 @@ MODELS.update(
             )
             for name, (width, depth, size, dropout) in EFFICIENTNETS.items()
         },
-        "inception_v3": _imagenet(InceptionV3, "inception", "InceptionV3, keras.applications.InceptionV3"),
+        "inception_v3": _imagenet(
+            InceptionV3,
+            "inception",
+            "InceptionV3, keras.applications.InceptionV3",
+            "Keras preprocess_input mode 'tf'; variant='torchvision' for torchvision's inception_v3 (also 'tf')",
+        ),
         "xception": _imagenet(Xception, "xception", "Xception, keras.applications.Xception"),
     }
 )

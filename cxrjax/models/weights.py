@@ -17,7 +17,10 @@ cxrjax never downloads anything. :func:`load_pretrained` reads
   ``variant="torchvision"`` where the two architectures differ). Conv kernels OIHW ->
   HWIO, depthwise [C*m, 1, kh, kw] -> [kh, kw, C, m], linear [out, in] -> [in, out],
   BatchNorm weight / bias / running_mean / running_var -> scale / bias / mean / var
-  (``num_batches_tracked`` is ignored).
+  (``num_batches_tracked`` is ignored). Tensors under a backbone's
+  ``torchvision_skipped`` prefixes (InceptionV3's training-only ``AuxLogits.*``) have no
+  place in the model by design: they are skipped, listed in ``Unmatched.skipped`` and in
+  a ``note:`` line on stderr, and ``import_weights`` records them (``tensors_skipped``).
 
 Every tensor's shape is checked. Missing, unexpected or mis-shaped tensors are a
 :class:`WeightFileError` naming the file, what did not match and the file's own layer
@@ -31,6 +34,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +84,13 @@ class WeightFile:
 @dataclasses.dataclass(frozen=True)
 class Unmatched:
     """What did not match: (collection, layer, variable) targets the file lacks; file
-    tensors the model has no place for; (target, file shape, model shape) mismatches."""
+    tensors the model has no place for; (target, file shape, model shape) mismatches.
+    ``skipped``: file tensors left out by design (``torchvision_skipped``), not a mismatch."""
 
     missing: tuple[str, ...] = ()
     unexpected: tuple[str, ...] = ()
     mismatched: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.missing or self.unexpected or self.mismatched)
@@ -338,6 +344,12 @@ def _torch_tensor(var: str, kernel_shape: tuple[int, ...], array: np.ndarray) ->
     return array
 
 
+def skipped_by_design(file: WeightFile, module: Backbone) -> list[str]:
+    """The torchvision file's tensors under the module's ``torchvision_skipped`` prefixes."""
+    prefixes = tuple(getattr(module, "torchvision_skipped", ()))
+    return [k for k in file.layers if file.source == "torchvision" and prefixes and k.startswith(prefixes)]
+
+
 def _match_torch(file: WeightFile, targets, module: Backbone) -> tuple[dict, Unmatched]:
     flat = {k: v[0][1] for k, v in file.layers.items()}
     values: dict[tuple[str, str, str], np.ndarray] = {}
@@ -357,8 +369,9 @@ def _match_torch(file: WeightFile, targets, module: Backbone) -> tuple[dict, Unm
                 mismatched.append(f"{layer}/{var}: file {tuple(flat[key].shape)} ({key}), model {shape}")
             else:
                 values[(collection, layer, var)] = array
-    unexpected = [k for k in flat if k not in used]
-    return values, Unmatched(tuple(missing), tuple(unexpected), tuple(mismatched))
+    skipped = skipped_by_design(file, module)
+    unexpected = [k for k in flat if k not in used and k not in skipped]
+    return values, Unmatched(tuple(missing), tuple(unexpected), tuple(mismatched), tuple(skipped))
 
 
 def match(file: WeightFile, module: Backbone, abstract: dict, order: list[str]) -> tuple[dict, Unmatched]:
@@ -405,7 +418,9 @@ def load_pretrained(
     has that variant select it by default). ``image_size`` is the input the variables are
     shaped for (only VGG's flattening top depends on it; default: the model's Keras
     default). ``strict=False`` returns ``(module, variables, unmatched)``: what matched is
-    loaded, the rest keeps the seeded random init.
+    loaded, the rest keeps the seeded random init. Tensors skipped by design
+    (``torchvision_skipped``) are printed as a ``note:`` line on stderr (and are
+    ``unmatched.skipped``); they never make a load fail.
     """
     path = weights_file.path if isinstance(weights_file, WeightFile) else str(weights_file)
     if name not in MODELS or not issubclass(_module_class(name), Backbone):
@@ -426,6 +441,13 @@ def load_pretrained(
     x = jax.ShapeDtypeStruct((1, size, size, module.channels), jnp.float32)
     abstract, order = abstract_variables(module, x, seed)
     values, unmatched = match(file, module, abstract, order)
+    if unmatched.skipped:
+        print(
+            f"note: {path}: skipped {len(unmatched.skipped)} tensor(s) under "
+            f"{', '.join(p + '*' for p in module.torchvision_skipped)}, which {type(module).__name__} leaves out "
+            f"by design (its torchvision_skipped): {_listing(unmatched.skipped)}",
+            file=sys.stderr,
+        )
     if unmatched and strict:
         raise WeightFileError(
             f"{path} does not match {name} (include_top={include_top}, source {file.source}): "
@@ -491,6 +513,7 @@ def import_weights(name: str, weights_file: str, out: str | os.PathLike, *, incl
         "include_top": bool(include_top),
         "variant": module.variant,
         "tensors_loaded": len(jax.tree_util.tree_leaves(variables)),
+        "tensors_skipped": skipped_by_design(file, module),
         "parameters": count_parameters(variables),
         "trainable_parameters": count_parameters(variables.get("params", {})),
         "preprocessing": preprocessing_mode(name, module.variant),

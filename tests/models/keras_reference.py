@@ -111,15 +111,15 @@ def import_torchvision():
     return torchvision
 
 
-def torchvision_model(name: str, seed: int = 0):
+def torchvision_model(name: str, seed: int = 0, **kwargs):
     """torchvision ``name`` (eval mode) with seeded random weights and random BatchNorm
-    running statistics."""
+    running statistics; ``kwargs`` go to its constructor (e.g. ``init_weights``)."""
     import torch
 
     torchvision = import_torchvision()
 
     torch.manual_seed(seed)
-    model = getattr(torchvision.models, name)(weights=None)
+    model = getattr(torchvision.models, name)(weights=None, **kwargs)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

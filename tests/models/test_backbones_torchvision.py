@@ -1,10 +1,13 @@
 """torchvision state dicts load into the backbones that torchvision has (``variant="torchvision"``
 where the architectures differ; chosen automatically for a torchvision file) and give
 torchvision's outputs: logits and the last feature map, to 1e-4 of the output scale.
-DenseNet121, ResNet50 (torchvision's v1.5), MobileNetV2 with their classifiers; VGG16's
-convolutions (its classifier alone is 120 M parameters: a 500 MB file for one test).
+DenseNet121, ResNet50 (torchvision's v1.5), MobileNetV2, InceptionV3 (its training-only
+AuxLogits skipped) with their classifiers; VGG16's convolutions (its classifier alone is
+120 M parameters: a 500 MB file for one test).
 """
 
+import flax.linen as nn
+import jax
 import numpy as np
 import pytest
 import torch
@@ -63,3 +66,101 @@ def test_headless_load_of_a_full_state_dict_lists_the_classifier(tmp_path):
     _, _, unmatched = models.load_pretrained("mobilenet_v2", path, include_top=False, strict=False)
     assert unmatched.unexpected == ("classifier.1.weight", "classifier.1.bias") and not unmatched.missing
     assert np.isfinite(count_parameters(_))
+
+
+INCEPTION_SIZE = 75  # the smallest input torchvision's and Keras' InceptionV3 accept
+# torchvision's auxiliary classifier (training only): the tensors a full state dict has
+# that our inception_v3 skips (num_batches_tracked is never read).
+AUX_LOGITS = sorted(
+    [f"AuxLogits.{conv}.conv.weight" for conv in ("conv0", "conv1")]
+    + [
+        f"AuxLogits.{conv}.bn.{v}"
+        for conv in ("conv0", "conv1")
+        for v in ("weight", "bias", "running_mean", "running_var")
+    ]
+    + ["AuxLogits.fc.weight", "AuxLogits.fc.bias"]
+)
+
+
+def test_inception_v3_matches_torchvision(tmp_path, capsys):
+    """A full torchvision state dict (with AuxLogits) loads from .pth and .safetensors, the
+    auxiliary classifier's tensors reported as skipped; logits and the last feature map
+    (Mixed_7c, 1x1 at 75 px: the classifier's input) are torchvision's (eval mode,
+    transform_input=False); "tf" preprocessing of pixels gives torchvision's pretrained
+    pipeline ("torch" normalisation + transform_input=True). One jitted forward pass."""
+    from safetensors.torch import save_file
+
+    # init_weights=False: PyTorch's default init (torchvision's truncated normal, std 0.1,
+    # grows the activations by orders of magnitude over 94 convs)
+    reference = torchvision_model("inception_v3", init_weights=False)
+    state = reference.state_dict()
+    pth, st = tmp_path / "inception_v3.pth", tmp_path / "inception_v3.safetensors"
+    torch.save(state, pth)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(st))
+
+    module, variables = models.load_pretrained("inception_v3", pth)
+    note = capsys.readouterr().err
+    assert f"note: {pth}: skipped 12 tensor(s) under AuxLogits.*" in note
+    _, st_variables, unmatched = models.load_pretrained("inception_v3", st, strict=False)
+    assert not unmatched and sorted(unmatched.skipped) == AUX_LOGITS
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, variables, st_variables))
+
+    assert module.variant == "torchvision"
+    assert models.preprocessing_mode("inception_v3", module.variant) == "tf"
+    kept = {k: v for k, v in state.items() if not k.startswith("AuxLogits.") and not k.endswith("num_batches_tracked")}
+    assert count_parameters(variables) == sum(v.numel() for v in kept.values())
+    trainable = sum(p.numel() for k, p in reference.named_parameters() if not k.startswith("AuxLogits."))
+    assert count_parameters(variables["params"]) == trainable
+    # torchvision's Inception_V3_Weights meta "num_params" 27161264, less AuxLogits' 3326696
+    # (conv0 768*128 + BN 2*128, conv1 128*768*5*5 + BN 2*768, fc 768*1000 + 1000)
+    assert trainable == 27_161_264 - (768 * 128 + 256 + 128 * 768 * 25 + 1536 + 768 * 1000 + 1000)
+
+    @jax.jit
+    def forward(variables, x):  # logits and the classifier's input (the pooled Mixed_7c)
+        seen = {}
+
+        def record(next_fun, args, kwargs, context):
+            if context.module.name == "predictions":
+                seen["features"] = args[0]
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(record):
+            logits = module.apply(variables, x, train=False)
+        return logits, seen["features"]
+
+    x = random_input(INCEPTION_SIZE)
+    pixels = np.random.default_rng(2).uniform(0.0, 255.0, x.shape).astype(np.float32)
+    logits, features = forward(variables, np.concatenate([x, models.preprocess_input(pixels, "tf")]))
+
+    mixed_7c = []
+    reference.Mixed_7c.register_forward_hook(lambda m, inputs, out: mixed_7c.append(out))
+    assert_close(logits[:2], torch_apply(reference, x), what="inception_v3 logits")
+    assert mixed_7c[0].shape == (2, 2048, 1, 1)
+    assert_close(features[:2], mixed_7c[0].numpy().reshape(2, 2048), what="inception_v3 Mixed_7c")
+    reference.transform_input = True  # what torchvision's inception_v3(weights=...) sets
+    expected = torch_apply(reference, models.preprocess_input(pixels, "torch"))
+    assert_close(logits[2:], expected, what="inception_v3, transform_input=True")
+
+
+def test_inception_v3_state_dict_that_does_not_fit(tmp_path, capsys):
+    """Only AuxLogits.* is skipped: any other extra tensor, a missing one, or an inception
+    file given to another architecture is an error naming them."""
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "partial.safetensors"
+    tensors = {"Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3), "AuxLogits.fc.bias": (1000,), "conv1.weight": (64, 3, 7, 7)}
+    save_file({k: np.zeros(shape, np.float32) for k, shape in tensors.items()}, str(path))
+    with pytest.raises(models.WeightFileError) as e:
+        models.load_pretrained("inception_v3", path)
+    message = str(e.value)
+    assert "partial.safetensors does not match inception_v3" in message
+    # 94 convs (kernel) and BatchNorms (scale, bias, mean, var), fc: 472 tensors, one in the file
+    assert "471 missing: batch_normalization/scale (Conv2d_1a_3x3.bn.weight)" in message
+    assert "conv2d_1/kernel (Conv2d_2a_3x3.conv.weight)" in message
+    assert "1 unexpected: conv1.weight. The file's layers" in message  # AuxLogits.fc.bias: skipped
+    assert "skipped 1 tensor(s) under AuxLogits.*, which InceptionV3 leaves out" in capsys.readouterr().err
+    with pytest.raises(
+        models.WeightFileError,
+        match=r"does not match resnet50 .*; 2 unexpected: AuxLogits\.fc\.bias, Conv2d_1a_3x3\.conv\.weight\.",
+    ):
+        models.load_pretrained("resnet50", path)
