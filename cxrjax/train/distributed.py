@@ -23,8 +23,9 @@ single-process answer, with one process):
 A lost process: ``train_and_evaluate`` runs inside :func:`reporting_lost_processes`.
 When a cross-process collective fails because a peer closed its connection (gloo's
 "Connection reset / closed by peer"; NCCL's errors by name), every process still running
-says so in JAX's key-value store and waits a few seconds for the others (a roll call);
-the ones that did not answer are named in one ``error:`` line, with the step this process
+calls the roll in JAX's key-value store and waits a few seconds for the others' answers
+(given by a background thread, so a process blocked in a collective answers too); the
+ones that did not answer are named in one ``error:`` line, with the step this process
 had reached (:func:`note_step`) and the workdir's newest complete checkpoint, and the
 process ends at once (``os._exit``): without the lost peer its runtime cannot shut down.
 This ends well before JAX's own heartbeat check would abort the process. JAX 0.10.2 has
@@ -65,7 +66,14 @@ LOST_PROCESS_EXIT = 3
 ROLL_CALL_SECONDS = 5.0
 # A collective failed because a peer went away: gloo's and NCCL's connection errors.
 _PEER_FAILURE = re.compile(r"gloo|nccl|connection (reset|closed|refused)|by peer|broken pipe|socket closed", re.I)
-_ROLL_CALL_KEY = "cxrjax/answering/{}"
+# A roll call: process c sets ROLL_CALL_DIR/c = its call number n; every process's
+# answering thread sets ANSWER_KEY(c, n, itself). The thread answers while the main thread
+# is blocked (in a collective waiting on the caller, say), so only a process that is gone
+# (or frozen) fails to answer.
+_ROLL_CALL_DIR = "cxrjax/roll_call/"
+_ANSWER_KEY = "cxrjax/answer/{}/{}/{}"
+ANSWER_POLL_SECONDS = 0.5
+_calls_made = [0]
 
 # Where this process is (the lost-process message names it): its run folder, the
 # training steps dispatched so far (note_step).
@@ -214,7 +222,11 @@ def reporting_lost_processes(config: TrainConfig, workdir: str | Path) -> Iterat
     if not _running():
         yield
         return
+    import threading
+
     _position.update(workdir=Path(workdir), step=None)
+    stop = threading.Event()
+    threading.Thread(target=_answer_roll_calls, args=(stop,), name="cxrjax-roll-call", daemon=True).start()
     try:
         yield
     except Exception as err:
@@ -224,6 +236,8 @@ def reporting_lost_processes(config: TrainConfig, workdir: str | Path) -> Iterat
             if lost:
                 _stop(lost, f"its connection closed during a collective and it did not answer within {seconds:g} s")
         raise
+    finally:
+        stop.set()
 
 
 def _peer_failure(err: BaseException) -> BaseException | None:
@@ -240,15 +254,34 @@ def _peer_failure(err: BaseException) -> BaseException | None:
     return None
 
 
+def _answer_roll_calls(stop: Any) -> None:
+    """Background thread: answer every roll call any process makes, until ``stop`` is set."""
+    import jax
+
+    client, me, answered = _client(), jax.process_index(), set()
+    while not stop.wait(ANSWER_POLL_SECONDS):
+        try:
+            calls = client.key_value_dir_get(_ROLL_CALL_DIR)
+            for key, number in calls:
+                call = (key.rstrip("/").rsplit("/", 1)[-1], number)
+                if call not in answered:
+                    client.key_value_set(_ANSWER_KEY.format(*call, me), str(os.getpid()), allow_overwrite=True)
+                    answered.add(call)
+        except Exception:  # noqa: BLE001 - the service is gone; the main thread finds out
+            continue
+
+
 def _roll_call(seconds: float) -> list[int]:
-    """The processes that do not say they are alive within ``seconds`` (JAX's key-value
-    store); every process answering (this one says so first) gives []."""
+    """The processes whose answering thread does not answer within ``seconds`` (JAX's
+    key-value store); [] when all do, [0] when the service (in process 0) is gone."""
     import jax
 
     client = _client()
     me, count = jax.process_index(), jax.process_count()
+    _calls_made[0] += 1
+    number = str(_calls_made[0])
     try:
-        client.key_value_set(_ROLL_CALL_KEY.format(me), str(os.getpid()), allow_overwrite=True)
+        client.key_value_set(f"{_ROLL_CALL_DIR}{me}", number, allow_overwrite=True)
     except Exception:  # noqa: BLE001 - the service (in process 0) is unreachable
         return [0]
     deadline, lost = time.monotonic() + seconds, []
@@ -257,7 +290,7 @@ def _roll_call(seconds: float) -> list[int]:
             continue
         left_ms = max(1, int((deadline - time.monotonic()) * 1000))
         try:
-            client.blocking_key_value_get(_ROLL_CALL_KEY.format(index), left_ms)
+            client.blocking_key_value_get(_ANSWER_KEY.format(me, number, index), left_ms)
         except Exception as err:  # noqa: BLE001 - DEADLINE_EXCEEDED: no answer
             if "deadline" not in str(err).lower():  # the service itself is gone: process 0 holds it
                 return [0]

@@ -17,7 +17,7 @@ import re
 import jax
 import numpy as np
 import pytest
-from support import history, run_processes
+from support import history, run_processes, run_script_processes
 
 from cxrjax.inference import load_run
 from cxrjax.train import distributed, train_and_evaluate
@@ -140,3 +140,31 @@ def test_the_lost_process_message_names_every_lost_process():
         "processes 1, 3 of 4 (task:1, task:3) stopped responding (missed heartbeats); the workdir has no complete "
         "checkpoint yet; start all 4 processes again with the same command to resume"
     )
+
+
+# Process 1 waits in a collective for process 0 while process 0 calls the roll: its
+# answering thread answers anyway, so nobody is named lost.
+_BLOCKED_ANSWERS = """
+import sys, time
+import numpy as np
+from jax.experimental import multihost_utils
+from cxrjax.train import TrainConfig, distributed
+address, index = sys.argv[1], int(sys.argv[2])
+config = TrainConfig(coordinator_address=address, num_processes=2, process_id=index, distributed_timeout_seconds=20)
+distributed.initialize(config)
+with distributed.reporting_lost_processes(config, "."):
+    multihost_utils.process_allgather(np.array([index]))
+    if index == 0:
+        t0 = time.monotonic()
+        print("lost", distributed._roll_call(5.0), f"in {time.monotonic() - t0:.1f} s", flush=True)
+    multihost_utils.process_allgather(np.array([index]))
+print("done", flush=True)
+"""
+
+
+def test_a_process_blocked_in_a_collective_still_answers_the_roll_call():
+    (rc0, out0), (rc1, out1) = run_script_processes(_BLOCKED_ANSWERS)
+    assert rc0 == rc1 == 0, out0[-2000:] + out1[-2000:]
+    found = re.search(r"^lost \[\] in ([\d.]+) s$", out0, re.M)
+    assert found and float(found.group(1)) < 5.0, out0[-2000:]  # answered, before the roll call's deadline
+    assert "done" in out1
