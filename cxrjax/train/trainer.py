@@ -261,6 +261,15 @@ def train_and_evaluate(
     files.prepare_workdir(workdir)
     if config.compilation_cache_dir:
         enable_compilation_cache(config.compilation_cache_dir)
+    # A lost peer process ends this one with an error: line (distributed.py).
+    with distributed.reporting_lost_processes(config, workdir):
+        return _locked_train_and_evaluate(config, workdir, dataset, on_checkpoint)
+
+
+def _locked_train_and_evaluate(
+    config: TrainConfig, workdir: Path, dataset: Any | None, on_checkpoint: Callable[[int], None] | None
+) -> dict[str, Any]:
+    """train_and_evaluate after the runtime started: the config check, the lock, the run."""
     try:
         finished = _finished_results(config, workdir)
         if finished is not None:
@@ -783,6 +792,7 @@ def _train_one_epoch(setup: RunSetup, device_state: Any, progress: Progress, sav
             step = progress.epoch * spe + batch_index
             count = _dispatch_size(batch_index, step, setup)
             device_state, metrics, stacked = feed.run(device_state, count)
+            distributed.note_step(step + count)
             pending.append((step, batch_index, count, stacked, metrics))
             batch_index += count
             session_images += count * setup.global_batch_size

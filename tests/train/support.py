@@ -138,6 +138,37 @@ def run_processes(config, workdir, *, count=2, devices=2, timeout=420, kill=None
     return [(p.returncode, open(f"{workdir}.process{i}.log").read(), ended[i]) for i, p in enumerate(procs)]
 
 
+def run_script_processes(script, *, count=2, timeout=120):
+    """Run the Python ``script`` as ``count`` real processes (one CPU device each), argv =
+    a free localhost address and the process id; returns [(returncode, output)] per
+    process (every process is killed at ``timeout``, then rc -9)."""
+    import os
+    import subprocess
+    import sys
+
+    address = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, address, str(i)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(count)
+    ]
+    outcome = []
+    for p in procs:
+        try:
+            output, _ = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            output, _ = p.communicate()
+        outcome.append((p.returncode, output))
+    return outcome
+
+
 def write_keras_weight_file(variables, layers, path, *, extra_layers=None):
     """``variables`` of a headless backbone (``{"params", "batch_stats"}``) written as a Keras
     legacy-HDF5 weight file (the published files' layout, Keras 2 weight names), its
