@@ -204,7 +204,7 @@ def params_from_uniforms(
     return AugmentParams(**out)
 
 
-def check_crop(image_shape: tuple[int, ...], box) -> tuple[int, int, int, int]:
+def crop_bounds(image_shape: tuple[int, ...], box) -> tuple[int, int, int, int]:
     """(r0, r1, c0, c1) pixel bounds of ``box`` (top, bottom, left, right fractions) in an
     image of ``image_shape`` [H, W, ...]: the rounding of the mask-free probe's regions,
     widened to at least one pixel."""
@@ -218,10 +218,10 @@ def check_crop(image_shape: tuple[int, ...], box) -> tuple[int, int, int, int]:
 
 def crop(image: np.ndarray, box) -> np.ndarray:
     """``image`` ([H, W] or [H, W, C]: an image or a mask) cut to ``box`` (top, bottom,
-    left, right fractions; None: unchanged), see :func:`check_crop`."""
+    left, right fractions; None: unchanged), see :func:`crop_bounds`."""
     if box is None:
         return image
-    r0, r1, c0, c1 = check_crop(np.shape(image), box)
+    r0, r1, c0, c1 = crop_bounds(np.shape(image), box)
     return np.asarray(image)[r0:r1, c0:c1]
 
 

@@ -8,9 +8,10 @@ devices once, as the uint8 images the host pipeline would resize them to, and do
 in the compiled step:
 
 - placement: each split's images uint8 [N, S, S] (one gray channel; 3-channel models get
-  it repeated in-step, as the host pipeline does) are SHARDED along the example axis over
-  the engine's mesh (device r holds rows [r m, (r + 1) m), m = ceil(N / n)), so a split
-  costs N S^2 / n bytes per device; labels are replicated (4 bytes each);
+  it repeated in-step, as the host pipeline does), cut to ``crop_box`` and resized by the
+  host pipeline's own ``cxrjax.data.augment.prepare``, are SHARDED along the example axis
+  over the engine's mesh (device r holds rows [r m, (r + 1) m), m = ceil(N / n)), so a
+  split costs N S^2 / n bytes per device; labels are replicated (4 bytes each);
 - order: the epoch's order is the host pipeline's own (``cxrjax.data.epoch_order``:
   shuffle, or class-balanced sampling with replacement), computed on the host (indices
   only) and put on the devices once per epoch; the batch of global step s is positions
@@ -20,18 +21,24 @@ in the compiled step:
   elsewhere), and ``lax.psum_scatter`` hands replica r the sum over replicas of rows
   [r b, (r + 1) b): its own slice, exact (one replica contributes each row), one
   reduce-scatter of the uint8 batch per step;
-- augmentation (the host path's options: flip, rotation, zoom, brightness): the four
-  uniforms of an example come from ``fold_in(fold_in(aug_key, epoch), position)``
-  (``aug_key`` from the run's seed through the train state's key), so they depend only on
-  (seed, epoch, position), not on the devices; they become parameters by the host path's
-  own definition (``cxrjax.data.augment.params_from_uniforms``), and the flip, affine
-  resampling and brightness follow ``cxrjax.data.augment.geometry`` / ``to_unit_float``
-  (PIL's pixel-centre affine map, bilinear, zero fill outside), computed in float32
-  without the host path's rounding to uint8 between geometry and brightness, so
-  augmented images equal the host's within interpolation tolerance, not bit for bit
-  (and the random draws differ from the host's NumPy generator);
+- augmentation (the host path's options: flip, rotation, zoom, translation, brightness,
+  contrast, gamma, random and border erasing): the four uniforms of an example come from
+  ``fold_in(fold_in(aug_key, epoch), position)`` (``aug_key`` from the run's seed through
+  the train state's key), and, when an option past those four is on, 13 more from that
+  key folded with :data:`EXTRA_UNIFORMS_TAG` (so runs without them draw what they drew
+  before those options existed); they depend only on (seed, epoch, position), not on the
+  devices; they become parameters by the host path's own definition
+  (``cxrjax.data.augment.params_from_uniforms``); the flip and the affine resampling
+  follow ``cxrjax.data.augment.geometry`` (PIL's pixel-centre affine map, bilinear, zero
+  fill outside), brightness ``to_unit_float``, and contrast, gamma and erasing are the
+  host path's own array code (``augment.jitter_intensity``, ``augment.erase``), computed
+  in float32 without the host path's rounding to uint8 between geometry and
+  brightness, so augmented images equal the host's within interpolation tolerance, not
+  bit for bit (and the random draws differ from the host's NumPy generator);
 - normalisation: ``cxrjax.data.pipeline.normalization_shift_scale``, the same float32
-  operations as the host path;
+  operations as the host path; ``per_image``: ``augment.normalize_per_image``, the host
+  path's function, whose mean and std are reduced in another order on the device (equal
+  within float32 rounding, not bit for bit);
 - then the engine's own per-replica train step (``engine.train_fn``), K of them in one
   ``lax.scan`` per call (``steps_per_dispatch``), metrics stacked.
 
