@@ -293,6 +293,7 @@ class TrainConfig(InputOptions):
         flag=True,
         ge=0,
         le=MAX_TRANSLATE,
+        metavar="F",
         help="random shift of the content in x and y, each uniform in [-this, this] times the side, in the "
         "same resampling as rotation and zoom (training; 0: off)",
     )
