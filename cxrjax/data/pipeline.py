@@ -30,7 +30,16 @@ from tqdm.auto import tqdm
 
 from cxrjax.data import augment
 from cxrjax.data.errors import DataError
-from cxrjax.data.input_options import NORMALIZATIONS, InputOptions
+from cxrjax.data.input_options import (
+    MAX_BORDER_ERASE,
+    MAX_TRANSLATE,
+    NORMALIZATIONS,
+    RANGE_OPTIONS,
+    InputOptions,
+    box_problem,
+    fraction_problem,
+    range_problem,
+)
 
 # Threads per process that assemble whole batches ahead of the consumer, and how many
 # finished batches each may hold. Small on purpose: a 32 x 224 x 224 x 3 float32 batch is
@@ -67,14 +76,25 @@ class InputConfig(InputOptions):
             bad(f"rotate_degrees must be >= 0, got {self.rotate_degrees}")
         if self.num_workers < 0:
             bad(f"num_workers must be >= 0, got {self.num_workers}")
-        for name in ("zoom", "brightness"):
+        for name in RANGE_OPTIONS:
             rng = getattr(self, name)
             if rng is None:
                 continue
-            if len(rng) != 2 or not 0 < rng[0] <= rng[1]:
-                bad(f"{name} must be None or (lo, hi) with 0 < lo <= hi, got {rng!r}")
+            problem = range_problem(name, rng)
+            if problem:
+                bad(problem)
             # Lists from JSON configs become tuples so the config stays hashable.
             object.__setattr__(self, name, (float(rng[0]), float(rng[1])))
+        for problem in (
+            fraction_problem("translate", self.translate, MAX_TRANSLATE, inclusive=True),
+            fraction_problem("random_erasing", self.random_erasing, 1.0, inclusive=True),
+            fraction_problem("border_erase", self.border_erase, MAX_BORDER_ERASE, inclusive=False),
+            box_problem(self.crop_box),
+        ):
+            if problem:
+                bad(problem)
+        if self.crop_box is not None:
+            object.__setattr__(self, "crop_box", tuple(float(v) for v in self.crop_box))
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -83,7 +103,30 @@ class InputConfig(InputOptions):
 
     @property
     def augments(self) -> bool:
-        return bool(self.hflip or self.rotate_degrees or self.zoom or self.brightness)
+        """Whether training examples get random augmentation (crop_box and the
+        normalisation apply to every split, and are not augmentation)."""
+        return bool(self.hflip or self.rotate_degrees or self.zoom or self.brightness or self.extra_augments)
+
+    @property
+    def extra_augments(self) -> bool:
+        """Whether an option drawn from uniforms past the first four is on
+        (``augment.uses_extra_uniforms``)."""
+        return augment.uses_extra_uniforms(**self.augment_options(extra_only=True))
+
+    def augment_options(self, *, extra_only: bool = False) -> dict[str, Any]:
+        """The keyword arguments of ``augment.draw_params`` / ``params_from_uniforms``."""
+        extra = dict(
+            translate=self.translate,
+            contrast=self.contrast,
+            gamma=self.gamma,
+            random_erasing=self.random_erasing,
+            border_erase=self.border_erase,
+        )
+        if extra_only:
+            return extra
+        return dict(
+            hflip=self.hflip, rotate_degrees=self.rotate_degrees, zoom=self.zoom, brightness=self.brightness, **extra
+        )
 
     def to_dict(self) -> dict:
         fields = dataclasses.asdict(self)
@@ -267,8 +310,9 @@ _ORDER_TAG, _BALANCED_TAG, _AUGMENT_TAG = 0x0D, 0xBA, 0xA6
 
 def normalization_shift_scale(cfg: InputConfig, stats: ImageStatistics | None) -> tuple[float, float]:
     """(shift, scale) of ``cfg.normalization``: a [0, 1] pixel x becomes (x - shift) * scale
-    (in float32, subtraction first; the device-resident input applies the same two)."""
-    if cfg.normalization == "unit":
+    (in float32, subtraction first; the device-resident input applies the same two).
+    "per_image" is (0, 1) here: ``augment.normalize_per_image`` follows, on both paths."""
+    if cfg.normalization in ("unit", "per_image"):  # per_image: augment.normalize_per_image after
         return 0.0, 1.0
     if cfg.normalization == "half":
         return 0.5, 2.0
@@ -307,24 +351,22 @@ class _Example:
                 out["mask"] = np.False_
             return out
         rec = self.src[int(self.order[position])]
-        image = augment.resize(np.asarray(rec["image"]), cfg.image_size)
-        brightness = 1.0
-        if self.augment_seed is not None:
+        image = augment.prepare(rec["image"], cfg.image_size, cfg.crop_box)
+        if self.augment_seed is None:
+            x = augment.to_unit_float(image)
+        else:
             seed, epoch = self.augment_seed
-            params = augment.draw_params(
-                np.random.default_rng([seed, epoch, position, _AUGMENT_TAG]),
-                hflip=cfg.hflip,
-                rotate_degrees=cfg.rotate_degrees,
-                zoom=cfg.zoom,
-                brightness=cfg.brightness,
+            options = cfg.augment_options()
+            params = augment.draw_params(np.random.default_rng([seed, epoch, position, _AUGMENT_TAG]), **options)
+            x = augment.apply(
+                image, params, **{k: options[k] for k in ("contrast", "gamma", "random_erasing", "border_erase")}
             )
-            image = augment.geometry(image, params)
-            brightness = params.brightness
-        x = augment.to_unit_float(image, brightness)
         if self.shift:
             x -= np.float32(self.shift)
         if self.scale != 1.0:
             x *= np.float32(self.scale)
+        if cfg.normalization == "per_image":
+            x = augment.normalize_per_image(x, np)
         x = x[..., None]
         if cfg.channels == 3:  # a view; batching writes the 3 copies into the batch array
             x = np.broadcast_to(x, (*x.shape[:2], 3))

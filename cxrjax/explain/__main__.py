@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cxrjax import inference
+from cxrjax.data.augment import crop
 from cxrjax.data.subset import SubsetSource
 from cxrjax.explain import activations, probes
 from cxrjax.explain.gradcam import METHOD_TITLES, METHODS, add_saliency_arguments
@@ -111,6 +112,7 @@ def explain(
     has_lesions = inference.has_field(ds, split, "lesion_mask")
     marker_fn, marker_drawn = probes.marker_masker(request["name"], request["options"])
     names = run.class_names
+    box = run.input_config.crop_box
     grids, listing = {}, {}
     for k, name in enumerate(names):
         sections = []
@@ -118,9 +120,10 @@ def explain(
             tiles = []
             for i in chosen[k][kind]:
                 p = preds.probs[i]
-                outline = probes.binary_mask(source[i]["lesion_mask"], images[i].shape[:2]) if has_lesions else None
+                shape = images[i].shape[:2]  # masks cut to the run's crop_box, as the model input is
+                outline = probes.binary_mask(crop(source[i]["lesion_mask"], box), shape) if has_lesions else None
                 if outline is not None and marker_fn is not None and marker_drawn:  # and the marker's box
-                    outline = outline | probes.binary_mask(marker_fn(source[i]), images[i].shape[:2])
+                    outline = outline | probes.binary_mask(crop(marker_fn(source[i]), box), shape)
                 tiles.append(
                     Tile(
                         images[i],

@@ -31,6 +31,17 @@ The border strip (default 8% of the side, :data:`DEFAULT_BORDER`) is where colli
 edges, burnt-in text and the frame of the detector sit; a model that is well above
 chance on it alone reads the acquisition, not the patient.
 
+A model trained with ``crop_box`` (``cxrjax.data.input_options.InputOptions``) sees only
+that box of every image, and the probe's regions stay in ORIGINAL-image coordinates:
+blanking happens on the stored image, then the run's own eval pipeline crops it. So the
+probe asks "what does the model read inside its crop", and the parts of a region
+outside the crop are never seen. With the crop equal to the thorax box (the default
+box, 0.15,0.90,0.15,0.85), ``center_only`` is exactly the full input and
+``center_blanked`` / ``border_only`` are a constant image (the fill): a "reads the lungs"
+verdict then holds by construction (the model cannot read the border: it never sees
+it), not as a finding; a thorax box inside the crop still tests the crop's own margin.
+The report says so (``crop_box``, ``crop_note``).
+
 Verdict (:func:`mask_free_report`), with the probes' thresholds:
 - flagged ("shortcut") when the accuracy with the thorax box blanked is significantly
   above the majority rate (one-sided binomial p < ``probes.SIGNIFICANCE``) AND retains
@@ -139,11 +150,15 @@ def mask_free_report(
     class_names: Sequence[str],
     box: Sequence[float] = DEFAULT_THORAX_BOX,
     border: float = DEFAULT_BORDER,
+    *,
+    crop_box: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Accuracies on the full / center-blanked / center-only / border-only images, their
     binomial p-values against the majority rate, and a one-line verdict (module doc).
 
     ``predictions``: {"full" and each of :data:`REGION_MODES`: predicted labels}.
+    ``crop_box``: the run's (None: it sees the whole image); recorded with a note on
+    what the regions mean for a cropped model (module doc).
     """
     box, border = check_region(box, border)
     missing = sorted({FULL, *REGION_MODES} - set(predictions))
@@ -212,7 +227,27 @@ def mask_free_report(
             f"the lungs if it is not and center-only retains >= {READS_LUNGS_RETAINED:.0%}"
         ),
         "fill": probes.FILL,
+        "crop_box": None if crop_box is None else [float(v) for v in crop_box],
+        "crop_note": None if crop_box is None else crop_note(crop_box, box),
     }
+
+
+def crop_note(crop_box: Sequence[float], box: Sequence[float] = DEFAULT_THORAX_BOX) -> str:
+    """What the probe's regions mean for a model trained and evaluated on ``crop_box``."""
+    top, bottom, left, right = (float(v) for v in crop_box)
+    seen = f"rows {top:.0%}-{bottom:.0%}, columns {left:.0%}-{right:.0%}"
+    inside = box[0] <= top and bottom <= box[1] and box[2] <= left and right <= box[3]
+    return (
+        f"the model sees only {seen} of each image (crop_box); the probe's regions are in original-image "
+        "coordinates and are cropped like the images, so the border strip and the area outside the crop are "
+        "never seen"
+        + (
+            ": the crop lies inside the thorax box, so center_only equals the full input and center_blanked / "
+            "border_only are constant images; a 'reads the lungs' verdict holds by construction"
+            if inside
+            else ""
+        )
+    )
 
 
 def format_mask_free(report: Mapping[str, Any]) -> str:
@@ -232,6 +267,7 @@ def format_mask_free(report: Mapping[str, Any]) -> str:
         f"mask-free probe ({region}; majority rate {report['majority_rate']:.4f}, n = {report['num_examples']}): "
         + ", ".join(parts)
         + f"\nmask-free probe verdict: {report['verdict']}"
+        + (f"\nmask-free probe note: {report['crop_note']}." if report.get("crop_note") else "")
     )
 
 

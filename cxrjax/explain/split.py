@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from cxrjax.data import augment
 from cxrjax.explain import mask_free, probes
 from cxrjax.explain.gradcam import make_gradcam_fn
 from cxrjax.inference import DEFAULT_BATCH_SIZE, LoadedRun, has_field
@@ -147,7 +148,10 @@ def mask_free_probe(
     }
     masked = masked_probabilities(run, view, split, sources, mapping=mapping, batch_size=batch_size, progress=progress)
     predictions = {mask_free.FULL: preds.predictions, **{mode: p.argmax(1) for mode, p in masked.items()}}
-    return mask_free.mask_free_report(preds.labels, predictions, run.class_names, box, border), masked
+    report = mask_free.mask_free_report(
+        preds.labels, predictions, run.class_names, box, border, crop_box=run.input_config.crop_box
+    )
+    return report, masked
 
 
 def pointing_game_split(
@@ -170,16 +174,23 @@ def pointing_game_split(
     S0/S4 networks (Grad-CAM's spatial averaging assumes a pooling head, see
     ``cxrjax.explain.gradcam``), so the reports show both. On phantoms (``request`` names
     the dataset and its options) each image is also scored against the shortcut marker's
-    known position (``probes.phantom_marker_mask``).
+    known position (``probes.phantom_marker_mask``). The heatmaps cover the model input;
+    with the run's ``crop_box`` the masks are cut to the same box first, so a heatmap and
+    its masks stay pixel-aligned (a marker outside the box is then absent: no area, no hit).
     """
     source = view.splits[split]
     records = [source[i] for i in range(len(source))]
-    lesions = [r["lesion_mask"] for r in records]
-    lungs = [r["lung_mask"] for r in records] if has_field(view, split, "lung_mask") else None
+    box = run.input_config.crop_box
+
+    def seen(mask):  # the part of a stored mask the model sees (its crop_box), as the heatmaps
+        return augment.crop(np.asarray(mask), box)
+
+    lesions = [seen(r["lesion_mask"]) for r in records]
+    lungs = [seen(r["lung_mask"]) for r in records] if has_field(view, split, "lung_mask") else None
     marker_fn, marker_drawn = (
         probes.marker_masker(request["name"], request["options"]) if request is not None else (None, False)
     )
-    markers = [marker_fn(r) for r in records] if marker_fn is not None else None
+    markers = [seen(marker_fn(r)) for r in records] if marker_fn is not None else None
     extra = {"marker_drawn": marker_drawn} if marker_fn is not None else {}
     games = {}
     for method in cam_methods:

@@ -24,6 +24,7 @@ so on one device they are exact and on n devices the global batch is n times lar
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import json
@@ -35,7 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from cxrjax.data.input_options import NORMALIZATIONS, InputOptions
+from cxrjax.data.input_options import (
+    MAX_BORDER_ERASE,
+    MAX_TRANSLATE,
+    NORMALIZATIONS,
+    RANGE_OPTIONS,
+    InputOptions,
+    box_problem,
+    range_problem,
+)
 from cxrjax.data.subset import CLASSES_OPTION  # light: numpy only, no TFDS
 from cxrjax.train.recipes import RECIPE_NAMES, check_recipe
 
@@ -88,7 +97,7 @@ RENAMED_FIELDS = {
 }
 
 # Fields stored as tuples in Python and as lists in JSON.
-_TUPLE_FIELDS = ("zoom", "brightness", "classes")
+_TUPLE_FIELDS = (*RANGE_OPTIONS, "crop_box", "classes")
 
 _BOUND_TEXT = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 _BOUND_VIOLATED = {
@@ -147,6 +156,24 @@ def class_list(text: str) -> tuple[str, ...] | None:
     return None if names in ([], ["all"]) else tuple(names)
 
 
+def float_tuple(count: int, metavar: str) -> Callable[[str], tuple[float, ...] | None]:
+    """A flag parser: ``"0.8,1.2"`` -> (0.8, 1.2) (``count`` numbers); ``none`` -> None."""
+
+    def parse(text: str) -> tuple[float, ...] | None:
+        if text.strip().lower() in ("", "none"):
+            return None
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != count:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {count} comma-separated numbers {metavar}, or none")
+        return values
+
+    parse.__name__ = metavar
+    return parse
+
+
 def recipe_name(text: str) -> str | None:
     """``--recipe NAME``; ``none`` (or "") -> None (no recipe)."""
     return None if text.strip().lower() in ("", "none") else text.strip()
@@ -172,7 +199,8 @@ class TrainConfig(InputOptions):
     :class:`cxrjax.data.input_options.InputOptions`, shared with ``cxrjax.data.InputConfig``
     (re-declared here only to add their help, flags and ranges; the defaults are
     InputOptions'): ``normalization``, ``hflip``, ``rotate_degrees``, ``zoom``,
-    ``brightness``, ``balanced_sampling``, ``num_workers``.
+    ``brightness``, ``translate``, ``contrast``, ``gamma``, ``random_erasing``,
+    ``border_erase``, ``crop_box``, ``balanced_sampling``, ``num_workers``.
 
     Types are checked, not coerced, except that an int is accepted for a float field (and
     stored as a float) and numpy scalars become Python numbers: an int field refuses 1.5,
@@ -250,7 +278,8 @@ class TrainConfig(InputOptions):
         "normalization",
         flag=True,
         choices=NORMALIZATIONS,
-        help="unit: [0,1]; half: (x-0.5)/0.5; dataset: train split mean/std",
+        help="unit: [0,1]; half: (x-0.5)/0.5; dataset: train split mean/std; per_image: each image by its own "
+        "mean/std (every split)",
     )
     hflip: bool = _input_option("hflip", help="random horizontal flips (training)")
     rotate_degrees: float = _input_option(
@@ -259,6 +288,56 @@ class TrainConfig(InputOptions):
     zoom: tuple[float, float] | None = _input_option("zoom", help="random zoom (lo, hi), 0 < lo <= hi (training)")
     brightness: tuple[float, float] | None = _input_option(
         "brightness", help="random brightness factor (lo, hi), 0 < lo <= hi (training)"
+    )
+    translate: float = _input_option(
+        "translate",
+        flag=True,
+        ge=0,
+        le=MAX_TRANSLATE,
+        metavar="F",
+        help="random shift of the content in x and y, each uniform in [-this, this] times the side, in the "
+        "same resampling as rotation and zoom (training; 0: off)",
+    )
+    contrast: tuple[float, float] | None = _input_option(
+        "contrast",
+        flag=True,
+        metavar="LO,HI",
+        parse=float_tuple(2, "LO,HI"),
+        help="random contrast factor c uniform in (lo, hi): x -> mean + c (x - mean), clipped to [0,1], after "
+        "brightness (training; none: off)",
+    )
+    gamma: tuple[float, float] | None = _input_option(
+        "gamma",
+        flag=True,
+        metavar="LO,HI",
+        parse=float_tuple(2, "LO,HI"),
+        help="random gamma g uniform in (lo, hi): x -> x ** g on [0,1], after contrast (training; none: off)",
+    )
+    random_erasing: float = _input_option(
+        "random_erasing",
+        flag=True,
+        ge=0,
+        le=1,
+        metavar="P",
+        help="probability of blanking one rectangle (2 to 20 percent of the area, aspect 0.3-3.3) of a training image "
+        "with the mean of its other pixels (0: off)",
+    )
+    border_erase: float = _input_option(
+        "border_erase",
+        flag=True,
+        ge=0,
+        lt=MAX_BORDER_ERASE,
+        metavar="F",
+        help="blank each of the four border strips of a training image with a random width in [0, F] of the side "
+        "(filled like --random-erasing): against collimation edges and corner markers (0: off)",
+    )
+    crop_box: tuple[float, float, float, float] | None = _input_option(
+        "crop_box",
+        flag=True,
+        metavar="TOP,BOTTOM,LEFT,RIGHT",
+        parse=float_tuple(4, "TOP,BOTTOM,LEFT,RIGHT"),
+        help="cut every image of every split (train, evaluation, predict, explain) to this box, fractions of "
+        "the stored image, before resizing, e.g. the thorax box 0.15,0.90,0.15,0.85 (none: the whole image)",
     )
     balanced_sampling: bool = _input_option(
         "balanced_sampling", help="draw each epoch with replacement so classes are equally likely"
@@ -447,7 +526,7 @@ class TrainConfig(InputOptions):
                 object.__setattr__(self, name, float(value))
             elif kind is int and isinstance(value, numbers.Integral):
                 object.__setattr__(self, name, int(value))
-        for name in ("zoom", "brightness", "class_weights"):
+        for name in (*RANGE_OPTIONS, "crop_box", "class_weights"):
             value = getattr(self, name)
             if isinstance(value, tuple) and all(_is_number(v) for v in value):
                 object.__setattr__(self, name, tuple(float(v) for v in value))
@@ -493,8 +572,8 @@ class TrainConfig(InputOptions):
 
         From each field's annotation and :func:`option` metadata: the type (int, float,
         bool, str, optionally None), that floats are finite, the range, the choices. Then
-        what an annotation cannot say: the class subset, class weights, zoom/brightness
-        ranges and the option dicts.
+        what an annotation cannot say: the class subset, class weights, the factor ranges
+        (zoom, brightness, contrast, gamma), the crop box and the option dicts.
         """
         kinds = scalar_kinds()
         for f in dataclasses.fields(self):
@@ -519,15 +598,12 @@ class TrainConfig(InputOptions):
                 raise ValueError(f"TrainConfig.classes must be None or class names, got {self.classes!r}")
             if len(set(self.classes)) != len(self.classes):
                 raise ValueError(f"TrainConfig.classes={list(self.classes)} names a class more than once")
-        for name in ("zoom", "brightness"):
-            rng = getattr(self, name)
-            if rng is not None and not (
-                isinstance(rng, tuple) and len(rng) == 2 and all(_is_finite(v) for v in rng) and 0 < rng[0] <= rng[1]
-            ):
-                raise ValueError(
-                    f"TrainConfig.{name} must be None or [lo, hi] with finite 0 < lo <= hi, got {rng!r} "
-                    f"(e.g. --set {name}=[0.9,1.1])"
-                )
+        for problem in (
+            *(range_problem(name, getattr(self, name)) for name in RANGE_OPTIONS),
+            box_problem(self.crop_box),
+        ):
+            if problem:
+                raise ValueError(f"TrainConfig.{problem}")
         weights = self.class_weights
         if isinstance(weights, str):
             if weights != "balanced":

@@ -8,9 +8,10 @@ devices once, as the uint8 images the host pipeline would resize them to, and do
 in the compiled step:
 
 - placement: each split's images uint8 [N, S, S] (one gray channel; 3-channel models get
-  it repeated in-step, as the host pipeline does) are SHARDED along the example axis over
-  the engine's mesh (device r holds rows [r m, (r + 1) m), m = ceil(N / n)), so a split
-  costs N S^2 / n bytes per device; labels are replicated (4 bytes each);
+  it repeated in-step, as the host pipeline does), cut to ``crop_box`` and resized by the
+  host pipeline's own ``cxrjax.data.augment.prepare``, are SHARDED along the example axis
+  over the engine's mesh (device r holds rows [r m, (r + 1) m), m = ceil(N / n)), so a
+  split costs N S^2 / n bytes per device; labels are replicated (4 bytes each);
 - order: the epoch's order is the host pipeline's own (``cxrjax.data.epoch_order``:
   shuffle, or class-balanced sampling with replacement), computed on the host (indices
   only) and put on the devices once per epoch; the batch of global step s is positions
@@ -20,18 +21,24 @@ in the compiled step:
   elsewhere), and ``lax.psum_scatter`` hands replica r the sum over replicas of rows
   [r b, (r + 1) b): its own slice, exact (one replica contributes each row), one
   reduce-scatter of the uint8 batch per step;
-- augmentation (the host path's options: flip, rotation, zoom, brightness): the four
-  uniforms of an example come from ``fold_in(fold_in(aug_key, epoch), position)``
-  (``aug_key`` from the run's seed through the train state's key), so they depend only on
-  (seed, epoch, position), not on the devices; they become parameters by the host path's
-  own definition (``cxrjax.data.augment.params_from_uniforms``), and the flip, affine
-  resampling and brightness follow ``cxrjax.data.augment.geometry`` / ``to_unit_float``
-  (PIL's pixel-centre affine map, bilinear, zero fill outside), computed in float32
-  without the host path's rounding to uint8 between geometry and brightness, so
-  augmented images equal the host's within interpolation tolerance, not bit for bit
-  (and the random draws differ from the host's NumPy generator);
+- augmentation (the host path's options: flip, rotation, zoom, translation, brightness,
+  contrast, gamma, random and border erasing): the four uniforms of an example come from
+  ``fold_in(fold_in(aug_key, epoch), position)`` (``aug_key`` from the run's seed through
+  the train state's key), and, when an option past those four is on, 13 more from that
+  key folded with :data:`EXTRA_UNIFORMS_TAG` (so runs without them draw what they drew
+  before those options existed); they depend only on (seed, epoch, position), not on the
+  devices; they become parameters by the host path's own definition
+  (``cxrjax.data.augment.params_from_uniforms``); the flip and the affine resampling
+  follow ``cxrjax.data.augment.geometry`` (PIL's pixel-centre affine map, bilinear, zero
+  fill outside), brightness ``to_unit_float``, and contrast, gamma and erasing are the
+  host path's own array code (``augment.jitter_intensity``, ``augment.erase``), computed
+  in float32 without the host path's rounding to uint8 between geometry and
+  brightness, so augmented images equal the host's within interpolation tolerance, not
+  bit for bit (and the random draws differ from the host's NumPy generator);
 - normalisation: ``cxrjax.data.pipeline.normalization_shift_scale``, the same float32
-  operations as the host path;
+  operations as the host path; ``per_image``: ``augment.normalize_per_image``, the host
+  path's function, whose mean and std are reduced in another order on the device (equal
+  within float32 rounding, not bit for bit);
 - then the engine's own per-replica train step (``engine.train_fn``), K of them in one
   ``lax.scan`` per call (``steps_per_dispatch``), metrics stacked.
 
@@ -133,16 +140,16 @@ def choose_placement(config: Any, dataset: Any, image_size: int, devices: list, 
 _HOST_COPIES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 
-def host_copy(dataset: Any, split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 [N, S, S], int32 [N]): every record of ``split`` resized as the host pipeline
-    resizes it (``cxrjax.data.augment.resize``), and its label."""
+def host_copy(dataset: Any, split: str, image_size: int, crop_box=None) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 [N, S, S], int32 [N]): every record of ``split`` cropped and resized as the
+    host pipeline does it (``cxrjax.data.augment.prepare``), and its label."""
     from cxrjax.data import augment
 
     try:
         memo = _HOST_COPIES.setdefault(dataset, {})
     except TypeError:  # not weak-referenceable: no memo
         memo = {}
-    key = (split, image_size)
+    key = (split, image_size, None if crop_box is None else tuple(crop_box))
     if key not in memo:
         src = dataset.splits[split]
         n = len(src)
@@ -150,7 +157,7 @@ def host_copy(dataset: Any, split: str, image_size: int) -> tuple[np.ndarray, np
         labels = np.empty((n,), np.int32)
         for i in range(n):
             record = src[i]
-            images[i] = augment.resize(np.asarray(record["image"]), image_size)
+            images[i] = augment.prepare(record["image"], image_size, crop_box)
             labels[i] = int(record["label"])
         memo[key] = (images, labels)
     return memo[key]
@@ -169,6 +176,13 @@ class Transform:
     rotate_degrees: float = 0.0
     zoom: tuple[float, float] | None = None
     brightness: tuple[float, float] | None = None
+    translate: float = 0.0
+    contrast: tuple[float, float] | None = None
+    gamma: tuple[float, float] | None = None
+    random_erasing: float = 0.0
+    border_erase: float = 0.0
+    per_image: bool = False  # normalization="per_image" (shift 0, scale 1 then)
+    crop_box: tuple[float, float, float, float] | None = None  # applied by host_copy, before the device
 
     @classmethod
     def of(cls, input_config: Any, dataset: Any) -> "Transform":
@@ -176,6 +190,10 @@ class Transform:
 
         stats = dataset_statistics(dataset) if input_config.normalization == "dataset" else None
         shift, scale = normalization_shift_scale(input_config, stats)
+
+        def pair(value):
+            return tuple(float(v) for v in value) if value else None
+
         return cls(
             image_size=input_config.image_size,
             channels=input_config.channels,
@@ -183,32 +201,83 @@ class Transform:
             scale=float(scale),
             hflip=bool(input_config.hflip),
             rotate_degrees=float(input_config.rotate_degrees),
-            zoom=tuple(input_config.zoom) if input_config.zoom else None,
-            brightness=tuple(input_config.brightness) if input_config.brightness else None,
+            zoom=pair(input_config.zoom),
+            brightness=pair(input_config.brightness),
+            translate=float(input_config.translate),
+            contrast=pair(input_config.contrast),
+            gamma=pair(input_config.gamma),
+            random_erasing=float(input_config.random_erasing),
+            border_erase=float(input_config.border_erase),
+            per_image=input_config.normalization == "per_image",
+            crop_box=pair(input_config.crop_box),
+        )
+
+    def augment_options(self) -> dict[str, Any]:
+        """The keyword arguments of ``cxrjax.data.augment.params_from_uniforms``."""
+        return dict(
+            hflip=self.hflip,
+            rotate_degrees=self.rotate_degrees,
+            zoom=self.zoom,
+            brightness=self.brightness,
+            translate=self.translate,
+            contrast=self.contrast,
+            gamma=self.gamma,
+            random_erasing=self.random_erasing,
+            border_erase=self.border_erase,
+        )
+
+    @property
+    def extra_uniforms(self) -> bool:
+        """Whether an option past the first four uniforms is on (they are drawn apart)."""
+        from cxrjax.data import augment
+
+        return augment.uses_extra_uniforms(
+            translate=self.translate,
+            contrast=self.contrast,
+            gamma=self.gamma,
+            random_erasing=self.random_erasing,
+            border_erase=self.border_erase,
         )
 
     @property
     def augments(self) -> bool:
-        return bool(self.hflip or self.rotate_degrees or self.zoom or self.brightness)
+        return bool(self.hflip or self.rotate_degrees or self.zoom or self.brightness or self.extra_uniforms)
 
     @property
     def resamples(self) -> bool:
-        return bool(self.rotate_degrees or self.zoom)
+        return bool(self.rotate_degrees or self.zoom or self.translate)
+
+    @property
+    def float_path(self) -> bool:
+        """Whether augmented pixels need float arithmetic (else the exact table look-up)."""
+        return bool(self.resamples or self.brightness or self.contrast or self.gamma or self.erases)
+
+    @property
+    def erases(self) -> bool:
+        return bool(self.random_erasing or self.border_erase)
 
 
-def affine(image: jax.Array, angle_degrees: jax.Array, zoom: jax.Array) -> jax.Array:
-    """float [S, S] rotated by ``angle_degrees`` and zoomed by ``zoom`` about its centre:
-    ``cxrjax.data.augment.geometry``'s map (PIL's AFFINE transform: output pixel centre
-    p + 0.5 reads input c + R(-a) (p + 0.5 - c) / z; bilinear with edge clamping inside
-    the image, 0 where the source point lies outside it), in float32."""
+def affine(
+    image: jax.Array,
+    angle_degrees: jax.Array,
+    zoom: jax.Array,
+    translate_x: jax.Array = 0.0,
+    translate_y: jax.Array = 0.0,
+) -> jax.Array:
+    """float [S, S] rotated by ``angle_degrees``, zoomed by ``zoom`` about its centre and
+    moved by (translate_x W, translate_y H): ``cxrjax.data.augment.geometry``'s map
+    (``augment.affine_coefficients``, PIL's AFFINE transform: output pixel centre p + 0.5
+    reads input c + R(-a) (p + 0.5 - c - t) / z; bilinear with edge clamping inside the
+    image, 0 where the source point lies outside it), in float32."""
     h, w = image.shape
     cx, cy = w / 2.0, h / 2.0
+    ox, oy = cx + translate_x * w, cy + translate_y * h
     a = angle_degrees * (math.pi / 180.0)
     ca, sa = jnp.cos(a) / zoom, jnp.sin(a) / zoom
     x = jnp.arange(w, dtype=jnp.float32)[None, :] + 0.5
     y = jnp.arange(h, dtype=jnp.float32)[:, None] + 0.5
-    xin = ca * x - sa * y + (cx - ca * cx + sa * cy)
-    yin = sa * x + ca * y + (cy - sa * cx - ca * cy)
+    xin = ca * x - sa * y + (cx - ca * ox + sa * oy)
+    yin = sa * x + ca * y + (cy - sa * ox - ca * oy)
     inside = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
     xs, ys = xin - 0.5, yin - 0.5
     x0, y0 = jnp.floor(xs), jnp.floor(ys)
@@ -235,36 +304,45 @@ def pixel_table(t: Transform) -> np.ndarray:
 
 
 def to_model_input(images: jax.Array, t: Transform, uniforms: jax.Array | None = None) -> jax.Array:
-    """uint8 [b, S, S] -> float32 [b, S, S, C]: augmentation from ``uniforms`` ([b, 4] in
-    [0, 1), or None: none), then [0, 1] scaling and normalisation, as the host path does.
+    """uint8 [b, S, S] -> float32 [b, S, S, C]: augmentation from ``uniforms`` ([b, 4], or
+    [b, 17] with the options past the first four; None: none), then [0, 1] scaling,
+    intensity jitter, erasing and normalisation, as the host path does.
 
-    Without resampling or brightness (evaluation, flips only) the pixels go through
-    :func:`pixel_table`: bit-identical to the host pipeline. Otherwise the float32
-    arithmetic of ``to_unit_float`` and the normalisation, on the interpolated values.
+    Without resampling, intensity changes or erasing (evaluation, flips only) the pixels
+    go through :func:`pixel_table`: bit-identical to the host pipeline (but for
+    normalization="per_image", whose mean and std are reduced in another order: equal
+    within float32 rounding). Otherwise the float32 arithmetic of ``to_unit_float`` and
+    the shared array code of ``cxrjax.data.augment`` (``jitter_intensity``, ``erase``,
+    ``normalize_per_image``), on the interpolated values.
     """
+    from cxrjax.data import augment
+
     p = None
     if uniforms is not None and t.augments:
-        from cxrjax.data import augment
-
-        p = augment.params_from_uniforms(
-            uniforms, hflip=t.hflip, rotate_degrees=t.rotate_degrees, zoom=t.zoom, brightness=t.brightness
-        )
+        p = augment.params_from_uniforms(uniforms, **t.augment_options())
         if t.hflip:
             images = jnp.where(p.flip[:, None, None], images[:, :, ::-1], images)
-    if p is None or not (t.resamples or t.brightness):
+    if p is None or not t.float_path:
         x = jnp.asarray(pixel_table(t))[images.astype(jnp.int32)]
     else:
         x = images.astype(jnp.float32)
         if t.resamples:
-            x = jax.vmap(affine)(x, p.angle_degrees, p.zoom)
+            shifts = [
+                jnp.broadcast_to(jnp.asarray(v, jnp.float32), x.shape[:1]) for v in (p.translate_x, p.translate_y)
+            ]
+            x = jax.vmap(affine)(x, p.angle_degrees, p.zoom, *shifts)
         if t.brightness:
             x = jnp.minimum(x * (p.brightness / 255.0).astype(jnp.float32)[:, None, None], 1.0)
         else:
             x = x * np.float32(1.0 / 255.0)
+        x = augment.jitter_intensity(x, p, jnp, contrast=t.contrast, gamma=t.gamma)
+        x = augment.erase(x, p, jnp, random_erasing=t.random_erasing, border_erase=t.border_erase)
         if t.shift:
             x = x - np.float32(t.shift)
         if t.scale != 1.0:
             x = x * np.float32(t.scale)
+    if t.per_image:
+        x = augment.normalize_per_image(x, jnp)
     x = x[..., None]
     if t.channels == 3:
         x = jnp.broadcast_to(x, (*x.shape[:3], 3))
@@ -291,11 +369,26 @@ def augment_root(rng: jax.Array) -> jax.Array:
     return jax.random.split(rng)[1]
 
 
-def uniforms_for(rng: jax.Array, epoch: jax.Array, positions: jax.Array) -> jax.Array:
-    """[b, 4] uniforms of the examples at ``positions`` of ``epoch``: a pure function of
-    (seed, epoch, position)."""
+EXTRA_UNIFORMS_TAG = 0xE7  # folded into an example's key for the uniforms past the first four
+
+
+def uniforms_for(rng: jax.Array, epoch: jax.Array, positions: jax.Array, extra: bool = False) -> jax.Array:
+    """[b, 4] uniforms of the examples at ``positions`` of ``epoch`` (``extra``: [b, 17],
+    the last 13 from the example's key folded with :data:`EXTRA_UNIFORMS_TAG`, so the
+    first four are the same either way): a pure function of (seed, epoch, position)."""
+    from cxrjax.data import augment
+
     epoch_key = jax.random.fold_in(augment_root(rng), epoch)
-    return jax.vmap(lambda p: jax.random.uniform(jax.random.fold_in(epoch_key, p), (4,)))(positions)
+
+    def one(p):
+        key = jax.random.fold_in(epoch_key, p)
+        u = jax.random.uniform(key, (augment.LEGACY_UNIFORMS,))
+        if not extra:
+            return u
+        more = augment.NUM_UNIFORMS - augment.LEGACY_UNIFORMS
+        return jnp.concatenate([u, jax.random.uniform(jax.random.fold_in(key, EXTRA_UNIFORMS_TAG), (more,))])
+
+    return jax.vmap(one)(positions)
 
 
 def train_batch_fn(t: Transform, spe: int, global_batch: int, num_devices: int):
@@ -310,7 +403,7 @@ def train_batch_fn(t: Transform, spe: int, global_batch: int, num_devices: int):
         indices = order[positions]
         raw = gather_rows(images, indices)
         mine = _replica_slice(positions, per_replica)
-        uniforms = uniforms_for(rng, epoch, mine) if t.augments else None
+        uniforms = uniforms_for(rng, epoch, mine, t.extra_uniforms) if t.augments else None
         return {"image": to_model_input(raw, t, uniforms), "label": _replica_slice(labels[indices], per_replica)}
 
     return make
@@ -360,7 +453,7 @@ class ResidentInput:
         for name in splits:
             if name not in dataset.splits or len(dataset.splits[name]) == 0:
                 continue
-            images, labels = host_copy(dataset, name, size)
+            images, labels = host_copy(dataset, name, size, self.transform.crop_box)
             rows = -(-len(images) // n) * n
             padded = np.zeros((rows, size, size), np.uint8)
             padded[: len(images)] = images

@@ -9,6 +9,7 @@ seed (or early stopping) compiles once.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import json
 import time
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from cxrjax import models
+from cxrjax.data.input_options import InputOptions
 from cxrjax.models import transfer
 from cxrjax.train import ema
 from cxrjax.train.config import TrainConfig, parse_freeze
@@ -81,19 +83,11 @@ def resolve_input_shape(config: TrainConfig) -> tuple[int, int]:
 
 
 def input_config_fields(config: TrainConfig) -> dict[str, Any]:
-    """The cxrjax.data.InputConfig of this run, as plain fields (stored in checkpoints)."""
+    """The cxrjax.data.InputConfig of this run, as plain fields (stored in checkpoints):
+    the input shape and every ``cxrjax.data.input_options.InputOptions`` field."""
     image_size, channels = resolve_input_shape(config)
-    return {
-        "image_size": image_size,
-        "channels": channels,
-        "normalization": config.normalization,
-        "hflip": config.hflip,
-        "rotate_degrees": config.rotate_degrees,
-        "zoom": config.zoom,
-        "brightness": config.brightness,
-        "balanced_sampling": config.balanced_sampling,
-        "num_workers": config.num_workers,
-    }
+    options = {f.name: getattr(config, f.name) for f in dataclasses.fields(InputOptions)}
+    return {"image_size": image_size, "channels": channels, **options}
 
 
 def build_model(config: TrainConfig, num_classes: int, channels: int, axis_name: str | None):

@@ -202,3 +202,143 @@ def test_input_config_is_validated():
     with pytest.raises(ValueError, match="zoom"):
         InputConfig(zoom=(1.2, 1.0))
     assert InputConfig(brightness=[0.8, 1.25]).brightness == (0.8, 1.25)
+
+
+# ------------------------------------------- translate, contrast, gamma, erasing, per_image, crop_box
+NEW_OPTIONS = dict(translate=0.15, contrast=(0.7, 1.3), gamma=(0.7, 1.4), random_erasing=0.7, border_erase=0.15)
+
+
+def test_new_augmentations_keep_shape_and_range_and_are_deterministic(phantoms):
+    cfg = InputConfig(image_size=24, channels=3, **NEW_OPTIONS)
+    plain = train_batches(
+        phantoms, "train", InputConfig(image_size=24, channels=3), seed=0, epoch=0, global_batch_size=16
+    )
+    first = train_batches(phantoms, "train", cfg, seed=0, epoch=0, global_batch_size=16)
+    again = train_batches(phantoms, "train", cfg, seed=0, epoch=0, global_batch_size=16)
+    other = train_batches(phantoms, "train", cfg, seed=0, epoch=1, global_batch_size=16)
+    assert cfg.augments and not InputConfig(crop_box=(0.1, 0.9, 0.1, 0.9), normalization="per_image").augments
+    for i in range(2):
+        batch = first[i]
+        assert batch["image"].shape == (16, 24, 24, 3) and batch["image"].dtype == np.float32
+        assert batch["image"].min() >= 0.0 and batch["image"].max() <= 1.0
+        np.testing.assert_array_equal(batch["label"], plain[i]["label"])  # same order, same examples
+        np.testing.assert_array_equal(batch["image"], again[i]["image"])  # (seed, epoch, position) only
+        assert not np.allclose(batch["image"], plain[i]["image"], atol=0.05)
+    assert not np.array_equal(first[0]["image"], other[0]["image"])
+    # Each option alone changes the images; with it the first four uniforms are drawn as before.
+    legacy = dict(hflip=True, rotate_degrees=10.0, zoom=(1.0, 1.2), brightness=(0.8, 1.25))
+    old = augment.draw_params(np.random.default_rng(7), **legacy)
+    for name, value in NEW_OPTIONS.items():
+        one = train_batches(
+            phantoms, "train", InputConfig(image_size=24, **{name: value}), seed=0, epoch=0, global_batch_size=16
+        )[0]["image"]
+        assert not np.allclose(one, plain[0]["image"][..., :1], atol=1e-3), name
+        new = augment.draw_params(np.random.default_rng(7), **legacy, **{name: value})
+        assert new[:4] == old[:4], name
+
+
+def test_new_augmentation_parameters_by_hand():
+    u = np.zeros(augment.NUM_UNIFORMS)
+    u[[4, 5, 6, 7]] = [1.0, 0.0, 0.25, 0.5]  # translate x at +max, y at -max; contrast, gamma
+    u[[8, 9, 10, 11, 12]] = [0.1, 0.5, 0.5, 1.0, 0.0]  # erase (0.1 < 0.5); area 0.11; aspect sqrt(0.3 * 3.3)
+    u[13:17] = [1.0, 0.5, 0.0, 0.25]
+    p = augment.params_from_uniforms(
+        u,
+        hflip=False,
+        rotate_degrees=0.0,
+        zoom=None,
+        brightness=None,
+        translate=0.2,
+        contrast=(0.6, 1.4),
+        gamma=(0.5, 1.5),
+        random_erasing=0.5,
+        border_erase=0.2,
+    )
+    assert (p.translate_x, p.translate_y) == pytest.approx((0.2, -0.2))
+    assert (p.contrast, p.gamma) == pytest.approx((0.8, 1.0))
+    aspect = np.sqrt(0.3 * 3.3)
+    assert bool(p.erase) and p.erase_height == pytest.approx(np.sqrt(0.11 * aspect))
+    assert p.erase_width == pytest.approx(np.sqrt(0.11 / aspect))
+    assert (p.erase_top, p.erase_left) == pytest.approx((1.0 - p.erase_height, 0.0))  # bottom-left corner
+    assert (p.border_top, p.border_bottom, p.border_left, p.border_right) == pytest.approx((0.2, 0.1, 0.0, 0.05))
+
+
+def test_translation_contrast_gamma_and_erasing_on_known_images():
+    img = np.random.default_rng(1).integers(0, 256, (8, 8), dtype=np.uint8)
+    shifted = augment.geometry(img, augment.AugmentParams(translate_x=0.25, translate_y=-0.125))
+    expected = np.zeros_like(img)
+    expected[:7, 2:] = img[1:, :6]  # 2 px right, 1 px up, zeros shifted in
+    np.testing.assert_array_equal(shifted, expected)
+    x = np.array([[0.2, 0.6], [0.2, 0.6]], np.float32)  # mean 0.4
+    p = augment.AugmentParams(contrast=2.0, gamma=0.5)
+    np.testing.assert_allclose(augment.jitter_intensity(x, p, np, contrast=(2.0, 2.0)), [[0.0, 0.8]] * 2, atol=1e-6)
+    np.testing.assert_allclose(augment.jitter_intensity(x, p, np, gamma=(0.5, 0.5)), np.sqrt(x), atol=1e-6)
+    np.testing.assert_allclose(
+        augment.jitter_intensity(x, p, np, contrast=(2.0, 2.0), gamma=(0.5, 0.5)), [[0.0, np.sqrt(0.8)]] * 2, atol=1e-6
+    )
+    # A rectangle of rows 1-2, columns 2-4 of a 10 x 10 ramp: filled with the mean of the other pixels.
+    ramp = np.arange(100, dtype=np.float32).reshape(10, 10) / 100
+    rect = augment.AugmentParams(erase=True, erase_top=0.1, erase_left=0.2, erase_height=0.2, erase_width=0.3)
+    out = augment.erase(ramp, rect, np, random_erasing=1.0)
+    erased = np.zeros((10, 10), bool)
+    erased[1:3, 2:5] = True
+    np.testing.assert_allclose(out[erased], ramp[~erased].mean(), atol=1e-6)
+    np.testing.assert_array_equal(out[~erased], ramp[~erased])
+    np.testing.assert_array_equal(augment.erase(ramp, rect._replace(erase=False), np, random_erasing=1.0), ramp)
+    # Border strips of 0.2 (top), 0 (bottom), 0.1 (left), 0.3 (right) of the side.
+    border = augment.AugmentParams(border_top=0.2, border_left=0.1, border_right=0.3)
+    mask = augment.erase_mask((10, 10), border, np, border_erase=0.3)
+    expected = np.zeros((10, 10), bool)
+    expected[:2], expected[:, :1], expected[:, 7:] = True, True, True
+    np.testing.assert_array_equal(mask, expected)
+    np.testing.assert_allclose(
+        augment.erase(ramp, border, np, border_erase=0.3)[expected], ramp[~expected].mean(), atol=1e-6
+    )
+
+
+def test_per_image_normalisation_and_crop_box_apply_to_every_split():
+    ds = indexed_dataset([0, 1], image_size=10)
+    images = ds.splits["train"]._images
+    images[0, :, :5], images[0, :, 5:] = 51, 153  # left 0.2, right 0.6
+    images[1] = 77  # constant
+    cfg = InputConfig(image_size=10, normalization="per_image")
+    for batch in (
+        next(iter(eval_batches(ds, "train", cfg, global_batch_size=2))),
+        train_batches(ds, "train", cfg, seed=0, epoch=0, global_batch_size=2)[0],
+    ):
+        x = batch["image"][..., 0]
+        by_label = {int(label): img for label, img in zip(batch["label"], x)}
+        np.testing.assert_allclose(
+            by_label[0], np.where(np.arange(10) < 5, -1.0, 1.0)[None, :] * np.ones((10, 1)), atol=1e-5
+        )
+        np.testing.assert_allclose(by_label[1], 0.0, atol=1e-4)  # constant image: stays flat, no division by 0
+    # crop_box: the right half only (columns [5, 10)), at eval and in training; the rounding is the probe's.
+    crop = InputConfig(image_size=4, crop_box=(0.0, 1.0, 0.5, 1.0))
+    (batch,) = list(eval_batches(ds, "train", crop, global_batch_size=2))
+    np.testing.assert_allclose(batch["image"][0], 0.6, atol=1e-6)
+    train = train_batches(ds, "train", crop, seed=0, epoch=0, global_batch_size=2)[0]
+    np.testing.assert_allclose(train["image"][list(train["label"]).index(0)], 0.6, atol=1e-6)
+    box = (0.15, 0.90, 0.15, 0.85)
+    from cxrjax.explain import mask_free
+
+    stored = np.arange(40 * 30, dtype=np.uint8).reshape(40, 30)
+    keep = mask_free.region_keep_masks(40, 30, box)[mask_free.CENTER_ONLY]
+    cut = augment.crop(stored, box)
+    np.testing.assert_array_equal(cut.reshape(-1), stored[keep])  # exactly the probe's center_only region
+
+
+def test_new_input_options_are_validated():
+    for bad, match in (
+        (dict(translate=0.6), "translate"),
+        (dict(translate=-0.1), "translate"),
+        (dict(contrast=(1.2, 0.8)), "contrast"),
+        (dict(gamma=(0.0, 1.0)), "gamma"),
+        (dict(random_erasing=1.5), "random_erasing"),
+        (dict(border_erase=0.5), "border_erase"),
+        (dict(crop_box=(0.5, 0.2, 0.0, 1.0)), "crop_box"),
+        (dict(crop_box=(0.1, 0.9, 0.1)), "crop_box"),
+        (dict(normalization="per-image"), "normalization"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            InputConfig(**bad)
+    assert InputConfig(crop_box=[0.1, 0.9, 0.2, 0.8], gamma=[0.9, 1.1]).crop_box == (0.1, 0.9, 0.2, 0.8)

@@ -179,3 +179,59 @@ def test_the_experiments_refuse_with_one_error_line(tmp_path, capsys):
 def test_every_field_is_declared_with_help():
     for f in dataclasses.fields(TrainConfig):
         assert f.metadata.get("help"), f.name
+
+
+NEW_INPUT_FLAGS = [
+    "--translate", "0.1", "--contrast", "0.8,1.2", "--gamma", "0.9,1.1", "--random-erasing", "0.5",
+    "--border-erase", "0.1", "--crop-box", "0.15,0.90,0.15,0.85", "--normalization", "per_image",
+]  # fmt: skip
+
+
+def test_new_input_options_from_flags_reach_config_json_and_are_result_relevant():
+    from cxrjax.train.cli import build_parser, config_from_args
+    from cxrjax.train.config import RESULT_IRRELEVANT_FIELDS, result_relevant_differences
+    from cxrjax.train.run_setup import input_config_fields
+
+    config = config_from_args(build_parser().parse_args(NEW_INPUT_FLAGS))
+    assert (config.translate, config.contrast, config.gamma) == (0.1, (0.8, 1.2), (0.9, 1.1))
+    assert (config.random_erasing, config.border_erase) == (0.5, 0.1)
+    assert config.crop_box == (0.15, 0.90, 0.15, 0.85) and config.normalization == "per_image"
+    saved = config.to_dict()
+    assert saved["crop_box"] == [0.15, 0.90, 0.15, 0.85] and saved["contrast"] == [0.8, 1.2]
+    assert TrainConfig.from_dict(saved) == config  # config.json round trip
+    fields = input_config_fields(config)  # what checkpoints store and load_run evaluates with
+    assert {k: fields[k] for k in ("translate", "crop_box", "normalization")} == {
+        "translate": 0.1,
+        "crop_box": (0.15, 0.90, 0.15, 0.85),
+        "normalization": "per_image",
+    }
+    default = TrainConfig().to_dict()
+    old_config_json = {k: v for k, v in default.items() if k not in fields or k in ("normalization",)}
+    assert result_relevant_differences(old_config_json, default) == {}  # runs from before still resume
+    for name in ("translate", "contrast", "gamma", "random_erasing", "border_erase", "crop_box", "normalization"):
+        assert name not in RESULT_IRRELEVANT_FIELDS
+        assert name in result_relevant_differences(default, saved), name
+    assert config_from_args(build_parser().parse_args(["--crop-box", "none", "--contrast", "none"])).crop_box is None
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--contrast", "1.2,0.8"], ["TrainConfig.contrast", "0 < lo <= hi"]),
+        (["--set", "gamma=[0, 1]"], ["TrainConfig.gamma"]),
+        (["--translate", "0.7"], ["TrainConfig.translate must be >= 0 and <= 0.5"]),
+        (["--random-erasing", "1.5"], ["TrainConfig.random_erasing must be >= 0 and <= 1"]),
+        (["--border-erase", "0.5"], ["TrainConfig.border_erase must be >= 0 and < 0.5"]),
+        (["--crop-box", "0.9,0.1,0,1"], ["TrainConfig.crop_box", "--crop-box 0.15,0.90,0.15,0.85"]),
+        (["--set", "crop_box=[0, 1, 0]"], ["TrainConfig.crop_box"]),
+    ],
+)
+def test_bad_new_input_options_are_one_error_line(argv, words, capsys):
+    _refused(argv, capsys, *words)
+
+
+def test_unparsable_box_or_range_flags_are_argparse_errors_naming_the_format(capsys):
+    for argv, words in ((["--crop-box", "0.1,0.9"], "TOP,BOTTOM,LEFT,RIGHT"), (["--gamma", "low,high"], "LO,HI")):
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, "--print-config"])
+        assert exit_.value.code == 2 and words in capsys.readouterr().err

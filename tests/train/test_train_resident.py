@@ -240,3 +240,72 @@ def test_command_line_and_user_errors(base_config, tmp_path):
     # The CLI prints a RunSetupError as one error: line naming the fix.
     with pytest.raises(RunSetupError, match="use --data-placement host"):
         train_and_evaluate(base_config.replace(parallel="pmap", data_placement="device"), tmp_path)
+
+
+NEW_AUGMENT = dict(translate=0.15, contrast=(0.7, 1.3), gamma=(0.7, 1.4), random_erasing=0.6, border_erase=0.15)
+
+
+def test_new_options_on_the_device_are_the_host_transform_within_interpolation_tolerance(base_config):
+    options = {**AUGMENT, "rotate_degrees": 10.0, "zoom": (0.9, 1.1), **NEW_AUGMENT}
+    ds = data_api().load(base_config.dataset, data_dir=base_config.data_dir, options=base_config.dataset_options)
+    image = augment.resize(np.asarray(ds.splits["train"][1]["image"]), 16)
+    uniforms = np.random.default_rng(1).random((16, augment.NUM_UNIFORMS)).astype(np.float32)
+    batch = np.broadcast_to(image, (16, 16, 16))
+    unit = resident.Transform(image_size=16, channels=1, shift=0.0, scale=1.0, **options)
+    device = np.asarray(jax.jit(lambda x, u: resident.to_model_input(x, unit, u))(batch, uniforms))[..., 0]
+    intensity = {k: options[k] for k in ("contrast", "gamma", "random_erasing", "border_erase")}
+    erased = 0
+    for k, u in enumerate(uniforms):
+        p = augment.params_from_uniforms(u.astype(np.float64), **options)  # the host path's definition
+        p = augment.AugmentParams(*(bool(v) if n in ("flip", "erase") else float(v) for n, v in zip(p._fields, p)))
+        host = augment.apply(image, p, **intensity)  # PIL affine (uint8), then the shared array code
+        erased += p.erase
+        diff = np.abs(device[k] - host)
+        assert diff.max() <= 2.0 / 255, (k, p, diff.max() * 255)
+        assert np.abs(host - augment.to_unit_float(image)).max() > 0.1  # a real transform
+    assert 0 < erased < len(uniforms)
+    # per_image on the device: the shared normalize_per_image of the same augmented values.
+    per_image = resident.Transform(image_size=16, channels=1, shift=0.0, scale=1.0, per_image=True, **options)
+    standardised = np.asarray(jax.jit(lambda x, u: resident.to_model_input(x, per_image, u))(batch, uniforms))[..., 0]
+    np.testing.assert_allclose(standardised, augment.normalize_per_image(device, np), atol=1e-5)
+    np.testing.assert_allclose(standardised.mean(axis=(1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(standardised.std(axis=(1, 2)), 1.0, atol=1e-4)
+    # The first four uniforms of an example are the same with or without the new options.
+    key, positions = jax.random.key(3), jnp.arange(5, dtype=jnp.int32)
+    four, all17 = resident.uniforms_for(key, 2, positions), resident.uniforms_for(key, 2, positions, extra=True)
+    assert all17.shape == (5, augment.NUM_UNIFORMS)
+    np.testing.assert_array_equal(all17[:, :4], four)
+
+
+def test_crop_box_and_per_image_device_batches_equal_the_grain_batches(base_config):
+    data = data_api()
+    for options, exact in ((dict(crop_box=(0.1, 0.9, 0.2, 0.8)), True), (dict(normalization="per_image"), False)):
+        setup, r = _resident(base_config.replace(**options))
+        grain = data.train_batches(
+            setup.dataset, "train", setup.input_config, seed=0, epoch=1, global_batch_size=setup.global_batch_size
+        )
+        for i, batch in enumerate(_epoch_batches(setup, r, 1)):
+            np.testing.assert_array_equal(batch["label"], grain[i]["label"])
+            if exact:
+                np.testing.assert_array_equal(batch["image"], grain[i]["image"])  # bit for bit
+            else:  # the per-image mean/std are reduced in another order on the device
+                np.testing.assert_allclose(batch["image"], grain[i]["image"], atol=1e-5)
+        state = setup.engine.put_state(setup.init_fn(0))
+        own = predict_split(r.predictor(state), setup.dataset, "validation", setup.eval_global_batch_size)
+        host = predict_split(
+            EnginePredictor(setup.engine, state, setup.input_config, 4), setup.dataset, "validation", 4
+        )
+        np.testing.assert_allclose(own.probs, host.probs, rtol=1e-5, atol=1e-6)
+    plain = _epoch_batches(*_resident(base_config), 1)
+    assert not np.allclose(plain[0]["image"], grain[0]["image"], atol=0.05)  # per_image changed them
+
+
+def test_new_augmented_device_batches_are_deterministic_and_in_range(base_config):
+    setup, r = _resident(base_config.replace(**NEW_AUGMENT))
+    first, again = _epoch_batches(setup, r, 0), _epoch_batches(setup, r, 0)
+    plain = _epoch_batches(*_resident(base_config), 0)
+    for a, b, c in zip(first, again, plain, strict=True):
+        assert a["image"].shape == (8, 16, 16, 1) and 0.0 <= a["image"].min() and a["image"].max() <= 1.0
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], c["label"])
+        assert not np.allclose(a["image"], c["image"], atol=0.05)
