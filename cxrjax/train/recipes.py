@@ -86,14 +86,13 @@ INGREDIENTS: dict[str, dict[str, Any]] = {
     # --- not in cxr (cxr+NAME, none+NAME) ---
     "ema": {"ema_decay": 0.99},
     "balanced_sampling": {"balanced_sampling": True},
-    # --- LEAD: ingredients of the `augment` branch's input options go HERE after its merge ---
-    # (translate, contrast, gamma, random_erasing, border_erase, normalization="per_image",
-    # crop_box; they do not exist on this branch). Each needs an INGREDIENT_WHY entry too,
-    # and aims at the thorax-only accuracy of the mask-free probe, e.g.
-    #   "random_erasing": {"random_erasing": ...}, "border_erase": {"border_erase": ...},
-    #   "per_image_normalization": {"normalization": "per_image"}  (sets the field the
-    #   "normalization" ingredient sets: ablate it as cxr-normalization+per_image_normalization,
-    #   or swap it into RECIPE_INGREDIENTS["cxr"] if the ablation prefers it).
+    # --- aimed at the thorax (the mask-free probe's thorax-only accuracy) ---
+    "shift": {"translate": 0.06},
+    "contrast_gamma": {"contrast": (0.8, 1.2), "gamma": (0.8, 1.25)},
+    "random_erasing": {"random_erasing": 0.5},
+    "border_erase": {"border_erase": 0.12},
+    "per_image_normalization": {"normalization": "per_image"},
+    "thorax_crop": {"crop_box": (0.15, 0.90, 0.15, 0.85)},
 }
 
 # Why each ingredient, and what it is for (check_recipes: one entry per ingredient).
@@ -111,6 +110,19 @@ INGREDIENT_WHY: dict[str, str] = {
     "steps): smoother than the last step's weights on small, noisy data",
     "balanced_sampling": "draw each epoch with replacement so classes are equally likely (balances twice "
     "with class_weights: use cxr-class_weights+balanced_sampling)",
+    "shift": "random shifts of up to 6% of the side (with rotation and zoom, one resampling): patients are "
+    "not centred alike",
+    "contrast_gamma": "contrast (0.8-1.2) and gamma (0.8-1.25) jitter: detectors and post-processing differ "
+    "between hospitals",
+    "random_erasing": "with probability 0.5 blank one rectangle (2-20% of the area) with the image mean: no "
+    "single region (a marker, a tube) can carry the decision",
+    "border_erase": "blank each border strip with a random width up to 12% of the side: collimation edges and "
+    "corner markers say which hospital, not which disease",
+    "per_image_normalization": "standardise each image by its own mean/std (every split): exposure and "
+    "windowing differ per film (sets the field the normalization ingredient sets: "
+    "cxr-normalization+per_image_normalization)",
+    "thorax_crop": "train and evaluate on the thorax box (rows 15-90%, columns 15-85%, the mask-free probe's): "
+    "the model never sees the border (the probe's thorax-only input is then its full input)",
 }
 
 # Recipe name -> its ingredients, in order; RECIPES holds the union of their values.
