@@ -89,6 +89,8 @@ class PhantomDefaults(experiment.PhantomSplit):
     patience: int = 3  # early-stopping patience of the ES cells (S4's)
     # 10 seeds x 8 epochs was measured (docs/measurements.md#ablation-at-10-seeds): 24 min,
     # 1 of 7 claims after Holm -- over the budget and weaker; 3 seeds stay the default.
+    # Cheaper settings tried for a 10-seed default (smaller input, stronger findings,
+    # fewer epochs) and why none was adopted: docs/measurements.md#ablation-choosing-the-10-seed-default.
     seeds: int = 3
     # The split on the devices (small: yes): no grain host work per step, and without
     # augmentation bit-identical to the host path (tests/train/test_train_resident.py).

@@ -62,7 +62,10 @@ class PhantomOptions:
     shortcut_strength: see above; in [0, 1].
     severity_range: severity of the finding is drawn uniformly from this range (0 = no
         visible finding, 1 = florid). The low end reaching 0 is what makes some diseased
-        images indistinguishable from Normal, so accuracy cannot reach 100%.
+        images indistinguishable from Normal, so accuracy cannot reach 100%. Values
+        above 1 are allowed and draw findings denser than florid: a clearer signal for
+        short runs (what that does to the ablation's claims:
+        docs/measurements.md#ablation-choosing-the-10-seed-default).
     noise_std: standard deviation of the per-pixel quantum noise on the [0, 1] scale.
     """
 
