@@ -454,7 +454,8 @@ def load_pretrained(
             f"{unmatched.describe()}. The file's layers: {_listing(file.layer_names)}"
             + (". For a _notop file pass include_top=False" if include_top and unmatched.missing else "")
         )
-    if unmatched:
+    keyed = [(c, layer, var) for c, layers in abstract.items() for layer, leaves in layers.items() for var in leaves]
+    if any(key not in values for key in keyed):  # a missing or mis-shaped leaf keeps the init
         # op by op: compiling the whole init at once costs more on CPU than running it
         init = module.init(jax.random.key(seed), jnp.zeros(x.shape), train=False)
         base = jax.tree_util.tree_map(np.asarray, init)

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from keras_reference import assert_close, random_input, torch_apply, torchvision_model
+from keras_reference import assert_close, random_input, run_compiled, torch_apply, torchvision_model
 
 from cxrjax import models
 from cxrjax.models.weights import count_parameters
@@ -40,9 +40,12 @@ def test_matches_torchvision(name, tmp_path):
         b.numel() for k, b in reference.named_buffers() if not k.endswith("num_batches_tracked")
     )
     assert count_parameters(variables) == n_torch
-    assert_close(module.apply(variables, x, train=False), torch_apply(reference, x), what=f"{name} logits")
     headless, hvars = models.load_pretrained(name, path, include_top=False, strict=False)[:2]
-    assert_close(headless.apply(hvars, x, train=False), torch_apply(_features(name, reference), x), what="features")
+    logits, features = run_compiled(
+        lambda v, h, x: (module.apply(v, x, train=False), headless.apply(h, x, train=False)), variables, hvars, x
+    )
+    assert_close(logits, torch_apply(reference, x), what=f"{name} logits")
+    assert_close(features, torch_apply(_features(name, reference), x), what="features")
 
 
 def test_vgg16_features_from_safetensors(tmp_path):
@@ -54,7 +57,8 @@ def test_vgg16_features_from_safetensors(tmp_path):
     save_file(features, str(path))
     module, variables = models.load_pretrained("vgg16_imagenet", path, include_top=False)
     x = random_input(SIZE)
-    assert_close(module.apply(variables, x, train=False), torch_apply(reference.features, x), what="vgg16 features")
+    actual = run_compiled(lambda v, x: module.apply(v, x, train=False), variables, x)
+    assert_close(actual, torch_apply(reference.features, x), what="vgg16 features")
 
 
 def test_headless_load_of_a_full_state_dict_lists_the_classifier(tmp_path):
