@@ -270,6 +270,7 @@ def _match_keras(file: WeightFile, targets) -> tuple[dict, Unmatched]:
     used = set()
     # tf.keras 2 named some layers with a "/" (DenseNet's "conv1/conv", "conv1/bn"), Keras 3 "_".
     by_name = {n.replace("/", "_"): n for n in file.layers}
+    by_name.update(_auto_named_sources(file, targets))
     for layer, wanted in targets.items():
         source = by_name.get(layer)
         if source is None:  # auto-named layers (Normalization) get a _<n> suffix in Keras
@@ -306,6 +307,31 @@ def _match_keras(file: WeightFile, targets) -> tuple[dict, Unmatched]:
         missing = []
     unexpected = [f"{n} ({', '.join(w for w, _ in file.layers[n])})" for n in file.layers if n not in used]
     return values, Unmatched(tuple(missing), tuple(unexpected), tuple(mismatched))
+
+
+# Layer classes Keras names after themselves when the application gives no name
+# (InceptionV3's and Xception's plain convolutions and their BatchNorms).
+_AUTO_NAMED = ("conv2d", "batch_normalization", "dense", "depthwise_conv2d", "separable_conv2d", "normalization")
+
+
+def _auto_named_sources(file: WeightFile, targets) -> dict[str, str]:
+    """Model layer -> file layer for automatically named layers, paired in creation order.
+
+    Keras numbers them per session, in creation order: the model's ``conv2d, conv2d_1, ...``
+    are ``conv2d_1, conv2d_2, ...`` in a file Keras 2 wrote in a fresh session (the published
+    InceptionV3 file), and numbered on further in a later model of a session. Pairing such
+    layers by name would pair a layer with its neighbour, whose shapes may even agree; so
+    when both sides have the same number of weighted layers of a base name, the k-th of the
+    model's takes the k-th of the file's (by number), whatever the numbers.
+    """
+    pairs: dict[str, str] = {}
+    for base in _AUTO_NAMED:
+        pattern = re.compile(re.escape(base) + r"(?:_(\d+))?")
+        ours = sorted((n for n in targets if pattern.fullmatch(n)), key=_auto_name_key)
+        theirs = sorted((n for n, w in file.layers.items() if w and pattern.fullmatch(n)), key=_auto_name_key)
+        if ours and len(ours) == len(theirs):
+            pairs.update(zip(ours, theirs))
+    return pairs
 
 
 def _auto_name_key(name: str) -> tuple[str, int]:

@@ -160,9 +160,10 @@ def write_keras_h5(model, path, *, keras2_names: bool = False) -> str:
 
 def _keras2_layer_names(model) -> dict[str, str]:
     """Layer name -> its name in the Keras 2 file: layers named after their class
-    (``conv2d``, ``conv2d_7``: numbered in creation order, per session) numbered on past
-    the model's own numbers, as a model built later in the same session names them (the
-    importer pairs such layers by creation order); the others kept."""
+    (``conv2d``, ``conv2d_7``: numbered in creation order, per session) numbered from 1, as
+    Keras 2 numbered them in a fresh session (the published InceptionV3 file: ``conv2d_1``
+    is the model's ``conv2d``), so most names collide with another layer's (the importer
+    pairs such layers by creation order); the others kept."""
     from keras.src.utils.naming import to_snake_case
 
     auto = {}
@@ -171,11 +172,8 @@ def _keras2_layer_names(model) -> dict[str, str]:
         m = re.fullmatch(re.escape(base) + r"(?:_(\d+))?", layer.name)
         if m:
             auto[layer.name] = (base, int(m.group(1) or 0))
-    counts: dict[str, int] = {}
-    for base, _ in auto.values():
-        counts[base] = counts.get(base, 0) + 1
     names = {layer.name: layer.name for layer in model.layers}
-    names.update({name: f"{base}_{k + counts[base]}" for name, (base, k) in auto.items()})
+    names.update({name: f"{base}_{k + 1}" for name, (base, k) in auto.items()})
     return names
 
 
