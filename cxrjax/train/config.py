@@ -497,8 +497,9 @@ class TrainConfig(InputOptions):
         60,
         flag=True,
         ge=1,
-        help="multi-process: a process missing this long (heartbeats) stops the others with an error; also "
-        "how long processes wait for each other to start",
+        help="multi-process: JAX's heartbeat timeout (a process missing this long stops the others; a peer "
+        "lost during a collective is named within min(5, this / 2) s), and how long processes wait for each "
+        "other to start",
     )
 
     # ------------------------------------------------------------------------------
