@@ -334,6 +334,10 @@ def load_note(result: dict[str, Any]) -> str:
     """Whether the machine was quiet: the load averages against the core count."""
     cpus = result["environment"].get("host_cpus") or 1
     before, after = result.get("loadavg_before"), result.get("loadavg_after")
+    stopped = ""
+    if after is None and result["records"] and not result.get("complete", True):
+        after = result["records"][-1].get("loadavg_after")  # stopped early: after its last record
+        stopped = " (the run was stopped after its last record)"
     if before is None or after is None:
         return "Load average: not available on this OS."
     peak = max(
@@ -345,7 +349,7 @@ def load_note(result: dict[str, Any]) -> str:
         if peak <= 1.0
         else f"the machine was shared (1-minute load up to {peak:.1f} on {cpus} cores): the numbers are indicative"
     )
-    return f"Load average (1, 5, 15 min) before {before}, after {after}; {verdict}."
+    return f"Load average (1, 5, 15 min) before {before}, after {after}{stopped}; {verdict}."
 
 
 def throughput_markdown(result: dict[str, Any]) -> str:
