@@ -161,19 +161,20 @@ def host_initialized_state(
     XLA:CPU time per model, more than the train step's own compilation for small
     models, and parameter values do not change step time. So shapes come from
     ``jax.eval_shape`` of the engine's ``create_train_state`` and values from NumPy:
-    He-normal kernels (finite, no denormals), zero biases, unit BatchNorm scales and
-    running variances, and Adam's initial state (zeros). The step counter, rng and the
-    engine's other scalar fields come from ``create_train_state`` itself.
+    He-normal kernels (depthwise and pointwise ones too; finite, no denormals), zero
+    biases, unit BatchNorm scales and running variances (and EfficientNet's
+    Normalization variances), and the optimiser's initial state (zeros). The step
+    counter, rng and the engine's other scalar fields come from ``create_train_state`` itself.
     """
     skeleton = jax.eval_shape(lambda: create_train_state(model, tx, seed, input_shape))
     rng = np.random.default_rng(seed)
 
     def leaf(path: Any, sd: jax.ShapeDtypeStruct) -> np.ndarray:
-        name = getattr(path[-1], "key", getattr(path[-1], "name", ""))
-        if name == "kernel":
+        name = str(getattr(path[-1], "key", getattr(path[-1], "name", "")))
+        if name.endswith("kernel"):  # also the backbones' depthwise_kernel / pointwise_kernel
             fan_in = int(np.prod(sd.shape[:-1]))
             return (rng.standard_normal(sd.shape, np.float32) * np.sqrt(2.0 / fan_in)).astype(sd.dtype)
-        if name in ("scale", "var"):
+        if name in ("scale", "var", "variance"):  # variance: EfficientNet's Normalization layer
             return np.ones(sd.shape, sd.dtype)
         return np.zeros(sd.shape, sd.dtype)
 

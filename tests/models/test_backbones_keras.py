@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 from keras_reference import (
+    KERAS_CASES,
     assert_close,
     keras,
     keras_apply,
@@ -28,20 +29,7 @@ from keras_reference import (
 from cxrjax import models
 from cxrjax.models.weights import count_parameters
 
-# name -> (keras.applications function, input size): the smallest the Keras model accepts
-# (InceptionV3 75, Xception 71), else 32.
-KERAS_CASES = {
-    "mobilenet": ("MobileNet", 32),
-    "mobilenet_v2": ("MobileNetV2", 32),
-    "resnet50": ("ResNet50", 32),
-    "vgg16_imagenet": ("VGG16", 32),
-    "densenet121": ("DenseNet121", 32),
-    "densenet201": ("DenseNet201", 32),
-    "inception_v3": ("InceptionV3", 75),
-    "xception": ("Xception", 71),
-    "efficientnet_b0": ("EfficientNetB0", 32),
-    "efficientnet_b7": ("EfficientNetB7", 32),
-}
+# name -> (keras.applications function, input size): benchmarks/keras_reference.py.
 BACKBONES = sorted(n for n, s in models.MODELS.items() if s.study == "ImageNet")
 # The largest two: with their top only the parameter counts are compared (the top is the
 # same global pool + Dense as their family's smaller member, compared in full); headless
