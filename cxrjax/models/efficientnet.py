@@ -1,7 +1,7 @@
 """EfficientNet B0 and B7 as ``keras.applications.EfficientNetB0`` / ``B7``.
 
-Built-in input normalisation (so "none" preprocessing: the model takes pixels in
-[0, 255]): Rescaling 1/255, then Keras' ``Normalization`` layer ``normalization``
+Built-in input normalisation (so "pixels" preprocessing: the model takes pixels in
+[0, 255] as they are): Rescaling 1/255, then Keras' ``Normalization`` layer ``normalization``
 ((x - mean) / sqrt(variance), its mean / variance / count weights kept in batch_stats),
 then, with ``imagenet_rescaling``, Keras' extra Rescaling by 1 / sqrt(stddev) (Keras adds
 it for ``weights="imagenet"``: the published files store the ImageNet stddev as the
@@ -73,7 +73,7 @@ class EfficientNet(Backbone):
     drop_connect_rate: float = 0.2
     imagenet_rescaling: bool = False
 
-    preprocessing = "none"
+    preprocessing = "pixels"  # [0, 255]: the model rescales and normalises itself
     min_size = 32
 
     @nn.compact

@@ -49,7 +49,6 @@ KERAS_ORDER: tuple[tuple[str, str, str], ...] = (
     ("count", "batch_stats", "count"),
 )
 
-PREPROCESSING_MODES = ("caffe", "tf", "torch", "none")
 POOLINGS = (None, "avg", "max")
 
 

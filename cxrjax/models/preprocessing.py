@@ -8,7 +8,10 @@ on RGB pixel values in [0, 255]:
 - "tf" (MobileNet, MobileNetV2, InceptionV3, Xception): x / 127.5 - 1, i.e. [-1, 1];
 - "torch" (DenseNet; torchvision's weights): x / 255, minus mean (0.485, 0.456, 0.406),
   divided by std (0.229, 0.224, 0.225);
-- "none" (EfficientNet: rescaling and normalisation are layers of the model).
+- "pixels" (EfficientNet: rescaling and normalisation are layers of the model, which
+  takes the [0, 255] pixels as they are; Keras' ``preprocess_input`` is the identity);
+- "none": no preprocessing (the identity here too; in a TransferModel, "none" also skips
+  the scaling of the pipeline's [0, 1] images to [0, 255], where "pixels" does it).
 
 Each backbone class names its mode (``Backbone.preprocessing``; :func:`preprocessing_mode`
 resolves a registered name, with the torchvision variant's "torch", or the class's
@@ -24,7 +27,7 @@ from typing import Any
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
 TORCH_STD_RGB = (0.229, 0.224, 0.225)
-MODES = ("caffe", "tf", "torch", "none")
+MODES = ("caffe", "tf", "torch", "pixels", "none")
 
 
 def to_rgb(x: Any) -> Any:

@@ -21,11 +21,11 @@ studies lives in the loss (logits out, as every cxrjax model).
 Input: the pipeline's images (``normalization="unit"``: [0, 1], 1 or 3 channels).
 Grayscale is replicated to 3 channels, then ``preprocessing`` is applied inside the
 model, so training, evaluation, prediction and Grad-CAM all see the same input:
-"caffe" / "tf" / "torch" scale to [0, 255] and apply Keras' ``preprocess_input``
+"caffe" / "tf" / "torch" / "pixels" scale to [0, 255] and apply Keras' ``preprocess_input``
 (:mod:`cxrjax.models.preprocessing`); "none" passes the (3-channel) images as they are
 (what S0, S1 and S2 did: [0, 1] or feature-wise normalised images). ``resolve_preprocessing``
-turns "auto" into the mode the backbone's ImageNet weights expect (EfficientNet: "none"
-on [0, 255], its normalisation is a layer of the model).
+turns "auto" into the mode the backbone's ImageNet weights expect (EfficientNet: "pixels",
+[0, 255] as they are: its rescaling and normalisation are layers of the model).
 
 Freezing (``frozen_layers``: names of the backbone's layers with weights, its direct
 children, named after the Keras layers): their parameters are labelled "frozen" by
@@ -124,7 +124,7 @@ class TransferModel(Classifier):
 
     backbone_name: str = "mobilenet_v2"
     head: str = "s2"
-    preprocessing: str = "none"  # resolved: caffe | tf | torch | none
+    preprocessing: str = "none"  # resolved: caffe | tf | torch | pixels | none
     frozen_layers: tuple[str, ...] = ()
     backbone_options: tuple[tuple[str, Any], ...] = ()
     dense_units: tuple[int, ...] | None = None

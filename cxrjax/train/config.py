@@ -59,7 +59,7 @@ DTYPES = ("float32", "bfloat16")
 # Transfer learning (cxrjax.models.transfer): the studies' heads on an ImageNet backbone,
 # and the input preprocessing of the backbone ("auto": the Keras mode its weights expect).
 HEADS = ("none", "s2", "s2_dropout", "s1", "s0_d")
-PREPROCESSING = ("auto", "none", "caffe", "tf", "torch")
+PREPROCESSING = ("auto", "none", "caffe", "tf", "torch", "pixels")
 
 # Fields that cannot change what is trained: where files live, how progress is shown,
 # how often metrics are fetched or step checkpoints written, the compile cache.
@@ -269,7 +269,8 @@ class TrainConfig(InputOptions):
         flag=True,
         choices=PREPROCESSING,
         help="with a head: the backbone's input preprocessing on the pipeline's [0,1] images (auto: the Keras "
-        "mode its ImageNet weights expect; none: the pipeline's normalised images as they are)",
+        "mode its ImageNet weights expect; pixels: [0,255], EfficientNet's; none: the pipeline's normalised images "
+        "as they are)",
     )
     image_size: int | None = option(None, flag=True, ge=1, help="model input size in pixels (None: the model's)")
     channels: int | None = option(None, flag=True, ge=1, help="input channels, 1 or 3 (None: the model's)")

@@ -134,12 +134,13 @@ def test_preprocessing_modes_of_the_backbones():
         "xception": "tf",
         "densenet121": "torch",
         "densenet201": "torch",
-        "efficientnet_b0": "none",
-        "efficientnet_b7": "none",
+        "efficientnet_b0": "pixels",
+        "efficientnet_b7": "pixels",
     }
     assert {n: models.preprocessing_mode(n) for n in expected} == expected
     assert models.preprocessing_mode("resnet50", "torchvision") == "torch"
-    assert np.array_equal(models.preprocess_input(np.full((1, 2, 2, 3), 7.0), "none"), np.full((1, 2, 2, 3), 7.0))
+    for mode in ("none", "pixels"):  # EfficientNet's preprocess_input is the identity on [0, 255]
+        assert np.array_equal(models.preprocess_input(np.full((1, 2, 2, 3), 7.0), mode), np.full((1, 2, 2, 3), 7.0))
 
 
 def test_import_weights_cli(tmp_path, mnv2_file, capsys):

@@ -247,6 +247,19 @@ def test_preprocessing_inside_the_model_is_keras_preprocess_input_on_rgb():
     assert np.max(np.abs(ours - unprocessed)) > 0.1 * np.max(np.abs(ours))
 
 
+def test_efficientnet_auto_preprocessing_feeds_its_model_pixels_in_0_255():
+    """EfficientNet normalises inside the model, on [0, 255] pixels: "auto" ("pixels")
+    scales the pipeline's [0, 1] images to [0, 255]; "none" does not."""
+    x = jax.random.uniform(jax.random.key(4), (1, 32, 32, 3))
+    auto = transfer.create_transfer("efficientnet_b0", head="s2", num_classes=2)
+    plain = transfer.create_transfer("efficientnet_b0", head="s2", num_classes=2, preprocessing="none")
+    assert auto.preprocessing == "pixels"
+    variables = auto.init(jax.random.key(0), x, train=False)
+    np.testing.assert_allclose(
+        auto.apply(variables, x, train=False), plain.apply(variables, x * 255.0, train=False), rtol=1e-4, atol=1e-6
+    )
+
+
 def test_s1_head_is_differentiable_under_jit():
     """A fine-tuned S1 run differentiates through the head's AveragePooling2D."""
     head = transfer.Head("s1", 3, (8,), 0.5, 4)
