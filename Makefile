@@ -6,6 +6,9 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k models -x"`.
 PYTEST_ARGS ?=
+# The suite runs in two worker processes (pytest-xdist), a test file per worker at a time
+# (module-scoped fixtures are built once); `make test PYTEST_WORKERS=0` runs it serially.
+PYTEST_WORKERS ?= 2
 
 .PHONY: venv test lint format ablation bench clean
 
@@ -19,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # ruff (config in pyproject.toml): lint rules and the formatter's check; `make format` fixes both.
 lint: $(STAMP)
