@@ -11,8 +11,9 @@ Layouts are Keras' (NHWC activations; conv kernels [kh, kw, cin, cout]; depthwis
 kernels [kh, kw, cin, multiplier]); Keras' padding "same" is XLA's "SAME" (TF-style, the
 extra row / column at the bottom / right), "valid" is "VALID". Parameters are float32,
 ``dtype`` is the computation dtype, as in :mod:`cxrjax.models.layers`. These layers call
-``lax`` directly: the stride-1 CPU rewrites of ``layers.Conv`` do not apply to strided,
-depthwise or "same"-padded convolutions.
+``lax`` directly (the stride-1 CPU rewrites of ``layers.Conv`` do not apply to strided or
+"same"-padded convolutions), except depthwise convolutions, which go through
+``layers.depthwise_conv2d`` for its CPU rewrite.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cxrjax.models import layers
 from cxrjax.models.base import Classifier, logits_float32
 
 Array = jax.Array
@@ -100,15 +102,7 @@ class KConv(nn.Module):
 
 def _depthwise(x: Array, kernel: Array, strides, padding: str, dtype) -> Array:
     """Depthwise conv with a Keras kernel [kh, kw, cin, m]: output channel c * m + j."""
-    kh, kw, cin, m = kernel.shape
-    return lax.conv_general_dilated(
-        x.astype(dtype),
-        kernel.reshape(kh, kw, 1, cin * m).astype(dtype),
-        _pair(strides),
-        _padding(padding),
-        dimension_numbers=_DIMS,
-        feature_group_count=cin,
-    )
+    return layers.depthwise_conv2d(x.astype(dtype), kernel.astype(dtype), _pair(strides), _padding(padding))
 
 
 class DepthwiseConv(nn.Module):

@@ -9,8 +9,10 @@ whose padding is at least half its kernel (S4's 3x3/p2, 4x4/p2; :func:`conv_clif
 explicit pad + VALID convolution instead); the weight gradient of a conv with a large
 output map (:func:`dw_cliff`: a loop of im2col-style row blocks times the output
 gradient, cxrjax/models/conv_cpu.py); the weight gradient of the convs left to XLA past
-16 examples per device (:func:`batch_dw_cliff`: summed over batch chunks of 16); and
-max-pooling's gradient (select-and-scatter; an element-wise formulation instead). How
+16 examples per device (:func:`batch_dw_cliff`: summed over batch chunks of 16);
+max-pooling's gradient (select-and-scatter; an element-wise formulation instead); and
+the gradients of depthwise convolutions (the ImageNet backbones' MobileNet, MobileNetV2,
+EfficientNet, Xception; :func:`depthwise_cliff`: a sum of shifted element-wise products). How
 much each costs: docs/measurements.md#cpu-convolution-cliffs. ``formulation="auto"``
 routes those to the faster formulations on CPU; ``formulation="xla"`` keeps the plain
 ``lax`` calls as the reference that tests compare against (equal outputs and gradients:
@@ -236,6 +238,70 @@ def batch_norm(train: bool, axis_name: str | None, dtype: Any, name: str) -> nn.
         axis_name=axis_name,
         name=name,
     )
+
+
+DEPTHWISE_FORMULATIONS = ("auto", "xla", "shifted")
+
+
+def depthwise_cliff(backend: str | None = None) -> bool:
+    """Whether a depthwise convolution's gradients are a slow path: on XLA:CPU.
+
+    XLA:CPU runs ``feature_group_count = channels`` convolutions' weight and input
+    gradients far below its dense-conv speed: a 3x3 depthwise layer's forward + both
+    gradients at batch 8 took 3.4-11x as long as the same function written as nine shifted
+    element-wise products (stride 1 and 2, 14x14 to 112x112 maps; docs/measurements.md,
+    "Depthwise convolutions on XLA:CPU"). Other backends keep the grouped conv.
+    """
+    return (backend or jax.default_backend()) == "cpu"
+
+
+def depthwise_conv2d(
+    x: Array, kernel: Array, strides: tuple[int, int], padding: Any, formulation: str = "auto"
+) -> Array:
+    """Depthwise 2-D convolution of NHWC ``x`` with a Keras kernel [kh, kw, cin, m]: output
+    channel ``c * m + j`` is input channel c convolved with ``kernel[:, :, c, j]``.
+
+    ``padding``: "SAME" / "VALID" (XLA's rule: SAME pads the extra row/column at the
+    bottom/right) or ((top, bottom), (left, right)). Formulations compute the same
+    function (same values and gradients up to float summation order):
+    - "xla": ``lax.conv_general_dilated`` with ``feature_group_count=cin``;
+    - "shifted": the sum over the kh x kw taps of a strided slice of the padded input times
+      that tap's weights: element-wise products whose gradients are element-wise too;
+    - "auto": "shifted" where :func:`depthwise_cliff`, else "xla".
+    """
+    if formulation not in DEPTHWISE_FORMULATIONS:
+        raise ValueError(f"unknown depthwise formulation {formulation!r}; choose one of {DEPTHWISE_FORMULATIONS}")
+    kh, kw, cin, m = kernel.shape
+    sh, sw = strides
+    if isinstance(padding, str):
+        pads = lax.padtype_to_pads(x.shape[1:3], (kh, kw), (sh, sw), padding)
+    else:
+        pads = [tuple(p) for p in padding]
+    if formulation == "auto":
+        formulation = "shifted" if depthwise_cliff() else "xla"
+    if formulation == "xla":
+        return lax.conv_general_dilated(
+            x, kernel.reshape(kh, kw, 1, cin * m), (sh, sw), pads, dimension_numbers=_DIMS, feature_group_count=cin
+        )
+    (pt, pb), (pl, pr) = pads
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    if m > 1:
+        xp = jnp.repeat(xp, m, axis=-1)  # channel c * m + j reads input channel c
+    out_h = (xp.shape[1] - kh) // sh + 1
+    out_w = (xp.shape[2] - kw) // sw + 1
+    taps = kernel.reshape(kh, kw, cin * m).astype(x.dtype)
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            window = lax.slice(
+                xp,
+                (0, i, j, 0),
+                (xp.shape[0], i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, xp.shape[3]),
+                (1, sh, sw, 1),
+            )
+            term = window * taps[i, j]
+            out = term if out is None else out + term
+    return out
 
 
 POOL_FORMULATIONS = ("auto", "xla", "mask")

@@ -119,3 +119,31 @@ def test_whole_model_outputs_and_gradients_unchanged(name, monkeypatch):
     assert "select_and_scatter" in jaxpr_reference and "select_and_scatter" not in jaxpr_rewritten
     for a, b in zip(jax.tree.leaves(rewritten), jax.tree.leaves(reference)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, strides, padding, multiplier",
+    [
+        ((2, 9, 8, 3), 3, (1, 1), "SAME", 1),
+        ((2, 9, 8, 3), 3, (2, 2), "SAME", 1),  # SAME at stride 2: the extra row at the bottom
+        ((2, 10, 10, 4), 3, (2, 2), "VALID", 2),  # depth multiplier 2
+        ((1, 11, 9, 2), 5, (1, 2), ((1, 2), (2, 1)), 1),  # explicit, asymmetric padding
+    ],
+)
+def test_shifted_depthwise_equals_the_grouped_conv(shape, kernel, strides, padding, multiplier):
+    """The depthwise CPU rewrite: the same outputs, input and kernel gradients as XLA's
+    ``feature_group_count`` conv (float64 to rounding)."""
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), shape, jnp.float64)
+        k = jax.random.normal(jax.random.key(1), (kernel, kernel, shape[-1], multiplier), jnp.float64)
+
+        def run(formulation):
+            f = lambda x, k: layers.depthwise_conv2d(x, k, strides, padding, formulation)  # noqa: E731
+            y = f(x, k)
+            w = jax.random.normal(jax.random.key(2), y.shape, jnp.float64)
+            return (y, *jax.grad(lambda x, k: (f(x, k) * w).sum(), argnums=(0, 1))(x, k))
+
+        for ours, reference in zip(run("shifted"), run("xla")):
+            assert ours.shape == reference.shape
+            np.testing.assert_allclose(ours, reference, rtol=1e-12, atol=1e-12)
+    assert layers.depthwise_cliff("cpu") and not layers.depthwise_cliff("gpu")
