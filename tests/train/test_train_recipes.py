@@ -82,7 +82,7 @@ def test_experiments_pass_the_recipe_through():
 
 # ------------------------------------------------------------------ ingredients and expressions
 
-CXR_TODAY = {  # RECIPES["cxr"] before it was split into ingredients: the split must not change it
+CXR_TODAY = {  # RECIPES["cxr"], by hand: its ingredients' union must be exactly this
     "normalization": "dataset",
     "hflip": False,
     "rotate_degrees": 7.0,
@@ -101,6 +101,7 @@ CXR_TODAY = {  # RECIPES["cxr"] before it was split into ingredients: the split 
     "early_stopping_patience": 8,
     "restore_best": True,
     "epochs": 40,
+    "crop_box": (0.15, 0.90, 0.15, 0.85),
 }
 
 
@@ -124,7 +125,7 @@ def test_leave_one_out_removes_exactly_that_ingredients_fields():
         for field, value in CXR_TODAY.items():
             expected = getattr(defaults, field) if field in recipes.INGREDIENTS[removed] else value
             assert getattr(config, field) == expected, (expression, field)
-    assert len(recipes.leave_one_out("cxr")) == len(recipes.RECIPE_INGREDIENTS["cxr"]) == 7
+    assert len(recipes.leave_one_out("cxr")) == len(recipes.RECIPE_INGREDIENTS["cxr"]) == 8
 
 
 def test_none_plus_one_ingredient_keeps_the_preset_but_that_ingredient():
@@ -140,7 +141,7 @@ def test_none_plus_one_ingredient_keeps_the_preset_but_that_ingredient():
     # add-one lists every ingredient the base lacks, including those outside cxr
     assert recipes.add_one("none") == [f"none+{name}" for name in recipes.INGREDIENTS]
     not_in_cxr = [name for name in recipes.INGREDIENTS if name not in recipes.RECIPE_INGREDIENTS["cxr"]]
-    assert "ema" in not_in_cxr and "thorax_crop" in not_in_cxr and "augment" not in not_in_cxr
+    assert "ema" in not_in_cxr and "border_erase" in not_in_cxr and "thorax_crop" not in not_in_cxr
     assert recipes.add_one("cxr") == [f"cxr+{name}" for name in not_in_cxr]
 
 
@@ -158,6 +159,7 @@ def test_expressions_apply_left_to_right_are_canonical_and_explicit_options_stil
         "label_smoothing",
         "class_weights",
         "early_stopping",
+        "thorax_crop",
         "normalization",
     )
     assert parsed.text == "cxr-augment"  # the canonical text names the result, not the steps
