@@ -46,7 +46,7 @@ Choices, written down because the studies differ:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -119,6 +119,21 @@ def draw_params(
         border_erase=border_erase,
     )
     return AugmentParams(*(bool(v) if k in ("flip", "erase") else float(v) for k, v in zip(p._fields, p)))
+
+
+# The augmentation options, named as InputConfig's fields and as the keyword arguments of
+# draw_params / params_from_uniforms: the first four read uniforms r[..., :4], the others
+# r[..., 4:] (uses_extra_uniforms).
+BASE_OPTIONS = ("hflip", "rotate_degrees", "zoom", "brightness")
+EXTRA_OPTIONS = ("translate", "contrast", "gamma", "random_erasing", "border_erase")
+
+
+def options_of(source: Any, *, extra_only: bool = False) -> dict[str, Any]:
+    """The augmentation options of ``source`` (anything with those attributes: an
+    InputConfig, the device path's Transform) as keyword arguments of :func:`draw_params`
+    / :func:`params_from_uniforms` (``extra_only``: of :func:`uses_extra_uniforms`)."""
+    names = EXTRA_OPTIONS if extra_only else BASE_OPTIONS + EXTRA_OPTIONS
+    return {name: getattr(source, name) for name in names}
 
 
 def uses_extra_uniforms(

@@ -115,18 +115,7 @@ class InputConfig(InputOptions):
 
     def augment_options(self, *, extra_only: bool = False) -> dict[str, Any]:
         """The keyword arguments of ``augment.draw_params`` / ``params_from_uniforms``."""
-        extra = dict(
-            translate=self.translate,
-            contrast=self.contrast,
-            gamma=self.gamma,
-            random_erasing=self.random_erasing,
-            border_erase=self.border_erase,
-        )
-        if extra_only:
-            return extra
-        return dict(
-            hflip=self.hflip, rotate_degrees=self.rotate_degrees, zoom=self.zoom, brightness=self.brightness, **extra
-        )
+        return augment.options_of(self, extra_only=extra_only)
 
     def to_dict(self) -> dict:
         fields = dataclasses.asdict(self)

@@ -71,6 +71,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from cxrjax.data import augment
 from cxrjax.train.evaluation import EnginePredictor, SplitPredictions
 from cxrjax.train.state import random_config
 from cxrjax.train.steps import AXIS
@@ -143,8 +144,6 @@ _HOST_COPIES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary
 def host_copy(dataset: Any, split: str, image_size: int, crop_box=None) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [N, S, S], int32 [N]): every record of ``split`` cropped and resized as the
     host pipeline does it (``cxrjax.data.augment.prepare``), and its label."""
-    from cxrjax.data import augment
-
     try:
         memo = _HOST_COPIES.setdefault(dataset, {})
     except TypeError:  # not weak-referenceable: no memo
@@ -214,30 +213,12 @@ class Transform:
 
     def augment_options(self) -> dict[str, Any]:
         """The keyword arguments of ``cxrjax.data.augment.params_from_uniforms``."""
-        return dict(
-            hflip=self.hflip,
-            rotate_degrees=self.rotate_degrees,
-            zoom=self.zoom,
-            brightness=self.brightness,
-            translate=self.translate,
-            contrast=self.contrast,
-            gamma=self.gamma,
-            random_erasing=self.random_erasing,
-            border_erase=self.border_erase,
-        )
+        return augment.options_of(self)
 
     @property
     def extra_uniforms(self) -> bool:
         """Whether an option past the first four uniforms is on (they are drawn apart)."""
-        from cxrjax.data import augment
-
-        return augment.uses_extra_uniforms(
-            translate=self.translate,
-            contrast=self.contrast,
-            gamma=self.gamma,
-            random_erasing=self.random_erasing,
-            border_erase=self.border_erase,
-        )
+        return augment.uses_extra_uniforms(**augment.options_of(self, extra_only=True))
 
     @property
     def augments(self) -> bool:
@@ -315,8 +296,6 @@ def to_model_input(images: jax.Array, t: Transform, uniforms: jax.Array | None =
     the shared array code of ``cxrjax.data.augment`` (``jitter_intensity``, ``erase``,
     ``normalize_per_image``), on the interpolated values.
     """
-    from cxrjax.data import augment
-
     p = None
     if uniforms is not None and t.augments:
         p = augment.params_from_uniforms(uniforms, **t.augment_options())
@@ -376,8 +355,6 @@ def uniforms_for(rng: jax.Array, epoch: jax.Array, positions: jax.Array, extra: 
     """[b, 4] uniforms of the examples at ``positions`` of ``epoch`` (``extra``: [b, 17],
     the last 13 from the example's key folded with :data:`EXTRA_UNIFORMS_TAG`, so the
     first four are the same either way): a pure function of (seed, epoch, position)."""
-    from cxrjax.data import augment
-
     epoch_key = jax.random.fold_in(augment_root(rng), epoch)
 
     def one(p):
