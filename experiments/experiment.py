@@ -264,6 +264,7 @@ def run_experiment(
     ``derived(records)``: records of cells computed from the trained runs rather than
     trained (e.g. reproduce_s1's ensembles of its members), reported with them."""
     workdir = Path(workdir)
+    engine = run_fn is None  # the engine's runs: a run continuing another is trained once (grid.run_grid)
     if run_fn is None:
         run_fn = EngineRun()
         todo = [s.config for s in specs if not grid.is_finished(grid.run_dir_for(workdir, s.cell, s.seed))]
@@ -277,6 +278,7 @@ def run_experiment(
         desc=workdir.name,
         jobs=jobs,
         worker_env=worker_env() if jobs > 1 else None,
+        continue_runs=engine,
     )
     if derived is not None:
         records = [*records, *derived(records)]

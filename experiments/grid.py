@@ -89,12 +89,16 @@ class RunSpec:
 
     ``group``: runs of one group (e.g. the same network) run one after the other in one
     process when the grid runs in parallel.
+    ``continues``: the cell whose run of the same seed this run's trajectory continues
+    (``cxrjax.train.continuation``); :func:`run_grid` sets it, and runs it after that run
+    in the same process.
     """
 
     cell: str
     seed: int
     config: Any
     group: str = ""
+    continues: str | None = None
 
 
 @dataclass
@@ -159,14 +163,24 @@ def _load_finished(spec: RunSpec, run_dir: Path) -> RunRecord:
 
 
 def run_one(spec: RunSpec, workdir: str | Path, run_fn: RunFn) -> RunRecord:
-    """Run (or skip, or resume) one run; exceptions other than interrupts are recorded."""
+    """Run (or skip, or resume) one run; exceptions other than interrupts are recorded.
+
+    With ``spec.continues`` and that run finished, an untrained run starts from its last
+    epoch (``cxrjax.train.continuation.start_from_prefix``) rather than from scratch;
+    grid_run.json says so (``continued``)."""
     run_dir = run_dir_for(workdir, spec.cell, spec.seed)
     check_config(run_dir, spec.config)
     if is_finished(run_dir):
         return _load_finished(spec, run_dir)
     resumed = files.has_progress(run_dir)  # a checkpoint to resume from
     start = time.perf_counter()
+    continued = None
     try:
+        if spec.continues is not None and not resumed:
+            from cxrjax.train.continuation import start_from_prefix
+
+            taken = start_from_prefix(spec.config, run_dir, run_dir_for(workdir, spec.continues, spec.seed))
+            continued = None if taken is None else taken.to_dict()
         results = run_fn(spec.config, str(run_dir))
     except Exception as exc:  # noqa: BLE001 - one bad run must not end the grid
         message = f"{type(exc).__name__}: {exc}"
@@ -178,7 +192,7 @@ def run_one(spec: RunSpec, workdir: str | Path, run_fn: RunFn) -> RunRecord:
         (run_dir / files.RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
     (run_dir / RUN_FILE).write_text(
-        json.dumps({"wall_time_s": wall, "resumed": resumed, "finished_at": time.time()}) + "\n"
+        json.dumps({"wall_time_s": wall, "resumed": resumed, "continued": continued, "finished_at": time.time()}) + "\n"
     )
     return RunRecord(spec.cell, spec.seed, run_dir, results, wall, trained=True)
 
@@ -192,6 +206,7 @@ def run_grid(
     desc: str = "runs",
     jobs: int = 1,
     worker_env: Mapping[str, str] | None = None,
+    continue_runs: bool | None = None,
 ) -> list[RunRecord]:
     """Run every spec, skipping finished runs (the bar starts at their count, so its ETA
     is the rate of new runs only); returns one record per spec in the order given.
@@ -203,12 +218,22 @@ def run_grid(
     one after the other, so a network is compiled once per grid rather than once per
     worker (the engine keeps compiled steps in memory and in the persistent compilation
     cache).
+
+    ``continue_runs`` (default: on with the engine's own run function): a run whose
+    trajectory continues another run of the grid -- the same config but for a larger
+    early-stopping patience or none (``cxrjax.train.continuation.prefix_of``) -- runs
+    after it, in the same worker, and starts from its last epoch instead of training
+    those epochs again. Its results are those of training it alone.
     """
+    if continue_runs is None:
+        continue_runs = run_fn is None
     if run_fn is None:
         from cxrjax.train import train_and_evaluate as run_fn  # noqa: N813 - lazy: heavy import
     names = [(s.cell, s.seed) for s in specs]
     if len(set(names)) != len(names):
         raise ValueError("run_grid: duplicate (cell, seed) pairs in the grid")
+    if continue_runs:
+        specs = _with_prefixes(specs)
     for spec in specs:  # refuse a changed configuration before any training starts
         check_config(run_dir_for(workdir, spec.cell, spec.seed), spec.config)
     hparams = _hparams_by_run(specs, RESULT_IRRELEVANT_FIELDS)
@@ -241,6 +266,7 @@ def run_grid(
         if failed:
             bar.set_postfix_str(f"{failed} failed")
 
+    todo = sorted(todo, key=_continuation_depth(specs))  # a continued run after the run it continues
     try:
         if jobs <= 1 or len(todo) <= 1:
             for spec in todo:
@@ -276,11 +302,44 @@ def _write_hparams(record: RunRecord, hparams: dict) -> None:
         warnings.warn(f"{record.run_dir}: TensorBoard hparams not written ({type(exc).__name__}: {exc})")
 
 
+def _with_prefixes(specs: Sequence[RunSpec]) -> list[RunSpec]:
+    """``specs`` with ``continues`` set where one run continues another of the same seed."""
+    from cxrjax.train.continuation import prefix_of
+
+    out = list(specs)
+    for i, before in enumerate(prefix_of([s.config for s in specs])):
+        if before is not None and specs[before].seed == specs[i].seed and specs[i].continues is None:
+            out[i] = dataclasses.replace(specs[i], continues=specs[before].cell)
+    return out
+
+
+def _continuation_depth(specs: Sequence[RunSpec]) -> Callable[[RunSpec], int]:
+    """Sort key: how many runs precede a run in its chain of continuations."""
+    by_name = {(s.cell, s.seed): s for s in specs}
+
+    def depth(spec: RunSpec) -> int:
+        n = 0
+        while spec.continues is not None and (spec.continues, spec.seed) in by_name and n < len(by_name):
+            spec, n = by_name[(spec.continues, spec.seed)], n + 1
+        return n
+
+    return depth
+
+
 def _groups(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
-    """Specs grouped by ``group`` (order kept), largest group first (scheduling)."""
+    """Specs grouped by ``group`` (order kept; a run that continues another joins that
+    run's group, after it), largest group first (scheduling)."""
+    by_name = {(s.cell, s.seed): s for s in specs}
+
+    def key(spec: RunSpec) -> str:
+        seen = 0
+        while spec.continues is not None and (spec.continues, spec.seed) in by_name and seen < len(by_name):
+            spec, seen = by_name[(spec.continues, spec.seed)], seen + 1
+        return spec.group or f"{spec.cell}/{spec.seed}"
+
     groups: dict[str, list[RunSpec]] = {}
-    for spec in specs:
-        groups.setdefault(spec.group or f"{spec.cell}/{spec.seed}", []).append(spec)
+    for spec in sorted(specs, key=_continuation_depth(specs)):
+        groups.setdefault(key(spec), []).append(spec)
     return sorted(groups.values(), key=len, reverse=True)
 
 

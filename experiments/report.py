@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ import numpy as np
 from cxrjax.reporting import stats
 from cxrjax.reporting.jsonio import write_json
 from cxrjax.train.workdir import read_history
+from experiments import grid
 from experiments.grid import Cell, RunRecord
 
 ALPHA = 0.05
@@ -361,7 +363,24 @@ def timing_summary(records: Sequence[RunRecord]) -> dict[str, Any]:
     ]
     if outside:
         mean["outside_engine"] = float(np.mean(outside))
-    return {"runs": len(timed), "mean_s": mean}
+    continued = [_continued(r) for r in records if r.ok]
+    continued = [c for c in continued if c]
+    return {
+        "runs": len(timed),
+        "mean_s": mean,
+        # runs that started from the last epoch of their early-stopping twin (grid.run_one)
+        "continued_runs": len(continued),
+        "epochs_not_retrained": int(sum(int(c.get("epochs") or 0) for c in continued)),
+    }
+
+
+def _continued(record: RunRecord) -> dict[str, Any] | None:
+    """grid_run.json's ``continued`` of a run (None: trained from its first epoch)."""
+    try:
+        value = json.loads((Path(record.run_dir) / grid.RUN_FILE).read_text()).get("continued")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def timing_table(timings: Mapping[str, Any]) -> str:
@@ -879,7 +898,14 @@ def write_report(
             "",
             f"Mean over the {timings['runs']} runs with timings (results.json `timings`: the session that "
             "finished each run; `outside_engine`: the grid's wall time of the run minus the engine's total). "
-            "Meaningful only on a quiet machine.",
+            "Meaningful only on a quiet machine."
+            + (
+                f" {timings['continued_runs']} run(s) started from the last epoch of their early-stopping twin "
+                f"(the same trajectory up to its stop; {timings['epochs_not_retrained']} epochs not trained again), "
+                "so their means cover only the epochs after it."
+                if timings.get("continued_runs")
+                else ""
+            ),
             "",
             timing_table(timings),
             "",

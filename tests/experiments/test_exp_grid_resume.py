@@ -259,3 +259,18 @@ def test_timing_summary_means_phases_and_time_outside_the_engine(tmp_path):
     assert out["mean_s"] == {"train": 3.0, "plots": 0.5, "total": 6.0, "outside_engine": 0.75}
     assert "| train | 3.00 | 50% |" in report.timing_table(out)
     assert report.timing_summary(records[2:]) == {"runs": 0, "mean_s": {}}
+
+
+def test_a_continued_run_is_scheduled_after_its_prefix_in_its_group():
+    specs = [
+        grid.RunSpec("plain", 0, FakeConfig("plain", 0), continues="es"),
+        grid.RunSpec("other", 0, FakeConfig("other", 0)),
+        grid.RunSpec("es", 0, FakeConfig("es", 0)),
+        grid.RunSpec("plain", 1, FakeConfig("plain", 1), continues="es"),  # its prefix is not in this call
+    ]
+    groups = grid._groups(specs)
+    assert [[(s.cell, s.seed) for s in g] for g in groups] == [
+        [("es", 0), ("plain", 0)],
+        [("other", 0)],
+        [("plain", 1)],
+    ]
