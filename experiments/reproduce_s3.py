@@ -21,7 +21,7 @@ epochs, early stopping on validation loss (patience 3, min_delta 0.001), best ch
 tested. Every TrainConfig option can be changed on the command line (see ``--help``).
 
 Without ``--manual-dir`` it runs on ``cxr_phantoms`` sized like DP (200 train / 52
-validation / 68 test images, 4 classes, findings of severity 0.5-1 as in the ablation's
+validation / 68 test images, 4 classes, findings of severity 0.5-1, the phantom experiments'
 default), stored at 32 px, and trains VGG16 at 32x32 instead of 224x224 -- the smallest
 input its five poolings allow, and the same resolution LeNet-5 sees. At 224 px one VGG16
 run takes hours on a 2-core CPU (~30 GFLOPs per image and step); at 32 px it is a few
@@ -58,7 +58,7 @@ PHANTOMS = "cxr_phantoms"
 @dataclass(frozen=True)
 class PhantomDefaults(experiment.PhantomSplit):
     """DP-sized phantoms (DP: 251 train/ images, 80/20 -> ~200/51, 66 test/ images),
-    stored at 32 px, with the ablation's default severities."""
+    stored at 32 px, findings of severity 0.5-1 (``PhantomSplit``'s default)."""
 
     vgg_image_size: int = 32  # 224 on DP; see the module docstring
 
