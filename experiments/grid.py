@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -215,9 +216,10 @@ def run_grid(
     configuration is refused before anything trains. ``jobs`` > 1 runs that many worker
     processes (spawned; ``run_fn`` must be picklable, ``worker_env`` is set in each
     before it imports anything). Runs with the same ``RunSpec.group`` go to one worker,
-    one after the other, so a network is compiled once per grid rather than once per
-    worker (the engine keeps compiled steps in memory and in the persistent compilation
-    cache).
+    one after the other; the groups are handed out round-robin over cells (:func:`_groups`),
+    so that a network is compiled once per grid and loaded from the persistent
+    compilation cache by the other workers (the engine also keeps recent compiled steps
+    in memory).
 
     ``continue_runs`` (default: on with the engine's own run function): a run whose
     trajectory continues another run of the grid -- the same config but for a larger
@@ -328,7 +330,14 @@ def _continuation_depth(specs: Sequence[RunSpec]) -> Callable[[RunSpec], int]:
 
 def _groups(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
     """Specs grouped by ``group`` (order kept; a run that continues another joins that
-    run's group, after it), largest group first (scheduling)."""
+    run's group, after it), in the order the parallel workers take them: round-robin over
+    the cells the groups start with (the first group of every cell, then the second...).
+
+    So the workers start on different cells, each compiling its own network while the
+    other's lands in the persistent compilation cache for when it gets there, instead of
+    both compiling the first cell's network at once; and a costly cell (S4's Exp1) is
+    spread over the grid rather than left to its end.
+    """
     by_name = {(s.cell, s.seed): s for s in specs}
 
     def key(spec: RunSpec) -> str:
@@ -340,7 +349,11 @@ def _groups(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
     groups: dict[str, list[RunSpec]] = {}
     for spec in sorted(specs, key=_continuation_depth(specs)):
         groups.setdefault(key(spec), []).append(spec)
-    return sorted(groups.values(), key=len, reverse=True)
+    by_cell: dict[str, list[list[RunSpec]]] = {}
+    for group in groups.values():
+        by_cell.setdefault(group[0].cell, []).append(group)
+    rounds = itertools.zip_longest(*by_cell.values())
+    return [group for round_ in rounds for group in round_ if group is not None]
 
 
 def _init_worker(env: Mapping[str, str]) -> None:

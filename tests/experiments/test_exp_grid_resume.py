@@ -269,8 +269,16 @@ def test_a_continued_run_is_scheduled_after_its_prefix_in_its_group():
         grid.RunSpec("plain", 1, FakeConfig("plain", 1), continues="es"),  # its prefix is not in this call
     ]
     groups = grid._groups(specs)
+    # round-robin over the cells the groups start with: other, es (with its twin), plain
     assert [[(s.cell, s.seed) for s in g] for g in groups] == [
-        [("es", 0), ("plain", 0)],
         [("other", 0)],
+        [("es", 0), ("plain", 0)],
         [("plain", 1)],
     ]
+
+
+def test_groups_are_handed_out_round_robin_over_cells():
+    specs = [grid.RunSpec(cell, seed, FakeConfig(cell, seed)) for cell in ("a", "b", "c") for seed in range(3)]
+    specs = specs[:-1]  # c has two seeds
+    order = [(g[0].cell, g[0].seed) for g in grid._groups(specs)]
+    assert order == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("b", 1), ("c", 1), ("a", 2), ("b", 2)]
