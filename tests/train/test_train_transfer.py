@@ -20,9 +20,9 @@ from cxrjax.models.weights import sha256
 from cxrjax.train.config import TrainConfig
 from cxrjax.train.evaluation import predict_split
 from cxrjax.train.optim import make_optimizer
-from cxrjax.train.run_setup import RunSetupError, setup_run
+from cxrjax.train.run_setup import RunSetupError, describe_weights, pretrained_backbone, setup_run
 from cxrjax.train.trainer import train_and_evaluate
-from tests.train.support import write_keras_weight_file
+from tests.train.support import write_keras_weight_file, write_torchvision_state_dict
 
 # all_but_last:50 of MobileNet's 54 layers with weights: conv1, conv1_bn, conv_dw_1(_bn) frozen.
 # (Freezing deeper, a random-init network run on moving statistics saturates its ReLU6s at
@@ -84,6 +84,7 @@ def test_frozen_run_trains_checkpoints_resumes_and_evaluates(config, weight_file
     assert results["epochs_run"] == 2 and results["test"]["num_examples"] == 12
     assert results["weights"]["pretrained"] == path and results["weights"]["sha256"] == sha256(path)
     assert results["weights"]["kind"] == "weight_file" and results["weights"]["source_format"] == "keras_h5"
+    assert results["weights"]["tensors_skipped"] == []
     assert json.loads((tmp_path / "config.json").read_text())["pretrained"] == path
 
     run = load_run(tmp_path, "latest")
@@ -226,6 +227,33 @@ def test_an_imported_checkpoint_loads_like_its_weight_file(weight_file, tmp_path
             np.testing.assert_array_equal(_bits(a), _bits(b))
     with pytest.raises(ValueError, match="holds weights of 'mobilenet', not 'mobilenet_v2'"):
         transfer.load_backbone_weights("mobilenet_v2", str(tmp_path / "imported"))
+
+
+def test_tensors_skipped_by_design_are_in_the_weights_record(tmp_path, capsys):
+    """A torchvision InceptionV3 state dict's AuxLogits.* have no place in the model: the
+    run's weights record (results.json["weights"], the line the run starts with) lists
+    them, from the file and from its imported checkpoint."""
+    from cxrjax.models.weights import import_weights
+
+    aux = {"AuxLogits.conv0.conv.weight": np.zeros((128, 768, 1, 1), np.float32),
+           "AuxLogits.fc.weight": np.zeros((1000, 768), np.float32),
+           "AuxLogits.fc.bias": np.zeros((1000,), np.float32)}  # fmt: skip
+    path = write_torchvision_state_dict("inception_v3", tmp_path / "inception_v3.safetensors",
+                                        options={"variant": "torchvision"}, extra=aux)  # fmt: skip
+    config = TrainConfig(model="inception_v3", model_options={"variant": "torchvision"}, head="s2",
+                         pretrained=str(path), image_size=75, channels=3)  # fmt: skip
+    _, record = pretrained_backbone(config)
+    assert record["kind"] == "weight_file" and record["source_format"] == "torchvision"
+    assert record["tensors_skipped"] == sorted(aux)  # the file's order (safetensors sorts its keys)
+    assert record["tensors"] == len(jax.tree.leaves(_)) == 94 * 5  # 94 convs + BatchNorms, no fc
+    assert describe_weights(record).endswith("470 tensors; 3 file tensor(s) skipped by design: AuxLogits.*)")
+    assert json.loads(json.dumps(record)) == record  # results.json is strict JSON
+
+    imported = import_weights("inception_v3", str(path), tmp_path / "imported", include_top=False)
+    assert imported["tensors_skipped"] == sorted(aux)
+    _, record = pretrained_backbone(config.replace(pretrained=str(tmp_path / "imported")))
+    assert record["kind"] == "imported_checkpoint" and record["tensors_skipped"] == sorted(aux)
+    capsys.readouterr()
 
 
 def test_preprocessing_inside_the_model_is_keras_preprocess_input_on_rgb():
