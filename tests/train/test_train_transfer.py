@@ -22,6 +22,7 @@ from cxrjax.train.evaluation import predict_split
 from cxrjax.train.optim import make_optimizer
 from cxrjax.train.run_setup import RunSetupError, describe_weights, pretrained_backbone, setup_run
 from cxrjax.train.trainer import train_and_evaluate
+from cxrjax.train.workdir import ConfigMismatchError
 from tests.train.support import write_keras_weight_file, write_torchvision_state_dict
 
 # all_but_last:50 of MobileNet's 54 layers with weights: conv1, conv1_bn, conv_dw_1(_bn) frozen.
@@ -114,6 +115,42 @@ def test_frozen_run_trains_checkpoints_resumes_and_evaluates(config, weight_file
     ds = data.load(config.dataset, data_dir=config.data_dir, options=config.dataset_options)
     preds = predict_split(evaluated, ds, "test", 8)
     assert np.mean(preds.predictions == preds.labels) == pytest.approx(results["test"]["accuracy"])
+
+
+def test_relative_pretrained_is_stored_absolute_and_resumes_from_another_directory(
+    config, weight_file, tmp_path, monkeypatch
+):
+    """config.json names the weight file absolutely; the same command (relative
+    --pretrained) resumes from another directory where that path holds a copy of the
+    file, and is refused where it holds other weights (config.same_pretrained)."""
+    import shutil
+
+    for folder in ("project", "elsewhere"):
+        (tmp_path / folder / "weights").mkdir(parents=True)
+        shutil.copy(weight_file[0], tmp_path / folder / "weights" / "w.h5")
+    relative = config.replace(pretrained="weights/w.h5")
+    workdir = tmp_path / "run"
+
+    def kill_after_epoch_1(step):
+        if step == 4:
+            raise _Killed
+
+    monkeypatch.chdir(tmp_path / "project")
+    with pytest.raises(_Killed):
+        train_and_evaluate(relative, workdir, on_checkpoint=kill_after_epoch_1)
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["pretrained"] == str(tmp_path / "project" / "weights" / "w.h5")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    results = train_and_evaluate(relative, workdir)  # resumed at epoch 2, not refused
+    assert results["epochs_run"] == 2 and len((workdir / "metrics.jsonl").read_text().splitlines()) == 2
+    elsewhere = str(tmp_path / "elsewhere" / "weights" / "w.h5")
+    assert results["weights"]["pretrained"] == elsewhere and results["weights"]["sha256"] == sha256(elsewhere)
+    assert json.loads((workdir / "config.json").read_text())["pretrained"] == elsewhere
+    (tmp_path / "third" / "weights").mkdir(parents=True)
+    (tmp_path / "third" / "weights" / "w.h5").write_bytes(b"other weights")
+    monkeypatch.chdir(tmp_path / "third")
+    with pytest.raises(ConfigMismatchError, match=f"pretrained: saved '{elsewhere}', now '.*third/weights/w.h5'"):
+        train_and_evaluate(relative, workdir)
 
 
 def test_frozen_parameters_get_no_optimizer_state():
