@@ -3,6 +3,7 @@
 import json
 import types
 
+import flax.linen as nn
 import numpy as np
 
 from cxrjax.train import trainer as trainer_module
@@ -228,3 +229,16 @@ def write_torchvision_state_dict(name, path, *, options=None, extra=None):
                 tensors[f"{module.torchvision_layer(layer)}.{leaf[var]}"] = np.zeros(shape, np.float32)
     save_file({**tensors, **(extra or {})}, str(path))
     return path
+
+
+class TinyBN(nn.Module):
+    """Conv -> BatchNorm (cross-replica) -> ReLU -> global mean -> Dense."""
+
+    num_classes: int = 3
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, *, train):
+        x = nn.Conv(4, (3, 3))(x)
+        x = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name, momentum=0.9)(x)
+        return nn.Dense(self.num_classes)(nn.relu(x).mean(axis=(1, 2)))
