@@ -82,5 +82,11 @@ def test_a_run_with_trained_state_checks_pretrained_by_content(tmp_path):
     assert check_or_write_config(run, config.replace(pretrained=str(tmp_path / "b" / "w.h5"))) is True
     assert json.loads((run / "config.json").read_text())["pretrained"] == str(tmp_path / "b" / "w.h5")
     (tmp_path / "b" / "w.h5").write_bytes(b"other weights")
-    with pytest.raises(ConfigMismatchError, match=r"pretrained: saved '.*/b/w\.h5', now '.*/a/w\.h5'"):
+    with pytest.raises(ConfigMismatchError, match=r"pretrained: saved '.*/b/w\.h5', now '.*/a/w\.h5'") as err:
         check_or_write_config(run, config)
+    assert "(pretrained compares by the weights it names, the same file or equal sha256: they hold different" in (
+        str(err.value)
+    )
+    missing = str(tmp_path / "c" / "w.h5")
+    with pytest.raises(ConfigMismatchError, match=f"equal sha256: '{missing}' not found\\)"):
+        check_or_write_config(run, config.replace(pretrained=missing))
