@@ -443,7 +443,9 @@ def _names(values: list[str] | None) -> list[str] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.backbones", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.backbones", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     p.add_argument("--models", nargs="+", default=None, help="backbones (default: all, smallest first)")
     p.add_argument("--size", type=int, default=DEFAULT_SIZE, help=f"input side in px (default {DEFAULT_SIZE})")
     p.add_argument(

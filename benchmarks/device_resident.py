@@ -155,7 +155,9 @@ def run_config(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.device_resident", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.device_resident", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME@SIZE")
     p.add_argument("--placements", default="host,device", help="comma-separated: host, device, auto")
     p.add_argument("--steps-per-dispatch", default="1,4,16", help="comma-separated K values")

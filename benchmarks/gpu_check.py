@@ -602,6 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.gpu_check",
         description="Run by benchmarks/gpu_check.sh: the GPU check's steps, each in a subprocess under a timeout.",
+        allow_abbrev=False,
     )
     p.add_argument("--mode", choices=MODES, default="full", help="full (GPU), quick (GPU, fewer), cpu_smoke")
     p.add_argument("--out", type=Path, default=None, help="folder for the JSON/markdown/log (see module doc)")

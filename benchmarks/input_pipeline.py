@@ -329,7 +329,9 @@ def markdown(result: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from benchmarks.throughput import _ints, add_models_argument
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.input_pipeline", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.input_pipeline", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     add_models_argument(p)
     p.add_argument("--workers", type=_ints, default=(0, 1, 2), help="worker counts, e.g. 0,1,2")
     p.add_argument("--batch-size", type=int, default=32, help="global batch (default 32, the studies')")

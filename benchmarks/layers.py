@@ -324,7 +324,9 @@ def format_table(records: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.layers", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.layers", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     p.add_argument("--model", required=True, choices=sorted(models.MODELS))
     p.add_argument("--image-size", type=int, default=None, help="default: the model's study size")
     p.add_argument("--batch-size", type=int, default=32)

@@ -709,7 +709,9 @@ _PLAIN_OPTIONS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     add_models_argument(p)
     p.add_argument(
         "--batch-sizes",

@@ -554,7 +554,7 @@ def run_parser(
     """The parser of a command line that reads run folders, with its ``--workdir``: one run,
     or with ``ensemble`` one or more (a list); ``required=False`` when another option
     (evaluate's ``--compare``) can name the runs instead."""
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    p = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
     runs = "run folder written by python -m cxrjax.train"
     if ensemble:
         p.add_argument(

@@ -31,6 +31,7 @@ def parser(
         prog=f"python -m experiments.{experiment}",
         description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
     add_common_arguments(
         p,

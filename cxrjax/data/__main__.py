@@ -110,13 +110,15 @@ def _options_from(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cxrjax.data", description="Prepare and inspect cxrjax datasets.")
+    parser = argparse.ArgumentParser(
+        prog="python -m cxrjax.data", description="Prepare and inspect cxrjax datasets.", allow_abbrev=False
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     # Not argparse choices: an unknown name is then one "error:" line from main (exit
     # 2) that lists the known ones, not a usage screen.
     name_help = f"dataset: {', '.join(sorted(DATASETS))}"
 
-    p = commands.add_parser("prepare", help="prepare a dataset and print its report")
+    p = commands.add_parser("prepare", help="prepare a dataset and print its report", allow_abbrev=False)
     p.add_argument("name", help=name_help)
     p.add_argument("--manual-dir", default=None, help="the unzipped manual download (not needed for cxr_phantoms)")
     p.add_argument(
@@ -130,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_options(p)
 
-    s = commands.add_parser("show", help="write a labelled grid of samples per class")
+    s = commands.add_parser("show", help="write a labelled grid of samples per class", allow_abbrev=False)
     s.add_argument("name", help=name_help)
     s.add_argument("--data-dir", default=_DEFAULT_DATA_DIR)
     s.add_argument("--out", required=True, help="PNG file to write")
@@ -139,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--masks", action="store_true", help="outline lung (cyan) / lesion (red) masks")
     _add_options(s)
 
-    i = commands.add_parser("info", help="download instructions, layout and options")
+    i = commands.add_parser("info", help="download instructions, layout and options", allow_abbrev=False)
     i.add_argument("name", help=name_help)
     return parser
 

@@ -23,17 +23,21 @@ from cxrjax.models.summary import summarize
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrjax.models", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m cxrjax.models", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("summary", help="per-layer table, parameter and FLOP totals")
+    s = sub.add_parser("summary", help="per-layer table, parameter and FLOP totals", allow_abbrev=False)
     s.add_argument("name", help=f"registered model: {', '.join(MODELS)}")
     s.add_argument("--image-size", type=int, default=None, help="default: the model's study size")
     s.add_argument("--channels", type=int, default=None, help="default: the model's study channels")
     s.add_argument("--num-classes", type=int, default=None, help="default: the model's study's")
     s.add_argument("--batch-size", type=int, default=2, help="batch the FLOPs are counted on (then / batch)")
     s.add_argument("--json", action="store_true", help="print one JSON record instead of the table")
-    sub.add_parser("list", help="list the registered models")
-    w = sub.add_parser("import-weights", help="convert a Keras .h5 / torchvision .pth weight file to orbax")
+    sub.add_parser("list", help="list the registered models", allow_abbrev=False)
+    w = sub.add_parser(
+        "import-weights", help="convert a Keras .h5 / torchvision .pth weight file to orbax", allow_abbrev=False
+    )
     w.add_argument("name", help="registered ImageNet backbone (e.g. resnet50)")
     w.add_argument("file", help="Keras *_weights_tf_dim_ordering_tf_kernels[_notop].h5, or .pth / .safetensors")
     w.add_argument("--out", default=None, help="output directory (default: FILE without suffix + .orbax)")

@@ -372,7 +372,9 @@ def load_backbone_weights(name: str, path: str, options: dict[str, Any] | None =
     ``python -m cxrjax.models import-weights`` (``meta.json`` + orbax ``variables``).
 
     The record (results.json ``weights``): {"pretrained": path, "kind": "weight_file" |
-    "imported_checkpoint", "sha256": of the weight file, "source_format", "tensors"}.
+    "imported_checkpoint", "sha256": of the weight file, "source_format", "tensors",
+    "tensors_skipped": the file's tensors left out by design (the backbone's
+    ``torchvision_skipped``, e.g. InceptionV3's ``AuxLogits.*``; [] for most files)}.
     Raises ValueError (a WeightFileError for unreadable or mismatching files) naming the
     file and what did not match.
     """
@@ -416,6 +418,8 @@ def load_backbone_weights(name: str, path: str, options: dict[str, Any] | None =
             "sha256": meta.get("sha256"),
             "weights_file": meta.get("weights_file"),
             "source_format": meta.get("source_format"),
+            # import-weights records them since the first backbone that skips any (inception_v3)
+            "tensors_skipped": list(meta.get("tensors_skipped", [])),
         }
     else:
         file = weights.read_weight_file(p)
@@ -448,6 +452,7 @@ def load_backbone_weights(name: str, path: str, options: dict[str, Any] | None =
             "sha256": weights.sha256(p),
             "weights_file": str(p),
             "source_format": file.source,
+            "tensors_skipped": list(unmatched.skipped),
         }
     loaded = jax.tree_util.tree_map(jnp.asarray, loaded)
     _check_like(loaded, expected, str(p))

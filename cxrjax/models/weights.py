@@ -23,9 +23,11 @@ cxrjax never downloads anything. :func:`load_pretrained` reads
   a ``note:`` line on stderr, and ``import_weights`` records them (``tensors_skipped``).
 
 Every tensor's shape is checked. Missing, unexpected or mis-shaped tensors are a
-:class:`WeightFileError` naming the file, what did not match and the file's own layer
-names; ``strict=False`` loads what matches, keeps the seeded random init for the rest
-and returns the list of what did not match.
+:class:`WeightFileError` naming the file, what did not match, the file's own layer
+names and the fixes that apply (:func:`mismatch_hints`: the variant the file's format
+needs, ``include_top=False`` for a file without the top); ``strict=False`` loads what
+matches, keeps the seeded random init for the rest and returns the list of what did
+not match.
 """
 
 from __future__ import annotations
@@ -416,6 +418,41 @@ def match(file: WeightFile, module: Backbone, abstract: dict, order: list[str]) 
     return _match_torch(file, targets, module)
 
 
+_VARIANT_FIX = 'pass variant="torchvision" (import-weights: --variant torchvision, or no --variant)'
+
+
+def _other_variant(file: WeightFile, module: Backbone) -> bool:
+    """A torchvision file given to another variant of an architecture that has a torchvision one."""
+    return file.source == "torchvision" and "torchvision" in module.variants and module.variant != "torchvision"
+
+
+def mismatch_hints(file: WeightFile, module: Backbone, name: str, unmatched: Unmatched) -> list[str]:
+    """The fixes that apply to a file that does not match ``module``, one sentence each:
+    the variant the file's format needs (a torchvision state dict: variant="torchvision";
+    a Keras file: the Keras variant), and ``include_top=False`` where only the top is
+    missing (a Keras ``_notop`` file, a torchvision state dict without its classifier).
+    A hint that names the wrong format's fix misleads more than none."""
+    hints = []
+    if _other_variant(file, module):
+        hints.append(f"A torchvision state dict needs the torchvision variant of {name}: {_VARIANT_FIX}")
+    elif file.source == "keras_h5" and module.variant != "keras":
+        hints.append(
+            f'A Keras file needs the Keras variant of {name} (not {module.variant!r}): pass variant="keras" '
+            "(import-weights: no --variant)"
+        )
+    top = set(getattr(module, "top_layers", ()))
+    only_top = unmatched.missing and {m.split("/")[0] for m in unmatched.missing} <= top
+    if module.include_top and only_top and not unmatched.unexpected:
+        if file.source == "keras_h5":
+            hints.append("For a _notop file pass include_top=False (import-weights: --no-top)")
+        else:
+            classifier = f" ({module.torchvision_top}*)" if module.torchvision_top else ""
+            hints.append(
+                f"The state dict has no classifier{classifier}: pass include_top=False (import-weights: --no-top)"
+            )
+    return hints
+
+
 def _module_class(name: str):
     build = MODELS[name].build
     return getattr(build, "func", build)
@@ -446,7 +483,9 @@ def load_pretrained(
     default). ``strict=False`` returns ``(module, variables, unmatched)``: what matched is
     loaded, the rest keeps the seeded random init. Tensors skipped by design
     (``torchvision_skipped``) are printed as a ``note:`` line on stderr (and are
-    ``unmatched.skipped``); they never make a load fail.
+    ``unmatched.skipped``); they never make a load fail. So is a torchvision state dict
+    loaded into the Keras variant (``variant="keras"`` given): its shapes may fit
+    (MobileNetV2, DenseNet) while the architecture differs.
     """
     path = weights_file.path if isinstance(weights_file, WeightFile) else str(weights_file)
     if name not in MODELS or not issubclass(_module_class(name), Backbone):
@@ -478,7 +517,13 @@ def load_pretrained(
         raise WeightFileError(
             f"{path} does not match {name} (include_top={include_top}, source {file.source}): "
             f"{unmatched.describe()}. The file's layers: {_listing(file.layer_names)}"
-            + (". For a _notop file pass include_top=False" if include_top and unmatched.missing else "")
+            + "".join(f". {hint}" for hint in mismatch_hints(file, module, name, unmatched))
+        )
+    if _other_variant(file, module):
+        print(
+            f"note: {path}: a torchvision state dict loaded into the {module.variant!r} variant of {name}, "
+            f"whose architecture differs from torchvision's; {_VARIANT_FIX}",
+            file=sys.stderr,
         )
     keyed = [(c, layer, var) for c, layers in abstract.items() for layer, leaves in layers.items() for var in leaves]
     if any(key not in values for key in keyed):  # a missing or mis-shaped leaf keeps the init

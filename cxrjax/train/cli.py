@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "write config.json, metrics.jsonl, results.json, checkpoints/ and plots to --workdir. "
         "Re-running on the same --workdir resumes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
     p.add_argument("--workdir", help="run folder (created; resumed if it exists)")
     p.add_argument(

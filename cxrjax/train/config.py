@@ -777,6 +777,48 @@ def result_relevant_differences(saved: dict[str, Any], current: dict[str, Any]) 
             continue
         old = saved.get(name, defaults.get(name))
         new = current.get(name, defaults.get(name))
-        if old != new:
+        if old != new and not (name == "pretrained" and same_pretrained(old, new)):
             diffs[name] = (old, new)
     return diffs
+
+
+# What of an import-weights folder's meta.json says where files are, not what the weights are.
+_IMPORTED_LOCATIONS = ("weights_file", "checkpoint")
+
+
+def same_pretrained(saved: str | None, current: str | None) -> bool:
+    """Whether two ``pretrained`` values name the same ImageNet weights, so that only other
+    weights refuse a resume, not another spelling of the path: the same text; the same
+    file or folder (a relative path read against the current directory, as config.json
+    of older runs stored it); or equal content -- files of equal sha256, import-weights
+    folders whose meta.json agree but for paths. The trainer stores ``pretrained``
+    absolute, so a run resumed from another directory with the same relative path, where
+    it names a copy of the file, carries on (config.json then says where the file is);
+    weights that are missing or unreadable on either side count as different."""
+    if saved == current:
+        return True
+    if saved is None or current is None:
+        return False
+    a, b = Path(saved).expanduser(), Path(current).expanduser()
+    try:
+        if not (a.exists() and b.exists()):
+            return False
+        if a.samefile(b):
+            return True
+        digest_a = _weights_identity(a)
+        return digest_a is not None and digest_a == _weights_identity(b)
+    except (OSError, ValueError):
+        return False
+
+
+def _weights_identity(path: Path) -> Any:
+    """A file's sha256; an import-weights folder's meta.json without its paths; else None."""
+    if path.is_dir():
+        meta = path / "meta.json"
+        if not meta.is_file():
+            return None
+        record = json.loads(meta.read_text())
+        return {k: v for k, v in record.items() if k not in _IMPORTED_LOCATIONS} if isinstance(record, dict) else None
+    from cxrjax.models.weights import sha256  # the one hash of weight files (results.json's "sha256")
+
+    return sha256(path)

@@ -260,14 +260,19 @@ def pretrained_backbone(config: TrainConfig) -> tuple[Any | None, dict[str, Any]
 
 
 def describe_weights(record: dict[str, Any] | None) -> str | None:
-    """One line for the start of a run: which ImageNet weights its backbone starts from."""
+    """One line for the start of a run: which ImageNet weights its backbone starts from, and
+    the file's tensors it leaves out by design (named by their top-level module)."""
     if record is None:
         return None
     if record.get("pretrained") is None:
         return "weights: random init (no --pretrained given): the backbone starts from scratch"
+    skipped = record.get("tensors_skipped") or []
+    modules = list(dict.fromkeys(name.split(".")[0] + ".*" for name in skipped))  # AuxLogits.*
     return (
         f"weights: {record['pretrained']} ({record.get('kind')}, {record.get('source_format')}, "
-        f"sha256 {str(record.get('sha256'))[:16]}..., {record.get('tensors')} tensors)"
+        f"sha256 {str(record.get('sha256'))[:16]}..., {record.get('tensors')} tensors"
+        + (f"; {len(skipped)} file tensor(s) skipped by design: {', '.join(modules)}" if skipped else "")
+        + ")"
     )
 
 

@@ -406,14 +406,21 @@ def _place_data(setup: RunSetup, resumed: str | None, workdir: Path) -> None:
 
 
 def _with_absolute_paths(config: TrainConfig) -> TrainConfig:
-    """``data_dir`` / ``manual_dir`` resolved against the current directory, so config.json
-    says where the data is and evaluate/predict/explain started elsewhere read the same
-    prepared files (both fields are result-irrelevant: a moved folder still resumes)."""
+    """``data_dir`` / ``manual_dir`` / ``pretrained`` resolved against the current directory,
+    so config.json says where the data and the ImageNet weights are and evaluate/predict/
+    explain started elsewhere read the same prepared files (data_dir and manual_dir are
+    result-irrelevant: a moved folder still resumes; ``pretrained`` is result-relevant and
+    compared by the weights it names, ``config.same_pretrained``: a resume from another
+    directory whose same relative path names a copy of the file is not refused)."""
 
     def absolute(path: str | None) -> str | None:
         return None if path is None else str(Path(path).expanduser().absolute())
 
-    return config.replace(data_dir=absolute(config.data_dir), manual_dir=absolute(config.manual_dir))
+    return config.replace(
+        data_dir=absolute(config.data_dir),
+        manual_dir=absolute(config.manual_dir),
+        pretrained=absolute(config.pretrained),
+    )
 
 
 def _write_normalization_statistics(workdir: Path, setup: RunSetup) -> None:

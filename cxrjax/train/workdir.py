@@ -302,6 +302,13 @@ def has_progress(workdir: Path) -> bool:
     return steps or (workdir / RESULTS_FILE).exists()
 
 
+def _pretrained_note(saved: str | None, current: str | None) -> str:
+    """Why two ``pretrained`` paths count as different weights (config.same_pretrained)."""
+    missing = [p for p in (saved, current) if p is not None and not Path(p).expanduser().exists()]
+    why = f"{', '.join(map(repr, missing))} not found" if missing else "they hold different weights"
+    return f"  (pretrained compares by the weights it names, the same file or equal sha256: {why})"
+
+
 def check_or_write_config(workdir: Path, config: TrainConfig | Mapping[str, Any]) -> bool:
     """Write config.json, or compare with the one there; return whether it existed.
 
@@ -334,6 +341,8 @@ def check_or_write_config(workdir: Path, config: TrainConfig | Mapping[str, Any]
         diffs = result_relevant_differences(saved, current)
         if diffs:
             lines = "\n".join(f"  {name}: saved {old!r}, now {new!r}" for name, (old, new) in diffs.items())
+            if "pretrained" in diffs:
+                lines += "\n" + _pretrained_note(*diffs["pretrained"])
             raise ConfigMismatchError(
                 f"{workdir} already holds a run with a different configuration ({path}):\n{lines}\n"
                 "Use another --workdir for this configuration, or delete the folder to start over."

@@ -13,44 +13,7 @@ import pytest
 from cxrjax.reporting.stats import mean_ci
 from cxrjax.train import recipes
 from experiments import cross_validate as cv
-
-
-def tiny_args(tmp, workdir="exp", recipe="none,cxr"):
-    return [
-        "--model",
-        "s4_exp2",
-        "--recipe",
-        recipe,
-        "--folds",
-        "2",
-        "--workdir",
-        str(tmp / workdir),
-        "--data-dir",
-        str(tmp / "data"),
-        "--compilation-cache",
-        "",
-        "--epochs",
-        "1",
-        "--no-progress",
-        "--jobs",
-        "1",
-        "--dataset-option",
-        "num_train=24",
-        "--dataset-option",
-        "num_validation=8",
-        "--dataset-option",
-        "num_test=8",
-        "--dataset-option",
-        "image_size=16",
-        "--image-size",
-        "16",
-        "--global-batch-size",
-        "8",
-        "--model-option",
-        "features=[3,4,5,6]",
-        "--model-option",
-        "head_width=7",
-    ]
+from tests.experiments.support import tiny_args
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from scipy import stats as sps
 
 from cxrjax.reporting.stats import mean_ci
 from experiments import recipe_ablation as ra
-from tests.experiments.test_exp_cross_validate import tiny_args
+from tests.experiments.support import tiny_args
 
 BASE = "none+label_smoothing+class_weights"
 

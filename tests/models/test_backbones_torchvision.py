@@ -72,6 +72,64 @@ def test_headless_load_of_a_full_state_dict_lists_the_classifier(tmp_path):
     assert np.isfinite(count_parameters(_))
 
 
+def test_torchvision_mismatch_names_the_fix_that_applies(tmp_path, capsys):
+    """A torchvision state dict that does not fit: the Keras variant is told to use the
+    torchvision one, a state dict without its classifier to pass include_top=False, and
+    never the Keras-only "_notop" hint; the Keras variant loading one that fits says so."""
+    from safetensors.numpy import save_file
+
+    state = {k: v.numpy() for k, v in torchvision_model("mobilenet_v2").state_dict().items()}
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    headless = tmp_path / "headless.safetensors"
+    save_file({k: v for k, v in state.items() if not k.startswith("classifier.")}, str(headless))
+    with pytest.raises(models.WeightFileError) as e:
+        models.load_pretrained("mobilenet_v2", headless, image_size=32)
+    message = str(e.value)
+    assert "2 missing: predictions/kernel (classifier.1.weight), predictions/bias" in message
+    assert message.endswith(
+        ". The state dict has no classifier (classifier.*): pass include_top=False (import-weights: --no-top)"
+    )
+    assert "_notop" not in message and "variant" not in message
+    with pytest.raises(models.WeightFileError) as e:
+        models.load_pretrained("mobilenet_v2", headless, image_size=32, variant="keras")
+    message = str(e.value)
+    assert (
+        ". A torchvision state dict needs the torchvision variant of mobilenet_v2: pass "
+        'variant="torchvision" (import-weights: --variant torchvision, or no --variant). '
+        "The state dict has no classifier (classifier.*)"
+    ) in message
+    assert "_notop" not in message
+    # A file that fits the Keras variant's shapes loads, with a note (and none for the torchvision variant).
+    full = tmp_path / "full.safetensors"
+    save_file(state, str(full))
+    capsys.readouterr()
+    models.load_pretrained("mobilenet_v2", full, image_size=32)
+    assert "note:" not in capsys.readouterr().err
+    models.load_pretrained("mobilenet_v2", full, image_size=32, variant="keras")
+    assert "loaded into the 'keras' variant of mobilenet_v2" in capsys.readouterr().err
+    # A file of another architecture: no hint (neither the variant nor the top is the fix).
+    partial = tmp_path / "partial.safetensors"
+    save_file({"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)}, str(partial))
+    with pytest.raises(models.WeightFileError) as e:
+        models.load_pretrained("mobilenet_v2", partial, image_size=32)
+    assert str(e.value).endswith("The file's layers: conv1.weight")
+
+
+def test_import_weights_cli_names_the_variant_option(tmp_path, capsys):
+    from safetensors.numpy import save_file
+
+    from cxrjax.models import __main__ as cli
+
+    path = tmp_path / "resnet.safetensors"
+    save_file({"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)}, str(path))
+    out = tmp_path / "out"
+    assert cli.main(["import-weights", "resnet50", str(path), "--variant", "keras", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "conv1_conv/bias (conv1.bias)" in err and "--variant torchvision" in err and "_notop" not in err
+    assert not out.exists()
+
+
 INCEPTION_SIZE = 75  # the smallest input torchvision's and Keras' InceptionV3 accept
 # torchvision's auxiliary classifier (training only): the tensors a full state dict has
 # that our inception_v3 skips (num_batches_tracked is never read).

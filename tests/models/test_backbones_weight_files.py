@@ -62,6 +62,7 @@ def test_wrong_architecture_lists_what_did_not_match(mnv2_file):
     assert "missing: conv1/kernel" in message and "conv_dw_1/depthwise_kernel" in message
     assert "unexpected: Conv1 (Conv1/kernel)" in message
     assert "The file's layers: input_layer" in message and "bn_Conv1" in message
+    assert "_notop" not in message and "variant" not in message  # neither is the fix here
 
 
 def test_headless_file_with_top_and_strict_false(tmp_path):
@@ -69,6 +70,12 @@ def test_headless_file_with_top_and_strict_false(tmp_path):
     path = write_keras_h5(notop, tmp_path / "notop.h5")
     with pytest.raises(WeightFileError, match=r"2 missing: predictions/kernel, predictions/bias.*include_top=False"):
         models.load_pretrained("mobilenet_v2", path)
+    with pytest.raises(WeightFileError) as e:  # a Keras file: the Keras variant, and its _notop hint
+        models.load_pretrained("mobilenet_v2", path, variant="torchvision")
+    assert str(e.value).endswith(
+        "A Keras file needs the Keras variant of mobilenet_v2 (not 'torchvision'): pass variant=\"keras\" "
+        "(import-weights: no --variant). For a _notop file pass include_top=False (import-weights: --no-top)"
+    )
     module, variables, unmatched = models.load_pretrained("mobilenet_v2", path, strict=False, image_size=32)
     assert unmatched.missing == ("predictions/kernel", "predictions/bias") and not unmatched.unexpected
     assert variables["params"]["predictions"]["kernel"].shape == (1280, 1000)  # random init

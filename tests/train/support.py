@@ -3,6 +3,7 @@
 import json
 import types
 
+import flax.linen as nn
 import numpy as np
 
 from cxrjax.train import trainer as trainer_module
@@ -200,3 +201,44 @@ def write_keras_weight_file(variables, layers, path, *, extra_layers=None):
             for n, a in weights:
                 g.create_dataset(n, data=a)
     return str(path)
+
+
+def write_torchvision_state_dict(name, path, *, options=None, extra=None):
+    """The headless backbone ``name``'s variables in torchvision's state-dict layout (keys
+    from its ``torchvision_layer``, conv kernels OIHW; zeros: the shapes are the test) as a
+    .safetensors file; ``extra`` ({key: array}) added, e.g. InceptionV3's AuxLogits.*.
+    Test-only, no torch needed."""
+    import jax
+    import jax.numpy as jnp
+    from safetensors.numpy import save_file
+
+    from cxrjax.models import transfer
+    from cxrjax.models.weights import abstract_variables
+
+    module = transfer.backbone_module(name, options)
+    size = max(module.min_image_size(), 32)
+    abstract, _ = abstract_variables(module, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+    leaf = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+    tensors = {}
+    for layers in abstract.values():
+        for layer, leaves in layers.items():
+            for var, value in leaves.items():
+                shape = value.shape
+                if var == "kernel" and len(shape) == 4:  # HWIO -> OIHW
+                    shape = (shape[3], shape[2], shape[0], shape[1])
+                tensors[f"{module.torchvision_layer(layer)}.{leaf[var]}"] = np.zeros(shape, np.float32)
+    save_file({**tensors, **(extra or {})}, str(path))
+    return path
+
+
+class TinyBN(nn.Module):
+    """Conv -> BatchNorm (cross-replica) -> ReLU -> global mean -> Dense."""
+
+    num_classes: int = 3
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, *, train):
+        x = nn.Conv(4, (3, 3))(x)
+        x = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name, momentum=0.9)(x)
+        return nn.Dense(self.num_classes)(nn.relu(x).mean(axis=(1, 2)))

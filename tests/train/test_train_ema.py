@@ -16,8 +16,7 @@ from cxrjax.train.parallel import make_engine
 from cxrjax.train.state import TrainState, create_train_state
 from cxrjax.train.steps import AXIS, LossConfig, eval_step, train_step
 from cxrjax.train.trainer import train_and_evaluate
-from tests.train.support import history
-from tests.train.test_train_step_parallel import TinyBN
+from tests.train.support import TinyBN, history
 
 
 def _state(params, batch_stats, step=0, ema_entry=None):

@@ -7,7 +7,6 @@ same tests compare 1 with 1 device (and pmap with shard_map) on the real backend
 
 import functools
 
-import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -16,23 +15,11 @@ import pytest
 from cxrjax.train.parallel import make_engine
 from cxrjax.train.state import create_train_state
 from cxrjax.train.steps import AXIS, LossConfig, eval_step, train_step
+from tests.train.support import TinyBN
 
 GLOBAL_BATCH = 8
 N = min(4, jax.device_count())
 LR = 1.0  # plain SGD with lr 1: params_before - params_after == the gradient
-
-
-class TinyBN(nn.Module):
-    """Conv -> BatchNorm (cross-replica) -> ReLU -> global mean -> Dense."""
-
-    num_classes: int = 3
-    axis_name: str | None = None
-
-    @nn.compact
-    def __call__(self, x, *, train):
-        x = nn.Conv(4, (3, 3))(x)
-        x = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name, momentum=0.9)(x)
-        return nn.Dense(self.num_classes)(nn.relu(x).mean(axis=(1, 2)))
 
 
 @pytest.fixture(scope="module")

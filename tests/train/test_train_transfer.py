@@ -20,9 +20,10 @@ from cxrjax.models.weights import sha256
 from cxrjax.train.config import TrainConfig
 from cxrjax.train.evaluation import predict_split
 from cxrjax.train.optim import make_optimizer
-from cxrjax.train.run_setup import RunSetupError, setup_run
+from cxrjax.train.run_setup import RunSetupError, describe_weights, pretrained_backbone, setup_run
 from cxrjax.train.trainer import train_and_evaluate
-from tests.train.support import write_keras_weight_file
+from cxrjax.train.workdir import ConfigMismatchError
+from tests.train.support import write_keras_weight_file, write_torchvision_state_dict
 
 # all_but_last:50 of MobileNet's 54 layers with weights: conv1, conv1_bn, conv_dw_1(_bn) frozen.
 # (Freezing deeper, a random-init network run on moving statistics saturates its ReLU6s at
@@ -84,6 +85,7 @@ def test_frozen_run_trains_checkpoints_resumes_and_evaluates(config, weight_file
     assert results["epochs_run"] == 2 and results["test"]["num_examples"] == 12
     assert results["weights"]["pretrained"] == path and results["weights"]["sha256"] == sha256(path)
     assert results["weights"]["kind"] == "weight_file" and results["weights"]["source_format"] == "keras_h5"
+    assert results["weights"]["tensors_skipped"] == []
     assert json.loads((tmp_path / "config.json").read_text())["pretrained"] == path
 
     run = load_run(tmp_path, "latest")
@@ -113,6 +115,42 @@ def test_frozen_run_trains_checkpoints_resumes_and_evaluates(config, weight_file
     ds = data.load(config.dataset, data_dir=config.data_dir, options=config.dataset_options)
     preds = predict_split(evaluated, ds, "test", 8)
     assert np.mean(preds.predictions == preds.labels) == pytest.approx(results["test"]["accuracy"])
+
+
+def test_relative_pretrained_is_stored_absolute_and_resumes_from_another_directory(
+    config, weight_file, tmp_path, monkeypatch
+):
+    """config.json names the weight file absolutely; the same command (relative
+    --pretrained) resumes from another directory where that path holds a copy of the
+    file, and is refused where it holds other weights (config.same_pretrained)."""
+    import shutil
+
+    for folder in ("project", "elsewhere"):
+        (tmp_path / folder / "weights").mkdir(parents=True)
+        shutil.copy(weight_file[0], tmp_path / folder / "weights" / "w.h5")
+    relative = config.replace(pretrained="weights/w.h5")
+    workdir = tmp_path / "run"
+
+    def kill_after_epoch_1(step):
+        if step == 4:
+            raise _Killed
+
+    monkeypatch.chdir(tmp_path / "project")
+    with pytest.raises(_Killed):
+        train_and_evaluate(relative, workdir, on_checkpoint=kill_after_epoch_1)
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["pretrained"] == str(tmp_path / "project" / "weights" / "w.h5")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    results = train_and_evaluate(relative, workdir)  # resumed at epoch 2, not refused
+    assert results["epochs_run"] == 2 and len((workdir / "metrics.jsonl").read_text().splitlines()) == 2
+    elsewhere = str(tmp_path / "elsewhere" / "weights" / "w.h5")
+    assert results["weights"]["pretrained"] == elsewhere and results["weights"]["sha256"] == sha256(elsewhere)
+    assert json.loads((workdir / "config.json").read_text())["pretrained"] == elsewhere
+    (tmp_path / "third" / "weights").mkdir(parents=True)
+    (tmp_path / "third" / "weights" / "w.h5").write_bytes(b"other weights")
+    monkeypatch.chdir(tmp_path / "third")
+    with pytest.raises(ConfigMismatchError, match=f"pretrained: saved '{elsewhere}', now '.*third/weights/w.h5'"):
+        train_and_evaluate(relative, workdir)
 
 
 def test_frozen_parameters_get_no_optimizer_state():
@@ -226,6 +264,33 @@ def test_an_imported_checkpoint_loads_like_its_weight_file(weight_file, tmp_path
             np.testing.assert_array_equal(_bits(a), _bits(b))
     with pytest.raises(ValueError, match="holds weights of 'mobilenet', not 'mobilenet_v2'"):
         transfer.load_backbone_weights("mobilenet_v2", str(tmp_path / "imported"))
+
+
+def test_tensors_skipped_by_design_are_in_the_weights_record(tmp_path, capsys):
+    """A torchvision InceptionV3 state dict's AuxLogits.* have no place in the model: the
+    run's weights record (results.json["weights"], the line the run starts with) lists
+    them, from the file and from its imported checkpoint."""
+    from cxrjax.models.weights import import_weights
+
+    aux = {"AuxLogits.conv0.conv.weight": np.zeros((128, 768, 1, 1), np.float32),
+           "AuxLogits.fc.weight": np.zeros((1000, 768), np.float32),
+           "AuxLogits.fc.bias": np.zeros((1000,), np.float32)}  # fmt: skip
+    path = write_torchvision_state_dict("inception_v3", tmp_path / "inception_v3.safetensors",
+                                        options={"variant": "torchvision"}, extra=aux)  # fmt: skip
+    config = TrainConfig(model="inception_v3", model_options={"variant": "torchvision"}, head="s2",
+                         pretrained=str(path), image_size=75, channels=3)  # fmt: skip
+    _, record = pretrained_backbone(config)
+    assert record["kind"] == "weight_file" and record["source_format"] == "torchvision"
+    assert record["tensors_skipped"] == sorted(aux)  # the file's order (safetensors sorts its keys)
+    assert record["tensors"] == len(jax.tree.leaves(_)) == 94 * 5  # 94 convs + BatchNorms, no fc
+    assert describe_weights(record).endswith("470 tensors; 3 file tensor(s) skipped by design: AuxLogits.*)")
+    assert json.loads(json.dumps(record)) == record  # results.json is strict JSON
+
+    imported = import_weights("inception_v3", str(path), tmp_path / "imported", include_top=False)
+    assert imported["tensors_skipped"] == sorted(aux)
+    _, record = pretrained_backbone(config.replace(pretrained=str(tmp_path / "imported")))
+    assert record["kind"] == "imported_checkpoint" and record["tensors_skipped"] == sorted(aux)
+    capsys.readouterr()
 
 
 def test_preprocessing_inside_the_model_is_keras_preprocess_input_on_rgb():
