@@ -49,7 +49,7 @@ stops), so the twin continues from where it stopped instead of training those ep
 again (``cxrjax.train.continuation``): about 40% of the Exp2 training is saved. The
 search and its measurements: docs/measurements.md#ablation-choosing-the-10-seed-default.
 
-Expected: about 13-14 minutes on a 2-core CPU from a fresh clone (``make ablation``: venv,
+Expected: about 11 minutes on a 2-core CPU from a fresh clone (``make ablation``: venv,
 pinned install of the package alone, phantom preparation, 130 runs on two workers,
 report); measured times and the latest result in
 docs/measurements.md#ablation-wall-time-and-result.
