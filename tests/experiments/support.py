@@ -1,5 +1,7 @@
 """Helpers of the experiment tests (tests/experiments), shared by several test modules."""
 
+import contextlib
+
 
 def tiny_args(tmp, workdir="exp", recipe="none,cxr"):
     """The command line of a tiny cross-validation (experiments.cross_validate; the base of
@@ -40,3 +42,20 @@ def tiny_args(tmp, workdir="exp", recipe="none,cxr"):
         "--model-option",
         "head_width=7",
     ]
+
+
+@contextlib.contextmanager
+def compilation_cache(path):
+    """``path`` for ``--compilation-cache`` while the block runs (a module's runs: a
+    program several cells share, such as the init every recipe has, compiles once; the
+    engine memo of cxrjax/train/run_setup.py is per recipe), then JAX's persistent
+    cache switched off again: it is process-wide (cxrjax/train/compile_cache.py) and
+    would otherwise outlive the module."""
+    try:
+        yield str(path)
+    finally:
+        import jax
+        from jax._src import compilation_cache as cc
+
+        jax.config.update("jax_compilation_cache_dir", None)
+        cc.reset_cache()

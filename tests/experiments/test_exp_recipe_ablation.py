@@ -12,23 +12,29 @@ from scipy import stats as sps
 
 from cxrjax.reporting.stats import mean_ci
 from experiments import recipe_ablation as ra
-from tests.experiments.support import tiny_args
+from tests.experiments.support import compilation_cache, tiny_args
 
 BASE = "none+label_smoothing+class_weights"
 
 
-def ablation_args(tmp, workdir="abl", base=BASE, extra=("--add-one", "--ingredients", "label_smoothing,class_weights")):
+def ablation_args(
+    tmp, workdir="abl", base=BASE, extra=("--add-one", "--ingredients", "label_smoothing,class_weights"), cache=False
+):
+    """``cache``: the module's compilation cache under ``tmp`` (the ``finished`` fixture's)."""
     args = tiny_args(tmp, workdir)
     i = args.index("--recipe")
     del args[i : i + 2]  # the ablation decides the cells
+    if cache:
+        args[args.index("--compilation-cache") + 1] = str(tmp / "jax_cache")
     return args + ["--base-recipe", base, *extra]
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ablation")
-    assert ra.main(ablation_args(tmp)) == 0
-    return tmp
+    with compilation_cache(tmp / "jax_cache"):
+        assert ra.main(ablation_args(tmp, cache=True)) == 0
+        yield tmp
 
 
 def _ablation(tmp, workdir="abl"):
@@ -109,7 +115,7 @@ def test_means_and_paired_differences_are_the_runs(finished):
 
 def test_rerun_trains_nothing_and_writes_the_same_table(finished, capsys):
     before = _ablation(finished)
-    assert ra.main(ablation_args(finished)) == 0
+    assert ra.main(ablation_args(finished, cache=True)) == 0
     assert "(0 trained now, 8 already finished)" in capsys.readouterr().out
     assert _ablation(finished) == before
 
@@ -125,7 +131,7 @@ def test_interrupted_ablation_resumes_into_the_same_layout(finished, capsys):
             raise KeyboardInterrupt
         return train_and_evaluate(config, workdir, dataset=dataset)
 
-    args = ablation_args(finished, "resumed", base="none+label_smoothing", extra=())
+    args = ablation_args(finished, "resumed", base="none+label_smoothing", extra=(), cache=True)
     with pytest.raises(KeyboardInterrupt):
         ra.main(args, train_fn=interrupt_second)
     assert not (finished / "resumed" / ra.ABLATION_JSON).exists()

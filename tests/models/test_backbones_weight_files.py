@@ -1,8 +1,9 @@
 """Weight files that do not fit are clear errors naming the file and what did not match;
 preprocessing is Keras' ``preprocess_input``; ``import-weights`` converts a file once.
 
-Small, fast models only (MobileNet / MobileNetV2 at 32 px): the full comparisons are in
-test_backbones_keras.py.
+Small, fast models only (MobileNet / MobileNetV2 at 32 px), each forward pass one compiled
+program (``run_compiled``: op by op, every distinct operation compiles on its own): the
+full comparisons are in test_backbones_keras.py.
 """
 
 import json
@@ -11,7 +12,15 @@ import h5py
 import jax
 import numpy as np
 import pytest
-from keras_reference import assert_close, keras, keras_apply, keras_model, random_input, write_keras_h5
+from keras_reference import (
+    assert_close,
+    keras,
+    keras_apply,
+    keras_model,
+    random_input,
+    run_compiled,
+    write_keras_h5,
+)
 
 from cxrjax import models
 from cxrjax.models import __main__ as cli
@@ -81,7 +90,7 @@ def test_headless_file_with_top_and_strict_false(tmp_path):
     assert variables["params"]["predictions"]["kernel"].shape == (1280, 1000)  # random init
     w = {n.split("/")[-1]: v for n, v in [(w.path, w.numpy()) for w in notop.get_layer("Conv1").weights]}
     np.testing.assert_array_equal(variables["params"]["Conv1"]["kernel"], w["kernel"])
-    assert module.apply(variables, random_input(32), train=False).shape == (2, 1000)
+    assert run_compiled(lambda v, x: module.apply(v, x, train=False), variables, random_input(32)).shape == (2, 1000)
 
 
 def test_mis_shaped_tensor_is_named(tmp_path, mnv2_file):
@@ -165,7 +174,8 @@ def test_import_weights_cli(tmp_path, mnv2_file, capsys):
     module = models.create("mobilenet_v2", num_classes=1000)
     x = random_input(32)
     assert count_parameters(restored) == reference.count_params()
-    assert_close(module.apply(restored, x, train=False), keras_apply(reference, x), what="restored checkpoint")
+    actual = run_compiled(lambda v, x: module.apply(v, x, train=False), restored, x)
+    assert_close(actual, keras_apply(reference, x), what="restored checkpoint")
     # never overwritten; user mistakes are one error line
     assert cli.main(["import-weights", "mobilenet_v2", str(path), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
@@ -199,7 +209,8 @@ def test_tf_keras_slash_layer_names(tmp_path, mnv2_file):
         f.move("bn_Conv1", "bn/Conv1")
     module, variables = models.load_pretrained("mobilenet_v2", renamed)
     x = random_input(32)
-    assert_close(module.apply(variables, x, train=False), keras_apply(reference, x), what="renamed")
+    actual = run_compiled(lambda v, x: module.apply(v, x, train=False), variables, x)
+    assert_close(actual, keras_apply(reference, x), what="renamed")
 
 
 @pytest.mark.parametrize("padding", ["valid", "same"])
