@@ -35,6 +35,7 @@ _LAZY = {
     "WorkdirError": "cxrjax.train.workdir",
     "WorkdirLockedError": "cxrjax.train.workdir",
     "enable_compilation_cache": "cxrjax.train.compile_cache",
+    "disable_compilation_cache": "cxrjax.train.compile_cache",
 }
 
 __all__ = ["PRESETS", "TrainConfig", *_LAZY]

@@ -23,12 +23,23 @@ def enable_compilation_cache(path: str | Path, *, min_compile_time_secs: float =
         jax.config.update("jax_compilation_cache_dir", str(path))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_secs)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-        # JAX decides once per process whether the cache is used, at the first compile;
-        # reset that decision so enabling it after something was compiled still works.
-        try:
-            from jax._src import compilation_cache as _cc
-
-            _cc.reset_cache()
-        except (ImportError, AttributeError):  # pragma: no cover - private API moved
-            pass
+        _reset_cache_decision()
     return path
+
+
+def disable_compilation_cache() -> None:
+    """Switch the persistent cache off again (the inverse of :func:`enable_compilation_cache`),
+    for a caller that must not leave it on for the rest of the process (a test module)."""
+    jax.config.update("jax_compilation_cache_dir", None)
+    _reset_cache_decision()
+
+
+def _reset_cache_decision() -> None:
+    # JAX decides once per process whether the cache is used, at the first compile; reset
+    # that decision so that enabling or disabling it after something was compiled works.
+    try:
+        from jax._src import compilation_cache as _cc
+
+        _cc.reset_cache()
+    except (ImportError, AttributeError):  # pragma: no cover - private API moved
+        pass

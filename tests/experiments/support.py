@@ -54,8 +54,6 @@ def compilation_cache(path):
     try:
         yield str(path)
     finally:
-        import jax
-        from jax._src import compilation_cache as cc
+        from cxrjax.train.compile_cache import disable_compilation_cache
 
-        jax.config.update("jax_compilation_cache_dir", None)
-        cc.reset_cache()
+        disable_compilation_cache()

@@ -15,24 +15,25 @@ from experiments import recipe_ablation as ra
 from tests.experiments.support import compilation_cache, tiny_args
 
 BASE = "none+label_smoothing+class_weights"
+CACHE = "jax_cache"  # the module's compilation cache, in the ``finished`` fixture's folder
 
 
 def ablation_args(
     tmp, workdir="abl", base=BASE, extra=("--add-one", "--ingredients", "label_smoothing,class_weights"), cache=False
 ):
-    """``cache``: the module's compilation cache under ``tmp`` (the ``finished`` fixture's)."""
+    """``cache``: the module's compilation cache (``tmp / CACHE``, the ``finished`` fixture's)."""
     args = tiny_args(tmp, workdir)
     i = args.index("--recipe")
     del args[i : i + 2]  # the ablation decides the cells
     if cache:
-        args[args.index("--compilation-cache") + 1] = str(tmp / "jax_cache")
+        args[args.index("--compilation-cache") + 1] = str(tmp / CACHE)
     return args + ["--base-recipe", base, *extra]
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ablation")
-    with compilation_cache(tmp / "jax_cache"):
+    with compilation_cache(tmp / CACHE):
         assert ra.main(ablation_args(tmp, cache=True)) == 0
         yield tmp
 

@@ -5,9 +5,9 @@ on the 4 forced devices, with a per-module JAX compilation cache (reset afterwar
 A module that needs more (augmentation, TensorBoard) overrides the fixture from it.
 """
 
-import jax
 import pytest
 
+from cxrjax.train.compile_cache import disable_compilation_cache
 from cxrjax.train.config import TrainConfig
 
 
@@ -30,7 +30,4 @@ def base_config(tmp_path_factory, request):
         compilation_cache_dir=str(root / "jax_cache"),
     )
     yield config
-    jax.config.update("jax_compilation_cache_dir", None)
-    from jax._src import compilation_cache
-
-    compilation_cache.reset_cache()
+    disable_compilation_cache()
