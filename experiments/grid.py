@@ -113,6 +113,9 @@ class RunRecord:
     wall_time_s: float | None
     trained: bool  # False when the run was already finished and was skipped
     error: str | None = None
+    # grid_run.json's ``continued``: the epochs taken from the run it continues (None:
+    # trained from its first epoch)
+    continued: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -160,7 +163,8 @@ def _load_finished(spec: RunSpec, run_dir: Path) -> RunRecord:
     results = _read_json(run_dir / files.RESULTS_FILE) or {}
     meta = _read_json(run_dir / RUN_FILE) or {}
     wall = meta.get("wall_time_s")
-    return RunRecord(spec.cell, spec.seed, run_dir, results, wall, trained=False)
+    continued = meta.get("continued") if isinstance(meta.get("continued"), dict) else None
+    return RunRecord(spec.cell, spec.seed, run_dir, results, wall, trained=False, continued=continued)
 
 
 def run_one(spec: RunSpec, workdir: str | Path, run_fn: RunFn) -> RunRecord:
@@ -195,7 +199,7 @@ def run_one(spec: RunSpec, workdir: str | Path, run_fn: RunFn) -> RunRecord:
     (run_dir / RUN_FILE).write_text(
         json.dumps({"wall_time_s": wall, "resumed": resumed, "continued": continued, "finished_at": time.time()}) + "\n"
     )
-    return RunRecord(spec.cell, spec.seed, run_dir, results, wall, trained=True)
+    return RunRecord(spec.cell, spec.seed, run_dir, results, wall, trained=True, continued=continued)
 
 
 def run_grid(
@@ -315,17 +319,19 @@ def _with_prefixes(specs: Sequence[RunSpec]) -> list[RunSpec]:
     return out
 
 
+def _chain_root(spec: RunSpec, by_name: Mapping[tuple[str, int], RunSpec]) -> tuple[RunSpec, int]:
+    """(the first run of ``spec``'s chain of continuations, how many runs precede ``spec``
+    in it); a continued run missing from ``by_name`` ends the chain, and so does a cycle."""
+    depth = 0
+    while spec.continues is not None and (spec.continues, spec.seed) in by_name and depth < len(by_name):
+        spec, depth = by_name[(spec.continues, spec.seed)], depth + 1
+    return spec, depth
+
+
 def _continuation_depth(specs: Sequence[RunSpec]) -> Callable[[RunSpec], int]:
     """Sort key: how many runs precede a run in its chain of continuations."""
     by_name = {(s.cell, s.seed): s for s in specs}
-
-    def depth(spec: RunSpec) -> int:
-        n = 0
-        while spec.continues is not None and (spec.continues, spec.seed) in by_name and n < len(by_name):
-            spec, n = by_name[(spec.continues, spec.seed)], n + 1
-        return n
-
-    return depth
+    return lambda spec: _chain_root(spec, by_name)[1]
 
 
 def _groups(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
@@ -341,10 +347,8 @@ def _groups(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
     by_name = {(s.cell, s.seed): s for s in specs}
 
     def key(spec: RunSpec) -> str:
-        seen = 0
-        while spec.continues is not None and (spec.continues, spec.seed) in by_name and seen < len(by_name):
-            spec, seen = by_name[(spec.continues, spec.seed)], seen + 1
-        return spec.group or f"{spec.cell}/{spec.seed}"
+        root, _ = _chain_root(spec, by_name)
+        return root.group or f"{root.cell}/{root.seed}"
 
     groups: dict[str, list[RunSpec]] = {}
     for spec in sorted(specs, key=_continuation_depth(specs)):

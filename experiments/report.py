@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,6 @@ import numpy as np
 from cxrjax.reporting import stats
 from cxrjax.reporting.jsonio import write_json
 from cxrjax.train.workdir import read_history
-from experiments import grid
 from experiments.grid import Cell, RunRecord
 
 ALPHA = 0.05
@@ -363,8 +361,7 @@ def timing_summary(records: Sequence[RunRecord]) -> dict[str, Any]:
     ]
     if outside:
         mean["outside_engine"] = float(np.mean(outside))
-    continued = [_continued(r) for r in records if r.ok]
-    continued = [c for c in continued if c]
+    continued = [r.continued for r in records if r.ok and r.continued]
     return {
         "runs": len(timed),
         "mean_s": mean,
@@ -372,15 +369,6 @@ def timing_summary(records: Sequence[RunRecord]) -> dict[str, Any]:
         "continued_runs": len(continued),
         "epochs_not_retrained": int(sum(int(c.get("epochs") or 0) for c in continued)),
     }
-
-
-def _continued(record: RunRecord) -> dict[str, Any] | None:
-    """grid_run.json's ``continued`` of a run (None: trained from its first epoch)."""
-    try:
-        value = json.loads((Path(record.run_dir) / grid.RUN_FILE).read_text()).get("continued")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def timing_table(timings: Mapping[str, Any]) -> str:
@@ -400,8 +388,10 @@ def summary_json(
     records: Sequence[RunRecord],
     *,
     metric: str = "test_accuracy",
+    timings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """summary.json's content: the claims (the issue's keys first), then what else helps."""
+    """summary.json's content: the claims (the issue's keys first), then what else helps;
+    ``timings``: :func:`timing_summary` of ``records`` when the caller has it already."""
     ok = [r for r in records if r.ok]
     return {
         "claims": [
@@ -424,7 +414,7 @@ def summary_json(
             'Bouthillier et al., MLSys 2021, "Accounting for variance in machine learning benchmarks"',
             "Holm, Scand. J. Statist. 1979, a simple sequentially rejective multiple test procedure",
         ],
-        "timings": timing_summary(records),
+        "timings": timing_summary(records) if timings is None else dict(timings),
         "comparisons": [
             {
                 "comparison": c.label,
@@ -929,7 +919,7 @@ def write_report(
         + ("\n".join(claims_md) + "\n\n" if claims_md else "")
         + f"{summary}\n"
     )
-    write_json(files.summary_json, summary_json(tested, comps, records))
+    write_json(files.summary_json, summary_json(tested, comps, records, timings=timings))
     plot_accuracy_bars(cs, rows, files.bars, title=title, majority=majority, reference_source=reference_source)
     plot_learning_curves(cs, records, files.curves, title=title)
     return files, summary
