@@ -13,7 +13,8 @@ other classes dropped from every split, labels remapped to 0..k-1 in the order g
 
 Prepared files are reused only while their source is what they were prepared from:
 given a manual_dir, the folder's file list, sizes and mtimes must match the ones
-recorded at preparation (`fingerprint.py`), else `SourceChangedError` says what changed
+recorded at preparation, or where only mtimes differ the files' bytes must
+(`fingerprint.py`), else `SourceChangedError` says what changed
 and that overwrite=True (--overwrite) prepares again. Preparation holds a per-folder
 lock (`locks.py`): concurrent preparers wait for each other, then open the same data.
 `ds.fingerprint` identifies the opened data (e.g. to refuse resuming a run on other
@@ -41,6 +42,8 @@ from cxrjax.data.fingerprint import (
     data_fingerprint,
     describe_changes,
     pixel_digest,
+    rewritten_in_time_only,
+    same_content,
     with_class_subset,
 )
 from cxrjax.data.layouts import LayoutError
@@ -248,8 +251,9 @@ def _prepare(builder: CxrBuilder, manual_dir: str | Path | None, overwrite: bool
 
 def _check_same_source(builder: CxrBuilder, manual_dir: str | Path) -> None:
     """Refuses to reuse files prepared from another folder under the same options, or
-    from the same folder since changed (files added, removed, resized or touched):
-    reusing them would silently train on what the folder held before."""
+    from the same folder since changed (files added, removed, resized or rewritten; a
+    file whose time alone changed, same bytes, is no change): reusing them would
+    silently train on what the folder held before."""
     report = builder.read_report()
     source = report.get("source")
     requested = Path(manual_dir).expanduser()
@@ -276,7 +280,10 @@ def _check_same_source(builder: CxrBuilder, manual_dir: str | Path) -> None:
         )
     current, entries = fingerprint
     if current["sha256"] != recorded["sha256"]:
-        changes = describe_changes(builder.read_source_files(), entries)
+        kept, digests = builder.read_source_files(), builder.read_source_digests()
+        if same_content(source, kept, entries, digests):
+            return  # only modification times differ (a re-copy, a checkout): the same bytes
+        changes = describe_changes(kept, entries, same=rewritten_in_time_only(source, kept, entries, digests))
         raise SourceChangedError(
             f"{builder.data_path} was prepared from {source}, which has changed since "
             f"({recorded['files']} entries then, {current['files']} now: {changes}); the "

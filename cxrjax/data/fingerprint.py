@@ -8,7 +8,10 @@ outside the folder (a groups file), so a changed file there is noticed too. It i
 prepared data: the summary (`{"files", "sha256"}`) in the preparation report, the list
 in `SOURCE_FILES` next to it, so a refusal can name what was added, removed or
 changed. Nothing is opened, only stat'ed, so it is recomputed every time prepared files
-are reused for a manual dir.
+are reused for a manual dir. `SOURCE_FILES` also keeps a SHA-256 of every file's bytes
+(:func:`content_digests`): when only modification times differ (a re-copy, a fresh
+checkout, a touch), the files whose time changed are hashed again and the folder counts
+as unchanged if their bytes are the same (:func:`same_content`).
 
 Data fingerprint: dataset, config (every preparation option), version, class names,
 and per split the number of examples and a SHA-256 of its sorted "file name <TAB>
@@ -108,22 +111,98 @@ def source_fingerprint(
     return {"files": len(entries), "sha256": digest}, entries
 
 
-def describe_changes(old: Sequence[Sequence] | None, new: Sequence[Sequence], examples: int = 3) -> str:
-    """'2 added (e.g. a.png, b.png); 1 removed (e.g. c.png)' between two entry lists."""
+def describe_changes(
+    old: Sequence[Sequence] | None, new: Sequence[Sequence], examples: int = 3, same: Iterable[str] = ()
+) -> str:
+    """'2 added (e.g. a.png, b.png); 1 removed (e.g. c.png)' between two entry lists;
+    ``same``: files not to count as changed (their bytes are the same)."""
     if old is None:
         return "the list of its files was not kept, so what changed is unknown"
     before = {entry[0]: tuple(entry[1:]) for entry in old}
     after = {entry[0]: tuple(entry[1:]) for entry in new}
     parts = []
+    same = set(same)
     for label, names in (
         ("added", sorted(set(after) - set(before))),
         ("removed", sorted(set(before) - set(after))),
-        ("changed", sorted(n for n in set(before) & set(after) if before[n] != after[n])),
+        ("changed", sorted(n for n in set(before) & set(after) if before[n] != after[n] and n not in same)),
     ):
         if names:
             shown = ", ".join(names[:examples]) + (", ..." if len(names) > examples else "")
             parts.append(f"{len(names)} {label} (e.g. {shown})")
     return "; ".join(parts) or "its file list differs"
+
+
+DIGEST_MAX_BYTES = 64 << 20  # larger files get no digest: a new time on them is a change
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a regular file's bytes; OSError for anything else (a FIFO, a device:
+    ``decode.read_regular_file`` never blocks on them)."""
+    from cxrjax.data.decode import read_regular_file
+
+    return hashlib.sha256(read_regular_file(path)).hexdigest()
+
+
+def _entry_path(root: str | os.PathLike, name: str) -> Path:
+    return Path(name) if os.path.isabs(name) else Path(root) / name  # extra files are absolute
+
+
+def content_digests(root: str | os.PathLike, entries: Sequence[Sequence]) -> dict[str, str]:
+    """{entry name: :func:`file_digest`} of every regular file among ``entries`` up to
+    :data:`DIGEST_MAX_BYTES` (folders, special and missing files are left out)."""
+    out = {}
+    for name, size, _ in entries:
+        if name.endswith("/") or size < 0 or size > DIGEST_MAX_BYTES:
+            continue
+        try:
+            out[name] = file_digest(_entry_path(root, name))
+        except OSError:
+            continue
+    return out
+
+
+def rewritten_in_time_only(
+    root: str | os.PathLike,
+    old: Sequence[Sequence] | None,
+    new: Sequence[Sequence],
+    digests: Mapping[str, str] | None,
+) -> set[str]:
+    """The files of both ``old`` (the entries kept at preparation, with their ``digests``)
+    and ``new`` whose modification time alone changed: same size, and hashed again, the
+    same bytes (a re-copy, a fresh checkout, a touch)."""
+    if old is None or not digests:
+        return set()
+    before = {entry[0]: tuple(entry[1:]) for entry in old}
+    same = set()
+    for name, size, mtime in new:
+        if name not in before or name.endswith("/") or before[name] == (size, mtime) or before[name][0] != size:
+            continue
+        try:
+            if name in digests and file_digest(_entry_path(root, name)) == digests[name]:
+                same.add(name)
+        except OSError:
+            continue
+    return same
+
+
+def same_content(
+    root: str | os.PathLike,
+    old: Sequence[Sequence] | None,
+    new: Sequence[Sequence],
+    digests: Mapping[str, str] | None,
+) -> bool:
+    """Whether ``new`` holds the same files, sizes and bytes as ``old``, so that only
+    modification times differ (:func:`rewritten_in_time_only`). False when nothing was
+    kept to compare."""
+    if old is None or not digests:
+        return False
+    before = {entry[0]: tuple(entry[1:]) for entry in old}
+    after = {entry[0]: tuple(entry[1:]) for entry in new}
+    if set(before) != set(after):
+        return False
+    differing = {name for name in after if after[name] != before[name]}
+    return differing <= rewritten_in_time_only(root, old, new, digests)
 
 
 class SourceChangedError(DataError):

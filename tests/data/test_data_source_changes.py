@@ -96,3 +96,37 @@ def test_fingerprint_identifies_the_prepared_data(tmp_path):
     )
     assert phantoms.fingerprint["splits"].keys() == {"train", "validation"}
     assert records_fingerprint(phantoms.builder) == phantoms.report["fingerprint"]
+
+
+def test_a_copy_with_new_times_is_the_same_source_but_new_bytes_are_not(tmp_path):
+    import os
+
+    source = fx.make_class_folders(tmp_path / "download", per_class=10)
+    kwargs = {"data_dir": tmp_path / "p", "manual_dir": source, "options": OPTIONS}
+    first = data.prepare("image_folder", **kwargs)
+    files = sorted(p for p in source.rglob("*.png"))
+    # A re-copy or a fresh checkout: every modification time changes, no byte does.
+    for i, path in enumerate(files):
+        os.utime(path, ns=(10**18 + i, 10**18 + i))
+    assert data.prepare("image_folder", **kwargs) == first  # reused, not refused
+    assert data.load("image_folder", **kwargs).report == first
+    # Same name, same size, other bytes (and a new time): a change.
+    target = files[2]
+    payload = bytearray(target.read_bytes())
+    payload[-5] ^= 0xFF
+    target.write_bytes(bytes(payload))
+    name = target.relative_to(source).as_posix()
+    with pytest.raises(ValueError, match=rf"1 changed \(e\.g\. {name}\).*--overwrite"):
+        data.prepare("image_folder", **kwargs)
+    # Prepared by a cxrjax that kept no digests: a touched file cannot be told apart.
+    again = data.prepare("image_folder", **kwargs, overwrite=True)
+    data_path = data.get_builder("image_folder", **{k: kwargs[k] for k in ("data_dir", "options")}).data_path
+    kept_path = data_path / "source_files.json"
+    kept = json.loads(kept_path.read_text())
+    assert set(kept["sha256"]) == {p.relative_to(source).as_posix() for p in files}
+    del kept["sha256"]
+    kept_path.write_text(json.dumps(kept))
+    os.utime(files[0], ns=(10**18 + 99, 10**18 + 99))
+    with pytest.raises(ValueError, match="changed since"):
+        data.prepare("image_folder", **kwargs)
+    assert again["splits"] == first["splits"]

@@ -120,6 +120,7 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self._report: dict[str, Any] = {}
         self._written: dict[str, list[tuple[str, int]]] = {}
         self._source_files: list | None = None
+        self._source_digests: dict[str, str] | None = None  # fingerprint.content_digests
         with quiet_tfds():
             super().__init__(data_dir=str(data_dir), config=config, file_format=FILE_FORMAT, **kwargs)
 
@@ -179,9 +180,8 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         )
         self.report_path.write_text(json.dumps(self._report, indent=1, sort_keys=False))
         if self._source_files is not None:
-            (Path(self.data_path) / SOURCE_FILES).write_text(
-                json.dumps({"source": self._report.get("source"), "entries": self._source_files})
-            )
+            kept = {"source": self._report.get("source"), "entries": self._source_files, "sha256": self._source_digests}
+            (Path(self.data_path) / SOURCE_FILES).write_text(json.dumps(kept))
 
     def source_fingerprint(self, root: str | Path) -> tuple[dict[str, Any], list] | None:
         """(summary, entries) of a manual-download folder as `fingerprint.source_fingerprint`
@@ -192,8 +192,17 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """The source's file list saved when this dataset was prepared, if any."""
         try:
             return json.loads((Path(self.data_path) / SOURCE_FILES).read_text())["entries"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             return None
+
+    def read_source_digests(self) -> dict[str, str] | None:
+        """The SHA-256 of each source file saved when this dataset was prepared (None:
+        prepared by a cxrjax that kept none)."""
+        try:
+            digests = json.loads((Path(self.data_path) / SOURCE_FILES).read_text()).get("sha256")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return digests if isinstance(digests, dict) else None
 
     def verify_prepared(self, splits: dict[str, Any]) -> None:
         """Checks opened sources still match what the code would prepare now (raises

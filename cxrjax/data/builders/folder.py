@@ -35,7 +35,7 @@ from cxrjax.data import provenance
 from cxrjax.data.builders.base import CxrBuilder, common_features, counts_by_class, mask_feature
 from cxrjax.data.builders.options import CarveOptions, SplitOptions
 from cxrjax.data.decode import DecodeError, decode_grayscale, decode_mask, read_regular_file
-from cxrjax.data.fingerprint import source_fingerprint
+from cxrjax.data.fingerprint import content_digests, source_fingerprint
 from cxrjax.data.layouts import LayoutError, ScannedTree, SourceImage
 from cxrjax.data.splits import SPLIT_ORDER, joined_groups, stratified_group_split
 
@@ -149,6 +149,7 @@ class FolderBuilder(CxrBuilder, skip_registration=True):
         tree = self._scan(root)
         # Before any file is read: a file changed while preparing then differs next time.
         self._source_summary, self._source_files = source_fingerprint(tree.root, self._extra_files())
+        self._source_digests = content_digests(tree.root, self._source_files)
         self.info.features["label"].names = list(tree.class_names)
         size = self.options.image_size
         images = sorted(tree.images, key=lambda im: im.relpath)  # listing-order independent
