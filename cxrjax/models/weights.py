@@ -527,9 +527,7 @@ def load_pretrained(
         )
     keyed = [(c, layer, var) for c, layers in abstract.items() for layer, leaves in layers.items() for var in leaves]
     if any(key not in values for key in keyed):  # a missing or mis-shaped leaf keeps the init
-        # op by op: compiling the whole init at once costs more on CPU than running it
-        init = module.init(jax.random.key(seed), jnp.zeros(x.shape), train=False)
-        base = jax.tree_util.tree_map(np.asarray, init)
+        base = random_init(module, x.shape, seed)
     else:
         base = jax.tree_util.tree_map(lambda leaf: None, abstract)
     variables: dict[str, dict] = {}
@@ -544,6 +542,18 @@ def load_pretrained(
     if strict:
         return module, variables
     return module, variables, unmatched
+
+
+def random_init(module: nn.Module, shape: tuple[int, ...], seed: int) -> dict:
+    """``module.init(key(seed), zeros(shape), train=False)`` as numpy arrays, jitted as ONE
+    program: the same numbers as running it op by op (which dispatches and compiles every
+    operation on its own), in a third of the time -- 2026-12-02, 2-core CPU: mobilenet_v2
+    @ 64 21.5 -> 7.0 s, densenet121 @ 224 35.5 -> 12.6 s, every leaf bit-identical.
+    (XLA's backend optimisations off would compile faster still, 4.6 / 8.7 s, but its
+    truncated-normal samples differ in the last bit: tests/models/test_random_init.py.)"""
+    x = jnp.zeros(shape, jnp.float32)
+    variables = jax.jit(lambda x: module.init(jax.random.key(seed), x, train=False))(x)
+    return jax.tree_util.tree_map(np.asarray, variables)
 
 
 def count_parameters(variables: dict) -> int:
