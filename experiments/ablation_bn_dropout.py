@@ -2,6 +2,7 @@
 
     python -m experiments.ablation_bn_dropout                  # phantoms, 13 cells x 10 seeds
     python -m experiments.ablation_bn_dropout --seeds 3 --s0   # fewer seeds, plus S0's grid
+    python -m experiments.ablation_bn_dropout --seeds 16       # 208 runs, 12-17 min on 2 cores: see below
     python -m experiments.ablation_bn_dropout --dataset covid19_radiography \\
         --manual-dir ~/COVID-19_Radiography_Dataset           # S4's own data and settings
 
@@ -49,7 +50,10 @@ stops), so the twin continues from where it stopped instead of training those ep
 again (``cxrjax.train.continuation``): about 40% of the Exp2 training is saved. The
 search and its measurements: docs/measurements.md#ablation-choosing-the-10-seed-default.
 
-Expected: about 11 minutes on a 2-core CPU from a fresh clone (``make ablation``: venv,
+10 seeds reach 1-2 of the 7 claims after Holm (two VMs); 16 seeds reached 3 in 2 of 3
+draws (docs/measurements.md#the-10-seed-default-on-another-vm-2026-12-02).
+
+Expected: about 8-11 minutes on a 2-core CPU from a fresh clone (``make ablation``: venv,
 pinned install of the package alone, phantom preparation, 130 runs on two workers,
 report); measured times and the latest result in
 docs/measurements.md#ablation-wall-time-and-result.
