@@ -11,7 +11,7 @@ changed. Nothing is opened, only stat'ed, so it is recomputed every time prepare
 are reused for a manual dir. `SOURCE_FILES` also keeps a SHA-256 of every file's bytes
 (:func:`content_digests`): when only modification times differ (a re-copy, a fresh
 checkout, a touch), the files whose time changed are hashed again and the folder counts
-as unchanged if their bytes are the same (:func:`same_content`).
+as unchanged if their bytes are the same (:func:`only_times_differ`).
 
 Data fingerprint: dataset, config (every preparation option), version, class names,
 and per split the number of examples and a SHA-256 of its sorted "file name <TAB>
@@ -186,23 +186,14 @@ def rewritten_in_time_only(
     return same
 
 
-def same_content(
-    root: str | os.PathLike,
-    old: Sequence[Sequence] | None,
-    new: Sequence[Sequence],
-    digests: Mapping[str, str] | None,
-) -> bool:
-    """Whether ``new`` holds the same files, sizes and bytes as ``old``, so that only
-    modification times differ (:func:`rewritten_in_time_only`). False when nothing was
-    kept to compare."""
-    if old is None or not digests:
+def only_times_differ(old: Sequence[Sequence] | None, new: Sequence[Sequence], same: set[str]) -> bool:
+    """Whether ``new`` lists the files of ``old`` and every entry that differs is in
+    ``same`` (:func:`rewritten_in_time_only`): a re-copy, a checkout, a touch."""
+    if old is None:
         return False
     before = {entry[0]: tuple(entry[1:]) for entry in old}
     after = {entry[0]: tuple(entry[1:]) for entry in new}
-    if set(before) != set(after):
-        return False
-    differing = {name for name in after if after[name] != before[name]}
-    return differing <= rewritten_in_time_only(root, old, new, digests)
+    return set(before) == set(after) and all(after[n] == before[n] or n in same for n in after)
 
 
 class SourceChangedError(DataError):

@@ -188,21 +188,18 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         computes it; None for builders that read no folder."""
         return None
 
-    def read_source_files(self) -> list | None:
-        """The source's file list saved when this dataset was prepared, if any."""
-        try:
-            return json.loads((Path(self.data_path) / SOURCE_FILES).read_text())["entries"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def read_source_digests(self) -> dict[str, str] | None:
-        """The SHA-256 of each source file saved when this dataset was prepared (None:
+    def read_source_files(self) -> tuple[list | None, dict[str, str] | None]:
+        """The source's file list saved when this dataset was prepared, and the SHA-256 of
+        each file (``fingerprint.content_digests``); None for what was not kept (digests:
         prepared by a cxrjax that kept none)."""
         try:
-            digests = json.loads((Path(self.data_path) / SOURCE_FILES).read_text()).get("sha256")
-        except (OSError, ValueError, AttributeError):
-            return None
-        return digests if isinstance(digests, dict) else None
+            kept = json.loads((Path(self.data_path) / SOURCE_FILES).read_text())
+        except (OSError, ValueError):
+            return None, None
+        if not isinstance(kept, dict):
+            return None, None
+        entries, digests = kept.get("entries"), kept.get("sha256")
+        return (entries if isinstance(entries, list) else None), (digests if isinstance(digests, dict) else None)
 
     def verify_prepared(self, splits: dict[str, Any]) -> None:
         """Checks opened sources still match what the code would prepare now (raises
