@@ -426,13 +426,14 @@ class TrainConfig(InputOptions):
         help="data-parallel compilation: shard_map (jit over a device mesh) or pmap",
     )
     data_placement: str = option(
-        "host",
+        "auto",
         flag=True,
         choices=DATA_PLACEMENTS,
         help="where training batches are made: host (the grain pipeline), device (every split as uint8 on the "
         "devices once, sharded over them; shuffling, augmentation and balanced sampling inside the compiled "
-        "step, the same batches as host without augmentation) or auto (device when the splits fit "
-        "cxrjax/train/resident.py's memory budget: a quarter of device memory on accelerators, 1 GiB on CPU)",
+        "step, the same batches as host without augmentation) or auto, the default (device when the splits "
+        "fit cxrjax/train/resident.py's memory budget: a quarter of device memory on accelerators, 1 GiB on "
+        "CPU; host for pmap and several processes; a resumed run keeps the placement it was trained with)",
     )
     steps_per_dispatch: int = option(
         1,
@@ -767,7 +768,8 @@ def result_relevant_differences(saved: dict[str, Any], current: dict[str, Any]) 
     """{field: (saved, current)} for every field that differs and can change results.
 
     Fields absent from ``saved`` (written by an older cxrjax) compare as their default;
-    the old names of :data:`RENAMED_FIELDS` in ``saved`` compare as the new ones.
+    the old names of :data:`RENAMED_FIELDS` in ``saved`` compare as the new ones;
+    ``data_placement="auto"`` on either side matches any placement (the checkpoint's decides).
     """
     saved = upgrade_field_names(saved)
     defaults = TrainConfig().to_dict()
@@ -777,6 +779,10 @@ def result_relevant_differences(saved: dict[str, Any], current: dict[str, Any]) 
             continue
         old = saved.get(name, defaults.get(name))
         new = current.get(name, defaults.get(name))
+        if name == "data_placement" and "auto" in (old, new):
+            # "auto" resolves to the placement the run's checkpoint was trained with, and the
+            # trainer refuses a resume whose placement differs from it (trainer._place_data)
+            continue
         if old != new and not (name == "pretrained" and same_pretrained(old, new)):
             diffs[name] = (old, new)
     return diffs

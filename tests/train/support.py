@@ -13,7 +13,16 @@ TIMING_KEYS = {"train_seconds", "images_per_second", "eval_seconds", "cumulative
 
 def inject_nan(monkeypatch, batches_by_epoch):
     """NaN into batch i of epoch e (0-based) for every (e, i) in ``batches_by_epoch``
-    ({epoch: {batch index, ...}}), through the trainer's data API."""
+    ({epoch: {batch index, ...}}), through the trainer's data API -- the host path's
+    batches, so the run is made to take the host path (a config asking for "device" is a
+    mistake of the test)."""
+    from cxrjax.train import resident
+
+    def host_placement(config, *args, **kwargs):
+        assert config.data_placement != "device", "inject_nan poisons the host path's batches"
+        return "host"
+
+    monkeypatch.setattr(resident, "choose_placement", host_placement)
     real = trainer_module.data_api()
 
     def train_batches(*args, **kwargs):

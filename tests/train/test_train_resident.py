@@ -15,7 +15,8 @@ import pytest
 
 from cxrjax.data import augment
 from cxrjax.inference import load_run
-from cxrjax.train import resident
+from cxrjax.train import TrainConfig, resident
+from cxrjax.train.checkpointing import CheckpointStore
 from cxrjax.train.data_api import data_api
 from cxrjax.train.evaluation import EnginePredictor, predict_split
 from cxrjax.train.run_setup import setup_run
@@ -200,6 +201,18 @@ def test_killed_device_run_resumes_bit_identical(base_config, tmp_path):
 
     with pytest.raises(ConfigMismatchError, match="data_placement"):
         train_and_evaluate(config.replace(data_placement="host"), tmp_path / "resumed")
+    # "auto" (the default) resumes a run with the placement its checkpoint was trained with,
+    # e.g. a run trained on the host path when that was the default, killed, resumed by
+    # a session that asks for auto (which alone would pick device for data this small).
+    host = config.replace(data_placement="host")
+    host_straight = train_and_evaluate(host, tmp_path / "host_straight")
+    with pytest.raises(_Killed):
+        train_and_evaluate(host, tmp_path / "host_then_auto", on_checkpoint=kill_at)
+    carried_on = train_and_evaluate(config.replace(data_placement="auto"), tmp_path / "host_then_auto")
+    store = CheckpointStore(tmp_path / "host_then_auto" / "checkpoints")
+    assert store.restore(store.latest_step())[1]["data_placement"] == "host"
+    for key in ("test", "validation", "best_epoch"):
+        assert carried_on[key] == host_straight[key], key
 
 
 def test_nonfinite_step_inside_a_scan_is_reported_with_its_global_step(base_config, tmp_path, monkeypatch):
@@ -218,7 +231,8 @@ def test_placement_choice(base_config, monkeypatch):
     auto = base_config.replace(data_placement="auto")
     assert resident.choose_placement(auto, ds, 16, devices) == "device"
     assert resident.choose_placement(auto, ds, 16, devices, resumed="host") == "host"  # auto keeps a run's
-    assert resident.choose_placement(base_config, ds, 16, devices) == "host"
+    assert base_config.data_placement == "auto" == TrainConfig().data_placement  # the default
+    assert resident.choose_placement(base_config.replace(data_placement="host"), ds, 16, devices) == "host"
     monkeypatch.setattr(resident, "CPU_BUDGET_BYTES", nbytes - 1)
     assert resident.choose_placement(auto, ds, 16, devices) == "host"  # over the budget
     assert resident.choose_placement(auto.replace(data_placement="device"), ds, 16, devices) == "device"
