@@ -60,7 +60,8 @@ docs/measurements.md#ablation-wall-time-and-result.
 
 Output in ``--workdir`` (default ``runs/ablation_bn_dropout/<dataset>``): results.csv,
 results.md, summary.md, summary.json (the claims: paired tests within a network, Welch
-and permutation tests between networks, Holm over the 7 claims), accuracy_bars.png,
+and permutation tests between networks, equivalence tests (TOST, margin 5 points) for the
+two "no difference" claims, Holm over the 7 claims, a verdict each), accuracy_bars.png,
 learning_curves.png, and runs/<cell>/seed_<k>/ (each run's own engine workdir with its
 checkpoints, metrics.jsonl and results.json with its ``timings``; per-run plots only with
 ``--plots``). Re-running skips finished runs and resumes an interrupted one; a changed
@@ -129,7 +130,12 @@ S4_NAMES = {
     ("all", 0.25, True): "Exp9",
 }
 S4_CLAIMS = (
-    Claim("exp1", "exp2_bn-none_do-0_es-off", "the channel order does not matter without BatchNorm (Exp1 vs Exp2)"),
+    Claim(
+        "exp1",
+        "exp2_bn-none_do-0_es-off",
+        "the channel order does not matter without BatchNorm (Exp1 vs Exp2)",
+        expect="=",
+    ),
     Claim("exp2_bn-first_do-0_es-off", "exp2_bn-none_do-0_es-off", "BatchNorm on the first layer helps (Exp3 vs Exp2)"),
     Claim(
         "exp2_bn-all_do-0_es-off",
@@ -140,12 +146,19 @@ S4_CLAIMS = (
         "exp2_bn-all_do-0_es-on",
         "exp2_bn-all_do-0_es-off",
         "early stopping costs a little without dropout (Exp5 vs Exp4)",
+        expect="<",
     ),
-    Claim("exp2_bn-none_do-0.25_es-off", "exp2_bn-none_do-0_es-off", "dropout alone changes nothing (Exp6 vs Exp2)"),
+    Claim(
+        "exp2_bn-none_do-0.25_es-off",
+        "exp2_bn-none_do-0_es-off",
+        "dropout alone changes nothing (Exp6 vs Exp2)",
+        expect="=",
+    ),
     Claim(
         "exp2_bn-all_do-0.25_es-off",
         "exp2_bn-all_do-0_es-off",
         "dropout 0.25 hurts the BatchNorm network (Exp8 vs Exp4)",
+        expect="<",
     ),
     Claim(
         "exp2_bn-all_do-0.25_es-on",

@@ -25,10 +25,20 @@ P(A > B) over seeds; cells of different networks get Welch's t-test, the two-sam
 permutation test, a bootstrap interval and P(A > B) over all pairs of runs. A difference
 "exceeds seed noise" when its t-test (paired t or Welch) gives p < 0.05.
 
+Each published claim states what it expects (:class:`Claim`): A above B (``">"``), A
+below B (``"<"``), or no difference (``"="``: within a stated margin, default
+:data:`EQUIVALENCE_MARGIN`). A directional claim is tested by the difference test above;
+a no-difference claim by an equivalence test (``stats.equivalence_test``: two one-sided
+tests, TOST), since a difference test that fails to reject is no evidence of equality.
+Each claim gets a verdict: **supported** (Holm-significant in the stated direction, or
+equivalent), **contradicted** (Holm-significant the other way; for a no-difference
+claim: its whole 95% interval outside the margin) or **inconclusive**.
+
 Two families for Holm's correction (Holm 1979), each said in the report: the
-experiment's **published claims** (``summary.json["claims"]``: "significant" = Holm p <
-0.05 within that family), and, separately, the exploratory family of **every
-one-factor comparison** in results.md.
+experiment's **published claims** (``summary.json["claims"]``, one test per claim:
+"significant" = Holm p < 0.05 within that family, "supported" = significant in the
+claimed direction), and, separately, the exploratory family of **every one-factor
+comparison** in results.md.
 """
 
 from __future__ import annotations
@@ -48,6 +58,11 @@ from cxrjax.train.workdir import read_history
 from experiments.grid import Cell, RunRecord
 
 ALPHA = 0.05
+# A "no difference" claim holds when |A - B| < this (test accuracy, fractions) with 95%
+# confidence: 5 points is below every difference S4 reports as an effect between its
+# networks (11 to 24 points) and well above the 0.4-0.6 points it calls "no difference".
+EQUIVALENCE_MARGIN = 0.05
+EXPECTATIONS = (">", "<", "=")
 CSV_FIELDS = (
     "cell",
     "seed",
@@ -71,11 +86,30 @@ _NESTED = {"train": ("train",), "val": ("validation", "val")}
 
 @dataclass(frozen=True)
 class Claim:
-    """A published statement comparing two cells: ``a`` minus ``b`` in test accuracy."""
+    """A published statement comparing two cells: ``a`` minus ``b`` in test accuracy.
+
+    ``expect``: what the statement says of ``a - b``: ``">"`` (positive), ``"<"``
+    (negative) or ``"="`` (no difference: ``|a - b| < margin``, tested for equivalence).
+    """
 
     a: str
     b: str
     statement: str
+    expect: str = ">"
+    margin: float = EQUIVALENCE_MARGIN
+
+    def __post_init__(self) -> None:
+        if self.expect not in EXPECTATIONS:
+            raise ValueError(f"Claim {self.statement!r}: expect={self.expect!r} is not one of {EXPECTATIONS}")
+        if not self.margin > 0:
+            raise ValueError(f"Claim {self.statement!r}: margin must be > 0, got {self.margin!r}")
+
+    @property
+    def expectation(self) -> str:
+        """What the claim expects, in words ("A > B", "|A - B| < 5 pts")."""
+        if self.expect == "=":
+            return f"|A - B| < {100 * self.margin:g} pts"
+        return f"A {self.expect} B"
 
 
 @dataclass
@@ -226,15 +260,23 @@ def _by_seed(rows: Sequence[Mapping[str, Any]], cell: str, metric: str) -> dict[
     return {int(r["seed"]): _num(r[metric]) for r in rows if r["cell"] == cell and r["status"] == "ok"}
 
 
-def compare(a: Cell, b: Cell, rows: Sequence[Mapping[str, Any]], metric: str = "test_accuracy") -> stats.Difference:
-    """Test ``a - b``: paired over the common seeds when both cells train the same network
-    (seed k: the same initial weights and batch order in both), else two independent
-    samples."""
+def samples(
+    a: Cell, b: Cell, rows: Sequence[Mapping[str, Any]], metric: str = "test_accuracy"
+) -> tuple[list[float], list[float], bool]:
+    """(a's values, b's values, paired): paired over the common seeds when both cells train
+    the same network (seed k: the same initial weights and batch order in both), else two
+    independent samples."""
     xa, xb = _by_seed(rows, a.name, metric), _by_seed(rows, b.name, metric)
     if a.network == b.network:
         seeds = sorted(set(xa) & set(xb))
-        return stats.compare_runs([xa[s] for s in seeds], [xb[s] for s in seeds], paired=True)
-    return stats.compare_runs(list(xa.values()), list(xb.values()), paired=False)
+        return [xa[s] for s in seeds], [xb[s] for s in seeds], True
+    return list(xa.values()), list(xb.values()), False
+
+
+def compare(a: Cell, b: Cell, rows: Sequence[Mapping[str, Any]], metric: str = "test_accuracy") -> stats.Difference:
+    """Test ``a - b`` (:func:`samples` says whether paired)."""
+    xa, xb, paired = samples(a, b, rows, metric)
+    return stats.compare_runs(xa, xb, paired=paired)
 
 
 def one_factor_pairs(cells: Sequence[Cell]) -> list[tuple[Cell, Cell, str]]:
@@ -258,17 +300,52 @@ def comparisons(cells: Sequence[Cell], rows: Sequence[Mapping[str, Any]]) -> lis
 
 @dataclass
 class ClaimResult:
-    """One published claim tested here; ``p_holm`` within the family of claims."""
+    """One published claim tested here; ``p_holm`` within the family of claims.
+
+    ``result``: the difference tests of A - B (every claim); ``equivalence``: the TOST of
+    a no-difference claim (None for directional ones). ``p``: the claim's own test (the
+    difference t-test, or the TOST), the one Holm's correction and the verdict use.
+    """
 
     claim: Claim
     a: Cell
     b: Cell
     result: stats.Difference
+    equivalence: stats.Equivalence | None = None
     p_holm: float = float("nan")
+
+    @property
+    def p(self) -> float:
+        return self.equivalence.p if self.equivalence is not None else self.result.p
+
+    @property
+    def p_permutation(self) -> float:
+        return self.equivalence.p_permutation if self.equivalence is not None else self.result.permutation.p
 
     @property
     def significant(self) -> bool:
         return math.isfinite(self.p_holm) and self.p_holm < ALPHA
+
+    @property
+    def verdict(self) -> str:
+        """supported | contradicted | inconclusive | not testable (see the module docstring)."""
+        r = self.result
+        if not math.isfinite(self.p):
+            return "not testable"
+        if self.claim.expect == "=":
+            if self.significant:
+                return "supported"
+            m = self.claim.margin
+            outside = math.isfinite(r.ci_low) and (r.ci_low >= m or r.ci_high <= -m)
+            return "contradicted" if outside else "inconclusive"
+        if not self.significant:
+            return "inconclusive"
+        right = r.difference > 0 if self.claim.expect == ">" else r.difference < 0
+        return "supported" if right else "contradicted"
+
+    @property
+    def supported(self) -> bool:
+        return self.verdict == "supported"
 
 
 def claim_results(
@@ -277,12 +354,17 @@ def claim_results(
     """The claims whose two cells are in this grid, tested, with Holm's correction over
     them (the family: these claims)."""
     by_name = {c.name: c for c in cells}
-    out = [
-        ClaimResult(claim, by_name[claim.a], by_name[claim.b], compare(by_name[claim.a], by_name[claim.b], rows))
-        for claim in claims
-        if claim.a in by_name and claim.b in by_name
-    ]
-    for item, p in zip(out, stats.holm([c.result.p for c in out])):
+    out = []
+    for claim in claims:
+        if claim.a not in by_name or claim.b not in by_name:
+            continue
+        a, b = by_name[claim.a], by_name[claim.b]
+        xa, xb, paired = samples(a, b, rows)
+        equivalence = None
+        if claim.expect == "=":
+            equivalence = stats.equivalence_test(xa, xb, paired=paired, margin=claim.margin)
+        out.append(ClaimResult(claim, a, b, stats.compare_runs(xa, xb, paired=paired), equivalence))
+    for item, p in zip(out, stats.holm([c.p for c in out])):
         item.p_holm = p
     return out
 
@@ -296,9 +378,13 @@ def family_note(claims: Sequence[ClaimResult], comps: Sequence[Comparison]) -> s
 
 
 DECISION = (
-    "significant = Holm-adjusted p < 0.05 within the family, where p is the paired t-test's "
-    "(paired claims) or Welch's t-test's (unpaired); the permutation p (exact sign-flip "
-    "for paired claims, two-sample permutation test otherwise) is given beside it"
+    "significant = Holm-adjusted p < 0.05 within the family, where p is the claim's own test: for a "
+    "directional claim (A > B, A < B) the two-sided paired t-test (paired claims) or Welch's t-test "
+    "(unpaired), for a no-difference claim the equivalence test (two one-sided t-tests, TOST, that "
+    "|A - B| < its margin); supported = significant in the claimed direction (or equivalent), "
+    "contradicted = significant the other way (a no-difference claim: its 95% interval outside the "
+    "margin), else inconclusive; the permutation p (exact sign-flip for paired claims, two-sample "
+    "permutation test otherwise; one-sided pairs for TOST) is given beside it"
 )
 
 
@@ -394,15 +480,9 @@ def summary_json(
     ``timings``: :func:`timing_summary` of ``records`` when the caller has it already."""
     ok = [r for r in records if r.ok]
     return {
-        "claims": [
-            {
-                "claim": c.claim.statement,
-                "a": c.a.name,
-                "b": c.b.name,
-                **difference_dict(c.result, c.p_holm),
-            }
-            for c in claims
-        ],
+        "claims": [claim_dict(c) for c in claims],
+        "supported": sum(c.supported for c in claims),
+        "contradicted": sum(c.verdict == "contradicted" for c in claims),
         "runs": len(ok),
         "seeds": len({r.seed for r in records}),
         "failed_runs": len(records) - len(ok),
@@ -427,6 +507,30 @@ def summary_json(
             for c in comps
         ],
     }
+
+
+def claim_dict(c: ClaimResult) -> dict[str, Any]:
+    """One claim in summary.json: :func:`difference_dict`'s keys, with p, p_permutation
+    and the test names those of the claim's own test (the TOST for a no-difference
+    claim, whose difference test's p is kept as "p_difference"), then what it expects
+    and its verdict."""
+    out = {"claim": c.claim.statement, "a": c.a.name, "b": c.b.name, **difference_dict(c.result, c.p_holm)}
+    eq = c.equivalence
+    if eq is not None:
+        paired = "paired" if c.result.paired else "Welch"
+        out.update(
+            p=eq.p,
+            p_permutation=eq.p_permutation,
+            test=f"{paired} TOST (two one-sided t-tests), margin {100 * eq.margin:g} pts",
+            permutation_test="TOST of two one-sided "
+            + ("sign-flip tests" if c.result.paired else "two-sample permutation tests")
+            + ", A shifted by the margin",
+            p_permutation_floor=eq.floor,
+            p_difference=c.result.p,
+            margin=eq.margin,
+        )
+    out.update(expect=c.claim.expect, expectation=c.claim.expectation, verdict=c.verdict, supported=c.supported)
+    return out
 
 
 def verdict(p: float) -> str:
@@ -557,30 +661,33 @@ def claims_table(claims: Sequence[ClaimResult]) -> str:
     head = [
         "Claim",
         "A - B",
+        "Expects",
         "Difference (pts, 95% CI)",
         "Test",
         "p",
         "Permutation p",
         "P(A>B)",
         "Holm p",
-        "Significant",
+        "Verdict",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in claims:
         r = c.result
+        perm = fmt_p(c.p_permutation) + ("" if r.permutation.exact else " (MC)")
         lines.append(
             "| "
             + " | ".join(
                 [
                     c.claim.statement,
                     f"{c.a.label} - {c.b.label}",
+                    c.claim.expectation,
                     _ci_text(r),
-                    _test_name(r),
-                    fmt_p(r.p),
-                    _perm_text(r),
+                    _test_name(r) + (" TOST" if c.equivalence is not None else ""),
+                    fmt_p(c.p),
+                    perm,
                     _prob_text(r.prob_improvement),
                     fmt_p(c.p_holm),
-                    "yes" if c.significant else "no",
+                    c.verdict,
                 ]
             )
             + " |"
@@ -598,8 +705,9 @@ def claims_section(claims: Sequence[ClaimResult], comps: Sequence[Comparison]) -
         "",
         f"Difference: mean of A - B in test accuracy, with a 95% percentile-bootstrap interval. Test: paired "
         "t-test over seeds when A and B train the same network (same seed = same initial weights and batch "
-        "order), else Welch's t-test; Permutation p: exact sign-flip test (paired) or two-sample permutation "
-        "test (MC: Monte Carlo); P(A>B): share of seeds (paired) or of run pairs (unpaired) where A beats B. "
+        "order), else Welch's t-test; TOST: the equivalence test of a no-difference claim; Permutation p: exact "
+        "sign-flip test (paired) or two-sample permutation test (MC: Monte Carlo); P(A>B): share of seeds "
+        "(paired) or of run pairs (unpaired) where A beats B. "
         f"Holm's correction over {family_note(claims, comps)}; {DECISION}." + (f" {floor}" if floor else ""),
     ]
 
@@ -652,10 +760,11 @@ def summary_text(
     else:
         out.append("No two cells differ in exactly one factor, so no difference was tested.")
     if claims:
-        n_sig = sum(c.significant for c in claims)
+        n_supported = sum(c.supported for c in claims)
+        n_against = sum(c.verdict == "contradicted" for c in claims)
         out.append(
-            f"Published claims: {n_sig} of {len(claims)} significant after Holm's correction over the "
-            f"{len(claims)} claims:"
+            f"Published claims: {n_supported} of {len(claims)} supported after Holm's correction over the "
+            f"{len(claims)} claims, {n_against} contradicted:"
         )
     for c in claims:
         a, b, r = c.a, c.b, c.result
@@ -663,13 +772,16 @@ def summary_text(
         if a.reference is not None and b.reference is not None:
             ref = f" ({reference_source}: {_signed(a.reference - b.reference)} pts from one run each)"
         perm = r.permutation
+        tests = f"{'paired t' if r.paired else 'Welch'} p={fmt_p(r.p)}, {perm.test} p={fmt_p(perm.p)}"
+        if c.equivalence is not None:
+            tests = (
+                f"equivalence within {100 * c.claim.margin:g} pts (TOST) p={fmt_p(c.p)}, permutation TOST "
+                f"p={fmt_p(c.p_permutation)}; difference {tests}"
+            )
         out.append(
             f'- Claim "{c.claim.statement}"{ref}: here {a.label} - {b.label} = {_signed(r.difference)} pts'
             + ("" if not math.isfinite(r.ci_low) else f" (95% CI {_signed(r.ci_low)} to {_signed(r.ci_high)})")
-            + ", "
-            f"{'paired t' if r.paired else 'Welch'} p={fmt_p(r.p)}, {perm.test} p={fmt_p(perm.p)}, "
-            f"Holm p={fmt_p(c.p_holm)}, P(A>B)={_prob_text(r.prob_improvement)}: {verdict(r.p)}"
-            f"{', significant after Holm' if c.significant else ''}."
+            + f", {tests}, Holm p={fmt_p(c.p_holm)}, P(A>B)={_prob_text(r.prob_improvement)}: {c.verdict}."
         )
     if references_comparable:
         inside = [c for c in cs if c.cell.reference is not None and c.accuracy.n >= 2]

@@ -42,6 +42,12 @@ spread of a difference and the probability of improvement, not only a p-value):
 t-test's p (paired t for paired claims, Welch's for unpaired), the permutation p stands
 beside it. Resampling is seeded, so a report is reproducible.
 
+A claim of NO difference ("dropout alone changes nothing") is tested for equivalence
+within a stated margin (:func:`equivalence_test`: two one-sided tests, TOST; Schuirmann,
+J. Pharmacokinet. Biopharm. 1987), not by a difference test that fails to reject: a
+non-significant difference is absence of evidence, and with few seeds it is the likely
+outcome whatever the truth.
+
 scipy (a hard dependency of scikit-learn) provides the Student t distribution.
 """
 
@@ -228,16 +234,35 @@ def sign_flip_test(
     if n == 0:
         nan = float("nan")
         return PermutationResult("sign-flip", nan, nan, True, 0, 0)
+    dist = _sign_flip_null(x, exact_max_n=exact_max_n, resamples=resamples, seed=seed)
+    p = _permutation_p(dist.null, dist.observed, dist.exact)
+    return PermutationResult("sign-flip", p, dist.floor, dist.exact, dist.null.size, n)
+
+
+@dataclass(frozen=True)
+class _Null:
+    """A permutation test's statistic under the null (every arrangement when ``exact``),
+    the observed value and the two-sided floor of its p."""
+
+    null: np.ndarray
+    observed: float
+    exact: bool
+    floor: float
+
+
+def _sign_flip_null(
+    x: np.ndarray, *, exact_max_n: int = EXACT_SIGN_FLIP_MAX_N, resamples: int = RESAMPLES, seed: int = SEED
+) -> _Null:
+    """The mean of ``x`` (finite, n >= 1) under all 2^n sign patterns, or ``resamples``
+    random ones drawn with ``seed`` above ``exact_max_n``."""
+    n = int(x.size)
     observed = float(x.mean())
     if n <= exact_max_n:
         signs = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2 - 1
-        null = signs @ x / n
-        return PermutationResult("sign-flip", _permutation_p(null, observed, True), 2.0 / 2**n, True, 2**n, n)
+        return _Null(signs @ x / n, observed, True, 2.0 / 2**n)
     rng = np.random.default_rng(seed)
     signs = rng.choice(np.array([-1.0, 1.0]), size=(resamples, n))
-    null = signs @ x / n
-    floor = max(2.0 / 2**n, 2.0 / (resamples + 1))
-    return PermutationResult("sign-flip", _permutation_p(null, observed, False), floor, False, resamples, n)
+    return _Null(signs @ x / n, observed, False, max(2.0 / 2**n, 2.0 / (resamples + 1)))
 
 
 @functools.lru_cache(maxsize=4)
@@ -270,19 +295,34 @@ def permutation_test(
     if na == 0 or nb == 0:
         nan = float("nan")
         return PermutationResult("permutation", nan, nan, True, 0, n)
+    dist = _two_sample_null(xa, xb, exact_max=exact_max, resamples=resamples, seed=seed)
+    p = _permutation_p(dist.null, dist.observed, dist.exact)
+    return PermutationResult("permutation", p, dist.floor, dist.exact, dist.null.size, n)
+
+
+def _two_sample_null(
+    xa: np.ndarray,
+    xb: np.ndarray,
+    *,
+    exact_max: int = EXACT_PERMUTATION_MAX,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> _Null:
+    """``mean(a) - mean(b)`` (finite, both non-empty) under every split of the pooled
+    values into groups of their sizes, or ``resamples`` random ones above ``exact_max``."""
+    na, nb = int(xa.size), int(xb.size)
+    n = na + nb
     pooled = np.concatenate([xa, xb])
     total = float(pooled.sum())
     observed = float(xa.mean() - xb.mean())
     splits = math.comb(n, na)
     if splits <= exact_max:
         sums = pooled[_combinations(n, na)].sum(axis=1)
-        null = sums / na - (total - sums) / nb
-        return PermutationResult("permutation", _permutation_p(null, observed, True), 2.0 / splits, True, splits, n)
+        return _Null(sums / na - (total - sums) / nb, observed, True, 2.0 / splits)
     rng = np.random.default_rng(seed)
     perms = rng.permuted(np.tile(pooled, (resamples, 1)), axis=1)
     null = perms[:, :na].mean(axis=1) - perms[:, na:].mean(axis=1)
-    floor = max(2.0 / splits, 2.0 / (resamples + 1))
-    return PermutationResult("permutation", _permutation_p(null, observed, False), floor, False, resamples, n)
+    return _Null(null, observed, False, max(2.0 / splits, 2.0 / (resamples + 1)))
 
 
 def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -409,6 +449,89 @@ def compare_runs(
         ci_high=high,
         prob_improvement=prob_improvement(a, b, paired=False),
     )
+
+
+# --------------------------------------------------------------------------- equivalence
+
+# A "no difference" claim (S4: "dropout alone changes nothing") is not supported by a
+# difference test that fails to reject -- that is absence of evidence. It is tested as an
+# equivalence: two one-sided tests (TOST; Schuirmann 1987) that the mean difference is
+# above -margin and below +margin; p is the larger of the two one-sided p's.
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """TOST of ``|mean(A - B)| < margin`` (:func:`equivalence_test`).
+
+    ``p``: the larger one-sided p of the t-tests (paired t or Welch, as the difference
+    test of the same claim) against ``diff <= -margin`` and ``diff >= +margin``.
+    ``p_permutation``: the same with one-sided permutation tests (sign flips of the
+    per-seed differences shifted by the margin; two-sample permutations of A shifted by
+    the margin), whose floor is ``floor``. Small p: the difference lies within the margin.
+    """
+
+    margin: float
+    p: float
+    p_permutation: float
+    floor: float
+    test: str  # "paired" | "welch"
+
+
+def _one_sided_p(null: np.ndarray, observed: float, exact: bool, *, greater: bool) -> float:
+    """One-sided p of ``observed`` against ``null`` (ties as :func:`_permutation_p`)."""
+    gamma = abs(observed) * 100 * np.finfo(np.float64).eps
+    adjust = 0 if exact else 1
+    hits = np.count_nonzero(null >= observed - gamma) if greater else np.count_nonzero(null <= observed + gamma)
+    return float((hits + adjust) / (null.size + adjust))
+
+
+def _one_sided_t(estimate: float, se: float, df: float) -> float:
+    """p of ``estimate > 0`` with standard error ``se`` (se 0: 0 when positive, else 1)."""
+    if se == 0.0:
+        return 0.0 if estimate > 0.0 else 1.0
+    return float(_sps.t.sf(estimate / se, df))
+
+
+def equivalence_test(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    paired: bool,
+    margin: float,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> Equivalence:
+    """Two one-sided tests that ``-margin < mean(A - B) < margin`` (``margin`` > 0, in the
+    units of A and B). Paired: on the per-seed differences (pairs with a non-finite member
+    dropped); unpaired: Welch's standard error and degrees of freedom. NaN p's with fewer
+    than two runs per side."""
+    if not margin > 0:
+        raise ValueError(f"equivalence_test needs a positive margin, got {margin!r}")
+    nan = float("nan")
+    if paired:
+        test = paired_test(a, b)
+        xa, xb = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        keep = np.isfinite(xa) & np.isfinite(xb)
+        d = xa[keep] - xb[keep]
+        if d.size < 2:
+            return Equivalence(margin, nan, nan, nan, "paired")
+        se = float(d.std(ddof=1) / math.sqrt(d.size))
+        lower = _sign_flip_null(d + margin, resamples=resamples, seed=seed)
+        upper = _sign_flip_null(d - margin, resamples=resamples, seed=seed)
+    else:
+        test = welch_test(a, b)
+        xa, xb = _clean(a), _clean(b)
+        if xa.size < 2 or xb.size < 2:
+            return Equivalence(margin, nan, nan, nan, "welch")
+        se = float(math.sqrt(xa.var(ddof=1) / xa.size + xb.var(ddof=1) / xb.size))
+        lower = _two_sample_null(xa + margin, xb, resamples=resamples, seed=seed)
+        upper = _two_sample_null(xa - margin, xb, resamples=resamples, seed=seed)
+    p = max(_one_sided_t(test.diff + margin, se, test.df), _one_sided_t(margin - test.diff, se, test.df))
+    p_perm = max(
+        _one_sided_p(lower.null, lower.observed, lower.exact, greater=True),
+        _one_sided_p(upper.null, upper.observed, upper.exact, greater=False),
+    )
+    return Equivalence(margin, p, p_perm, lower.floor / 2.0, test.test)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

@@ -282,3 +282,39 @@ def test_groups_are_handed_out_round_robin_over_cells():
     specs = specs[:-1]  # c has two seeds
     order = [(g[0].cell, g[0].seed) for g in grid._groups(specs)]
     assert order == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("b", 1), ("c", 1), ("a", 2), ("b", 2)]
+
+
+def test_claims_are_judged_in_their_direction_and_no_difference_by_equivalence(tmp_path):
+    from scipy.stats import ttest_1samp, ttest_rel
+
+    records = grid.run_grid(specs(seeds=(0, 1, 2)), tmp_path, FakeRun(), progress=False)
+    claims = [
+        report.Claim("b", "a", "B beats A"),
+        report.Claim("b", "a", "B is below A", expect="<"),
+        report.Claim("a_es", "a", "ES changes nothing (within 10 pts)", expect="=", margin=0.10),
+        report.Claim("a_es", "a", "ES changes nothing (within 0.5 pts)", expect="=", margin=0.005),
+    ]
+    files, _ = report.write_report(tmp_path, CELLS, records, title="Fake grid", claims=claims)
+    out = json.loads(files.summary_json.read_text())
+    beats, below, within10, within05 = out["claims"]
+    # b - a = +30 points, Welch p ~0.002 (Holm-significant): supports ">" and contradicts "<"
+    assert beats["p"] == below["p"] and beats["significant"] and below["significant"]
+    assert (beats["verdict"], below["verdict"]) == ("supported", "contradicted")
+    assert (beats["supported"], below["supported"]) == (True, False)
+    # a_es - a per seed: +5, +2, +1 points. Within 10 points: the TOST's larger one-sided p.
+    d = [ACC[("a_es", s)] - ACC[("a", s)] for s in (0, 1, 2)]
+    tost = max(ttest_1samp(d, -0.10, alternative="greater").pvalue, ttest_1samp(d, 0.10, alternative="less").pvalue)
+    assert within10["p"] == pytest.approx(tost) and within10["margin"] == 0.10
+    es = [ACC[("a_es", s)] for s in (0, 1, 2)]
+    assert within10["p_difference"] == pytest.approx(ttest_rel(es, [ACC[("a", s)] for s in (0, 1, 2)]).pvalue)
+    assert "TOST" in within10["test"] and within10["expectation"] == "|A - B| < 10 pts"
+    # Holm over the 4 claims' own p's: [p_b, p_b, tost, ~1] -> tost's rank 3 of 4: doubled
+    assert within10["p_holm"] == pytest.approx(max(2 * tost, 3 * beats["p"])) and within10["verdict"] == "supported"
+    # within 0.5 points: every seed differs by more, the whole interval lies above the margin
+    assert not within05["significant"] and within05["ci95"][0] > 0.005 and within05["verdict"] == "contradicted"
+    assert (out["supported"], out["contradicted"]) == (2, 2)
+    summary_md = files.summary.read_text()
+    assert "Published claims: 2 of 4 supported after Holm's correction over the 4 claims, 2 contradicted" in summary_md
+    assert "| B is below A | B - A | A < B |" in summary_md
+    with pytest.raises(ValueError, match="expect='~' is not one of"):
+        report.Claim("b", "a", "bad", expect="~")

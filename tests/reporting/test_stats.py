@@ -222,3 +222,57 @@ def test_compare_runs_unpaired_uses_welch_and_permutation():
     assert r.p == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue)
     assert r.permutation.test == "permutation" and r.permutation.p == pytest.approx(2 / 35)
     assert r.prob_improvement == 1.0
+
+
+# ------------------------------------------------------------------------- equivalence
+def test_equivalence_paired_matches_two_one_sided_scipy_tests():
+    from scipy import stats as sps
+
+    a = [0.61, 0.55, 0.70, 0.58, 0.66, 0.52]
+    b = [0.60, 0.57, 0.66, 0.59, 0.63, 0.55]
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    for margin in (0.02, 0.05, 0.1):
+        e = stats.equivalence_test(a, b, paired=True, margin=margin)
+        lower = sps.ttest_1samp(d, -margin, alternative="greater").pvalue
+        upper = sps.ttest_1samp(d, margin, alternative="less").pvalue
+        assert (e.test, e.margin) == ("paired", margin)
+        assert e.p == pytest.approx(max(lower, upper), rel=1e-9)
+        # permutation TOST: one-sided exact sign-flip tests of d + margin > 0 and d - margin < 0
+        shifted = [[x + margin for x in d], [x - margin for x in d]]
+        perm = [
+            sps.permutation_test((s,), lambda x: x.mean(), permutation_type="samples", alternative=alt).pvalue
+            for s, alt in zip(shifted, ("greater", "less"), strict=True)
+        ]
+        assert e.p_permutation == pytest.approx(max(perm))
+        assert e.floor == pytest.approx(1 / 2**6)
+    # the wider the margin, the stronger the evidence of equivalence
+    ps = [stats.equivalence_test(a, b, paired=True, margin=m).p for m in (0.02, 0.05, 0.1)]
+    assert ps[0] > 0.05 > ps[1] > ps[2]
+
+
+def test_equivalence_welch_matches_scipy_and_degenerate_cases():
+    from scipy import stats as sps
+
+    a, b = [0.50, 0.56, 0.53, 0.61], [0.49, 0.52, 0.57]
+    e = stats.equivalence_test(a, b, paired=False, margin=0.08)
+    lower = sps.ttest_ind([x + 0.08 for x in a], b, equal_var=False, alternative="greater").pvalue
+    upper = sps.ttest_ind([x - 0.08 for x in a], b, equal_var=False, alternative="less").pvalue
+    assert e.test == "welch" and e.p == pytest.approx(max(lower, upper), rel=1e-9)
+    perm = [
+        sps.permutation_test(
+            ([x + s for x in a], b), lambda x, y: x.mean() - y.mean(), permutation_type="independent", alternative=alt
+        ).pvalue
+        for s, alt in ((0.08, "greater"), (-0.08, "less"))
+    ]
+    assert e.p_permutation == pytest.approx(max(perm))
+    # Two cells stuck at the majority rate in every seed: exactly equal, so equivalent for
+    # any margin (p 0), while the difference test says p = 1; equal but shifted by more
+    # than the margin: not equivalent (p 1).
+    same = stats.equivalence_test([0.25] * 5, [0.25] * 5, paired=True, margin=0.05)
+    assert same.p == 0.0 and same.p_permutation == pytest.approx(1 / 32)
+    assert stats.compare_runs([0.25] * 5, [0.25] * 5, paired=True).p == 1.0
+    assert stats.equivalence_test([0.35] * 5, [0.25] * 5, paired=True, margin=0.05).p == 1.0
+    assert math.isnan(stats.equivalence_test([0.5], [0.4], paired=True, margin=0.05).p)
+    assert math.isnan(stats.equivalence_test([0.5, 0.6], [0.4], paired=False, margin=0.05).p)
+    with pytest.raises(ValueError, match="positive margin"):
+        stats.equivalence_test(a, b, paired=False, margin=0.0)
