@@ -50,8 +50,11 @@ stops), so the twin continues from where it stopped instead of training those ep
 again (``cxrjax.train.continuation``): about 40% of the Exp2 training is saved. The
 search and its measurements: docs/measurements.md#ablation-choosing-the-10-seed-default.
 
-10 seeds reach 1-2 of the 7 claims after Holm (two VMs); 16 seeds reached 3 in 2 of 3
-draws (docs/measurements.md#the-10-seed-default-on-another-vm-2026-12-02).
+Each claim is judged in its own direction, and S4's two "no difference" claims by an
+equivalence test (TOST, within 5 points; experiments.report). 10 seeds supported 3 of
+the 7 claims after Holm on seeds 0-9 and on seeds 100-109 (0 contradicted), 16 seeds
+(``--seeds 16``) 4 of 7; of the 5 directional claims 10 seeds support 1-2
+(docs/measurements.md#claims-judged-by-direction-and-equivalence-2026-12-02).
 
 Expected: about 8-11 minutes on a 2-core CPU from a fresh clone (``make ablation``: venv,
 pinned install of the package alone, phantom preparation, 130 runs on two workers,

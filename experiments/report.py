@@ -106,9 +106,10 @@ class Claim:
 
     @property
     def expectation(self) -> str:
-        """What the claim expects, in words ("A > B", "|A - B| < 5 pts")."""
+        """What the claim expects, in words: "A > B", "A < B", "A = B within 5 pts" (no "|":
+        the text goes into Markdown tables)."""
         if self.expect == "=":
-            return f"|A - B| < {100 * self.margin:g} pts"
+            return f"A = B within {100 * self.margin:g} pts"
         return f"A {self.expect} B"
 
 

@@ -307,7 +307,7 @@ def test_claims_are_judged_in_their_direction_and_no_difference_by_equivalence(t
     assert within10["p"] == pytest.approx(tost) and within10["margin"] == 0.10
     es = [ACC[("a_es", s)] for s in (0, 1, 2)]
     assert within10["p_difference"] == pytest.approx(ttest_rel(es, [ACC[("a", s)] for s in (0, 1, 2)]).pvalue)
-    assert "TOST" in within10["test"] and within10["expectation"] == "|A - B| < 10 pts"
+    assert "TOST" in within10["test"] and within10["expectation"] == "A = B within 10 pts"
     # Holm over the 4 claims' own p's: [p_b, p_b, tost, ~1] -> tost's rank 3 of 4: doubled
     assert within10["p_holm"] == pytest.approx(max(2 * tost, 3 * beats["p"])) and within10["verdict"] == "supported"
     # within 0.5 points: every seed differs by more, the whole interval lies above the margin
