@@ -30,8 +30,9 @@ $(BASE): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e .
 	touch $(BASE)
 
+# --durations: CI's log names the slowest tests (the suite should stay under ~10 minutes).
 test: $(STAMP)
-	$(BIN)/python -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) --durations=25 $(PYTEST_ARGS)
 
 # ruff (config in pyproject.toml): lint rules and the formatter's check; `make format` fixes both.
 lint: $(STAMP)
