@@ -56,7 +56,7 @@ the 7 claims after Holm on seeds 0-9 and on seeds 100-109 (0 contradicted), 16 s
 (``--seeds 16``) 4 of 7; of the 5 directional claims 10 seeds support 1-2
 (docs/measurements.md#claims-judged-by-direction-and-equivalence-2026-12-02).
 
-Expected: about 8-11 minutes on a 2-core CPU from a fresh clone (``make ablation``: venv,
+Expected: about 7-11 minutes on a 2-core CPU from a fresh clone (``make ablation``: venv,
 pinned install of the package alone, phantom preparation, 130 runs on two workers,
 report); measured times and the latest result in
 docs/measurements.md#ablation-wall-time-and-result.
