@@ -85,8 +85,8 @@ class TestResult:
     """A two-sided test of ``mean(a) - mean(b) == 0``.
 
     ``diff`` is mean(a) - mean(b) (paired: mean of a_i - b_i, the same number for equal
-    lengths); ``[ci_low, ci_high]`` its confidence interval; ``test`` is "welch" or
-    "paired".
+    lengths); ``[ci_low, ci_high]`` its confidence interval; ``se`` its standard error
+    (NaN below two runs a side); ``test`` is "welch" or "paired".
     """
 
     test: str
@@ -98,11 +98,23 @@ class TestResult:
     ci_high: float
     n_a: int
     n_b: int
+    se: float = float("nan")
 
 
 def _clean(values: Sequence[float]) -> np.ndarray:
     arr = np.asarray([float(v) for v in values], dtype=np.float64)
     return arr[np.isfinite(arr)]
+
+
+def _finite_pairs(a: Sequence[float], b: Sequence[float], caller: str) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` and ``b`` as float arrays without the pairs that have a non-finite member
+    (a failed run); ValueError naming ``caller`` when their lengths differ."""
+    if len(a) != len(b):
+        raise ValueError(f"{caller} needs equal lengths, got {len(a)} and {len(b)}")
+    xa = np.asarray(a, dtype=np.float64)
+    xb = np.asarray(b, dtype=np.float64)
+    keep = np.isfinite(xa) & np.isfinite(xb)
+    return xa[keep], xb[keep]
 
 
 def t_quantile(df: float, confidence: float = CONFIDENCE) -> float:
@@ -154,17 +166,13 @@ def welch_test(a: Sequence[float], b: Sequence[float], confidence: float = CONFI
     else:
         df = float((va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1)))
     t, p, lo, hi = _two_sided(diff, se, df, confidence)
-    return TestResult("welch", diff, t, df, p, lo, hi, na, nb)
+    return TestResult("welch", diff, t, df, p, lo, hi, na, nb, se)
 
 
 def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> TestResult:
     """Paired t-test on ``a[i] - b[i]``; pairs with a non-finite member are dropped."""
-    if len(a) != len(b):
-        raise ValueError(f"paired_test needs equal lengths, got {len(a)} and {len(b)}")
-    xa = np.asarray(a, dtype=np.float64)
-    xb = np.asarray(b, dtype=np.float64)
-    keep = np.isfinite(xa) & np.isfinite(xb)
-    d = xa[keep] - xb[keep]
+    xa, xb = _finite_pairs(a, b, "paired_test")
+    d = xa - xb
     n = int(d.size)
     nan = float("nan")
     if n < 2:
@@ -173,7 +181,7 @@ def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = CONF
     diff = float(d.mean())
     se = float(d.std(ddof=1) / math.sqrt(n))
     t, p, lo, hi = _two_sided(diff, se, float(n - 1), confidence)
-    return TestResult("paired", diff, t, float(n - 1), p, lo, hi, n, n)
+    return TestResult("paired", diff, t, float(n - 1), p, lo, hi, n, n, se)
 
 
 # --------------------------------------------------------------------------- resampling
@@ -366,16 +374,10 @@ def prob_improvement(a: Sequence[float], b: Sequence[float], *, paired: bool) ->
     """P(A > B), ties counted half. Paired: the share of seeds on which ``a[i] > b[i]``
     (pairs with a non-finite member dropped); unpaired: the share of all (a, b) pairs of
     runs with a > b (the AUC / common-language effect size). NaN without data."""
-    xa = np.asarray(a, dtype=np.float64)
-    xb = np.asarray(b, dtype=np.float64)
     if paired:
-        if xa.shape != xb.shape:
-            raise ValueError(f"prob_improvement(paired=True) needs equal lengths, got {xa.size} and {xb.size}")
-        keep = np.isfinite(xa) & np.isfinite(xb)
-        xa, xb = xa[keep], xb[keep]
+        xa, xb = _finite_pairs(a, b, "prob_improvement(paired=True)")
     else:
-        xa, xb = _clean(xa), _clean(xb)
-        xa, xb = xa[:, None], xb[None, :]
+        xa, xb = _clean(a)[:, None], _clean(b)[None, :]
     wins = (xa > xb).astype(np.float64) + 0.5 * (xa == xb)
     return float(wins.mean()) if wins.size else float("nan")
 
@@ -424,12 +426,7 @@ def compare_runs(
     non-finite member are dropped. Unpaired: two independent samples (failed runs,
     non-finite, dropped on each side)."""
     if paired:
-        if len(a) != len(b):
-            raise ValueError(f"compare_runs(paired=True) needs equal lengths, got {len(a)} and {len(b)}")
-        xa = np.asarray(a, dtype=np.float64)
-        xb = np.asarray(b, dtype=np.float64)
-        keep = np.isfinite(xa) & np.isfinite(xb)
-        xa, xb = xa[keep], xb[keep]
+        xa, xb = _finite_pairs(a, b, "compare_runs(paired=True)")
         d = xa - xb
         low, high = bootstrap_mean_ci(d, resamples, seed, confidence)
         return Difference(
@@ -507,26 +504,22 @@ def equivalence_test(
     than two runs per side."""
     if not margin > 0:
         raise ValueError(f"equivalence_test needs a positive margin, got {margin!r}")
-    nan = float("nan")
     if paired:
-        test = paired_test(a, b)
-        xa, xb = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        keep = np.isfinite(xa) & np.isfinite(xb)
-        d = xa[keep] - xb[keep]
-        if d.size < 2:
-            return Equivalence(margin, nan, nan, nan, "paired")
-        se = float(d.std(ddof=1) / math.sqrt(d.size))
-        lower = _sign_flip_null(d + margin, resamples=resamples, seed=seed)
-        upper = _sign_flip_null(d - margin, resamples=resamples, seed=seed)
+        xa, xb = _finite_pairs(a, b, "equivalence_test(paired=True)")
+        test = paired_test(xa, xb)
     else:
-        test = welch_test(a, b)
         xa, xb = _clean(a), _clean(b)
-        if xa.size < 2 or xb.size < 2:
-            return Equivalence(margin, nan, nan, nan, "welch")
-        se = float(math.sqrt(xa.var(ddof=1) / xa.size + xb.var(ddof=1) / xb.size))
+        test = welch_test(xa, xb)
+    if not math.isfinite(test.se):  # fewer than two runs on a side
+        nan = float("nan")
+        return Equivalence(margin, nan, nan, nan, test.test)
+    if paired:
+        lower = _sign_flip_null(xa - xb + margin, resamples=resamples, seed=seed)
+        upper = _sign_flip_null(xa - xb - margin, resamples=resamples, seed=seed)
+    else:
         lower = _two_sample_null(xa + margin, xb, resamples=resamples, seed=seed)
         upper = _two_sample_null(xa - margin, xb, resamples=resamples, seed=seed)
-    p = max(_one_sided_t(test.diff + margin, se, test.df), _one_sided_t(margin - test.diff, se, test.df))
+    p = max(_one_sided_t(test.diff + margin, test.se, test.df), _one_sided_t(margin - test.diff, test.se, test.df))
     p_perm = max(
         _one_sided_p(lower.null, lower.observed, lower.exact, greater=True),
         _one_sided_p(upper.null, upper.observed, upper.exact, greater=False),
