@@ -111,6 +111,11 @@ def source_fingerprint(
     return {"files": len(entries), "sha256": digest}, entries
 
 
+def _by_name(entries: Sequence[Sequence]) -> dict[str, tuple]:
+    """{name: (size, mtime)} of a source's entry list."""
+    return {entry[0]: tuple(entry[1:]) for entry in entries}
+
+
 def describe_changes(
     old: Sequence[Sequence] | None, new: Sequence[Sequence], examples: int = 3, same: Iterable[str] = ()
 ) -> str:
@@ -118,8 +123,8 @@ def describe_changes(
     ``same``: files not to count as changed (their bytes are the same)."""
     if old is None:
         return "the list of its files was not kept, so what changed is unknown"
-    before = {entry[0]: tuple(entry[1:]) for entry in old}
-    after = {entry[0]: tuple(entry[1:]) for entry in new}
+    before = _by_name(old)
+    after = _by_name(new)
     parts = []
     same = set(same)
     for label, names in (
@@ -173,7 +178,7 @@ def rewritten_in_time_only(
     same bytes (a re-copy, a fresh checkout, a touch)."""
     if old is None or not digests:
         return set()
-    before = {entry[0]: tuple(entry[1:]) for entry in old}
+    before = _by_name(old)
     same = set()
     for name, size, mtime in new:
         if name not in before or name.endswith("/") or before[name] == (size, mtime) or before[name][0] != size:
@@ -191,8 +196,8 @@ def only_times_differ(old: Sequence[Sequence] | None, new: Sequence[Sequence], s
     ``same`` (:func:`rewritten_in_time_only`): a re-copy, a checkout, a touch."""
     if old is None:
         return False
-    before = {entry[0]: tuple(entry[1:]) for entry in old}
-    after = {entry[0]: tuple(entry[1:]) for entry in new}
+    before = _by_name(old)
+    after = _by_name(new)
     return set(before) == set(after) and all(after[n] == before[n] or n in same for n in after)
 
 

@@ -779,13 +779,16 @@ def result_relevant_differences(saved: dict[str, Any], current: dict[str, Any]) 
             continue
         old = saved.get(name, defaults.get(name))
         new = current.get(name, defaults.get(name))
-        if name == "data_placement" and "auto" in (old, new):
-            # "auto" resolves to the placement the run's checkpoint was trained with, and the
-            # trainer refuses a resume whose placement differs from it (trainer._place_data)
-            continue
-        if old != new and not (name == "pretrained" and same_pretrained(old, new)):
+        if old != new and not (name in _SAME_VALUE and _SAME_VALUE[name](old, new)):
             diffs[name] = (old, new)
     return diffs
+
+
+def _same_placement(saved: str, current: str) -> bool:
+    """ "auto" on either side matches any placement: it resolves to the one the run's
+    checkpoint was trained with, and the trainer refuses a resume whose placement differs
+    from it (trainer._place_data)."""
+    return saved == current or "auto" in (saved, current)
 
 
 # What of an import-weights folder's meta.json says where files are, not what the weights are.
@@ -828,3 +831,8 @@ def _weights_identity(path: Path) -> Any:
     from cxrjax.models.weights import sha256  # the one hash of weight files (results.json's "sha256")
 
     return sha256(path)
+
+
+# Fields whose unequal values in a workdir's config.json and a new session's config may
+# still mean the same run: field -> predicate(saved, current) (result_relevant_differences).
+_SAME_VALUE = {"pretrained": same_pretrained, "data_placement": _same_placement}
