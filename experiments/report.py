@@ -349,6 +349,12 @@ class ClaimResult:
         return self.verdict == "supported"
 
 
+def verdict_counts(claims: Sequence[ClaimResult]) -> tuple[int, int]:
+    """(supported, contradicted) among ``claims``."""
+    verdicts = [c.verdict for c in claims]
+    return verdicts.count("supported"), verdicts.count("contradicted")
+
+
 def claim_results(
     cells: Sequence[Cell], rows: Sequence[Mapping[str, Any]], claims: Sequence[Claim]
 ) -> list[ClaimResult]:
@@ -480,10 +486,11 @@ def summary_json(
     """summary.json's content: the claims (the issue's keys first), then what else helps;
     ``timings``: :func:`timing_summary` of ``records`` when the caller has it already."""
     ok = [r for r in records if r.ok]
+    supported, contradicted = verdict_counts(claims)
     return {
         "claims": [claim_dict(c) for c in claims],
-        "supported": sum(c.supported for c in claims),
-        "contradicted": sum(c.verdict == "contradicted" for c in claims),
+        "supported": supported,
+        "contradicted": contradicted,
         "runs": len(ok),
         "seeds": len({r.seed for r in records}),
         "failed_runs": len(records) - len(ok),
@@ -609,9 +616,11 @@ def _ci_text(result: stats.Difference) -> str:
     return f"{_signed(result.difference)}{ci}"
 
 
-def _perm_text(result: stats.Difference) -> str:
+def _perm_text(result: stats.Difference, p: float | None = None) -> str:
+    """The permutation p (or ``p``, another permutation test on the same runs: a claim's
+    TOST), marked MC when it is Monte Carlo."""
     perm = result.permutation
-    return fmt_p(perm.p) + ("" if perm.exact else " (MC)")
+    return fmt_p(perm.p if p is None else p) + ("" if perm.exact else " (MC)")
 
 
 def _prob_text(x: float) -> str:
@@ -674,7 +683,6 @@ def claims_table(claims: Sequence[ClaimResult]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in claims:
         r = c.result
-        perm = fmt_p(c.p_permutation) + ("" if r.permutation.exact else " (MC)")
         lines.append(
             "| "
             + " | ".join(
@@ -685,7 +693,7 @@ def claims_table(claims: Sequence[ClaimResult]) -> str:
                     _ci_text(r),
                     _test_name(r) + (" TOST" if c.equivalence is not None else ""),
                     fmt_p(c.p),
-                    perm,
+                    _perm_text(r, c.p_permutation),
                     _prob_text(r.prob_improvement),
                     fmt_p(c.p_holm),
                     c.verdict,
@@ -761,8 +769,7 @@ def summary_text(
     else:
         out.append("No two cells differ in exactly one factor, so no difference was tested.")
     if claims:
-        n_supported = sum(c.supported for c in claims)
-        n_against = sum(c.verdict == "contradicted" for c in claims)
+        n_supported, n_against = verdict_counts(claims)
         out.append(
             f"Published claims: {n_supported} of {len(claims)} supported after Holm's correction over the "
             f"{len(claims)} claims, {n_against} contradicted:"
