@@ -54,9 +54,13 @@ thorax box, for 3.3 points of accuracy. More cells, seeds and models are to be m
 * ``label_smoothing`` (``label_smoothing=0.1``): labels of public COVID collections are
   noisy.
 * ``class_weights`` (``class_weights="balanced"``): the collections are imbalanced.
-* ``early_stopping`` (``monitor="val_macro_f1"``, ``early_stopping_patience=8``,
-  ``restore_best=True``, ``epochs=40``): train longer, select on the metric reported,
-  stop when it stalls.
+* ``early_stopping`` (``monitor="val_macro_f1"``, ``early_stopping_patience=30``,
+  ``restore_best=True``, ``epochs=120``): train longer, select on the metric reported,
+  stop when it stalls. Was 40 epochs / patience 8 until 2026-12-03: S0-C stopped at
+  16-24 epochs with its training accuracy (77-83%) no higher than its validation
+  accuracy, i.e. still underfitting (a few hundred images are ~15 steps an epoch);
+  120 / 30 gave +5.9 points over 5 folds at 64 px (docs/measurements.md, "Longer
+  training").
 * ``thorax_crop`` (``crop_box=(0.15, 0.90, 0.15, 0.85)``, every split): the model sees
   only the thorax box, never the border, collimation edges or corner markers that say
   which hospital a film came from (the mask-free probe's thorax-only input is then its
@@ -89,7 +93,7 @@ INGREDIENTS: dict[str, dict[str, Any]] = {
     },
     "label_smoothing": {"label_smoothing": 0.1},
     "class_weights": {"class_weights": "balanced"},
-    "early_stopping": {"monitor": "val_macro_f1", "early_stopping_patience": 8, "restore_best": True, "epochs": 40},
+    "early_stopping": {"monitor": "val_macro_f1", "early_stopping_patience": 30, "restore_best": True, "epochs": 120},
     # --- not in cxr (cxr+NAME, none+NAME) ---
     "ema": {"ema_decay": 0.99},
     "balanced_sampling": {"balanced_sampling": True},
@@ -111,7 +115,7 @@ INGREDIENT_WHY: dict[str, str] = {
     "default for networks trained from scratch",
     "label_smoothing": "label smoothing 0.1: labels of public COVID collections are noisy",
     "class_weights": "class-balanced loss weights: the collections are imbalanced",
-    "early_stopping": "up to 40 epochs, early stopping on validation macro-F1 (patience 8), best checkpoint "
+    "early_stopping": "up to 120 epochs, early stopping on validation macro-F1 (patience 30), best checkpoint "
     "restored: train longer, select on the metric reported",
     "ema": "evaluate and checkpoint an exponential moving average of the weights (decay 0.99, about 100 "
     "steps): smoother than the last step's weights on small, noisy data",

@@ -75,7 +75,7 @@ def test_the_recipe_is_resolved_into_each_runs_config_and_explicit_options_win(f
     with_recipe = json.loads((runs / "s4_exp2__cxr__fold0" / "seed_0" / "config.json").read_text())
     without = json.loads((runs / "s4_exp2__none__fold0" / "seed_0" / "config.json").read_text())
     assert with_recipe["recipe"] == "cxr" and without["recipe"] is None
-    assert with_recipe["epochs"] == without["epochs"] == 1  # --epochs beats the recipe's 40
+    assert with_recipe["epochs"] == without["epochs"] == 1  # --epochs beats the recipe's 120
     for field in ("optimizer", "schedule", "monitor", "label_smoothing", "class_weights", "normalization"):
         assert with_recipe[field] == recipes.RECIPES["cxr"][field], field
     assert without["optimizer"] == "adam" and without["normalization"] != "dataset"

@@ -98,9 +98,9 @@ CXR_TODAY = {  # RECIPES["cxr"], by hand: its ingredients' union must be exactly
     "label_smoothing": 0.1,
     "class_weights": "balanced",
     "monitor": "val_macro_f1",
-    "early_stopping_patience": 8,
+    "early_stopping_patience": 30,
     "restore_best": True,
-    "epochs": 40,
+    "epochs": 120,
     "crop_box": (0.15, 0.90, 0.15, 0.85),
 }
 
