@@ -88,6 +88,9 @@ CXR_TODAY = {  # RECIPES["cxr"], by hand: its ingredients' union must be exactly
     "rotate_degrees": 7.0,
     "zoom": (0.9, 1.1),
     "brightness": (0.85, 1.15),
+    "translate": 0.06,
+    "contrast": (0.8, 1.2),
+    "gamma": (0.8, 1.25),
     "optimizer": "adamw",
     "lr": 1e-3,
     "weight_decay": 1e-4,
@@ -125,7 +128,7 @@ def test_leave_one_out_removes_exactly_that_ingredients_fields():
         for field, value in CXR_TODAY.items():
             expected = getattr(defaults, field) if field in recipes.INGREDIENTS[removed] else value
             assert getattr(config, field) == expected, (expression, field)
-    assert len(recipes.leave_one_out("cxr")) == len(recipes.RECIPE_INGREDIENTS["cxr"]) == 8
+    assert len(recipes.leave_one_out("cxr")) == len(recipes.RECIPE_INGREDIENTS["cxr"]) == 10
 
 
 def test_none_plus_one_ingredient_keeps_the_preset_but_that_ingredient():
@@ -155,6 +158,8 @@ def test_expressions_apply_left_to_right_are_canonical_and_explicit_options_stil
     )
     assert parsed.ingredients == (
         "no_hflip",
+        "shift",
+        "contrast_gamma",
         "adamw_cosine",
         "label_smoothing",
         "class_weights",
