@@ -46,6 +46,10 @@ Output in ``--workdir`` (default ``runs/cross_validate/<dataset>``):
   ``thorax_minus_full`` (thorax-only minus full accuracy; pooled: its paired stratified
   bootstrap interval, ``stats.paired_bootstrap``), beside accuracy in the summary and the
   comparison tables: a model that reads the lungs keeps its accuracy on the thorax alone.
+  Runs trained with ``--tta`` (other than ``none``) also get the test-time augmentation
+  metrics of their test report (``tta_accuracy``, ``tta_macro_f1``, ``tta_roc_auc``) and
+  ``tta_minus_plain`` (paired per run), over folds, in their own results.md section:
+  beside the plain evaluation, never instead of it.
 
 :func:`prepare`, :func:`run_folds` and :func:`report` are the steps of :func:`main`;
 ``experiments.recipe_ablation`` runs its cells through them (same workdir layout).
@@ -87,6 +91,11 @@ PROBE_LABELS = {
     THORAX_GAP: "thorax only - full",
 }
 _RESULT_KEYS = {"accuracy": "accuracy", "macro_f1": "macro_f1", "roc_auc": "roc_auc_ovr"}
+# Test-time augmentation (a run with --tta other than none; cxrjax/train/tta.py): the same
+# metrics of each run's test report["tta"], and TTA minus plain accuracy per run, so that
+# the mean over folds is a paired difference. Beside the plain metrics, never instead.
+TTA_GAP = "tta_minus_plain"
+TTA_METRICS = (*(f"tta_{m}" for m in METRICS), TTA_GAP)
 
 # (config, workdir, dataset) -> results dict; default cxrjax.train.train_and_evaluate.
 TrainFn = Callable[..., dict]
@@ -388,6 +397,18 @@ def _pooled_ci(labels: np.ndarray, probabilities: np.ndarray, seed: int) -> dict
     return out
 
 
+def tta_values(test: dict[str, Any]) -> dict[str, Any]:
+    """One run's test-time augmentation metrics (:data:`TTA_METRICS`, None each without
+    TTA) and its mode ("tta_mode": None without), from its test report."""
+    tta = test.get("tta")
+    if not tta:
+        return {"tta_mode": None, **{m: None for m in TTA_METRICS}}
+    values = {f"tta_{m}": v for m, v in _metric_values(tta).items()}
+    plain, augmented = test.get("accuracy"), values["tta_accuracy"]
+    values[TTA_GAP] = None if plain is None or augmented is None else augmented - plain
+    return {"tta_mode": tta.get("mode"), **values}
+
+
 def _ci_dict(values: Sequence[float | None]) -> dict[str, Any]:
     from cxrjax.reporting.stats import mean_ci
 
@@ -454,11 +475,14 @@ def summarize(
                     continue
                 test = record.results.get("test") or {}
                 run = {"fold": fold, "seed": seed, "n_test": test.get("num_examples"), **_metric_values(test)}
+                run.update(tta_values(test))
                 if probe is not None:
                     run.update(probe_accuracies(predictions.get((cell.run_cell(fold), seed)), probe))
                 runs.append(run)
+        tta_modes = sorted({r["tta_mode"] for r in runs if r["tta_mode"]})
+        cell_metrics = (*metrics, *TTA_METRICS) if tta_modes else metrics
         over_folds = {}
-        for metric in metrics:
+        for metric in cell_metrics:
             per_fold = []
             for fold in range(k):
                 values = [r[metric] for r in runs if r["fold"] == fold and r[metric] is not None]
@@ -503,6 +527,7 @@ def summarize(
                 "name": cell.name,
                 "model": cell.model,
                 "recipe": cell.recipe,
+                "tta": ",".join(tta_modes) or None,
                 "runs": runs,
                 "failed": failed,
                 "over_folds": over_folds,
@@ -574,6 +599,38 @@ def probe_lines(summary: Sequence[dict[str, Any]], meta: dict[str, Any]) -> list
     return lines
 
 
+def has_tta(cell: dict[str, Any]) -> bool:
+    """Whether a summarized cell's runs were also evaluated with test-time augmentation."""
+    return TTA_GAP in cell["over_folds"]
+
+
+def tta_lines(summary: Sequence[dict[str, Any]]) -> list[str]:
+    """results.md's test-time augmentation section: the TTA metrics beside the plain
+    accuracy (mean over folds, 95% t-interval) and TTA - plain, paired per fold."""
+    cells = [c for c in summary if has_tta(c)]
+    if not cells:
+        return []
+    lines = [
+        "",
+        "## Test-time augmentation (beside the plain evaluation)",
+        "",
+        "The same runs' test folds evaluated again as the mean of the transformed views' probabilities "
+        "(cxrjax/train/tta.py); mean over folds with a 95% t-interval; TTA - plain: accuracy points, paired "
+        "per fold.",
+        "",
+        "| cell | TTA | accuracy % (plain) | TTA accuracy % | TTA macro-F1 % | TTA ROC-AUC % | TTA - plain (points) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cell in cells:
+        of = cell["over_folds"]
+        lines.append(
+            f"| {cell['name']} | {cell['tta']} | {_interval(of['accuracy'])} | "
+            + " | ".join(_interval(of[m]) for m in TTA_METRICS)
+            + " |"
+        )
+    return lines
+
+
 def _comparison(summary: Sequence[dict[str, Any]], title: str, text: Callable[[dict[str, Any]], str]) -> list[str]:
     recipes = list(dict.fromkeys(c["recipe"] or "none" for c in summary))
     lines = ["", f"## {title}", "", "| model | " + " | ".join(recipes) + " |", "|---|" + "---|" * len(recipes)]
@@ -593,19 +650,19 @@ def write_results(workdir: Path, summary: list[dict[str, Any]], meta: dict[str, 
     paths = {"csv": workdir / "results.csv", "markdown": workdir / "results.md", "json": workdir / "results.json"}
     with paths["csv"].open("w", newline="") as f:
         writer = csv.writer(f)
-        columns = (*METRICS, *PROBE_METRICS)
-        writer.writerow(["cell", "model", "recipe", "fold", "seed", "n_test", *columns, "error"])
+        columns = (*METRICS, *PROBE_METRICS, *TTA_METRICS)
+        writer.writerow(["cell", "model", "recipe", "fold", "seed", "n_test", *columns, "tta_mode", "error"])
         for cell in summary:
             for run in cell["runs"]:
                 writer.writerow(
                     [cell["name"], cell["model"], cell["recipe"] or "none", run["fold"], run["seed"], run["n_test"]]
                     + ["" if run.get(m) is None else f"{run[m]:.6f}" for m in columns]
-                    + [""]
+                    + [run.get("tta_mode") or "", ""]
                 )
             for run in cell["failed"]:
                 writer.writerow(
                     [cell["name"], cell["model"], cell["recipe"] or "none", run["fold"], run["seed"], ""]
-                    + [""] * len(columns)
+                    + [""] * (len(columns) + 1)
                     + [run["error"]]
                 )
     lines = [f"# {meta['title']}", "", *meta["description"], ""]
@@ -631,6 +688,7 @@ def write_results(workdir: Path, summary: list[dict[str, Any]], meta: dict[str, 
             + " |"
         )
     lines += probe_lines(summary, meta)
+    lines += tta_lines(summary)
     if len(summary) > 1:
         lines += _comparison(
             summary, "Comparison (accuracy, mean over folds)", lambda c: _interval(c["over_folds"]["accuracy"])
@@ -644,13 +702,14 @@ def write_results(workdir: Path, summary: list[dict[str, Any]], meta: dict[str, 
                 ),
             )
     for cell in summary:
-        columns = (*METRICS, *PROBE_MODES) if has_probe(cell) else METRICS
+        columns = (*METRICS, *(PROBE_MODES if has_probe(cell) else ()), *(("tta_accuracy",) if has_tta(cell) else ()))
+        labels = {**PROBE_LABELS, "tta_accuracy": "TTA accuracy"}
         lines += [
             "",
             f"## {cell['name']}: per fold",
             "",
             "| fold | seed | n test | accuracy % | macro-F1 % | ROC-AUC % |"
-            + "".join(f" {PROBE_LABELS[m]} % |" for m in columns[len(METRICS) :]),
+            + "".join(f" {labels[m]} % |" for m in columns[len(METRICS) :]),
             "|---|---|---|---|---|---|" + "---|" * (len(columns) - len(METRICS)),
         ]
         for run in cell["runs"]:

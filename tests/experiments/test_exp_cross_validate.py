@@ -225,3 +225,40 @@ def test_recipe_expressions_are_cells(capsys):
     assert cv.main(["--model", "lenet5", "--recipe", "cxr-foo", "--list-cells"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown ingredient 'foo'" in err[0] and "label_smoothing" in err[0]
+
+
+def test_tta_is_reported_beside_the_plain_metrics_paired_per_fold(finished, tmp_path):
+    """--tta shift: each run's TTA metrics come from its own results.json (the trainer's
+    report["tta"]); TTA - plain is per run; the mean over folds is of the per-fold values.
+    Without --tta (``finished``) there is no TTA section and the csv's TTA cells are empty."""
+    args = tiny_args(tmp_path, "tta", recipe="none") + ["--tta", "shift", "--no-mask-free-probe"]
+    assert cv.main(args) == 0
+    results = json.loads((tmp_path / "tta" / "results.json").read_text())
+    (cell,) = results["cells"]
+    assert cell["tta"] == "shift" and len(cell["runs"]) == 2
+    for run in cell["runs"]:
+        run_dir = tmp_path / "tta" / "runs" / f"{cell['name']}__fold{run['fold']}" / f"seed_{run['seed']}"
+        tta = json.loads((run_dir / "results.json").read_text())["test"]["tta"]
+        assert tta["mode"] == run["tta_mode"] == "shift" and len(tta["views"]) == 5
+        assert (run["tta_accuracy"], run["tta_macro_f1"], run["tta_roc_auc"]) == (
+            tta["accuracy"],
+            tta["macro_f1"],
+            tta["roc_auc_ovr"],
+        )
+        assert run[cv.TTA_GAP] == pytest.approx(run["tta_accuracy"] - run["accuracy"])
+    runs = sorted(cell["runs"], key=lambda r: r["fold"])
+    for metric in cv.TTA_METRICS:
+        assert cell["over_folds"][metric]["per_fold"] == pytest.approx([r[metric] for r in runs])
+        assert cell["over_folds"][metric]["mean"] == pytest.approx(mean_ci([r[metric] for r in runs]).mean)
+    text = (tmp_path / "tta" / "results.md").read_text()
+    assert "## Test-time augmentation (beside the plain evaluation)" in text and "TTA accuracy %" in text
+    with (tmp_path / "tta" / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["tta_mode"] for r in rows] == ["shift", "shift"]
+    assert float(rows[0]["tta_accuracy"]) == pytest.approx(runs[0]["tta_accuracy"])
+
+    plain = _results(finished)
+    assert all(c["tta"] is None and cv.TTA_GAP not in c["over_folds"] for c in plain["cells"])
+    assert "Test-time augmentation" not in (finished / "exp" / "results.md").read_text()
+    with (finished / "exp" / "results.csv").open() as f:
+        assert {r["tta_accuracy"] for r in csv.DictReader(f)} == {""}
