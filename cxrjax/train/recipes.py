@@ -38,9 +38,12 @@ to a few thousand chest radiographs. Its first seven ingredients were a first gu
 first measurement (docs/measurements.md, "Recipe ablation on the development set": 5-fold
 CV, one seed, s4_exp4 at 64 px) added ``thorax_crop``: without it the recipe's model lost
 31 points when shown the thorax alone, with it the model cannot use anything outside the
-thorax box, for 3.3 points of accuracy. More cells, seeds and models are to be measured
-(the ablation above), and the contents may change. Its ingredients, and why each
-(:data:`INGREDIENT_WHY` says the same per ingredient):
+thorax box, for 3.3 points of accuracy. Later measurements (S0-C at 64 px, 5 folds, one
+seed) lengthened ``early_stopping`` and added ``shift`` and ``contrast_gamma``; weight
+decay 0.05, a stronger zoom/rotation, batch 16, EMA and per-image normalisation did not
+beat it (docs/measurements.md). Three seeds and every model are still to be measured, and
+the contents may change. Its ingredients, and why each (:data:`INGREDIENT_WHY` says the
+same per ingredient):
 
 * ``normalization`` (``normalization="dataset"``): the train split's mean/std; sources
   differ in exposure.
