@@ -96,6 +96,7 @@ _RESULT_KEYS = {"accuracy": "accuracy", "macro_f1": "macro_f1", "roc_auc": "roc_
 # the mean over folds is a paired difference. Beside the plain metrics, never instead.
 TTA_GAP = "tta_minus_plain"
 TTA_METRICS = (*(f"tta_{m}" for m in METRICS), TTA_GAP)
+_PER_FOLD_LABELS = {**PROBE_LABELS, "tta_accuracy": "TTA accuracy"}  # results.md's extra per-fold columns
 
 # (config, workdir, dataset) -> results dict; default cxrjax.train.train_and_evaluate.
 TrainFn = Callable[..., dict]
@@ -703,13 +704,12 @@ def write_results(workdir: Path, summary: list[dict[str, Any]], meta: dict[str, 
             )
     for cell in summary:
         columns = (*METRICS, *(PROBE_MODES if has_probe(cell) else ()), *(("tta_accuracy",) if has_tta(cell) else ()))
-        labels = {**PROBE_LABELS, "tta_accuracy": "TTA accuracy"}
         lines += [
             "",
             f"## {cell['name']}: per fold",
             "",
             "| fold | seed | n test | accuracy % | macro-F1 % | ROC-AUC % |"
-            + "".join(f" {labels[m]} % |" for m in columns[len(METRICS) :]),
+            + "".join(f" {_PER_FOLD_LABELS[m]} % |" for m in columns[len(METRICS) :]),
             "|---|---|---|---|---|---|" + "---|" * (len(columns) - len(METRICS)),
         ]
         for run in cell["runs"]:
