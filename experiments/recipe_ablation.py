@@ -14,7 +14,11 @@ accuracy (prefer what raises thorax-only accuracy). Cells, per ``--model``:
   every ingredient of ``cxrjax.train.recipes.INGREDIENTS``.
 
 ``--ingredients A,B`` limits both lists to those ingredients. A cell that two lists name
-(the same resolved recipe) is trained once. Every cell runs through
+(the same resolved recipe) is trained once. A row whose resolved settings equal its
+reference's for that model (the recipe's name aside) is not trained: removing or adding the
+ingredient changes nothing there, e.g. ``cxr-no_hflip`` for a preset that never flips
+(S0's), whose preset value is the ingredient's. Such rows are listed, not measured (the
+table would otherwise show a difference of exactly zero for an ingredient never tested). Every cell runs through
 ``experiments.cross_validate`` (:func:`~experiments.cross_validate.prepare`,
 ``run_folds``, ``report``): the same folds for every cell, the same workdir layout
 (folds.json, ``runs/<model>__<recipe>__fold<f>/seed_<s>/`` with cv_predictions.json
@@ -140,6 +144,28 @@ def ablation_cells(
         out += [AblationCell(cell(f"{full}-{n}"), "leave_one_out", n, full_cell.name) for n in removed]
         out += [AblationCell(cell(f"{none}+{n}"), "add_one", n, none_cell.name) for n in added]
     return out
+
+
+def same_as_reference(args: argparse.Namespace, cells: Sequence[AblationCell]) -> list[AblationCell]:
+    """The leave-one-out and add-one rows whose run config (seed 0, the user's options, the
+    recipe's name aside) equals their reference's: the ingredient is a no-op for that model."""
+    from experiments import train_options
+
+    changes = train_options.train_changes(args)
+    num_devices = changes.get("num_devices") or experiment.local_device_count()
+    cache: dict[cv.CvCell, Any] = {}
+
+    def resolved(cell: cv.CvCell) -> Any:
+        if cell not in cache:
+            cache[cell] = cv.run_config(args, cell, 0, num_devices, changes).replace(recipe=None)
+        return cache[cell]
+
+    by_name = {c.cv_cell.name: c.cv_cell for c in cells}
+    return [
+        c
+        for c in cells
+        if c.role in ("leave_one_out", "add_one") and resolved(c.cv_cell) == resolved(by_name[c.reference])
+    ]
 
 
 def unique_cv_cells(cells: Sequence[AblationCell]) -> list[cv.CvCell]:
@@ -288,6 +314,10 @@ def write_ablation(workdir: Path, rows: list[dict[str, Any]], meta: dict[str, An
             diffs = [_diff_text(row["differences"].get(m, {})) for m in DIFF_METRICS]
             failed = f" ({row['failed']} failed)" if row["failed"] else ""
             lines.append(f"| {row['recipe'] or 'none'}{failed} | {role} | " + " | ".join(cells + diffs) + " |")
+    unchanged = meta.get("same_as_reference") or []
+    if unchanged:
+        lines += ["", "Not trained (the settings of their reference for that model: the ingredient changes nothing):"]
+        lines += [f"- {c['name']} ({_ROLE_TEXT[c['role']]} {c['ingredient']}) = {c['reference']}" for c in unchanged]
     lines += ["", f"Per-cell details (per fold, pooled): {meta['cv_results']}."]
     paths["markdown"].write_text("\n".join(lines) + "\n")
     return paths
@@ -309,11 +339,20 @@ def main(argv: Sequence[str] | None = None, *, train_fn: cv.TrainFn | None = Non
             raise ValueError("--cells is not used by recipe_ablation: choose with --ingredients and --add-one")
         ingredients = cv.split_list([args.ingredients]) if args.ingredients else None
         cells = ablation_cells(cv.split_list(args.model), args.base_recipe, ingredients, args.add_one)
+        unchanged = same_as_reference(args, cells)
         if args.list_cells:
             for cell in cells:
                 role = _ROLE_TEXT[cell.role] + (f" {cell.ingredient}" if cell.ingredient else "")
-                print(f"{cell.cv_cell.name:40s} {role}")
+                same = f" (same settings as {cell.reference}: not trained)" if cell in unchanged else ""
+                print(f"{cell.cv_cell.name:40s} {role}{same}")
             return 0
+        for cell in unchanged:
+            print(
+                f"note: {cell.cv_cell.name} has the same settings as {cell.reference} for {cell.cv_cell.model} "
+                f"({cell.ingredient} changes nothing there): not trained",
+                file=sys.stderr,
+            )
+        cells = [c for c in cells if c not in unchanged]
         if cv.probe_region(args) is None:
             print(
                 "note: --no-mask-free-probe: the ablation table has no thorax-only accuracy to prefer ingredients by",
@@ -348,6 +387,10 @@ def main(argv: Sequence[str] | None = None, *, train_fn: cv.TrainFn | None = Non
         f"interval, P(cell > reference)); Holm over each family {list(FAMILIES)} per model and metric",
         "cv_results": cv_paths["json"].name,
     }
+    meta["same_as_reference"] = [
+        {"name": c.cv_cell.name, "role": c.role, "ingredient": c.ingredient, "reference": c.reference}
+        for c in unchanged
+    ]
     paths = write_ablation(workdir, rows, meta)
     trained = grid.trained_count(records)
     print(paths["markdown"].read_text())

@@ -48,7 +48,9 @@ same per ingredient):
 * ``normalization`` (``normalization="dataset"``): the train split's mean/std; sources
   differ in exposure.
 * ``no_hflip`` (``hflip=False``): the heart and the aortic knob sit on the left, so a
-  flipped film is not a plausible radiograph (presets that flip, e.g. S3's, stop).
+  flipped film is not a plausible radiograph (presets that flip, S2's and S3's, stop; for
+  S0's and S4's, which never flip, it changes nothing, and ``experiments.recipe_ablation``
+  does not train its leave-one-out row there).
 * ``augment`` (``rotate_degrees=7``, ``zoom=(0.9, 1.1)``, ``brightness=(0.85, 1.15)``):
   positioning, field of view and exposure vary between radiographs.
 * ``shift`` (``translate=0.06``) and ``contrast_gamma`` (``contrast=(0.8, 1.2)``,

@@ -248,3 +248,53 @@ def test_ablation_statistics_against_hand_computed_values():
     assert t["difference"] == pytest.approx(diffs.mean())
     none = rows["m__none"]["differences"]["accuracy"]
     assert none["reference"] == f"m__{BASE}" and none["p_holm"] == pytest.approx(none["p"])
+
+
+def test_an_ingredient_that_changes_nothing_for_a_model_is_listed_not_trained(capsys):
+    # S0's presets never flip and S3's do, so no_hflip is a no-op for s0_c only.
+    assert ra.main(["--model", "s0_c,s3_lenet5", "--ingredients", "no_hflip", "--add-one", "--list-cells"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert {line.split()[0] for line in lines if "not trained" in line} == {"s0_c__cxr-no_hflip", "s0_c__none+no_hflip"}
+    assert "(same settings as s0_c__cxr: not trained)" in next(x for x in lines if x.startswith("s0_c__cxr-no_hflip"))
+    assert {"s3_lenet5__cxr-no_hflip", "s3_lenet5__none+no_hflip"} <= {line.split()[0] for line in lines}
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_no_op_row_is_not_trained_and_is_named_in_the_report(tmp_path, capsys, monkeypatch):
+    seen = []
+
+    def capture(setup, **kwargs):
+        seen.extend(cell.name for cell in setup.cells)
+        raise _Stop
+
+    monkeypatch.setattr(ra.cv, "run_folds", capture)
+    # s4_exp2 never flips: removing no_hflip from the base gives the base's own settings.
+    with pytest.raises(_Stop):
+        ra.main(ablation_args(tmp_path, base="none+no_hflip+label_smoothing", extra=()))
+    assert seen == ["s4_exp2__none", "s4_exp2__none+no_hflip+label_smoothing", "s4_exp2__none+no_hflip"]
+    assert (
+        "note: s4_exp2__none+label_smoothing has the same settings as s4_exp2__none+no_hflip+label_smoothing "
+        "for s4_exp2 (no_hflip changes nothing there): not trained"
+    ) in capsys.readouterr().err
+
+    meta = {
+        "base_recipe": "none+no_hflip+label_smoothing",
+        "folds": {"k": 2},
+        "dataset": {"name": "cxr_phantoms"},
+        "description": [],
+        "seeds": [0],
+        "cv_results": "results.json",
+        "same_as_reference": [
+            {
+                "name": "s4_exp2__none+label_smoothing",
+                "role": "leave_one_out",
+                "ingredient": "no_hflip",
+                "reference": "s4_exp2__none+no_hflip+label_smoothing",
+            }
+        ],
+    }
+    text = ra.write_ablation(tmp_path, [], meta)["markdown"].read_text()
+    assert "- s4_exp2__none+label_smoothing (without no_hflip) = s4_exp2__none+no_hflip+label_smoothing" in text
