@@ -216,6 +216,26 @@ def run_config(args: argparse.Namespace, cell: CvCell, seed: int, num_devices: i
     return train_options.apply_changes(config, {"recipe": cell.recipe, **changes}).replace(seed=seed)
 
 
+def settings_of(args: argparse.Namespace, cells: Sequence[CvCell]) -> dict[CvCell, Any]:
+    """Each cell's run config (seed 0, the user's options) with the recipe's name left out:
+    two cells of one model with equal settings train the same runs (an ingredient can
+    change nothing for a preset, e.g. no_hflip for one that never flips)."""
+    changes = train_options.train_changes(args)
+    num_devices = changes.get("num_devices") or experiment.local_device_count()
+    return {cell: run_config(args, cell, 0, num_devices, changes).replace(recipe=None) for cell in cells}
+
+
+def repeated_cells(args: argparse.Namespace, cells: Sequence[CvCell]) -> dict[CvCell, CvCell]:
+    """{cell: the first earlier cell with the same settings} (:func:`settings_of`)."""
+    settings = settings_of(args, cells)
+    out: dict[CvCell, CvCell] = {}
+    for i, cell in enumerate(cells):
+        earlier = next((c for c in cells[:i] if c not in out and settings[c] == settings[cell]), None)
+        if earlier is not None:
+            out[cell] = earlier
+    return out
+
+
 # ------------------------------------------------------------------ folds and runs
 
 
@@ -871,6 +891,12 @@ def main(argv: Sequence[str] | None = None, *, train_fn: TrainFn | None = None) 
             experiment.list_cells(known)
             return 0
         cells = experiment.pick_cells(args, known, known)
+        for cell, earlier in repeated_cells(args, cells).items():
+            print(
+                f"note: {cell.name} has the same settings as {earlier.name} (an ingredient that changes nothing "
+                f"for {cell.model}?): its runs repeat those",
+                file=sys.stderr,
+            )
         setup = prepare(args, cells, workdir)
     except (*USER_ERRORS, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

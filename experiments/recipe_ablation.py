@@ -147,24 +147,14 @@ def ablation_cells(
 
 
 def same_as_reference(args: argparse.Namespace, cells: Sequence[AblationCell]) -> list[AblationCell]:
-    """The leave-one-out and add-one rows whose run config (seed 0, the user's options, the
-    recipe's name aside) equals their reference's: the ingredient is a no-op for that model."""
-    from experiments import train_options
-
-    changes = train_options.train_changes(args)
-    num_devices = changes.get("num_devices") or experiment.local_device_count()
-    cache: dict[cv.CvCell, Any] = {}
-
-    def resolved(cell: cv.CvCell) -> Any:
-        if cell not in cache:
-            cache[cell] = cv.run_config(args, cell, 0, num_devices, changes).replace(recipe=None)
-        return cache[cell]
-
+    """The leave-one-out and add-one rows whose settings (``cross_validate.settings_of``)
+    equal their reference's: the ingredient is a no-op for that model."""
+    settings = cv.settings_of(args, unique_cv_cells(cells))
     by_name = {c.cv_cell.name: c.cv_cell for c in cells}
     return [
         c
         for c in cells
-        if c.role in ("leave_one_out", "add_one") and resolved(c.cv_cell) == resolved(by_name[c.reference])
+        if c.role in ("leave_one_out", "add_one") and settings[c.cv_cell] == settings[by_name[c.reference]]
     ]
 
 

@@ -262,3 +262,22 @@ def test_tta_is_reported_beside_the_plain_metrics_paired_per_fold(finished, tmp_
     assert "Test-time augmentation" not in (finished / "exp" / "results.md").read_text()
     with (finished / "exp" / "results.csv").open() as f:
         assert {r["tta_accuracy"] for r in csv.DictReader(f)} == {""}
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_cells_with_the_same_settings_get_a_note(tmp_path, capsys, monkeypatch):
+    def stop(*args):
+        raise _Stop
+
+    monkeypatch.setattr(cv, "prepare", stop)
+    # S0's presets never flip, so cxr-no_hflip is cxr for s0_c; S3's LeNet-5 flips.
+    with pytest.raises(_Stop):
+        cv.main(["--model", "s0_c,s3_lenet5", "--recipe", "cxr,cxr-no_hflip", "--workdir", str(tmp_path / "x")])
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == [
+        "note: s0_c__cxr-no_hflip has the same settings as s0_c__cxr (an ingredient that changes nothing for s0_c?): "
+        "its runs repeat those"
+    ]

@@ -266,11 +266,11 @@ class _Stop(Exception):
 def test_a_no_op_row_is_not_trained_and_is_named_in_the_report(tmp_path, capsys, monkeypatch):
     seen = []
 
-    def capture(setup, **kwargs):
-        seen.extend(cell.name for cell in setup.cells)
+    def capture(args, cells, workdir):
+        seen.extend(cell.name for cell in cells)
         raise _Stop
 
-    monkeypatch.setattr(ra.cv, "run_folds", capture)
+    monkeypatch.setattr(ra.cv, "prepare", capture)
     # s4_exp2 never flips: removing no_hflip from the base gives the base's own settings.
     with pytest.raises(_Stop):
         ra.main(ablation_args(tmp_path, base="none+no_hflip+label_smoothing", extra=()))
