@@ -41,8 +41,9 @@ CV, one seed, s4_exp4 at 64 px) added ``thorax_crop``: without it the recipe's m
 thorax box, for 3.3 points of accuracy. Later measurements (S0-C at 64 px, 5 folds, one
 seed) lengthened ``early_stopping`` and added ``shift`` and ``contrast_gamma``; weight
 decay 0.05, a stronger zoom/rotation, batch 16, EMA and per-image normalisation did not
-beat it (docs/measurements.md). Three seeds and every model are still to be measured, and
-the contents may change. Its ingredients, and why each (:data:`INGREDIENT_WHY` says the
+beat it (docs/measurements.md); a second seed of cxr itself differs by -3.9 points
+(83.3% over two seeds), as much as any of those screens. Three seeds and every model are
+still to be measured, and the contents may change. Its ingredients, and why each (:data:`INGREDIENT_WHY` says the
 same per ingredient):
 
 * ``normalization`` (``normalization="dataset"``): the train split's mean/std; sources
@@ -50,7 +51,9 @@ same per ingredient):
 * ``no_hflip`` (``hflip=False``): the heart and the aortic knob sit on the left, so a
   flipped film is not a plausible radiograph (presets that flip, S2's and S3's, stop; for
   S0's and S4's, which never flip, it changes nothing, and ``experiments.recipe_ablation``
-  does not train its leave-one-out row there).
+  does not train its leave-one-out row there). Measured: ``cxr --set hflip=true`` on S0-C
+  at 64 px, 5 folds, -2.8 points [-8.5, +2.9] (docs/measurements.md, "Seed noise of
+  cxr, and the horizontal flip"): no gain.
 * ``augment`` (``rotate_degrees=7``, ``zoom=(0.9, 1.1)``, ``brightness=(0.85, 1.15)``):
   positioning, field of view and exposure vary between radiographs.
 * ``shift`` (``translate=0.06``) and ``contrast_gamma`` (``contrast=(0.8, 1.2)``,
