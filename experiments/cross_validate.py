@@ -216,18 +216,22 @@ def run_config(args: argparse.Namespace, cell: CvCell, seed: int, num_devices: i
     return train_options.apply_changes(config, {"recipe": cell.recipe, **changes}).replace(seed=seed)
 
 
-def settings_of(args: argparse.Namespace, cells: Sequence[CvCell]) -> dict[CvCell, Any]:
-    """Each cell's run config (seed 0, the user's options) with the recipe's name left out:
-    two cells of one model with equal settings train the same runs (an ingredient can
-    change nothing for a preset, e.g. no_hflip for one that never flips)."""
-    changes = train_options.train_changes(args)
-    num_devices = changes.get("num_devices") or experiment.local_device_count()
+def settings_of(
+    args: argparse.Namespace, cells: Sequence[CvCell], options: tuple[dict[str, Any], int]
+) -> dict[CvCell, Any]:
+    """Each cell's run config (seed 0, the user's ``options``: ``experiment.user_changes``)
+    with the recipe's name left out: two cells of one model with equal settings train the
+    same runs (an ingredient can change nothing for a preset, e.g. no_hflip for one that
+    never flips)."""
+    changes, num_devices = options
     return {cell: run_config(args, cell, 0, num_devices, changes).replace(recipe=None) for cell in cells}
 
 
-def repeated_cells(args: argparse.Namespace, cells: Sequence[CvCell]) -> dict[CvCell, CvCell]:
+def repeated_cells(
+    args: argparse.Namespace, cells: Sequence[CvCell], options: tuple[dict[str, Any], int]
+) -> dict[CvCell, CvCell]:
     """{cell: the first earlier cell with the same settings} (:func:`settings_of`)."""
-    settings = settings_of(args, cells)
+    settings = settings_of(args, cells, options)
     out: dict[CvCell, CvCell] = {}
     for i, cell in enumerate(cells):
         earlier = next((c for c in cells[:i] if c not in out and settings[c] == settings[cell]), None)
@@ -764,14 +768,16 @@ class CvSetup:
     jobs: int
 
 
-def prepare(args: argparse.Namespace, cells: Sequence[CvCell], workdir: Path) -> CvSetup:
-    """Every run's config, the dataset opened once, the folds planned and checked against
-    (or written to) folds.json. Raises ValueError or a ``USER_ERRORS`` error for the user."""
+def prepare(
+    args: argparse.Namespace, cells: Sequence[CvCell], workdir: Path, options: tuple[dict[str, Any], int]
+) -> CvSetup:
+    """Every run's config (the user's ``options``: ``experiment.user_changes``, read once by
+    the caller), the dataset opened once, the folds planned and checked against (or written
+    to) folds.json. Raises ValueError or a ``USER_ERRORS`` error for the user."""
     from cxrjax import data
     from cxrjax.data import folds
 
-    changes = train_options.train_changes(args)
-    num_devices = changes.get("num_devices") or experiment.local_device_count()
+    changes, num_devices = options
     seeds = experiment.seeds_of(args)
     configs = {(cell, seed): run_config(args, cell, seed, num_devices, changes) for cell in cells for seed in seeds}
     keys = {(c.dataset, repr(sorted(c.dataset_options.items()))) for c in configs.values()}
@@ -891,13 +897,14 @@ def main(argv: Sequence[str] | None = None, *, train_fn: TrainFn | None = None) 
             experiment.list_cells(known)
             return 0
         cells = experiment.pick_cells(args, known, known)
-        for cell, earlier in repeated_cells(args, cells).items():
+        options = experiment.user_changes(args)
+        for cell, earlier in repeated_cells(args, cells, options).items():
             print(
                 f"note: {cell.name} has the same settings as {earlier.name} (an ingredient that changes nothing "
                 f"for {cell.model}?): its runs repeat those",
                 file=sys.stderr,
             )
-        setup = prepare(args, cells, workdir)
+        setup = prepare(args, cells, workdir, options)
     except (*USER_ERRORS, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -196,6 +196,15 @@ def local_device_count() -> int:
     return jax.local_device_count()
 
 
+def user_changes(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    """(the user's training options as TrainConfig changes, the devices a run uses:
+    ``--num-devices`` or every local device)."""
+    from experiments import train_options
+
+    changes = train_options.train_changes(args)
+    return changes, changes.get("num_devices") or local_device_count()
+
+
 # Datasets opened in this process, by what identifies them: one per process, shared by
 # every EngineRun, because a parallel grid sends a fresh (unpickled) copy of its run
 # function with every task, and each worker should still open its dataset only once.
@@ -327,7 +336,7 @@ def run_from_args(
     report's description).
 
     ``run_configs(args, num_devices, changes)`` returns the TrainConfig of a (cell, seed);
-    it gets the user's training options (``train_options.train_changes``), read once here,
+    it gets the user's training options (:func:`user_changes`), read once here,
     so a deprecated spelling is reported once.
 
     ``derived`` and ``report_cells``: cells computed from the trained ones (see
@@ -338,7 +347,6 @@ def run_from_args(
     ``python -m cxrjax.train``), before any run trains.
     """
     from cxrjax.train.trainer import USER_ERRORS
-    from experiments import train_options
 
     if args.list_cells:
         list_cells(known)
@@ -346,8 +354,7 @@ def run_from_args(
     if note:
         print(note)
     try:
-        changes = train_options.train_changes(args)
-        num_devices = changes.get("num_devices") or local_device_count()
+        changes, num_devices = user_changes(args)
         config_of = run_configs(args, num_devices, changes)
         seeds = seeds_of(args)
         specs = [RunSpec(cell.name, seed, config_of(cell, seed)) for cell in cells for seed in seeds]

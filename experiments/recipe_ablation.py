@@ -18,11 +18,12 @@ accuracy (prefer what raises thorax-only accuracy). Cells, per ``--model``:
 reference's for that model (the recipe's name aside) is not trained: removing or adding the
 ingredient changes nothing there, e.g. ``cxr-no_hflip`` for a preset that never flips
 (S0's), whose preset value is the ingredient's. Such rows are listed, not measured (the
-table would otherwise show a difference of exactly zero for an ingredient never tested). Every cell runs through
-``experiments.cross_validate`` (:func:`~experiments.cross_validate.prepare`,
-``run_folds``, ``report``): the same folds for every cell, the same workdir layout
-(folds.json, ``runs/<model>__<recipe>__fold<f>/seed_<s>/`` with cv_predictions.json
-and the probe), resumable by re-running the same command, and its results.* files.
+table would otherwise show a difference of exactly zero for an ingredient never tested).
+Every cell runs through ``experiments.cross_validate``
+(:func:`~experiments.cross_validate.prepare`, ``run_folds``, ``report``): the same folds
+for every cell, the same workdir layout (folds.json,
+``runs/<model>__<recipe>__fold<f>/seed_<s>/`` with cv_predictions.json and the probe),
+resumable by re-running the same command, and its results.* files.
 
 Then ``ablation.json`` / ``ablation.md``: per cell the mean over its folds x seeds runs
 with a 95% t-interval (``stats.mean_ci``) of accuracy, macro-F1, ROC-AUC, the probe's
@@ -146,10 +147,12 @@ def ablation_cells(
     return out
 
 
-def same_as_reference(args: argparse.Namespace, cells: Sequence[AblationCell]) -> list[AblationCell]:
+def same_as_reference(
+    args: argparse.Namespace, cells: Sequence[AblationCell], options: tuple[dict[str, Any], int]
+) -> list[AblationCell]:
     """The leave-one-out and add-one rows whose settings (``cross_validate.settings_of``)
     equal their reference's: the ingredient is a no-op for that model."""
-    settings = cv.settings_of(args, unique_cv_cells(cells))
+    settings = cv.settings_of(args, unique_cv_cells(cells), options)
     by_name = {c.cv_cell.name: c.cv_cell for c in cells}
     return [
         c
@@ -329,7 +332,8 @@ def main(argv: Sequence[str] | None = None, *, train_fn: cv.TrainFn | None = Non
             raise ValueError("--cells is not used by recipe_ablation: choose with --ingredients and --add-one")
         ingredients = cv.split_list([args.ingredients]) if args.ingredients else None
         cells = ablation_cells(cv.split_list(args.model), args.base_recipe, ingredients, args.add_one)
-        unchanged = same_as_reference(args, cells)
+        options = experiment.user_changes(args)
+        unchanged = same_as_reference(args, cells, options)
         if args.list_cells:
             for cell in cells:
                 role = _ROLE_TEXT[cell.role] + (f" {cell.ingredient}" if cell.ingredient else "")
@@ -348,7 +352,7 @@ def main(argv: Sequence[str] | None = None, *, train_fn: cv.TrainFn | None = Non
                 "note: --no-mask-free-probe: the ablation table has no thorax-only accuracy to prefer ingredients by",
                 file=sys.stderr,
             )
-        setup = cv.prepare(args, unique_cv_cells(cells), workdir)
+        setup = cv.prepare(args, unique_cv_cells(cells), workdir, options)
     except (*USER_ERRORS, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -43,8 +43,8 @@ seed) lengthened ``early_stopping`` and added ``shift`` and ``contrast_gamma``; 
 decay 0.05, a stronger zoom/rotation, batch 16, EMA and per-image normalisation did not
 beat it (docs/measurements.md); a second seed of cxr itself differs by -3.9 points
 (83.3% over two seeds), as much as any of those screens. Three seeds and every model are
-still to be measured, and the contents may change. Its ingredients, and why each (:data:`INGREDIENT_WHY` says the
-same per ingredient):
+still to be measured, and the contents may change. Its ingredients, and why each
+(:data:`INGREDIENT_WHY` says the same per ingredient):
 
 * ``normalization`` (``normalization="dataset"``): the train split's mean/std; sources
   differ in exposure.

@@ -281,3 +281,11 @@ def test_cells_with_the_same_settings_get_a_note(tmp_path, capsys, monkeypatch):
         "note: s0_c__cxr-no_hflip has the same settings as s0_c__cxr (an ingredient that changes nothing for s0_c?): "
         "its runs repeat those"
     ]
+
+
+def test_the_users_options_are_read_once_so_a_deprecated_spelling_warns_once(tmp_path, capsys):
+    argv = ["--model", "s0_c", "--recipe", "cxr,cxr-no_hflip", "--set", "batch_size=16", "--dataset", "image_folder"]
+    argv += ["--manual-dir", str(tmp_path / "missing"), "--data-dir", str(tmp_path), "--workdir", str(tmp_path / "x")]
+    assert cv.main(argv) == 2  # prepare reads the options too, then fails on the missing folder
+    err = capsys.readouterr().err
+    assert err.count("warning: --set batch_size=... is deprecated") == 1 and "error:" in err

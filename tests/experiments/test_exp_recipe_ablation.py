@@ -266,7 +266,7 @@ class _Stop(Exception):
 def test_a_no_op_row_is_not_trained_and_is_named_in_the_report(tmp_path, capsys, monkeypatch):
     seen = []
 
-    def capture(args, cells, workdir):
+    def capture(args, cells, workdir, options):
         seen.extend(cell.name for cell in cells)
         raise _Stop
 
