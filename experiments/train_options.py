@@ -10,7 +10,7 @@ TrainConfig's field declarations (``cxrjax.train.config_args``):
   which the experiment sets itself or takes from its own options,
 * ``--dataset-option KEY=VALUE`` and ``--model-option KEY=VALUE`` (merged into the dicts),
 * ``--set FIELD=VALUE`` for any other TrainConfig field (VALUE parsed as JSON when it
-  parses, e.g. ``--set zoom=[1,1.2]``, ``--set label_smoothing=0.1``).
+  parses, e.g. ``--set momentum=0.9``, ``--set class_weights=[1,2]``).
 
 Only options given explicitly are applied, on top of the experiment's own defaults.
 """

@@ -9,7 +9,7 @@
 Start from ``--preset`` (or the TrainConfig defaults), then ``--recipe NAME`` (a named
 bundle of training options, ``cxrjax.train.recipes``); every option given explicitly
 overrides both. ``--set FIELD=VALUE`` sets any TrainConfig field (VALUE parsed as JSON
-when it parses, e.g. ``--set label_smoothing=0.1 --set zoom=[1,1.2]``), so everything
+when it parses, e.g. ``--set momentum=0.9 --set class_weights=[1,2]``), so everything
 ``cxrjax.train.TrainConfig`` can do is reachable from the command line. The named flags
 are built from TrainConfig's field declarations (``cxrjax.train.config_args``).
 

@@ -282,13 +282,27 @@ class TrainConfig(InputOptions):
         help="unit: [0,1]; half: (x-0.5)/0.5; dataset: train split mean/std; per_image: each image by its own "
         "mean/std (every split)",
     )
-    hflip: bool = _input_option("hflip", help="random horizontal flips (training)")
+    hflip: bool = _input_option("hflip", flag=True, help="random horizontal flips (training)")
     rotate_degrees: float = _input_option(
-        "rotate_degrees", ge=0, help="random rotation, uniform in [-this, this] degrees (training)"
+        "rotate_degrees",
+        flag=True,
+        ge=0,
+        metavar="DEG",
+        help="random rotation, uniform in [-this, this] degrees (training; 0: off)",
     )
-    zoom: tuple[float, float] | None = _input_option("zoom", help="random zoom (lo, hi), 0 < lo <= hi (training)")
+    zoom: tuple[float, float] | None = _input_option(
+        "zoom",
+        flag=True,
+        metavar="LO,HI",
+        parse=float_tuple(2, "LO,HI"),
+        help="random zoom factor uniform in (lo, hi), 0 < lo <= hi (training; none: off)",
+    )
     brightness: tuple[float, float] | None = _input_option(
-        "brightness", help="random brightness factor (lo, hi), 0 < lo <= hi (training)"
+        "brightness",
+        flag=True,
+        metavar="LO,HI",
+        parse=float_tuple(2, "LO,HI"),
+        help="random brightness factor uniform in (lo, hi), 0 < lo <= hi (training; none: off)",
     )
     translate: float = _input_option(
         "translate",

@@ -138,7 +138,7 @@ def add_passthrough_options(
         default=[],
         metavar="FIELD=VALUE",
         help="set any TrainConfig field (repeatable), VALUE parsed as JSON if it parses, "
-        "e.g. --set label_smoothing=0.1 --set zoom=[1,1.2]",
+        "e.g. --set momentum=0.9 --set class_weights=[1,2]",
     )
 
 

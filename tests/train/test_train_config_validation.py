@@ -214,10 +214,34 @@ def test_new_input_options_from_flags_reach_config_json_and_are_result_relevant(
     assert config_from_args(build_parser().parse_args(["--crop-box", "none", "--contrast", "none"])).crop_box is None
 
 
+def test_the_base_augmentations_have_named_flags_equal_to_their_set_spelling_and_beating_the_recipe():
+    from cxrjax.train.cli import build_parser, config_from_args
+
+    def config(*argv):
+        return config_from_args(build_parser().parse_args(list(argv)))
+
+    flags = config(
+        "--recipe", "cxr", "--hflip", "--rotate-degrees", "10", "--zoom", "0.8,1.25", "--brightness", "0.9,1.1"
+    )
+    sets = config(
+        "--recipe", "cxr", "--set", "hflip=true", "--set", "rotate_degrees=10", "--set", "zoom=[0.8,1.25]",
+        "--set", "brightness=[0.9,1.1]",
+    )  # fmt: skip
+    recipe = config("--recipe", "cxr")
+    assert (flags.hflip, flags.rotate_degrees, flags.zoom, flags.brightness) == (True, 10.0, (0.8, 1.25), (0.9, 1.1))
+    assert flags == sets and flags.to_dict()["zoom"] == [0.8, 1.25]
+    # explicit options win over the recipe (cxr: no flip, 7 degrees, zoom 0.9-1.1); the rest is the recipe's
+    assert (recipe.hflip, recipe.rotate_degrees, recipe.zoom) == (False, 7.0, (0.9, 1.1))
+    assert flags.translate == recipe.translate and flags.crop_box == recipe.crop_box
+    assert config("--recipe", "cxr", "--zoom", "none", "--no-hflip").zoom is None
+
+
 @pytest.mark.parametrize(
     "argv, words",
     [
         (["--contrast", "1.2,0.8"], ["TrainConfig.contrast", "0 < lo <= hi"]),
+        (["--zoom", "1.2,0.8"], ["TrainConfig.zoom", "0 < lo <= hi"]),
+        (["--rotate-degrees", "-5"], ["TrainConfig.rotate_degrees must be >= 0"]),
         (["--set", "gamma=[0, 1]"], ["TrainConfig.gamma"]),
         (["--translate", "0.7"], ["TrainConfig.translate must be >= 0 and <= 0.5"]),
         (["--random-erasing", "1.5"], ["TrainConfig.random_erasing must be >= 0 and <= 1"]),
