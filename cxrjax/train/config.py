@@ -150,6 +150,12 @@ def _input_option(name: str, **declaration: Any) -> Any:
     return option(InputOptions.__dataclass_fields__[name].default, kw_only=True, **declaration)
 
 
+def _range_option(name: str, help: str) -> Any:
+    """An input option that is a random factor's range ``(lo, hi)`` or None (off), with a
+    ``--NAME LO,HI`` flag (``none``: off)."""
+    return _input_option(name, flag=True, metavar="LO,HI", parse=float_tuple(2, "LO,HI"), help=help)
+
+
 def class_list(text: str) -> tuple[str, ...] | None:
     """``"COVID,Normal"`` -> ("COVID", "Normal"); ``"all"`` or ``""`` -> None (every class)."""
     names = [c.strip() for c in text.split(",") if c.strip()]
@@ -290,19 +296,11 @@ class TrainConfig(InputOptions):
         metavar="DEG",
         help="random rotation, uniform in [-this, this] degrees (training; 0: off)",
     )
-    zoom: tuple[float, float] | None = _input_option(
-        "zoom",
-        flag=True,
-        metavar="LO,HI",
-        parse=float_tuple(2, "LO,HI"),
-        help="random zoom factor uniform in (lo, hi), 0 < lo <= hi (training; none: off)",
+    zoom: tuple[float, float] | None = _range_option(
+        "zoom", "random zoom factor uniform in (lo, hi), 0 < lo <= hi (training; none: off)"
     )
-    brightness: tuple[float, float] | None = _input_option(
-        "brightness",
-        flag=True,
-        metavar="LO,HI",
-        parse=float_tuple(2, "LO,HI"),
-        help="random brightness factor uniform in (lo, hi), 0 < lo <= hi (training; none: off)",
+    brightness: tuple[float, float] | None = _range_option(
+        "brightness", "random brightness factor uniform in (lo, hi), 0 < lo <= hi (training; none: off)"
     )
     translate: float = _input_option(
         "translate",
@@ -313,20 +311,14 @@ class TrainConfig(InputOptions):
         help="random shift of the content in x and y, each uniform in [-this, this] times the side, in the "
         "same resampling as rotation and zoom (training; 0: off)",
     )
-    contrast: tuple[float, float] | None = _input_option(
+    contrast: tuple[float, float] | None = _range_option(
         "contrast",
-        flag=True,
-        metavar="LO,HI",
-        parse=float_tuple(2, "LO,HI"),
-        help="random contrast factor c uniform in (lo, hi): x -> mean + c (x - mean), clipped to [0,1], after "
+        "random contrast factor c uniform in (lo, hi): x -> mean + c (x - mean), clipped to [0,1], after "
         "brightness (training; none: off)",
     )
-    gamma: tuple[float, float] | None = _input_option(
+    gamma: tuple[float, float] | None = _range_option(
         "gamma",
-        flag=True,
-        metavar="LO,HI",
-        parse=float_tuple(2, "LO,HI"),
-        help="random gamma g uniform in (lo, hi): x -> x ** g on [0,1], after contrast (training; none: off)",
+        "random gamma g uniform in (lo, hi): x -> x ** g on [0,1], after contrast (training; none: off)",
     )
     random_erasing: float = _input_option(
         "random_erasing",
