@@ -28,6 +28,8 @@ def test_recipe_overrides_the_preset_and_explicit_options_override_the_recipe():
     assert config.lr == 0.0003 != cxr["lr"]  # explicit wins over the recipe
     assert config.optimizer == cxr["optimizer"] == "adamw" and preset.optimizer == "adam"
     assert config.epochs == cxr["epochs"] != preset.epochs  # recipe wins over the preset
+    s4 = config_from_args(build_parser().parse_args(["--preset", "s4_exp4", "--recipe", "cxr"]))
+    assert s4.monitor == cxr["monitor"] == "val_loss" != PRESETS["s4_exp4"].monitor  # and over S4's val_accuracy
     assert config.early_stopping_patience == cxr["early_stopping_patience"] != preset.early_stopping_patience
     assert config.zoom == cxr["zoom"] and config.hflip is False and preset.hflip is True
     # what the recipe does not name stays the preset's
