@@ -19,7 +19,11 @@ recipe). A ``--model`` that names a preset (``cxrjax.train.PRESETS``) starts fro
 preset's training options, any other model name (``cxrjax.models.MODELS``) from
 TrainConfig's defaults; then the recipe, then the options given explicitly
 (``cxrjax.train.recipes.resolve``). Every cell runs on ``--dataset`` with the same
-preparation options (``--dataset-option``).
+preparation options (``--dataset-option``). A cell whose runs would repeat an earlier
+cell's -- the same network (``s0_a`` is ``s0_c``'s, ``s4_exp5`` is ``s4_exp4``'s: its early
+stopping is a training option) and the same resolved settings (``--recipe cxr`` sets the
+early stopping of both) -- is trained once and reported under both names, with a note
+(:func:`repeated_cells`; results.json's ``same_runs``).
 
 Output in ``--workdir`` (default ``runs/cross_validate/<dataset>``):
 
@@ -59,8 +63,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -102,7 +106,7 @@ _PER_FOLD_LABELS = {**PROBE_LABELS, "tta_accuracy": "TTA accuracy"}  # results.m
 TrainFn = Callable[..., dict]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class CvCell:
     """A model x recipe of the comparison."""
 
@@ -220,17 +224,35 @@ def settings_of(
     args: argparse.Namespace, cells: Sequence[CvCell], options: tuple[dict[str, Any], int]
 ) -> dict[CvCell, Any]:
     """Each cell's run config (seed 0, the user's ``options``: ``experiment.user_changes``)
-    with the recipe's name left out: two cells of one model with equal settings train the
-    same runs (an ingredient can change nothing for a preset, e.g. no_hflip for one that
-    never flips)."""
+    with the recipe's name left out and the model named by its network
+    (``models.registry.same_network_as``): two cells with equal settings train the same
+    runs (an ingredient can change nothing for a preset, e.g. no_hflip for one that never
+    flips; ``s4_exp5`` is ``s4_exp4``'s network, and a recipe that sets the early stopping
+    makes their training the same too)."""
+    from cxrjax.models.registry import same_network_as
+
     changes, num_devices = options
-    return {cell: run_config(args, cell, 0, num_devices, changes).replace(recipe=None) for cell in cells}
+    out = {}
+    for cell in cells:
+        config = run_config(args, cell, 0, num_devices, changes)
+        out[cell] = config.replace(recipe=None, model=same_network_as(config.model))
+    return out
+
+
+def repeat_phrase(cell: CvCell, twin: CvCell) -> str:
+    """Says that ``cell``'s runs are ``twin``'s (results.md, the command's note)."""
+    return (
+        f"{cell.name} has the same settings as {twin.name} (the same network, and its recipe or an ingredient "
+        f"changes nothing between them): it reports {twin.name}'s runs, trained once"
+    )
 
 
 def repeated_cells(
     args: argparse.Namespace, cells: Sequence[CvCell], options: tuple[dict[str, Any], int]
 ) -> dict[CvCell, CvCell]:
-    """{cell: the first earlier cell with the same settings} (:func:`settings_of`)."""
+    """{cell: the first earlier cell with the same settings} (:func:`settings_of`): its runs
+    would repeat that cell's, so :func:`run_folds` trains them once and reports them under
+    both names."""
     settings = settings_of(args, cells, options)
     out: dict[CvCell, CvCell] = {}
     for i, cell in enumerate(cells):
@@ -752,7 +774,7 @@ def write_results(workdir: Path, summary: list[dict[str, Any]], meta: dict[str, 
 # ------------------------------------------------------------------ main
 
 
-@dataclass
+@dataclasses.dataclass
 class CvSetup:
     """What :func:`prepare` decided: the workdir, cells, seeds, each run's config, the
     opened dataset and its fold plan, the probe's region (None: no probe)."""
@@ -766,14 +788,17 @@ class CvSetup:
     plan: Any
     probe: dict[str, Any] | None
     jobs: int
+    # {cell: the earlier cell with the same settings}: its runs are that cell's (repeated_cells)
+    repeats: dict[CvCell, CvCell]
 
 
 def prepare(
     args: argparse.Namespace, cells: Sequence[CvCell], workdir: Path, options: tuple[dict[str, Any], int]
 ) -> CvSetup:
     """Every run's config (the user's ``options``: ``experiment.user_changes``, read once by
-    the caller), the dataset opened once, the folds planned and checked against (or written
-    to) folds.json. Raises ValueError or a ``USER_ERRORS`` error for the user."""
+    the caller), the cells whose runs repeat an earlier cell's (:func:`repeated_cells`), the
+    dataset opened once, the folds planned and checked against (or written to) folds.json.
+    Raises ValueError or a ``USER_ERRORS`` error for the user."""
     from cxrjax import data
     from cxrjax.data import folds
 
@@ -800,18 +825,23 @@ def prepare(
         fraction = folds.dataset_validation_share(ds)
     plan = folds.plan_folds(ds, args.folds, args.fold_seed, fraction)
     check_or_write_folds(workdir, plan.to_json())
-    return CvSetup(workdir, list(cells), seeds, configs, load_args, ds, plan, probe, experiment.jobs_of(args))
+    repeats = repeated_cells(args, cells, options)
+    return CvSetup(workdir, list(cells), seeds, configs, load_args, ds, plan, probe, experiment.jobs_of(args), repeats)
 
 
 def run_folds(
     setup: CvSetup, *, train_fn: TrainFn | None = None, progress: bool = True
 ) -> tuple[list[grid.RunRecord], dict[tuple[str, int], dict]]:
     """Train (or find finished) every fold x seed run of every cell, then each run's test-fold
-    predictions (and probe). Returns (grid records, {(run cell, seed): cv_predictions record})."""
+    predictions (and probe). A cell of ``setup.repeats`` trains nothing: its records and
+    predictions are its twin's (``trained`` False). Returns (grid records, {(run cell,
+    seed): cv_predictions record})."""
     specs, fold_of_cell = [], {}
     for cell in setup.cells:
         for fold in range(setup.plan.k):
             fold_of_cell[cell.run_cell(fold)] = fold
+            if cell in setup.repeats:
+                continue
             for seed in setup.seeds:
                 specs.append(RunSpec(cell.run_cell(fold), seed, setup.configs[(cell, seed)], group=cell.run_cell(fold)))
     run_fn = FoldRun(setup.load_args, setup.plan, fold_of_cell, dataset=setup.dataset, train_fn=train_fn)
@@ -845,6 +875,16 @@ def run_folds(
                 "the pooled metrics of its seed are left out",
                 file=sys.stderr,
             )
+    by_run = {(r.cell, r.seed): r for r in records}
+    for cell, twin in setup.repeats.items():
+        for fold in range(setup.plan.k):
+            for seed in setup.seeds:
+                record = by_run.get((twin.run_cell(fold), seed))
+                if record is None:
+                    continue
+                records.append(dataclasses.replace(record, cell=cell.run_cell(fold), trained=False))
+                if (twin.run_cell(fold), seed) in predictions:
+                    predictions[(cell.run_cell(fold), seed)] = predictions[(twin.run_cell(fold), seed)]
     return records, predictions
 
 
@@ -863,7 +903,9 @@ def report(
             + f": {len(plan.pooled.file_names)} examples pooled from the prepared splits, {plan.k} folds "
             f"(fold seed {plan.seed}), each fold's validation {plan.validation_fraction:.3g} of the other folds; "
             f"seeds {list(seeds)}.",
+            *(f"{repeat_phrase(cell, twin)}." for cell, twin in setup.repeats.items()),
         ],
+        "same_runs": {cell.name: twin.name for cell, twin in setup.repeats.items()},
         "dataset": {
             "name": c.dataset,
             "options": c.dataset_options,
@@ -898,13 +940,9 @@ def main(argv: Sequence[str] | None = None, *, train_fn: TrainFn | None = None) 
             return 0
         cells = experiment.pick_cells(args, known, known)
         options = experiment.user_changes(args)
-        for cell, earlier in repeated_cells(args, cells, options).items():
-            print(
-                f"note: {cell.name} has the same settings as {earlier.name} (an ingredient that changes nothing "
-                f"for {cell.model}?): its runs repeat those",
-                file=sys.stderr,
-            )
         setup = prepare(args, cells, workdir, options)
+        for cell, earlier in setup.repeats.items():
+            print(f"note: {repeat_phrase(cell, earlier)}", file=sys.stderr)
     except (*USER_ERRORS, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -915,9 +953,10 @@ def main(argv: Sequence[str] | None = None, *, train_fn: TrainFn | None = None) 
         return 2
     _, _, paths = report(setup, records, predictions)
     trained = grid.trained_count(records)
+    distinct = len({r.run_dir for r in records})
     print(Path(paths["markdown"]).read_text())
     print(
-        f"{len(records)} runs ({trained} trained now, {len(records) - trained} already finished). "
+        f"{distinct} runs ({trained} trained now, {distinct - trained} already finished). "
         f"Results: {paths['csv']}, {paths['markdown']}, {paths['json']}; folds: {workdir / FOLDS_FILE}",
         flush=True,
     )

@@ -353,6 +353,8 @@ def main(argv: Sequence[str] | None = None, *, train_fn: cv.TrainFn | None = Non
                 file=sys.stderr,
             )
         setup = cv.prepare(args, unique_cv_cells(cells), workdir, options)
+        for cell, twin in setup.repeats.items():
+            print(f"note: {cv.repeat_phrase(cell, twin)}", file=sys.stderr)
     except (*USER_ERRORS, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -228,6 +228,25 @@ MODELS.update(
 )
 
 
+def same_network_as(name: str) -> str:
+    """The first registered name that builds the same network as ``name`` (the same module
+    class with the same constructor options): ``s0_c`` -> ``s0_a``, ``s4_exp5`` ->
+    ``s4_exp4`` (its early stopping is a training option); a name with no twin is itself.
+    Two runs whose configs differ only in such names train the same network on the same
+    settings, so experiments train them once (``experiments.cross_validate``)."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; registered models (cxrjax/models/registry.py): {sorted(MODELS)}")
+    key = _network_key(MODELS[name])
+    return next(other for other, spec in MODELS.items() if _network_key(spec) == key)
+
+
+def _network_key(spec: ModelSpec) -> tuple:
+    build = spec.build
+    if isinstance(build, functools.partial):
+        return (build.func, tuple(build.args), tuple(sorted(build.keywords.items())))
+    return (build, (), ())
+
+
 def create(
     name: str,
     *,

@@ -264,23 +264,48 @@ def test_tta_is_reported_beside_the_plain_metrics_paired_per_fold(finished, tmp_
         assert {r["tta_accuracy"] for r in csv.DictReader(f)} == {""}
 
 
-class _Stop(Exception):
-    pass
+def test_cells_with_the_same_settings_are_found_across_models_and_recipes():
+    # S0's presets never flip, so cxr-no_hflip is cxr for s0_c; S3's LeNet-5 flips. s0_a is
+    # s0_c's network with the same preset settings, under any recipe.
+    args = cv.build_parser().parse_args(["--model", "s0_c,s3_lenet5,s0_a", "--recipe", "none,cxr,cxr-no_hflip"])
+    cells = cv.cells_of(args)
+    repeats = {c.name: t.name for c, t in cv.repeated_cells(args, cells, cv.experiment.user_changes(args)).items()}
+    assert repeats == {
+        "s0_c__cxr-no_hflip": "s0_c__cxr",
+        "s0_a__none": "s0_c__none",
+        "s0_a__cxr": "s0_c__cxr",
+        "s0_a__cxr-no_hflip": "s0_c__cxr",
+    }
 
 
-def test_cells_with_the_same_settings_get_a_note(tmp_path, capsys, monkeypatch):
-    def stop(*args):
-        raise _Stop
+def test_cells_with_the_same_settings_are_trained_once_and_reported_under_both_names(tmp_path, capsys):
+    from cxrjax.train import train_and_evaluate
 
-    monkeypatch.setattr(cv, "prepare", stop)
-    # S0's presets never flip, so cxr-no_hflip is cxr for s0_c; S3's LeNet-5 flips.
-    with pytest.raises(_Stop):
-        cv.main(["--model", "s0_c,s3_lenet5", "--recipe", "cxr,cxr-no_hflip", "--workdir", str(tmp_path / "x")])
-    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
-    assert notes == [
-        "note: s0_c__cxr-no_hflip has the same settings as s0_c__cxr (an ingredient that changes nothing for s0_c?): "
-        "its runs repeat those"
-    ]
+    trained = []
+
+    def counting(config, workdir, dataset):
+        trained.append(os.path.basename(os.path.dirname(workdir)))
+        return train_and_evaluate(config, workdir, dataset=dataset)
+
+    # s4_exp5 is s4_exp4's network with S4's early stopping, which cxr replaces by its own.
+    argv = tiny_args(tmp_path, "twins", recipe="cxr")
+    argv[argv.index("s4_exp2")] = "s4_exp4,s4_exp5"
+    assert cv.main(argv, train_fn=counting) == 0
+    assert sorted(trained) == ["s4_exp4__cxr__fold0", "s4_exp4__cxr__fold1"]
+    phrase = cv.repeat_phrase(cv.CvCell("s4_exp5", "cxr"), cv.CvCell("s4_exp4", "cxr"))
+    captured = capsys.readouterr()
+    assert [x for x in captured.err.splitlines() if x.startswith("note:")] == [f"note: {phrase}"]
+    assert "2 runs (2 trained now, 0 already finished)" in captured.out
+    results = _results(tmp_path, "twins")
+    cells = {c["name"]: c for c in results["cells"]}
+    assert list(cells) == ["s4_exp4__cxr", "s4_exp5__cxr"] and len(cells["s4_exp5__cxr"]["runs"]) == 2
+    assert cells["s4_exp5__cxr"]["runs"] == cells["s4_exp4__cxr"]["runs"]
+    assert cells["s4_exp5__cxr"]["pooled"] == cells["s4_exp4__cxr"]["pooled"]
+    assert results["same_runs"] == {"s4_exp5__cxr": "s4_exp4__cxr"}
+    assert phrase in (tmp_path / "twins" / "results.md").read_text()
+    assert not (tmp_path / "twins" / "runs" / "s4_exp5__cxr__fold0").exists()
+    assert cv.main(argv, train_fn=counting) == 0 and len(trained) == 2
+    assert "2 runs (0 trained now, 2 already finished)" in capsys.readouterr().out
 
 
 def test_the_users_options_are_read_once_so_a_deprecated_spelling_warns_once(tmp_path, capsys):

@@ -119,3 +119,18 @@ def test_initialisation_styles_have_their_documented_scale(style):
         assert float(jnp.std(b)) > 0
     else:
         assert float(jnp.max(jnp.abs(b))) == 0.0
+
+
+def test_registered_twins_build_the_same_network_and_nothing_else_does():
+    from cxrjax.models.registry import same_network_as
+
+    twins = {name: same_network_as(name) for name in models.MODELS if same_network_as(name) != name}
+    assert twins == {"s0_c": "s0_a", "s4_exp5": "s4_exp4", "s4_exp7": "s4_exp6", "s4_exp9": "s4_exp8"}
+    x = jnp.asarray(jax.random.normal(jax.random.key(1), (2, 48, 48, 1)))
+    for name, twin in (("s0_c", "s0_a"), ("s4_exp9", "s4_exp8")):
+        a, b = (models.create(n, num_classes=2, channels=1) for n in (name, twin))
+        va, vb = (m.init(jax.random.key(0), x, train=False) for m in (a, b))
+        assert jax.tree.all(jax.tree.map(lambda p, q: bool(jnp.array_equal(p, q)), va, vb))
+        assert jnp.array_equal(a.apply(va, x, train=False), b.apply(vb, x, train=False))
+    # A network option that differs (S0-B's head, Exp8's dropout) is another network.
+    assert same_network_as("s0_b") == "s0_b" and same_network_as("s4_exp6") != same_network_as("s4_exp8")
