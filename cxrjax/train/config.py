@@ -386,6 +386,15 @@ class TrainConfig(InputOptions):
     plateau_min_delta: float = option(1e-4, ge=0, help='schedule="plateau": smallest improvement')
     plateau_min_lr: float = option(0.0, ge=0, help='schedule="plateau": lr floor')
     label_smoothing: float = option(0.0, flag=True, ge=0, lt=1, help="label smoothing")
+    mixup: float = option(
+        0.0,
+        flag=True,
+        ge=0,
+        help="mixup (Zhang et al. 2018) with this Beta(a, a) parameter, e.g. 0.2: each training image becomes "
+        "lam * itself + (1 - lam) * its neighbour in the batch (pairs 0-1, 2-3, ...; lam ~ Beta(a, a) per "
+        "image) and the loss lam * loss(its label) + (1 - lam) * loss(the neighbour's); needs an even "
+        "per-device batch (0: off)",
+    )
     grad_clip_norm: float | None = option(
         None, flag=True, gt=0, help="clip the gradient's global norm to this (None: no clipping)"
     )
@@ -628,6 +637,12 @@ class TrainConfig(InputOptions):
                     f"TrainConfig.class_weights must be None, 'balanced' or one finite weight >= 0 per class "
                     f"(not all 0), got {weights!r} (e.g. --set class_weights=[1,2,1,1])"
                 )
+        if self.mixup and self.per_device_batch_size % 2:
+            raise ValueError(
+                f"TrainConfig.mixup={self.mixup} pairs neighbouring images of each device's batch, so it needs an "
+                f"even per_device_batch_size (got {self.per_device_batch_size}); e.g. --per-device-batch-size "
+                f"{self.per_device_batch_size + 1}"
+            )
         if parse_freeze(self.freeze) is None:
             raise ValueError(
                 f"TrainConfig.freeze={self.freeze!r}: use none, backbone or all_but_last:N with an integer N >= 0 "

@@ -129,6 +129,7 @@ INGREDIENTS: dict[str, dict[str, Any]] = {
     # --- not in cxr (cxr+NAME, none+NAME) ---
     "ema": {"ema_decay": 0.99},
     "balanced_sampling": {"balanced_sampling": True},
+    "mixup": {"mixup": 0.2},
     # --- aimed at the thorax (the mask-free probe's thorax-only accuracy) ---
     "random_erasing": {"random_erasing": 0.5},
     "border_erase": {"border_erase": 0.12},
@@ -151,6 +152,8 @@ INGREDIENT_WHY: dict[str, str] = {
     "steps): smoother than the last step's weights on small, noisy data",
     "balanced_sampling": "draw each epoch with replacement so classes are equally likely (balances twice "
     "with class_weights: use cxr-class_weights+balanced_sampling)",
+    "mixup": "mixup with Beta(0.2, 0.2) weights: each training image blended with its neighbour, the loss "
+    "with both labels; a smoother decision boundary from a few hundred images",
     "shift": "random shifts of up to 6% of the side (with rotation and zoom, one resampling): patients are "
     "not centred alike",
     "contrast_gamma": "contrast (0.8-1.2) and gamma (0.8-1.25) jitter: detectors and post-processing differ "

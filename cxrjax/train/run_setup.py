@@ -180,7 +180,12 @@ def build_engine(
         return _ENGINES[key]
     model = build_model(config, num_classes, image_shape[2], AXIS)
     tx, schedule = make_optimizer(config, steps_per_epoch, getattr(model, "frozen_layers", ()))
-    loss = LossConfig(num_classes=num_classes, label_smoothing=config.label_smoothing, class_weights=class_weights)
+    loss = LossConfig(
+        num_classes=num_classes,
+        label_smoothing=config.label_smoothing,
+        class_weights=class_weights,
+        mixup=config.mixup,
+    )
     engine = make_engine(config.parallel, *bind_steps(model, tx, schedule, loss), devices)
     entry = (model, tx, engine, make_init_fn(model, tx, image_shape))
     _ENGINES[key] = entry

@@ -19,7 +19,9 @@ Both functions run on one replica's slice of the global batch inside a named dev
   ``finite_loss_and_grads`` (which of the two checks failed).
 
 Losses: softmax cross-entropy with optional label smoothing and class weights, the mean
-over the batch of ``weight[label] * loss`` (Keras' ``class_weight`` semantics). Eval
+over the batch of ``weight[label] * loss`` (Keras' ``class_weight`` semantics); with
+``mixup`` (:func:`mixup_batch`) the images of the replica's slice are mixed with their
+neighbour's and the loss is the same mix of the two labels' losses. Eval
 returns per-example log-probabilities; validation loss and metrics are computed on the
 host over the full split (mask-aware), without label smoothing.
 """
@@ -47,6 +49,29 @@ class LossConfig:
     num_classes: int
     label_smoothing: float = 0.0
     class_weights: tuple[float, ...] | None = None
+    mixup: float = 0.0  # Beta(a, a) parameter; 0: off (mixup_batch)
+
+
+# fold_in data of the mixup stream: not a replica index, so never the dropout key's.
+_MIXUP_STREAM = 0x6D697875
+
+
+def mixup_batch(images: jax.Array, alpha: float, key: jax.Array, first: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mixup (Zhang et al. 2018) of one replica's slice: ``(mixed images, lam)``.
+
+    Example i is mixed with its neighbour ``i ^ 1`` (pairs 0-1, 2-3, ... of the slice;
+    an even slice, checked by TrainConfig), ``lam * x_i + (1 - lam) * x_{i^1}``, and
+    ``lam_i ~ Beta(alpha, alpha)`` is drawn from ``fold_in(key, first + i)``, where
+    ``first`` is the slice's first index in the global batch. Both depend only on an
+    example's place in the global batch, so N devices mix exactly as one does (the
+    global batch splits into even slices without splitting a pair)."""
+    n = images.shape[0]
+    index = jnp.arange(n)
+    lam = jax.vmap(lambda i: jax.random.beta(jax.random.fold_in(key, first + i), alpha, alpha))(index)
+    shape = (n,) + (1,) * (images.ndim - 1)
+    partner = images[index ^ 1]
+    mixed = lam.reshape(shape).astype(images.dtype) * images + (1 - lam.reshape(shape)).astype(images.dtype) * partner
+    return mixed, lam
 
 
 def per_example_loss(logits: jax.Array, labels: jax.Array, loss: LossConfig) -> jax.Array:
@@ -79,17 +104,26 @@ def train_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimisation step on this replica's slice; must run inside the AXIS device axis."""
     replica = lax.axis_index(AXIS)
-    dropout_key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), replica)
+    step_key = jax.random.fold_in(state.rng, state.step)
+    dropout_key = jax.random.fold_in(step_key, replica)
     has_batch_stats = bool(jax.tree.leaves(state.batch_stats))
+    images, labels = batch["image"], batch["label"]
+    if loss.mixup:
+        first = replica * images.shape[0]
+        images, lam = mixup_batch(images, loss.mixup, jax.random.fold_in(step_key, _MIXUP_STREAM), first)
+        partner_labels = labels[jnp.arange(labels.shape[0]) ^ 1]
 
     def loss_fn(params):
         variables = {"params": params}
         if has_batch_stats:
             variables["batch_stats"] = state.batch_stats
         logits, mutated = model.apply(
-            variables, batch["image"], train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
+            variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
         )
-        value = jnp.mean(per_example_loss(logits, batch["label"], loss))
+        values = per_example_loss(logits, labels, loss)
+        if loss.mixup:  # cross-entropy is linear in the targets: the loss of the mixed targets
+            values = lam * values + (1 - lam) * per_example_loss(logits, partner_labels, loss)
+        value = jnp.mean(values)
         return value, (logits, mutated.get("batch_stats", state.batch_stats))
 
     (value, (logits, new_batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
