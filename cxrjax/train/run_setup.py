@@ -116,9 +116,9 @@ def build_model(config: TrainConfig, num_classes: int, channels: int, axis_name:
     )
 
 
-# The TrainConfig fields the compiled train/eval steps depend on (with the number of
-# classes, input shape, steps per epoch, class weights and devices): two runs that agree
-# on them share one compiled engine.
+# The TrainConfig fields the compiled train/eval steps depend on besides the loss (the
+# whole LossConfig: classes, label smoothing, class weights, mixup), the input shape,
+# steps per epoch and devices: two runs that agree on them share one compiled engine.
 _STEP_FIELDS = (
     "model",
     "model_options",
@@ -138,7 +138,6 @@ _STEP_FIELDS = (
     "step_gamma",
     "warmup_epochs",
     "min_lr",
-    "label_smoothing",
     "grad_clip_norm",
     "head",
     "freeze",
@@ -164,13 +163,19 @@ def build_engine(
     # warmup_cosine is the only schedule whose shape depends on the run length.
     fields = _STEP_FIELDS + (("epochs",) if config.schedule == "warmup_cosine" else ())
     d = config.to_dict()
+    # The step's loss as it is built (every LossConfig field, so a new one cannot be missed).
+    loss = LossConfig(
+        num_classes=num_classes,
+        label_smoothing=config.label_smoothing,
+        class_weights=class_weights,
+        mixup=config.mixup,
+    )
     key = json.dumps(
         {
             **{f: d[f] for f in fields},
-            "num_classes": num_classes,
+            "loss": dataclasses.asdict(loss),
             "image_shape": list(image_shape),
             "steps_per_epoch": steps_per_epoch,
-            "class_weights": class_weights,
             "devices": [str(x) for x in devices],
         },
         sort_keys=True,
@@ -180,12 +185,6 @@ def build_engine(
         return _ENGINES[key]
     model = build_model(config, num_classes, image_shape[2], AXIS)
     tx, schedule = make_optimizer(config, steps_per_epoch, getattr(model, "frozen_layers", ()))
-    loss = LossConfig(
-        num_classes=num_classes,
-        label_smoothing=config.label_smoothing,
-        class_weights=class_weights,
-        mixup=config.mixup,
-    )
     engine = make_engine(config.parallel, *bind_steps(model, tx, schedule, loss), devices)
     entry = (model, tx, engine, make_init_fn(model, tx, image_shape))
     _ENGINES[key] = entry

@@ -97,3 +97,19 @@ def test_mixup_needs_an_even_per_device_batch_and_is_an_ingredient_outside_cxr()
         TrainConfig(mixup=-0.1)
     assert recipes.resolve(TrainConfig(), {"recipe": "cxr+mixup"}).mixup == recipes.INGREDIENTS["mixup"]["mixup"] > 0
     assert "mixup" not in recipes.RECIPES["cxr"]
+
+
+def test_a_run_with_mixup_never_reuses_the_compiled_engine_of_one_without():
+    # The engine memo (run_setup.build_engine) once keyed on a list of fields that lacked
+    # mixup: a cxr+mixup run after a cxr run in one process trained without mixup.
+    from cxrjax.train.run_setup import build_engine
+
+    devices = jax.devices()[:1]
+
+    def engine(**changes):
+        config = TrainConfig(model="lenet5", channels=1, image_size=32, per_device_batch_size=8, **changes)
+        return build_engine(config, 2, (32, 32, 1), 10, None, devices)[2]
+
+    assert engine(mixup=0.2) is engine(mixup=0.2)
+    assert engine(mixup=0.2) is not engine() and engine(mixup=0.4) is not engine(mixup=0.2)
+    assert engine(label_smoothing=0.1) is not engine()
