@@ -54,6 +54,10 @@ Output in ``--workdir`` (default ``runs/cross_validate/<dataset>``):
   metrics of their test report (``tta_accuracy``, ``tta_macro_f1``, ``tta_roc_auc``) and
   ``tta_minus_plain`` (paired per run), over folds, in their own results.md section:
   beside the plain evaluation, never instead of it.
+* With several recipes for a model, each cell after the model's first gets ``versus``:
+  its accuracy (and thorax-only accuracy) minus the first cell's, paired by fold and seed
+  (:func:`paired_difference`: paired t, sign-flip, bootstrap), and results.md a "Paired
+  differences" table.
 
 :func:`prepare`, :func:`run_folds` and :func:`report` are the steps of :func:`main`;
 ``experiments.recipe_ablation`` runs its cells through them (same workdir layout).
@@ -581,7 +585,80 @@ def summarize(
                 "pooled": {"per_seed": pooled_per_seed, "mean_over_seeds": pooled_mean},
             }
         )
+    diff_metrics = ("accuracy", mask_free.CENTER_ONLY) if probe is not None else ("accuracy",)
+    first_of_model: dict[str, dict[str, Any]] = {}
+    for cell in out:
+        reference = first_of_model.setdefault(cell["model"], cell)
+        if reference is not cell:
+            cell["versus"] = {m: paired_difference(cell, reference, m) for m in diff_metrics}
     return out
+
+
+def _keyed(cell: dict[str, Any], metric: str) -> dict[tuple[int, int], float]:
+    return {(r["fold"], r["seed"]): r[metric] for r in cell["runs"] if r.get(metric) is not None}
+
+
+def paired_difference(cell: dict[str, Any], reference: dict[str, Any], metric: str) -> dict[str, Any]:
+    """``cell - reference`` of ``metric`` over the runs both have, paired by fold and seed
+    (``stats.compare_runs(paired=True)``: paired t, exact sign-flip, bootstrap interval)."""
+    from cxrjax.reporting import stats
+
+    a, b = _keyed(cell, metric), _keyed(reference, metric)
+    keys = sorted(set(a) & set(b))
+    n = len(keys)
+    if n == 0:
+        return {"reference": reference["name"], "n_pairs": 0, "difference": None, "ci95": None, "p": None}
+    diff = stats.compare_runs([a[k] for k in keys], [b[k] for k in keys], paired=True)
+    return {
+        "reference": reference["name"],
+        "n_pairs": n,
+        "difference": diff.difference,
+        "ci95": [diff.ci_low, diff.ci_high],
+        "t_ci95": [diff.t_test.ci_low, diff.t_test.ci_high],
+        "p": diff.p,
+        "p_sign_flip": diff.permutation.p,
+        "sign_flip_floor": diff.permutation.floor,
+        "prob_improvement": diff.prob_improvement,
+        "test": diff.test,
+    }
+
+
+def _points(d: dict[str, Any]) -> str:
+    """A paired difference in points: ``+8.0 [+4.0, +12.0], p 0.005 (15 pairs)`` (t-interval)."""
+    if d.get("difference") is None:
+        return "n/a"
+    text = f"{100 * d['difference']:+.1f}"
+    low, high = d.get("t_ci95") or (None, None)
+    if low is not None and high is not None and np.isfinite(low) and np.isfinite(high):
+        text += f" [{100 * low:+.1f}, {100 * high:+.1f}]"
+    if d.get("p") is not None and np.isfinite(d["p"]):
+        text += f", p {d['p']:.2g}"
+    return text + f" ({d['n_pairs']} pairs)"
+
+
+def difference_lines(summary: Sequence[dict[str, Any]]) -> list[str]:
+    """results.md's section of each model's recipes minus its first (``cell["versus"]``)."""
+    cells = [c for c in summary if c.get("versus")]
+    if not cells:
+        return []
+    with_probe = any(mask_free.CENTER_ONLY in c["versus"] for c in cells)
+    lines = [
+        "",
+        "## Paired differences (each recipe minus the model's first)",
+        "",
+        "Points, paired by fold and seed: the mean difference with its 95% paired t-interval and p "
+        "(stats.compare_runs; results.json has the sign-flip p and a bootstrap interval).",
+        "",
+        "| cell | minus | accuracy (points) |" + (" thorax only (points) |" if with_probe else ""),
+        "|---|---|---|" + ("---|" if with_probe else ""),
+    ]
+    for c in cells:
+        versus = c["versus"]
+        row = f"| {c['name']} | {versus['accuracy']['reference']} | {_points(versus['accuracy'])} |"
+        if with_probe:
+            row += f" {_points(versus[mask_free.CENTER_ONLY]) if mask_free.CENTER_ONLY in versus else 'n/a'} |"
+        lines.append(row)
+    return lines
 
 
 # ------------------------------------------------------------------ report files
@@ -736,6 +813,7 @@ def write_results(workdir: Path, summary: list[dict[str, Any]], meta: dict[str, 
         )
     lines += probe_lines(summary, meta)
     lines += tta_lines(summary)
+    lines += difference_lines(summary)
     if len(summary) > 1:
         lines += _comparison(
             summary, "Comparison (accuracy, mean over folds)", lambda c: _interval(c["over_folds"]["accuracy"])

@@ -169,39 +169,11 @@ def unique_cv_cells(cells: Sequence[AblationCell]) -> list[cv.CvCell]:
 # ------------------------------------------------------------------ statistics
 
 
-def _keyed(cell: dict[str, Any], metric: str) -> dict[tuple[int, int], float]:
-    return {(r["fold"], r["seed"]): r[metric] for r in cell["runs"] if r.get(metric) is not None}
-
-
 def _mean_ci(values: Sequence[float]) -> dict[str, Any]:
     from cxrjax.reporting.stats import mean_ci
 
     ci = mean_ci(values)
     return {"mean": ci.mean, "low": ci.low, "high": ci.high, "sd": ci.sd, "n": ci.n}
-
-
-def paired_difference(cell: dict[str, Any], reference: dict[str, Any], metric: str) -> dict[str, Any]:
-    """``cell - reference`` of ``metric`` over the runs both have (paired by fold and seed)."""
-    from cxrjax.reporting import stats
-
-    a, b = _keyed(cell, metric), _keyed(reference, metric)
-    keys = sorted(set(a) & set(b))
-    n = len(keys)
-    if n == 0:
-        return {"reference": reference["name"], "n_pairs": 0, "difference": None, "ci95": None, "p": None}
-    diff = stats.compare_runs([a[k] for k in keys], [b[k] for k in keys], paired=True)
-    return {
-        "reference": reference["name"],
-        "n_pairs": n,
-        "difference": diff.difference,
-        "ci95": [diff.ci_low, diff.ci_high],
-        "t_ci95": [diff.t_test.ci_low, diff.t_test.ci_high],
-        "p": diff.p,
-        "p_sign_flip": diff.permutation.p,
-        "sign_flip_floor": diff.permutation.floor,
-        "prob_improvement": diff.prob_improvement,
-        "test": diff.test,
-    }
 
 
 def ablation_table(cells: Sequence[AblationCell], summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -216,7 +188,7 @@ def ablation_table(cells: Sequence[AblationCell], summary: Sequence[dict[str, An
         data = by_name[cell.cv_cell.name]
         metrics = {m: _mean_ci([r[m] for r in data["runs"] if r.get(m) is not None]) for m in SUMMARY_METRICS}
         differences = (
-            {m: paired_difference(data, by_name[cell.reference], m) for m in DIFF_METRICS} if cell.reference else {}
+            {m: cv.paired_difference(data, by_name[cell.reference], m) for m in DIFF_METRICS} if cell.reference else {}
         )
         rows.append(
             {

@@ -70,6 +70,21 @@ def test_pooled_predictions_match_the_runs_and_the_statistics_are_the_folds(fini
         assert over["low"] == pytest.approx(ci.low) and over["high"] == pytest.approx(ci.high)
 
 
+def test_each_recipe_is_paired_with_the_models_first_by_fold_and_seed(finished):
+    none, cxr = _results(finished)["cells"]
+    assert "versus" not in none
+    by_run = {(r["fold"], r["seed"]): r for r in none["runs"]}
+    for metric in ("accuracy", "center_only"):
+        diffs = [r[metric] - by_run[(r["fold"], r["seed"])][metric] for r in cxr["runs"]]
+        versus = cxr["versus"][metric]
+        assert versus["reference"] == "s4_exp2__none" and versus["n_pairs"] == 2
+        assert versus["difference"] == pytest.approx(np.mean(diffs))
+    text = (finished / "exp" / "results.md").read_text()
+    assert "## Paired differences (each recipe minus the model's first)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| s4_exp2__cxr | s4_exp2__none |"))
+    assert f"{100 * cxr['versus']['accuracy']['difference']:+.1f}" in row and "(2 pairs)" in row
+
+
 def test_the_recipe_is_resolved_into_each_runs_config_and_explicit_options_win(finished):
     runs = finished / "exp" / "runs"
     with_recipe = json.loads((runs / "s4_exp2__cxr__fold0" / "seed_0" / "config.json").read_text())
