@@ -97,9 +97,10 @@ Ingredients outside cxr, for ``cxr+NAME`` / ``none+NAME``: ``ema`` (``ema_decay=
 -3.8 points at 64 px, docs/measurements.md), ``balanced_sampling``
 (``balanced_sampling=True``; with ``class_weights`` it balances twice: try
 ``cxr-class_weights+balanced_sampling``), ``mixup`` (``mixup=0.2``; -1.4 points
-[-2.7, -0.1] on LeNet-5 at 32 px, 3 seeds, docs/measurements.md), ``random_erasing``, ``border_erase`` and
-``per_image_normalization`` (as ``cxr-normalization+per_image_normalization``: -5.5
-points at 64 px; both measured on the cxr of before shift and contrast_gamma).
+[-2.7, -0.1] on LeNet-5 at 32 px, 3 seeds, docs/measurements.md), ``random_erasing``,
+``border_erase`` and ``per_image_normalization`` (as
+``cxr-normalization+per_image_normalization``: -5.5 points at 64 px; both measured on the
+cxr of before shift and contrast_gamma).
 """
 
 from __future__ import annotations
