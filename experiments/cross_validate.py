@@ -768,10 +768,24 @@ def _comparison(summary: Sequence[dict[str, Any]], title: str, text: Callable[[d
 
 
 def write_results(workdir: Path, summary: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Path]:
-    """results.csv, results.md and results.json in ``workdir``."""
+    """results.csv, results.md and results.json in ``workdir``: the report of this command's
+    cells. Cells of the report there before that this command does not name get a note
+    (their runs stay under runs/; a command naming them all reports them together)."""
     from cxrjax.reporting import jsonio
 
     paths = {"csv": workdir / "results.csv", "markdown": workdir / "results.md", "json": workdir / "results.json"}
+    try:
+        earlier = [c.get("name") for c in jsonio.read_json(paths["json"]).get("cells", [])]
+    except (OSError, ValueError, AttributeError, TypeError):
+        earlier = []
+    dropped = [name for name in earlier if name not in {c["name"] for c in summary}]
+    if dropped:
+        print(
+            f"note: {paths['markdown'].name} and {paths['json'].name} in {workdir} reported {', '.join(dropped)} too; "
+            "this command does not name them, so the new report leaves them out (their runs stay under "
+            f"{workdir / 'runs'}; name every model and recipe in one command to report them together)",
+            file=sys.stderr,
+        )
     with paths["csv"].open("w", newline="") as f:
         writer = csv.writer(f)
         columns = (*METRICS, *PROBE_METRICS, *TTA_METRICS)

@@ -6,6 +6,7 @@ and an interrupted CV that resumes to the same numbers."""
 import csv
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -83,6 +84,20 @@ def test_each_recipe_is_paired_with_the_models_first_by_fold_and_seed(finished):
     assert "## Paired differences (each recipe minus the model's first)" in text
     row = next(line for line in text.splitlines() if line.startswith("| s4_exp2__cxr | s4_exp2__none |"))
     assert f"{100 * cxr['versus']['accuracy']['difference']:+.1f}" in row and "(2 pairs)" in row
+
+
+def test_a_report_of_fewer_cells_names_the_cells_it_leaves_out(finished, tmp_path, capsys):
+    shutil.copytree(finished / "exp", tmp_path / "exp")
+    capsys.readouterr()
+    argv = tiny_args(tmp_path, recipe="none")
+    argv[argv.index("--data-dir") + 1] = str(finished / "data")
+    assert cv.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "(0 trained now, 2 already finished)" in captured.out
+    notes = [line for line in captured.err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "reported s4_exp2__cxr too" in notes[0]
+    assert [c["name"] for c in _results(tmp_path)["cells"]] == ["s4_exp2__none"]
+    assert cv.main(argv) == 0 and "note:" not in capsys.readouterr().err  # the same cells again: no note
 
 
 def test_the_recipe_is_resolved_into_each_runs_config_and_explicit_options_win(finished):
